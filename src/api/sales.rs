@@ -1,0 +1,163 @@
+//! Sale endpoints: create or replace, read, list, and purchase.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::body::json_fields;
+use super::error::ApiError;
+use super::{json, Api};
+use crate::auth::Principal;
+use crate::clock::now_ms;
+use crate::http::{Request, Response};
+use crate::sale::command::{Command, Outcome, PurchaseRequest};
+use crate::sale::model::is_valid_id;
+use crate::sale::{Sale, SaleError, SaleView};
+use crate::shard::edge::Refusal;
+use crate::store::Store;
+
+/// Most units one purchase may ask for.
+const MAX_QUANTITY: u64 = 100;
+/// Most units a sale may offer.
+const MAX_STOCK: u64 = 1_000_000_000;
+
+#[derive(Serialize)]
+struct SaleList {
+    sales: Vec<SaleView>,
+}
+
+/// `GET /v1/sales`
+pub(super) async fn list<S: Store + 'static>(api: &Api<S>) -> Result<Response, ApiError> {
+    let sales = api.shard.list_sales().await?;
+    json(200, &SaleList { sales })
+}
+
+/// `GET /v1/sales/{sku}`
+pub(super) async fn get<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<Response, ApiError> {
+    if !is_valid_id(sku) {
+        return Err(SaleError::UnknownSale.into());
+    }
+    match api.shard.call(Command::GetSale(sku.into())).await? {
+        Outcome::Sale(view) => json(200, &view),
+        _ => Err(SaleError::Unavailable.into()),
+    }
+}
+
+/// `PUT /v1/sales/{sku}` (admin)
+pub(super) async fn upsert<S: Store + 'static>(
+    api: &Api<S>,
+    request: &Request<'_>,
+    sku: &str,
+) -> Result<Response, ApiError> {
+    api.admin(request)?;
+    if !is_valid_id(sku) {
+        return Err(ApiError::bad_request(
+            "`sku` must be 1 to 64 characters from [A-Za-z0-9_-]",
+        ));
+    }
+    if !request.has_length {
+        return Err(ApiError::new(
+            411,
+            "length_required",
+            "a sale body needs a Content-Length",
+        ));
+    }
+    let sale = parse_sale(request, sku)?;
+    match api.shard.call(Command::UpsertSale(sale)).await? {
+        Outcome::Sale(view) => json(201, &view),
+        _ => Err(SaleError::Unavailable.into()),
+    }
+}
+
+fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
+    let mut fields = json_fields(request)?;
+    let name = fields.required_str("name", 1..=200)?;
+    let stock = fields.required_u64("stock", 1..=MAX_STOCK)?;
+    let starts_at = fields.required_u64("starts_at", 0..=u64::MAX)?;
+    let ends_at = fields.required_u64("ends_at", 0..=u64::MAX)?;
+    let per_user_limit = fields.u64("per_user_limit", 1..=1_000_000)?.unwrap_or(1);
+    let payment_timeout_ms = fields
+        .u64("payment_timeout_ms", 100..=7 * 24 * 3_600_000)?
+        .unwrap_or(900_000);
+    let rate_limit_per_sec = fields
+        .u64("rate_limit_per_sec", 0..=10_000_000)?
+        .unwrap_or(0);
+    fields.finish()?;
+    if ends_at <= starts_at {
+        return Err(ApiError::bad_request(
+            "field `ends_at` must be after `starts_at`",
+        ));
+    }
+    Ok(Sale {
+        sku: sku.into(),
+        name: name.into(),
+        stock,
+        starts_at,
+        ends_at,
+        // Both bounded by the ranges checked above.
+        per_user_limit: u32::try_from(per_user_limit).unwrap_or(u32::MAX),
+        payment_timeout_ms,
+        rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
+    })
+}
+
+/// `POST /v1/sales/{sku}/purchase` (shopper)
+pub(super) async fn purchase<S: Store + 'static>(
+    api: &Api<S>,
+    request: &Request<'_>,
+    sku: &str,
+) -> Result<Response, ApiError> {
+    let Some(Principal::Shopper(user_id)) = api.principal(request) else {
+        return Err(ApiError::unauthorized());
+    };
+    if !is_valid_id(sku) {
+        return Err(SaleError::UnknownSale.into());
+    }
+    let mut fields = json_fields(request)?;
+    let quantity = fields.u64("quantity", 1..=MAX_QUANTITY)?.unwrap_or(1);
+    fields.finish()?;
+    let idempotency_key = parse_idempotency_key(request.idempotency_key)?;
+    let admitted = api.shard.edge.borrow_mut().admit_purchase(
+        sku,
+        &user_id,
+        idempotency_key.is_some(),
+        now_ms(),
+        Instant::now(),
+    );
+    match admitted {
+        Ok(()) => {}
+        Err(Refusal::Sale(refusal)) => return Err(refusal.into()),
+        Err(Refusal::RateLimited(wait)) => {
+            let mut error = ApiError::new(
+                429,
+                "rate_limited",
+                "too many purchase attempts, retry later",
+            );
+            error.retry_after_secs = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            return Err(error);
+        }
+    }
+    let command = Command::Purchase(PurchaseRequest {
+        sku: sku.into(),
+        user_id,
+        quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
+        idempotency_key,
+    });
+    match api.shard.call(command).await? {
+        Outcome::Order { order, .. } => json(201, &order),
+        _ => Err(SaleError::Unavailable.into()),
+    }
+}
+
+fn parse_idempotency_key(header: Option<&[u8]>) -> Result<Option<Box<str>>, ApiError> {
+    let Some(key) = header else {
+        return Ok(None);
+    };
+    let visible = key.iter().all(|b| (0x21..=0x7e).contains(b));
+    match std::str::from_utf8(key) {
+        Ok(text) if visible && (1..=64).contains(&key.len()) => Ok(Some(text.into())),
+        _ => Err(ApiError::bad_request(
+            "header `Idempotency-Key` must be 1 to 64 visible ASCII characters",
+        )),
+    }
+}

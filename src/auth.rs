@@ -1,0 +1,121 @@
+//! Who is calling: the admin (a shared bearer token) or a shopper (a signed, expiring token).
+//!
+//! Shopper tokens are `<user_id>.<expires_unix_seconds>.<sig>` with
+//! `sig = base64url_nopad(HMAC-SHA256(secret, "<user_id>.<expires_unix_seconds>"))`, so any
+//! service holding the secret can mint them and no session store is needed.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::sale::model::is_valid_id;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Holder of the admin token.
+    Admin,
+    /// A shopper, by user id.
+    Shopper(Box<str>),
+}
+
+/// The two secrets and the checks that use them.
+#[derive(Clone)]
+pub struct Auth {
+    admin_token: Box<[u8]>,
+    token_secret: Box<[u8]>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth { .. }")
+    }
+}
+
+impl Auth {
+    /// Builds the checker from the admin token and the shopper-token secret.
+    pub fn new(admin_token: &str, token_secret: &str) -> Self {
+        Self {
+            admin_token: admin_token.as_bytes().into(),
+            token_secret: token_secret.as_bytes().into(),
+        }
+    }
+
+    /// Authenticates an `Authorization` header value at `now_secs`; `None` means 401.
+    pub fn authenticate(&self, authorization: Option<&[u8]>, now_secs: u64) -> Option<Principal> {
+        let token = authorization?.strip_prefix(b"Bearer ")?.trim_ascii();
+        if token.is_empty() {
+            return None;
+        }
+        if bool::from(token.ct_eq(&self.admin_token)) {
+            return Some(Principal::Admin);
+        }
+        self.verify_shopper(token, now_secs).map(Principal::Shopper)
+    }
+
+    /// Mints a shopper token for `user_id` valid until `expires_secs`.
+    pub fn mint(&self, user_id: &str, expires_secs: u64) -> String {
+        let payload = format!("{user_id}.{expires_secs}");
+        let sig = URL_SAFE_NO_PAD.encode(self.mac(payload.as_bytes()).finalize().into_bytes());
+        format!("{payload}.{sig}")
+    }
+
+    fn mac(&self, payload: &[u8]) -> HmacSha256 {
+        // HMAC accepts keys of any length, so this constructor cannot fail.
+        let mut mac = match HmacSha256::new_from_slice(&self.token_secret) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        mac.update(payload);
+        mac
+    }
+
+    fn verify_shopper(&self, token: &[u8], now_secs: u64) -> Option<Box<str>> {
+        let token = std::str::from_utf8(token).ok()?;
+        let (payload, sig) = token.rsplit_once('.')?;
+        let (user_id, expires) = payload.split_once('.')?;
+        if !is_valid_id(user_id)
+            || expires.is_empty()
+            || !expires.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let expires: u64 = expires.parse().ok()?;
+        if expires <= now_secs {
+            return None;
+        }
+        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
+        self.mac(payload.as_bytes()).verify_slice(&sig).ok()?;
+        Some(user_id.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shopper_tokens_verify_and_expire() {
+        let auth = Auth::new("admin-secret", "hmac-secret");
+        let token = auth.mint("alice", 2_000);
+        let header = format!("Bearer {token}");
+        let who = auth.authenticate(Some(header.as_bytes()), 1_000);
+        assert_eq!(who, Some(Principal::Shopper("alice".into())));
+        assert_eq!(auth.authenticate(Some(header.as_bytes()), 2_000), None);
+        let other = Auth::new("admin-secret", "another-secret");
+        assert_eq!(other.authenticate(Some(header.as_bytes()), 1_000), None);
+        let forged = header.replace("alice", "mallory");
+        assert_eq!(auth.authenticate(Some(forged.as_bytes()), 1_000), None);
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer admin-secret"), 1_000),
+            Some(Principal::Admin)
+        );
+        assert_eq!(auth.authenticate(Some(b"Bearer admin-secre"), 1_000), None);
+        assert_eq!(auth.authenticate(None, 1_000), None);
+        assert_eq!(auth.authenticate(Some(b"Basic abc"), 1_000), None);
+    }
+}

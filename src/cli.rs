@@ -1,0 +1,76 @@
+//! The command line: `serve` and `token`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// seckill: a thread-per-core flash-sale server.
+#[derive(Debug, Parser)]
+#[command(name = "seckill", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a shopper token (reads SECKILL_TOKEN_SECRET or the config file).
+    Token(TokenArgs),
+}
+
+/// Flags for `serve`. Each may also come from the environment (shown) or the config file (the
+/// same name in snake_case); flags win over env, env over the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "SECKILL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address every shard listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SECKILL_LISTEN")]
+    pub listen: Option<String>,
+    /// Number of shards, one pinned executor each [default: online CPUs].
+    #[arg(long, env = "SECKILL_SHARDS")]
+    pub shards: Option<usize>,
+    /// Directory for durable state (used by the journal).
+    #[arg(long, env = "SECKILL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Close a connection that sends nothing for this long [default: 10000].
+    #[arg(long, env = "SECKILL_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Open connections per shard before new ones get 503 [default: 10000].
+    #[arg(long, env = "SECKILL_MAX_CONNECTIONS_PER_SHARD")]
+    pub max_connections_per_shard: Option<usize>,
+    /// Listen backlog of each shard's socket [default: 1024].
+    #[arg(long, env = "SECKILL_BACKLOG")]
+    pub backlog: Option<u32>,
+    /// How long shutdown waits for in-flight requests [default: 10000].
+    #[arg(long, env = "SECKILL_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
+    /// Cancelled and expired orders remembered per sale [default: 1000000].
+    #[arg(long, env = "SECKILL_CLOSED_ORDERS_PER_SALE")]
+    pub closed_orders_per_sale: Option<usize>,
+    /// Log filter, e.g. `info` or `seckill=debug` [default: RUST_LOG, else info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format: pretty or json [default: pretty].
+    #[arg(long, env = "SECKILL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Flags for `token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The shopper's user id (1–64 characters from [A-Za-z0-9_-]).
+    #[arg(long)]
+    pub user: String,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+    /// Config file to read `token_secret` from when the env var is not set.
+    #[arg(long, env = "SECKILL_CONFIG")]
+    pub config: Option<PathBuf>,
+}

@@ -1,0 +1,255 @@
+//! Configuration: a TOML file, environment variables and flags, merged with the precedence
+//! flags > env > file > defaults, and validated once at startup with errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// Default listen address: loopback, so a bare `serve` is never exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Shortest admin token or token secret accepted, so a weak secret is caught at startup.
+const MIN_SECRET_LEN: usize = 16;
+
+/// The config file, as written. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`ServeArgs::listen`].
+    pub listen: Option<String>,
+    /// See [`ServeArgs::shards`].
+    pub shards: Option<usize>,
+    /// See [`ServeArgs::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token for admin calls (env `SECKILL_ADMIN_TOKEN` overrides).
+    pub admin_token: Option<String>,
+    /// HMAC secret for shopper tokens (env `SECKILL_TOKEN_SECRET` overrides).
+    pub token_secret: Option<String>,
+    /// See [`ServeArgs::idle_timeout_ms`].
+    pub idle_timeout_ms: Option<u64>,
+    /// See [`ServeArgs::max_connections_per_shard`].
+    pub max_connections_per_shard: Option<usize>,
+    /// See [`ServeArgs::backlog`].
+    pub backlog: Option<u32>,
+    /// See [`ServeArgs::drain_timeout_ms`].
+    pub drain_timeout_ms: Option<u64>,
+    /// See [`ServeArgs::closed_orders_per_sale`].
+    pub closed_orders_per_sale: Option<usize>,
+    /// See [`ServeArgs::log_level`].
+    pub log_level: Option<String>,
+    /// See [`ServeArgs::log_format`].
+    pub log_format: Option<String>,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+/// Where the secrets came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretsSource {
+    /// Set by the operator (env or file).
+    Configured,
+    /// Neither was set: generated for this run only.
+    DevGenerated,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for terminals.
+    Pretty,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address every shard listens on.
+    pub listen: SocketAddr,
+    /// Number of shards.
+    pub shards: usize,
+    /// Directory for durable state.
+    pub data_dir: Option<PathBuf>,
+    /// Admin bearer token.
+    pub admin_token: String,
+    /// Shopper-token HMAC secret.
+    pub token_secret: String,
+    /// Whether the secrets were generated (dev mode).
+    pub secrets_source: SecretsSource,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Connection cap per shard.
+    pub max_connections_per_shard: usize,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Graceful shutdown limit.
+    pub drain_timeout: Duration,
+    /// Closed orders kept per sale.
+    pub closed_orders_per_sale: usize,
+    /// Log filter directive.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError(format!("cannot read {}: {error}", path.display())))?;
+    toml::from_str(&text).map_err(|error| ConfigError(format!("{}: {error}", path.display())))
+}
+
+/// The secret from the environment, else the file.
+fn secret(env_key: &str, file_value: Option<&String>) -> Option<String> {
+    std::env::var(env_key)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .or_else(|| file_value.cloned())
+}
+
+/// Reads the shopper-token secret the way `serve` does (env, then file), for `seckill token`.
+pub fn token_secret(config: Option<&Path>) -> Result<String, ConfigError> {
+    let file = match config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    secret("SECKILL_TOKEN_SECRET", file.token_secret.as_ref()).ok_or_else(|| {
+        ConfigError(
+            "`token_secret` is not set (env SECKILL_TOKEN_SECRET or the config file)".into(),
+        )
+    })
+}
+
+fn dev_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    low: T,
+    high: T,
+) -> Result<T, ConfigError> {
+    if value < low || value > high {
+        return Err(ConfigError(format!(
+            "`{key}` must be between {low} and {high}, got {value}"
+        )));
+    }
+    Ok(value)
+}
+
+/// Merges flags (already overlaid on env by clap), the file and defaults, and validates.
+pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let listen_text = args
+        .listen
+        .clone()
+        .or(file.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let listen: SocketAddr = listen_text.parse().map_err(|error| {
+        ConfigError(format!(
+            "`listen` must be IP:PORT, got {listen_text:?}: {error}"
+        ))
+    })?;
+    if listen.port() == 0 {
+        return Err(ConfigError(
+            "`listen` needs a fixed port: every shard binds the same one with SO_REUSEPORT".into(),
+        ));
+    }
+    let default_shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = args.shards.or(file.shards).unwrap_or(default_shards);
+    let shards = in_range("shards", shards, 1, 256)?;
+    let admin = secret("SECKILL_ADMIN_TOKEN", file.admin_token.as_ref());
+    let token = secret("SECKILL_TOKEN_SECRET", file.token_secret.as_ref());
+    let (admin_token, token_secret, secrets_source) =
+        match (admin, token) {
+            (Some(admin), Some(token)) => (admin, token, SecretsSource::Configured),
+            (None, None) => (dev_secret(), dev_secret(), SecretsSource::DevGenerated),
+            (Some(_), None) => return Err(ConfigError(
+                "`token_secret` is not set but `admin_token` is: set both, or neither for dev mode"
+                    .into(),
+            )),
+            (None, Some(_)) => return Err(ConfigError(
+                "`admin_token` is not set but `token_secret` is: set both, or neither for dev mode"
+                    .into(),
+            )),
+        };
+    for (key, value) in [
+        ("admin_token", &admin_token),
+        ("token_secret", &token_secret),
+    ] {
+        if value.len() < MIN_SECRET_LEN {
+            return Err(ConfigError(format!(
+                "`{key}` must be at least {MIN_SECRET_LEN} bytes"
+            )));
+        }
+    }
+    let idle_timeout_ms = args
+        .idle_timeout_ms
+        .or(file.idle_timeout_ms)
+        .unwrap_or(10_000);
+    let idle_timeout_ms = in_range("idle_timeout_ms", idle_timeout_ms, 100, 3_600_000)?;
+    let max_connections = args
+        .max_connections_per_shard
+        .or(file.max_connections_per_shard)
+        .unwrap_or(10_000);
+    let max_connections = in_range("max_connections_per_shard", max_connections, 1, 1_000_000)?;
+    let backlog = args.backlog.or(file.backlog).unwrap_or(1024);
+    let backlog = in_range("backlog", backlog, 1, 1 << 20)?;
+    let drain_ms = args
+        .drain_timeout_ms
+        .or(file.drain_timeout_ms)
+        .unwrap_or(10_000);
+    let drain_ms = in_range("drain_timeout_ms", drain_ms, 0, 600_000)?;
+    let closed_orders = args
+        .closed_orders_per_sale
+        .or(file.closed_orders_per_sale)
+        .unwrap_or(1_000_000);
+    let closed_orders = in_range("closed_orders_per_sale", closed_orders, 1, 100_000_000)?;
+    let log_level = args
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .or(file.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&log_level)
+        .map_err(|error| ConfigError(format!("`log_level` {log_level:?} is invalid: {error}")))?;
+    let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
+        None | Some("pretty") => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "`log_format` must be pretty or json, got {other:?}"
+            )))
+        }
+    };
+    Ok(ServeConfig {
+        listen,
+        shards,
+        data_dir: args.data_dir.clone().or(file.data_dir),
+        admin_token,
+        token_secret,
+        secrets_source,
+        idle_timeout: Duration::from_millis(idle_timeout_ms),
+        max_connections_per_shard: max_connections,
+        backlog,
+        drain_timeout: Duration::from_millis(drain_ms),
+        closed_orders_per_sale: closed_orders,
+        log_level,
+        log_format,
+    })
+}

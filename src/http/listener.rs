@@ -1,0 +1,22 @@
+//! The shard's listening socket, built by hand so the backlog is configurable (glommio's own
+//! `bind` hard-codes 1024) while keeping `SO_REUSEPORT`, which lets every shard accept on the same
+//! address and the kernel spread connections between them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds a `SO_REUSEPORT` listener on `addr` with the given accept backlog.
+pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<glommio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    // SAFETY: the fd is a freshly created, bound and listening TCP socket whose ownership moves
+    // into the glommio listener.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}

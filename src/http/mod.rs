@@ -1,0 +1,12 @@
+//! HTTP/1.1 for the shard: request parsing (with `httparse`), response composition, the listener
+//! socket and the per-connection loop. Knows nothing about sales; the API plugs in as a
+//! [`Handler`].
+
+pub mod conn;
+pub mod listener;
+pub mod request;
+pub mod response;
+
+pub use conn::{serve_connection, ConnLimits, Handler};
+pub use request::{Method, Request};
+pub use response::Response;

@@ -1,0 +1,20 @@
+//! seckill: a thread-per-core flash-sale server on io_uring.
+//!
+//! - [`http`]: HTTP/1.1 parsing, composition and connections.
+//! - [`api`]: the v1 HTTP API on top of the shard runtime.
+//! - [`shard`]: executors, routing to the owner shard, edge replicas, the owner role.
+//! - [`sale`]: the domain: sales, orders, the ledger, admission, expiry.
+//! - [`store`]: the store boundary and its implementations.
+//! - [`config`] and [`cli`]: how operators configure and run it.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod sale;
+pub mod serve;
+pub mod shard;
+pub mod store;

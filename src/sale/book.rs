@@ -1,0 +1,508 @@
+//! The owner shard's ledger for the SKUs it owns: sales, remaining stock, per-user holdings,
+//! idempotency keys and orders.
+//!
+//! Every change is expressed as an [`Event`] and applied by [`Book::apply`], both on the live path
+//! and when a durable store replays its log, so the two can never disagree.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester};
+use super::ids::OrderId;
+use super::model::{Order, OrderStatus, Sale, SaleView};
+use super::SaleError;
+
+/// How much closed history the book keeps; everything else it holds is bounded by live stock.
+#[derive(Debug, Clone, Copy)]
+pub struct BookLimits {
+    /// Cancelled and expired orders kept per sale (for lookups and idempotent replays) before the
+    /// oldest are forgotten. Without a cap, buy-then-cancel loops would grow memory forever.
+    pub closed_orders_per_sale: usize,
+}
+
+impl Default for BookLimits {
+    fn default() -> Self {
+        Self {
+            closed_orders_per_sale: 1_000_000,
+        }
+    }
+}
+
+/// What one user holds in one sale.
+#[derive(Debug, Default)]
+struct Holder {
+    /// Units in pending and paid orders; checked against the per-user limit.
+    held: u32,
+    /// Idempotency keys this user bought with, and the order each produced.
+    keys: Vec<(Box<str>, u128)>,
+}
+
+/// One sale and its live state.
+#[derive(Debug)]
+struct SaleLedger {
+    sale: Sale,
+    remaining: u64,
+    holders: HashMap<Box<str>, Holder>,
+    /// Closed (cancelled or expired) orders, oldest first, for bounded retention.
+    closed: VecDeque<u128>,
+}
+
+impl SaleLedger {
+    fn new(sale: Sale) -> Self {
+        Self {
+            remaining: sale.stock,
+            sale,
+            holders: HashMap::new(),
+            closed: VecDeque::new(),
+        }
+    }
+}
+
+/// The state one owner shard keeps. Single-threaded by design: it lives inside one shard.
+#[derive(Debug)]
+pub struct Book {
+    sales: HashMap<Box<str>, SaleLedger>,
+    orders: HashMap<u128, Order>,
+    blocked: HashSet<Box<str>>,
+    rng: SmallRng,
+    limits: BookLimits,
+}
+
+impl Book {
+    /// An empty book.
+    pub fn new(limits: BookLimits) -> Self {
+        Self {
+            sales: HashMap::new(),
+            orders: HashMap::new(),
+            blocked: HashSet::new(),
+            rng: SmallRng::from_entropy(),
+            limits,
+        }
+    }
+
+    /// Runs one command at `now_ms`. Returns the reply and the event to persist, if the command
+    /// changed anything. The change is already applied when this returns.
+    pub fn execute(&mut self, command: Command, now_ms: u64) -> (Reply, Option<Event>) {
+        match command {
+            Command::UpsertSale(sale) => self.upsert_sale(sale, now_ms),
+            Command::GetSale(sku) => (self.view(&sku, now_ms).map(Outcome::Sale), None),
+            Command::ListSales => (Ok(Outcome::Sales(self.list(now_ms))), None),
+            Command::Purchase(request) => self.purchase(request, now_ms),
+            Command::GetOrder(id, requester) => {
+                let reply = self
+                    .visible_order(&id, &requester)
+                    .map(|order| order_outcome(order.clone(), None));
+                (reply, None)
+            }
+            Command::Pay(id, user_id) => self.pay(&id, &Requester::Shopper(user_id), now_ms),
+            Command::Cancel(id, requester) => self.cancel(&id, &requester, now_ms),
+            Command::Expire(id) => self.expire_if_due(&id, now_ms),
+            Command::SetBlocked(user_id, blocked) => {
+                let event = Event::UserBlocked(user_id, blocked);
+                self.apply(&event);
+                (Ok(Outcome::Done), Some(event))
+            }
+        }
+    }
+
+    /// Applies a persisted change. Used by [`Book::execute`] and by log replay.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::SaleUpserted(sale) => {
+                self.sales
+                    .insert(sale.sku.clone(), SaleLedger::new(sale.clone()));
+            }
+            Event::OrderCreated {
+                order,
+                idempotency_key,
+            } => {
+                let Some(ledger) = self.sales.get_mut(&order.sku) else {
+                    return;
+                };
+                ledger.remaining = ledger.remaining.saturating_sub(u64::from(order.quantity));
+                let holder = ledger.holders.entry(order.user_id.clone()).or_default();
+                holder.held = holder.held.saturating_add(order.quantity);
+                if let Some(key) = idempotency_key {
+                    holder.keys.push((key.clone(), order.order_id.unique));
+                }
+                self.orders.insert(order.order_id.unique, order.clone());
+            }
+            Event::OrderClosed { order_id, status } => self.close(order_id, *status),
+            Event::UserBlocked(user_id, true) => {
+                self.blocked.insert(user_id.clone());
+            }
+            Event::UserBlocked(user_id, false) => {
+                self.blocked.remove(user_id);
+            }
+        }
+    }
+
+    /// Every event needed to rebuild this book from nothing; what a snapshot holds.
+    pub fn snapshot(&self) -> Vec<Event> {
+        let mut events: Vec<Event> = self
+            .sales
+            .values()
+            .map(|ledger| Event::SaleUpserted(ledger.sale.clone()))
+            .collect();
+        events.extend(
+            self.blocked
+                .iter()
+                .map(|u| Event::UserBlocked(u.clone(), true)),
+        );
+        let mut orders: Vec<&Order> = self.orders.values().collect();
+        orders.sort_by_key(|order| order.order_id.unique);
+        for order in orders {
+            let idempotency_key = self.sales.get(&order.sku).and_then(|ledger| {
+                let holder = ledger.holders.get(&order.user_id)?;
+                holder
+                    .keys
+                    .iter()
+                    .find(|(_, unique)| *unique == order.order_id.unique)
+                    .map(|(key, _)| key.clone())
+            });
+            let mut created = order.clone();
+            created.status = OrderStatus::Pending;
+            events.push(Event::OrderCreated {
+                order: created,
+                idempotency_key,
+            });
+            if order.status != OrderStatus::Pending {
+                events.push(Event::OrderClosed {
+                    order_id: order.order_id.clone(),
+                    status: order.status,
+                });
+            }
+        }
+        events
+    }
+
+    /// Pending orders and their deadlines, for rebuilding the expiry queue after recovery.
+    pub fn pending_deadlines(&self) -> impl Iterator<Item = (OrderId, u64)> + '_ {
+        self.orders
+            .values()
+            .filter(|order| order.status == OrderStatus::Pending)
+            .map(|order| (order.order_id.clone(), order.expires_at))
+    }
+
+    /// Users on the blocklist whose home is this book.
+    pub fn blocked_users(&self) -> impl Iterator<Item = &str> {
+        self.blocked.iter().map(|u| &**u)
+    }
+
+    /// Sales held by this book.
+    pub fn sales(&self) -> impl Iterator<Item = &Sale> {
+        self.sales.values().map(|ledger| &ledger.sale)
+    }
+
+    /// Live stock of one sale.
+    pub fn remaining(&self, sku: &str) -> Option<u64> {
+        self.sales.get(sku).map(|ledger| ledger.remaining)
+    }
+
+    fn view(&self, sku: &str, now_ms: u64) -> Result<SaleView, SaleError> {
+        let ledger = self.sales.get(sku).ok_or(SaleError::UnknownSale)?;
+        Ok(SaleView::new(&ledger.sale, ledger.remaining, now_ms))
+    }
+
+    fn list(&self, now_ms: u64) -> Vec<SaleView> {
+        self.sales
+            .values()
+            .map(|ledger| SaleView::new(&ledger.sale, ledger.remaining, now_ms))
+            .collect()
+    }
+
+    fn upsert_sale(&mut self, sale: Sale, now_ms: u64) -> (Reply, Option<Event>) {
+        if let Some(existing) = self.sales.get(&sale.sku) {
+            if existing.sale.has_started(now_ms) {
+                return (Err(SaleError::SaleExists), None);
+            }
+        }
+        let view = SaleView::new(&sale, sale.stock, now_ms);
+        let event = Event::SaleUpserted(sale);
+        self.apply(&event);
+        (Ok(Outcome::Sale(view)), Some(event))
+    }
+
+    fn purchase(&mut self, request: PurchaseRequest, now_ms: u64) -> (Reply, Option<Event>) {
+        let Some(ledger) = self.sales.get(&request.sku) else {
+            return (Err(SaleError::UnknownSale), None);
+        };
+        let sale = &ledger.sale;
+        if !sale.has_started(now_ms) {
+            return (Err(SaleError::NotStarted), None);
+        }
+        if sale.has_ended(now_ms) {
+            return (Err(SaleError::Ended), None);
+        }
+        let holder = ledger.holders.get(&request.user_id);
+        if let (Some(key), Some(holder)) = (&request.idempotency_key, holder) {
+            let earlier = holder.keys.iter().find(|(k, _)| k == key);
+            if let Some(order) = earlier.and_then(|(_, unique)| self.orders.get(unique)) {
+                let outcome = Outcome::Order {
+                    order: order.clone(),
+                    remaining: Some(ledger.remaining),
+                    replayed: true,
+                };
+                return (Ok(outcome), None);
+            }
+        }
+        let held = holder.map_or(0, |holder| holder.held);
+        if held.saturating_add(request.quantity) > sale.per_user_limit {
+            return (Err(SaleError::LimitExceeded), None);
+        }
+        let wanted = u64::from(request.quantity);
+        if ledger.remaining == 0 {
+            return (Err(SaleError::SoldOut), None);
+        }
+        if ledger.remaining < wanted {
+            return (Err(SaleError::InsufficientStock), None);
+        }
+        let order = Order {
+            order_id: OrderId::mint(&request.sku, now_ms, &mut self.rng),
+            sku: request.sku,
+            user_id: request.user_id,
+            quantity: request.quantity,
+            status: OrderStatus::Pending,
+            created_at: now_ms,
+            expires_at: now_ms.saturating_add(sale.payment_timeout_ms),
+        };
+        let remaining = ledger.remaining - wanted;
+        let event = Event::OrderCreated {
+            order: order.clone(),
+            idempotency_key: request.idempotency_key,
+        };
+        self.apply(&event);
+        let outcome = Outcome::Order {
+            order,
+            remaining: Some(remaining),
+            replayed: false,
+        };
+        (Ok(outcome), Some(event))
+    }
+
+    fn visible_order(&self, id: &OrderId, requester: &Requester) -> Result<&Order, SaleError> {
+        self.orders
+            .get(&id.unique)
+            .filter(|order| order.sku == id.sku && requester.may_see(&order.user_id))
+            .ok_or(SaleError::UnknownOrder)
+    }
+
+    fn pay(&mut self, id: &OrderId, requester: &Requester, now_ms: u64) -> (Reply, Option<Event>) {
+        self.transition(id, requester, now_ms, OrderStatus::Paid)
+    }
+
+    fn cancel(
+        &mut self,
+        id: &OrderId,
+        requester: &Requester,
+        now_ms: u64,
+    ) -> (Reply, Option<Event>) {
+        self.transition(id, requester, now_ms, OrderStatus::Cancelled)
+    }
+
+    /// Moves a visible order to `target` (paid or cancelled). Repeating a transition that already
+    /// happened answers the same again; a pending order past its deadline expires first, so a
+    /// late payment and the expiry sweep can never both win.
+    fn transition(
+        &mut self,
+        id: &OrderId,
+        requester: &Requester,
+        now_ms: u64,
+        target: OrderStatus,
+    ) -> (Reply, Option<Event>) {
+        let order = match self.visible_order(id, requester) {
+            Ok(order) => order,
+            Err(refusal) => return (Err(refusal), None),
+        };
+        match order.status {
+            status if status == target => (Ok(order_outcome(order.clone(), None)), None),
+            OrderStatus::Pending if now_ms >= order.expires_at => {
+                let (_, event) = self.close_with_event(id, OrderStatus::Expired);
+                (Err(SaleError::OrderExpired), event)
+            }
+            OrderStatus::Pending => {
+                let (reply, event) = self.close_with_event(id, target);
+                (reply, event)
+            }
+            OrderStatus::Paid => (Err(SaleError::OrderPaid), None),
+            OrderStatus::Cancelled => (Err(SaleError::OrderCancelled), None),
+            OrderStatus::Expired => (Err(SaleError::OrderExpired), None),
+        }
+    }
+
+    fn expire_if_due(&mut self, id: &OrderId, now_ms: u64) -> (Reply, Option<Event>) {
+        match self.orders.get(&id.unique) {
+            Some(order) if order.status == OrderStatus::Pending && now_ms >= order.expires_at => {
+                self.close_with_event(id, OrderStatus::Expired)
+            }
+            _ => (Ok(Outcome::Done), None),
+        }
+    }
+
+    fn close_with_event(&mut self, id: &OrderId, status: OrderStatus) -> (Reply, Option<Event>) {
+        let event = Event::OrderClosed {
+            order_id: id.clone(),
+            status,
+        };
+        self.apply(&event);
+        let reply = match self.orders.get(&id.unique) {
+            Some(order) => Ok(order_outcome(order.clone(), self.remaining(&id.sku))),
+            None => Ok(Outcome::Done),
+        };
+        (reply, Some(event))
+    }
+
+    fn close(&mut self, id: &OrderId, status: OrderStatus) {
+        let Some(order) = self.orders.get_mut(&id.unique) else {
+            return;
+        };
+        if order.status != OrderStatus::Pending || status == OrderStatus::Pending {
+            return;
+        }
+        order.status = status;
+        if status == OrderStatus::Paid {
+            return;
+        }
+        let (quantity, user_id) = (order.quantity, order.user_id.clone());
+        let Some(ledger) = self.sales.get_mut(&id.sku) else {
+            return;
+        };
+        ledger.remaining = ledger
+            .remaining
+            .saturating_add(u64::from(quantity))
+            .min(ledger.sale.stock);
+        if let Some(holder) = ledger.holders.get_mut(&user_id) {
+            holder.held = holder.held.saturating_sub(quantity);
+        }
+        ledger.closed.push_back(id.unique);
+        while ledger.closed.len() > self.limits.closed_orders_per_sale {
+            let Some(oldest) = ledger.closed.pop_front() else {
+                break;
+            };
+            if let Some(forgotten) = self.orders.remove(&oldest) {
+                if let Some(holder) = ledger.holders.get_mut(&forgotten.user_id) {
+                    holder.keys.retain(|(_, unique)| *unique != oldest);
+                    if holder.held == 0 && holder.keys.is_empty() {
+                        ledger.holders.remove(&forgotten.user_id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn order_outcome(order: Order, remaining: Option<u64>) -> Outcome {
+    Outcome::Order {
+        order,
+        remaining,
+        replayed: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_000_000;
+
+    fn sale(stock: u64, per_user_limit: u32) -> Sale {
+        Sale {
+            sku: "sku".into(),
+            name: "Moutai".into(),
+            stock,
+            starts_at: T0,
+            ends_at: T0 + 60_000,
+            per_user_limit,
+            payment_timeout_ms: 1_000,
+            rate_limit_per_sec: 0,
+        }
+    }
+
+    fn buy(book: &mut Book, user: &str, quantity: u32, key: Option<&str>) -> Reply {
+        let request = PurchaseRequest {
+            sku: "sku".into(),
+            user_id: user.into(),
+            quantity,
+            idempotency_key: key.map(Into::into),
+        };
+        book.execute(Command::Purchase(request), T0 + 1).0
+    }
+
+    fn order_of(reply: Reply) -> Order {
+        match reply {
+            Ok(Outcome::Order { order, .. }) => order,
+            other => panic!("expected an order, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn purchase_ladder_and_stock_return_once() {
+        let mut book = Book::new(BookLimits::default());
+        book.execute(Command::UpsertSale(sale(3, 2)), T0 - 10)
+            .0
+            .unwrap();
+        let first = order_of(buy(&mut book, "u1", 2, Some("k")));
+        assert_eq!(buy(&mut book, "u1", 1, None), Err(SaleError::LimitExceeded));
+        let replay = order_of(buy(&mut book, "u1", 2, Some("k")));
+        assert_eq!(replay.order_id, first.order_id);
+        assert_eq!(
+            buy(&mut book, "u2", 2, None),
+            Err(SaleError::InsufficientStock)
+        );
+        order_of(buy(&mut book, "u2", 1, None));
+        assert_eq!(buy(&mut book, "u3", 1, None), Err(SaleError::SoldOut));
+        let cancel = Command::Cancel(first.order_id.clone(), Requester::Admin);
+        book.execute(cancel.clone(), T0 + 2).0.unwrap();
+        book.execute(cancel, T0 + 3).0.unwrap();
+        assert_eq!(book.remaining("sku"), Some(2));
+        let pay = Command::Pay(first.order_id, "u1".into());
+        assert_eq!(book.execute(pay, T0 + 4).0, Err(SaleError::OrderCancelled));
+    }
+
+    #[test]
+    fn late_payment_loses_to_the_deadline() {
+        let mut book = Book::new(BookLimits::default());
+        book.execute(Command::UpsertSale(sale(1, 1)), T0 - 10)
+            .0
+            .unwrap();
+        let order = order_of(buy(&mut book, "u1", 1, None));
+        let pay = Command::Pay(order.order_id.clone(), "u1".into());
+        let (reply, event) = book.execute(pay, order.expires_at);
+        assert_eq!(reply, Err(SaleError::OrderExpired));
+        assert!(event.is_some(), "the expiry must be persisted");
+        assert_eq!(book.remaining("sku"), Some(1));
+        let (_, again) = book.execute(Command::Expire(order.order_id), order.expires_at + 5);
+        assert!(again.is_none());
+        assert_eq!(book.remaining("sku"), Some(1));
+    }
+
+    #[test]
+    fn snapshot_replays_to_the_same_state_and_history_is_bounded() {
+        let limits = BookLimits {
+            closed_orders_per_sale: 2,
+        };
+        let mut book = Book::new(limits);
+        book.execute(Command::UpsertSale(sale(10, 1)), T0 - 10)
+            .0
+            .unwrap();
+        for round in 0..5 {
+            let order = order_of(buy(&mut book, "u1", 1, Some(&format!("k{round}"))));
+            book.execute(Command::Cancel(order.order_id, Requester::Admin), T0 + 2)
+                .0
+                .unwrap();
+        }
+        order_of(buy(&mut book, "u2", 1, Some("kept")));
+        assert_eq!(book.orders.len(), 3);
+        let mut copy = Book::new(limits);
+        for event in book.snapshot() {
+            copy.apply(&event);
+        }
+        assert_eq!(copy.remaining("sku"), Some(9));
+        assert_eq!(copy.orders, book.orders);
+        let replay = order_of(buy(&mut copy, "u2", 1, Some("kept")));
+        assert_eq!(buy(&mut copy, "u2", 1, None), Err(SaleError::LimitExceeded));
+        assert_eq!(replay.user_id.as_ref(), "u2");
+    }
+}

@@ -1,0 +1,125 @@
+//! The language between the edge and the owner shard: commands in, outcomes out, and the events
+//! a successful change leaves behind for the store to persist.
+//!
+//! Commands and events cross shard boundaries, so they own their data (`Box<str>`, no `Rc`).
+
+use super::ids::OrderId;
+use super::model::{Order, OrderStatus, Sale, SaleView};
+use super::SaleError;
+
+/// Who is asking, as far as order visibility is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    /// The admin sees and may cancel every order.
+    Admin,
+    /// A shopper sees and acts on their own orders only.
+    Shopper(Box<str>),
+}
+
+impl Requester {
+    /// Whether this requester may see an order placed by `user_id`.
+    pub fn may_see(&self, user_id: &str) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Shopper(me) => **me == *user_id,
+        }
+    }
+}
+
+/// A purchase attempt that passed the edge checks (auth, window, blocklist, rate, sold-out flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseRequest {
+    /// The SKU to buy.
+    pub sku: Box<str>,
+    /// The authenticated buyer.
+    pub user_id: Box<str>,
+    /// Units wanted, 1..=100.
+    pub quantity: u32,
+    /// Makes retries safe: the same user and key get the original order back.
+    pub idempotency_key: Option<Box<str>>,
+}
+
+/// One operation for the owner of a SKU (or, for blocklist changes, the home shard of a user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Create a sale, or replace one that has not started.
+    UpsertSale(Sale),
+    /// Read one sale with its live stock.
+    GetSale(Box<str>),
+    /// Read every sale this owner holds.
+    ListSales,
+    /// Try to buy.
+    Purchase(PurchaseRequest),
+    /// Read an order.
+    GetOrder(OrderId, Requester),
+    /// Pay a pending order (only its buyer may).
+    Pay(OrderId, Box<str>),
+    /// Cancel a pending order.
+    Cancel(OrderId, Requester),
+    /// Expire a pending order whose deadline has passed; a no-op otherwise.
+    Expire(OrderId),
+    /// Add a user to, or remove them from, the blocklist.
+    SetBlocked(Box<str>, bool),
+}
+
+impl Command {
+    /// The SKU whose owner must run this command, if it is SKU-bound.
+    pub fn sku(&self) -> Option<&str> {
+        match self {
+            Self::UpsertSale(sale) => Some(&sale.sku),
+            Self::GetSale(sku) => Some(sku),
+            Self::Purchase(request) => Some(&request.sku),
+            Self::GetOrder(id, _) | Self::Pay(id, _) | Self::Cancel(id, _) | Self::Expire(id) => {
+                Some(&id.sku)
+            }
+            Self::ListSales | Self::SetBlocked(..) => None,
+        }
+    }
+}
+
+/// What a command produced when it succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// One sale.
+    Sale(SaleView),
+    /// Several sales.
+    Sales(Vec<SaleView>),
+    /// An order, after the command; `remaining` is the SKU's stock afterwards when the command
+    /// touched stock, so the owner can tell every shard when a SKU sells out or comes back.
+    Order {
+        /// The order as it is now.
+        order: Order,
+        /// Stock left after this command, when it changed or checked stock.
+        remaining: Option<u64>,
+        /// Whether this answers a purchase that was already made with the same idempotency key.
+        replayed: bool,
+    },
+    /// Nothing to return.
+    Done,
+}
+
+/// The answer to one command.
+pub type Reply = Result<Outcome, SaleError>;
+
+/// A state change, as persisted by durable stores and replayed on recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A sale was created or replaced.
+    SaleUpserted(Sale),
+    /// An order was accepted and its stock taken.
+    OrderCreated {
+        /// The order, status pending.
+        order: Order,
+        /// The idempotency key it was bought with, so replays survive a restart.
+        idempotency_key: Option<Box<str>>,
+    },
+    /// A pending order reached a final state.
+    OrderClosed {
+        /// Which order.
+        order_id: OrderId,
+        /// Paid, cancelled or expired.
+        status: OrderStatus,
+    },
+    /// A user was blocked (`true`) or unblocked (`false`).
+    UserBlocked(Box<str>, bool),
+}

@@ -1,0 +1,80 @@
+//! Order ids: opaque to clients, unique across restarts and nodes, and routable.
+//!
+//! An id is a ULID (48-bit millisecond time plus 80 random bits, so two nodes or two runs never
+//! collide in practice) followed by `.` and the SKU. Carrying the SKU lets any shard, and in
+//! cluster mode any node, find the order's owner without a lookup table.
+
+use std::fmt;
+
+use rand::RngCore;
+use serde::{Serialize, Serializer};
+
+use super::model::is_valid_id;
+
+/// Length of the ULID part of an order id.
+const ULID_LEN: usize = 26;
+
+/// A parsed order id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrderId {
+    /// The unique part; the key orders are stored under.
+    pub unique: u128,
+    /// The SKU the order belongs to.
+    pub sku: Box<str>,
+}
+
+impl OrderId {
+    /// Mints a fresh id for an order on `sku` created at `now_ms`.
+    pub fn mint(sku: &str, now_ms: u64, rng: &mut impl RngCore) -> Self {
+        let random =
+            (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())) & ((1 << 80) - 1);
+        let ulid = ulid::Ulid::from_parts(now_ms, random);
+        Self {
+            unique: ulid.0,
+            sku: sku.into(),
+        }
+    }
+
+    /// Parses the wire form; `None` for anything that is not an id this server could have minted.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (unique, sku) = text.split_at_checked(ULID_LEN)?;
+        let sku = sku.strip_prefix('.')?;
+        if !is_valid_id(sku) {
+            return None;
+        }
+        let unique = ulid::Ulid::from_string(unique).ok()?;
+        Some(Self {
+            unique: unique.0,
+            sku: sku.into(),
+        })
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", ulid::Ulid(self.unique), self.sku)
+    }
+}
+
+impl Serialize for OrderId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let mut rng = rand::thread_rng();
+        let id = OrderId::mint("sku-1", 1_700_000_000_000, &mut rng);
+        let text = id.to_string();
+        assert_eq!(OrderId::parse(&text), Some(id.clone()));
+        assert_ne!(OrderId::mint("sku-1", 1_700_000_000_000, &mut rng), id);
+        assert_eq!(OrderId::parse("nope"), None);
+        assert_eq!(OrderId::parse(&text.replace('.', "/")), None);
+        assert_eq!(OrderId::parse(&format!("{}.", &text[..26])), None);
+    }
+}

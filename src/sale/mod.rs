@@ -1,0 +1,16 @@
+//! The sale domain: what a sale and an order are, the owner shard's state machine, shard-local
+//! admission (token buckets) and the expiry queue for pending orders.
+//!
+//! Nothing in here does I/O or knows about HTTP; the shard runtime drives it and the stores persist
+//! its events.
+
+pub mod admission;
+pub mod book;
+pub mod command;
+pub mod error;
+pub mod expiry;
+pub mod ids;
+pub mod model;
+
+pub use error::SaleError;
+pub use model::{Order, OrderStatus, Sale, SaleState, SaleView};

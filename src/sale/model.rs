@@ -1,0 +1,171 @@
+//! The nouns of a flash sale: a sale's definition, its public view, and an order.
+
+use serde::Serialize;
+
+use super::ids::OrderId;
+
+/// Most characters a SKU or a user id may have.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Whether `id` is a valid SKU or user id: 1–64 characters from `[A-Za-z0-9_-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A sale as the admin defined it. Immutable once it has started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sale {
+    /// The stock-keeping unit this sale sells; also the partitioning key.
+    pub sku: Box<str>,
+    /// Display name.
+    pub name: Box<str>,
+    /// Units on offer in total.
+    pub stock: u64,
+    /// First millisecond at which purchases are accepted.
+    pub starts_at: u64,
+    /// First millisecond at which purchases are refused again.
+    pub ends_at: u64,
+    /// Most units one user may hold in pending and paid orders together.
+    pub per_user_limit: u32,
+    /// How long a pending order waits for payment before its stock returns.
+    pub payment_timeout_ms: u64,
+    /// Node-wide admission rate for purchases; 0 means unlimited.
+    pub rate_limit_per_sec: u32,
+}
+
+impl Sale {
+    /// Whether the window has opened at `now_ms`.
+    pub fn has_started(&self, now_ms: u64) -> bool {
+        now_ms >= self.starts_at
+    }
+
+    /// Whether the window has closed at `now_ms`.
+    pub fn has_ended(&self, now_ms: u64) -> bool {
+        now_ms >= self.ends_at
+    }
+}
+
+/// The lifecycle phase of a sale, as shoppers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    /// The window has not opened.
+    Upcoming,
+    /// Buying is possible.
+    Open,
+    /// The window is open but nothing is left right now.
+    SoldOut,
+    /// The window has closed.
+    Ended,
+}
+
+/// The public representation of a sale: its definition plus live stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SaleView {
+    /// See [`Sale::sku`].
+    pub sku: Box<str>,
+    /// See [`Sale::name`].
+    pub name: Box<str>,
+    /// See [`Sale::stock`].
+    pub stock: u64,
+    /// Units not held by pending or paid orders.
+    pub remaining: u64,
+    /// See [`Sale::starts_at`].
+    pub starts_at: u64,
+    /// See [`Sale::ends_at`].
+    pub ends_at: u64,
+    /// See [`Sale::per_user_limit`].
+    pub per_user_limit: u32,
+    /// See [`Sale::payment_timeout_ms`].
+    pub payment_timeout_ms: u64,
+    /// See [`Sale::rate_limit_per_sec`].
+    pub rate_limit_per_sec: u32,
+    /// Derived from the window and `remaining` at the time of the view.
+    pub state: SaleState,
+}
+
+impl SaleView {
+    /// Builds the view of `sale` with `remaining` units left, as seen at `now_ms`.
+    pub fn new(sale: &Sale, remaining: u64, now_ms: u64) -> Self {
+        let state = if !sale.has_started(now_ms) {
+            SaleState::Upcoming
+        } else if sale.has_ended(now_ms) {
+            SaleState::Ended
+        } else if remaining == 0 {
+            SaleState::SoldOut
+        } else {
+            SaleState::Open
+        };
+        Self {
+            sku: sale.sku.clone(),
+            name: sale.name.clone(),
+            stock: sale.stock,
+            remaining,
+            starts_at: sale.starts_at,
+            ends_at: sale.ends_at,
+            per_user_limit: sale.per_user_limit,
+            payment_timeout_ms: sale.payment_timeout_ms,
+            rate_limit_per_sec: sale.rate_limit_per_sec,
+            state,
+        }
+    }
+}
+
+/// Where an order is in its life. Only `Pending` can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Stock is held, waiting for payment until `expires_at`.
+    Pending,
+    /// Paid: the stock is sold for good.
+    Paid,
+    /// Not paid in time: the stock went back.
+    Expired,
+    /// Cancelled by the shopper or an admin: the stock went back.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Whether the order still holds stock (counts against stock and the per-user limit).
+    pub fn holds_stock(self) -> bool {
+        matches!(self, Self::Pending | Self::Paid)
+    }
+}
+
+/// One shopper's claim on some units of a sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    /// Opaque, globally unique id; it also names the SKU so it can be routed to its owner shard.
+    pub order_id: OrderId,
+    /// The SKU bought.
+    pub sku: Box<str>,
+    /// The buyer.
+    pub user_id: Box<str>,
+    /// Units held.
+    pub quantity: u32,
+    /// Current lifecycle state.
+    pub status: OrderStatus,
+    /// When the order was accepted.
+    pub created_at: u64,
+    /// When a pending order expires.
+    pub expires_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_charset_and_length_rule() {
+        assert!(is_valid_id("moutai-2026_A"));
+        assert!(is_valid_id(&"a".repeat(64)));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(!is_valid_id("a.b"));
+        assert!(!is_valid_id("a/b"));
+    }
+}

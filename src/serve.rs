@@ -1,0 +1,82 @@
+//! `seckill serve`: resolve the config, prepare the host (memlock for io_uring), print dev-mode
+//! credentials if needed, and run the node.
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+
+use crate::auth::Auth;
+use crate::config::{SecretsSource, ServeConfig};
+use crate::http::ConnLimits;
+use crate::sale::book::BookLimits;
+use crate::shard::runtime::{run_node, NodeError, NodeOptions};
+
+/// glommio's default registered-buffer size per executor.
+const DEFAULT_IO_MEMORY: usize = 10 << 20;
+
+/// Runs the server with `config` until a shutdown signal.
+pub fn serve(config: &ServeConfig) -> Result<(), NodeError> {
+    if config.secrets_source == SecretsSource::DevGenerated {
+        print_dev_credentials(config);
+    }
+    let options = NodeOptions {
+        listen: config.listen,
+        shards: config.shards,
+        backlog: config.backlog,
+        conn_limits: ConnLimits {
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.idle_timeout,
+        },
+        max_connections_per_shard: config.max_connections_per_shard,
+        drain_timeout: config.drain_timeout,
+        io_memory: io_memory_within_memlock(config.shards),
+        book_limits: BookLimits {
+            closed_orders_per_sale: config.closed_orders_per_sale,
+        },
+        auth: Auth::new(&config.admin_token, &config.token_secret),
+    };
+    run_node(options)
+}
+
+/// io_uring registers each executor's I/O buffers as locked memory. Raise RLIMIT_MEMLOCK to
+/// fit glommio's default if we may; otherwise shrink the buffers to fit the limit, so glommio
+/// does not silently fall back to its slower unregistered path.
+fn io_memory_within_memlock(shards: usize) -> usize {
+    let needed = (DEFAULT_IO_MEMORY * shards) as u64;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {
+        return DEFAULT_IO_MEMORY;
+    };
+    if soft == RLIM_INFINITY || soft >= needed + (1 << 20) {
+        return DEFAULT_IO_MEMORY;
+    }
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
+        tracing::debug!("raised RLIMIT_MEMLOCK to infinity for io_uring buffers");
+        return DEFAULT_IO_MEMORY;
+    }
+    let target = needed + (1 << 20);
+    if hard >= target && setrlimit(Resource::RLIMIT_MEMLOCK, target, hard).is_ok() {
+        return DEFAULT_IO_MEMORY;
+    }
+    // Leave 1 MiB of the limit for everything else that locks memory.
+    let per_shard = (soft.saturating_sub(1 << 20) / shards.max(1) as u64) as usize;
+    tracing::warn!(
+        memlock_bytes = soft,
+        io_memory_bytes = per_shard,
+        "RLIMIT_MEMLOCK is low and cannot be raised; shrinking io_uring buffers to fit (set LimitMEMLOCK=infinity)"
+    );
+    per_shard.max(64 << 10)
+}
+
+fn print_dev_credentials(config: &ServeConfig) {
+    let auth = Auth::new(&config.admin_token, &config.token_secret);
+    let expires = crate::clock::now_ms() / 1000 + 3600;
+    let shopper = auth.mint("alice", expires);
+    let base = format!("http://{}", config.listen);
+    eprintln!(
+        "\nseckill dev mode: SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET are not set, so these were generated for this run only.\n\
+         \n  SECKILL_ADMIN_TOKEN={admin}\n  SECKILL_TOKEN_SECRET={secret}\n\
+         \nTry it:\n\
+         \n  curl -X PUT {base}/v1/sales/moutai -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\":\"Moutai 53%\",\"stock\":1000,\"starts_at\":0,\"ends_at\":4102444800000}}'\
+         \n  curl -X POST {base}/v1/sales/moutai/purchase -H 'Authorization: Bearer {shopper}'\n",
+        admin = config.admin_token,
+        secret = config.token_secret,
+    );
+}

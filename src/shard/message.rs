@@ -1,0 +1,60 @@
+//! What shards say to each other over the glommio channel mesh.
+
+use futures::channel::oneshot;
+
+use crate::sale::command::{Command, Reply};
+use crate::sale::Sale;
+
+/// A message from one shard to another.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Run a command as the owner and send back the reply.
+    Call {
+        /// The command, already past the edge checks.
+        command: Command,
+        /// Where the caller waits.
+        reply: oneshot::Sender<Reply>,
+    },
+    /// Update the receiver's edge replica; acknowledge if asked.
+    Notice {
+        /// The update.
+        notice: Notice,
+        /// Answered once applied, when the sender must know every shard has seen it.
+        ack: Option<oneshot::Sender<()>>,
+    },
+}
+
+/// An update to every shard's edge replica, sent by whoever owns the fact.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A sale was created or replaced; `version` orders it with stock flags for the same SKU.
+    SaleUpserted {
+        /// The definition.
+        sale: Sale,
+        /// The owner's flag version at the time.
+        version: u64,
+    },
+    /// The owner saw the SKU's stock reach zero (`true`) or come back (`false`).
+    StockFlag {
+        /// Which SKU.
+        sku: Box<str>,
+        /// Whether purchases can be refused at the edge.
+        sold_out: bool,
+        /// Monotonic per owner; older flags arriving late are ignored.
+        version: u64,
+    },
+    /// A user was added to (`true`) or removed from (`false`) the blocklist.
+    Blocked {
+        /// Who.
+        user_id: Box<str>,
+        /// Added or removed.
+        blocked: bool,
+    },
+    /// A shard's smoothed purchase demand per rate-limited SKU, for sharing out the node rate.
+    Demand {
+        /// The reporting shard.
+        from: usize,
+        /// Requests per second, by SKU.
+        per_sku: Vec<(Box<str>, f64)>,
+    },
+}

@@ -1,0 +1,181 @@
+//! The shard runtime: one glommio executor per core, each owning a partition of the SKUs.
+//!
+//! A request is checked at the edge of the shard that accepted it ([`edge`]), then sent to the
+//! SKU's owner ([`placement`]) over the channel mesh ([`message`]), which runs it against its
+//! store and answers back the same way ([`owner`]). [`runtime`] boots the shards and their
+//! listeners and shuts them down.
+
+pub mod edge;
+pub mod message;
+pub mod owner;
+pub mod placement;
+pub mod runtime;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+
+use crate::sale::command::{Command, Outcome, Reply};
+use crate::sale::expiry::ExpiryQueue;
+use crate::sale::{SaleError, SaleView};
+use edge::Edge;
+use message::{Notice, ShardMsg};
+
+/// Node-wide status shared by all shards; read by `/readyz`, written at start and stop only.
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    /// Shards that have joined the mesh and are listening.
+    pub ready_shards: AtomicUsize,
+    /// Set once shutdown begins.
+    pub draining: AtomicBool,
+    /// Shards that have finished their own connections; a shard keeps serving its peers' calls
+    /// until all have, so in-flight requests anywhere can still complete.
+    pub drained_shards: AtomicUsize,
+}
+
+impl NodeStatus {
+    /// Whether every one of `shards` shards serves and the node is not shutting down.
+    pub fn is_ready(&self, shards: usize) -> bool {
+        self.ready_shards.load(Ordering::Acquire) >= shards
+            && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// One shard: its edge replica, the partition it owns, and its links to the other shards.
+pub struct Shard<S> {
+    /// This shard's index, `0..count`; also its peer id in the mesh.
+    pub id: usize,
+    /// How many shards the node runs.
+    pub count: usize,
+    peers: Senders<ShardMsg>,
+    /// What this shard needs to refuse requests without a hop.
+    pub edge: RefCell<Edge>,
+    store: S,
+    /// Pending orders of the SKUs this shard owns, by deadline.
+    expiry: RefCell<ExpiryQueue>,
+    /// The sold-out flag last announced for each owned SKU.
+    announced_sold_out: RefCell<HashMap<Box<str>, bool>>,
+    /// Orders announcements so that a late one never undoes a newer one.
+    flag_version: Cell<u64>,
+    /// Open connections on this shard, checked against the per-shard cap.
+    pub connections: Cell<usize>,
+    /// Node-wide readiness and shutdown state.
+    pub node: std::sync::Arc<NodeStatus>,
+}
+
+impl<S: crate::store::Store + 'static> Shard<S> {
+    /// A shard with an empty edge and expiry queue.
+    pub fn new(
+        id: usize,
+        count: usize,
+        peers: Senders<ShardMsg>,
+        store: S,
+        node: std::sync::Arc<NodeStatus>,
+    ) -> Self {
+        Self {
+            id,
+            count,
+            peers,
+            edge: RefCell::new(Edge::new(id, count)),
+            store,
+            expiry: RefCell::new(ExpiryQueue::new()),
+            announced_sold_out: RefCell::new(HashMap::new()),
+            flag_version: Cell::new(0),
+            connections: Cell::new(0),
+            node,
+        }
+    }
+
+    /// The shard that owns `key`.
+    pub fn owner_of(&self, key: &str) -> usize {
+        placement::owner_of(key, self.count)
+    }
+
+    /// Runs `command` on the shard that owns it, here or over the mesh.
+    pub async fn call(self: &Rc<Self>, command: Command) -> Reply {
+        let target = match (&command, command.sku()) {
+            (_, Some(sku)) => self.owner_of(sku),
+            (Command::SetBlocked(user_id, _), None) => self.owner_of(user_id),
+            _ => self.id,
+        };
+        self.call_on(target, command).await
+    }
+
+    /// Runs `command` on shard `target`.
+    async fn call_on(self: &Rc<Self>, target: usize, command: Command) -> Reply {
+        if target == self.id {
+            return self.execute_owned(command).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let message = ShardMsg::Call { command, reply };
+        if self.peers.send_to(target, message).await.is_err() {
+            return Err(SaleError::Unavailable);
+        }
+        answer.await.unwrap_or(Err(SaleError::Unavailable))
+    }
+
+    /// Every sale on the node, sorted by SKU: each shard lists its own, concurrently.
+    pub async fn list_sales(self: &Rc<Self>) -> Result<Vec<SaleView>, SaleError> {
+        let calls = (0..self.count).map(|shard| self.call_on(shard, Command::ListSales));
+        let mut sales = Vec::new();
+        for reply in futures::future::join_all(calls).await {
+            match reply? {
+                Outcome::Sales(part) => sales.extend(part),
+                _ => return Err(SaleError::Unavailable),
+            }
+        }
+        sales.sort_by(|a, b| a.sku.cmp(&b.sku));
+        Ok(sales)
+    }
+
+    /// Handles a message from another shard.
+    pub fn on_message(self: &Rc<Self>, message: ShardMsg) {
+        match message {
+            ShardMsg::Call { command, reply } => {
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let answer = shard.execute_owned(command).await;
+                    // The caller may have gone away (connection closed); nothing to do then.
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            ShardMsg::Notice { notice, ack } => {
+                self.edge.borrow_mut().apply(&notice, Instant::now());
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+
+    /// Applies `notice` here and sends it to every other shard; with `wait`, returns only once
+    /// every shard has applied it.
+    async fn broadcast(&self, notice: Notice, wait: bool) {
+        self.edge.borrow_mut().apply(&notice, Instant::now());
+        let mut acks = Vec::new();
+        for peer in (0..self.count).filter(|peer| *peer != self.id) {
+            let ack = if wait {
+                let (ack, acked) = oneshot::channel();
+                acks.push(acked);
+                Some(ack)
+            } else {
+                None
+            };
+            let message = ShardMsg::Notice {
+                notice: notice.clone(),
+                ack,
+            };
+            // A peer that is gone is shutting down; it has no requests left to refuse.
+            let _ = self.peers.send_to(peer, message).await;
+        }
+        for acked in acks {
+            let _ = acked.await;
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Booting and stopping the node: one pinned glommio executor per shard, the channel mesh between
+//! them, a `SO_REUSEPORT` listener and accept loop on each, and graceful shutdown on signal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::{select, Either, FutureExt, Shared};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::message::ShardMsg;
+use super::{NodeStatus, Shard};
+use crate::api::Api;
+use crate::auth::Auth;
+use crate::http::{self, serve_connection, ConnLimits, Response};
+use crate::sale::book::BookLimits;
+use crate::store::MemoryStore;
+
+/// Messages a shard may have queued towards one peer before senders wait. Generous, because very
+/// small capacities can deadlock under contention (glommio issue #555).
+const MESH_CAPACITY: usize = 4096;
+
+/// Everything a node needs to serve.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Address every shard listens on.
+    pub listen: SocketAddr,
+    /// Number of shards (executors).
+    pub shards: usize,
+    /// Accept backlog of each shard's listener.
+    pub backlog: u32,
+    /// Per-connection timeouts.
+    pub conn_limits: ConnLimits,
+    /// Open connections a shard accepts before answering 503.
+    pub max_connections_per_shard: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Bytes of io_uring registered buffers per executor.
+    pub io_memory: usize,
+    /// Bounded history kept per sale.
+    pub book_limits: BookLimits,
+    /// Admin and shopper credentials.
+    pub auth: Auth,
+}
+
+/// Why the node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A shard could not be started.
+    #[error("shard {shard} failed to start: {source}")]
+    Shard {
+        /// Which shard (spawn order).
+        shard: usize,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Signals could not be set up.
+    #[error("signal handling: {0}")]
+    Signals(#[from] nix::Error),
+}
+
+enum NodeEvent {
+    Signal(Signal),
+    ShardExited(usize, io::Result<()>),
+    Ready,
+}
+
+/// Runs the node until SIGTERM or SIGINT, then drains and returns. Blocks the calling thread.
+pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
+    // Block the shutdown signals before any thread starts, so every thread inherits the mask and
+    // only the waiter below ever sees them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block()?;
+
+    let (events, inbox) = mpsc::channel::<NodeEvent>();
+    let waiter = events.clone();
+    std::thread::Builder::new()
+        .name("seckill-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                let _ = waiter.send(NodeEvent::Signal(signal));
+            }
+        })
+        .map_err(|source| NodeError::Shard { shard: 0, source })?;
+
+    let node = Arc::new(NodeStatus::default());
+    let cpus = online_cpus();
+    let mesh = MeshBuilder::<ShardMsg, _>::full(options.shards, MESH_CAPACITY);
+    let mut stops = Vec::with_capacity(options.shards);
+    let mut handles = Vec::with_capacity(options.shards);
+    for index in 0..options.shards {
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        let placement = match cpus.get(index % cpus.len().max(1)) {
+            Some(cpu) => Placement::Fixed(*cpu),
+            None => Placement::Unbound,
+        };
+        let (mesh, node, options, events) = (
+            mesh.clone(),
+            Arc::clone(&node),
+            options.clone(),
+            events.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("seckill-shard-{index}"))
+            .io_memory(options.io_memory)
+            .spawn(move || async move {
+                let stopped = stopped.map(|_| ()).shared();
+                let result = run_shard(mesh, node, &options, stopped, &events).await;
+                let _ = events.send(NodeEvent::ShardExited(index, result));
+            })
+            .map_err(|error| NodeError::Shard {
+                shard: index,
+                source: io::Error::other(error.to_string()),
+            })?;
+        handles.push(handle);
+    }
+
+    let mut ready = 0;
+    let mut failure = None;
+    let mut exited = 0;
+    while let Ok(event) = inbox.recv() {
+        match event {
+            NodeEvent::Ready => {
+                ready += 1;
+                if ready == options.shards {
+                    tracing::info!(listen = %options.listen, shards = options.shards, "seckill is ready");
+                }
+            }
+            NodeEvent::Signal(signal) => {
+                tracing::info!(?signal, "shutting down: draining in-flight requests");
+                break;
+            }
+            NodeEvent::ShardExited(shard, result) => {
+                exited += 1;
+                if let Err(source) = result {
+                    failure = Some(NodeError::Shard { shard, source });
+                }
+                break;
+            }
+        }
+    }
+    node.draining.store(true, Ordering::Release);
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    while exited < options.shards {
+        match inbox.recv() {
+            Ok(NodeEvent::ShardExited(shard, Err(source))) => {
+                exited += 1;
+                failure.get_or_insert(NodeError::Shard { shard, source });
+            }
+            Ok(NodeEvent::ShardExited(_, Ok(()))) => exited += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn online_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = CpuSet::online()
+        .map(|set| set.iter().map(|location| location.cpu).collect())
+        .unwrap_or_default();
+    cpus.sort_unstable();
+    cpus
+}
+
+async fn run_shard(
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    node: Arc<NodeStatus>,
+    options: &NodeOptions,
+    stopped: Shared<impl std::future::Future<Output = ()> + 'static>,
+    events: &mpsc::Sender<NodeEvent>,
+) -> io::Result<()> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|error| io::Error::other(format!("could not join the shard mesh: {error}")))?;
+    let id = senders.peer_id();
+    let store = MemoryStore::new(options.book_limits);
+    let shard = Rc::new(Shard::new(
+        id,
+        options.shards,
+        senders,
+        store,
+        Arc::clone(&node),
+    ));
+    for (_, receiver) in receivers.streams() {
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                shard.on_message(message);
+            }
+        })
+        .detach();
+    }
+    let listener = http::listener::bind_reuseport(options.listen, options.backlog)?;
+    glommio::spawn_local(Rc::clone(&shard).run_ticks()).detach();
+    node.ready_shards.fetch_add(1, Ordering::AcqRel);
+    let _ = events.send(NodeEvent::Ready);
+
+    let api = Rc::new(Api::new(Rc::clone(&shard), options.auth.clone()));
+    let shard_header: Rc<[u8]> = format!("x-seckill-shard: {id}\r\n").into_bytes().into();
+    let gate = glommio::sync::Gate::new();
+    loop {
+        let accepted = match select(pin!(listener.accept()), stopped.clone()).await {
+            Either::Left((accepted, _)) => accepted,
+            Either::Right(((), _)) => break,
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                tracing::warn!(%error, shard = id, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= options.max_connections_per_shard {
+            let header = Rc::clone(&shard_header);
+            glommio::spawn_local(refuse_overloaded(stream, header)).detach();
+            continue;
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let (api, shard, header, stopped) = (
+            Rc::clone(&api),
+            Rc::clone(&shard),
+            Rc::clone(&shard_header),
+            stopped.clone(),
+        );
+        let limits = options.conn_limits;
+        let served = gate.spawn(async move {
+            if let Err(error) = serve_connection(stream, &*api, limits, &header, stopped).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            shard.connections.set(shard.connections.get() - 1);
+        });
+        if let Ok(task) = served {
+            task.detach();
+        }
+    }
+    drop(listener);
+    if glommio::timer::timeout(options.drain_timeout, gate.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(shard = id, "drain timeout: closing remaining connections");
+    }
+    // Keep answering other shards' calls until every shard has drained its own connections.
+    node.drained_shards.fetch_add(1, Ordering::AcqRel);
+    while node.drained_shards.load(Ordering::Acquire) < options.shards {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn refuse_overloaded(mut stream: glommio::net::TcpStream, shard_header: Rc<[u8]>) {
+    use futures::AsyncWriteExt;
+    let mut out = Vec::with_capacity(256);
+    Response::error(503, "overloaded", "too many connections, try again later")
+        .closing()
+        .write_to(&mut out, &shard_header, None);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}

@@ -1,0 +1,21 @@
+//! The store boundary: where the owner shard's commands are decided and made to last.
+//!
+//! The engine hands a store batches of [`Command`]s and gets one [`Reply`] per command, in order.
+//! A store may decide the commands itself (the embedded store runs the [`Book`](crate::sale::book::Book)
+//! in memory; a Redis store runs Lua scripts) and must not answer until the change is as durable
+//! as it promises. Batches let a store amortise its expensive step: one `fdatasync` or one Redis
+//! round trip for many commands.
+
+pub mod memory;
+
+use crate::sale::command::{Command, Reply};
+
+pub use memory::MemoryStore;
+
+/// A shard-local store. Not `Send`: each shard owns its own instance, in keeping with the
+/// thread-per-core design, so `async fn` here deliberately makes no `Send` promise.
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// Decides and persists `batch` in order, returning one reply per command.
+    async fn execute(&self, batch: Vec<Command>) -> Vec<Reply>;
+}
