@@ -52,7 +52,7 @@ impl<S: Store + 'static> Api<S> {
         }
         let method = request.method;
         match &segments[..count] {
-            ["healthz"] => only(method, Method::Get, || system::health()),
+            ["healthz"] => only(method, Method::Get, system::health),
             ["readyz"] => only(method, Method::Get, || system::ready(&self.shard)),
             ["v1", "sales"] => match method {
                 Method::Get => sales::list(self).await,

@@ -71,12 +71,16 @@ pub async fn serve_connection<H: Handler>(
                 }
             }
         }
+        let unread = inbuf.len() > consumed;
         inbuf.drain(..consumed);
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
         }
         if close {
+            if unread {
+                linger_close(&mut stream).await;
+            }
             return Ok(());
         }
         let filled = inbuf.len();
@@ -88,7 +92,11 @@ pub async fn serve_connection<H: Handler>(
         let read = stream.read(&mut inbuf[filled..]);
         let outcome = match select(pin!(read), pin!(shutdown.clone())).await {
             Either::Left((outcome, _)) => outcome,
-            Either::Right(((), _)) => return Ok(()),
+            Either::Right(((), _)) => {
+                // The client may have requests in flight towards us; see `linger_close`.
+                linger_close(&mut stream).await;
+                return Ok(());
+            }
         };
         match outcome {
             Ok(0) => return Ok(()),
@@ -106,6 +114,35 @@ pub async fn serve_connection<H: Handler>(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Most bytes read and discarded while lingering.
+const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// Longest wait for the client to stop sending while lingering.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Closes a connection whose client had sent more than we read. Closing with unread input makes
+/// the kernel send a reset, which can destroy the response we just wrote before the client reads
+/// it. So: stop writing, read and discard what still arrives (bounded in bytes and time), then
+/// close.
+async fn linger_close(stream: &mut TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+        return;
+    }
+    // Bounded by glommio's timer rather than the socket read timeout: glommio keeps a read
+    // deadline armed after a read future is dropped, so changing the timeout here would not apply.
+    let discard = async {
+        let mut sink = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_MAX_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(LINGER_TIMEOUT, discard).await;
 }
 
 fn protocol_error(error: ParseError) -> Response {

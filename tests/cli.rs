@@ -1,0 +1,318 @@
+//! The command line and process lifecycle: config precedence and validation, dev mode, and
+//! graceful shutdown on SIGTERM / SIGINT. Each test runs the real binary.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A `seckill` command with no SECKILL_* or RUST_LOG settings inherited from the environment.
+fn seckill() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("SECKILL_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("seckill-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).expect("write temp file");
+    path
+}
+
+/// Runs `serve` expecting it to refuse to start; returns its output.
+fn serve_refuses(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = seckill();
+    cmd.arg("serve").args(args);
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let output = cmd.output().expect("run seckill serve");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "serve {args:?} should exit 2; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `GET /readyz` on `port` until it answers 200.
+fn wait_ready(child: &mut Child, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("server exited early with {status}");
+        }
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut client = Client::from_stream(stream, port);
+            if client
+                .try_request("GET", "/readyz", &[], None)
+                .is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server on port {port} never became ready");
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after the signal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, signal: Signal) {
+    kill(Pid::from_raw(child.id() as i32), signal).expect("send signal");
+}
+
+/// Kills the child on drop, so a failing test never leaks a server.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn bad_config_is_refused_with_the_key_named() {
+    let unknown = temp_file("unknown.toml", "listen = \"127.0.0.1:1\"\nshardz = 2\n");
+    let out = serve_refuses(&["--config", unknown.to_str().unwrap()], &[]);
+    assert!(stderr_of(&out).contains("shardz"), "{}", stderr_of(&out));
+
+    let zero = temp_file("zero.toml", "shards = 0\n");
+    let out = serve_refuses(&["--config", zero.to_str().unwrap()], &[]);
+    assert!(stderr_of(&out).contains("`shards`"), "{}", stderr_of(&out));
+
+    let out = serve_refuses(&["--listen", "not-an-address"], &[]);
+    assert!(stderr_of(&out).contains("`listen`"), "{}", stderr_of(&out));
+
+    let out = serve_refuses(&["--idle-timeout-ms", "5"], &[]);
+    assert!(
+        stderr_of(&out).contains("`idle_timeout_ms`"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = serve_refuses(&[], &[("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert!(
+        stderr_of(&out).contains("`token_secret`"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let short = [
+        ("SECKILL_ADMIN_TOKEN", "short"),
+        ("SECKILL_TOKEN_SECRET", SECRET),
+    ];
+    let out = serve_refuses(&[], &short);
+    assert!(
+        stderr_of(&out).contains("`admin_token`"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = serve_refuses(&["--log-format", "xml"], &[]);
+    assert!(
+        stderr_of(&out).contains("`log_format`"),
+        "{}",
+        stderr_of(&out)
+    );
+    for path in [unknown, zero] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Starts `serve` with the given flags/env/file and reports which of three ports it listens on.
+fn listening_port(flag: Option<u16>, env: Option<u16>, file: Option<u16>) -> u16 {
+    let mut cmd = seckill();
+    cmd.args(["serve", "--shards", "1"]);
+    cmd.env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN);
+    cmd.env("SECKILL_TOKEN_SECRET", SECRET);
+    let mut config = None;
+    if let Some(port) = file {
+        let path = temp_file(
+            &format!("listen-{port}.toml"),
+            &format!("listen = \"127.0.0.1:{port}\"\n"),
+        );
+        cmd.arg("--config").arg(&path);
+        config = Some(path);
+    }
+    if let Some(port) = env {
+        cmd.env("SECKILL_LISTEN", format!("127.0.0.1:{port}"));
+    }
+    if let Some(port) = flag {
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+    }
+    let expected = flag.or(env).or(file).expect("at least one source");
+    let mut server = Reaper(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    wait_ready(&mut server.0, expected);
+    for other in [flag, env, file]
+        .into_iter()
+        .flatten()
+        .filter(|p| *p != expected)
+    {
+        assert!(
+            TcpStream::connect(("127.0.0.1", other)).is_err(),
+            "port {other} should not be served when {expected} wins"
+        );
+    }
+    if let Some(path) = config {
+        let _ = std::fs::remove_file(path);
+    }
+    expected
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let (a, b, c) = (pick_port(), pick_port(), pick_port());
+    assert_eq!(listening_port(Some(a), Some(b), Some(c)), a);
+    assert_eq!(listening_port(None, Some(b), Some(c)), b);
+    assert_eq!(listening_port(None, None, Some(c)), c);
+}
+
+#[test]
+fn dev_mode_prints_working_credentials() {
+    let port = pick_port();
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("seckill-cli-{}-dev.log", std::process::id()));
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut server = Reaper(
+        seckill()
+            .args([
+                "serve",
+                "--shards",
+                "2",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn"),
+    );
+    wait_ready(&mut server.0, port);
+    let mut stderr = String::new();
+    std::fs::File::open(&log)
+        .and_then(|mut f| f.read_to_string(&mut stderr))
+        .expect("read log");
+    let value_of = |key: &str| {
+        stderr
+            .lines()
+            .find_map(|line| {
+                line.trim()
+                    .strip_prefix(&format!("{key}="))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("{key} not printed in dev mode:\n{stderr}"))
+    };
+    let admin = value_of("SECKILL_ADMIN_TOKEN");
+    let secret = value_of("SECKILL_TOKEN_SECRET");
+    assert!(
+        stderr.contains("curl "),
+        "dev mode should print a curl example:\n{stderr}"
+    );
+
+    let mut client = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+    let spec = sale_spec(5, 1).to_string();
+    let auth = format!("Bearer {admin}");
+    let created = client.request(
+        "PUT",
+        "/v1/sales/dev",
+        &[("Authorization", &auth)],
+        Some(&spec),
+    );
+    assert_eq!(created.status, 201, "{created}");
+    let shopper = format!("Bearer {}", token_with("alice", now_secs() + 600, &secret));
+    let bought = client.request(
+        "POST",
+        "/v1/sales/dev/purchase",
+        &[("Authorization", &shopper)],
+        None,
+    );
+    assert_eq!(bought.status, 201, "{bought}");
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn sigterm_and_sigint_drain_and_exit_zero() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let port = pick_port();
+        let mut server = Reaper(
+            seckill()
+                .args([
+                    "serve",
+                    "--shards",
+                    "2",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("SECKILL_TOKEN_SECRET", SECRET)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        );
+        wait_ready(&mut server.0, port);
+        let mut idle = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+        assert_eq!(idle.get("/healthz").status, 200);
+        // A burst of pipelined requests is in flight when the signal lands: the one being served
+        // is answered, then the connection closes; nothing hangs.
+        let mut busy = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+        assert_eq!(
+            busy.get("/healthz").status,
+            200,
+            "the connection is being served"
+        );
+        let burst = "GET /v1/sales HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+        busy.send_raw(burst.as_bytes());
+        signal(&server.0, sig);
+        let first = busy.expect_response("first pipelined answer");
+        assert_eq!(first.status, 200, "{first}");
+        let status = wait_exit(&mut server.0);
+        assert_eq!(status.code(), Some(0), "{sig:?} must exit 0");
+        assert!(
+            idle.wait_closed(Duration::from_secs(5)).is_ok(),
+            "idle connection must be closed"
+        );
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "listener must be gone"
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! Pending orders expire after payment_timeout_ms and give their stock back.
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn short_timeout_sale(stock: u64, per_user_limit: u64, timeout_ms: u64) -> Value {
+    let mut spec = sale_spec(stock, per_user_limit);
+    spec["payment_timeout_ms"] = json!(timeout_ms);
+    spec
+}
+
+/// Poll GET /v1/orders/{id} until its status is `want` (up to 10 s).
+#[track_caller]
+fn wait_order_status(c: &mut Client, id: &str, token: &str, want: &str) -> Value {
+    let mut last = None;
+    let got = poll(WAIT, || {
+        let r = c.get_order(id, token);
+        assert_eq!(r.status, 200, "GET order {id}: {r}");
+        let o = r.json();
+        if o["status"] == json!(want) {
+            Some(o)
+        } else {
+            last = Some(o);
+            None
+        }
+    });
+    got.unwrap_or_else(|| panic!("order {id} not {want} within {WAIT:?}; last seen: {last:?}"))
+}
+
+#[track_caller]
+fn wait_remaining(c: &mut Client, sku: &str, want: i64) {
+    let mut last = None;
+    let ok = poll(WAIT, || {
+        let s = c.get_sale(sku);
+        if s["remaining"] == json!(want) {
+            Some(())
+        } else {
+            last = Some(s);
+            None
+        }
+    });
+    ok.unwrap_or_else(|| {
+        panic!("{sku}: remaining not {want} within {WAIT:?}; last seen: {last:?}")
+    });
+}
+
+#[test]
+fn pending_order_expires_and_returns_stock() {
+    let s = Server::start(1, &[]);
+    let mut c = s.client();
+    c.create_sale("exp", &short_timeout_sale(5, 2, 1000));
+    let alice = tok("alice");
+
+    let o = c.buy("exp", &alice, 2);
+    let id = order_id(&o);
+    let created = o["created_at"].as_i64().expect("created_at");
+    assert_eq!(
+        o["expires_at"].as_i64(),
+        Some(created + 1000),
+        "expires_at = created_at + 1000: {o}"
+    );
+    assert_eq!(o["status"], json!("pending"));
+    assert_eq!(c.remaining("exp"), 3);
+
+    let expired = wait_order_status(&mut c, &id, &alice, "expired");
+    assert_eq!(expired["order_id"], json!(id), "{expired}");
+    wait_remaining(&mut c, "exp", 5);
+    assert_eq!(c.get_sale("exp")["state"], json!("open"));
+
+    assert_error(&c.pay(&id, &alice), 409, "order_expired");
+    assert_error(&c.cancel(&id, &alice), 409, "order_expired");
+    assert_error(&c.cancel(&id, ADMIN_TOKEN), 409, "order_expired");
+    let r = c.get_order(&id, ADMIN_TOKEN);
+    assert_eq!(r.json()["status"], json!("expired"), "admin view: {r}");
+    assert_eq!(
+        c.remaining("exp"),
+        5,
+        "pay/cancel of an expired order must not move stock"
+    );
+
+    // Expired quantity no longer counts against the per-user limit.
+    let again = c.buy("exp", &alice, 2);
+    assert_eq!(c.remaining("exp"), 3);
+
+    // A paid order never expires (only checked if the pay made it in time).
+    let r = c.pay(&order_id(&again), &alice);
+    if r.status == 200 {
+        assert_eq!(r.json()["status"], json!("paid"), "{r}");
+        std::thread::sleep(Duration::from_millis(2500));
+        let r = c.get_order(&order_id(&again), &alice);
+        assert_eq!(
+            r.json()["status"],
+            json!("paid"),
+            "a paid order must stay paid: {r}"
+        );
+        assert_eq!(
+            c.remaining("exp"),
+            3,
+            "a paid order's stock is never returned"
+        );
+    } else {
+        assert_error(&r, 409, "order_expired");
+    }
+}
+
+#[test]
+fn sold_out_then_expiry_makes_stock_buyable_again() {
+    let s = Server::start(2, &[]);
+    let mut c = s.client();
+    c.create_sale("last-one", &short_timeout_sale(1, 1, 1000));
+    let (a, b) = (tok("a"), tok("b"));
+
+    let oa = c.buy("last-one", &a, 1);
+    assert_error(&c.purchase("last-one", &b, None, None), 409, "sold_out");
+    assert_eq!(c.get_sale("last-one")["state"], json!("sold_out"));
+
+    wait_remaining(&mut c, "last-one", 1);
+    let sale = c.get_sale("last-one");
+    assert_eq!(sale["state"], json!("open"), "{sale}");
+    let ob = c.buy("last-one", &b, 1);
+    assert_ne!(ob["order_id"], oa["order_id"]);
+    assert_eq!(c.remaining("last-one"), 0);
+
+    let r = c.get_order(&order_id(&oa), &a);
+    assert_eq!(r.json()["status"], json!("expired"), "{r}");
+    assert_error(&c.pay(&order_id(&oa), &a), 409, "order_expired");
+
+    // Checked from the other shard too.
+    for mut conn in s.clients_per_shard(1).into_iter().flatten() {
+        let sale = conn.get_sale("last-one");
+        assert_eq!(sale["remaining"], json!(0), "{sale}");
+        let r = conn.get_order(&order_id(&oa), ADMIN_TOKEN);
+        assert_eq!(r.json()["status"], json!("expired"), "{r}");
+    }
+}
+
+#[test]
+fn pay_or_cancel_racing_the_deadline_is_consistent() {
+    let s = Server::start(2, &[]);
+    let mut c = s.client();
+    let stock = 1000u64;
+    c.create_sale("race", &short_timeout_sale(stock, 1, 100));
+
+    // 4 threads (2 per shard) buy and then pay or cancel after 0..150 ms, so
+    // the action lands on both sides of the 100 ms deadline.
+    let clients: Vec<Client> = s.clients_per_shard(2).into_iter().flatten().collect();
+    let handles: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(t, mut c)| {
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                for i in 0..40u64 {
+                    let user = format!("race-t{t}-u{i}");
+                    let token = tok(&user);
+                    let o = c.buy("race", &token, 1);
+                    let id = order_id(&o);
+                    std::thread::sleep(Duration::from_millis((i * 37 + t as u64 * 11) % 150));
+                    let expires = o["expires_at"].as_i64().expect("expires_at");
+                    let pay = i % 2 == 0;
+                    let sent = now_ms();
+                    let r = if pay { c.pay(&id, &token) } else { c.cancel(&id, &token) };
+                    let got = now_ms();
+                    // Same machine, same clock: the deadline decides.
+                    if r.status == 200 {
+                        assert!(
+                            sent < expires,
+                            "order {id} accepted pay/cancel sent at {sent}, after expires_at {expires}: {r}"
+                        );
+                    } else {
+                        assert!(
+                            got >= expires,
+                            "order {id} answered {} at {sent}..{got}, before expires_at {expires}: {r}",
+                            r.status
+                        );
+                    }
+                    let outcome = match (pay, r.status) {
+                        (true, 200) => {
+                            assert_eq!(r.json()["status"], json!("paid"), "{r}");
+                            "paid"
+                        }
+                        (false, 200) => {
+                            assert_eq!(r.json()["status"], json!("cancelled"), "{r}");
+                            "cancelled"
+                        }
+                        _ => {
+                            assert_error(&r, 409, "order_expired");
+                            "expired"
+                        }
+                    };
+                    results.push((id, token, outcome));
+                }
+                results
+            })
+        })
+        .collect();
+    let results: Vec<(String, String, &str)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("race thread panicked"))
+        .collect();
+    let paid = results.iter().filter(|r| r.2 == "paid").count() as i64;
+    let want = stock as i64 - paid;
+    let count = |w: &str| results.iter().filter(|r| r.2 == w).count();
+    eprintln!(
+        "deadline race: {} paid, {} cancelled, {} expired first",
+        count("paid"),
+        count("cancelled"),
+        count("expired")
+    );
+
+    wait_remaining(&mut c, "race", want);
+    for (id, token, outcome) in &results {
+        let o = wait_order_status(&mut c, id, token, outcome);
+        assert_eq!(o["order_id"], json!(id));
+    }
+    // Nothing is returned twice, even by a late expiry sweep.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        c.remaining("race"),
+        want,
+        "stock must be returned exactly once per unpaid order ({paid} paid of {})",
+        results.len()
+    );
+}
+
+#[test]
+fn sale_window_opens_and_closes_on_the_clock() {
+    let s = Server::start(2, &[]);
+    let mut c = s.client();
+    let now = now_ms();
+    let (starts, ends) = (now + 1_000, now + 6_000);
+    c.create_sale(
+        "window",
+        &json!({"name": "Window", "stock": 100_000, "starts_at": starts, "ends_at": ends, "per_user_limit": 1}),
+    );
+
+    // Same machine, same clock: a response received before starts_at must be
+    // not_started; a 201 must be received at/after starts_at and requested
+    // before ends_at; ended must be received at/after ends_at.
+    let (mut seen_425, mut seen_201, mut seen_410) = (0, 0, 0);
+    let deadline = ends + 10_000;
+    let mut i = 0;
+    while seen_410 == 0 {
+        assert!(
+            now_ms() < deadline,
+            "no 410 ended within 10 s after ends_at"
+        );
+        let token = tok(&format!("w{i}"));
+        i += 1;
+        let sent = now_ms();
+        let r = c.purchase("window", &token, None, None);
+        let got = now_ms();
+        match r.status {
+            425 => {
+                assert_error(&r, 425, "not_started");
+                assert!(
+                    sent < starts,
+                    "not_started at {sent}..{got}, after starts_at {starts}"
+                );
+                seen_425 += 1;
+            }
+            201 => {
+                assert!(
+                    got >= starts,
+                    "admitted at {sent}..{got}, before starts_at {starts}: {r}"
+                );
+                assert!(
+                    sent < ends,
+                    "admitted at {sent}..{got}, after ends_at {ends}: {r}"
+                );
+                seen_201 += 1;
+            }
+            410 => {
+                assert_error(&r, 410, "ended");
+                assert!(got >= ends, "ended at {sent}..{got}, before ends_at {ends}");
+                seen_410 += 1;
+            }
+            _ => panic!("unexpected answer during the sale window: {r}"),
+        }
+        let sent = now_ms();
+        let sale = c.get_sale("window");
+        let got = now_ms();
+        let state = sale["state"].as_str().unwrap_or("?").to_owned();
+        let ok = match state.as_str() {
+            "upcoming" => sent < starts,
+            "open" => got >= starts && sent < ends,
+            "ended" => got >= ends,
+            _ => false,
+        };
+        assert!(
+            ok,
+            "state {state:?} at {sent}..{got} with window {starts}..{ends}: {sale}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("window: {seen_425} not_started, {seen_201} admitted, {seen_410} ended");
+    assert!(seen_201 > 0, "never admitted during a 5 s open window");
+    assert_eq!(c.remaining("window"), 100_000 - seen_201);
+}
+
+#[test]
+fn sold_out_sale_reads_ended_after_its_end() {
+    let s = Server::start(1, &[]);
+    let mut c = s.client();
+    let now = now_ms();
+    let ends = now + 2_000;
+    c.create_sale(
+        "brief",
+        &json!({"name": "Brief", "stock": 1, "starts_at": now - 1_000, "ends_at": ends}),
+    );
+    c.buy("brief", &tok("a"), 1);
+    let mut last = None;
+    poll(WAIT + Duration::from_secs(2), || {
+        let sent = now_ms();
+        let sale = c.get_sale("brief");
+        let got = now_ms();
+        match sale["state"].as_str() {
+            Some("sold_out") if sent < ends => {
+                last = Some(sale);
+                None
+            }
+            Some("ended") if got >= ends => Some(()),
+            _ => panic!("state at {sent}..{got} (ends_at {ends}) should be sold_out before and ended after: {sale}"),
+        }
+    })
+    .unwrap_or_else(|| panic!("sale never read ended; last: {last:?}"));
+    // ended (410) comes before sold_out (409) in the purchase checks.
+    assert_error(&c.purchase("brief", &tok("b"), None, None), 410, "ended");
+}
