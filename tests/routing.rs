@@ -278,3 +278,51 @@ fn orders_are_visible_and_actionable_from_any_shard() {
         assert_eq!(r.status, 201, "after unblock on the other shard: {r}");
     }
 }
+
+/// Once sold out, every shard refuses at its edge: a user already at the per-user limit gets
+/// `409 sold_out`, which only the edge can answer (the owner checks the limit before stock and
+/// would say `403 limit_exceeded`). A request with an idempotency key may be a replay, so it still
+/// reaches the owner. When stock comes back, every shard knows before the cancel is answered.
+#[test]
+fn sold_out_is_answered_at_every_edge_until_stock_returns() {
+    let s = Server::start(2, &[]);
+    let mut on = [s.client_on_shard(0), s.client_on_shard(1)];
+    on[0].create_sale("fast", &sale_spec(2, 1));
+    let (alice, bob, carol) = (tok("fast-alice"), tok("fast-bob"), tok("fast-carol"));
+    let first = on[0].buy("fast", &alice, 1);
+    on[1].buy("fast", &bob, 1);
+    for client in on.iter_mut() {
+        assert_error(
+            &client.purchase("fast", &alice, Some(1), None),
+            409,
+            "sold_out",
+        );
+        assert_error(
+            &client.purchase("fast", &bob, Some(1), None),
+            409,
+            "sold_out",
+        );
+        assert_error(
+            &client.purchase("fast", &carol, Some(1), None),
+            409,
+            "sold_out",
+        );
+        let keyed = client.purchase("fast", &alice, Some(1), Some("new-key"));
+        assert_error(&keyed, 403, "limit_exceeded");
+    }
+    let cancelled = on[1].cancel(&order_id(&first), &alice);
+    assert_status(&cancelled, 200);
+    for client in on.iter_mut() {
+        assert_error(
+            &client.purchase("fast", &bob, Some(1), None),
+            403,
+            "limit_exceeded",
+        );
+    }
+    on[0].buy("fast", &carol, 1);
+    assert_error(
+        &on[1].purchase("fast", &bob, Some(1), None),
+        409,
+        "sold_out",
+    );
+}
