@@ -103,6 +103,27 @@ impl Drop for Reaper {
     }
 }
 
+/// Spawns `serve --shards 2` on `port` with `envs`, sending stderr to `stderr`.
+fn spawn_two_shards(port: u16, envs: &[(&str, &str)], stderr: Stdio) -> Reaper {
+    let mut cmd = seckill();
+    cmd.args([
+        "serve",
+        "--shards",
+        "2",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    Reaper(
+        cmd.stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
 #[test]
 fn bad_config_is_refused_with_the_key_named() {
     let unknown = temp_file("unknown.toml", "listen = \"127.0.0.1:1\"\nshardz = 2\n");
@@ -211,20 +232,7 @@ fn dev_mode_prints_working_credentials() {
     let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("seckill-cli-{}-dev.log", std::process::id()));
     let file = std::fs::File::create(&log).expect("log file");
-    let mut server = Reaper(
-        seckill()
-            .args([
-                "serve",
-                "--shards",
-                "2",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn"),
-    );
+    let mut server = spawn_two_shards(port, &[], Stdio::from(file));
     wait_ready(&mut server.0, port);
     let mut stderr = String::new();
     std::fs::File::open(&log)
@@ -272,22 +280,11 @@ fn dev_mode_prints_working_credentials() {
 fn sigterm_and_sigint_drain_and_exit_zero() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let port = pick_port();
-        let mut server = Reaper(
-            seckill()
-                .args([
-                    "serve",
-                    "--shards",
-                    "2",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("SECKILL_TOKEN_SECRET", SECRET)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn"),
-        );
+        let secrets = [
+            ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("SECKILL_TOKEN_SECRET", SECRET),
+        ];
+        let mut server = spawn_two_shards(port, &secrets, Stdio::null());
         wait_ready(&mut server.0, port);
         let mut idle = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
         assert_eq!(idle.get("/healthz").status, 200);

@@ -357,6 +357,18 @@ fn split_writes_are_reassembled() {
     assert_error(&c.get("/v1/sales/half"), 404, "unknown_sale");
 }
 
+/// After a `Connection: close` response the server closes, and sends nothing more.
+fn assert_closed_with_nothing_more(c: &mut Client) {
+    let rest = c
+        .wait_closed(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("Connection: close must close after the response: {e}"));
+    assert!(
+        rest.is_empty(),
+        "no bytes may follow the Connection: close response: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 #[test]
 fn connection_close_and_http10_close_after_response() {
     let s = Server::start(1, &[]);
@@ -364,14 +376,7 @@ fn connection_close_and_http10_close_after_response() {
     let mut c = s.raw_connect();
     let r = c.request("GET", "/healthz", &[("Connection", "close")], None);
     assert_eq!(r.status, 200, "{r}");
-    let rest = c
-        .wait_closed(Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("Connection: close must close after the response: {e}"));
-    assert!(
-        rest.is_empty(),
-        "unexpected bytes after the response: {:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    assert_closed_with_nothing_more(&mut c);
 
     // A request pipelined after the closing one is not answered.
     let mut c = s.raw_connect();
@@ -380,14 +385,7 @@ fn connection_close_and_http10_close_after_response() {
     c.send_raw(&batch);
     let r = c.expect_response("first of two pipelined, Connection: close");
     assert_eq!(r.status, 200, "{r}");
-    let rest = c
-        .wait_closed(Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("Connection: close must close after the response: {e}"));
-    assert!(
-        rest.is_empty(),
-        "no response may follow the Connection: close one: {:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    assert_closed_with_nothing_more(&mut c);
 
     // HTTP/1.0 without keep-alive: answered, then closed.
     let mut c = s.raw_connect();
