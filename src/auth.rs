@@ -88,8 +88,11 @@ impl Auth {
         if expires <= now_secs {
             return None;
         }
-        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        self.mac(payload.as_bytes()).verify_slice(&sig).ok()?;
+        let mut decoded = [0u8; 32];
+        let len = URL_SAFE_NO_PAD.decode_slice(sig, &mut decoded).ok()?;
+        self.mac(payload.as_bytes())
+            .verify_slice(&decoded[..len])
+            .ok()?;
         Some(user_id.into())
     }
 }

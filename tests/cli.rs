@@ -313,3 +313,38 @@ fn sigterm_and_sigint_drain_and_exit_zero() {
         );
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let port = pick_port();
+    let secrets = [
+        ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SECKILL_TOKEN_SECRET", SECRET),
+    ];
+    let mut first = spawn_two_shards(port, &secrets, Stdio::null());
+    wait_ready(&mut first.0, port);
+    let mut cmd = seckill();
+    cmd.args([
+        "serve",
+        "--shards",
+        "1",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    for (key, value) in secrets {
+        cmd.env(key, value);
+    }
+    let second = cmd.output().expect("run a second server");
+    assert!(!second.status.success(), "a second server must not start");
+    assert!(
+        stderr_of(&second).contains("already in use"),
+        "{}",
+        stderr_of(&second)
+    );
+    let mut client = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+    assert_eq!(
+        client.get("/readyz").status,
+        200,
+        "the first server is unaffected"
+    );
+}

@@ -535,3 +535,30 @@ fn many_short_connections_do_not_leak() {
     // Released slots are reusable once the server notices the closes.
     admitted_connection(&s);
 }
+
+/// A request trickled in one byte at a time, each byte inside the idle timeout, is still cut off
+/// once the whole request has taken longer than the timeout (slowloris).
+#[test]
+fn trickled_request_is_cut_off_with_408() {
+    let s = Server::start(1, &["--idle-timeout-ms", "1000"]);
+    let mut c = s.raw_connect();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut answered = None;
+    for byte in request.iter() {
+        if c.stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        c.stream.set_nonblocking(true).expect("nonblocking");
+        let mut peek = [0u8; 1];
+        let ready = c.stream.peek(&mut peek).is_ok_and(|n| n > 0);
+        c.stream.set_nonblocking(false).expect("blocking");
+        if ready {
+            answered = Some(c.expect_response("answer to a trickled request"));
+            break;
+        }
+    }
+    let response = answered.expect("the server must not wait for a trickled request forever");
+    assert_error(&response, 408, "request_timeout");
+    s.assert_healthy();
+}

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     /// `Allow`, for 405.
     pub allow: Option<&'static str>,
+    /// A ready-made body, when the error is a domain refusal.
+    pub body: Option<&'static [u8]>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
             allow: None,
+            body: None,
         }
     }
 
@@ -55,7 +58,10 @@ impl ApiError {
 
     /// The response for this error.
     pub fn into_response(self) -> Response {
-        let mut response = Response::error(self.status, self.code, &self.message);
+        let mut response = match self.body {
+            Some(body) => Response::json(self.status, body),
+            None => Response::error(self.status, self.code, &self.message),
+        };
         response.retry_after_secs = self.retry_after_secs;
         response.allow = self.allow;
         response
@@ -64,6 +70,8 @@ impl ApiError {
 
 impl From<SaleError> for ApiError {
     fn from(error: SaleError) -> Self {
-        Self::new(error.status(), error.code(), error.message())
+        let mut api_error = Self::new(error.status(), error.code(), error.message());
+        api_error.body = Some(error.body());
+        api_error
     }
 }

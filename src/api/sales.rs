@@ -113,10 +113,9 @@ pub(super) async fn purchase<S: Store + 'static>(
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }
-    let mut fields = json_fields(request)?;
-    let quantity = fields.u64("quantity", 1..=MAX_QUANTITY)?.unwrap_or(1);
-    fields.finish()?;
     let idempotency_key = parse_idempotency_key(request.idempotency_key)?;
+    // The edge checks come before the body is even parsed: refusing is the common answer in a
+    // flash sale, and it should cost as little as possible.
     let admitted = api.shard.edge.borrow_mut().admit_purchase(
         sku,
         &user_id,
@@ -133,10 +132,13 @@ pub(super) async fn purchase<S: Store + 'static>(
                 "rate_limited",
                 "too many purchase attempts, retry later",
             );
-            error.retry_after_secs = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            error.retry_after_secs = Some(wait.as_secs().max(1));
             return Err(error);
         }
     }
+    let mut fields = json_fields(request)?;
+    let quantity = fields.u64("quantity", 1..=MAX_QUANTITY)?.unwrap_or(1);
+    fields.finish()?;
     let command = Command::Purchase(PurchaseRequest {
         sku: sku.into(),
         user_id,

@@ -2,8 +2,9 @@
 //! idle and write timeouts, bounded buffers, and a prompt exit on shutdown.
 
 use std::future::Future;
+use std::io::ErrorKind;
 use std::pin::pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -50,6 +51,8 @@ pub async fn serve_connection<H: Handler>(
     stream.set_write_timeout(Some(limits.write_timeout))?;
     let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // When the first byte of the request being assembled arrived; `None` between requests.
+    let mut request_started: Option<Instant> = None;
     loop {
         let mut consumed = 0;
         let mut close = false;
@@ -73,6 +76,10 @@ pub async fn serve_connection<H: Handler>(
         }
         let unread = inbuf.len() > consumed;
         inbuf.drain(..consumed);
+        if consumed > 0 {
+            // A pipelined remainder is the start of the next request.
+            request_started = (!inbuf.is_empty()).then(Instant::now);
+        }
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
@@ -88,20 +95,47 @@ pub async fn serve_connection<H: Handler>(
             // Unreachable while the parser enforces its limits; kept as a hard stop on memory.
             return Ok(());
         }
+        if filled == 0 {
+            request_started = None;
+        }
         inbuf.resize(filled + READ_CHUNK, 0);
-        let read = stream.read(&mut inbuf[filled..]);
-        let outcome = match select(pin!(read), pin!(shutdown.clone())).await {
-            Either::Left((outcome, _)) => outcome,
-            Either::Right(((), _)) => {
-                // The client may have requests in flight towards us; see `linger_close`.
-                linger_close(&mut stream).await;
-                return Ok(());
+        let outcome = match request_started {
+            // Between requests: wait for the next one, the idle timeout, or shutdown.
+            None => {
+                let read = stream.read(&mut inbuf[filled..]);
+                match select(pin!(read), pin!(shutdown.clone())).await {
+                    Either::Left((Ok(n), _)) => Ok(n),
+                    Either::Left((Err(error), _)) if error.kind() == ErrorKind::TimedOut => {
+                        Err(ReadEnd::TimedOut)
+                    }
+                    Either::Left((Err(error), _)) => Err(ReadEnd::Failed(error)),
+                    Either::Right(((), _)) => {
+                        // Requests may already sit in the socket, not yet polled: answer those
+                        // (the response will close), and only then close.
+                        match read_within(&mut stream, &mut inbuf[filled..], FINAL_READ).await {
+                            Ok(n) if n > 0 => Ok(n),
+                            _ => {
+                                linger_close(&mut stream).await;
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+            // Mid-request: the whole request must arrive within the timeout from its first byte,
+            // however slowly it trickles in.
+            Some(started) => {
+                let left = limits.idle_timeout.saturating_sub(started.elapsed());
+                read_within(&mut stream, &mut inbuf[filled..], left).await
             }
         };
         match outcome {
             Ok(0) => return Ok(()),
-            Ok(n) => inbuf.truncate(filled + n),
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+            Ok(n) => {
+                inbuf.truncate(filled + n);
+                request_started.get_or_insert_with(Instant::now);
+            }
+            Err(ReadEnd::TimedOut) => {
                 inbuf.truncate(filled);
                 if !inbuf.is_empty() {
                     let timeout =
@@ -111,8 +145,43 @@ pub async fn serve_connection<H: Handler>(
                 }
                 return Ok(());
             }
-            Err(error) => return Err(error),
+            Err(ReadEnd::Failed(error)) => return Err(error),
         }
+    }
+}
+
+/// How long a connection waits for already-sent requests once shutdown begins.
+const FINAL_READ: Duration = Duration::from_millis(50);
+
+/// Why a read produced no bytes.
+enum ReadEnd {
+    TimedOut,
+    Failed(std::io::Error),
+}
+
+/// Reads once, giving up after `limit` (glommio's timer: see `linger_close` for why not the
+/// socket timeout).
+async fn read_within(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<usize, ReadEnd> {
+    if limit.is_zero() {
+        return Err(ReadEnd::TimedOut);
+    }
+    let read = async {
+        stream
+            .read(buf)
+            .await
+            .map_err(glommio::GlommioError::IoError)
+    };
+    match glommio::timer::timeout(limit, read).await {
+        Ok(n) => Ok(n),
+        Err(glommio::GlommioError::IoError(error)) if error.kind() == ErrorKind::TimedOut => {
+            Err(ReadEnd::TimedOut)
+        }
+        Err(glommio::GlommioError::IoError(error)) => Err(ReadEnd::Failed(error)),
+        Err(_) => Err(ReadEnd::TimedOut),
     }
 }
 

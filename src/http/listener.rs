@@ -20,3 +20,20 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<glommio::net
     // into the glommio listener.
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
+
+/// Fails if another process already listens on `addr`. `SO_REUSEPORT` would otherwise let a
+/// second seckill share the port, and the kernel would split shoppers between two independent
+/// ledgers, each selling the whole stock. The probe uses `SO_REUSEADDR` only, so connections left
+/// in TIME_WAIT by a previous run do not count; only a live listener does.
+pub fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()).and_then(|()| probe.listen(1)) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use, perhaps by another seckill; refusing to share it"),
+        )),
+        Err(error) => Err(error),
+    }
+}

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 /// any second stays within a few percent of the target.
 const BURST_SECS: f64 = 0.1;
 
+/// The longest wait a refusal ever advises; a shard whose share is momentarily tiny gets a
+/// bigger share within a tick or two, so a longer wait would only mislead.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Part of an equal split every shard keeps however little demand it reports, so a shard that
+/// was idle can admit its first requests at once instead of waiting for the next exchange. The
+/// node may exceed its rate by at most this fraction.
+const MIN_SHARE_OF_EQUAL_SPLIT: f64 = 0.02;
+
 /// A classic token bucket, refilled lazily on each call.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -57,12 +66,10 @@ impl TokenBucket {
             self.tokens -= 1.0;
             return Ok(());
         }
-        if self.rate_per_sec <= 0.0 {
-            return Err(Duration::from_secs(1));
-        }
-        Err(Duration::from_secs_f64(
-            (1.0 - self.tokens) / self.rate_per_sec,
-        ))
+        let wait = (1.0 - self.tokens) / self.rate_per_sec;
+        Err(Duration::try_from_secs_f64(wait)
+            .unwrap_or(MAX_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER))
     }
 
     fn refill(&mut self, now: Instant) {
@@ -78,6 +85,11 @@ impl TokenBucket {
 /// second). Shards wanting less than an equal split get what they want; the rest is split evenly
 /// among the others. With no demand anywhere, every shard gets an equal split.
 pub fn fair_share(rate: f64, demands: &[f64], me: usize) -> f64 {
+    let floor = rate / demands.len().max(1) as f64 * MIN_SHARE_OF_EQUAL_SPLIT;
+    max_min_share(rate, demands, me).max(floor)
+}
+
+fn max_min_share(rate: f64, demands: &[f64], me: usize) -> f64 {
     let shards = demands.len();
     if shards == 0 {
         return rate;
@@ -159,9 +171,21 @@ mod tests {
         );
         let idle = [0.0, 0.0];
         assert_eq!(fair_share(100.0, &idle, 1), 50.0);
+        let starved = [1e-30, 5000.0];
+        assert!(
+            fair_share(100.0, &starved, 0) >= 1.0,
+            "an idle shard keeps a floor"
+        );
         let both_hot = [900.0, 3000.0];
         let sum = fair_share(1000.0, &both_hot, 0) + fair_share(1000.0, &both_hot, 1);
         assert!((sum - 1000.0).abs() < 1e-9);
+        let mut bucket = TokenBucket::new(1e-30, Instant::now());
+        assert!(bucket.try_take(Instant::now()).is_ok());
+        assert_eq!(
+            bucket.try_take(Instant::now()),
+            Err(MAX_RETRY_AFTER),
+            "no overflow panic"
+        );
         let light = [10.0, 20.0];
         let sum = fair_share(100.0, &light, 0) + fair_share(100.0, &light, 1);
         assert!((sum - 100.0).abs() < 1e-9);

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester};
+use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
 use super::ids::OrderId;
 use super::model::{Order, OrderStatus, Sale, SaleView};
 use super::SaleError;
@@ -36,7 +36,7 @@ struct Holder {
     /// Units in pending and paid orders; checked against the per-user limit.
     held: u32,
     /// Idempotency keys this user bought with, and the order each produced.
-    keys: Vec<(Box<str>, u128)>,
+    keys: HashMap<Box<str>, u128>,
 }
 
 /// One sale and its live state.
@@ -44,15 +44,29 @@ struct Holder {
 struct SaleLedger {
     sale: Sale,
     remaining: u64,
+    /// Counts stock changes; see [`StockLevel::seq`].
+    stock_seq: u64,
     holders: HashMap<Box<str>, Holder>,
     /// Closed (cancelled or expired) orders, oldest first, for bounded retention.
     closed: VecDeque<u128>,
 }
 
 impl SaleLedger {
+    fn stock(&self) -> StockLevel {
+        StockLevel {
+            remaining: self.remaining,
+            seq: self.stock_seq,
+        }
+    }
+
+    fn view(&self, now_ms: u64) -> SaleView {
+        SaleView::new(&self.sale, self.remaining, self.stock_seq, now_ms)
+    }
+
     fn new(sale: Sale) -> Self {
         Self {
             remaining: sale.stock,
+            stock_seq: 0,
             sale,
             holders: HashMap::new(),
             closed: VecDeque::new(),
@@ -121,11 +135,17 @@ impl Book {
                 let Some(ledger) = self.sales.get_mut(&order.sku) else {
                     return;
                 };
-                ledger.remaining = ledger.remaining.saturating_sub(u64::from(order.quantity));
                 let holder = ledger.holders.entry(order.user_id.clone()).or_default();
-                holder.held = holder.held.saturating_add(order.quantity);
                 if let Some(key) = idempotency_key {
-                    holder.keys.push((key.clone(), order.order_id.unique));
+                    holder.keys.insert(key.clone(), order.order_id.unique);
+                }
+                if order.status.holds_stock() {
+                    debug_assert!(ledger.remaining >= u64::from(order.quantity));
+                    holder.held = holder.held.saturating_add(order.quantity);
+                    ledger.remaining = ledger.remaining.saturating_sub(u64::from(order.quantity));
+                    ledger.stock_seq += 1;
+                } else {
+                    ledger.closed.push_back(order.order_id.unique);
                 }
                 self.orders.insert(order.order_id.unique, order.clone());
             }
@@ -139,7 +159,8 @@ impl Book {
         }
     }
 
-    /// Every event needed to rebuild this book from nothing; what a snapshot holds.
+    /// Every event needed to rebuild this book from nothing; what a snapshot holds. Orders are
+    /// restored in their current status, so replay does not depend on the order they come in.
     pub fn snapshot(&self) -> Vec<Event> {
         let mut events: Vec<Event> = self
             .sales
@@ -151,28 +172,21 @@ impl Book {
                 .iter()
                 .map(|u| Event::UserBlocked(u.clone(), true)),
         );
-        let mut orders: Vec<&Order> = self.orders.values().collect();
-        orders.sort_by_key(|order| order.order_id.unique);
-        for order in orders {
-            let idempotency_key = self.sales.get(&order.sku).and_then(|ledger| {
-                let holder = ledger.holders.get(&order.user_id)?;
-                holder
+        for ledger in self.sales.values() {
+            for (user_id, holder) in &ledger.holders {
+                let keyed: HashMap<u128, &Box<str>> = holder
                     .keys
                     .iter()
-                    .find(|(_, unique)| *unique == order.order_id.unique)
-                    .map(|(key, _)| key.clone())
-            });
-            let mut created = order.clone();
-            created.status = OrderStatus::Pending;
-            events.push(Event::OrderCreated {
-                order: created,
-                idempotency_key,
-            });
-            if order.status != OrderStatus::Pending {
-                events.push(Event::OrderClosed {
-                    order_id: order.order_id.clone(),
-                    status: order.status,
-                });
+                    .map(|(key, unique)| (*unique, key))
+                    .collect();
+                let orders = self
+                    .orders
+                    .values()
+                    .filter(|order| order.sku == ledger.sale.sku && order.user_id == *user_id);
+                events.extend(orders.map(|order| Event::OrderCreated {
+                    order: order.clone(),
+                    idempotency_key: keyed.get(&order.order_id.unique).map(|key| (*key).clone()),
+                }));
             }
         }
         events
@@ -203,13 +217,13 @@ impl Book {
 
     fn view(&self, sku: &str, now_ms: u64) -> Result<SaleView, SaleError> {
         let ledger = self.sales.get(sku).ok_or(SaleError::UnknownSale)?;
-        Ok(SaleView::new(&ledger.sale, ledger.remaining, now_ms))
+        Ok(ledger.view(now_ms))
     }
 
     fn list(&self, now_ms: u64) -> Vec<SaleView> {
         self.sales
             .values()
-            .map(|ledger| SaleView::new(&ledger.sale, ledger.remaining, now_ms))
+            .map(|ledger| ledger.view(now_ms))
             .collect()
     }
 
@@ -219,10 +233,13 @@ impl Book {
                 return (Err(SaleError::SaleExists), None);
             }
         }
-        let view = SaleView::new(&sale, sale.stock, now_ms);
         let event = Event::SaleUpserted(sale);
         self.apply(&event);
-        (Ok(Outcome::Sale(view)), Some(event))
+        let view = match &event {
+            Event::SaleUpserted(sale) => self.view(&sale.sku, now_ms),
+            _ => Err(SaleError::Unavailable),
+        };
+        (view.map(Outcome::Sale), Some(event))
     }
 
     fn purchase(&mut self, request: PurchaseRequest, now_ms: u64) -> (Reply, Option<Event>) {
@@ -238,15 +255,20 @@ impl Book {
         }
         let holder = ledger.holders.get(&request.user_id);
         if let (Some(key), Some(holder)) = (&request.idempotency_key, holder) {
-            let earlier = holder.keys.iter().find(|(k, _)| k == key);
-            if let Some(order) = earlier.and_then(|(_, unique)| self.orders.get(unique)) {
+            let earlier = holder.keys.get(key);
+            if let Some(order) = earlier.and_then(|unique| self.orders.get(unique)) {
                 let outcome = Outcome::Order {
                     order: order.clone(),
-                    remaining: Some(ledger.remaining),
+                    stock: None,
                     replayed: true,
                 };
                 return (Ok(outcome), None);
             }
+        }
+        // Once sold out, everyone hears "sold out", as at every shard's edge; only a request that
+        // may be a replay (it carries a key) gets the per-user limit checked first.
+        if ledger.remaining == 0 && request.idempotency_key.is_none() {
+            return (Err(SaleError::SoldOut), None);
         }
         let held = holder.map_or(0, |holder| holder.held);
         if held.saturating_add(request.quantity) > sale.per_user_limit {
@@ -268,15 +290,15 @@ impl Book {
             created_at: now_ms,
             expires_at: now_ms.saturating_add(sale.payment_timeout_ms),
         };
-        let remaining = ledger.remaining - wanted;
         let event = Event::OrderCreated {
             order: order.clone(),
             idempotency_key: request.idempotency_key,
         };
         self.apply(&event);
+        let stock = self.sales.get(&order.sku).map(SaleLedger::stock);
         let outcome = Outcome::Order {
             order,
-            remaining: Some(remaining),
+            stock,
             replayed: false,
         };
         (Ok(outcome), Some(event))
@@ -347,8 +369,9 @@ impl Book {
             status,
         };
         self.apply(&event);
+        let stock = self.sales.get(&id.sku).map(SaleLedger::stock);
         let reply = match self.orders.get(&id.unique) {
-            Some(order) => Ok(order_outcome(order.clone(), self.remaining(&id.sku))),
+            Some(order) => Ok(order_outcome(order.clone(), stock)),
             None => Ok(Outcome::Done),
         };
         (reply, Some(event))
@@ -369,10 +392,12 @@ impl Book {
         let Some(ledger) = self.sales.get_mut(&id.sku) else {
             return;
         };
+        debug_assert!(ledger.remaining + u64::from(quantity) <= ledger.sale.stock);
         ledger.remaining = ledger
             .remaining
             .saturating_add(u64::from(quantity))
             .min(ledger.sale.stock);
+        ledger.stock_seq += 1;
         if let Some(holder) = ledger.holders.get_mut(&user_id) {
             holder.held = holder.held.saturating_sub(quantity);
         }
@@ -383,7 +408,7 @@ impl Book {
             };
             if let Some(forgotten) = self.orders.remove(&oldest) {
                 if let Some(holder) = ledger.holders.get_mut(&forgotten.user_id) {
-                    holder.keys.retain(|(_, unique)| *unique != oldest);
+                    holder.keys.retain(|_, unique| *unique != oldest);
                     if holder.held == 0 && holder.keys.is_empty() {
                         ledger.holders.remove(&forgotten.user_id);
                     }
@@ -393,10 +418,10 @@ impl Book {
     }
 }
 
-fn order_outcome(order: Order, remaining: Option<u64>) -> Outcome {
+fn order_outcome(order: Order, stock: Option<StockLevel>) -> Outcome {
     Outcome::Order {
         order,
-        remaining,
+        stock,
         replayed: false,
     }
 }
@@ -504,5 +529,34 @@ mod tests {
         let replay = order_of(buy(&mut copy, "u2", 1, Some("kept")));
         assert_eq!(buy(&mut copy, "u2", 1, None), Err(SaleError::LimitExceeded));
         assert_eq!(replay.user_id.as_ref(), "u2");
+    }
+
+    #[test]
+    fn snapshot_replay_does_not_depend_on_order() {
+        let mut book = Book::new(BookLimits::default());
+        book.execute(Command::UpsertSale(sale(1, 1)), T0 - 10)
+            .0
+            .unwrap();
+        let first = order_of(buy(&mut book, "a", 1, None));
+        book.execute(Command::Cancel(first.order_id, Requester::Admin), T0 + 1)
+            .0
+            .unwrap();
+        order_of(buy(&mut book, "b", 1, None));
+        let mut events = book.snapshot();
+        // Sales first (they must exist), then orders in the worst order: the holder last.
+        events.sort_by_key(|event| !matches!(event, Event::SaleUpserted(_)));
+        events[1..].reverse();
+        for attempt in [events.clone(), {
+            let mut swapped = events.clone();
+            swapped[1..].reverse();
+            swapped
+        }] {
+            let mut copy = Book::new(BookLimits::default());
+            for event in &attempt {
+                copy.apply(event);
+            }
+            assert_eq!(copy.remaining("sku"), Some(0));
+            assert_eq!(buy(&mut copy, "c", 1, None), Err(SaleError::SoldOut));
+        }
     }
 }

@@ -84,18 +84,28 @@ pub enum Outcome {
     Sale(SaleView),
     /// Several sales.
     Sales(Vec<SaleView>),
-    /// An order, after the command; `remaining` is the SKU's stock afterwards when the command
-    /// touched stock, so the owner can tell every shard when a SKU sells out or comes back.
+    /// An order, after the command; `stock` is the SKU's stock afterwards when the command
+    /// changed it, so the owner can tell every shard when a SKU sells out or comes back.
     Order {
         /// The order as it is now.
         order: Order,
-        /// Stock left after this command, when it changed or checked stock.
-        remaining: Option<u64>,
+        /// Stock after this command, when it changed stock.
+        stock: Option<StockLevel>,
         /// Whether this answers a purchase that was already made with the same idempotency key.
         replayed: bool,
     },
     /// Nothing to return.
     Done,
+}
+
+/// A SKU's stock at one point in its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockLevel {
+    /// Units left.
+    pub remaining: u64,
+    /// Counts stock changes of the sale; replies that arrive out of order are told apart by it,
+    /// so an older level never overrides a newer one.
+    pub seq: u64,
 }
 
 /// The answer to one command.
@@ -106,9 +116,10 @@ pub type Reply = Result<Outcome, SaleError>;
 pub enum Event {
     /// A sale was created or replaced.
     SaleUpserted(Sale),
-    /// An order was accepted and its stock taken.
+    /// An order was accepted and its stock taken; or, from a snapshot, an order restored in
+    /// whatever status it had (taking stock only if it still holds it).
     OrderCreated {
-        /// The order, status pending.
+        /// The order: pending when live, any status when restored.
         order: Order,
         /// The idempotency key it was bought with, so replays survive a restart.
         idempotency_key: Option<Box<str>>,

@@ -1,89 +1,89 @@
 //! Domain refusals: the business reasons a command can fail, each with a stable wire code.
+//!
+//! The table below is the single source of each refusal's status, code and message; the JSON
+//! error body is built from it at compile time, so refusing (the common answer in a flash sale)
+//! costs no serialisation.
 
-/// Why the sale engine refused a command. Each variant maps to one HTTP status and `error` code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaleError {
-    /// No sale exists for the SKU.
-    UnknownSale,
-    /// The order does not exist, or the caller may not see it.
-    UnknownOrder,
-    /// A started sale cannot be replaced.
-    SaleExists,
-    /// The sale window has not opened yet.
-    NotStarted,
-    /// The sale window has closed.
-    Ended,
-    /// The shopper is on the blocklist.
-    Blocked,
-    /// The shopper would exceed the per-user limit (pending and paid orders count).
-    LimitExceeded,
-    /// No stock is left.
-    SoldOut,
-    /// Some stock is left, but less than the quantity asked for.
-    InsufficientStock,
-    /// The order expired before payment.
-    OrderExpired,
-    /// The order was cancelled.
-    OrderCancelled,
-    /// A paid order cannot be cancelled.
-    OrderPaid,
-    /// The store could not be reached or did not confirm in time.
-    Unavailable,
+macro_rules! refusals {
+    ($($(#[$doc:meta])* $variant:ident => $status:literal, $code:literal, $message:literal;)*) => {
+        /// Why the sale engine refused a command. Each variant maps to one HTTP status and code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum SaleError {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl SaleError {
+            /// Every refusal, for tests and documentation.
+            pub const ALL: &'static [SaleError] = &[$(Self::$variant,)*];
+
+            /// The HTTP status this refusal is answered with.
+            pub fn status(self) -> u16 {
+                match self { $(Self::$variant => $status,)* }
+            }
+
+            /// The stable machine-readable `error` code.
+            pub fn code(self) -> &'static str {
+                match self { $(Self::$variant => $code,)* }
+            }
+
+            /// A human-readable explanation for the `message` field.
+            pub fn message(self) -> &'static str {
+                match self { $(Self::$variant => $message,)* }
+            }
+
+            /// The complete JSON error body.
+            pub fn body(self) -> &'static [u8] {
+                match self {
+                    $(Self::$variant => concat!(
+                        "{\"error\":\"", $code, "\",\"message\":\"", $message, "\"}"
+                    ).as_bytes(),)*
+                }
+            }
+        }
+    };
 }
 
-impl SaleError {
-    /// The HTTP status this refusal is answered with.
-    pub fn status(self) -> u16 {
-        match self {
-            Self::UnknownSale | Self::UnknownOrder => 404,
-            Self::SaleExists
-            | Self::SoldOut
-            | Self::InsufficientStock
-            | Self::OrderExpired
-            | Self::OrderCancelled
-            | Self::OrderPaid => 409,
-            Self::NotStarted => 425,
-            Self::Ended => 410,
-            Self::Blocked | Self::LimitExceeded => 403,
-            Self::Unavailable => 503,
-        }
-    }
+refusals! {
+    /// No sale exists for the SKU.
+    UnknownSale => 404, "unknown_sale", "no sale exists for this sku";
+    /// The order does not exist, or the caller may not see it.
+    UnknownOrder => 404, "unknown_order", "no such order";
+    /// A started sale cannot be replaced.
+    SaleExists => 409, "sale_exists", "a sale for this sku has already started and cannot be replaced";
+    /// The sale window has not opened yet.
+    NotStarted => 425, "not_started", "the sale has not started yet";
+    /// The sale window has closed.
+    Ended => 410, "ended", "the sale has ended";
+    /// The shopper is on the blocklist.
+    Blocked => 403, "blocked", "this user may not buy";
+    /// The shopper would exceed the per-user limit (pending and paid orders count).
+    LimitExceeded => 403, "limit_exceeded", "this purchase would exceed the per-user limit";
+    /// No stock is left.
+    SoldOut => 409, "sold_out", "sold out";
+    /// Some stock is left, but less than the quantity asked for.
+    InsufficientStock => 409, "insufficient_stock", "not enough stock left for this quantity";
+    /// The order expired before payment.
+    OrderExpired => 409, "order_expired", "the order expired before payment";
+    /// The order was cancelled.
+    OrderCancelled => 409, "order_cancelled", "the order was cancelled";
+    /// A paid order cannot be cancelled.
+    OrderPaid => 409, "order_paid", "the order is already paid";
+    /// The store could not be reached or did not confirm in time.
+    Unavailable => 503, "unavailable", "the store is unavailable, try again";
+}
 
-    /// The stable machine-readable `error` code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::UnknownSale => "unknown_sale",
-            Self::UnknownOrder => "unknown_order",
-            Self::SaleExists => "sale_exists",
-            Self::NotStarted => "not_started",
-            Self::Ended => "ended",
-            Self::Blocked => "blocked",
-            Self::LimitExceeded => "limit_exceeded",
-            Self::SoldOut => "sold_out",
-            Self::InsufficientStock => "insufficient_stock",
-            Self::OrderExpired => "order_expired",
-            Self::OrderCancelled => "order_cancelled",
-            Self::OrderPaid => "order_paid",
-            Self::Unavailable => "unavailable",
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// A human-readable explanation for the `message` field.
-    pub fn message(self) -> &'static str {
-        match self {
-            Self::UnknownSale => "no sale exists for this sku",
-            Self::UnknownOrder => "no such order",
-            Self::SaleExists => "a sale for this sku has already started and cannot be replaced",
-            Self::NotStarted => "the sale has not started yet",
-            Self::Ended => "the sale has ended",
-            Self::Blocked => "this user may not buy",
-            Self::LimitExceeded => "this purchase would exceed the per-user limit",
-            Self::SoldOut => "sold out",
-            Self::InsufficientStock => "not enough stock left for this quantity",
-            Self::OrderExpired => "the order expired before payment",
-            Self::OrderCancelled => "the order was cancelled",
-            Self::OrderPaid => "the order is already paid",
-            Self::Unavailable => "the store is unavailable, try again",
+    #[test]
+    fn precomputed_bodies_are_the_standard_error_json() {
+        for refusal in SaleError::ALL {
+            let mut body = refusal.body().to_vec();
+            let value = simd_json::to_owned_value(&mut body).expect("valid JSON");
+            use simd_json::prelude::*;
+            assert_eq!(value.get_str("error"), Some(refusal.code()));
+            assert_eq!(value.get_str("message"), Some(refusal.message()));
         }
     }
 }

@@ -1,12 +1,13 @@
 //! The owner shard's expiry queue for pending orders.
 //!
-//! Deadlines are grouped into buckets of [`BUCKET_MS`]; scheduling is one `Vec` push into an
-//! ordered map, and each sweep pops only the buckets that are wholly due. A million pending orders
-//! cost a million small entries and no tasks or timers of their own. Orders that were paid or
-//! cancelled stay in their bucket until it is swept, where the expire command is a no-op: cheaper
-//! than finding and removing them.
+//! Deadlines are grouped into buckets of [`BUCKET_MS`]; scheduling is a map insert plus one `Vec`
+//! push, and each sweep pops only the buckets that are wholly due. A million pending orders cost a
+//! million small entries and no tasks or timers of their own. Orders that are paid or cancelled
+//! are forgotten at once ([`ExpiryQueue::forget`]); their stale bucket slots are skipped at sweep
+//! time and compacted away whenever they outnumber the live entries, so memory follows the
+//! number of pending orders even under buy-then-cancel loops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::ids::OrderId;
 
@@ -14,11 +15,18 @@ use super::ids::OrderId;
 /// can be: at most two buckets.
 pub const BUCKET_MS: u64 = 100;
 
+/// Stale slots tolerated before a compaction, on top of one per live entry.
+const COMPACT_SLACK: usize = 1024;
+
 /// Pending orders by deadline bucket.
 #[derive(Debug, Default)]
 pub struct ExpiryQueue {
-    buckets: BTreeMap<u64, Vec<OrderId>>,
-    len: usize,
+    /// Bucket number → order keys scheduled in it (possibly stale).
+    buckets: BTreeMap<u64, Vec<u128>>,
+    /// Live entries: order key → (bucket, full id).
+    live: HashMap<u128, (u64, OrderId)>,
+    /// Slots in `buckets`, live or stale.
+    slots: usize,
 }
 
 impl ExpiryQueue {
@@ -29,32 +37,55 @@ impl ExpiryQueue {
 
     /// Remembers that `order_id` must be expired once `deadline_ms` has passed.
     pub fn schedule(&mut self, order_id: OrderId, deadline_ms: u64) {
-        self.buckets
-            .entry(deadline_ms / BUCKET_MS)
-            .or_default()
-            .push(order_id);
-        self.len += 1;
+        let bucket = deadline_ms / BUCKET_MS;
+        let unique = order_id.unique;
+        if self.live.insert(unique, (bucket, order_id)).is_some() {
+            return;
+        }
+        self.buckets.entry(bucket).or_default().push(unique);
+        self.slots += 1;
     }
 
-    /// Takes every order whose whole bucket is due at `now_ms`.
+    /// Drops an order that is no longer pending.
+    pub fn forget(&mut self, unique: u128) {
+        if self.live.remove(&unique).is_some() && self.slots > 2 * self.live.len() + COMPACT_SLACK {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        let live = &self.live;
+        self.buckets.retain(|bucket, slots| {
+            slots.retain(|unique| live.get(unique).is_some_and(|(b, _)| b == bucket));
+            !slots.is_empty()
+        });
+        self.slots = self.live.len();
+    }
+
+    /// Takes every live order whose whole bucket is due at `now_ms`.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<OrderId> {
         // A bucket is due once its last millisecond has passed.
         let first_not_due = (now_ms + 1) / BUCKET_MS;
         let later = self.buckets.split_off(&first_not_due);
         let due = std::mem::replace(&mut self.buckets, later);
-        let taken: Vec<OrderId> = due.into_values().flatten().collect();
-        self.len -= taken.len();
+        let mut taken = Vec::new();
+        for unique in due.into_values().flatten() {
+            self.slots -= 1;
+            if let Some((_, order_id)) = self.live.remove(&unique) {
+                taken.push(order_id);
+            }
+        }
         taken
     }
 
-    /// Entries waiting, including ones already paid or cancelled.
+    /// Pending orders waiting.
     pub fn len(&self) -> usize {
-        self.len
+        self.live.len()
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.live.is_empty()
     }
 }
 
@@ -81,5 +112,22 @@ mod tests {
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.take_due(5_000), vec![id(3)]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn forgotten_orders_do_not_accumulate() {
+        let mut queue = ExpiryQueue::new();
+        queue.schedule(id(0), 10_000);
+        for n in 1..100_000u128 {
+            queue.schedule(id(n), 900_000);
+            queue.forget(n);
+        }
+        assert_eq!(queue.len(), 1);
+        assert!(
+            queue.slots <= 2 + COMPACT_SLACK,
+            "{} slots kept",
+            queue.slots
+        );
+        assert_eq!(queue.take_due(u64::MAX - 1), vec![id(0)]);
     }
 }

@@ -86,11 +86,14 @@ pub struct SaleView {
     pub rate_limit_per_sec: u32,
     /// Derived from the window and `remaining` at the time of the view.
     pub state: SaleState,
+    /// The sale's stock-change counter at the time of the view (internal, not serialised).
+    #[serde(skip)]
+    pub stock_seq: u64,
 }
 
 impl SaleView {
     /// Builds the view of `sale` with `remaining` units left, as seen at `now_ms`.
-    pub fn new(sale: &Sale, remaining: u64, now_ms: u64) -> Self {
+    pub fn new(sale: &Sale, remaining: u64, stock_seq: u64, now_ms: u64) -> Self {
         let state = if !sale.has_started(now_ms) {
             SaleState::Upcoming
         } else if sale.has_ended(now_ms) {
@@ -111,6 +114,7 @@ impl SaleView {
             payment_timeout_ms: sale.payment_timeout_ms,
             rate_limit_per_sec: sale.rate_limit_per_sec,
             state,
+            stock_seq,
         }
     }
 }

@@ -58,8 +58,8 @@ pub struct Shard<S> {
     store: S,
     /// Pending orders of the SKUs this shard owns, by deadline.
     expiry: RefCell<ExpiryQueue>,
-    /// The sold-out flag last announced for each owned SKU.
-    announced_sold_out: RefCell<HashMap<Box<str>, bool>>,
+    /// What was last announced about each owned SKU's stock.
+    announced: RefCell<HashMap<Box<str>, owner::Announced>>,
     /// Orders announcements so that a late one never undoes a newer one.
     flag_version: Cell<u64>,
     /// Open connections on this shard, checked against the per-shard cap.
@@ -84,7 +84,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             edge: RefCell::new(Edge::new(id, count)),
             store,
             expiry: RefCell::new(ExpiryQueue::new()),
-            announced_sold_out: RefCell::new(HashMap::new()),
+            announced: RefCell::new(HashMap::new()),
             flag_version: Cell::new(0),
             connections: Cell::new(0),
             node,

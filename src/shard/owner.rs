@@ -1,7 +1,7 @@
 //! The owner role of a shard: running commands for the SKUs it owns against its store, then
-//! doing what follows from the answer: scheduling expiry, telling every shard when a SKU sells
-//! out or comes back, publishing new sales and blocklist changes. Also the periodic tick that
-//! sweeps due orders and exchanges admission demand.
+//! doing what follows from the answer: scheduling and forgetting expiry, telling every shard when
+//! a SKU sells out or comes back, publishing new sales and blocklist changes. Also the periodic
+//! tick that sweeps due orders and exchanges admission demand.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -9,12 +9,21 @@ use std::time::{Duration, Instant};
 use super::message::Notice;
 use super::Shard;
 use crate::clock::now_ms;
-use crate::sale::command::{Command, Outcome, Reply};
+use crate::sale::command::{Command, Outcome, Reply, StockLevel};
 use crate::sale::{OrderStatus, SaleError};
 use crate::store::Store;
 
 /// How often a shard sweeps expired orders and re-splits admission rates.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// What the owner last told every shard about one SKU's stock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Announced {
+    /// Whether the SKU was announced sold out.
+    pub sold_out: bool,
+    /// The newest stock level seen; older replies are ignored.
+    pub seq: u64,
+}
 
 impl<S: Store + 'static> Shard<S> {
     /// Runs a command this shard owns and applies its consequences.
@@ -30,9 +39,11 @@ impl<S: Store + 'static> Shard<S> {
             }),
             _ => None,
         };
-        let may_return_stock = matches!(command, Command::Pay(..) | Command::Cancel(..));
         let is_purchase = matches!(command, Command::Purchase(_));
-        let sku: Option<Box<str>> = command.sku().map(Into::into);
+        let expired_by_request = match &command {
+            Command::Pay(id, _) | Command::Cancel(id, _) => Some(id.clone()),
+            _ => None,
+        };
         let reply = self
             .store
             .execute(vec![command])
@@ -41,9 +52,9 @@ impl<S: Store + 'static> Shard<S> {
             .unwrap_or(Err(SaleError::Unavailable));
         match (&reply, announce) {
             (Ok(_), Some(Notice::SaleUpserted { sale, .. })) => {
-                self.announced_sold_out
+                self.announced
                     .borrow_mut()
-                    .insert(sale.sku.clone(), false);
+                    .insert(sale.sku.clone(), Announced::default());
                 let version = self.next_flag_version();
                 // Wait for every shard, so that a purchase anywhere right after the 201 finds it.
                 self.broadcast(Notice::SaleUpserted { sale, version }, true)
@@ -55,28 +66,27 @@ impl<S: Store + 'static> Shard<S> {
         match &reply {
             Ok(Outcome::Order {
                 order,
-                remaining,
+                stock,
                 replayed: false,
             }) => {
                 if is_purchase && order.status == OrderStatus::Pending {
                     self.expiry
                         .borrow_mut()
                         .schedule(order.order_id.clone(), order.expires_at);
+                } else if order.status != OrderStatus::Pending {
+                    self.expiry.borrow_mut().forget(order.order_id.unique);
                 }
-                if let Some(remaining) = remaining {
-                    self.announce_stock(&order.sku, *remaining, may_return_stock)
-                        .await;
-                }
-            }
-            Err(SaleError::SoldOut) => {
-                if let Some(sku) = &sku {
-                    self.announce_stock(sku, 0, false).await;
+                if let Some(level) = stock {
+                    // A shopper's request waits until every shard knows, so the shopper's next
+                    // request anywhere is answered consistently.
+                    self.announce_stock(&order.sku, *level, true).await;
                 }
             }
-            Err(SaleError::OrderExpired) if may_return_stock => {
-                // The late payment or cancel expired the order itself, which returned stock.
-                if let Some(sku) = sku {
-                    self.refresh_stock_flag(sku).await;
+            Err(SaleError::OrderExpired) => {
+                // A late payment or cancel may have expired the order itself, returning stock.
+                if let Some(order_id) = expired_by_request {
+                    self.expiry.borrow_mut().forget(order_id.unique);
+                    self.refresh_stock_flag(order_id.sku).await;
                 }
             }
             _ => {}
@@ -84,20 +94,21 @@ impl<S: Store + 'static> Shard<S> {
         reply
     }
 
-    /// Tells every shard when `sku` has sold out or has stock again, if that changed. Returning
-    /// stock to a shopper's own request (`wait`) waits for every shard, so the shopper's next
-    /// purchase anywhere sees it.
-    async fn announce_stock(&self, sku: &str, remaining: u64, wait: bool) {
-        let sold_out = remaining == 0;
+    /// Tells every shard when `sku` has sold out or has stock again, if that changed and `level`
+    /// is not older than what was already seen. With `wait`, returns once every shard knows.
+    async fn announce_stock(&self, sku: &str, level: StockLevel, wait: bool) {
+        let sold_out = level.remaining == 0;
         let changed = {
-            let mut announced = self.announced_sold_out.borrow_mut();
-            match announced.get_mut(sku) {
-                Some(flag) => std::mem::replace(flag, sold_out) != sold_out,
-                None => {
-                    announced.insert(sku.into(), sold_out);
-                    sold_out
-                }
+            let mut announced = self.announced.borrow_mut();
+            let entry = match announced.get_mut(sku) {
+                Some(entry) => entry,
+                None => announced.entry(sku.into()).or_default(),
+            };
+            if level.seq < entry.seq {
+                return;
             }
+            entry.seq = level.seq;
+            std::mem::replace(&mut entry.sold_out, sold_out) != sold_out
         };
         if changed {
             let notice = Notice::StockFlag {
@@ -105,21 +116,21 @@ impl<S: Store + 'static> Shard<S> {
                 sold_out,
                 version: self.next_flag_version(),
             };
-            self.broadcast(notice, wait && !sold_out).await;
+            self.broadcast(notice, wait).await;
         }
     }
 
     async fn refresh_stock_flag(self: &Rc<Self>, sku: Box<str>) {
-        let flagged = self.announced_sold_out.borrow().get(&sku).copied();
-        if flagged != Some(true) {
-            return;
-        }
         let reply = self
             .store
             .execute(vec![Command::GetSale(sku.clone())])
             .await;
         if let Some(Ok(Outcome::Sale(view))) = reply.first() {
-            self.announce_stock(&sku, view.remaining, true).await;
+            let level = StockLevel {
+                remaining: view.remaining,
+                seq: view.stock_seq,
+            };
+            self.announce_stock(&sku, level, true).await;
         }
     }
 
@@ -139,11 +150,11 @@ impl<S: Store + 'static> Shard<S> {
         for reply in self.store.execute(batch).await {
             if let Ok(Outcome::Order {
                 order,
-                remaining: Some(remaining),
+                stock: Some(level),
                 ..
             }) = reply
             {
-                self.announce_stock(&order.sku, remaining, false).await;
+                self.announce_stock(&order.sku, level, false).await;
             }
         }
     }

@@ -61,9 +61,52 @@ pub enum NodeError {
         /// The cause.
         source: io::Error,
     },
+    /// The listen address is taken.
+    #[error("cannot listen: {0}")]
+    Listen(io::Error),
     /// Signals could not be set up.
     #[error("signal handling: {0}")]
     Signals(#[from] nix::Error),
+}
+
+/// Reports a shard's end to the main thread and to the drain barrier, however it ends: returned
+/// error, or panic (the guard drops while unwinding).
+struct ShardExit {
+    index: usize,
+    node: Arc<NodeStatus>,
+    events: mpsc::Sender<NodeEvent>,
+    drained: std::cell::Cell<bool>,
+    result: Option<io::Result<()>>,
+}
+
+impl ShardExit {
+    fn new(index: usize, node: Arc<NodeStatus>, events: mpsc::Sender<NodeEvent>) -> Self {
+        Self {
+            index,
+            node,
+            events,
+            drained: std::cell::Cell::new(false),
+            result: None,
+        }
+    }
+
+    /// Counts this shard as drained for the barrier, once.
+    fn mark_drained(&self) {
+        if !self.drained.replace(true) {
+            self.node.drained_shards.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for ShardExit {
+    fn drop(&mut self) {
+        self.mark_drained();
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(io::Error::other("the shard panicked")));
+        let _ = self.events.send(NodeEvent::ShardExited(self.index, result));
+    }
 }
 
 enum NodeEvent {
@@ -92,8 +135,9 @@ pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
         })
         .map_err(|source| NodeError::Shard { shard: 0, source })?;
 
+    http::listener::ensure_port_free(options.listen).map_err(NodeError::Listen)?;
     let node = Arc::new(NodeStatus::default());
-    let cpus = online_cpus();
+    let cpus = allowed_cpus();
     let mesh = MeshBuilder::<ShardMsg, _>::full(options.shards, MESH_CAPACITY);
     let mut stops = Vec::with_capacity(options.shards);
     let mut handles = Vec::with_capacity(options.shards);
@@ -114,9 +158,9 @@ pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
             .name(&format!("seckill-shard-{index}"))
             .io_memory(options.io_memory)
             .spawn(move || async move {
+                let mut exit = ShardExit::new(index, Arc::clone(&node), events.clone());
                 let stopped = stopped.map(|_| ()).shared();
-                let result = run_shard(mesh, node, &options, stopped, &events).await;
-                let _ = events.send(NodeEvent::ShardExited(index, result));
+                exit.result = Some(run_shard(mesh, node, &options, stopped, &events, &exit).await);
             })
             .map_err(|error| NodeError::Shard {
                 shard: index,
@@ -173,10 +217,15 @@ pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
     }
 }
 
-fn online_cpus() -> Vec<usize> {
+/// CPUs this process may run on: online, and in its affinity mask (taskset, cgroup cpusets).
+fn allowed_cpus() -> Vec<usize> {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
     let mut cpus: Vec<usize> = CpuSet::online()
         .map(|set| set.iter().map(|location| location.cpu).collect())
         .unwrap_or_default();
+    if let Some(allowed) = allowed {
+        cpus.retain(|cpu| allowed.is_set(*cpu).unwrap_or(false));
+    }
     cpus.sort_unstable();
     cpus
 }
@@ -187,10 +236,14 @@ async fn run_shard(
     options: &NodeOptions,
     stopped: Shared<impl std::future::Future<Output = ()> + 'static>,
     events: &mpsc::Sender<NodeEvent>,
+    exit: &ShardExit,
 ) -> io::Result<()> {
-    let (senders, mut receivers) = mesh
-        .join()
-        .await
+    // Joining waits for every peer; if one fails to start, the stop signal ends the wait.
+    let joined = match select(pin!(mesh.join()), stopped.clone()).await {
+        Either::Left((joined, _)) => joined,
+        Either::Right(((), _)) => return Ok(()),
+    };
+    let (senders, mut receivers) = joined
         .map_err(|error| io::Error::other(format!("could not join the shard mesh: {error}")))?;
     let id = senders.peer_id();
     let store = MemoryStore::new(options.book_limits);
@@ -262,9 +315,13 @@ async fn run_shard(
     {
         tracing::warn!(shard = id, "drain timeout: closing remaining connections");
     }
-    // Keep answering other shards' calls until every shard has drained its own connections.
-    node.drained_shards.fetch_add(1, Ordering::AcqRel);
-    while node.drained_shards.load(Ordering::Acquire) < options.shards {
+    // Keep answering other shards' calls until every shard has drained its own connections
+    // (bounded, in case a peer is wedged).
+    exit.mark_drained();
+    let deadline = std::time::Instant::now() + options.drain_timeout + Duration::from_secs(1);
+    while node.drained_shards.load(Ordering::Acquire) < options.shards
+        && std::time::Instant::now() < deadline
+    {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
