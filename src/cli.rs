@@ -20,6 +20,21 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a shopper token (reads SECKILL_TOKEN_SECRET or the config file).
     Token(TokenArgs),
+    /// Inspect the journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+/// `seckill journal ...`
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Check every record of the newest complete generation, as startup would, without starting
+    /// the server. Exits 1 if the journal is corrupt.
+    Verify {
+        /// The data directory to check.
+        #[arg(long, env = "SECKILL_DATA_DIR", default_value = "seckill-data")]
+        data_dir: PathBuf,
+    },
 }
 
 /// Flags for `serve`. Each may also come from the environment (shown) or the config file (the
@@ -35,9 +50,16 @@ pub struct ServeArgs {
     /// Number of shards, one pinned executor each [default: online CPUs].
     #[arg(long, env = "SECKILL_SHARDS")]
     pub shards: Option<usize>,
-    /// Directory for durable state (used by the journal).
+    /// Directory for the journal [default: ./seckill-data].
     #[arg(long, env = "SECKILL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// When to acknowledge: `sync` (after fdatasync) or `none` (unsafe, for benchmarks)
+    /// [default: sync].
+    #[arg(long, env = "SECKILL_DURABILITY")]
+    pub durability: Option<String>,
+    /// Journal segment size in bytes before rolling over [default: 67108864].
+    #[arg(long, env = "SECKILL_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
     /// Close a connection that sends nothing for this long [default: 10000].
     #[arg(long, env = "SECKILL_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,

@@ -11,9 +11,12 @@ use rand::RngCore;
 use serde::Deserialize;
 
 use crate::cli::ServeArgs;
+use crate::store::journal::Durability;
 
 /// Default listen address: loopback, so a bare `serve` is never exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "seckill-data";
 /// Shortest admin token or token secret accepted, so a weak secret is caught at startup.
 const MIN_SECRET_LEN: usize = 16;
 
@@ -41,6 +44,10 @@ pub struct FileConfig {
     pub drain_timeout_ms: Option<u64>,
     /// See [`ServeArgs::closed_orders_per_sale`].
     pub closed_orders_per_sale: Option<usize>,
+    /// See [`ServeArgs::durability`].
+    pub durability: Option<String>,
+    /// See [`ServeArgs::segment_bytes`].
+    pub segment_bytes: Option<u64>,
     /// See [`ServeArgs::log_level`].
     pub log_level: Option<String>,
     /// See [`ServeArgs::log_format`].
@@ -77,8 +84,12 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Number of shards.
     pub shards: usize,
-    /// Directory for durable state.
-    pub data_dir: Option<PathBuf>,
+    /// Directory for the journal.
+    pub data_dir: PathBuf,
+    /// When acknowledgements may be sent.
+    pub durability: Durability,
+    /// Journal segment size.
+    pub segment_bytes: u64,
     /// Admin bearer token.
     pub admin_token: String,
     /// Shopper-token HMAC secret.
@@ -237,10 +248,34 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             )))
         }
     };
+    let durability = match args.durability.as_deref().or(file.durability.as_deref()) {
+        None | Some("sync") => Durability::Sync,
+        Some("none") => Durability::None,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "`durability` must be sync or none, got {other:?}"
+            )))
+        }
+    };
+    let segment_bytes = args
+        .segment_bytes
+        .or(file.segment_bytes)
+        .unwrap_or(64 << 20);
+    let segment_bytes = in_range("segment_bytes", segment_bytes, 64 << 10, 1 << 34)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError("`data_dir` must not be empty".into()));
+    }
     Ok(ServeConfig {
         listen,
         shards,
-        data_dir: args.data_dir.clone().or(file.data_dir),
+        data_dir,
+        durability,
+        segment_bytes,
         admin_token,
         token_secret,
         secrets_source,

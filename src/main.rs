@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use seckill::auth::Auth;
-use seckill::cli::{Cli, Command, TokenArgs};
+use seckill::cli::{Cli, Command, JournalCommand, TokenArgs};
 use seckill::sale::model::is_valid_id;
+use seckill::store::journal::recovery;
 use seckill::{clock, config, logging, serve};
 
 fn main() -> ExitCode {
@@ -31,6 +32,39 @@ fn main() -> ExitCode {
             }
         }
         Command::Token(args) => print_token(&args),
+        Command::Journal(JournalCommand::Verify { data_dir }) => verify_journal(&data_dir),
+    }
+}
+
+fn verify_journal(data_dir: &std::path::Path) -> ExitCode {
+    match recovery::read_newest(data_dir) {
+        Ok((None, _)) => {
+            println!("{}: no journal yet (nothing to verify)", data_dir.display());
+            ExitCode::SUCCESS
+        }
+        Ok((Some(generation), contents)) => {
+            let events: usize = contents.shards.iter().map(|(_, events)| events.len()).sum();
+            println!(
+                "{}: generation {generation}: {} shard(s), {} file(s), {events} event(s): ok",
+                data_dir.display(),
+                contents.shards.len(),
+                contents.files,
+            );
+            for (dir, events) in &contents.shards {
+                println!("  {}: {} event(s)", dir.display(), events.len());
+            }
+            for torn in &contents.torn_tails {
+                println!(
+                    "  {}: torn record at the tail (crash mid-write); startup cuts it off",
+                    torn.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("{}: {error}", data_dir.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

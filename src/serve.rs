@@ -7,13 +7,51 @@ use crate::auth::Auth;
 use crate::config::{SecretsSource, ServeConfig};
 use crate::http::ConnLimits;
 use crate::sale::book::BookLimits;
-use crate::shard::runtime::{run_node, NodeError, NodeOptions};
+use crate::shard::runtime::{run_node, NodeError, NodeOptions, ShardStart};
+use crate::store::journal::recovery::{self, RecoveryError};
+
+/// Why `serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be recovered or locked.
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
 
 /// glommio's default registered-buffer size per executor.
 const DEFAULT_IO_MEMORY: usize = 10 << 20;
 
 /// Runs the server with `config` until a shutdown signal.
-pub fn serve(config: &ServeConfig) -> Result<(), NodeError> {
+pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
+    let _lock = recovery::lock(&config.data_dir)?;
+    recovery::check_direct_io(&config.data_dir)?;
+    let limits = BookLimits {
+        closed_orders_per_sale: config.closed_orders_per_sale,
+    };
+    let started = std::time::Instant::now();
+    let recovered = recovery::recover(&config.data_dir, config.shards, limits)?;
+    for torn in &recovered.torn_tails {
+        tracing::warn!(file = %torn.display(), "cut off a torn record at the end of the journal (crash mid-write)");
+    }
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        events = recovered.events_replayed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "journal recovered"
+    );
+    let starts = recovered
+        .books
+        .into_iter()
+        .zip(recovered.shard_dirs)
+        .map(|(book, (journal_dir, snapshot_bytes))| ShardStart {
+            book,
+            journal_dir,
+            snapshot_bytes,
+        })
+        .collect();
     if config.secrets_source == SecretsSource::DevGenerated {
         print_dev_credentials(config);
     }
@@ -28,12 +66,12 @@ pub fn serve(config: &ServeConfig) -> Result<(), NodeError> {
         max_connections_per_shard: config.max_connections_per_shard,
         drain_timeout: config.drain_timeout,
         io_memory: io_memory_within_memlock(config.shards),
-        book_limits: BookLimits {
-            closed_orders_per_sale: config.closed_orders_per_sale,
-        },
+        durability: config.durability,
+        segment_bytes: config.segment_bytes,
         auth: Auth::new(&config.admin_token, &config.token_secret),
     };
-    run_node(options)
+    run_node(options, starts)?;
+    Ok(())
 }
 
 /// io_uring registers each executor's I/O buffers as locked memory. Raise RLIMIT_MEMLOCK to

@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 /// A `seckill` command with no SECKILL_* or RUST_LOG settings inherited from the environment.
 fn seckill() -> Command {
     let mut cmd = Command::new(BIN);
+    // Each process gets its own journal directory.
+    cmd.env("SECKILL_DATA_DIR", fresh_data_dir());
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         if key.starts_with("SECKILL_") || key == "RUST_LOG" {

@@ -210,6 +210,17 @@ impl Book {
         self.sales.values().map(|ledger| &ledger.sale)
     }
 
+    /// Stock level of one sale (zero for an unknown SKU).
+    pub fn stock_level(&self, sku: &str) -> StockLevel {
+        self.sales.get(sku).map_or(
+            StockLevel {
+                remaining: 0,
+                seq: 0,
+            },
+            SaleLedger::stock,
+        )
+    }
+
     /// Live stock of one sale.
     pub fn remaining(&self, sku: &str) -> Option<u64> {
         self.sales.get(sku).map(|ledger| ledger.remaining)

@@ -112,7 +112,7 @@ pub struct StockLevel {
 pub type Reply = Result<Outcome, SaleError>;
 
 /// A state change, as persisted by durable stores and replayed on recovery.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// A sale was created or replaced.
     SaleUpserted(Sale),

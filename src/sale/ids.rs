@@ -7,7 +7,7 @@
 use std::fmt;
 
 use rand::RngCore;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::model::is_valid_id;
 
@@ -76,5 +76,12 @@ mod tests {
         assert_eq!(OrderId::parse("nope"), None);
         assert_eq!(OrderId::parse(&text.replace('.', "/")), None);
         assert_eq!(OrderId::parse(&format!("{}.", &text[..26])), None);
+    }
+}
+
+impl<'de> Deserialize<'de> for OrderId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("not an order id"))
     }
 }

@@ -1,6 +1,6 @@
 //! The nouns of a flash sale: a sale's definition, its public view, and an order.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ids::OrderId;
 
@@ -17,7 +17,7 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 /// A sale as the admin defined it. Immutable once it has started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sale {
     /// The stock-keeping unit this sale sells; also the partitioning key.
     pub sku: Box<str>,
@@ -120,7 +120,7 @@ impl SaleView {
 }
 
 /// Where an order is in its life. Only `Pending` can change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Stock is held, waiting for payment until `expires_at`.
@@ -141,7 +141,7 @@ impl OrderStatus {
 }
 
 /// One shopper's claim on some units of a sale.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     /// Opaque, globally unique id; it also names the SKU so it can be routed to its owner shard.
     pub order_id: OrderId,

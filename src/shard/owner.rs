@@ -172,6 +172,47 @@ impl<S: Store + 'static> Shard<S> {
         self.broadcast(notice, false).await;
     }
 
+    /// Republishes what this shard owns at start (after recovery): every sale to every edge, the
+    /// sold-out flags, the blocklist, and the expiry deadlines of pending orders. Orders whose
+    /// deadline passed while the node was down expire on the first sweep.
+    pub async fn publish_boot_state(self: &Rc<Self>) {
+        let boot = self.store.boot_state();
+        for (sale, level) in boot.sales {
+            let sold_out = level.remaining == 0;
+            self.announced.borrow_mut().insert(
+                sale.sku.clone(),
+                Announced {
+                    sold_out,
+                    seq: level.seq,
+                },
+            );
+            let sku = sale.sku.clone();
+            let version = self.next_flag_version();
+            self.broadcast(Notice::SaleUpserted { sale, version }, true)
+                .await;
+            if sold_out {
+                let version = self.next_flag_version();
+                let flag = Notice::StockFlag {
+                    sku,
+                    sold_out,
+                    version,
+                };
+                self.broadcast(flag, true).await;
+            }
+        }
+        for user_id in boot.blocked {
+            let notice = Notice::Blocked {
+                user_id,
+                blocked: true,
+            };
+            self.broadcast(notice, true).await;
+        }
+        let mut expiry = self.expiry.borrow_mut();
+        for (order_id, deadline) in boot.pending {
+            expiry.schedule(order_id, deadline);
+        }
+    }
+
     /// The shard's periodic duties, until the node drains.
     pub async fn run_ticks(self: Rc<Self>) {
         while !self

@@ -20,8 +20,9 @@ use super::{NodeStatus, Shard};
 use crate::api::Api;
 use crate::auth::Auth;
 use crate::http::{self, serve_connection, ConnLimits, Response};
-use crate::sale::book::BookLimits;
-use crate::store::MemoryStore;
+use crate::sale::book::Book;
+use crate::store::journal::{Durability, Journal};
+use crate::store::EmbeddedStore;
 
 /// Messages a shard may have queued towards one peer before senders wait. Generous, because very
 /// small capacities can deadlock under contention (glommio issue #555).
@@ -44,8 +45,10 @@ pub struct NodeOptions {
     pub drain_timeout: Duration,
     /// Bytes of io_uring registered buffers per executor.
     pub io_memory: usize,
-    /// Bounded history kept per sale.
-    pub book_limits: BookLimits,
+    /// When acknowledgements may be sent.
+    pub durability: Durability,
+    /// Journal segment size before rolling over.
+    pub segment_bytes: u64,
     /// Admin and shopper credentials.
     pub auth: Auth,
 }
@@ -115,8 +118,25 @@ enum NodeEvent {
     Ready,
 }
 
+/// What each shard starts from: its recovered book, and its journal directory with the size of
+/// the snapshot recovery wrote there.
+pub struct ShardStart {
+    /// The rebuilt state.
+    pub book: Book,
+    /// Where the shard's journal lives.
+    pub journal_dir: std::path::PathBuf,
+    /// Size of the snapshot already in `journal_dir`.
+    pub snapshot_bytes: u64,
+}
+
+/// Starting points for every shard, taken by each shard once it knows its mesh id.
+type ShardStarts = Arc<std::sync::Mutex<Vec<Option<ShardStart>>>>;
+
 /// Runs the node until SIGTERM or SIGINT, then drains and returns. Blocks the calling thread.
-pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
+pub fn run_node(options: NodeOptions, starts: Vec<ShardStart>) -> Result<(), NodeError> {
+    let starts: ShardStarts = Arc::new(std::sync::Mutex::new(
+        starts.into_iter().map(Some).collect(),
+    ));
     // Block the shutdown signals before any thread starts, so every thread inherits the mask and
     // only the waiter below ever sees them.
     let mut signals = SigSet::empty();
@@ -148,11 +168,12 @@ pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
             Some(cpu) => Placement::Fixed(*cpu),
             None => Placement::Unbound,
         };
-        let (mesh, node, options, events) = (
+        let (mesh, node, options, events, starts) = (
             mesh.clone(),
             Arc::clone(&node),
             options.clone(),
             events.clone(),
+            Arc::clone(&starts),
         );
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("seckill-shard-{index}"))
@@ -160,7 +181,8 @@ pub fn run_node(options: NodeOptions) -> Result<(), NodeError> {
             .spawn(move || async move {
                 let mut exit = ShardExit::new(index, Arc::clone(&node), events.clone());
                 let stopped = stopped.map(|_| ()).shared();
-                exit.result = Some(run_shard(mesh, node, &options, stopped, &events, &exit).await);
+                let run = run_shard(mesh, node, &options, stopped, &events, &exit, starts);
+                exit.result = Some(run.await);
             })
             .map_err(|error| NodeError::Shard {
                 shard: index,
@@ -237,6 +259,7 @@ async fn run_shard(
     stopped: Shared<impl std::future::Future<Output = ()> + 'static>,
     events: &mpsc::Sender<NodeEvent>,
     exit: &ShardExit,
+    starts: ShardStarts,
 ) -> io::Result<()> {
     // Joining waits for every peer; if one fails to start, the stop signal ends the wait.
     let joined = match select(pin!(mesh.join()), stopped.clone()).await {
@@ -246,7 +269,21 @@ async fn run_shard(
     let (senders, mut receivers) = joined
         .map_err(|error| io::Error::other(format!("could not join the shard mesh: {error}")))?;
     let id = senders.peer_id();
-    let store = MemoryStore::new(options.book_limits);
+    let start = starts
+        .lock()
+        .ok()
+        .and_then(|mut starts| starts.get_mut(id).and_then(Option::take))
+        .ok_or_else(|| io::Error::other(format!("no recovered state for shard {id}")))?;
+    let journal = Journal::create(
+        &start.journal_dir,
+        1,
+        start.snapshot_bytes,
+        options.durability,
+        options.segment_bytes,
+    )
+    .await
+    .map_err(|error| io::Error::other(error.to_string()))?;
+    let store = EmbeddedStore::new(start.book, Rc::clone(&journal));
     let shard = Rc::new(Shard::new(
         id,
         options.shards,
@@ -263,6 +300,9 @@ async fn run_shard(
         })
         .detach();
     }
+    // Every shard's edge must know the recovered sales, flags and blocklist before any shard
+    // reports ready.
+    shard.publish_boot_state().await;
     let listener = http::listener::bind_reuseport(options.listen, options.backlog)?;
     glommio::spawn_local(Rc::clone(&shard).run_ticks()).detach();
     node.ready_shards.fetch_add(1, Ordering::AcqRel);
@@ -314,6 +354,9 @@ async fn run_shard(
         .is_err()
     {
         tracing::warn!(shard = id, "drain timeout: closing remaining connections");
+    }
+    if let Err(error) = journal.close().await {
+        tracing::error!(%error, shard = id, "could not close the journal cleanly");
     }
     // Keep answering other shards' calls until every shard has drained its own connections
     // (bounded, in case a peer is wedged).

@@ -6,11 +6,25 @@
 //! as it promises. Batches let a store amortise its expensive step: one `fdatasync` or one Redis
 //! round trip for many commands.
 
-pub mod memory;
+pub mod embedded;
+pub mod journal;
 
-use crate::sale::command::{Command, Reply};
+use crate::sale::command::{Command, Reply, StockLevel};
+use crate::sale::ids::OrderId;
+use crate::sale::Sale;
 
-pub use memory::MemoryStore;
+pub use embedded::EmbeddedStore;
+
+/// What a shard must republish when it starts on existing state.
+#[derive(Debug, Default)]
+pub struct BootState {
+    /// Sales this shard owns, with their stock.
+    pub sales: Vec<(Sale, StockLevel)>,
+    /// Blocked users homed on this shard.
+    pub blocked: Vec<Box<str>>,
+    /// Pending orders and their deadlines.
+    pub pending: Vec<(OrderId, u64)>,
+}
 
 /// A shard-local store. Not `Send`: each shard owns its own instance, in keeping with the
 /// thread-per-core design, so `async fn` here deliberately makes no `Send` promise.
@@ -18,4 +32,7 @@ pub use memory::MemoryStore;
 pub trait Store {
     /// Decides and persists `batch` in order, returning one reply per command.
     async fn execute(&self, batch: Vec<Command>) -> Vec<Reply>;
+
+    /// The state the shard starts with, to republish to every shard's edge.
+    fn boot_state(&self) -> BootState;
 }

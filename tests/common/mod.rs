@@ -75,6 +75,21 @@ pub struct Server {
     pub port: u16,
     pub shards: usize,
     log_path: PathBuf,
+    /// The server's data directory.
+    pub data_dir: PathBuf,
+    /// Whether Drop removes `data_dir` (false when a test restarts servers on it).
+    owns_data_dir: bool,
+}
+
+/// A fresh, empty data directory under the target's temp dir.
+pub fn fresh_data_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("seckill-data-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create data dir");
+    dir
 }
 
 pub fn pick_port() -> u16 {
@@ -100,6 +115,13 @@ impl Server {
     /// Spawn `seckill serve --listen 127.0.0.1:PORT --shards N <extra_args>`
     /// and wait until `GET /readyz` answers 200.
     pub fn start(shards: usize, extra_args: &[&str]) -> Server {
+        let mut server = Self::start_in(&fresh_data_dir(), shards, extra_args);
+        server.owns_data_dir = true;
+        server
+    }
+
+    /// Like [`Server::start`], on an existing data directory that outlives the server.
+    pub fn start_in(data_dir: &std::path::Path, shards: usize, extra_args: &[&str]) -> Server {
         let mut last = String::new();
         for attempt in 0..3 {
             let port = pick_port();
@@ -124,6 +146,8 @@ impl Server {
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--shards")
                 .arg(shards.to_string())
+                .arg("--data-dir")
+                .arg(data_dir)
                 .args(extra_args)
                 .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
                 .env("SECKILL_TOKEN_SECRET", SECRET)
@@ -138,6 +162,8 @@ impl Server {
                 port,
                 shards,
                 log_path,
+                data_dir: data_dir.to_path_buf(),
+                owns_data_dir: false,
             };
             match server.wait_ready() {
                 Ok(()) => return server,
@@ -208,6 +234,42 @@ impl Server {
     /// Is the server process still running?
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Crash the server: SIGKILL, then reap it.
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for killed server")
+    }
+
+    /// Graceful stop: SIGTERM, then wait (up to 30 s) for the exit; returns its status.
+    /// Panics with the server output if it does not exit in time.
+    #[track_caller]
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "server did not exit within 30 s of SIGTERM; output:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Plain TCP connection with timeouts set.
@@ -330,6 +392,9 @@ impl Drop for Server {
             );
         }
         let _ = std::fs::remove_file(&self.log_path);
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

@@ -1,0 +1,309 @@
+//! On-disk format of the journal.
+//!
+//! A file (segment or snapshot) starts with a 16-byte header: 4 magic bytes, the format version
+//! (u32 LE) and the file's sequence number (u64 LE). Records follow, each
+//! `[len: u32 LE][crc32c(payload): u32 LE][payload]`, the payload being a postcard-encoded
+//! [`Entry`]. Segments may end in zero padding (the DMA writer pads its last block).
+//!
+//! Reading tells a torn tail from corruption: when a record fails, the rest of the file is
+//! scanned for any later valid record. None means the write was cut short by a crash, and the
+//! tail is dropped; one means data in the middle is damaged, and reading stops with the file and
+//! offset.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sale::command::Event;
+
+/// Magic bytes of a segment.
+pub const SEGMENT_MAGIC: &[u8; 4] = b"SKLG";
+/// Magic bytes of a snapshot.
+pub const SNAPSHOT_MAGIC: &[u8; 4] = b"SKSN";
+/// Version of this format, written into every header.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes in a file header.
+pub const HEADER_LEN: usize = 16;
+/// Bytes in a record header.
+const RECORD_HEADER_LEN: usize = 8;
+/// Largest payload a record may claim; anything larger is damage, not data.
+const MAX_PAYLOAD: usize = 16 << 20;
+
+/// What a record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// A state change.
+    Event(Event),
+    /// Last record of a complete snapshot: how many events precede it.
+    SnapshotEnd {
+        /// Events in the snapshot.
+        events: u64,
+    },
+}
+
+/// Why a file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The file could not be read at all.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Damage before the tail: acknowledged data would be lost by skipping it.
+    #[error("{path}: corrupt record at offset {offset}: {reason}")]
+    Corrupt {
+        /// Which file.
+        path: PathBuf,
+        /// Byte offset of the damaged record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The records of one file.
+#[derive(Debug)]
+pub struct FileContents {
+    /// Sequence number from the header.
+    pub seq: u64,
+    /// Decoded entries, in order.
+    pub entries: Vec<Entry>,
+    /// Where valid data ends (the offset a torn tail was cut at, or the end of the records).
+    pub valid_len: u64,
+    /// Whether a torn record was found (and ignored) at `valid_len`.
+    pub torn_tail: bool,
+}
+
+/// Appends a file header to `out`.
+pub fn encode_header(out: &mut Vec<u8>, magic: &[u8; 4], seq: u64) {
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+}
+
+/// Appends one record to `out`.
+pub fn encode_record(out: &mut Vec<u8>, entry: &Entry) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    // Writing into a Vec cannot fail; an encoding error would be a bug in the types.
+    if postcard::to_io(entry, &mut *out).is_err() {
+        out.truncate(start);
+        return;
+    }
+    let payload_len = out.len() - start - RECORD_HEADER_LEN;
+    let crc = crc32c::crc32c(&out[start + RECORD_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads and checks a whole file. `tail_may_tear` is true for the one file a crash could have
+/// been writing (a shard's newest segment).
+pub fn read_file(
+    path: &Path,
+    magic: &[u8; 4],
+    tail_may_tear: bool,
+) -> Result<FileContents, FormatError> {
+    let bytes = std::fs::read(path).map_err(|source| FormatError::Io {
+        path: path.into(),
+        source,
+    })?;
+    parse(path, &bytes, magic, tail_may_tear)
+}
+
+fn corrupt(path: &Path, offset: usize, reason: impl Into<String>) -> FormatError {
+    FormatError::Corrupt {
+        path: path.into(),
+        offset: offset as u64,
+        reason: reason.into(),
+    }
+}
+
+/// Parses file contents; see [`read_file`].
+pub fn parse(
+    path: &Path,
+    bytes: &[u8],
+    magic: &[u8; 4],
+    tail_may_tear: bool,
+) -> Result<FileContents, FormatError> {
+    if tail_may_tear && bytes.len() <= HEADER_LEN && bytes.iter().all(|b| *b == 0) {
+        // Created but cut off before its header reached the disk.
+        return Ok(FileContents {
+            seq: 0,
+            entries: Vec::new(),
+            valid_len: 0,
+            torn_tail: !bytes.is_empty(),
+        });
+    }
+    if bytes.len() < HEADER_LEN || &bytes[..4] != magic {
+        return Err(corrupt(path, 0, "missing or wrong file header"));
+    }
+    let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            4,
+            format!("format version {version}, this build reads {FORMAT_VERSION}"),
+        ));
+    }
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&bytes[8..16]);
+    let seq = u64::from_le_bytes(seq_bytes);
+    let mut entries = Vec::new();
+    let mut offset = HEADER_LEN;
+    while offset < bytes.len() {
+        match record_at(bytes, offset) {
+            RecordAt::Valid(payload, next) => {
+                let entry: Entry = postcard::from_bytes(payload).map_err(|error| {
+                    corrupt(path, offset, format!("undecodable record: {error}"))
+                })?;
+                entries.push(entry);
+                offset = next;
+            }
+            RecordAt::Invalid(reason) => {
+                if let Some(later) = next_valid_record(bytes, offset + 1) {
+                    return Err(corrupt(
+                        path,
+                        offset,
+                        format!("{reason}, and valid records follow at offset {later}"),
+                    ));
+                }
+                if !tail_may_tear && bytes[offset..].iter().any(|b| *b != 0) {
+                    return Err(corrupt(
+                        path,
+                        offset,
+                        format!("{reason} in a file that was complete"),
+                    ));
+                }
+                let torn = bytes[offset..].iter().any(|b| *b != 0);
+                return Ok(FileContents {
+                    seq,
+                    entries,
+                    valid_len: offset as u64,
+                    torn_tail: torn,
+                });
+            }
+        }
+    }
+    Ok(FileContents {
+        seq,
+        entries,
+        valid_len: offset as u64,
+        torn_tail: false,
+    })
+}
+
+enum RecordAt<'a> {
+    Valid(&'a [u8], usize),
+    Invalid(&'static str),
+}
+
+fn record_at(bytes: &[u8], offset: usize) -> RecordAt<'_> {
+    let Some(header) = bytes.get(offset..offset + RECORD_HEADER_LEN) else {
+        return RecordAt::Invalid("truncated record header");
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_PAYLOAD {
+        return RecordAt::Invalid("implausible record length");
+    }
+    let start = offset + RECORD_HEADER_LEN;
+    let Some(payload) = bytes.get(start..start + len) else {
+        return RecordAt::Invalid("record runs past the end of the file");
+    };
+    if crc32c::crc32c(payload) != crc {
+        return RecordAt::Invalid("checksum mismatch");
+    }
+    RecordAt::Valid(payload, start + len)
+}
+
+/// The offset of the first valid record at or after `from`, if any.
+fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(RECORD_HEADER_LEN))
+        .find(|offset| matches!(record_at(bytes, *offset), RecordAt::Valid(..)))
+}
+
+/// File name of segment `seq`.
+pub fn segment_name(seq: u64) -> String {
+    format!("seg-{seq:012}.log")
+}
+
+/// File name of snapshot `seq` (the state before segment `seq`).
+pub fn snapshot_name(seq: u64) -> String {
+    format!("snap-{seq:012}.snap")
+}
+
+/// Parses a file name made by [`segment_name`] or [`snapshot_name`].
+pub fn parse_name(name: &str) -> Option<(FileKind, u64)> {
+    if let Some(seq) = name
+        .strip_prefix("seg-")
+        .and_then(|rest| rest.strip_suffix(".log"))
+    {
+        return seq.parse().ok().map(|seq| (FileKind::Segment, seq));
+    }
+    let seq = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    seq.parse().ok().map(|seq| (FileKind::Snapshot, seq))
+}
+
+/// The two kinds of journal file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Appended events.
+    Segment,
+    /// A complete image of a shard's state.
+    Snapshot,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(events: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_header(&mut out, SEGMENT_MAGIC, 7);
+        for n in 0..events {
+            let event = Event::UserBlocked(format!("user-{n}").into(), true);
+            encode_record(&mut out, &Entry::Event(event));
+        }
+        out
+    }
+
+    #[test]
+    fn round_trips_and_cuts_torn_tails() {
+        let path = Path::new("seg");
+        let bytes = file(5);
+        let read = parse(path, &bytes, SEGMENT_MAGIC, true).unwrap();
+        assert_eq!(
+            (read.seq, read.entries.len(), read.torn_tail),
+            (7, 5, false)
+        );
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + 3000, 0);
+        let read = parse(path, &padded, SEGMENT_MAGIC, true).unwrap();
+        assert_eq!((read.entries.len(), read.torn_tail), (5, false));
+        let torn = &bytes[..bytes.len() - 3];
+        let read = parse(path, torn, SEGMENT_MAGIC, true).unwrap();
+        assert_eq!((read.entries.len(), read.torn_tail), (4, true));
+        assert!(
+            parse(path, torn, SEGMENT_MAGIC, false).is_err(),
+            "only the newest file may tear"
+        );
+    }
+
+    #[test]
+    fn damage_before_the_tail_is_reported_with_its_offset() {
+        let path = Path::new("seg");
+        let mut bytes = file(5);
+        let middle = HEADER_LEN + 2 * (bytes.len() - HEADER_LEN) / 5 + 10;
+        bytes[middle] ^= 0x40;
+        match parse(path, &bytes, SEGMENT_MAGIC, true) {
+            Err(FormatError::Corrupt { offset, .. }) => assert!(offset as usize <= middle),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let mut header = file(1);
+        header[0] = b'X';
+        assert!(parse(path, &header, SEGMENT_MAGIC, true).is_err());
+    }
+}

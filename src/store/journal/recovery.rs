@@ -1,0 +1,335 @@
+//! Recovery at start: read the newest complete generation of every shard's snapshot and
+//! segments, rebuild each new shard's book (re-partitioning by the current shard count), write
+//! them as the snapshots of a fresh generation, and only then delete the old one.
+//!
+//! Layout of a data directory:
+//! ```text
+//! DIR/LOCK                          held (flock) by the process that owns DIR
+//! DIR/gen-000007/COMPLETE           present once all of the generation's snapshots are synced
+//! DIR/gen-000007/shard-000/snap-000000000001.snap
+//! DIR/gen-000007/shard-000/seg-000000000001.log ...
+//! ```
+//! Starting fresh on every start keeps restart time and disk use bounded by live state, makes a
+//! change of `--shards` trivial, and never writes into files another generation depends on.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::format::{self, Entry, FileKind, FormatError, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
+use crate::sale::book::{Book, BookLimits};
+use crate::sale::command::Event;
+use crate::shard::placement::owner_of;
+
+/// Marks a generation whose snapshots are all durable.
+const COMPLETE: &str = "COMPLETE";
+
+/// Why recovery refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// Reading or writing the data directory failed.
+    #[error("data dir {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error("data dir {0} is in use by another seckill process (lock file {0}/LOCK); stop it first or use another --data-dir")]
+    Locked(PathBuf),
+    /// The filesystem cannot do direct I/O.
+    #[error("data dir {0} does not support O_DIRECT (tmpfs?); the journal needs a disk filesystem such as ext4 or xfs: choose another --data-dir")]
+    NoDirectIo(PathBuf),
+    /// A journal file is damaged before its tail.
+    #[error("journal is corrupt, refusing to start: {0}. Run `seckill journal verify --data-dir DIR` for a full report; restore the data dir from a backup or remove the damaged file deliberately")]
+    Corrupt(FormatError),
+    /// Files are missing from a shard's sequence.
+    #[error("journal is incomplete: {0}")]
+    Gap(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// The exclusive hold on a data directory, released when dropped (process exit included).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Takes the data directory's lock, creating the directory if needed.
+pub fn lock(data_dir: &Path) -> Result<DirLock, RecoveryError> {
+    fs::create_dir_all(data_dir).map_err(io_error(data_dir))?;
+    let path = data_dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    let flock = nix::fcntl::Flock::lock(
+        file.try_clone().map_err(io_error(&path))?,
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    );
+    match flock {
+        Ok(held) => {
+            // Keep the lock for the life of the process; the descriptor is closed at exit.
+            std::mem::forget(held);
+            let _ = file.set_len(0);
+            let _ = writeln!(file, "{}", std::process::id());
+            Ok(DirLock { _file: file })
+        }
+        Err(_) => Err(RecoveryError::Locked(data_dir.into())),
+    }
+}
+
+/// Checks that files in `data_dir` can be opened with O_DIRECT, as glommio's DMA files are.
+pub fn check_direct_io(data_dir: &Path) -> Result<(), RecoveryError> {
+    let probe = data_dir.join(".direct-io-probe");
+    let opened = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(&probe);
+    let _ = fs::remove_file(&probe);
+    match opened {
+        Ok(_) => Ok(()),
+        Err(error) if error.raw_os_error() == Some(nix::libc::EINVAL) => {
+            Err(RecoveryError::NoDirectIo(data_dir.into()))
+        }
+        Err(source) => Err(RecoveryError::Io {
+            path: probe,
+            source,
+        }),
+    }
+}
+
+/// What recovery hands to the shards.
+#[derive(Debug)]
+pub struct Recovered {
+    /// One rebuilt book per shard, indexed by shard id.
+    pub books: Vec<Book>,
+    /// Per shard: its journal directory in the new generation, and its snapshot's size.
+    pub shard_dirs: Vec<(PathBuf, u64)>,
+    /// Events replayed, for the startup log.
+    pub events_replayed: u64,
+    /// Torn tails cut off, by file.
+    pub torn_tails: Vec<PathBuf>,
+}
+
+/// What one generation holds, read and checked but not yet applied.
+#[derive(Debug, Default)]
+pub struct GenerationContents {
+    /// Events of each old shard, in order.
+    pub shards: Vec<(PathBuf, Vec<Event>)>,
+    /// Files whose torn tail was ignored.
+    pub torn_tails: Vec<PathBuf>,
+    /// Files read.
+    pub files: usize,
+}
+
+fn generation_number(name: &str) -> Option<u64> {
+    name.strip_prefix("gen-")?.parse().ok()
+}
+
+/// Generations in `data_dir`, newest first, each with whether it is complete.
+fn generations(data_dir: &Path) -> Result<Vec<(u64, PathBuf, bool)>, RecoveryError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(data_dir).map_err(io_error(data_dir))? {
+        let entry = entry.map_err(io_error(data_dir))?;
+        let name = entry.file_name();
+        if let Some(number) = name.to_str().and_then(generation_number) {
+            let path = entry.path();
+            let complete = path.join(COMPLETE).exists();
+            found.push((number, path, complete));
+        }
+    }
+    found.sort_by_key(|(number, _, _)| std::cmp::Reverse(*number));
+    Ok(found)
+}
+
+/// Reads the newest complete generation (empty if there is none).
+pub fn read_newest(data_dir: &Path) -> Result<(Option<u64>, GenerationContents), RecoveryError> {
+    let newest = generations(data_dir)?
+        .into_iter()
+        .find(|(_, _, complete)| *complete);
+    let Some((number, path, _)) = newest else {
+        return Ok((None, GenerationContents::default()));
+    };
+    Ok((Some(number), read_generation(&path)?))
+}
+
+/// Reads every shard of one generation.
+pub fn read_generation(generation: &Path) -> Result<GenerationContents, RecoveryError> {
+    let mut contents = GenerationContents::default();
+    let mut shard_dirs: Vec<PathBuf> = fs::read_dir(generation)
+        .map_err(io_error(generation))?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-"))
+        .map(|entry| entry.path())
+        .collect();
+    shard_dirs.sort();
+    for dir in shard_dirs {
+        let events = read_shard(&dir, &mut contents)?;
+        contents.shards.push((dir, events));
+    }
+    Ok(contents)
+}
+
+/// Reads one shard's newest complete snapshot and the segments after it.
+fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event>, RecoveryError> {
+    let mut snapshots = Vec::new();
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        match entry.file_name().to_str().and_then(format::parse_name) {
+            Some((FileKind::Snapshot, seq)) => snapshots.push((seq, entry.path())),
+            Some((FileKind::Segment, seq)) => segments.push((seq, entry.path())),
+            None => {}
+        }
+    }
+    snapshots.sort();
+    segments.sort();
+    let mut events = Vec::new();
+    let mut from_seq = segments.first().map_or(0, |(seq, _)| *seq);
+    // The newest snapshot that is complete; an incomplete one (crash while writing it) is
+    // ignored, and the older files it would have replaced are still there.
+    while let Some((seq, path)) = snapshots.pop() {
+        let file =
+            format::read_file(&path, SNAPSHOT_MAGIC, true).map_err(RecoveryError::Corrupt)?;
+        contents.files += 1;
+        let complete = matches!(
+            file.entries.last(),
+            Some(Entry::SnapshotEnd { events }) if *events as usize == file.entries.len() - 1
+        );
+        if !complete {
+            tracing::warn!(file = %path.display(), "ignoring an incomplete snapshot");
+            continue;
+        }
+        events.extend(file.entries.into_iter().filter_map(|entry| match entry {
+            Entry::Event(event) => Some(event),
+            Entry::SnapshotEnd { .. } => None,
+        }));
+        from_seq = seq;
+        break;
+    }
+    let live: Vec<&(u64, PathBuf)> = segments
+        .iter()
+        .filter(|(seq, _)| *seq >= from_seq)
+        .collect();
+    for (index, (seq, path)) in live.iter().enumerate() {
+        let expected = from_seq + index as u64;
+        if *seq != expected {
+            return Err(RecoveryError::Gap(format!(
+                "{}: segment {expected} is missing before {}",
+                dir.display(),
+                path.display()
+            )));
+        }
+        let newest = index + 1 == live.len();
+        let file =
+            format::read_file(path, SEGMENT_MAGIC, newest).map_err(RecoveryError::Corrupt)?;
+        contents.files += 1;
+        if file.torn_tail {
+            contents.torn_tails.push(path.clone());
+        }
+        events.extend(file.entries.into_iter().filter_map(|entry| match entry {
+            Entry::Event(event) => Some(event),
+            Entry::SnapshotEnd { .. } => None,
+        }));
+    }
+    Ok(events)
+}
+
+/// The shard that owns an event under `shards` shards.
+fn owner_of_event(event: &Event, shards: usize) -> usize {
+    match event {
+        Event::SaleUpserted(sale) => owner_of(&sale.sku, shards),
+        Event::OrderCreated { order, .. } => owner_of(&order.sku, shards),
+        Event::OrderClosed { order_id, .. } => owner_of(&order_id.sku, shards),
+        Event::UserBlocked(user_id, _) => owner_of(user_id, shards),
+    }
+}
+
+/// Recovers `data_dir` for `shards` shards and prepares a fresh generation for them.
+pub fn recover(
+    data_dir: &Path,
+    shards: usize,
+    limits: BookLimits,
+) -> Result<Recovered, RecoveryError> {
+    let (number, contents) = read_newest(data_dir)?;
+    let mut books: Vec<Book> = (0..shards).map(|_| Book::new(limits)).collect();
+    let mut replayed = 0u64;
+    // Within one old shard, events are in order, and all of a SKU's events are in one old shard,
+    // so routing each stream to the new owners keeps every SKU's history in order.
+    for (_, events) in &contents.shards {
+        for event in events {
+            books[owner_of_event(event, shards)].apply(event);
+            replayed += 1;
+        }
+    }
+    let next = number.map_or(1, |n| n + 1);
+    let generation = data_dir.join(format!("gen-{next:06}"));
+    if generation.exists() {
+        fs::remove_dir_all(&generation).map_err(io_error(&generation))?;
+    }
+    let mut shard_dirs = Vec::with_capacity(shards);
+    for (id, book) in books.iter().enumerate() {
+        let dir = generation.join(format!("shard-{id:03}"));
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let size = write_initial_snapshot(&dir, &book.snapshot())?;
+        shard_dirs.push((dir, size));
+    }
+    let marker = generation.join(COMPLETE);
+    File::create(&marker)
+        .and_then(|file| file.sync_all())
+        .map_err(io_error(&marker))?;
+    sync_dir(&generation)?;
+    sync_dir(data_dir)?;
+    // The new generation stands on its own; everything else can go.
+    for (_, path, _) in generations(data_dir)? {
+        if path != generation {
+            fs::remove_dir_all(&path).map_err(io_error(&path))?;
+        }
+    }
+    sync_dir(data_dir)?;
+    Ok(Recovered {
+        books,
+        shard_dirs,
+        events_replayed: replayed,
+        torn_tails: contents.torn_tails,
+    })
+}
+
+/// Writes snapshot 1 of a new generation's shard with plain buffered I/O (recovery runs before
+/// the executors start) and syncs it.
+fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryError> {
+    let mut bytes = Vec::new();
+    format::encode_header(&mut bytes, SNAPSHOT_MAGIC, 1);
+    for event in events {
+        format::encode_record(&mut bytes, &Entry::Event(event.clone()));
+    }
+    let end = Entry::SnapshotEnd {
+        events: events.len() as u64,
+    };
+    format::encode_record(&mut bytes, &end);
+    let path = dir.join(format::snapshot_name(1));
+    let mut file = File::create(&path).map_err(io_error(&path))?;
+    file.write_all(&bytes).map_err(io_error(&path))?;
+    file.sync_all().map_err(io_error(&path))?;
+    sync_dir(dir)?;
+    Ok(bytes.len() as u64)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), RecoveryError> {
+    File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(io_error(dir))
+}

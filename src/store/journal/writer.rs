@@ -1,0 +1,373 @@
+//! One shard's journal writer: appends encoded events to the current segment with glommio DMA
+//! writes, group-committing every record appended while a write is in flight into the next
+//! write and `fdatasync`. Rolls segments at a size limit, and writes snapshots so that old
+//! segments can be deleted.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+use futures::AsyncWriteExt;
+use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
+
+use super::format::{self, Entry, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
+use crate::sale::command::Event;
+
+/// When an acknowledgement may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Only once the record is on disk (`fdatasync`). The default.
+    Sync,
+    /// At once; records reach the disk in the background. Unsafe: for benchmarks only.
+    None,
+}
+
+/// A journal write failed; the shard can no longer acknowledge changes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("journal write failed: {0}")]
+pub struct JournalError(pub String);
+
+impl From<glommio::GlommioError<()>> for JournalError {
+    fn from(error: glommio::GlommioError<()>) -> Self {
+        Self(error.to_string())
+    }
+}
+
+impl From<std::io::Error> for JournalError {
+    fn from(error: std::io::Error) -> Self {
+        Self(error.to_string())
+    }
+}
+
+/// DMA buffer per write; records are batched into these.
+const WRITE_BUFFER: usize = 128 << 10;
+/// Buffers in flight ahead of a sync.
+const WRITE_BEHIND: usize = 4;
+
+/// A pending segment roll: where in the pending bytes the old segment ends, and the snapshot (if
+/// any) of the state at exactly that point.
+struct Roll {
+    at: usize,
+    snapshot: Option<Vec<Event>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Encoded records not yet handed to the writer.
+    pending: Vec<u8>,
+    /// Records appended so far.
+    appended: u64,
+    /// Records known durable (or written, without sync).
+    durable: u64,
+    flushing: bool,
+    failed: Option<JournalError>,
+    segment_seq: u64,
+    segment_bytes: u64,
+    bytes_since_snapshot: u64,
+    last_snapshot_bytes: u64,
+    roll: Option<Roll>,
+    snapshotting: bool,
+}
+
+/// A committer waiting until this many records are durable.
+type Waiter = (u64, oneshot::Sender<Result<(), JournalError>>);
+
+/// The journal of one shard.
+pub struct Journal {
+    dir: PathBuf,
+    durability: Durability,
+    segment_limit: u64,
+    state: RefCell<State>,
+    /// Taken by whoever flushes, so no borrow is held across an await.
+    writer: RefCell<Option<DmaStreamWriter>>,
+    /// Committers waiting for a record count to become durable.
+    waiters: RefCell<Vec<Waiter>>,
+    /// Group sizes, for metrics: records per write.
+    pub last_group: Cell<u64>,
+}
+
+impl Journal {
+    /// Opens a new journal in `dir` whose first segment is `first_seq` (the state before it is
+    /// in snapshot `first_seq`, written by recovery).
+    pub async fn create(
+        dir: &Path,
+        first_seq: u64,
+        snapshot_bytes: u64,
+        durability: Durability,
+        segment_limit: u64,
+    ) -> Result<Rc<Self>, JournalError> {
+        let writer = open_segment(dir, first_seq).await?;
+        let state = State {
+            segment_seq: first_seq,
+            last_snapshot_bytes: snapshot_bytes,
+            ..State::default()
+        };
+        Ok(Rc::new(Self {
+            dir: dir.into(),
+            durability,
+            segment_limit,
+            state: RefCell::new(state),
+            writer: RefCell::new(Some(writer)),
+            waiters: RefCell::new(Vec::new()),
+            last_group: Cell::new(0),
+        }))
+    }
+
+    /// Queues one event; it is durable once a later [`Journal::commit`] returns.
+    pub fn append(&self, event: &Event) {
+        let mut state = self.state.borrow_mut();
+        let before = state.pending.len();
+        format::encode_record(&mut state.pending, &Entry::Event(event.clone()));
+        let written = (state.pending.len() - before) as u64;
+        state.appended += 1;
+        state.segment_bytes += written;
+        state.bytes_since_snapshot += written;
+        if state.roll.is_none() && state.segment_bytes >= self.segment_limit {
+            state.roll = Some(Roll {
+                at: state.pending.len(),
+                snapshot: None,
+            });
+        }
+    }
+
+    /// Whether enough log has accumulated since the last snapshot that a new one should be taken:
+    /// at least a segment, and at least twice the last snapshot, so compaction work stays
+    /// proportional to what is appended and disk use proportional to live state.
+    pub fn wants_snapshot(&self) -> bool {
+        let state = self.state.borrow();
+        let threshold = self.segment_limit.max(2 * state.last_snapshot_bytes);
+        !state.snapshotting && state.bytes_since_snapshot >= threshold
+    }
+
+    /// Starts a snapshot of the state as of everything appended so far: the current segment ends
+    /// here, the snapshot is written beside the next one, and older files go once it is durable.
+    pub fn begin_snapshot(&self, events: Vec<Event>) {
+        let mut state = self.state.borrow_mut();
+        state.snapshotting = true;
+        state.bytes_since_snapshot = 0;
+        let at = state.pending.len();
+        state.roll = Some(Roll {
+            at,
+            snapshot: Some(events),
+        });
+    }
+
+    /// Returns once every event appended before the call is durable (with `Durability::None`, at
+    /// once). Concurrent callers share one write and one sync.
+    pub async fn commit(self: &Rc<Self>) -> Result<(), JournalError> {
+        let (target, flushing) = {
+            let state = self.state.borrow();
+            if let Some(error) = &state.failed {
+                return Err(error.clone());
+            }
+            (state.appended, state.flushing)
+        };
+        if self.state.borrow().durable >= target {
+            return Ok(());
+        }
+        if self.durability == Durability::None {
+            if !flushing {
+                let journal = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let _ = journal.flush().await;
+                })
+                .detach();
+            }
+            return Ok(());
+        }
+        if flushing {
+            let (done, wait) = oneshot::channel();
+            self.waiters.borrow_mut().push((target, done));
+            return wait
+                .await
+                .unwrap_or_else(|_| Err(JournalError("journal writer stopped".into())));
+        }
+        self.flush().await
+    }
+
+    /// Writes everything pending, group by group, until nothing is left; wakes committers.
+    async fn flush(self: &Rc<Self>) -> Result<(), JournalError> {
+        self.state.borrow_mut().flushing = true;
+        let result = self.flush_groups().await;
+        let mut state = self.state.borrow_mut();
+        state.flushing = false;
+        if let Err(error) = &result {
+            tracing::error!(%error, dir = %self.dir.display(), "journal write failed; refusing further changes");
+            state.failed = Some(error.clone());
+        }
+        drop(state);
+        self.wake(result.clone());
+        result
+    }
+
+    async fn flush_groups(self: &Rc<Self>) -> Result<(), JournalError> {
+        loop {
+            let (bytes, roll, target, group) = {
+                let mut state = self.state.borrow_mut();
+                if state.pending.is_empty() && state.roll.is_none() {
+                    return Ok(());
+                }
+                let bytes = std::mem::take(&mut state.pending);
+                let group = state.appended - state.durable;
+                (bytes, state.roll.take(), state.appended, group)
+            };
+            let writer = self
+                .writer
+                .borrow_mut()
+                .take()
+                .ok_or_else(|| JournalError("journal writer is gone".into()))?;
+            let writer = self.write_group(writer, &bytes, roll).await?;
+            *self.writer.borrow_mut() = Some(writer);
+            self.state.borrow_mut().durable = target;
+            self.last_group.set(group);
+            self.wake_up_to(target);
+        }
+    }
+
+    /// Writes one group; at a roll, finishes the old segment and continues in the next one.
+    async fn write_group(
+        self: &Rc<Self>,
+        mut writer: DmaStreamWriter,
+        bytes: &[u8],
+        roll: Option<Roll>,
+    ) -> Result<DmaStreamWriter, JournalError> {
+        let Some(Roll { at, snapshot }) = roll else {
+            writer.write_all(bytes).await?;
+            self.persist(&writer).await?;
+            return Ok(writer);
+        };
+        let (old, new) = bytes.split_at(at.min(bytes.len()));
+        writer.write_all(old).await?;
+        writer.close().await?;
+        let next_seq = {
+            let mut state = self.state.borrow_mut();
+            state.segment_seq += 1;
+            state.segment_bytes = new.len() as u64;
+            state.segment_seq
+        };
+        let mut next = open_segment(&self.dir, next_seq).await?;
+        next.write_all(new).await?;
+        self.persist(&next).await?;
+        if let Some(events) = snapshot {
+            let journal = Rc::clone(self);
+            glommio::spawn_local(async move {
+                let result = write_snapshot(&journal.dir, next_seq, &events).await;
+                let mut state = journal.state.borrow_mut();
+                state.snapshotting = false;
+                match result {
+                    Ok(size) => state.last_snapshot_bytes = size,
+                    Err(error) => {
+                        tracing::warn!(%error, "snapshot failed; segments are kept and it will be retried")
+                    }
+                }
+            })
+            .detach();
+        }
+        Ok(next)
+    }
+
+    async fn persist(&self, writer: &DmaStreamWriter) -> Result<(), JournalError> {
+        match self.durability {
+            Durability::Sync => writer.sync().await.map(|_| ()).map_err(Into::into),
+            Durability::None => Ok(()),
+        }
+    }
+
+    fn wake_up_to(&self, durable: u64) {
+        let mut waiters = self.waiters.borrow_mut();
+        let (ready, waiting): (Vec<_>, Vec<_>) = waiters
+            .drain(..)
+            .partition(|(target, _)| *target <= durable);
+        *waiters = waiting;
+        drop(waiters);
+        for (_, done) in ready {
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    fn wake(&self, result: Result<(), JournalError>) {
+        let waiters: Vec<_> = self.waiters.borrow_mut().drain(..).collect();
+        for (_, done) in waiters {
+            let _ = done.send(result.clone());
+        }
+    }
+
+    /// Flushes and closes the current segment (clean shutdown).
+    pub async fn close(self: &Rc<Self>) -> Result<(), JournalError> {
+        self.commit().await?;
+        let writer = self.writer.borrow_mut().take();
+        if let Some(mut writer) = writer {
+            writer.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates segment `seq` in `dir` and writes its header.
+async fn open_segment(dir: &Path, seq: u64) -> Result<DmaStreamWriter, JournalError> {
+    let file = DmaFile::create(dir.join(format::segment_name(seq))).await?;
+    let mut writer = DmaStreamWriterBuilder::new(file)
+        .with_buffer_size(WRITE_BUFFER)
+        .with_write_behind(WRITE_BEHIND)
+        .build();
+    let mut header = Vec::with_capacity(format::HEADER_LEN);
+    format::encode_header(&mut header, SEGMENT_MAGIC, seq);
+    writer.write_all(&header).await?;
+    // A segment always starts with a durable header, so an empty file is never mistaken for
+    // damage.
+    writer.sync().await?;
+    sync_dir(dir).await?;
+    Ok(writer)
+}
+
+/// Makes file creations and deletions in `dir` durable.
+async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    let directory = glommio::io::Directory::open(dir).await?;
+    directory.sync().await?;
+    directory.close().await?;
+    Ok(())
+}
+
+/// Writes snapshot `seq` (the state before segment `seq`), syncs it, then deletes every older
+/// segment and snapshot. Returns the snapshot's size.
+async fn write_snapshot(dir: &Path, seq: u64, events: &[Event]) -> Result<u64, JournalError> {
+    let mut bytes = Vec::new();
+    format::encode_header(&mut bytes, SNAPSHOT_MAGIC, seq);
+    for event in events {
+        format::encode_record(&mut bytes, &Entry::Event(event.clone()));
+    }
+    format::encode_record(
+        &mut bytes,
+        &Entry::SnapshotEnd {
+            events: events.len() as u64,
+        },
+    );
+    let path = dir.join(format::snapshot_name(seq));
+    let file = DmaFile::create(&path).await?;
+    let mut writer = DmaStreamWriterBuilder::new(file)
+        .with_buffer_size(WRITE_BUFFER)
+        .with_write_behind(WRITE_BEHIND)
+        .build();
+    writer.write_all(&bytes).await?;
+    writer.close().await?;
+    sync_dir(dir).await?;
+    remove_older_than(dir, seq)?;
+    sync_dir(dir).await?;
+    Ok(bytes.len() as u64)
+}
+
+/// Deletes segments and snapshots numbered below `seq`: snapshot `seq` now covers them.
+fn remove_older_than(dir: &Path, seq: u64) -> Result<(), JournalError> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some((_, file_seq)) = name.to_str().and_then(format::parse_name) else {
+            continue;
+        };
+        if file_seq < seq {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
