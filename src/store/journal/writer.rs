@@ -168,6 +168,9 @@ impl Journal {
         }
         if self.durability == Durability::None {
             if !flushing {
+                // Claim the flush now: a second commit before the task runs must not start
+                // another flusher.
+                self.state.borrow_mut().flushing = true;
                 let journal = Rc::clone(self);
                 glommio::spawn_local(async move {
                     let _ = journal.flush().await;
