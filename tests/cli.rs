@@ -350,3 +350,57 @@ fn a_second_server_on_the_same_port_is_refused() {
         "the first server is unaffected"
     );
 }
+
+#[test]
+fn a_data_dir_in_memory_is_refused() {
+    // /dev/shm is tmpfs on Linux: nothing there survives a reboot.
+    let dir =
+        std::path::Path::new("/dev/shm").join(format!("seckill-tmpfs-{}", std::process::id()));
+    if !std::path::Path::new("/dev/shm").is_dir() {
+        eprintln!("no /dev/shm here; nothing to check");
+        return;
+    }
+    let dir_text = dir.to_str().expect("utf-8 path").to_owned();
+    let out = serve_refuses_with(
+        &["--data-dir", &dir_text, "--shards", "1"],
+        &[
+            ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("SECKILL_TOKEN_SECRET", SECRET),
+        ],
+    );
+    assert!(stderr_of(&out).contains("tmpfs"), "{}", stderr_of(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs `serve` expecting it to fail at startup (after config validation); returns its output.
+/// A server that starts anyway is killed after a deadline, so the test fails instead of hanging.
+fn serve_refuses_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = seckill();
+    cmd.arg("serve")
+        .args(args)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", pick_port()));
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run seckill serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    assert!(!output.status.success(), "serve {args:?} should fail");
+    assert!(
+        output.status.code().is_some(),
+        "serve {args:?} did not exit by itself"
+    );
+    output
+}

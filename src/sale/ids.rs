@@ -62,6 +62,13 @@ impl Serialize for OrderId {
     }
 }
 
+impl<'de> Deserialize<'de> for OrderId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("not an order id"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,12 +83,5 @@ mod tests {
         assert_eq!(OrderId::parse("nope"), None);
         assert_eq!(OrderId::parse(&text.replace('.', "/")), None);
         assert_eq!(OrderId::parse(&format!("{}.", &text[..26])), None);
-    }
-}
-
-impl<'de> Deserialize<'de> for OrderId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Self::parse(&text).ok_or_else(|| serde::de::Error::custom("not an order id"))
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! A file (segment or snapshot) starts with a 16-byte header: 4 magic bytes, the format version
 //! (u32 LE) and the file's sequence number (u64 LE). Records follow, each
-//! `[len: u32 LE][crc32c(payload): u32 LE][payload]`, the payload being a postcard-encoded
-//! [`Entry`]. Segments may end in zero padding (the DMA writer pads its last block).
+//! `[len: u32 LE][crc32c(lsn ++ payload): u32 LE][lsn: u64 LE][payload]`: the payload is a
+//! postcard-encoded [`Entry`], and the log sequence number (LSN) goes up by one per record.
 //!
-//! Reading tells a torn tail from corruption: when a record fails, the rest of the file is
-//! scanned for any later valid record. None means the write was cut short by a crash, and the
-//! tail is dropped; one means data in the middle is damaged, and reading stops with the file and
-//! offset.
+//! After a crash a segment can end in anything the DMA writer padded its last block with, and
+//! glommio pads with whatever its recycled buffer held: often older, checksum-valid records. The
+//! LSN tells them apart. Reading stops at the first record that is damaged or not the next LSN,
+//! then scans the rest of the file for a valid record with a *newer* LSN. None means a torn tail
+//! (cut off); one means damage in the middle, and reading fails with the file and offset.
 
 use std::path::{Path, PathBuf};
 
@@ -21,11 +22,11 @@ pub const SEGMENT_MAGIC: &[u8; 4] = b"SKLG";
 /// Magic bytes of a snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"SKSN";
 /// Version of this format, written into every header.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes in a file header.
 pub const HEADER_LEN: usize = 16;
-/// Bytes in a record header.
-const RECORD_HEADER_LEN: usize = 8;
+/// Bytes in a record header: length, checksum, LSN.
+const RECORD_HEADER_LEN: usize = 16;
 /// Largest payload a record may claim; anything larger is damage, not data.
 const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -84,17 +85,18 @@ pub fn encode_header(out: &mut Vec<u8>, magic: &[u8; 4], seq: u64) {
     out.extend_from_slice(&seq.to_le_bytes());
 }
 
-/// Appends one record to `out`.
-pub fn encode_record(out: &mut Vec<u8>, entry: &Entry) {
+/// Appends record number `lsn` to `out`.
+pub fn encode_record(out: &mut Vec<u8>, lsn: u64, entry: &Entry) {
     let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&lsn.to_le_bytes());
     // Writing into a Vec cannot fail; an encoding error would be a bug in the types.
     if postcard::to_io(entry, &mut *out).is_err() {
         out.truncate(start);
         return;
     }
     let payload_len = out.len() - start - RECORD_HEADER_LEN;
-    let crc = crc32c::crc32c(&out[start + RECORD_HEADER_LEN..]);
+    let crc = crc32c::crc32c(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -153,39 +155,55 @@ pub fn parse(
     let seq = u64::from_le_bytes(seq_bytes);
     let mut entries = Vec::new();
     let mut offset = HEADER_LEN;
+    let mut last_lsn: Option<u64> = None;
     while offset < bytes.len() {
-        match record_at(bytes, offset) {
-            RecordAt::Valid(payload, next) => {
-                let entry: Entry = postcard::from_bytes(payload).map_err(|error| {
-                    corrupt(path, offset, format!("undecodable record: {error}"))
-                })?;
-                entries.push(entry);
-                offset = next;
-            }
-            RecordAt::Invalid(reason) => {
-                if let Some(later) = next_valid_record(bytes, offset + 1) {
+        let failure = match record_at(bytes, offset) {
+            RecordAt::Valid(lsn, payload, next) => match last_lsn {
+                Some(last) if lsn <= last => Some("a stale record (older sequence number)"),
+                Some(last) if lsn != last + 1 => {
                     return Err(corrupt(
                         path,
                         offset,
-                        format!("{reason}, and valid records follow at offset {later}"),
-                    ));
+                        format!("sequence jumps from {last} to {lsn}"),
+                    ))
                 }
-                if !tail_may_tear && bytes[offset..].iter().any(|b| *b != 0) {
-                    return Err(corrupt(
-                        path,
-                        offset,
-                        format!("{reason} in a file that was complete"),
-                    ));
+                _ => {
+                    let entry: Entry = postcard::from_bytes(payload).map_err(|error| {
+                        corrupt(path, offset, format!("undecodable record: {error}"))
+                    })?;
+                    entries.push(entry);
+                    last_lsn = Some(lsn);
+                    offset = next;
+                    None
                 }
-                let torn = bytes[offset..].iter().any(|b| *b != 0);
-                return Ok(FileContents {
-                    seq,
-                    entries,
-                    valid_len: offset as u64,
-                    torn_tail: torn,
-                });
-            }
+            },
+            RecordAt::Invalid(reason) => Some(reason),
+        };
+        let Some(reason) = failure else {
+            continue;
+        };
+        let newer = |lsn: u64| last_lsn.is_none_or(|last| lsn > last);
+        if let Some(later) = next_valid_record(bytes, offset + 1, newer) {
+            return Err(corrupt(
+                path,
+                offset,
+                format!("{reason}, and newer records follow at offset {later}"),
+            ));
         }
+        let torn = bytes[offset..].iter().any(|b| *b != 0);
+        if torn && !tail_may_tear {
+            return Err(corrupt(
+                path,
+                offset,
+                format!("{reason} in a file that was complete"),
+            ));
+        }
+        return Ok(FileContents {
+            seq,
+            entries,
+            valid_len: offset as u64,
+            torn_tail: torn,
+        });
     }
     Ok(FileContents {
         seq,
@@ -196,7 +214,8 @@ pub fn parse(
 }
 
 enum RecordAt<'a> {
-    Valid(&'a [u8], usize),
+    /// LSN, payload, offset of the next record.
+    Valid(u64, &'a [u8], usize),
     Invalid(&'static str),
 }
 
@@ -206,6 +225,8 @@ fn record_at(bytes: &[u8], offset: usize) -> RecordAt<'_> {
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let mut lsn = [0u8; 8];
+    lsn.copy_from_slice(&header[8..16]);
     if len == 0 || len > MAX_PAYLOAD {
         return RecordAt::Invalid("implausible record length");
     }
@@ -213,16 +234,16 @@ fn record_at(bytes: &[u8], offset: usize) -> RecordAt<'_> {
     let Some(payload) = bytes.get(start..start + len) else {
         return RecordAt::Invalid("record runs past the end of the file");
     };
-    if crc32c::crc32c(payload) != crc {
+    if crc32c::crc32c(&bytes[offset + 8..start + len]) != crc {
         return RecordAt::Invalid("checksum mismatch");
     }
-    RecordAt::Valid(payload, start + len)
+    RecordAt::Valid(u64::from_le_bytes(lsn), payload, start + len)
 }
 
-/// The offset of the first valid record at or after `from`, if any.
-fn next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
+/// The offset of the first valid record at or after `from` whose LSN passes `wanted`, if any.
+fn next_valid_record(bytes: &[u8], from: usize, wanted: impl Fn(u64) -> bool) -> Option<usize> {
     (from..bytes.len().saturating_sub(RECORD_HEADER_LEN))
-        .find(|offset| matches!(record_at(bytes, *offset), RecordAt::Valid(..)))
+        .find(|offset| matches!(record_at(bytes, *offset), RecordAt::Valid(lsn, ..) if wanted(lsn)))
 }
 
 /// File name of segment `seq`.
@@ -265,9 +286,30 @@ mod tests {
         encode_header(&mut out, SEGMENT_MAGIC, 7);
         for n in 0..events {
             let event = Event::UserBlocked(format!("user-{n}").into(), true);
-            encode_record(&mut out, &Entry::Event(event));
+            encode_record(&mut out, 100 + n as u64, &Entry::Event(event));
         }
         out
+    }
+
+    #[test]
+    fn stale_records_after_the_tail_are_padding_not_damage() {
+        // glommio pads a synced partial block with recycled buffer memory: here, a copy of
+        // earlier records after a torn one.
+        let path = Path::new("seg");
+        let bytes = file(6);
+        let older = file(3);
+        let mut crashed = bytes[..bytes.len() - 5].to_vec();
+        crashed.extend_from_slice(&older[HEADER_LEN..]);
+        let read = parse(path, &crashed, SEGMENT_MAGIC, true).unwrap();
+        assert_eq!((read.entries.len(), read.torn_tail), (5, true));
+        let mut clean_then_stale = bytes.clone();
+        clean_then_stale.extend_from_slice(&older[HEADER_LEN..]);
+        let read = parse(path, &clean_then_stale, SEGMENT_MAGIC, true).unwrap();
+        assert_eq!(
+            read.entries.len(),
+            6,
+            "a stale copy right after the end is not data"
+        );
     }
 
     #[test]

@@ -40,8 +40,11 @@ pub enum RecoveryError {
     #[error("data dir {0} is in use by another seckill process (lock file {0}/LOCK); stop it first or use another --data-dir")]
     Locked(PathBuf),
     /// The filesystem cannot do direct I/O.
-    #[error("data dir {0} does not support O_DIRECT (tmpfs?); the journal needs a disk filesystem such as ext4 or xfs: choose another --data-dir")]
+    #[error("data dir {0} does not support O_DIRECT; the journal needs a disk filesystem such as ext4 or xfs: choose another --data-dir")]
     NoDirectIo(PathBuf),
+    /// The data directory is in memory, so nothing would survive a reboot.
+    #[error("data dir {0} is on tmpfs (memory): acknowledged orders would not survive a reboot; choose a --data-dir on a disk filesystem such as ext4 or xfs")]
+    InMemory(PathBuf),
     /// A journal file is damaged before its tail.
     #[error("journal is corrupt, refusing to start: {0}. Run `seckill journal verify --data-dir DIR` for a full report; restore the data dir from a backup or remove the damaged file deliberately")]
     Corrupt(FormatError),
@@ -89,8 +92,17 @@ pub fn lock(data_dir: &Path) -> Result<DirLock, RecoveryError> {
     }
 }
 
-/// Checks that files in `data_dir` can be opened with O_DIRECT, as glommio's DMA files are.
+/// Checks that `data_dir` is on a disk (not tmpfs) and that its files can be opened with
+/// O_DIRECT, as glommio's DMA files are. Recent kernels accept O_DIRECT on tmpfs, so the
+/// filesystem type is checked as well.
 pub fn check_direct_io(data_dir: &Path) -> Result<(), RecoveryError> {
+    let fs = nix::sys::statfs::statfs(data_dir).map_err(|errno| RecoveryError::Io {
+        path: data_dir.into(),
+        source: errno.into(),
+    })?;
+    if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+        return Err(RecoveryError::InMemory(data_dir.into()));
+    }
     let probe = data_dir.join(".direct-io-probe");
     let opened = OpenOptions::new()
         .create(true)
@@ -313,13 +325,13 @@ pub fn recover(
 fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryError> {
     let mut bytes = Vec::new();
     format::encode_header(&mut bytes, SNAPSHOT_MAGIC, 1);
-    for event in events {
-        format::encode_record(&mut bytes, &Entry::Event(event.clone()));
+    for (index, event) in events.iter().enumerate() {
+        format::encode_record(&mut bytes, index as u64 + 1, &Entry::Event(event.clone()));
     }
     let end = Entry::SnapshotEnd {
         events: events.len() as u64,
     };
-    format::encode_record(&mut bytes, &end);
+    format::encode_record(&mut bytes, events.len() as u64 + 1, &end);
     let path = dir.join(format::snapshot_name(1));
     let mut file = File::create(&path).map_err(io_error(&path))?;
     file.write_all(&bytes).map_err(io_error(&path))?;

@@ -118,7 +118,8 @@ impl Journal {
     pub fn append(&self, event: &Event) {
         let mut state = self.state.borrow_mut();
         let before = state.pending.len();
-        format::encode_record(&mut state.pending, &Entry::Event(event.clone()));
+        let lsn = state.appended + 1;
+        format::encode_record(&mut state.pending, lsn, &Entry::Event(event.clone()));
         let written = (state.pending.len() - before) as u64;
         state.appended += 1;
         state.segment_bytes += written;
@@ -337,15 +338,13 @@ async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 async fn write_snapshot(dir: &Path, seq: u64, events: &[Event]) -> Result<u64, JournalError> {
     let mut bytes = Vec::new();
     format::encode_header(&mut bytes, SNAPSHOT_MAGIC, seq);
-    for event in events {
-        format::encode_record(&mut bytes, &Entry::Event(event.clone()));
+    for (index, event) in events.iter().enumerate() {
+        format::encode_record(&mut bytes, index as u64 + 1, &Entry::Event(event.clone()));
     }
-    format::encode_record(
-        &mut bytes,
-        &Entry::SnapshotEnd {
-            events: events.len() as u64,
-        },
-    );
+    let end = Entry::SnapshotEnd {
+        events: events.len() as u64,
+    };
+    format::encode_record(&mut bytes, events.len() as u64 + 1, &end);
     let path = dir.join(format::snapshot_name(seq));
     let file = DmaFile::create(&path).await?;
     let mut writer = DmaStreamWriterBuilder::new(file)
