@@ -27,17 +27,23 @@ const DEFAULT_IO_MEMORY: usize = 10 << 20;
 /// Runs the server with `config` until a shutdown signal.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     let _lock = recovery::lock(&config.data_dir)?;
-    recovery::check_direct_io(&config.data_dir)?;
+    // glommio opens directories with a relative path incorrectly (EBADF), so the journal always
+    // works with an absolute one.
+    let data_dir = std::fs::canonicalize(&config.data_dir).map_err(|source| RecoveryError::Io {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    recovery::check_direct_io(&data_dir)?;
     let limits = BookLimits {
         closed_orders_per_sale: config.closed_orders_per_sale,
     };
     let started = std::time::Instant::now();
-    let recovered = recovery::recover(&config.data_dir, config.shards, limits)?;
+    let recovered = recovery::recover(&data_dir, config.shards, limits)?;
     for torn in &recovered.torn_tails {
         tracing::warn!(file = %torn.display(), "cut off a torn record at the end of the journal (crash mid-write)");
     }
     tracing::info!(
-        data_dir = %config.data_dir.display(),
+        data_dir = %data_dir.display(),
         events = recovered.events_replayed,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "journal recovered"

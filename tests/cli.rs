@@ -404,3 +404,38 @@ fn serve_refuses_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
     );
     output
 }
+
+/// The README's run command uses the default data dir, `./seckill-data`, a relative path.
+#[test]
+fn default_relative_data_dir_works() {
+    let cwd = fresh_data_dir();
+    let port = pick_port();
+    let mut cmd = seckill();
+    cmd.env_remove("SECKILL_DATA_DIR")
+        .current_dir(&cwd)
+        .args([
+            "serve",
+            "--shards",
+            "2",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", SECRET);
+    let mut server = Reaper(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    wait_ready(&mut server.0, port);
+    let mut client = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+    let created = client.put_sale("reldir", &sale_spec(3, 1));
+    assert_eq!(created.status, 201, "{created}");
+    assert!(
+        cwd.join("seckill-data").join("LOCK").exists(),
+        "journal in ./seckill-data"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(cwd);
+}
