@@ -2,13 +2,7 @@
 # Needs wrk and curl (apt-get install -y wrk curl). Loopback only; stops its own server by PID.
 # Purchase throughput with --durability sync vs none, same machine, same run.
 set -u
-cd "$(dirname "$0")/.."
-cargo build --release --quiet
-BIN=target/release/seckill
-export SECKILL_ADMIN_TOKEN=admin-token-0123456789 SECKILL_TOKEN_SECRET=secret-0123456789abcdef
-A="Authorization: Bearer $SECKILL_ADMIN_TOKEN"
-T=$($BIN token --user bench)
-printf 'wrk.method = "POST"\nwrk.headers["Authorization"] = "Bearer %s"\n' "$T" > target/buy.lua
+. "$(dirname "$0")/lib.sh"
 for mode in sync none sync none; do
   dir=$(mktemp -d target/bench-data.XXXX)
   $BIN serve --listen 127.0.0.1:18060 --shards 2 --data-dir $dir --durability $mode > target/bench-server.log 2>&1 & P=$!

@@ -2,13 +2,7 @@
 # Needs wrk and curl (apt-get install -y wrk curl). Loopback only; stops its own server by PID.
 # Restart time with ~1M orders in the journal.
 set -u
-cd "$(dirname "$0")/.."
-cargo build --release --quiet
-BIN=target/release/seckill
-export SECKILL_ADMIN_TOKEN=admin-token-0123456789 SECKILL_TOKEN_SECRET=secret-0123456789abcdef
-A="Authorization: Bearer $SECKILL_ADMIN_TOKEN"
-T=$($BIN token --user bench)
-printf 'wrk.method = "POST"\nwrk.headers["Authorization"] = "Bearer %s"\n' "$T" > target/buy.lua
+. "$(dirname "$0")/lib.sh"
 dir=$(mktemp -d target/bench-data.XXXX)
 start() { $BIN serve --listen 127.0.0.1:18061 --shards 2 --data-dir $dir --durability none > target/bench-server.log 2>&1 & P=$!; }
 wait_ready() { local t0=$(date +%s%N); for i in $(seq 600); do curl -sf localhost:18061/readyz >/dev/null && break; sleep 0.02; done; echo $(( ($(date +%s%N)-t0)/1000000 )); }

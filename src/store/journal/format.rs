@@ -101,6 +101,21 @@ pub fn encode_record(out: &mut Vec<u8>, lsn: u64, entry: &Entry) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Encodes a complete snapshot file: header, one record per event, and the closing
+/// [`Entry::SnapshotEnd`] that marks it complete.
+pub fn encode_snapshot(seq: u64, events: &[Event]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_header(&mut bytes, SNAPSHOT_MAGIC, seq);
+    for (index, event) in events.iter().enumerate() {
+        encode_record(&mut bytes, index as u64 + 1, &Entry::Event(event.clone()));
+    }
+    let end = Entry::SnapshotEnd {
+        events: events.len() as u64,
+    };
+    encode_record(&mut bytes, events.len() as u64 + 1, &end);
+    bytes
+}
+
 /// Reads and checks a whole file. `tail_may_tear` is true for the one file a crash could have
 /// been writing (a shard's newest segment).
 pub fn read_file(

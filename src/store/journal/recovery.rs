@@ -323,15 +323,7 @@ pub fn recover(
 /// Writes snapshot 1 of a new generation's shard with plain buffered I/O (recovery runs before
 /// the executors start) and syncs it.
 fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryError> {
-    let mut bytes = Vec::new();
-    format::encode_header(&mut bytes, SNAPSHOT_MAGIC, 1);
-    for (index, event) in events.iter().enumerate() {
-        format::encode_record(&mut bytes, index as u64 + 1, &Entry::Event(event.clone()));
-    }
-    let end = Entry::SnapshotEnd {
-        events: events.len() as u64,
-    };
-    format::encode_record(&mut bytes, events.len() as u64 + 1, &end);
+    let bytes = format::encode_snapshot(1, events);
     let path = dir.join(format::snapshot_name(1));
     let mut file = File::create(&path).map_err(io_error(&path))?;
     file.write_all(&bytes).map_err(io_error(&path))?;

@@ -11,7 +11,7 @@ use futures::channel::oneshot;
 use futures::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 
-use super::format::{self, Entry, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
+use super::format::{self, Entry, SEGMENT_MAGIC};
 use crate::sale::command::Event;
 
 /// When an acknowledgement may be sent.
@@ -336,15 +336,7 @@ async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 /// Writes snapshot `seq` (the state before segment `seq`), syncs it, then deletes every older
 /// segment and snapshot. Returns the snapshot's size.
 async fn write_snapshot(dir: &Path, seq: u64, events: &[Event]) -> Result<u64, JournalError> {
-    let mut bytes = Vec::new();
-    format::encode_header(&mut bytes, SNAPSHOT_MAGIC, seq);
-    for (index, event) in events.iter().enumerate() {
-        format::encode_record(&mut bytes, index as u64 + 1, &Entry::Event(event.clone()));
-    }
-    let end = Entry::SnapshotEnd {
-        events: events.len() as u64,
-    };
-    format::encode_record(&mut bytes, events.len() as u64 + 1, &end);
+    let bytes = format::encode_snapshot(seq, events);
     let path = dir.join(format::snapshot_name(seq));
     let file = DmaFile::create(&path).await?;
     let mut writer = DmaStreamWriterBuilder::new(file)
