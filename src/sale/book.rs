@@ -172,23 +172,21 @@ impl Book {
                 .iter()
                 .map(|u| Event::UserBlocked(u.clone(), true)),
         );
-        for ledger in self.sales.values() {
-            for (user_id, holder) in &ledger.holders {
-                let keyed: HashMap<u128, &Box<str>> = holder
-                    .keys
-                    .iter()
-                    .map(|(key, unique)| (*unique, key))
-                    .collect();
-                let orders = self
-                    .orders
-                    .values()
-                    .filter(|order| order.sku == ledger.sale.sku && order.user_id == *user_id);
-                events.extend(orders.map(|order| Event::OrderCreated {
-                    order: order.clone(),
-                    idempotency_key: keyed.get(&order.order_id.unique).map(|key| (*key).clone()),
-                }));
-            }
-        }
+        // One pass over the orders; idempotency keys are found through a reverse index, so the
+        // cost is linear in live state, and orders whose holder entry is gone are not missed.
+        let keys: HashMap<u128, &Box<str>> = self
+            .sales
+            .values()
+            .flat_map(|ledger| ledger.holders.values())
+            .flat_map(|holder| holder.keys.iter().map(|(key, unique)| (*unique, key)))
+            .collect();
+        let mut orders: Vec<&Order> = self.orders.values().collect();
+        // Creation order, so closed-order retention evicts the same orders after a restart.
+        orders.sort_by_key(|order| order.order_id.unique);
+        events.extend(orders.into_iter().map(|order| Event::OrderCreated {
+            order: order.clone(),
+            idempotency_key: keys.get(&order.order_id.unique).map(|key| (*key).clone()),
+        }));
         events
     }
 
@@ -569,5 +567,31 @@ mod tests {
             assert_eq!(copy.remaining("sku"), Some(0));
             assert_eq!(buy(&mut copy, "c", 1, None), Err(SaleError::SoldOut));
         }
+    }
+
+    #[test]
+    fn snapshot_keeps_retained_orders_of_users_without_holdings() {
+        let limits = BookLimits {
+            closed_orders_per_sale: 2,
+        };
+        let mut book = Book::new(limits);
+        book.execute(Command::UpsertSale(sale(5, 1)), T0 - 10)
+            .0
+            .unwrap();
+        for _ in 0..3 {
+            let order = order_of(buy(&mut book, "u", 1, None));
+            book.execute(Command::Cancel(order.order_id, Requester::Admin), T0 + 2)
+                .0
+                .unwrap();
+        }
+        assert_eq!(book.orders.len(), 2, "two closed orders retained");
+        let mut copy = Book::new(limits);
+        for event in book.snapshot() {
+            copy.apply(&event);
+        }
+        assert_eq!(
+            copy.orders, book.orders,
+            "retained orders survive a snapshot"
+        );
     }
 }

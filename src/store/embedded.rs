@@ -34,6 +34,10 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     async fn execute(&self, batch: Vec<Command>) -> Vec<Reply> {
+        if self.journal.is_failed() {
+            // Fail-stop: changing memory that can never be persisted would only diverge from disk.
+            return vec![Err(SaleError::Unavailable); batch.len()];
+        }
         let mut replies = Vec::with_capacity(batch.len());
         {
             let mut book = self.book.borrow_mut();

@@ -35,10 +35,13 @@ const MAX_PAYLOAD: usize = 16 << 20;
 pub enum Entry {
     /// A state change.
     Event(Event),
-    /// Last record of a complete snapshot: how many events precede it.
+    /// Last record of a complete snapshot: how many events precede it, and the last journal LSN
+    /// the snapshot covers (the next segment continues at `covers_lsn + 1`).
     SnapshotEnd {
         /// Events in the snapshot.
         events: u64,
+        /// Last LSN of the log folded into this snapshot.
+        covers_lsn: u64,
     },
 }
 
@@ -76,6 +79,8 @@ pub struct FileContents {
     pub valid_len: u64,
     /// Whether a torn record was found (and ignored) at `valid_len`.
     pub torn_tail: bool,
+    /// LSN of the last record read (`first_lsn - 1` when there was none).
+    pub last_lsn: u64,
 }
 
 /// Appends a file header to `out`.
@@ -103,7 +108,7 @@ pub fn encode_record(out: &mut Vec<u8>, lsn: u64, entry: &Entry) {
 
 /// Encodes a complete snapshot file: header, one record per event, and the closing
 /// [`Entry::SnapshotEnd`] that marks it complete.
-pub fn encode_snapshot(seq: u64, events: &[Event]) -> Vec<u8> {
+pub fn encode_snapshot(seq: u64, covers_lsn: u64, events: &[Event]) -> Vec<u8> {
     let mut bytes = Vec::new();
     encode_header(&mut bytes, SNAPSHOT_MAGIC, seq);
     for (index, event) in events.iter().enumerate() {
@@ -111,6 +116,7 @@ pub fn encode_snapshot(seq: u64, events: &[Event]) -> Vec<u8> {
     }
     let end = Entry::SnapshotEnd {
         events: events.len() as u64,
+        covers_lsn,
     };
     encode_record(&mut bytes, events.len() as u64 + 1, &end);
     bytes
@@ -118,16 +124,20 @@ pub fn encode_snapshot(seq: u64, events: &[Event]) -> Vec<u8> {
 
 /// Reads and checks a whole file. `tail_may_tear` is true for the one file a crash could have
 /// been writing (a shard's newest segment).
+///
+/// `first_lsn` is the LSN the first record must carry: anything older at the start is stale
+/// padding from recycled DMA buffers (the file holds nothing yet), anything newer is a gap.
 pub fn read_file(
     path: &Path,
     magic: &[u8; 4],
     tail_may_tear: bool,
+    first_lsn: u64,
 ) -> Result<FileContents, FormatError> {
     let bytes = std::fs::read(path).map_err(|source| FormatError::Io {
         path: path.into(),
         source,
     })?;
-    parse(path, &bytes, magic, tail_may_tear)
+    parse(path, &bytes, magic, tail_may_tear, first_lsn)
 }
 
 fn corrupt(path: &Path, offset: usize, reason: impl Into<String>) -> FormatError {
@@ -144,6 +154,7 @@ pub fn parse(
     bytes: &[u8],
     magic: &[u8; 4],
     tail_may_tear: bool,
+    first_lsn: u64,
 ) -> Result<FileContents, FormatError> {
     if tail_may_tear && bytes.len() <= HEADER_LEN && bytes.iter().all(|b| *b == 0) {
         // Created but cut off before its header reached the disk.
@@ -152,6 +163,7 @@ pub fn parse(
             entries: Vec::new(),
             valid_len: 0,
             torn_tail: !bytes.is_empty(),
+            last_lsn: first_lsn.saturating_sub(1),
         });
     }
     if bytes.len() < HEADER_LEN || &bytes[..4] != magic {
@@ -170,16 +182,17 @@ pub fn parse(
     let seq = u64::from_le_bytes(seq_bytes);
     let mut entries = Vec::new();
     let mut offset = HEADER_LEN;
-    let mut last_lsn: Option<u64> = None;
+    // The LSN of the last record accepted (or the one before the first expected).
+    let mut last_lsn = first_lsn.saturating_sub(1);
     while offset < bytes.len() {
         let failure = match record_at(bytes, offset) {
-            RecordAt::Valid(lsn, payload, next) => match last_lsn {
-                Some(last) if lsn <= last => Some("a stale record (older sequence number)"),
-                Some(last) if lsn != last + 1 => {
+            RecordAt::Valid(lsn, payload, next) => match lsn {
+                lsn if lsn <= last_lsn => Some("a stale record (older sequence number)"),
+                lsn if lsn != last_lsn + 1 => {
                     return Err(corrupt(
                         path,
                         offset,
-                        format!("sequence jumps from {last} to {lsn}"),
+                        format!("sequence jumps from {last_lsn} to {lsn}: records are missing"),
                     ))
                 }
                 _ => {
@@ -187,7 +200,7 @@ pub fn parse(
                         corrupt(path, offset, format!("undecodable record: {error}"))
                     })?;
                     entries.push(entry);
-                    last_lsn = Some(lsn);
+                    last_lsn = lsn;
                     offset = next;
                     None
                 }
@@ -197,7 +210,7 @@ pub fn parse(
         let Some(reason) = failure else {
             continue;
         };
-        let newer = |lsn: u64| last_lsn.is_none_or(|last| lsn > last);
+        let newer = |lsn: u64| lsn > last_lsn;
         if let Some(later) = next_valid_record(bytes, offset + 1, newer) {
             return Err(corrupt(
                 path,
@@ -218,6 +231,7 @@ pub fn parse(
             entries,
             valid_len: offset as u64,
             torn_tail: torn,
+            last_lsn,
         });
     }
     Ok(FileContents {
@@ -225,6 +239,7 @@ pub fn parse(
         entries,
         valid_len: offset as u64,
         torn_tail: false,
+        last_lsn,
     })
 }
 
@@ -315,11 +330,11 @@ mod tests {
         let older = file(3);
         let mut crashed = bytes[..bytes.len() - 5].to_vec();
         crashed.extend_from_slice(&older[HEADER_LEN..]);
-        let read = parse(path, &crashed, SEGMENT_MAGIC, true).unwrap();
+        let read = parse(path, &crashed, SEGMENT_MAGIC, true, 100).unwrap();
         assert_eq!((read.entries.len(), read.torn_tail), (5, true));
         let mut clean_then_stale = bytes.clone();
         clean_then_stale.extend_from_slice(&older[HEADER_LEN..]);
-        let read = parse(path, &clean_then_stale, SEGMENT_MAGIC, true).unwrap();
+        let read = parse(path, &clean_then_stale, SEGMENT_MAGIC, true, 100).unwrap();
         assert_eq!(
             read.entries.len(),
             6,
@@ -331,21 +346,27 @@ mod tests {
     fn round_trips_and_cuts_torn_tails() {
         let path = Path::new("seg");
         let bytes = file(5);
-        let read = parse(path, &bytes, SEGMENT_MAGIC, true).unwrap();
+        let read = parse(path, &bytes, SEGMENT_MAGIC, true, 100).unwrap();
         assert_eq!(
             (read.seq, read.entries.len(), read.torn_tail),
             (7, 5, false)
         );
         let mut padded = bytes.clone();
         padded.resize(bytes.len() + 3000, 0);
-        let read = parse(path, &padded, SEGMENT_MAGIC, true).unwrap();
+        let read = parse(path, &padded, SEGMENT_MAGIC, true, 100).unwrap();
         assert_eq!((read.entries.len(), read.torn_tail), (5, false));
         let torn = &bytes[..bytes.len() - 3];
-        let read = parse(path, torn, SEGMENT_MAGIC, true).unwrap();
+        let read = parse(path, torn, SEGMENT_MAGIC, true, 100).unwrap();
         assert_eq!((read.entries.len(), read.torn_tail), (4, true));
+        let gap = parse(path, &bytes, SEGMENT_MAGIC, true, 99);
         assert!(
-            parse(path, torn, SEGMENT_MAGIC, false).is_err(),
-            "only the newest file may tear"
+            gap.is_err(),
+            "a segment must start where the previous one ended"
+        );
+        let stale = parse(path, &bytes, SEGMENT_MAGIC, true, 200).unwrap();
+        assert!(
+            stale.entries.is_empty(),
+            "older records at the start are recycled padding"
         );
     }
 
@@ -355,12 +376,12 @@ mod tests {
         let mut bytes = file(5);
         let middle = HEADER_LEN + 2 * (bytes.len() - HEADER_LEN) / 5 + 10;
         bytes[middle] ^= 0x40;
-        match parse(path, &bytes, SEGMENT_MAGIC, true) {
+        match parse(path, &bytes, SEGMENT_MAGIC, true, 100) {
             Err(FormatError::Corrupt { offset, .. }) => assert!(offset as usize <= middle),
             other => panic!("expected corruption, got {other:?}"),
         }
         let mut header = file(1);
         header[0] = b'X';
-        assert!(parse(path, &header, SEGMENT_MAGIC, true).is_err());
+        assert!(parse(path, &header, SEGMENT_MAGIC, true, 100).is_err());
     }
 }

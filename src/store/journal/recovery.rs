@@ -209,35 +209,46 @@ fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event
     }
     snapshots.sort();
     segments.sort();
-    let mut events = Vec::new();
-    let mut from_seq = segments.first().map_or(0, |(seq, _)| *seq);
-    // The newest snapshot that is complete; an incomplete one (crash while writing it) is
-    // ignored, and the older files it would have replaced are still there.
-    while let Some((seq, path)) = snapshots.pop() {
-        let file =
-            format::read_file(&path, SNAPSHOT_MAGIC, true).map_err(RecoveryError::Corrupt)?;
-        contents.files += 1;
-        let complete = matches!(
-            file.entries.last(),
-            Some(Entry::SnapshotEnd { events }) if *events as usize == file.entries.len() - 1
-        );
-        if !complete {
-            tracing::warn!(file = %path.display(), "ignoring an incomplete snapshot");
-            continue;
+    // The newest complete snapshot. A snapshot is written under a temporary name and renamed
+    // only once synced, so an incomplete one under its final name is damage, not a crash.
+    let Some((snapshot_seq, path)) = snapshots.pop() else {
+        return Err(RecoveryError::Gap(format!(
+            "{}: no snapshot; every shard directory starts with one",
+            dir.display()
+        )));
+    };
+    let file =
+        format::read_file(&path, SNAPSHOT_MAGIC, false, 1).map_err(RecoveryError::Corrupt)?;
+    contents.files += 1;
+    let mut events = Vec::with_capacity(file.entries.len());
+    let mut covered = None;
+    for entry in file.entries {
+        match entry {
+            Entry::Event(event) => events.push(event),
+            Entry::SnapshotEnd {
+                events: count,
+                covers_lsn,
+            } if count as usize == events.len() => {
+                covered = Some(covers_lsn);
+            }
+            Entry::SnapshotEnd { .. } => {}
         }
-        events.extend(file.entries.into_iter().filter_map(|entry| match entry {
-            Entry::Event(event) => Some(event),
-            Entry::SnapshotEnd { .. } => None,
-        }));
-        from_seq = seq;
-        break;
     }
+    let Some(covers_lsn) = covered else {
+        return Err(RecoveryError::Corrupt(FormatError::Corrupt {
+            path,
+            offset: file.valid_len,
+            reason: "the snapshot does not end with a valid end record".into(),
+        }));
+    };
+    // Segments from the snapshot on, numbered without gaps, each continuing the LSN sequence.
     let live: Vec<&(u64, PathBuf)> = segments
         .iter()
-        .filter(|(seq, _)| *seq >= from_seq)
+        .filter(|(seq, _)| *seq >= snapshot_seq)
         .collect();
+    let mut next_lsn = covers_lsn + 1;
     for (index, (seq, path)) in live.iter().enumerate() {
-        let expected = from_seq + index as u64;
+        let expected = snapshot_seq + index as u64;
         if *seq != expected {
             return Err(RecoveryError::Gap(format!(
                 "{}: segment {expected} is missing before {}",
@@ -246,12 +257,13 @@ fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event
             )));
         }
         let newest = index + 1 == live.len();
-        let file =
-            format::read_file(path, SEGMENT_MAGIC, newest).map_err(RecoveryError::Corrupt)?;
+        let file = format::read_file(path, SEGMENT_MAGIC, newest, next_lsn)
+            .map_err(RecoveryError::Corrupt)?;
         contents.files += 1;
         if file.torn_tail {
             contents.torn_tails.push(path.clone());
         }
+        next_lsn = file.last_lsn + 1;
         events.extend(file.entries.into_iter().filter_map(|entry| match entry {
             Entry::Event(event) => Some(event),
             Entry::SnapshotEnd { .. } => None,
@@ -323,11 +335,13 @@ pub fn recover(
 /// Writes snapshot 1 of a new generation's shard with plain buffered I/O (recovery runs before
 /// the executors start) and syncs it.
 fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryError> {
-    let bytes = format::encode_snapshot(1, events);
+    let bytes = format::encode_snapshot(1, 0, events);
     let path = dir.join(format::snapshot_name(1));
-    let mut file = File::create(&path).map_err(io_error(&path))?;
-    file.write_all(&bytes).map_err(io_error(&path))?;
-    file.sync_all().map_err(io_error(&path))?;
+    let temporary = path.with_extension("tmp");
+    let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
+    file.write_all(&bytes).map_err(io_error(&temporary))?;
+    file.sync_all().map_err(io_error(&temporary))?;
+    fs::rename(&temporary, &path).map_err(io_error(&path))?;
     sync_dir(dir)?;
     Ok(bytes.len() as u64)
 }

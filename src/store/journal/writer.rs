@@ -42,14 +42,17 @@ impl From<std::io::Error> for JournalError {
 
 /// DMA buffer per write; records are batched into these.
 const WRITE_BUFFER: usize = 128 << 10;
-/// Buffers in flight ahead of a sync.
-const WRITE_BEHIND: usize = 4;
+/// Buffers in flight ahead of a sync. One, so buffers reach the disk in order: a crash can then
+/// only lose a suffix of the unsynced writes, never leave a hole followed by newer records (which
+/// recovery would have to call corruption).
+const WRITE_BEHIND: usize = 1;
 
 /// A pending segment roll: where in the pending bytes the old segment ends, and the snapshot (if
 /// any) of the state at exactly that point.
 struct Roll {
     at: usize,
-    snapshot: Option<Vec<Event>>,
+    /// The snapshot's events, and the last LSN they cover.
+    snapshot: Option<(Vec<Event>, u64)>,
 }
 
 #[derive(Default)]
@@ -148,9 +151,10 @@ impl Journal {
         state.snapshotting = true;
         state.bytes_since_snapshot = 0;
         let at = state.pending.len();
+        let covers_lsn = state.appended;
         state.roll = Some(Roll {
             at,
-            snapshot: Some(events),
+            snapshot: Some((events, covers_lsn)),
         });
     }
 
@@ -214,7 +218,13 @@ impl Journal {
                 }
                 let bytes = std::mem::take(&mut state.pending);
                 let group = state.appended - state.durable;
-                (bytes, state.roll.take(), state.appended, group)
+                let roll = state.roll.take();
+                if let Some(roll) = &roll {
+                    // The new segment starts with what follows the roll point; appends made while
+                    // the roll is written keep counting from there.
+                    state.segment_bytes = (bytes.len() - roll.at.min(bytes.len())) as u64;
+                }
+                (bytes, roll, state.appended, group)
             };
             let writer = self
                 .writer
@@ -247,16 +257,15 @@ impl Journal {
         let next_seq = {
             let mut state = self.state.borrow_mut();
             state.segment_seq += 1;
-            state.segment_bytes = new.len() as u64;
             state.segment_seq
         };
         let mut next = open_segment(&self.dir, next_seq).await?;
         next.write_all(new).await?;
         self.persist(&next).await?;
-        if let Some(events) = snapshot {
+        if let Some((events, covers_lsn)) = snapshot {
             let journal = Rc::clone(self);
             glommio::spawn_local(async move {
-                let result = write_snapshot(&journal.dir, next_seq, &events).await;
+                let result = write_snapshot(&journal.dir, next_seq, covers_lsn, &events).await;
                 let mut state = journal.state.borrow_mut();
                 state.snapshotting = false;
                 match result {
@@ -297,9 +306,21 @@ impl Journal {
         }
     }
 
+    /// Whether a write failed; the store then refuses every change (fail-stop).
+    pub fn is_failed(&self) -> bool {
+        self.state.borrow().failed.is_some()
+    }
+
     /// Flushes and closes the current segment (clean shutdown).
     pub async fn close(self: &Rc<Self>) -> Result<(), JournalError> {
-        self.commit().await?;
+        // With `Durability::None` a background flusher may hold the writer: let it finish, then
+        // write whatever is left.
+        while self.state.borrow().flushing {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        if self.state.borrow().durable < self.state.borrow().appended {
+            self.flush().await?;
+        }
         let writer = self.writer.borrow_mut().take();
         if let Some(mut writer) = writer {
             writer.close().await?;
@@ -333,18 +354,25 @@ async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// Writes snapshot `seq` (the state before segment `seq`), syncs it, then deletes every older
-/// segment and snapshot. Returns the snapshot's size.
-async fn write_snapshot(dir: &Path, seq: u64, events: &[Event]) -> Result<u64, JournalError> {
-    let bytes = format::encode_snapshot(seq, events);
+/// Writes snapshot `seq` (the state before segment `seq`) under a temporary name, syncs it,
+/// renames it into place, then deletes every older segment and snapshot. Returns its size.
+async fn write_snapshot(
+    dir: &Path,
+    seq: u64,
+    covers_lsn: u64,
+    events: &[Event],
+) -> Result<u64, JournalError> {
+    let bytes = format::encode_snapshot(seq, covers_lsn, events);
     let path = dir.join(format::snapshot_name(seq));
-    let file = DmaFile::create(&path).await?;
+    let temporary = path.with_extension("tmp");
+    let file = DmaFile::create(&temporary).await?;
     let mut writer = DmaStreamWriterBuilder::new(file)
         .with_buffer_size(WRITE_BUFFER)
         .with_write_behind(WRITE_BEHIND)
         .build();
     writer.write_all(&bytes).await?;
     writer.close().await?;
+    std::fs::rename(&temporary, &path)?;
     sync_dir(dir).await?;
     remove_older_than(dir, seq)?;
     sync_dir(dir).await?;
