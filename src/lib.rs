@@ -7,6 +7,8 @@
 //! - [`store`]: the store boundary and its implementations.
 //! - [`config`] and [`cli`]: how operators configure and run it.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod auth;
 pub mod cli;
