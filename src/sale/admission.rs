@@ -46,11 +46,6 @@ impl TokenBucket {
         (rate_per_sec * BURST_SECS).max(1.0)
     }
 
-    /// The current refill rate.
-    pub fn rate_per_sec(&self) -> f64 {
-        self.rate_per_sec
-    }
-
     /// Changes the refill rate, keeping the tokens already earned (capped to the new capacity).
     pub fn set_rate(&mut self, rate_per_sec: f64, now: Instant) {
         self.refill(now);

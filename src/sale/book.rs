@@ -219,11 +219,6 @@ impl Book {
         )
     }
 
-    /// Live stock of one sale.
-    pub fn remaining(&self, sku: &str) -> Option<u64> {
-        self.sales.get(sku).map(|ledger| ledger.remaining)
-    }
-
     fn view(&self, sku: &str, now_ms: u64) -> Result<SaleView, SaleError> {
         let ledger = self.sales.get(sku).ok_or(SaleError::UnknownSale)?;
         Ok(ledger.view(now_ms))
@@ -490,7 +485,7 @@ mod tests {
         let cancel = Command::Cancel(first.order_id.clone(), Requester::Admin);
         book.execute(cancel.clone(), T0 + 2).0.unwrap();
         book.execute(cancel, T0 + 3).0.unwrap();
-        assert_eq!(book.remaining("sku"), Some(2));
+        assert_eq!(book.stock_level("sku").remaining, 2);
         let pay = Command::Pay(first.order_id, "u1".into());
         assert_eq!(book.execute(pay, T0 + 4).0, Err(SaleError::OrderCancelled));
     }
@@ -506,10 +501,10 @@ mod tests {
         let (reply, event) = book.execute(pay, order.expires_at);
         assert_eq!(reply, Err(SaleError::OrderExpired));
         assert!(event.is_some(), "the expiry must be persisted");
-        assert_eq!(book.remaining("sku"), Some(1));
+        assert_eq!(book.stock_level("sku").remaining, 1);
         let (_, again) = book.execute(Command::Expire(order.order_id), order.expires_at + 5);
         assert!(again.is_none());
-        assert_eq!(book.remaining("sku"), Some(1));
+        assert_eq!(book.stock_level("sku").remaining, 1);
     }
 
     #[test]
@@ -533,7 +528,7 @@ mod tests {
         for event in book.snapshot() {
             copy.apply(&event);
         }
-        assert_eq!(copy.remaining("sku"), Some(9));
+        assert_eq!(copy.stock_level("sku").remaining, 9);
         assert_eq!(copy.orders, book.orders);
         let replay = order_of(buy(&mut copy, "u2", 1, Some("kept")));
         assert_eq!(buy(&mut copy, "u2", 1, None), Err(SaleError::LimitExceeded));
@@ -564,7 +559,7 @@ mod tests {
             for event in &attempt {
                 copy.apply(event);
             }
-            assert_eq!(copy.remaining("sku"), Some(0));
+            assert_eq!(copy.stock_level("sku").remaining, 0);
             assert_eq!(buy(&mut copy, "c", 1, None), Err(SaleError::SoldOut));
         }
     }

@@ -134,11 +134,6 @@ impl Edge {
         Ok(())
     }
 
-    /// Whether the user is blocked (for tests and diagnostics).
-    pub fn is_blocked(&self, user_id: &str) -> bool {
-        self.blocked.contains(user_id)
-    }
-
     /// Ends a demand-measuring tick: returns this shard's smoothed demand per rate-limited sale
     /// (to tell the other shards) and re-splits every rate by the latest demands.
     pub fn close_tick(&mut self, tick: Duration, now: Instant) -> Vec<(Box<str>, f64)> {

@@ -25,11 +25,6 @@ impl EmbeddedStore {
             journal,
         }
     }
-
-    /// The journal, for clean shutdown and metrics.
-    pub fn journal(&self) -> &Rc<Journal> {
-        &self.journal
-    }
 }
 
 impl Store for EmbeddedStore {

@@ -63,30 +63,25 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
 /// The exclusive hold on a data directory, released when dropped (process exit included).
 #[derive(Debug)]
 pub struct DirLock {
-    _file: File,
+    _held: nix::fcntl::Flock<File>,
 }
 
 /// Takes the data directory's lock, creating the directory if needed.
 pub fn lock(data_dir: &Path) -> Result<DirLock, RecoveryError> {
     fs::create_dir_all(data_dir).map_err(io_error(data_dir))?;
     let path = data_dir.join("LOCK");
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .map_err(io_error(&path))?;
-    let flock = nix::fcntl::Flock::lock(
-        file.try_clone().map_err(io_error(&path))?,
-        nix::fcntl::FlockArg::LockExclusiveNonblock,
-    );
-    match flock {
-        Ok(held) => {
-            // Keep the lock for the life of the process; the descriptor is closed at exit.
-            std::mem::forget(held);
-            let _ = file.set_len(0);
-            let _ = writeln!(file, "{}", std::process::id());
-            Ok(DirLock { _file: file })
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            // The pid is for operators looking at the file; the lock itself is the flock.
+            let _ = held.set_len(0);
+            let _ = writeln!(held, "{}", std::process::id());
+            Ok(DirLock { _held: held })
         }
         Err(_) => Err(RecoveryError::Locked(data_dir.into())),
     }

@@ -3,7 +3,7 @@
 //! write and `fdatasync`. Rolls segments at a size limit, and writes snapshots so that old
 //! segments can be deleted.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -86,8 +86,6 @@ pub struct Journal {
     writer: RefCell<Option<DmaStreamWriter>>,
     /// Committers waiting for a record count to become durable.
     waiters: RefCell<Vec<Waiter>>,
-    /// Group sizes, for metrics: records per write.
-    pub last_group: Cell<u64>,
 }
 
 impl Journal {
@@ -113,7 +111,6 @@ impl Journal {
             state: RefCell::new(state),
             writer: RefCell::new(Some(writer)),
             waiters: RefCell::new(Vec::new()),
-            last_group: Cell::new(0),
         }))
     }
 
@@ -166,11 +163,11 @@ impl Journal {
             if let Some(error) = &state.failed {
                 return Err(error.clone());
             }
+            if state.durable >= state.appended {
+                return Ok(());
+            }
             (state.appended, state.flushing)
         };
-        if self.state.borrow().durable >= target {
-            return Ok(());
-        }
         if self.durability == Durability::None {
             if !flushing {
                 // Claim the flush now: a second commit before the task runs must not start
@@ -211,20 +208,19 @@ impl Journal {
 
     async fn flush_groups(self: &Rc<Self>) -> Result<(), JournalError> {
         loop {
-            let (bytes, roll, target, group) = {
+            let (bytes, roll, target) = {
                 let mut state = self.state.borrow_mut();
                 if state.pending.is_empty() && state.roll.is_none() {
                     return Ok(());
                 }
                 let bytes = std::mem::take(&mut state.pending);
-                let group = state.appended - state.durable;
                 let roll = state.roll.take();
                 if let Some(roll) = &roll {
                     // The new segment starts with what follows the roll point; appends made while
                     // the roll is written keep counting from there.
                     state.segment_bytes = (bytes.len() - roll.at.min(bytes.len())) as u64;
                 }
-                (bytes, roll, state.appended, group)
+                (bytes, roll, state.appended)
             };
             let writer = self
                 .writer
@@ -234,7 +230,6 @@ impl Journal {
             let writer = self.write_group(writer, &bytes, roll).await?;
             *self.writer.borrow_mut() = Some(writer);
             self.state.borrow_mut().durable = target;
-            self.last_group.set(group);
             self.wake_up_to(target);
         }
     }
