@@ -5,6 +5,7 @@
 //! - [`shard`]: executors, routing to the owner shard, edge replicas, the owner role.
 //! - [`sale`]: the domain: sales, orders, the ledger, admission, expiry.
 //! - [`store`]: the store boundary and its implementations.
+//! - [`metrics`]: per-shard counters and histograms, merged into Prometheus text on scrape.
 //! - [`config`] and [`cli`]: how operators configure and run it.
 
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod sale;
 pub mod serve;
 pub mod shard;

@@ -8,11 +8,14 @@ mod sales;
 mod system;
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::auth::{Auth, Principal};
-use crate::http::{Handler, Method, Request, Response};
+use crate::clock::elapsed_nanos;
+use crate::http::{Handler, Method, Request, RequestId, Response};
+use crate::metrics::Route;
 use crate::shard::Shard;
 use crate::store::Store;
 use error::ApiError;
@@ -41,60 +44,146 @@ impl<S: Store + 'static> Api<S> {
         }
     }
 
-    async fn route(&self, request: &Request<'_>) -> Result<Response, ApiError> {
-        let path = request.path.strip_prefix('/').unwrap_or(request.path);
-        let mut segments = [""; 5];
-        let mut count = 0;
-        for segment in path.split('/') {
-            let slot = segments.get_mut(count).ok_or_else(no_such_path)?;
-            *slot = segment;
-            count += 1;
-        }
+    async fn dispatch(
+        &self,
+        endpoint: Endpoint<'_>,
+        request: &Request<'_>,
+    ) -> Result<Response, ApiError> {
         let method = request.method;
-        match &segments[..count] {
-            ["healthz"] => only(method, Method::Get, system::health),
-            ["readyz"] => only(method, Method::Get, || system::ready(&self.shard)),
-            ["v1", "sales"] => match method {
+        match endpoint {
+            Endpoint::Health => only(method, Method::Get, "GET", system::health),
+            Endpoint::Ready => only(method, Method::Get, "GET", || system::ready(&self.shard)),
+            Endpoint::Metrics => match method {
+                Method::Get => system::metrics(self).await,
+                _ => Err(not_allowed("GET")),
+            },
+            Endpoint::Sales => match method {
                 Method::Get => sales::list(self).await,
                 _ => Err(not_allowed("GET")),
             },
-            ["v1", "sales", sku] => match method {
+            Endpoint::Sale(sku) => match method {
                 Method::Get => sales::get(self, sku).await,
                 Method::Put => sales::upsert(self, request, sku).await,
                 _ => Err(not_allowed("GET, PUT")),
             },
-            ["v1", "sales", sku, "purchase"] => match method {
+            Endpoint::Purchase(sku) => match method {
                 Method::Post => sales::purchase(self, request, sku).await,
                 _ => Err(not_allowed("POST")),
             },
-            ["v1", "orders", id] => match method {
+            Endpoint::Order(id) => match method {
                 Method::Get => orders::get(self, request, id).await,
                 _ => Err(not_allowed("GET")),
             },
-            ["v1", "orders", id, "pay"] => match method {
+            Endpoint::Pay(id) => match method {
                 Method::Post => orders::pay(self, request, id).await,
                 _ => Err(not_allowed("POST")),
             },
-            ["v1", "orders", id, "cancel"] => match method {
+            Endpoint::Cancel(id) => match method {
                 Method::Post => orders::cancel(self, request, id).await,
                 _ => Err(not_allowed("POST")),
             },
-            ["v1", "blocklist", user_id] => match method {
+            Endpoint::Blocklist(user_id) => match method {
                 Method::Put => system::set_blocked(self, request, user_id, true).await,
                 Method::Delete => system::set_blocked(self, request, user_id, false).await,
                 _ => Err(not_allowed("PUT, DELETE")),
             },
-            _ => Err(no_such_path()),
+            Endpoint::Unknown => Err(no_such_path()),
+        }
+    }
+}
+
+/// What a request path names, with its path parameters.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint<'a> {
+    Health,
+    Ready,
+    Metrics,
+    Sales,
+    Sale(&'a str),
+    Purchase(&'a str),
+    Order(&'a str),
+    Pay(&'a str),
+    Cancel(&'a str),
+    Blocklist(&'a str),
+    Unknown,
+}
+
+impl<'a> Endpoint<'a> {
+    fn of(path: &'a str) -> Self {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let mut segments = [""; 5];
+        let mut count = 0;
+        for segment in path.split('/') {
+            let Some(slot) = segments.get_mut(count) else {
+                return Endpoint::Unknown;
+            };
+            *slot = segment;
+            count += 1;
+        }
+        match segments[..count] {
+            ["healthz"] => Endpoint::Health,
+            ["readyz"] => Endpoint::Ready,
+            ["metrics"] => Endpoint::Metrics,
+            ["v1", "sales"] => Endpoint::Sales,
+            ["v1", "sales", sku] => Endpoint::Sale(sku),
+            ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
+            ["v1", "orders", id] => Endpoint::Order(id),
+            ["v1", "orders", id, "pay"] => Endpoint::Pay(id),
+            ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
+            ["v1", "blocklist", user_id] => Endpoint::Blocklist(user_id),
+            _ => Endpoint::Unknown,
+        }
+    }
+
+    /// The metrics label; a wrong method still counts under its path's route.
+    fn route(self, method: Method) -> Route {
+        match self {
+            Endpoint::Health => Route::Healthz,
+            Endpoint::Ready => Route::Readyz,
+            Endpoint::Metrics => Route::Metrics,
+            Endpoint::Sales => Route::ListSales,
+            Endpoint::Sale(_) if method == Method::Put => Route::PutSale,
+            Endpoint::Sale(_) => Route::GetSale,
+            Endpoint::Purchase(_) => Route::Purchase,
+            Endpoint::Order(_) => Route::GetOrder,
+            Endpoint::Pay(_) => Route::PayOrder,
+            Endpoint::Cancel(_) => Route::CancelOrder,
+            Endpoint::Blocklist(_) => Route::Blocklist,
+            Endpoint::Unknown => Route::Unmatched,
         }
     }
 }
 
 impl<S: Store + 'static> Handler for Api<S> {
-    async fn handle(&self, request: &Request<'_>) -> Response {
-        match self.route(request).await {
-            Ok(response) => response,
-            Err(error) => error.into_response(),
+    async fn handle(&self, request: &Request<'_>, request_id: &RequestId<'_>) -> Response {
+        let started = Instant::now();
+        let endpoint = Endpoint::of(request.path);
+        let route = endpoint.route(request.method);
+        let (response, code) = match self.dispatch(endpoint, request).await {
+            Ok(response) => (response, None),
+            Err(error) => {
+                let code = error.code;
+                log_refusal(&error, route, request_id);
+                (error.into_response(), Some(code))
+            }
+        };
+        let metrics = &self.shard.metrics;
+        if route == Route::Purchase {
+            metrics.record_purchase(code.unwrap_or("created"));
         }
+        metrics.record_request(route, response.status, elapsed_nanos(started));
+        response
+    }
+
+    fn rejected(&self, response: &Response, request_id: &RequestId<'_>) {
+        tracing::debug!(
+            request_id = request_id.as_str(),
+            status = response.status,
+            "request rejected before routing"
+        );
+        self.shard
+            .metrics
+            .record_request(Route::Malformed, response.status, 0);
     }
 
     fn draining(&self) -> bool {
@@ -105,15 +194,40 @@ impl<S: Store + 'static> Handler for Api<S> {
     }
 }
 
+/// Server-side failures are logged as warnings; refusals (4xx) are the normal answer in a flash
+/// sale, so only at debug level, or the logs would grow with the crowd.
+fn log_refusal(error: &ApiError, route: Route, request_id: &RequestId<'_>) {
+    if error.status >= 500 {
+        tracing::warn!(
+            request_id = request_id.as_str(),
+            route = route.label(),
+            status = error.status,
+            error = error.code,
+            message = %error.message,
+            "request failed"
+        );
+    } else {
+        tracing::debug!(
+            request_id = request_id.as_str(),
+            route = route.label(),
+            status = error.status,
+            error = error.code,
+            message = %error.message,
+            "request refused"
+        );
+    }
+}
+
 fn only(
     method: Method,
     wanted: Method,
+    allow: &'static str,
     handler: impl FnOnce() -> Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     if method == wanted {
         handler()
     } else {
-        Err(not_allowed("GET"))
+        Err(not_allowed(allow))
     }
 }
 

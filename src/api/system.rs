@@ -1,8 +1,9 @@
-//! Operational endpoints: liveness, readiness, and the blocklist.
+//! Operational endpoints: liveness, readiness, metrics, and the blocklist.
 
 use super::error::ApiError;
 use super::Api;
 use crate::http::{Request, Response};
+use crate::metrics::exposition;
 use crate::sale::command::Command;
 use crate::sale::model::is_valid_id;
 use crate::shard::Shard;
@@ -24,6 +25,30 @@ pub(super) fn ready<S: Store + 'static>(shard: &Shard<S>) -> Result<Response, Ap
             "shards are starting or the node is draining",
         ))
     }
+}
+
+/// Scrapes one shard serves at once. Each asks every shard for a copy of its metrics, so an
+/// unbounded number would let anyone with network access make every shard do work on demand.
+const MAX_CONCURRENT_SCRAPES: u32 = 4;
+
+/// `GET /metrics`: every shard's metrics, merged, in Prometheus text format.
+pub(super) async fn metrics<S: Store + 'static>(api: &Api<S>) -> Result<Response, ApiError> {
+    let Some(_scrape) = api.shard.metrics.try_start_scrape(MAX_CONCURRENT_SCRAPES) else {
+        let mut error = ApiError::new(
+            429,
+            "too_many_scrapes",
+            "other metrics scrapes are in progress on this shard",
+        );
+        error.retry_after_secs = Some(1);
+        return Err(error);
+    };
+    let shards = api.shard.scrape().await;
+    let text = exposition::render(&shards);
+    Ok(Response::with_type(
+        200,
+        exposition::CONTENT_TYPE,
+        text.into_bytes(),
+    ))
 }
 
 /// `PUT|DELETE /v1/blocklist/{user_id}` (admin)

@@ -11,6 +11,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::request::{parse, ParseError, Parsed, Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
+use super::request_id::RequestId;
 use super::response::Response;
 
 /// Bytes asked of the socket per read.
@@ -22,7 +23,11 @@ const MAX_BUFFERED: usize = MAX_HEAD_BYTES + MAX_BODY_BYTES + READ_CHUNK;
 #[allow(async_fn_in_trait)]
 pub trait Handler {
     /// Answers one request. Never fails: every failure is an error response.
-    async fn handle(&self, request: &Request<'_>) -> Response;
+    async fn handle(&self, request: &Request<'_>, request_id: &RequestId<'_>) -> Response;
+
+    /// Told about bytes that were answered with `response` without reaching
+    /// [`Handler::handle`]: malformed, oversized or too slow requests.
+    fn rejected(&self, response: &Response, request_id: &RequestId<'_>);
 
     /// Whether the server is shutting down, so keep-alive should end after this response.
     fn draining(&self) -> bool;
@@ -59,17 +64,21 @@ pub async fn serve_connection<H: Handler>(
         while !close {
             match parse(&inbuf[consumed..]) {
                 Ok(Parsed::Complete(request, used)) => {
-                    let mut response = handler.handle(&request).await;
+                    let request_id = RequestId::for_request(request.request_id);
+                    let mut response = handler.handle(&request, &request_id).await;
                     if !request.keep_alive || handler.draining() {
                         response.close = true;
                     }
                     close = response.close;
-                    response.write_to(&mut out, shard_header, valid_request_id(&request));
+                    response.write_to(&mut out, shard_header, &request_id);
                     consumed += used;
                 }
                 Ok(Parsed::Partial) => break,
                 Err(error) => {
-                    protocol_error(error).write_to(&mut out, shard_header, None);
+                    let request_id = RequestId::generate();
+                    let response = protocol_error(error);
+                    handler.rejected(&response, &request_id);
+                    response.write_to(&mut out, shard_header, &request_id);
                     close = true;
                 }
             }
@@ -138,9 +147,12 @@ pub async fn serve_connection<H: Handler>(
             Err(ReadEnd::TimedOut) => {
                 inbuf.truncate(filled);
                 if !inbuf.is_empty() {
+                    let request_id = RequestId::generate();
                     let timeout =
-                        Response::error(408, "request_timeout", "request not completed in time");
-                    timeout.closing().write_to(&mut out, shard_header, None);
+                        Response::error(408, "request_timeout", "request not completed in time")
+                            .closing();
+                    handler.rejected(&timeout, &request_id);
+                    timeout.write_to(&mut out, shard_header, &request_id);
                     stream.write_all(&out).await?;
                 }
                 return Ok(());
@@ -234,12 +246,4 @@ fn protocol_error(error: ParseError) -> Response {
         }
     };
     response.closing()
-}
-
-/// The client's `X-Request-Id`, echoed only when it is short printable ASCII (it goes into a
-/// header and into logs).
-fn valid_request_id<'a>(request: &Request<'a>) -> Option<&'a [u8]> {
-    request
-        .request_id
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.iter().all(|b| b.is_ascii_graphic()))
 }

@@ -5,8 +5,10 @@
 pub mod conn;
 pub mod listener;
 pub mod request;
+pub mod request_id;
 pub mod response;
 
 pub use conn::{serve_connection, ConnLimits, Handler};
 pub use request::{Method, Request};
+pub use request_id::RequestId;
 pub use response::Response;

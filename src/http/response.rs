@@ -2,12 +2,16 @@
 
 use std::borrow::Cow;
 
-/// A response ready to be written. Bodies are JSON (or empty for 204).
+use super::RequestId;
+
+/// A response ready to be written. Bodies are JSON (or empty for 204), except `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// JSON body; empty for 204.
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// The body; empty for 204.
     pub body: Cow<'static, [u8]>,
     /// `Retry-After` in seconds, for 429 and 503.
     pub retry_after_secs: Option<u64>,
@@ -20,8 +24,18 @@ pub struct Response {
 impl Response {
     /// A JSON response.
     pub fn json(status: u16, body: impl Into<Cow<'static, [u8]>>) -> Self {
+        Self::with_type(status, "application/json", body)
+    }
+
+    /// A response with a body of the given type.
+    pub fn with_type(
+        status: u16,
+        content_type: &'static str,
+        body: impl Into<Cow<'static, [u8]>>,
+    ) -> Self {
         Self {
             status,
+            content_type,
             body: body.into(),
             retry_after_secs: None,
             close: false,
@@ -41,7 +55,7 @@ impl Response {
     }
 
     /// Appends the wire form to `out`. `shard_header` is the precomputed `x-seckill-shard` line.
-    pub fn write_to(&self, out: &mut Vec<u8>, shard_header: &[u8], request_id: Option<&[u8]>) {
+    pub fn write_to(&self, out: &mut Vec<u8>, shard_header: &[u8], request_id: &RequestId<'_>) {
         let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(number.format(self.status).as_bytes());
@@ -49,16 +63,16 @@ impl Response {
         out.extend_from_slice(reason(self.status).as_bytes());
         out.extend_from_slice(b"\r\n");
         if self.status != 204 {
-            out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+            out.extend_from_slice(b"content-type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+            out.extend_from_slice(b"\r\ncontent-length: ");
             out.extend_from_slice(number.format(self.body.len()).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(shard_header);
-        if let Some(id) = request_id {
-            out.extend_from_slice(b"x-request-id: ");
-            out.extend_from_slice(id);
-            out.extend_from_slice(b"\r\n");
-        }
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(request_id.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
         if let Some(secs) = self.retry_after_secs {
             out.extend_from_slice(b"retry-after: ");
             out.extend_from_slice(number.format(secs).as_bytes());

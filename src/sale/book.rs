@@ -11,7 +11,7 @@ use rand::SeedableRng;
 
 use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
 use super::ids::OrderId;
-use super::model::{Order, OrderStatus, Sale, SaleView};
+use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
 use super::SaleError;
 
 /// How much closed history the book keeps; everything else it holds is bounded by live stock.
@@ -80,6 +80,8 @@ pub struct Book {
     sales: HashMap<Box<str>, SaleLedger>,
     orders: HashMap<u128, Order>,
     blocked: HashSet<Box<str>>,
+    /// Orders in `orders` by status, kept in step with every change for metrics.
+    order_counts: OrderCounts,
     rng: SmallRng,
     limits: BookLimits,
 }
@@ -91,6 +93,7 @@ impl Book {
             sales: HashMap::new(),
             orders: HashMap::new(),
             blocked: HashSet::new(),
+            order_counts: OrderCounts::default(),
             rng: SmallRng::from_entropy(),
             limits,
         }
@@ -147,7 +150,10 @@ impl Book {
                 } else {
                     ledger.closed.push_back(order.order_id.unique);
                 }
-                self.orders.insert(order.order_id.unique, order.clone());
+                self.order_counts.add(order.status);
+                if let Some(replaced) = self.orders.insert(order.order_id.unique, order.clone()) {
+                    self.order_counts.remove(replaced.status);
+                }
             }
             Event::OrderClosed { order_id, status } => self.close(order_id, *status),
             Event::UserBlocked(user_id, true) => {
@@ -206,6 +212,19 @@ impl Book {
     /// Sales held by this book.
     pub fn sales(&self) -> impl Iterator<Item = &Sale> {
         self.sales.values().map(|ledger| &ledger.sale)
+    }
+
+    /// Orders held, by status. Closed orders beyond the retention limit are forgotten, and
+    /// leave these counts with them.
+    pub fn order_counts(&self) -> OrderCounts {
+        self.order_counts
+    }
+
+    /// Remaining stock of every sale.
+    pub fn stock_remaining(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.sales
+            .values()
+            .map(|ledger| (&*ledger.sale.sku, ledger.remaining))
     }
 
     /// Stock level of one sale (zero for an unknown SKU).
@@ -389,6 +408,8 @@ impl Book {
             return;
         }
         order.status = status;
+        self.order_counts.remove(OrderStatus::Pending);
+        self.order_counts.add(status);
         if status == OrderStatus::Paid {
             return;
         }
@@ -411,6 +432,7 @@ impl Book {
                 break;
             };
             if let Some(forgotten) = self.orders.remove(&oldest) {
+                self.order_counts.remove(forgotten.status);
                 if let Some(holder) = ledger.holders.get_mut(&forgotten.user_id) {
                     holder.keys.retain(|_, unique| *unique != oldest);
                     if holder.held == 0 && holder.keys.is_empty() {

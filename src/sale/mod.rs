@@ -13,4 +13,4 @@ pub mod ids;
 pub mod model;
 
 pub use error::SaleError;
-pub use model::{Order, OrderStatus, Sale, SaleState, SaleView};
+pub use model::{Order, OrderCounts, OrderStatus, Sale, SaleState, SaleView};

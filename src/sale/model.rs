@@ -138,6 +138,48 @@ impl OrderStatus {
     pub fn holds_stock(self) -> bool {
         matches!(self, Self::Pending | Self::Paid)
     }
+
+    /// Every status, in [`OrderCounts`] order.
+    pub const ALL: [OrderStatus; 4] = [Self::Pending, Self::Paid, Self::Expired, Self::Cancelled];
+
+    /// The name used in the API and in metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Paid => "paid",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How many orders a book holds in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderCounts([u64; 4]);
+
+impl OrderCounts {
+    /// Orders in `status`.
+    pub fn get(&self, status: OrderStatus) -> u64 {
+        self.0[status as usize]
+    }
+
+    /// Counts one more order in `status`.
+    pub fn add(&mut self, status: OrderStatus) {
+        self.0[status as usize] += 1;
+    }
+
+    /// Counts one order fewer in `status`.
+    pub fn remove(&mut self, status: OrderStatus) {
+        let slot = &mut self.0[status as usize];
+        *slot = slot.saturating_sub(1);
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &OrderCounts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// One shopper's claim on some units of a sale.

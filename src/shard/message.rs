@@ -2,6 +2,7 @@
 
 use futures::channel::oneshot;
 
+use crate::metrics::ShardSnapshot;
 use crate::sale::command::{Command, Reply};
 use crate::sale::Sale;
 
@@ -14,6 +15,11 @@ pub enum ShardMsg {
         command: Command,
         /// Where the caller waits.
         reply: oneshot::Sender<Reply>,
+    },
+    /// Send back a copy of the receiver's metrics.
+    Scrape {
+        /// Where the scraping shard waits.
+        reply: oneshot::Sender<ShardSnapshot>,
     },
     /// Update the receiver's edge replica; acknowledge if asked.
     Notice {

@@ -20,6 +20,7 @@ use std::time::Instant;
 use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
+use crate::metrics::{MessageKind, ShardMetrics, ShardSnapshot};
 use crate::sale::command::{Command, Outcome, Reply};
 use crate::sale::expiry::ExpiryQueue;
 use crate::sale::{SaleError, SaleView};
@@ -64,6 +65,8 @@ pub struct Shard<S> {
     flag_version: Cell<u64>,
     /// Open connections on this shard, checked against the per-shard cap.
     pub connections: Cell<usize>,
+    /// What this shard has served, for `/metrics`.
+    pub metrics: ShardMetrics,
     /// Node-wide readiness and shutdown state.
     pub node: std::sync::Arc<NodeStatus>,
 }
@@ -87,6 +90,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             announced: RefCell::new(HashMap::new()),
             flag_version: Cell::new(0),
             connections: Cell::new(0),
+            metrics: ShardMetrics::new(),
             node,
         }
     }
@@ -113,10 +117,49 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         }
         let (reply, answer) = oneshot::channel();
         let message = ShardMsg::Call { command, reply };
-        if self.peers.send_to(target, message).await.is_err() {
+        if self.send(target, message).await.is_err() {
             return Err(SaleError::Unavailable);
         }
         answer.await.unwrap_or(Err(SaleError::Unavailable))
+    }
+
+    /// Sends `message` to shard `target`, counting it.
+    async fn send(&self, target: usize, message: ShardMsg) -> Result<(), ()> {
+        let kind = match &message {
+            ShardMsg::Call { .. } => MessageKind::Call,
+            ShardMsg::Notice { .. } => MessageKind::Notice,
+            ShardMsg::Scrape { .. } => MessageKind::Scrape,
+        };
+        self.metrics.record_message(kind);
+        self.peers.send_to(target, message).await.map_err(|_| ())
+    }
+
+    /// Every shard's metrics, this one's included, gathered concurrently. A shard that cannot
+    /// answer (shutting down) is left out.
+    pub async fn scrape(self: &Rc<Self>) -> Vec<ShardSnapshot> {
+        let asks = (0..self.count).map(|shard| async move {
+            if shard == self.id {
+                return Some(self.metrics_snapshot());
+            }
+            let (reply, answer) = oneshot::channel();
+            self.send(shard, ShardMsg::Scrape { reply }).await.ok()?;
+            answer.await.ok()
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// A copy of this shard's metrics.
+    fn metrics_snapshot(&self) -> ShardSnapshot {
+        ShardSnapshot {
+            shard: self.id,
+            requests: self.metrics.snapshot(),
+            connections_open: self.connections.get() as u64,
+            store: self.store.stats(),
+        }
     }
 
     /// Every sale on the node, sorted by SKU: each shard lists its own, concurrently.
@@ -145,6 +188,9 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                 })
                 .detach();
             }
+            ShardMsg::Scrape { reply } => {
+                let _ = reply.send(self.metrics_snapshot());
+            }
             ShardMsg::Notice { notice, ack } => {
                 self.edge.borrow_mut().apply(&notice, Instant::now());
                 if let Some(ack) = ack {
@@ -172,7 +218,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                 ack,
             };
             // A peer that is gone is shutting down; it has no requests left to refuse.
-            let _ = self.peers.send_to(peer, message).await;
+            let _ = self.send(peer, message).await;
         }
         for acked in acks {
             let _ = acked.await;

@@ -28,6 +28,7 @@ pub struct Announced {
 impl<S: Store + 'static> Shard<S> {
     /// Runs a command this shard owns and applies its consequences.
     pub(super) async fn execute_owned(self: &Rc<Self>, command: Command) -> Reply {
+        let _in_flight = self.metrics.owner_command();
         let announce = match &command {
             Command::UpsertSale(sale) => Some(Notice::SaleUpserted {
                 sale: sale.clone(),

@@ -375,7 +375,7 @@ async fn refuse_overloaded(mut stream: glommio::net::TcpStream, shard_header: Rc
     let mut out = Vec::with_capacity(256);
     Response::error(503, "overloaded", "too many connections, try again later")
         .closing()
-        .write_to(&mut out, &shard_header, None);
+        .write_to(&mut out, &shard_header, &http::RequestId::generate());
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let _ = stream.write_all(&out).await;
     let _ = stream.close().await;

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::journal::Journal;
-use super::{BootState, Store};
+use super::{BootState, Store, StoreStats};
 use crate::clock::now_ms;
 use crate::sale::book::Book;
 use crate::sale::command::{Command, Reply};
@@ -68,6 +68,18 @@ impl Store for EmbeddedStore {
                 .collect(),
             blocked: book.blocked_users().map(Into::into).collect(),
             pending: book.pending_deadlines().collect(),
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let book = self.book.borrow();
+        StoreStats {
+            stock: book
+                .stock_remaining()
+                .map(|(sku, remaining)| (sku.into(), remaining))
+                .collect(),
+            orders: book.order_counts(),
+            journal: Some(self.journal.stats()),
         }
     }
 }

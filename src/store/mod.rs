@@ -11,9 +11,21 @@ pub mod journal;
 
 use crate::sale::command::{Command, Reply, StockLevel};
 use crate::sale::ids::OrderId;
-use crate::sale::Sale;
+use crate::sale::{OrderCounts, Sale};
 
 pub use embedded::EmbeddedStore;
+pub use journal::JournalStats;
+
+/// What a shard's store reports to a metrics scrape.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Remaining stock of each sale this shard owns.
+    pub stock: Vec<(Box<str>, u64)>,
+    /// Orders held, by status.
+    pub orders: OrderCounts,
+    /// Group commit figures, for the embedded store.
+    pub journal: Option<JournalStats>,
+}
 
 /// What a shard must republish when it starts on existing state.
 #[derive(Debug, Default)]
@@ -35,4 +47,7 @@ pub trait Store {
 
     /// The state the shard starts with, to republish to every shard's edge.
     fn boot_state(&self) -> BootState;
+
+    /// Figures for `/metrics`. Called only on scrape, so it may walk the owned sales.
+    fn stats(&self) -> StoreStats;
 }

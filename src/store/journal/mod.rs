@@ -6,4 +6,4 @@ pub mod format;
 pub mod recovery;
 pub mod writer;
 
-pub use writer::{Durability, Journal, JournalError};
+pub use writer::{Durability, Journal, JournalError, JournalStats};

@@ -1,0 +1,395 @@
+//! Prometheus text exposition format, version 0.0.4: merges every shard's snapshot and writes
+//! the families operators scrape.
+//!
+//! Written here rather than with `prometheus-client`: that crate's types are shared registries of
+//! atomics, built to be updated in place from many threads. Our counters live in each shard with
+//! no synchronisation and only meet on the scraping shard, so adapting them would mean building a
+//! throwaway registry on every scrape. The format is small, and `tests/metrics.rs` checks our
+//! output with a strict parser.
+
+use std::fmt::Write;
+
+use super::distribution::DistributionSnapshot;
+use super::recorder::MessageKind;
+use super::{Route, ShardSnapshot};
+use crate::sale::{OrderCounts, OrderStatus};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Latency bucket bounds: nanoseconds and the `le` label in seconds.
+const LATENCY_BUCKETS: [(u64, &str); 16] = [
+    (100_000, "0.0001"),
+    (250_000, "0.00025"),
+    (500_000, "0.0005"),
+    (1_000_000, "0.001"),
+    (2_500_000, "0.0025"),
+    (5_000_000, "0.005"),
+    (10_000_000, "0.01"),
+    (25_000_000, "0.025"),
+    (50_000_000, "0.05"),
+    (100_000_000, "0.1"),
+    (250_000_000, "0.25"),
+    (500_000_000, "0.5"),
+    (1_000_000_000, "1"),
+    (2_500_000_000, "2.5"),
+    (5_000_000_000, "5"),
+    (10_000_000_000, "10"),
+];
+
+/// Journal group size bucket bounds, in records.
+const GROUP_BUCKETS: [(u64, &str); 12] = [
+    (1, "1"),
+    (2, "2"),
+    (4, "4"),
+    (8, "8"),
+    (16, "16"),
+    (32, "32"),
+    (64, "64"),
+    (128, "128"),
+    (256, "256"),
+    (1024, "1024"),
+    (4096, "4096"),
+    (16384, "16384"),
+];
+
+/// Renders the merged metrics of `shards` (one snapshot per shard that answered).
+pub fn render(shards: &[ShardSnapshot]) -> String {
+    let mut out = Text(String::with_capacity(16 * 1024));
+    out.family(
+        "seckill_build_info",
+        "gauge",
+        "The running version; always 1.",
+    );
+    out.sample(
+        "seckill_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    out.family(
+        "seckill_shards_reporting",
+        "gauge",
+        "Shards that answered this scrape.",
+    );
+    out.sample("seckill_shards_reporting", &[], shards.len() as u64);
+    render_requests(&mut out, shards);
+    render_sales(&mut out, shards);
+    render_runtime(&mut out, shards);
+    render_journal(&mut out, shards);
+    out.0
+}
+
+fn render_requests(out: &mut Text, shards: &[ShardSnapshot]) {
+    out.family(
+        "seckill_http_requests_total",
+        "counter",
+        "HTTP responses by route and status.",
+    );
+    for route in Route::ALL {
+        let mut statuses: Vec<(u16, u64)> = Vec::new();
+        for shard in shards {
+            if let Some(stats) = shard.requests.requests.get(route as usize) {
+                for (status, count) in &stats.statuses {
+                    add(&mut statuses, *status, *count);
+                }
+            }
+        }
+        statuses.sort_unstable();
+        for (status, count) in statuses {
+            let status = itoa::Buffer::new().format(status).to_owned();
+            out.sample(
+                "seckill_http_requests_total",
+                &[("route", route.label()), ("status", &status)],
+                count,
+            );
+        }
+    }
+
+    out.family(
+        "seckill_request_duration_seconds",
+        "histogram",
+        "Time from a parsed request to its composed response, by route.",
+    );
+    for route in Route::ALL {
+        let mut merged = DistributionSnapshot::default();
+        for shard in shards {
+            if let Some(stats) = shard.requests.requests.get(route as usize) {
+                merged.merge(&stats.latency);
+            }
+        }
+        out.histogram(
+            "seckill_request_duration_seconds",
+            &[("route", route.label())],
+            &merged,
+            &LATENCY_BUCKETS,
+            NANOS_PER_SECOND,
+        );
+    }
+
+    out.family(
+        "seckill_purchase_outcomes_total",
+        "counter",
+        "Purchase answers by outcome: `created` or the error code.",
+    );
+    let mut outcomes: Vec<(&str, u64)> = vec![("created", 0)];
+    for shard in shards {
+        for (outcome, count) in &shard.requests.purchase_outcomes {
+            add(&mut outcomes, *outcome, *count);
+        }
+    }
+    outcomes.sort_unstable();
+    for (outcome, count) in outcomes {
+        out.sample(
+            "seckill_purchase_outcomes_total",
+            &[("outcome", outcome)],
+            count,
+        );
+    }
+}
+
+fn render_sales(out: &mut Text, shards: &[ShardSnapshot]) {
+    out.family(
+        "seckill_stock_remaining",
+        "gauge",
+        "Units left to sell, by SKU.",
+    );
+    let mut stock: Vec<(&str, u64)> = shards
+        .iter()
+        .flat_map(|shard| shard.store.stock.iter())
+        .map(|(sku, remaining)| (&**sku, *remaining))
+        .collect();
+    stock.sort_unstable();
+    for (sku, remaining) in stock {
+        out.sample("seckill_stock_remaining", &[("sku", sku)], remaining);
+    }
+
+    out.family(
+        "seckill_orders",
+        "gauge",
+        "Orders held, by status (expired and cancelled ones only up to the retention limit).",
+    );
+    let mut orders = OrderCounts::default();
+    for shard in shards {
+        orders.merge(&shard.store.orders);
+    }
+    for status in OrderStatus::ALL {
+        out.sample(
+            "seckill_orders",
+            &[("status", status.label())],
+            orders.get(status),
+        );
+    }
+}
+
+fn render_runtime(out: &mut Text, shards: &[ShardSnapshot]) {
+    out.family(
+        "seckill_connections_open",
+        "gauge",
+        "Client connections open.",
+    );
+    let open = shards.iter().map(|shard| shard.connections_open).sum();
+    out.sample("seckill_connections_open", &[], open);
+
+    out.family(
+        "seckill_shard_queue_depth",
+        "gauge",
+        "Commands a shard is running as owner, its own and its peers'.",
+    );
+    for shard in shards {
+        let id = itoa::Buffer::new().format(shard.shard).to_owned();
+        out.sample(
+            "seckill_shard_queue_depth",
+            &[("shard", &id)],
+            shard.requests.owner_in_flight,
+        );
+    }
+
+    out.family(
+        "seckill_shard_messages_sent_total",
+        "counter",
+        "Messages a shard sent to other shards, by kind.",
+    );
+    for shard in shards {
+        let id = itoa::Buffer::new().format(shard.shard).to_owned();
+        for kind in MessageKind::ALL {
+            out.sample(
+                "seckill_shard_messages_sent_total",
+                &[("shard", &id), ("kind", kind.label())],
+                shard.requests.messages_sent[kind as usize],
+            );
+        }
+    }
+}
+
+fn render_journal(out: &mut Text, shards: &[ShardSnapshot]) {
+    let journals: Vec<_> = shards
+        .iter()
+        .filter_map(|shard| shard.store.journal.as_ref())
+        .collect();
+    if journals.is_empty() {
+        return;
+    }
+    let mut latency = DistributionSnapshot::default();
+    let mut groups = DistributionSnapshot::default();
+    for journal in &journals {
+        latency.merge(&journal.sync_latency);
+        groups.merge(&journal.group_records);
+    }
+    out.family(
+        "seckill_journal_sync_duration_seconds",
+        "histogram",
+        "Time to write one group commit and fdatasync it (write only under durability none).",
+    );
+    out.histogram(
+        "seckill_journal_sync_duration_seconds",
+        &[],
+        &latency,
+        &LATENCY_BUCKETS,
+        NANOS_PER_SECOND,
+    );
+    out.family(
+        "seckill_journal_group_records",
+        "histogram",
+        "Records made durable by one group commit.",
+    );
+    out.histogram(
+        "seckill_journal_group_records",
+        &[],
+        &groups,
+        &GROUP_BUCKETS,
+        1,
+    );
+    out.family(
+        "seckill_journal_bytes_written_total",
+        "counter",
+        "Record bytes written to the journal.",
+    );
+    let bytes = journals.iter().map(|journal| journal.bytes_written).sum();
+    out.sample("seckill_journal_bytes_written_total", &[], bytes);
+    out.family(
+        "seckill_journal_failed_shards",
+        "gauge",
+        "Shards whose journal failed; their store refuses changes until restart.",
+    );
+    let failed = journals.iter().filter(|journal| journal.failed).count();
+    out.sample("seckill_journal_failed_shards", &[], failed as u64);
+}
+
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
+fn add<K: PartialEq + Copy>(counts: &mut Vec<(K, u64)>, key: K, count: u64) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, total)) => *total += count,
+        None => counts.push((key, count)),
+    }
+}
+
+/// The exposition being written. Writing to a `String` cannot fail, so results are ignored.
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.series(name, labels, None);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn series(&mut self, name: &str, labels: &[(&str, &str)], le: Option<&str>) {
+        self.0.push_str(name);
+        if labels.is_empty() && le.is_none() {
+            return;
+        }
+        self.0.push('{');
+        let le = le.map(|le| ("le", le));
+        for (index, (label, value)) in labels.iter().chain(le.iter()).enumerate() {
+            if index > 0 {
+                self.0.push(',');
+            }
+            let _ = write!(self.0, "{label}=\"{}\"", escape_label(value));
+        }
+        self.0.push('}');
+    }
+
+    /// One histogram series: cumulative buckets, `+Inf`, `_sum` (scaled by `unit`) and
+    /// `_count`.
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        values: &DistributionSnapshot,
+        buckets: &[(u64, &str)],
+        unit: u64,
+    ) {
+        let bounds: Vec<u64> = buckets.iter().map(|(bound, _)| *bound).collect();
+        let cumulative = values.cumulative(&bounds);
+        let bucket_name = format!("{name}_bucket");
+        for ((_, le), count) in buckets.iter().zip(cumulative) {
+            self.series(&bucket_name, labels, Some(le));
+            let _ = writeln!(self.0, " {count}");
+        }
+        let count = values.count();
+        self.series(&bucket_name, labels, Some("+Inf"));
+        let _ = writeln!(self.0, " {count}");
+        self.series(&format!("{name}_sum"), labels, None);
+        if unit == 1 {
+            let _ = writeln!(self.0, " {}", values.sum());
+        } else {
+            let _ = writeln!(self.0, " {}", values.sum() as f64 / unit as f64);
+        }
+        self.series(&format!("{name}_count"), labels, None);
+        let _ = writeln!(self.0, " {count}");
+    }
+}
+
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("a\nb"), "a\\nb");
+        assert_eq!(escape_help("x\\y\nz"), "x\\\\y\\nz");
+    }
+
+    #[test]
+    fn histogram_series_are_cumulative_and_end_at_the_count() {
+        let mut latency = crate::metrics::Distribution::new();
+        latency.record(50_000);
+        latency.record(3_000_000);
+        let mut out = Text(String::new());
+        out.histogram(
+            "x",
+            &[("route", "r")],
+            &latency.snapshot(),
+            &LATENCY_BUCKETS[..7],
+            NANOS_PER_SECOND,
+        );
+        let text = out.0;
+        assert!(text.contains("x_bucket{route=\"r\",le=\"0.0001\"} 1\n"));
+        assert!(text.contains("x_bucket{route=\"r\",le=\"0.0025\"} 1\n"));
+        assert!(text.contains("x_bucket{route=\"r\",le=\"0.005\"} 2\n"));
+        assert!(text.contains("x_bucket{route=\"r\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("x_sum{route=\"r\"} 0.00305\n"));
+        assert!(text.contains("x_count{route=\"r\"} 2\n"));
+    }
+}

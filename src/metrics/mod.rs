@@ -1,0 +1,109 @@
+//! Metrics for operators: recorded per shard on the request path with no locks or atomics
+//! ([`recorder`]), copied from every shard over the mesh only when `/metrics` is scraped, merged
+//! on the scraping shard, and rendered as Prometheus text ([`exposition`]). Latencies use the
+//! `histogram` crate ([`distribution`]).
+
+pub mod distribution;
+pub mod exposition;
+pub mod recorder;
+
+pub use distribution::{Distribution, DistributionSnapshot};
+pub use recorder::{MessageKind, RequestSnapshot, ShardMetrics};
+
+use crate::store::StoreStats;
+
+/// Where a request went, as the `route` label: one value per endpoint and method, plus the
+/// requests that matched nothing. A fixed set, so the label's cardinality is bounded whatever
+/// paths clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /readyz`
+    Readyz,
+    /// `GET /metrics`
+    Metrics,
+    /// `GET /v1/sales`
+    ListSales,
+    /// `GET /v1/sales/{sku}`
+    GetSale,
+    /// `PUT /v1/sales/{sku}`
+    PutSale,
+    /// `POST /v1/sales/{sku}/purchase`
+    Purchase,
+    /// `GET /v1/orders/{id}`
+    GetOrder,
+    /// `POST /v1/orders/{id}/pay`
+    PayOrder,
+    /// `POST /v1/orders/{id}/cancel`
+    CancelOrder,
+    /// `PUT` or `DELETE /v1/blocklist/{user_id}`
+    Blocklist,
+    /// A path no endpoint has.
+    Unmatched,
+    /// Bytes that did not parse as an acceptable HTTP request.
+    Malformed,
+}
+
+impl Route {
+    /// Every route, in index order.
+    pub const ALL: [Route; 13] = [
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::ListSales,
+        Route::GetSale,
+        Route::PutSale,
+        Route::Purchase,
+        Route::GetOrder,
+        Route::PayOrder,
+        Route::CancelOrder,
+        Route::Blocklist,
+        Route::Unmatched,
+        Route::Malformed,
+    ];
+
+    /// The `route` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::ListSales => "list_sales",
+            Route::GetSale => "get_sale",
+            Route::PutSale => "put_sale",
+            Route::Purchase => "purchase",
+            Route::GetOrder => "get_order",
+            Route::PayOrder => "pay_order",
+            Route::CancelOrder => "cancel_order",
+            Route::Blocklist => "blocklist",
+            Route::Unmatched => "unmatched",
+            Route::Malformed => "malformed",
+        }
+    }
+}
+
+/// Everything one shard reports to a scrape.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    /// The reporting shard.
+    pub shard: usize,
+    /// Requests, outcomes and mesh traffic.
+    pub requests: RequestSnapshot,
+    /// Connections open on this shard.
+    pub connections_open: u64,
+    /// What the shard's store holds and how it performs.
+    pub store: StoreStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Route;
+
+    #[test]
+    fn route_indices_match_their_order() {
+        for (index, route) in Route::ALL.iter().enumerate() {
+            assert_eq!(*route as usize, index);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! What one shard records while it serves. Plain `Cell`s and `RefCell`s: a shard is one thread, so
+//! the request path pays no lock and no atomic; other shards only ever see a [`ShardSnapshot`].
+
+use std::cell::{Cell, RefCell};
+
+use super::distribution::{Distribution, DistributionSnapshot};
+use super::Route;
+
+/// Cross-shard message kinds, counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A command sent to its owner shard.
+    Call,
+    /// An edge-replica update (sale, stock flag, blocklist, demand).
+    Notice,
+    /// A metrics scrape request.
+    Scrape,
+}
+
+impl MessageKind {
+    /// Every kind, in label order.
+    pub const ALL: [MessageKind; 3] = [MessageKind::Call, MessageKind::Notice, MessageKind::Scrape];
+
+    /// The `kind` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            MessageKind::Call => "call",
+            MessageKind::Notice => "notice",
+            MessageKind::Scrape => "scrape",
+        }
+    }
+}
+
+/// Requests seen on one route.
+#[derive(Debug, Default)]
+struct RouteStats {
+    /// Responses by status code; a handful of codes per route, so a short list beats a map.
+    statuses: Vec<(u16, u64)>,
+    /// Time from a parsed request to its composed response, in nanoseconds.
+    latency: Distribution,
+}
+
+/// One shard's counters, gauges and latency histograms.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    routes: RefCell<Vec<RouteStats>>,
+    /// Purchase answers by outcome (`created` or an error code). Codes are `'static` constants,
+    /// so this list is bounded by the code table, not by input.
+    purchase_outcomes: RefCell<Vec<(&'static str, u64)>>,
+    messages_sent: [Cell<u64>; MessageKind::ALL.len()],
+    /// Commands this shard is running as owner (its own and its peers'): the owner's queue.
+    owner_in_flight: Cell<u64>,
+    /// Requests whose answers are being assembled across shards right now (scrapes).
+    scrapes_in_flight: Cell<u32>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShardMetrics {
+    /// Zeroed metrics.
+    pub fn new() -> Self {
+        Self {
+            routes: RefCell::new(Route::ALL.iter().map(|_| RouteStats::default()).collect()),
+            purchase_outcomes: RefCell::new(Vec::new()),
+            messages_sent: Default::default(),
+            owner_in_flight: Cell::new(0),
+            scrapes_in_flight: Cell::new(0),
+        }
+    }
+
+    /// Records one answered request.
+    pub fn record_request(&self, route: Route, status: u16, nanos: u64) {
+        let mut routes = self.routes.borrow_mut();
+        let Some(stats) = routes.get_mut(route as usize) else {
+            return;
+        };
+        bump(&mut stats.statuses, status);
+        stats.latency.record(nanos);
+    }
+
+    /// Records a purchase's outcome: `created` or the error code.
+    pub fn record_purchase(&self, outcome: &'static str) {
+        bump(&mut self.purchase_outcomes.borrow_mut(), outcome);
+    }
+
+    /// Counts a message sent to another shard.
+    pub fn record_message(&self, kind: MessageKind) {
+        let counter = &self.messages_sent[kind as usize];
+        counter.set(counter.get() + 1);
+    }
+
+    /// Marks an owner command as started; the guard marks it finished when dropped, however the
+    /// command ends.
+    pub fn owner_command(&self) -> InFlight<'_> {
+        self.owner_in_flight.set(self.owner_in_flight.get() + 1);
+        InFlight(&self.owner_in_flight)
+    }
+
+    /// Starts a scrape unless `limit` are already running here.
+    pub fn try_start_scrape(&self, limit: u32) -> Option<ScrapeGuard<'_>> {
+        let running = self.scrapes_in_flight.get();
+        if running >= limit {
+            return None;
+        }
+        self.scrapes_in_flight.set(running + 1);
+        Some(ScrapeGuard(&self.scrapes_in_flight))
+    }
+
+    /// A copy of everything, to send to the scraping shard.
+    pub fn snapshot(&self) -> RequestSnapshot {
+        let routes = self.routes.borrow();
+        RequestSnapshot {
+            requests: Route::ALL
+                .iter()
+                .zip(routes.iter())
+                .map(|(route, stats)| RouteSnapshot {
+                    route: *route,
+                    statuses: stats.statuses.clone(),
+                    latency: stats.latency.snapshot(),
+                })
+                .collect(),
+            purchase_outcomes: self.purchase_outcomes.borrow().clone(),
+            messages_sent: MessageKind::ALL.map(|kind| self.messages_sent[kind as usize].get()),
+            owner_in_flight: self.owner_in_flight.get(),
+        }
+    }
+}
+
+fn bump<K: PartialEq + Copy>(counts: &mut Vec<(K, u64)>, key: K) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, count)) => *count += 1,
+        None => counts.push((key, 1)),
+    }
+}
+
+/// Decrements an in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a Cell<u64>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Ends a scrape when dropped.
+#[derive(Debug)]
+pub struct ScrapeGuard<'a>(&'a Cell<u32>);
+
+impl Drop for ScrapeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// One route's requests, copied.
+#[derive(Debug, Clone)]
+pub struct RouteSnapshot {
+    /// Which route.
+    pub route: Route,
+    /// Responses by status.
+    pub statuses: Vec<(u16, u64)>,
+    /// Latency in nanoseconds.
+    pub latency: DistributionSnapshot,
+}
+
+/// The request-side part of a shard's metrics, copied.
+#[derive(Debug, Clone)]
+pub struct RequestSnapshot {
+    /// Per route, in [`Route::ALL`] order.
+    pub requests: Vec<RouteSnapshot>,
+    /// Purchase answers by outcome.
+    pub purchase_outcomes: Vec<(&'static str, u64)>,
+    /// Messages sent to other shards, by [`MessageKind::ALL`] order.
+    pub messages_sent: [u64; MessageKind::ALL.len()],
+    /// Owner commands running.
+    pub owner_in_flight: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_route_status_and_outcome() {
+        let metrics = ShardMetrics::new();
+        metrics.record_request(Route::Purchase, 201, 1_000);
+        metrics.record_request(Route::Purchase, 201, 2_000);
+        metrics.record_request(Route::Purchase, 409, 500);
+        metrics.record_purchase("created");
+        metrics.record_purchase("created");
+        metrics.record_purchase("sold_out");
+        metrics.record_message(MessageKind::Notice);
+        let guard = metrics.owner_command();
+        let snapshot = metrics.snapshot();
+        drop(guard);
+        let purchase = &snapshot.requests[Route::Purchase as usize];
+        assert_eq!(purchase.route, Route::Purchase);
+        assert_eq!(purchase.statuses, vec![(201, 2), (409, 1)]);
+        assert_eq!(purchase.latency.count(), 3);
+        assert_eq!(purchase.latency.sum(), 3_500);
+        assert_eq!(
+            snapshot.purchase_outcomes,
+            vec![("created", 2), ("sold_out", 1)]
+        );
+        assert_eq!(snapshot.messages_sent, [0, 1, 0]);
+        assert_eq!(snapshot.owner_in_flight, 1);
+        assert_eq!(metrics.snapshot().owner_in_flight, 0);
+    }
+
+    #[test]
+    fn scrapes_are_bounded() {
+        let metrics = ShardMetrics::new();
+        let first = metrics.try_start_scrape(1);
+        assert!(first.is_some());
+        assert!(metrics.try_start_scrape(1).is_none());
+        drop(first);
+        assert!(metrics.try_start_scrape(1).is_some());
+    }
+}
