@@ -2,6 +2,8 @@
 //! HTTP/1.1 to it over loopback with blocking std sockets.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
