@@ -292,12 +292,18 @@ fn error_logs_carry_the_request_id_as_json() {
 
 #[test]
 fn nothing_is_logged_per_request_at_info() {
-    let server = Server::start(2, &[]);
+    // The harness defaults to RUST_LOG=warn; the flag wins over it.
+    let server = Server::start(2, &["--log-level", "info"]);
     let mut client = server.client();
     server.open_sale("quiet", 1, 1);
     // Let startup logging finish before counting.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let before = server.log().lines().count();
+    assert!(
+        server.log().contains("seckill is ready"),
+        "startup is logged at info, so the level is in effect:\n{}",
+        server.log()
+    );
     for n in 0..20 {
         let _ = client.purchase("quiet", &tok(&format!("q-{n}")), Some(1), None);
         let _ = client.get("/nope");
