@@ -110,7 +110,7 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
             // Label name up to '='.
             let mut label = String::new();
             let mut closed = false;
-            while let Some((i, c)) = chars.next() {
+            for (i, c) in chars.by_ref() {
                 if c == '=' {
                     break;
                 }
@@ -275,7 +275,7 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
                 if !base.ends_with("_total") {
                     return Err(format!("counter {base} should end in _total"));
                 }
-                if !(sample.value >= 0.0) {
+                if sample.value.is_nan() || sample.value < 0.0 {
                     return Err(format!("negative or NaN counter: {line:?}"));
                 }
             }

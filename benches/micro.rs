@@ -1,0 +1,595 @@
+//! Micro-benchmarks of the per-request hot path of a flash sale, one piece at a time.
+//!
+//! In a flash sale nearly every request arrives in the same few seconds and most of them are
+//! refused, so what matters is the cost of each step a request takes before it is answered.
+//! Each group below measures one step and reports throughput, so the figures read directly as
+//! "requests (or bytes) per second one core could do if it did nothing else":
+//!
+//! - `admission/*`: the shard-local token bucket that sheds over-rate purchases before any
+//!   cross-shard hop (`TokenBucket::try_take`, admitted and refused), and the max-min
+//!   `fair_share` computation each shard runs every tick to split a sale's rate (2 and 16
+//!   shards, with demand above the rate so the sort path runs).
+//! - `routing/owner_of`: hashing a SKU to its owner shard (xxh3), done for every SKU-bound
+//!   request; measured over a set of realistic SKUs.
+//! - `auth/verify_shopper_token`: checking the HMAC-signed bearer token every purchase carries,
+//!   before anything else is looked at.
+//! - `http/*`: parsing a realistic purchase request (`POST /v1/sales/moutai-2026/purchase` with
+//!   Host, User-Agent, Accept, a real signed bearer token, Content-Type, Idempotency-Key,
+//!   Content-Length and a small JSON body), alone and as a pipelined batch of 16 walked the way
+//!   the connection loop walks its read buffer.
+//! - `json/*`: reading a purchase body (`{"quantity":1}`) and an admin sale definition the way
+//!   the handlers do: `json_fields` (which copies the body, since simd-json parses in place),
+//!   typed field reads, then `finish` to reject unknown fields.
+//! - `owner/*`: one `Book::execute(Command::Purchase(..))` on the owner shard, the serialised
+//!   step every successful purchase of a SKU goes through: by a user who holds nothing yet (new
+//!   holder entry), by a user who already holds units (existing entry), and refused because the
+//!   sale is sold out (the common answer once stock is gone).
+//! - `journal/*`: the durable journal. `append` encodes an `OrderCreated` event into the pending
+//!   buffer (postcard + crc32c), the cost paid per change on the owner; `group_commit_sync_64`
+//!   appends 64 records and commits them with one DMA write and one `fdatasync`, as the journal
+//!   does when a burst of purchases shares a commit; `group_commit_sync_1` is the same with a
+//!   single record, to show what grouping saves.
+//!
+//! The journal benchmarks need a directory that supports O_DIRECT (not tmpfs): they use
+//! `$SECKILL_BENCH_DIR` if set, else the system temporary directory, and remove what they create.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use glommio::{LocalExecutor, LocalExecutorBuilder};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use seckill::api::body::json_fields;
+use seckill::auth::{Auth, Principal};
+use seckill::http::request::{parse, Parsed};
+use seckill::http::{Method, Request};
+use seckill::sale::admission::{fair_share, TokenBucket};
+use seckill::sale::book::{Book, BookLimits};
+use seckill::sale::command::{Command, Event, PurchaseRequest};
+use seckill::sale::ids::OrderId;
+use seckill::sale::{Order, OrderStatus, Sale, SaleError};
+use seckill::shard::placement::owner_of;
+use seckill::store::journal::recovery::check_direct_io;
+use seckill::store::journal::{Durability, Journal};
+
+/// A fixed "now" in the middle of the sale window, in milliseconds since the epoch.
+const NOW_MS: u64 = 1_767_225_600_000;
+/// The SKU every purchase targets.
+const SKU: &str = "moutai-2026";
+/// The shard count of this machine (2 cores).
+const SHARDS: usize = 2;
+/// Purchase body as a shopper app sends it.
+const PURCHASE_BODY: &[u8] = br#"{"quantity":1}"#;
+/// Sale definition as an admin sends it with `PUT /v1/sales/{sku}`.
+const SALE_BODY: &[u8] = br#"{"name":"Kweichow Moutai 53% 500ml (2026 Year of the Horse)","stock":10000,"starts_at":1767225600000,"ends_at":1767229200000,"per_user_limit":2,"payment_timeout_ms":900000,"rate_limit_per_sec":50000}"#;
+/// Requests in the pipelined batch.
+const PIPELINED: usize = 16;
+/// Journal segment size, the server's default.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Appends between commits in `journal/append`, so the pending buffer stays bounded.
+const COMMIT_EVERY: u64 = 1024;
+/// io_uring buffer memory for the bench executor: small enough to fit the default 8 MiB
+/// RLIMIT_MEMLOCK, so glommio registers it instead of silently falling back.
+const IO_MEMORY: usize = 4 << 20;
+
+/// Short runs: the machine has 2 cores and the whole file should finish in about a minute.
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+// ---------------------------------------------------------------------------------------------
+// admission
+
+fn admission(c: &mut Criterion) {
+    let mut group = c.benchmark_group("admission");
+    group.throughput(Throughput::Elements(1));
+    let now = Instant::now();
+
+    // A rate so high the bucket never runs dry: every call takes the admit path.
+    let mut open = TokenBucket::new(1e15, now);
+    group.bench_function("token_bucket_admit", |b| {
+        b.iter(|| black_box(open.try_take(black_box(now))))
+    });
+
+    // An empty bucket at a fixed instant: every call is refused with a retry-after.
+    let mut dry = TokenBucket::new(100.0, now);
+    while dry.try_take(now).is_ok() {}
+    group.bench_function("token_bucket_refuse", |b| {
+        b.iter(|| black_box(dry.try_take(black_box(now))))
+    });
+
+    // Demand above the rate, so the max-min sort runs (the flash-sale case).
+    let two = [12_000.0, 45_000.0];
+    group.bench_function("fair_share_2_shards", |b| {
+        b.iter(|| {
+            black_box(fair_share(
+                black_box(50_000.0),
+                black_box(&two),
+                black_box(1),
+            ))
+        })
+    });
+    let sixteen: Vec<f64> = (0..16)
+        .map(|n| 1_000.0 + 977.0 * ((n * 7) % 16) as f64)
+        .collect();
+    group.bench_function("fair_share_16_shards", |b| {
+        b.iter(|| {
+            black_box(fair_share(
+                black_box(10_000.0),
+                black_box(&sixteen),
+                black_box(5),
+            ))
+        })
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// routing
+
+/// Realistic SKUs: brand, model and variant slugs as a retailer would name them.
+fn skus() -> Vec<String> {
+    let brands = [
+        "moutai", "apple", "sony", "nintendo", "dyson", "lego", "nike", "xiaomi",
+    ];
+    let models = [
+        "feitian-53-500ml",
+        "iphone-17-pro-256gb",
+        "ps5-slim-digital",
+        "switch-2-mario-kart-bundle",
+        "v15-detect-absolute",
+        "technic-42171-mercedes-w14",
+        "air-jordan-1-retro-high-og",
+        "su7-ultra-die-cast",
+    ];
+    let variants = ["2026", "black", "eu", "limited-edition"];
+    let mut skus = Vec::new();
+    for brand in brands {
+        for model in models {
+            for variant in variants {
+                skus.push(format!("{brand}-{model}-{variant}"));
+            }
+        }
+    }
+    skus
+}
+
+fn routing(c: &mut Criterion) {
+    let skus = skus();
+    let mut group = c.benchmark_group("routing");
+    group.throughput(Throughput::Elements(skus.len() as u64));
+    group.bench_function("owner_of", |b| {
+        b.iter(|| {
+            let mut spread = 0usize;
+            for sku in &skus {
+                spread += owner_of(black_box(sku), black_box(SHARDS));
+            }
+            black_box(spread)
+        })
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// auth and http
+
+fn shopper_token() -> (Auth, String) {
+    let auth = Auth::new(
+        "adm_9f3c2b7e4a1d8c6f5e0b2a9d7c4e1f83",
+        "k4Jr9sV2xQ7mN1pL8wE3tY6uI0oP5aZbC2dF7gH",
+    );
+    let token = auth.mint("u-20250917-84213", NOW_MS / 1000 + 3600);
+    (auth, token)
+}
+
+fn auth(c: &mut Criterion) {
+    let (auth, token) = shopper_token();
+    let header = format!("Bearer {token}").into_bytes();
+    let now_secs = NOW_MS / 1000;
+    assert!(
+        matches!(
+            auth.authenticate(Some(&header), now_secs),
+            Some(Principal::Shopper(_))
+        ),
+        "the minted token must verify"
+    );
+    let mut group = c.benchmark_group("auth");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("verify_shopper_token", |b| {
+        b.iter(|| black_box(auth.authenticate(black_box(Some(&header)), black_box(now_secs))))
+    });
+    group.finish();
+}
+
+/// A purchase request as a shopper app sends it.
+fn purchase_request(idempotency_key: &str) -> Vec<u8> {
+    let (_, token) = shopper_token();
+    let body = std::str::from_utf8(PURCHASE_BODY).expect("the body is ASCII");
+    format!(
+        "POST /v1/sales/{SKU}/purchase HTTP/1.1\r\n\
+         Host: shop.example.com\r\n\
+         User-Agent: seckill-app/4.12.0 (iOS 19.1; iPhone16,2)\r\n\
+         Accept: application/json\r\n\
+         Authorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\n\
+         Idempotency-Key: {idempotency_key}\r\n\
+         Content-Length: {}\r\n\
+         \r\n\
+         {body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn http(c: &mut Criterion) {
+    let one = purchase_request("01K5A7Q2ZJ8W3X9V4N6M0R1T5Y");
+    match parse(&one) {
+        Ok(Parsed::Complete(request, used)) => {
+            assert_eq!(used, one.len(), "the whole buffer is one request");
+            assert_eq!(request.method, Method::Post);
+            assert_eq!(request.body, PURCHASE_BODY);
+        }
+        other => panic!("the purchase request must parse, got {other:?}"),
+    }
+    let mut batch = Vec::new();
+    for n in 0..PIPELINED {
+        batch.extend_from_slice(&purchase_request(&format!(
+            "01K5A7Q2ZJ8W3X9V4N6M0R1T{n:02}"
+        )));
+    }
+
+    let mut group = c.benchmark_group("http");
+    group.throughput(Throughput::Bytes(one.len() as u64));
+    group.bench_function("parse_purchase", |b| {
+        b.iter(|| match parse(black_box(&one)) {
+            Ok(Parsed::Complete(request, used)) => {
+                black_box(&request);
+                used
+            }
+            _ => unreachable!("checked above"),
+        })
+    });
+
+    // Elements: requests per second out of one read buffer holding a pipelined batch.
+    group.throughput(Throughput::Elements(PIPELINED as u64));
+    group.bench_function("parse_pipelined_16", |b| {
+        b.iter(|| {
+            let mut buf = black_box(&batch[..]);
+            let mut requests = 0usize;
+            while let Ok(Parsed::Complete(request, used)) = parse(buf) {
+                black_box(&request);
+                buf = &buf[used..];
+                requests += 1;
+            }
+            assert_eq!(requests, PIPELINED);
+            requests
+        })
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// json
+
+fn json_request(path: &'static str, body: &'static [u8]) -> Request<'static> {
+    Request {
+        method: Method::Post,
+        path,
+        keep_alive: true,
+        authorization: None,
+        content_type: Some(b"application/json"),
+        idempotency_key: None,
+        request_id: None,
+        has_length: true,
+        body,
+    }
+}
+
+/// Reads a sale definition the way `PUT /v1/sales/{sku}` does.
+fn read_sale(request: &Request<'_>) -> Result<Sale, seckill::api::error::ApiError> {
+    let mut fields = json_fields(request)?;
+    let name = fields.required_str("name", 1..=200)?;
+    let stock = fields.required_u64("stock", 1..=1_000_000_000)?;
+    let starts_at = fields.required_u64("starts_at", 0..=u64::MAX)?;
+    let ends_at = fields.required_u64("ends_at", 0..=u64::MAX)?;
+    let per_user_limit = fields.u64("per_user_limit", 1..=1_000_000)?.unwrap_or(1);
+    let payment_timeout_ms = fields
+        .u64("payment_timeout_ms", 100..=7 * 24 * 3_600_000)?
+        .unwrap_or(900_000);
+    let rate_limit_per_sec = fields
+        .u64("rate_limit_per_sec", 0..=10_000_000)?
+        .unwrap_or(0);
+    fields.finish()?;
+    Ok(Sale {
+        sku: SKU.into(),
+        name: name.into(),
+        stock,
+        starts_at,
+        ends_at,
+        per_user_limit: u32::try_from(per_user_limit).unwrap_or(u32::MAX),
+        payment_timeout_ms,
+        rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
+    })
+}
+
+fn read_quantity(request: &Request<'_>) -> Result<u64, seckill::api::error::ApiError> {
+    let mut fields = json_fields(request)?;
+    let quantity = fields.u64("quantity", 1..=100)?.unwrap_or(1);
+    fields.finish()?;
+    Ok(quantity)
+}
+
+fn json(c: &mut Criterion) {
+    let purchase = json_request("/v1/sales/moutai-2026/purchase", PURCHASE_BODY);
+    assert_eq!(read_quantity(&purchase).ok(), Some(1), "purchase body");
+    let sale = json_request("/v1/sales/moutai-2026", SALE_BODY);
+    assert_eq!(
+        read_sale(&sale).ok().map(|s| s.stock),
+        Some(10_000),
+        "sale body"
+    );
+
+    let mut group = c.benchmark_group("json");
+    group.throughput(Throughput::Bytes(PURCHASE_BODY.len() as u64));
+    group.bench_function("purchase_body", |b| {
+        b.iter(|| black_box(read_quantity(black_box(&purchase)).is_ok()))
+    });
+    group.throughput(Throughput::Bytes(SALE_BODY.len() as u64));
+    group.bench_function("sale_body", |b| {
+        b.iter(|| black_box(read_sale(black_box(&sale)).is_ok()))
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// owner
+
+fn sale(stock: u64, per_user_limit: u32) -> Sale {
+    Sale {
+        sku: SKU.into(),
+        name: "Kweichow Moutai 53% 500ml".into(),
+        stock,
+        starts_at: NOW_MS - 60_000,
+        ends_at: NOW_MS + 3_600_000,
+        per_user_limit,
+        payment_timeout_ms: 900_000,
+        rate_limit_per_sec: 0,
+    }
+}
+
+fn book_with(sale: Sale) -> Book {
+    let mut book = Book::new(BookLimits::default());
+    let (reply, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
+    reply.expect("a sale that has not started can be created");
+    book
+}
+
+fn purchase(user_id: &str) -> Command {
+    Command::Purchase(PurchaseRequest {
+        sku: SKU.into(),
+        user_id: user_id.into(),
+        quantity: 1,
+        idempotency_key: None,
+    })
+}
+
+/// Users who already hold units in `owner/purchase_existing_holder`.
+const HOLDERS: usize = 4096;
+
+fn owner(c: &mut Criterion) {
+    let mut group = c.benchmark_group("owner");
+    group.throughput(Throughput::Elements(1));
+
+    // Each purchase by a user the book has not seen: a new holder entry and a new order. The
+    // book is fresh for each sample and already holds HOLDERS buyers, like a sale under way;
+    // commands are built before the clock starts (the edge builds them, not the owner).
+    let mut sample = 0u64;
+    group.bench_function("purchase_new_holder", |b| {
+        b.iter_custom(|iters| {
+            sample += 1;
+            let mut book = book_with(sale(1 << 40, 2));
+            for n in 0..HOLDERS {
+                let _ = book.execute(purchase(&format!("u-holder-{n:06}")), NOW_MS);
+            }
+            let commands: Vec<Command> = (0..iters)
+                .map(|n| purchase(&format!("u-{sample:04}-{n:08}")))
+                .collect();
+            let start = Instant::now();
+            let mut bought = 0u64;
+            for command in commands {
+                let (reply, event) = book.execute(command, black_box(NOW_MS));
+                bought += u64::from(reply.is_ok());
+                black_box(event);
+            }
+            let elapsed = start.elapsed();
+            assert_eq!(bought, iters, "every purchase must succeed");
+            elapsed
+        })
+    });
+
+    // Each purchase by a user who already holds units (high per-user limit): the existing
+    // holder entry is updated and a new order is created.
+    group.bench_function("purchase_existing_holder", |b| {
+        let users: Vec<String> = (0..HOLDERS).map(|n| format!("u-holder-{n:06}")).collect();
+        b.iter_custom(|iters| {
+            let mut book = book_with(sale(1 << 40, u32::MAX));
+            for user in &users {
+                let _ = book.execute(purchase(user), NOW_MS);
+            }
+            let commands: Vec<Command> = (0..iters as usize)
+                .map(|n| purchase(&users[n % HOLDERS]))
+                .collect();
+            let start = Instant::now();
+            let mut bought = 0u64;
+            for command in commands {
+                let (reply, event) = book.execute(command, black_box(NOW_MS));
+                bought += u64::from(reply.is_ok());
+                black_box(event);
+            }
+            let elapsed = start.elapsed();
+            assert_eq!(bought, iters, "every purchase must succeed");
+            elapsed
+        })
+    });
+
+    // Sold out: one unit, already bought. Every later purchase is refused without a change.
+    let mut sold_out = book_with(sale(1, 1));
+    let (first, _) = sold_out.execute(purchase("u-first"), NOW_MS);
+    first.expect("the only unit can be bought");
+    let (refused, _) = sold_out.execute(purchase("u-late"), NOW_MS);
+    assert_eq!(refused.err(), Some(SaleError::SoldOut));
+    let late = purchase("u-20250917-84213");
+    group.bench_function("purchase_refused_sold_out", |b| {
+        b.iter_batched(
+            || late.clone(),
+            |command| black_box(sold_out.execute(command, black_box(NOW_MS))),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// journal
+
+/// The event a successful purchase leaves for the journal.
+fn order_created() -> Event {
+    let mut rng = SmallRng::seed_from_u64(7);
+    Event::OrderCreated {
+        order: Order {
+            order_id: OrderId::mint(SKU, NOW_MS, &mut rng),
+            sku: SKU.into(),
+            user_id: "u-20250917-84213".into(),
+            quantity: 1,
+            status: OrderStatus::Pending,
+            created_at: NOW_MS,
+            expires_at: NOW_MS + 900_000,
+        },
+        idempotency_key: Some("01K5A7Q2ZJ8W3X9V4N6M0R1T5Y".into()),
+    }
+}
+
+/// A scratch directory for journals; removed (with everything in it) on drop.
+struct ScratchDir {
+    root: PathBuf,
+    next: u64,
+}
+
+impl ScratchDir {
+    fn new() -> Self {
+        let base = std::env::var_os("SECKILL_BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let root = base.join(format!("seckill-micro-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("create the bench scratch directory");
+        if let Err(error) = check_direct_io(&root) {
+            let _ = std::fs::remove_dir_all(&root);
+            panic!("the journal benches need O_DIRECT (set SECKILL_BENCH_DIR to a disk): {error}");
+        }
+        Self { root, next: 0 }
+    }
+
+    /// A fresh, empty journal directory.
+    fn fresh(&mut self) -> PathBuf {
+        self.next += 1;
+        let dir = self.root.join(format!("journal-{}", self.next));
+        std::fs::create_dir_all(&dir).expect("create a journal directory");
+        dir
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+async fn open(dir: &Path, durability: Durability) -> Rc<Journal> {
+    Journal::create(dir, 1, 0, durability, SEGMENT_BYTES)
+        .await
+        .expect("create the journal (needs O_DIRECT)")
+}
+
+async fn close(journal: Rc<Journal>, dir: &Path) {
+    journal.close().await.expect("close the journal");
+    drop(journal);
+    std::fs::remove_dir_all(dir).expect("remove the journal directory");
+}
+
+/// `iters` appends, timed; every COMMIT_EVERY appends, with the clock stopped, a commit hands
+/// the pending bytes to a background flusher (`Durability::None`), which then gets to run.
+async fn append_sample(dir: PathBuf, event: &Event, iters: u64) -> Duration {
+    let journal = open(&dir, Durability::None).await;
+    let mut measured = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let batch = left.min(COMMIT_EVERY);
+        let start = Instant::now();
+        for _ in 0..batch {
+            journal.append(black_box(event));
+        }
+        measured += start.elapsed();
+        left -= batch;
+        journal.commit().await.expect("commit");
+        glommio::executor().yield_now().await;
+    }
+    close(journal, &dir).await;
+    measured
+}
+
+/// `iters` group commits of `records` appends each, with `Durability::Sync`: every commit is
+/// one write and one `fdatasync`.
+async fn group_commit_sample(dir: PathBuf, event: &Event, records: u64, iters: u64) -> Duration {
+    let journal = open(&dir, Durability::Sync).await;
+    let start = Instant::now();
+    for _ in 0..iters {
+        for _ in 0..records {
+            journal.append(black_box(event));
+        }
+        journal.commit().await.expect("commit with fdatasync");
+    }
+    let measured = start.elapsed();
+    close(journal, &dir).await;
+    measured
+}
+
+fn journal(c: &mut Criterion) {
+    let executor: LocalExecutor = LocalExecutorBuilder::default()
+        .io_memory(IO_MEMORY)
+        .make()
+        .expect("start a glommio executor (io_uring)");
+    let mut scratch = ScratchDir::new();
+    let event = order_created();
+
+    let mut group = c.benchmark_group("journal");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("append", |b| {
+        b.iter_custom(|iters| executor.run(append_sample(scratch.fresh(), &event, iters)))
+    });
+
+    // Each iteration waits for the disk, so keep the sample count at criterion's minimum.
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    for records in [64u64, 1] {
+        group.throughput(Throughput::Elements(records));
+        group.bench_function(format!("group_commit_sync_{records}"), |b| {
+            b.iter_custom(|iters| {
+                executor.run(group_commit_sample(scratch.fresh(), &event, records, iters))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = micro;
+    config = config();
+    targets = admission, routing, auth, http, json, owner, journal
+}
+criterion_main!(micro);
