@@ -1,6 +1,7 @@
-//! The command line: `serve` and `token`.
+//! The command line: `serve`, `token`, `journal` and `load`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -23,6 +24,8 @@ pub enum Command {
     /// Inspect the journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Send open-loop purchase load to a running deployment and report latency and outcomes.
+    Load(LoadArgs),
 }
 
 /// `seckill journal ...`
@@ -95,4 +98,50 @@ pub struct TokenArgs {
     /// Config file to read `token_secret` from when the env var is not set.
     #[arg(long, env = "SECKILL_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// Flags for `load`. Checked before anything is sent; a bad value exits with status 2.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Base URL of a server, http:// only (e.g. http://127.0.0.1:8080). Repeat to spread the
+    /// connections over several servers round-robin.
+    #[arg(long = "url", required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Target arrival rate in requests per second, over all threads. Arrivals follow this
+    /// schedule whatever the server does (open loop).
+    #[arg(long)]
+    pub rate: f64,
+    /// How long to send: seconds (`10`) or with a unit (`500ms`, `10s`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = crate::load::parse_duration)]
+    pub duration: Duration,
+    /// Connections to open, in total.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Number of shoppers; each arrival picks one uniformly at random.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u64,
+    /// Shopper ids are this prefix followed by a number.
+    #[arg(long, default_value = "load-user-")]
+    pub user_prefix: String,
+    /// The SKU to buy.
+    #[arg(long)]
+    pub sku: String,
+    /// The server's shopper-token secret, to mint each shopper's token.
+    #[arg(long, env = "SECKILL_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: String,
+    /// Units per purchase.
+    #[arg(long, default_value_t = 1)]
+    pub quantity: u64,
+    /// Executors (OS threads) generating load; each takes an equal share of the rate.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Deadline of each request and each connection attempt, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Print the final report as one JSON object on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Allow targets that are not loopback addresses.
+    #[arg(long)]
+    pub allow_remote: bool,
 }

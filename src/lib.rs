@@ -7,6 +7,7 @@
 //! - [`store`]: the store boundary and its implementations.
 //! - [`metrics`]: per-shard counters and histograms, merged into Prometheus text on scrape.
 //! - [`config`] and [`cli`]: how operators configure and run it.
+//! - [`load`]: `seckill load`, the open-loop load generator.
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod sale;

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use seckill::auth::Auth;
-use seckill::cli::{Cli, Command, JournalCommand, TokenArgs};
+use seckill::cli::{Cli, Command, JournalCommand, LoadArgs, TokenArgs};
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::recovery;
-use seckill::{clock, config, logging, serve};
+use seckill::{clock, config, load, logging, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +33,34 @@ fn main() -> ExitCode {
         }
         Command::Token(args) => print_token(&args),
         Command::Journal(JournalCommand::Verify { data_dir }) => verify_journal(&data_dir),
+        Command::Load(args) => run_load(args),
+    }
+}
+
+/// `seckill load`: progress lines on stderr, the report on stdout (text, or JSON with `--json`).
+fn run_load(args: LoadArgs) -> ExitCode {
+    let json = args.json;
+    let options = load::LoadOptions::from(args);
+    let report = match load::run_with_progress(&options, |progress| eprintln!("{progress}")) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("seckill load: {error}");
+            return ExitCode::from(error.exit_code());
+        }
+    };
+    if !json {
+        print!("{report}");
+        return ExitCode::SUCCESS;
+    }
+    match report.to_json() {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("seckill load: cannot encode the report: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

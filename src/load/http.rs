@@ -218,20 +218,31 @@ mod tests {
             }
         );
         assert_eq!(parse_head(&response[..20]).expect("valid"), None);
-        let closing = parse_head(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        let closing =
+            parse_head(b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
+        assert!(closing.close);
+        let empty = parse_head(b"HTTP/1.1 204 No Content\r\n\r\n")
             .expect("valid")
             .expect("complete");
-        assert!(closing.close);
-        let empty = parse_head(b"HTTP/1.1 204 No Content\r\n\r\n").expect("valid").expect("complete");
         assert_eq!(empty.body_len, 0);
-        let old = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").expect("valid").expect("complete");
+        let old = parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
         assert!(old.close);
     }
 
     #[test]
     fn oversized_or_unframed_responses_are_errors() {
-        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_BODY_BYTES + 1);
-        assert!(matches!(parse_head(big.as_bytes()), Err(ExchangeError::BadLength)));
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        assert!(matches!(
+            parse_head(big.as_bytes()),
+            Err(ExchangeError::BadLength)
+        ));
         assert!(matches!(
             parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
             Err(ExchangeError::BadLength)
@@ -240,10 +251,19 @@ mod tests {
             parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(ExchangeError::Unframed)
         ));
-        assert!(matches!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n"), Err(ExchangeError::Unframed)));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Err(ExchangeError::Unframed)
+        ));
         let mut huge = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         huge.resize(MAX_HEAD_BYTES + 1, b'a');
-        assert!(matches!(parse_head(&huge), Err(ExchangeError::HeadTooLarge)));
-        assert!(matches!(parse_head(b"garbage\r\n\r\n"), Err(ExchangeError::Malformed(_))));
+        assert!(matches!(
+            parse_head(&huge),
+            Err(ExchangeError::HeadTooLarge)
+        ));
+        assert!(matches!(
+            parse_head(b"garbage\r\n\r\n"),
+            Err(ExchangeError::Malformed(_))
+        ));
     }
 }

@@ -80,7 +80,9 @@ pub struct Report {
 impl Report {
     /// Requests with `outcome` (0 when there were none).
     pub fn outcome_count(&self, outcome: &str) -> u64 {
-        self.outcomes.get(outcome).map_or(0, |latency| latency.count)
+        self.outcomes
+            .get(outcome)
+            .map_or(0, |latency| latency.count)
     }
 
     /// The report as one line of JSON.
@@ -116,7 +118,12 @@ fn latency_row(f: &mut fmt::Formatter<'_>, name: &str, latency: &LatencySummary)
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "-----")?;
-        writeln!(f, "seckill load: sku {} at {}", self.sku, self.urls.join(", "))?;
+        writeln!(
+            f,
+            "seckill load: sku {} at {}",
+            self.sku,
+            self.urls.join(", ")
+        )?;
         writeln!(
             f,
             "schedule:   {} req/s for {:.1}s = {} arrivals; {} connection(s), {} thread(s), {} user(s)",
@@ -148,7 +155,10 @@ impl fmt::Display for Report {
             "orders:     {} user(s) got an order; most held by one user: {}",
             self.users_with_orders, self.max_orders_per_user
         )?;
-        writeln!(f, "latency from the scheduled time (corrected for coordinated omission):")?;
+        writeln!(
+            f,
+            "latency from the scheduled time (corrected for coordinated omission):"
+        )?;
         writeln!(
             f,
             "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -82,9 +82,18 @@ mod tests {
 
     #[test]
     fn planned_matches_due_for_awkward_rates() {
-        for (rate, threads, millis) in [(3.0, 1, 1000), (7.0, 3, 1500), (333.3, 2, 2000), (0.5, 1, 1)] {
+        for (rate, threads, millis) in [
+            (3.0, 1, 1000),
+            (7.0, 3, 1500),
+            (333.3, 2, 2000),
+            (0.5, 1, 1),
+        ] {
             let schedule = Schedule::new(rate, threads, Duration::from_millis(millis));
-            assert_eq!(schedule.planned(), count_due(&schedule, threads), "{rate} {threads} {millis}");
+            assert_eq!(
+                schedule.planned(),
+                count_due(&schedule, threads),
+                "{rate} {threads} {millis}"
+            );
         }
     }
 }

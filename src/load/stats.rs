@@ -151,7 +151,11 @@ impl Recorder {
     }
 
     fn outcome_mut(&mut self, outcome: &str) -> &mut Latency {
-        let index = match self.outcomes.iter().position(|(name, _)| **name == *outcome) {
+        let index = match self
+            .outcomes
+            .iter()
+            .position(|(name, _)| **name == *outcome)
+        {
             Some(index) => index,
             None if self.outcomes.len() < MAX_OUTCOMES || outcome == OTHER => {
                 self.outcomes.push((outcome.into(), Latency::new()));
@@ -211,13 +215,22 @@ mod tests {
 
     #[test]
     fn outcomes_come_from_the_status_and_the_error_code() {
-        assert_eq!(classify(201, &mut b"{\"order_id\":\"x\"}".to_vec()), "created");
         assert_eq!(
-            classify(409, &mut br#"{"error":"sold_out","message":"sold out"}"#.to_vec()),
+            classify(201, &mut b"{\"order_id\":\"x\"}".to_vec()),
+            "created"
+        );
+        assert_eq!(
+            classify(
+                409,
+                &mut br#"{"error":"sold_out","message":"sold out"}"#.to_vec()
+            ),
             "sold_out"
         );
         assert_eq!(classify(500, &mut b"oops".to_vec()), "http_500");
-        assert_eq!(classify(400, &mut br#"{"error":"Bad Code!"}"#.to_vec()), "http_400");
+        assert_eq!(
+            classify(400, &mut br#"{"error":"Bad Code!"}"#.to_vec()),
+            "http_400"
+        );
         assert_eq!(classify(200, &mut Vec::new()), "http_200");
     }
 
@@ -237,11 +250,18 @@ mod tests {
         assert_eq!(a.statuses[201], 2);
         assert_eq!(a.orders_per_user, vec![0, 2, 0, 0]);
         assert!(a.outcomes.len() <= MAX_OUTCOMES + 1);
-        let created = a.outcomes.iter().find(|(n, _)| &**n == CREATED).map(|(_, l)| l.summary());
+        let created = a
+            .outcomes
+            .iter()
+            .find(|(n, _)| &**n == CREATED)
+            .map(|(_, l)| l.summary());
         let created = created.expect("created recorded");
         assert_eq!(created.count, 2);
         assert_eq!(created.max_us, 3_000);
-        assert!(created.p50_us >= 1_900 && created.p50_us <= 3_000, "{created:?}");
+        assert!(
+            created.p50_us >= 1_900 && created.p50_us <= 3_000,
+            "{created:?}"
+        );
         assert_eq!(a.all.summary().max_us, 5_000_000);
     }
 }
