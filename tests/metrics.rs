@@ -317,3 +317,72 @@ fn nothing_is_logged_per_request_at_info() {
     let after: Vec<&str> = log.lines().skip(before).collect();
     assert!(after.is_empty(), "info-level lines per request: {after:#?}");
 }
+
+#[test]
+fn a_load_report_matches_the_servers_own_metrics() {
+    let server = Server::start(2, &[]);
+    server.open_sale("loaded", 40, 1);
+    let url = format!("http://{}", server.addr());
+    let output = Command::new(BIN)
+        .args(["load", "--url", &url, "--rate", "400", "--duration", "2s"])
+        .args([
+            "--connections",
+            "8",
+            "--users",
+            "200",
+            "--sku",
+            "loaded",
+            "--json",
+        ])
+        .env("SECKILL_TOKEN_SECRET", SECRET)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run seckill load");
+    assert!(
+        output.status.success(),
+        "seckill load failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json is not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(report["errors"], 0, "{report}");
+    let (metrics, text) = scrape(&server);
+
+    let statuses = report["status"].as_object().expect("status counts");
+    assert!(!statuses.is_empty(), "{report}");
+    for (status, count) in statuses {
+        assert_eq!(
+            metrics.count(
+                "seckill_http_requests_total",
+                &[("route", "purchase"), ("status", status)]
+            ),
+            count.as_u64().expect("a count"),
+            "status {status}: report {report}\nmetrics:\n{text}"
+        );
+    }
+    let purchases = metrics.sum("seckill_http_requests_total", &[("route", "purchase")]);
+    assert_eq!(
+        Some(purchases as u64),
+        report["completed"].as_u64(),
+        "{report}"
+    );
+
+    let outcomes = report["outcomes"].as_object().expect("outcomes");
+    for (outcome, summary) in outcomes {
+        assert_eq!(
+            metrics.count("seckill_purchase_outcomes_total", &[("outcome", outcome)]),
+            summary["count"].as_u64().expect("a count"),
+            "outcome {outcome}: report {report}\nmetrics:\n{text}"
+        );
+    }
+    assert_eq!(report["outcomes"]["created"]["count"], 40, "{report}");
+    assert_eq!(
+        metrics.count("seckill_orders", &[("status", "pending")]),
+        40,
+        "{text}"
+    );
+}
