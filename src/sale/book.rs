@@ -11,6 +11,7 @@ use rand::SeedableRng;
 
 use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
 use super::ids::OrderId;
+use super::segmented::SegmentedMap;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
 use super::SaleError;
 
@@ -46,7 +47,7 @@ struct SaleLedger {
     remaining: u64,
     /// Counts stock changes; see [`StockLevel::seq`].
     stock_seq: u64,
-    holders: HashMap<Box<str>, Holder>,
+    holders: SegmentedMap<Box<str>, Holder>,
     /// Closed (cancelled or expired) orders, oldest first, for bounded retention.
     closed: VecDeque<u128>,
 }
@@ -68,7 +69,7 @@ impl SaleLedger {
             remaining: sale.stock,
             stock_seq: 0,
             sale,
-            holders: HashMap::new(),
+            holders: SegmentedMap::new(),
             closed: VecDeque::new(),
         }
     }
@@ -78,7 +79,7 @@ impl SaleLedger {
 #[derive(Debug)]
 pub struct Book {
     sales: HashMap<Box<str>, SaleLedger>,
-    orders: HashMap<u128, Order>,
+    orders: SegmentedMap<u128, Order>,
     blocked: HashSet<Box<str>>,
     /// Orders in `orders` by status, kept in step with every change for metrics.
     order_counts: OrderCounts,
@@ -91,7 +92,7 @@ impl Book {
     pub fn new(limits: BookLimits) -> Self {
         Self {
             sales: HashMap::new(),
-            orders: HashMap::new(),
+            orders: SegmentedMap::new(),
             blocked: HashSet::new(),
             order_counts: OrderCounts::default(),
             rng: SmallRng::from_entropy(),
@@ -138,7 +139,7 @@ impl Book {
                 let Some(ledger) = self.sales.get_mut(&order.sku) else {
                     return;
                 };
-                let holder = ledger.holders.entry(order.user_id.clone()).or_default();
+                let holder = ledger.holders.get_or_default(order.user_id.clone());
                 if let Some(key) = idempotency_key {
                     holder.keys.insert(key.clone(), order.order_id.unique);
                 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod expiry;
 pub mod ids;
 pub mod model;
+pub mod segmented;
 
 pub use error::SaleError;
 pub use model::{Order, OrderCounts, OrderStatus, Sale, SaleState, SaleView};

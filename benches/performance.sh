@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The README's "Performance" table: in the same run, wrk against nginx `return 200` (the machine's
+# HTTP ceiling, from ../shared/bench/nginx-baseline.sh), then seckill's sold-out rejection path and
+# its open-sale purchase path with --durability sync and none; each as a ratio to nginx.
+# Usage: benches/performance.sh [rounds=2] [wrk duration=8s]. Needs wrk, curl and nginx-light
+# (the baseline script installs nginx and wrk if missing). Loopback only; stops its servers by PID.
+set -u
+. "$(dirname "$0")/lib.sh"
+ROUNDS=${1:-2}
+DURATION=${2:-8s}
+PORT=18061
+WRK=(-t1 -c64 -d"$DURATION" --latency)
+BASELINE=../shared/bench/nginx-baseline.sh
+
+# "<req/s> <p99> <non-2xx responses>" from wrk output.
+summary() {
+  awk '/Requests\/sec/ {rps=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$5} END {print rps, p99, bad+0}'
+}
+
+start_server() { # mode
+  dir=$(mktemp -d target/bench-data.XXXX)
+  $BIN serve --listen 127.0.0.1:$PORT --data-dir "$dir" --durability "$1" > target/bench-server.log 2>&1 &
+  P=$!
+  for _ in $(seq 100); do curl -sf localhost:$PORT/readyz >/dev/null && return; sleep 0.1; done
+  echo "server did not become ready" >&2; cat target/bench-server.log >&2; exit 1
+}
+stop_server() { kill "$P"; wait "$P" 2>/dev/null; rm -rf "$dir"; }
+put_sale() { # sku stock per_user_limit
+  local now=$(($(date +%s%3N)-1000))
+  curl -sf -o /dev/null -X PUT "localhost:$PORT/v1/sales/$1" -H "$A" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"$1\",\"stock\":$2,\"starts_at\":$now,\"ends_at\":$((now+3600000)),\"per_user_limit\":$3}"
+}
+
+printf '%-6s %-22s %10s %9s %8s\n' round path req/s p99 ratio
+for round in $(seq "$ROUNDS"); do
+  read -r nginx_rps nginx_p99 _ < <("$BASELINE" "${WRK[@]}" | summary)
+  printf '%-6s %-22s %10s %9s %8s\n' "$round" "nginx return 200" "$nginx_rps" "$nginx_p99" "1.00x"
+  start_server none
+  put_sale gone 1 1
+  curl -sf -o /dev/null -X POST localhost:$PORT/v1/sales/gone/purchase -H "Authorization: Bearer $T" \
+    -H 'Content-Type: application/json' -d '{}'
+  # Every answer here is the edge's 409 sold_out, so all of them count as non-2xx.
+  read -r rps p99 _ < <(wrk "${WRK[@]}" -s target/buy.lua http://127.0.0.1:$PORT/v1/sales/gone/purchase | summary)
+  printf '%-6s %-22s %10s %9s %7.2fx\n' "$round" "sold-out rejection" "$rps" "$p99" "$(echo "$rps / $nginx_rps" | bc -l)"
+  stop_server
+  for mode in none sync; do
+    start_server "$mode"
+    put_sale open 1000000000 1000000
+    read -r rps p99 bad < <(wrk "${WRK[@]}" -s target/buy.lua http://127.0.0.1:$PORT/v1/sales/open/purchase | summary)
+    [ "$bad" = 0 ] || { echo "purchase ($mode): $bad responses were not 201" >&2; exit 1; }
+    sold=$(curl -s localhost:$PORT/v1/sales/open | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['stock']-d['remaining'])")
+    printf '%-6s %-22s %10s %9s %7.2fx  (%s orders)\n' "$round" "purchase ($mode)" "$rps" "$p99" "$(echo "$rps / $nginx_rps" | bc -l)" "$sold"
+    stop_server
+  done
+done

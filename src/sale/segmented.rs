@@ -1,0 +1,173 @@
+//! A hash map split into a fixed number of independent segments, so that growing it never stops
+//! the shard for long.
+//!
+//! A `HashMap` doubles all at once: with a million orders, one insert rehashes every entry and
+//! touches tens of megabytes of fresh memory, stalling every connection of the shard for tens of
+//! milliseconds, in the middle of the sale. Spread over [`SEGMENTS`] maps, each doubling moves a
+//! sixty-fourth of the entries. Measured on the purchase path (release, 1 shard, `--durability
+//! none`, `seckill load` at 20,000/s for 5 s, 100,000 orders, two runs each): p99.9 12.7 and
+//! 23.1 ms, max 14.6 and 26.5 ms with one map for orders and holders; p99.9 5.9 and 6.8 ms,
+//! max 8.9 and 8.7 ms segmented.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+/// How many maps the entries are spread over.
+pub const SEGMENTS: usize = 64;
+
+/// A map of `K` to `V` in [`SEGMENTS`] segments. The segment is chosen by an unkeyed hash, so
+/// the same key always lands in the same segment (two maps with the same entries compare equal);
+/// each segment keeps the standard library's keyed hasher, so crafted keys can at worst crowd
+/// one segment, never degrade lookups.
+#[derive(Debug, Clone)]
+pub struct SegmentedMap<K, V> {
+    segments: Vec<HashMap<K, V>>,
+    len: usize,
+}
+
+impl<K: Hash + Eq, V: PartialEq> PartialEq for SegmentedMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.segments == other.segments
+    }
+}
+
+impl<K: Hash + Eq, V> Default for SegmentedMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq, V> SegmentedMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self {
+            segments: (0..SEGMENTS).map(|_| HashMap::new()).collect(),
+            len: 0,
+        }
+    }
+
+    fn segment_of<Q: Hash + ?Sized>(key: &Q) -> usize {
+        // The low bits of a 64-bit hash; SEGMENTS is a power of two.
+        (Xxh3DefaultBuilder.hash_one(key) as usize) & (SEGMENTS - 1)
+    }
+
+    fn segment<Q: Hash + ?Sized>(&self, key: &Q) -> &HashMap<K, V> {
+        &self.segments[Self::segment_of(key)]
+    }
+
+    fn segment_mut<Q: Hash + ?Sized>(&mut self, key: &Q) -> &mut HashMap<K, V> {
+        &mut self.segments[Self::segment_of(key)]
+    }
+
+    /// Entries in the map.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value for `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.segment(key).get(key)
+    }
+
+    /// The value for `key`, mutably.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.segment_mut(key).get_mut(key)
+    }
+
+    /// Inserts, returning the value `key` had.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let replaced = self.segment_mut(&key).insert(key, value);
+        if replaced.is_none() {
+            self.len += 1;
+        }
+        replaced
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let removed = self.segment_mut(key).remove(key);
+        if removed.is_some() {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// The value for `key`, inserting `V::default()` first if there is none.
+    pub fn get_or_default(&mut self, key: K) -> &mut V
+    where
+        V: Default,
+    {
+        let map = &mut self.segments[Self::segment_of(&key)];
+        if !map.contains_key(&key) {
+            self.len += 1;
+        }
+        map.entry(key).or_default()
+    }
+
+    /// Every value, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.segments.iter().flat_map(HashMap::values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaves_like_one_map() {
+        let mut map = SegmentedMap::new();
+        for key in 0..1000u32 {
+            assert_eq!(map.insert(key, key * 2), None);
+        }
+        assert_eq!(map.insert(7, 0), Some(14));
+        assert_eq!(map.len(), 1000);
+        assert_eq!(map.get(&7), Some(&0));
+        *map.get_mut(&8).expect("present") += 1;
+        assert_eq!(map.get(&8), Some(&17));
+        assert_eq!(map.remove(&8), Some(17));
+        assert_eq!(map.remove(&8), None);
+        assert_eq!(map.len(), 999);
+        *map.get_or_default(5000) += 3;
+        *map.get_or_default(5000) += 3;
+        assert_eq!(map.get(&5000), Some(&6));
+        assert_eq!(map.len(), 1000);
+        assert_eq!(map.values().count(), 1000);
+        let used = map.segments.iter().filter(|segment| !segment.is_empty()).count();
+        assert!(used > SEGMENTS / 2, "keys spread over the segments: {used}");
+    }
+
+    #[test]
+    fn equal_contents_compare_equal() {
+        let mut a = SegmentedMap::new();
+        let mut b = SegmentedMap::new();
+        for key in ["x", "y", "z"] {
+            a.insert(key.to_string(), 1);
+        }
+        for key in ["z", "x", "y"] {
+            b.insert(key.to_string(), 1);
+        }
+        assert_eq!(a, b);
+        assert_eq!(a.get("y"), Some(&1));
+    }
+}
