@@ -2,11 +2,13 @@
 # The README's "Performance" table: in the same run, wrk against nginx `return 200` (the machine's
 # HTTP ceiling, from ../shared/bench/nginx-baseline.sh), then seckill's sold-out rejection path and
 # its open-sale purchase path with --durability sync and none; each as a ratio to nginx.
+# seckill runs with --shards 1 and with --shards 2 (SHARD_COUNTS="1 2"): wrk itself needs a core.
 # Usage: benches/performance.sh [rounds=2] [wrk duration=8s]. Needs wrk, curl and nginx-light
 # (the baseline script installs nginx and wrk if missing). Loopback only; stops its servers by PID.
 set -u
 . "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-2}
+SHARD_COUNTS=${SHARD_COUNTS:-1 2}
 DURATION=${2:-8s}
 PORT=18061
 WRK=(-t1 -c64 -d"$DURATION" --latency)
@@ -17,9 +19,9 @@ summary() {
   awk '/Requests\/sec/ {rps=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$5} END {print rps, p99, bad+0}'
 }
 
-start_server() { # mode
+start_server() { # mode shards
   dir=$(mktemp -d target/bench-data.XXXX)
-  $BIN serve --listen 127.0.0.1:$PORT --data-dir "$dir" --durability "$1" > target/bench-server.log 2>&1 &
+  $BIN serve --listen 127.0.0.1:$PORT --shards "$2" --data-dir "$dir" --durability "$1" > target/bench-server.log 2>&1 &
   P=$!
   for _ in $(seq 100); do curl -sf localhost:$PORT/readyz >/dev/null && return; sleep 0.1; done
   echo "server did not become ready" >&2; cat target/bench-server.log >&2; exit 1
@@ -35,21 +37,23 @@ printf '%-6s %-22s %10s %9s %8s\n' round path req/s p99 ratio
 for round in $(seq "$ROUNDS"); do
   read -r nginx_rps nginx_p99 _ < <("$BASELINE" "${WRK[@]}" | summary)
   printf '%-6s %-22s %10s %9s %8s\n' "$round" "nginx return 200" "$nginx_rps" "$nginx_p99" "1.00x"
-  start_server none
-  put_sale gone 1 1
-  curl -sf -o /dev/null -X POST localhost:$PORT/v1/sales/gone/purchase -H "Authorization: Bearer $T" \
-    -H 'Content-Type: application/json' -d '{}'
-  # Every answer here is the edge's 409 sold_out, so all of them count as non-2xx.
-  read -r rps p99 _ < <(wrk "${WRK[@]}" -s target/buy.lua http://127.0.0.1:$PORT/v1/sales/gone/purchase | summary)
-  printf '%-6s %-22s %10s %9s %7.2fx\n' "$round" "sold-out rejection" "$rps" "$p99" "$(echo "$rps / $nginx_rps" | bc -l)"
-  stop_server
-  for mode in none sync; do
-    start_server "$mode"
-    put_sale open 1000000000 1000000
-    read -r rps p99 bad < <(wrk "${WRK[@]}" -s target/buy.lua http://127.0.0.1:$PORT/v1/sales/open/purchase | summary)
-    [ "$bad" = 0 ] || { echo "purchase ($mode): $bad responses were not 201" >&2; exit 1; }
-    sold=$(curl -s localhost:$PORT/v1/sales/open | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['stock']-d['remaining'])")
-    printf '%-6s %-22s %10s %9s %7.2fx  (%s orders)\n' "$round" "purchase ($mode)" "$rps" "$p99" "$(echo "$rps / $nginx_rps" | bc -l)" "$sold"
+  for shards in $SHARD_COUNTS; do
+    start_server none "$shards"
+    put_sale gone 1 1
+    curl -sf -o /dev/null -X POST localhost:$PORT/v1/sales/gone/purchase -H "Authorization: Bearer $T" \
+      -H 'Content-Type: application/json' -d '{}'
+    # Every answer here is the edge's 409 sold_out, so all of them count as non-2xx.
+    read -r rps p99 _ < <(wrk "${WRK[@]}" -s target/buy.lua http://127.0.0.1:$PORT/v1/sales/gone/purchase | summary)
+    printf '%-6s %-22s %10s %9s %7.2fx\n' "$round" "sold-out, $shards shard(s)" "$rps" "$p99" "$(echo "$rps / $nginx_rps" | bc -l)"
     stop_server
+    for mode in none sync; do
+      start_server "$mode" "$shards"
+      put_sale open 1000000000 1000000
+      read -r rps p99 bad < <(wrk "${WRK[@]}" -s target/buy.lua http://127.0.0.1:$PORT/v1/sales/open/purchase | summary)
+      [ "$bad" = 0 ] || { echo "purchase ($mode): $bad responses were not 201" >&2; exit 1; }
+      sold=$(curl -s localhost:$PORT/v1/sales/open | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['stock']-d['remaining'])")
+      printf '%-6s %-22s %10s %9s %7.2fx  (%s orders)\n' "$round" "buy $mode, $shards shard(s)" "$rps" "$p99" "$(echo "$rps / $nginx_rps" | bc -l)" "$sold"
+      stop_server
+    done
   done
 done
