@@ -54,7 +54,7 @@ pub async fn serve_connection<H: Handler>(
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(limits.idle_timeout))?;
     stream.set_write_timeout(Some(limits.write_timeout))?;
-    let mut inbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut inbuf = ReadBuffer::new();
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     // When the first byte of the request being assembled arrived; `None` between requests.
     let mut request_started: Option<Instant> = None;
@@ -62,7 +62,7 @@ pub async fn serve_connection<H: Handler>(
         let mut consumed = 0;
         let mut close = false;
         while !close {
-            match parse(&inbuf[consumed..]) {
+            match parse(&inbuf.data()[consumed..]) {
                 Ok(Parsed::Complete(request, used)) => {
                     let request_id = RequestId::for_request(request.request_id);
                     let mut response = handler.handle(&request, &request_id).await;
@@ -84,7 +84,7 @@ pub async fn serve_connection<H: Handler>(
             }
         }
         let unread = inbuf.len() > consumed;
-        inbuf.drain(..consumed);
+        inbuf.consume(consumed);
         if consumed > 0 {
             // A pipelined remainder is the start of the next request.
             request_started = (!inbuf.is_empty()).then(Instant::now);
@@ -107,11 +107,10 @@ pub async fn serve_connection<H: Handler>(
         if filled == 0 {
             request_started = None;
         }
-        inbuf.resize(filled + READ_CHUNK, 0);
         let outcome = match request_started {
             // Between requests: wait for the next one, the idle timeout, or shutdown.
             None => {
-                let read = stream.read(&mut inbuf[filled..]);
+                let read = stream.read(inbuf.spare());
                 match select(pin!(read), pin!(shutdown.clone())).await {
                     Either::Left((Ok(n), _)) => Ok(n),
                     Either::Left((Err(error), _)) if error.kind() == ErrorKind::TimedOut => {
@@ -121,7 +120,7 @@ pub async fn serve_connection<H: Handler>(
                     Either::Right(((), _)) => {
                         // Requests may already sit in the socket, not yet polled: answer those
                         // (the response will close), and only then close.
-                        match read_within(&mut stream, &mut inbuf[filled..], FINAL_READ).await {
+                        match read_within(&mut stream, inbuf.spare(), FINAL_READ).await {
                             Ok(n) if n > 0 => Ok(n),
                             _ => {
                                 linger_close(&mut stream).await;
@@ -135,17 +134,16 @@ pub async fn serve_connection<H: Handler>(
             // however slowly it trickles in.
             Some(started) => {
                 let left = limits.idle_timeout.saturating_sub(started.elapsed());
-                read_within(&mut stream, &mut inbuf[filled..], left).await
+                read_within(&mut stream, inbuf.spare(), left).await
             }
         };
         match outcome {
             Ok(0) => return Ok(()),
             Ok(n) => {
-                inbuf.truncate(filled + n);
+                inbuf.commit(n);
                 request_started.get_or_insert_with(Instant::now);
             }
             Err(ReadEnd::TimedOut) => {
-                inbuf.truncate(filled);
                 if !inbuf.is_empty() {
                     let request_id = RequestId::generate();
                     let timeout =
@@ -159,6 +157,54 @@ pub async fn serve_connection<H: Handler>(
             }
             Err(ReadEnd::Failed(error)) => return Err(error),
         }
+    }
+}
+
+/// Bytes read from a connection and not yet consumed. Memory is zeroed only when the buffer
+/// grows, so a read does not first pay to clear the chunk it is about to overwrite (that memset
+/// was 1.75% of the sold-out path's CPU).
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    filled: usize,
+}
+
+impl ReadBuffer {
+    fn new() -> Self {
+        Self {
+            bytes: vec![0; READ_CHUNK],
+            filled: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.bytes[..self.filled]
+    }
+
+    fn len(&self) -> usize {
+        self.filled
+    }
+
+    fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// Drops the first `n` bytes (answered requests), keeping the rest at the front.
+    fn consume(&mut self, n: usize) {
+        self.bytes.copy_within(n..self.filled, 0);
+        self.filled -= n;
+    }
+
+    /// Room for at least one more read, after the bytes held.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.bytes.len() < self.filled + READ_CHUNK {
+            self.bytes.resize(self.filled + READ_CHUNK, 0);
+        }
+        &mut self.bytes[self.filled..]
+    }
+
+    /// Counts `n` more bytes, just read into [`ReadBuffer::spare`].
+    fn commit(&mut self, n: usize) {
+        self.filled += n;
     }
 }
 
