@@ -7,9 +7,10 @@
 //! time and compacted away whenever they outnumber the live entries, so memory follows the
 //! number of pending orders even under buy-then-cancel loops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::ids::OrderId;
+use super::segmented::SegmentedMap;
 
 /// Width of one deadline bucket. Together with the sweep interval this bounds how late an expiry
 /// can be: at most two buckets.
@@ -23,8 +24,9 @@ const COMPACT_SLACK: usize = 1024;
 pub struct ExpiryQueue {
     /// Bucket number → order keys scheduled in it (possibly stale).
     buckets: BTreeMap<u64, Vec<u128>>,
-    /// Live entries: order key → (bucket, full id).
-    live: HashMap<u128, (u64, OrderId)>,
+    /// Live entries: order key → (bucket, full id). Segmented, like the book's orders, so that
+    /// growing it never stalls the shard.
+    live: SegmentedMap<u128, (u64, OrderId)>,
     /// Slots in `buckets`, live or stale.
     slots: usize,
 }

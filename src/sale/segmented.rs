@@ -1,13 +1,12 @@
 //! A hash map split into a fixed number of independent segments, so that growing it never stops
 //! the shard for long.
 //!
-//! A `HashMap` doubles all at once: with a million orders, one insert rehashes every entry and
-//! touches tens of megabytes of fresh memory, stalling every connection of the shard for tens of
-//! milliseconds, in the middle of the sale. Spread over [`SEGMENTS`] maps, each doubling moves a
-//! sixty-fourth of the entries. Measured on the purchase path (release, 1 shard, `--durability
-//! none`, `seckill load` at 20,000/s for 5 s, 100,000 orders, two runs each): p99.9 12.7 and
-//! 23.1 ms, max 14.6 and 26.5 ms with one map for orders and holders; p99.9 5.9 and 6.8 ms,
-//! max 8.9 and 8.7 ms segmented.
+//! A `HashMap` doubles all at once: with a million orders, one insert rehashes every entry into
+//! hundreds of megabytes of freshly faulted memory, stalling every connection of the shard, in the
+//! middle of the sale. Spread over [`SEGMENTS`] maps, each doubling moves 1/256 of the entries.
+//! `cargo bench --bench map_growth` (2 million order-sized entries, two rounds): the worst single
+//! insert took 282–1,105 ms with one `HashMap` and 1.4–2.0 ms segmented, for about the same total
+//! time.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -16,7 +15,7 @@ use std::hash::{BuildHasher, Hash};
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 /// How many maps the entries are spread over.
-pub const SEGMENTS: usize = 64;
+pub const SEGMENTS: usize = 256;
 
 /// A map of `K` to `V` in [`SEGMENTS`] segments. The segment is chosen by an unkeyed hash, so
 /// the same key always lands in the same segment (two maps with the same entries compare equal);
