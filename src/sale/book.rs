@@ -11,8 +11,8 @@ use rand::SeedableRng;
 
 use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
 use super::ids::OrderId;
-use super::segmented::SegmentedMap;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
+use super::segmented::SegmentedMap;
 use super::SaleError;
 
 /// How much closed history the book keeps; everything else it holds is bounded by live stock.

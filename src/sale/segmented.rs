@@ -152,7 +152,11 @@ mod tests {
         assert_eq!(map.get(&5000), Some(&6));
         assert_eq!(map.len(), 1000);
         assert_eq!(map.values().count(), 1000);
-        let used = map.segments.iter().filter(|segment| !segment.is_empty()).count();
+        let used = map
+            .segments
+            .iter()
+            .filter(|segment| !segment.is_empty())
+            .count();
         assert!(used > SEGMENTS / 2, "keys spread over the segments: {used}");
     }
 
