@@ -386,3 +386,78 @@ fn a_load_report_matches_the_servers_own_metrics() {
         "{text}"
     );
 }
+
+#[test]
+fn idempotent_replays_are_counted_apart_from_sales() {
+    let server = Server::start(2, &[]);
+    let mut client = server.client();
+    client.create_sale("replayed", &sale_spec(5, 1));
+    let token = tok("r-u1");
+    for _ in 0..3 {
+        let answer = client.purchase("replayed", &token, Some(1), Some("key-1"));
+        assert_status(&answer, 201);
+    }
+    let (metrics, text) = scrape(&server);
+    let outcome =
+        |outcome: &str| metrics.count("seckill_purchase_outcomes_total", &[("outcome", outcome)]);
+    assert_eq!(outcome("created"), 1, "{text}");
+    assert_eq!(outcome("replayed"), 2, "{text}");
+    assert_eq!(
+        metrics.value("seckill_stock_remaining", &[("sku", "replayed")]),
+        Some(4.0)
+    );
+}
+
+#[test]
+fn refused_connections_are_counted() {
+    let server = Server::start(1, &["--max-connections-per-shard", "1"]);
+    // Hold the only slot, and scrape through it.
+    let mut held = poll(std::time::Duration::from_secs(10), || {
+        let mut client = server.raw_connect();
+        client
+            .try_request("GET", "/healthz", &[], None)
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|_| client)
+    })
+    .expect("a connection is admitted");
+    // Admission attempts may have been refused while the harness's probe connection closed, so
+    // count from a first scrape.
+    let mut refused_so_far = || {
+        let response = held.get("/metrics");
+        assert_status(&response, 200);
+        let text = response.text();
+        let metrics = prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(metrics.count("seckill_connections_open", &[]), 1, "{text}");
+        metrics.count("seckill_connections_refused_total", &[])
+    };
+    let before = refused_so_far();
+    for _ in 0..3 {
+        let mut extra = server.raw_connect();
+        let refused = extra.expect_response("over the cap");
+        assert_error(&refused, 503, "overloaded");
+    }
+    assert_eq!(refused_so_far() - before, 3);
+}
+
+#[test]
+fn scrapes_are_rate_limited() {
+    let server = Server::start(1, &[]);
+    let mut client = server.raw_connect();
+    let request = client.build_request("GET", "/metrics", &[], None);
+    client.send_raw(&request.repeat(20));
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let response = client.expect_response(&format!("pipelined scrape {n}"));
+        if response.status == 429 {
+            assert_error(&response, 429, "too_many_scrapes");
+            assert!(response.header("retry-after").is_some(), "{response}");
+        }
+        statuses.push(response.status);
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "20 back-to-back scrapes: {statuses:?}"
+    );
+}

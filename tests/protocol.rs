@@ -562,3 +562,24 @@ fn trickled_request_is_cut_off_with_408() {
     assert_error(&response, 408, "request_timeout");
     s.assert_healthy();
 }
+
+#[test]
+fn many_pipelined_requests_with_large_answers_are_all_answered_in_order() {
+    let s = Server::start(1, &[]);
+    let mut admin = s.client();
+    for n in 0..20 {
+        admin.create_sale(&format!("big-{n:02}"), &sale_spec(1_000, 1));
+    }
+    let expected = admin.get("/v1/sales").body;
+    assert!(expected.len() > 3_000, "a large answer");
+    // About 8 KiB of requests per read, whose answers are far over the output bound.
+    let mut c = s.raw_connect();
+    let one = c.build_request("GET", "/v1/sales", &[], None);
+    c.send_raw(&one.repeat(300));
+    for n in 0..300 {
+        let r = c.expect_response(&format!("pipelined GET /v1/sales #{n}"));
+        assert_eq!(r.status, 200, "#{n}: {r}");
+        assert_eq!(r.body, expected, "#{n} differs");
+    }
+    assert_eq!(c.get("/healthz").status, 200);
+}

@@ -7,6 +7,7 @@ mod orders;
 mod sales;
 mod system;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -24,12 +25,21 @@ use error::ApiError;
 pub struct Api<S> {
     shard: Rc<Shard<S>>,
     auth: Auth,
+    /// When this shard last logged a failed request.
+    last_warning: Cell<Option<Instant>>,
+    /// Failed requests not logged since then.
+    warnings_suppressed: Cell<u64>,
 }
 
 impl<S: Store + 'static> Api<S> {
     /// The API for `shard`, checking callers with `auth`.
     pub fn new(shard: Rc<Shard<S>>, auth: Auth) -> Self {
-        Self { shard, auth }
+        Self {
+            shard,
+            auth,
+            last_warning: Cell::new(None),
+            warnings_suppressed: Cell::new(0),
+        }
     }
 
     fn principal(&self, request: &Request<'_>) -> Option<Principal> {
@@ -154,6 +164,49 @@ impl<'a> Endpoint<'a> {
     }
 }
 
+impl<S> Api<S> {
+    /// Server-side failures are logged as warnings, at most one line per
+    /// [`WARNING_INTERVAL`] with a count of those left out: when the store fails, every request
+    /// fails, and the log must not grow with the crowd. Refusals (4xx) are the normal answer in a
+    /// flash sale, so they are logged only at debug level.
+    fn log_refusal(&self, error: &ApiError, route: Route, request_id: &RequestId<'_>) {
+        if error.status < 500 {
+            tracing::debug!(
+                request_id = request_id.as_str(),
+                route = route.label(),
+                status = error.status,
+                error = error.code,
+                message = %error.message,
+                "request refused"
+            );
+            return;
+        }
+        let now = Instant::now();
+        let due = self
+            .last_warning
+            .get()
+            .is_none_or(|last| now.duration_since(last) >= WARNING_INTERVAL);
+        if !due {
+            self.warnings_suppressed
+                .set(self.warnings_suppressed.get() + 1);
+            return;
+        }
+        self.last_warning.set(Some(now));
+        tracing::warn!(
+            request_id = request_id.as_str(),
+            route = route.label(),
+            status = error.status,
+            error = error.code,
+            message = %error.message,
+            suppressed = self.warnings_suppressed.replace(0),
+            "request failed"
+        );
+    }
+}
+
+/// Least time between two warnings for failed requests on one shard.
+const WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl<S: Store + 'static> Handler for Api<S> {
     async fn handle(&self, request: &Request<'_>, request_id: &RequestId<'_>) -> Response {
         let started = Instant::now();
@@ -163,13 +216,14 @@ impl<S: Store + 'static> Handler for Api<S> {
             Ok(response) => (response, None),
             Err(error) => {
                 let code = error.code;
-                log_refusal(&error, route, request_id);
+                self.log_refusal(&error, route, request_id);
                 (error.into_response(), Some(code))
             }
         };
         let metrics = &self.shard.metrics;
-        if route == Route::Purchase {
-            metrics.record_purchase(code.unwrap_or("created"));
+        if let (Route::Purchase, Some(code)) = (route, code) {
+            // Successful purchases are recorded by the handler, which knows a replay from a sale.
+            metrics.record_purchase(code);
         }
         metrics.record_request(route, response.status, elapsed_nanos(started));
         response
@@ -183,7 +237,7 @@ impl<S: Store + 'static> Handler for Api<S> {
         );
         self.shard
             .metrics
-            .record_request(Route::Malformed, response.status, 0);
+            .record_status(Route::Malformed, response.status);
     }
 
     fn draining(&self) -> bool {
@@ -191,30 +245,6 @@ impl<S: Store + 'static> Handler for Api<S> {
             .node
             .draining
             .load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Server-side failures are logged as warnings; refusals (4xx) are the normal answer in a flash
-/// sale, so only at debug level, or the logs would grow with the crowd.
-fn log_refusal(error: &ApiError, route: Route, request_id: &RequestId<'_>) {
-    if error.status >= 500 {
-        tracing::warn!(
-            request_id = request_id.as_str(),
-            route = route.label(),
-            status = error.status,
-            error = error.code,
-            message = %error.message,
-            "request failed"
-        );
-    } else {
-        tracing::debug!(
-            request_id = request_id.as_str(),
-            route = route.label(),
-            status = error.status,
-            error = error.code,
-            message = %error.message,
-            "request refused"
-        );
     }
 }
 

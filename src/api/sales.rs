@@ -146,7 +146,13 @@ pub(super) async fn purchase<S: Store + 'static>(
         idempotency_key,
     });
     match api.shard.call(command).await? {
-        Outcome::Order { order, .. } => json(201, &order),
+        Outcome::Order {
+            order, replayed, ..
+        } => {
+            let outcome = if replayed { "replayed" } else { "created" };
+            api.shard.metrics.record_purchase(outcome);
+            json(201, &order)
+        }
         _ => Err(SaleError::Unavailable.into()),
     }
 }

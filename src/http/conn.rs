@@ -16,6 +16,10 @@ use super::response::Response;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Responses composed before they are written, even when many pipelined requests are buffered:
+/// a read of small requests whose answers are large (`/metrics`) must not grow the output without
+/// bound.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 /// Upper bound on the read buffer: one maximal request plus one read's worth of the next.
 const MAX_BUFFERED: usize = MAX_HEAD_BYTES + MAX_BODY_BYTES + READ_CHUNK;
 
@@ -61,7 +65,10 @@ pub async fn serve_connection<H: Handler>(
     loop {
         let mut consumed = 0;
         let mut close = false;
-        while !close {
+        // Set when the output grew past its bound with requests still buffered: write, then
+        // answer the rest before reading more.
+        let mut more = false;
+        while !close && !more {
             match parse(&inbuf.data()[consumed..]) {
                 Ok(Parsed::Complete(request, used)) => {
                     let request_id = RequestId::for_request(request.request_id);
@@ -72,6 +79,7 @@ pub async fn serve_connection<H: Handler>(
                     close = response.close;
                     response.write_to(&mut out, shard_header, &request_id);
                     consumed += used;
+                    more = out.len() >= MAX_PENDING_OUTPUT;
                 }
                 Ok(Parsed::Partial) => break,
                 Err(error) => {
@@ -98,6 +106,9 @@ pub async fn serve_connection<H: Handler>(
                 linger_close(&mut stream).await;
             }
             return Ok(());
+        }
+        if more {
+            continue;
         }
         let filled = inbuf.len();
         if filled >= MAX_BUFFERED {
@@ -188,18 +199,26 @@ impl ReadBuffer {
         self.filled == 0
     }
 
-    /// Drops the first `n` bytes (answered requests), keeping the rest at the front.
+    /// Drops the first `n` bytes (answered requests), keeping the rest at the front. Once empty,
+    /// a buffer that one large request grew goes back to its usual size, so idle keep-alive
+    /// connections hold one chunk each.
     fn consume(&mut self, n: usize) {
         self.bytes.copy_within(n..self.filled, 0);
         self.filled -= n;
+        if self.filled == 0 && self.bytes.len() > 2 * READ_CHUNK {
+            self.bytes.truncate(READ_CHUNK);
+            self.bytes.shrink_to_fit();
+        }
     }
 
-    /// Room for at least one more read, after the bytes held.
+    /// Room for one read (one chunk), after the bytes held. One chunk at a time bounds how many
+    /// pipelined requests a single read can bring in.
     fn spare(&mut self) -> &mut [u8] {
-        if self.bytes.len() < self.filled + READ_CHUNK {
-            self.bytes.resize(self.filled + READ_CHUNK, 0);
+        let end = self.filled + READ_CHUNK;
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
         }
-        &mut self.bytes[self.filled..]
+        &mut self.bytes[self.filled..end]
     }
 
     /// Counts `n` more bytes, just read into [`ReadBuffer::spare`].

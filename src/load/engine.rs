@@ -353,6 +353,11 @@ async fn run_thread(run: Arc<Run>, thread: usize, conn_targets: Vec<usize>) -> T
     }
 }
 
+/// Longest a kept-alive connection may sit unused before it is replaced: under the server's
+/// default idle timeout (10 s), so a slow schedule never writes into a connection the server
+/// already closed.
+const MAX_IDLE: Duration = Duration::from_secs(5);
+
 /// Sends arrivals over one connection (reconnecting as needed) until the schedule is over.
 async fn connection_task(ctx: Rc<ThreadCtx>, target: usize, mut conn: Option<Connection>) {
     let run = Arc::clone(&ctx.run);
@@ -360,6 +365,7 @@ async fn connection_task(ctx: Rc<ThreadCtx>, target: usize, mut conn: Option<Con
     let mut rng = SmallRng::from_entropy();
     let mut request = Vec::with_capacity(target.request_head.len() + 160 + run.body.len());
     let mut backoff = MIN_BACKOFF;
+    let mut last_used = Instant::now();
     loop {
         let k = ctx.next.get();
         ctx.next.set(k + 1);
@@ -376,7 +382,9 @@ async fn connection_task(ctx: Rc<ThreadCtx>, target: usize, mut conn: Option<Con
             glommio::timer::sleep(intended - now).await;
         }
         let mut stream = loop {
-            if let Some(stream) = conn.take() {
+            // A connection idle for long may have been closed by the server's idle timeout; the
+            // POST would then fail although the server never saw it, so start afresh instead.
+            if let Some(stream) = conn.take().filter(|_| last_used.elapsed() < MAX_IDLE) {
                 break stream;
             }
             let now = Instant::now();
@@ -414,6 +422,7 @@ async fn connection_task(ctx: Rc<ThreadCtx>, target: usize, mut conn: Option<Con
             async { Ok::<_, glommio::GlommioError<()>>(stream.exchange(&request).await) };
         let result = glommio::timer::timeout(run.timeout, exchange).await;
         let latency_ns = clock::elapsed_nanos(intended);
+        last_used = Instant::now();
         match result {
             Ok(Ok(reply)) => {
                 let outcome = classify(reply.status, stream.body_mut());

@@ -45,6 +45,7 @@ impl LoadError {
         }
     }
 
+    /// A usage error (exit status 2) about `flag`, explained by `message`.
     pub(crate) fn invalid(flag: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid {
             flag,

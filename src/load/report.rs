@@ -134,6 +134,15 @@ impl fmt::Display for Report {
             "requests:   sent {}, completed {}, errors {}, not sent {}",
             self.sent, self.completed, self.errors, self.not_sent
         )?;
+        if self.not_sent > 0 {
+            writeln!(
+                f,
+                "WARNING:    {} arrivals found no free connection before the end and were never \
+                 sent; the latencies below leave out the longest waits. Add connections or \
+                 threads, or lower the rate.",
+                self.not_sent
+            )?;
+        }
         writeln!(
             f,
             "throughput: {:.1} responses/s over {:.2}s",

@@ -19,6 +19,8 @@ pub(crate) const TIMEOUT: &str = "timeout";
 const OTHER: &str = "other";
 /// Most distinct outcomes tracked; a misbehaving server cannot grow the report without bound.
 const MAX_OUTCOMES: usize = 32;
+/// Outcome names the generator itself assigns; a server code equal to one is renamed.
+const RESERVED: [&str; 4] = [CREATED, TRANSPORT_ERROR, TIMEOUT, OTHER];
 /// Longest error code taken from a response body.
 const MAX_CODE_LEN: usize = 64;
 
@@ -157,7 +159,9 @@ impl Recorder {
             .position(|(name, _)| **name == *outcome)
         {
             Some(index) => index,
-            None if self.outcomes.len() < MAX_OUTCOMES || outcome == OTHER => {
+            // The generator's own outcomes always get a slot, so `errors` and `created`, which
+            // are read back by name, can never be folded into `other`.
+            None if self.outcomes.len() < MAX_OUTCOMES || RESERVED.contains(&outcome) => {
                 self.outcomes.push((outcome.into(), Latency::new()));
                 self.outcomes.len() - 1
             }
@@ -203,7 +207,12 @@ pub(crate) fn classify(status: u16, body: &mut [u8]) -> String {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
         {
-            error
+            if RESERVED.contains(&error.as_str()) {
+                // A server that answers `{"error":"timeout"}` must not count as a client timeout.
+                format!("server_{error}")
+            } else {
+                error
+            }
         }
         _ => format!("http_{status}"),
     }

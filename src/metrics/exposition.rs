@@ -129,7 +129,7 @@ fn render_requests(out: &mut Text, shards: &[ShardSnapshot]) {
     out.family(
         "seckill_purchase_outcomes_total",
         "counter",
-        "Purchase answers by outcome: `created` or the error code.",
+        "Purchase answers by outcome: `created`, `replayed` (idempotent repeat) or the error code.",
     );
     let mut outcomes: Vec<(&str, u64)> = vec![("created", 0)];
     for shard in shards {
@@ -189,6 +189,17 @@ fn render_runtime(out: &mut Text, shards: &[ShardSnapshot]) {
     );
     let open = shards.iter().map(|shard| shard.connections_open).sum();
     out.sample("seckill_connections_open", &[], open);
+
+    out.family(
+        "seckill_connections_refused_total",
+        "counter",
+        "Connections answered 503 overloaded and closed at the per-shard connection cap.",
+    );
+    let refused = shards
+        .iter()
+        .map(|shard| shard.requests.connections_refused)
+        .sum();
+    out.sample("seckill_connections_refused_total", &[], refused);
 
     out.family(
         "seckill_shard_queue_depth",

@@ -2,9 +2,16 @@
 //! the request path pays no lock and no atomic; other shards only ever see a [`ShardSnapshot`].
 
 use std::cell::{Cell, RefCell};
+use std::time::Instant;
 
 use super::distribution::{Distribution, DistributionSnapshot};
 use super::Route;
+use crate::sale::admission::TokenBucket;
+
+/// Scrapes a shard starts per second (bursts of a tenth of a second's worth, at least 1). Each
+/// one makes every shard copy its metrics, so anyone who can reach `/metrics` could otherwise keep
+/// all shards busy with it.
+pub const SCRAPES_PER_SECOND: f64 = 20.0;
 
 /// Cross-shard message kinds, counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,10 @@ pub struct ShardMetrics {
     owner_in_flight: Cell<u64>,
     /// Requests whose answers are being assembled across shards right now (scrapes).
     scrapes_in_flight: Cell<u32>,
+    /// Admits scrapes at [`SCRAPES_PER_SECOND`].
+    scrape_budget: RefCell<TokenBucket>,
+    /// Connections turned away at accept because the shard was at its connection cap.
+    connections_refused: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -69,6 +80,8 @@ impl ShardMetrics {
             messages_sent: Default::default(),
             owner_in_flight: Cell::new(0),
             scrapes_in_flight: Cell::new(0),
+            scrape_budget: RefCell::new(TokenBucket::new(SCRAPES_PER_SECOND, Instant::now())),
+            connections_refused: Cell::new(0),
         }
     }
 
@@ -82,7 +95,21 @@ impl ShardMetrics {
         stats.latency.record(nanos);
     }
 
-    /// Records a purchase's outcome: `created` or the error code.
+    /// Records an answer that had no handling time worth measuring: bytes rejected before
+    /// routing (malformed, too slow), whose latency would only be noise in the histogram.
+    pub fn record_status(&self, route: Route, status: u16) {
+        if let Some(stats) = self.routes.borrow_mut().get_mut(route as usize) {
+            bump(&mut stats.statuses, status);
+        }
+    }
+
+    /// Counts a connection refused at the connection cap.
+    pub fn record_refused_connection(&self) {
+        self.connections_refused
+            .set(self.connections_refused.get() + 1);
+    }
+
+    /// Records a purchase's outcome: `created`, `replayed` or the error code.
     pub fn record_purchase(&self, outcome: &'static str) {
         bump(&mut self.purchase_outcomes.borrow_mut(), outcome);
     }
@@ -100,12 +127,16 @@ impl ShardMetrics {
         InFlight(&self.owner_in_flight)
     }
 
-    /// Starts a scrape unless `limit` are already running here.
+    /// Starts a scrape unless `limit` are already running here or the scrape rate is spent.
     pub fn try_start_scrape(&self, limit: u32) -> Option<ScrapeGuard<'_>> {
         let running = self.scrapes_in_flight.get();
         if running >= limit {
             return None;
         }
+        self.scrape_budget
+            .borrow_mut()
+            .try_take(Instant::now())
+            .ok()?;
         self.scrapes_in_flight.set(running + 1);
         Some(ScrapeGuard(&self.scrapes_in_flight))
     }
@@ -126,6 +157,7 @@ impl ShardMetrics {
             purchase_outcomes: self.purchase_outcomes.borrow().clone(),
             messages_sent: MessageKind::ALL.map(|kind| self.messages_sent[kind as usize].get()),
             owner_in_flight: self.owner_in_flight.get(),
+            connections_refused: self.connections_refused.get(),
         }
     }
 }
@@ -179,6 +211,8 @@ pub struct RequestSnapshot {
     pub messages_sent: [u64; MessageKind::ALL.len()],
     /// Owner commands running.
     pub owner_in_flight: u64,
+    /// Connections refused at the connection cap.
+    pub connections_refused: u64,
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ use crate::sale::{SaleError, SaleView};
 use edge::Edge;
 use message::{Notice, ShardMsg};
 
+/// How long a scrape waits for each peer shard's metrics.
+pub const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Node-wide status shared by all shards; read by `/readyz`, written at start and stop only.
 #[derive(Debug, Default)]
 pub struct NodeStatus {
@@ -130,20 +133,31 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             ShardMsg::Notice { .. } => MessageKind::Notice,
             ShardMsg::Scrape { .. } => MessageKind::Scrape,
         };
+        self.peers.send_to(target, message).await.map_err(|_| ())?;
         self.metrics.record_message(kind);
-        self.peers.send_to(target, message).await.map_err(|_| ())
+        Ok(())
     }
 
-    /// Every shard's metrics, this one's included, gathered concurrently. A shard that cannot
-    /// answer (shutting down) is left out.
+    /// Every shard's metrics, this one's included, gathered concurrently. A shard that does not
+    /// answer within [`SCRAPE_TIMEOUT`] (shutting down, or wedged) is left out.
     pub async fn scrape(self: &Rc<Self>) -> Vec<ShardSnapshot> {
         let asks = (0..self.count).map(|shard| async move {
             if shard == self.id {
                 return Some(self.metrics_snapshot());
             }
-            let (reply, answer) = oneshot::channel();
-            self.send(shard, ShardMsg::Scrape { reply }).await.ok()?;
-            answer.await.ok()
+            let ask = async {
+                let (reply, answer) = oneshot::channel();
+                let sent = self.send(shard, ShardMsg::Scrape { reply }).await;
+                let snapshot = match sent {
+                    Ok(()) => answer.await.ok(),
+                    Err(()) => None,
+                };
+                Ok(snapshot)
+            };
+            glommio::timer::timeout(SCRAPE_TIMEOUT, ask)
+                .await
+                .ok()
+                .flatten()
         });
         futures::future::join_all(asks)
             .await

@@ -326,6 +326,7 @@ async fn run_shard(
             }
         };
         if shard.connections.get() >= options.max_connections_per_shard {
+            shard.metrics.record_refused_connection();
             let header = Rc::clone(&shard_header);
             glommio::spawn_local(refuse_overloaded(stream, header)).detach();
             continue;
