@@ -84,6 +84,13 @@ pub struct ServeArgs {
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "SECKILL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Cluster mode: keep all state in Redis, shared with other nodes:
+    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,...` [default: embedded store].
+    #[arg(long, env = "SECKILL_REDIS")]
+    pub redis: Option<String>,
+    /// Namespace of every Redis key [default: seckill].
+    #[arg(long, env = "SECKILL_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
 }
 
 /// Flags for `token`.

@@ -52,6 +52,10 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// See [`ServeArgs::log_format`].
     pub log_format: Option<String>,
+    /// See [`ServeArgs::redis`].
+    pub redis: Option<String>,
+    /// See [`ServeArgs::redis_prefix`].
+    pub redis_prefix: Option<String>,
 }
 
 /// A configuration error, naming the key.
@@ -110,6 +114,10 @@ pub struct ServeConfig {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Redis URL for cluster mode; `None` runs on the embedded store.
+    pub redis: Option<String>,
+    /// Namespace of every Redis key.
+    pub redis_prefix: String,
 }
 
 /// Reads and parses a config file.
@@ -270,6 +278,32 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     if data_dir.as_os_str().is_empty() {
         return Err(ConfigError("`data_dir` must not be empty".into()));
     }
+    let redis = args.redis.clone().or(file.redis);
+    if let Some(url) = &redis {
+        let scheme_ok = ["redis://", "rediss://", "redis-cluster://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        if !scheme_ok {
+            return Err(ConfigError(format!(
+                "`redis` must be redis://HOST:PORT or redis-cluster://HOST:PORT,..., got {url:?}"
+            )));
+        }
+    }
+    let redis_prefix = args
+        .redis_prefix
+        .clone()
+        .or(file.redis_prefix)
+        .unwrap_or_else(|| "seckill".into());
+    let prefix_ok = !redis_prefix.is_empty()
+        && redis_prefix.len() <= 64
+        && redis_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:.".contains(&b));
+    if !prefix_ok {
+        return Err(ConfigError(format!(
+            "`redis_prefix` must be 1 to 64 characters from [A-Za-z0-9_-:.], got {redis_prefix:?}"
+        )));
+    }
     Ok(ServeConfig {
         listen,
         shards,
@@ -286,5 +320,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         closed_orders_per_sale: closed_orders,
         log_level,
         log_format,
+        redis,
+        redis_prefix,
     })
 }

@@ -10,6 +10,9 @@
 //! - [`load`]: `seckill load`, the open-loop load generator.
 
 #![warn(missing_docs)]
+// Deeply nested async state machines (a connection awaiting a handler awaiting a Redis batch)
+// exceed the default limit when their layouts are computed.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod auth;

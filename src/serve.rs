@@ -7,8 +7,9 @@ use crate::auth::Auth;
 use crate::config::{SecretsSource, ServeConfig};
 use crate::http::ConnLimits;
 use crate::sale::book::BookLimits;
-use crate::shard::runtime::{run_node, NodeError, NodeOptions, ShardStart};
+use crate::shard::runtime::{run_node, NodeError, NodeOptions, NodeStores, ShardStart};
 use crate::store::journal::recovery::{self, RecoveryError};
+use crate::store::RedisSettings;
 
 /// Why `serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,19 @@ const DEFAULT_IO_MEMORY: usize = 10 << 20;
 
 /// Runs the server with `config` until a shutdown signal.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
+    if let Some(url) = &config.redis {
+        if config.secrets_source == SecretsSource::DevGenerated {
+            print_dev_credentials(config);
+        }
+        let settings = RedisSettings {
+            url: url.clone(),
+            prefix: config.redis_prefix.clone(),
+            closed_orders_per_sale: config.closed_orders_per_sale,
+        };
+        tracing::info!(redis = %url, prefix = %config.redis_prefix, "cluster mode: state lives in redis");
+        run_node(node_options(config), NodeStores::Redis(settings))?;
+        return Ok(());
+    }
     let _lock = recovery::lock(&config.data_dir)?;
     // glommio opens directories with a relative path incorrectly (EBADF), so the journal always
     // works with an absolute one.
@@ -61,7 +75,16 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     if config.secrets_source == SecretsSource::DevGenerated {
         print_dev_credentials(config);
     }
-    let options = NodeOptions {
+    run_node(node_options(config), NodeStores::Embedded(starts))?;
+    Ok(())
+}
+
+/// io_uring registers each executor's I/O buffers as locked memory. Raise RLIMIT_MEMLOCK to
+/// fit glommio's default if we may; otherwise shrink the buffers to fit the limit, so glommio
+/// does not silently fall back to its slower unregistered path.
+/// What the node runs with, whichever store it uses.
+fn node_options(config: &ServeConfig) -> NodeOptions {
+    NodeOptions {
         listen: config.listen,
         shards: config.shards,
         backlog: config.backlog,
@@ -75,14 +98,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         durability: config.durability,
         segment_bytes: config.segment_bytes,
         auth: Auth::new(&config.admin_token, &config.token_secret),
-    };
-    run_node(options, starts)?;
-    Ok(())
+    }
 }
 
-/// io_uring registers each executor's I/O buffers as locked memory. Raise RLIMIT_MEMLOCK to
-/// fit glommio's default if we may; otherwise shrink the buffers to fit the limit, so glommio
-/// does not silently fall back to its slower unregistered path.
 fn io_memory_within_memlock(shards: usize) -> usize {
     let needed = (DEFAULT_IO_MEMORY * shards) as u64;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {

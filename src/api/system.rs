@@ -16,13 +16,13 @@ pub(super) fn health() -> Result<Response, ApiError> {
 
 /// `GET /readyz`: every shard serves and the node is not draining.
 pub(super) fn ready<S: Store + 'static>(shard: &Shard<S>) -> Result<Response, ApiError> {
-    if shard.node.is_ready(shard.count) {
+    if shard.node.is_ready(shard.count) && shard.store_healthy() {
         Ok(Response::json(200, &br#"{"status":"ready"}"#[..]))
     } else {
         Err(ApiError::new(
             503,
             "not_ready",
-            "shards are starting or the node is draining",
+            "shards are starting, the node is draining, or the store is unreachable",
         ))
     }
 }

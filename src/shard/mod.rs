@@ -98,6 +98,11 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         }
     }
 
+    /// Whether this shard's store can take changes (for `/readyz`).
+    pub fn store_healthy(&self) -> bool {
+        self.store.healthy()
+    }
+
     /// The shard that owns `key`.
     pub fn owner_of(&self, key: &str) -> usize {
         placement::owner_of(key, self.count)

@@ -17,12 +17,14 @@ use crate::store::Store;
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// What the owner last told every shard about one SKU's stock.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Announced {
     /// Whether the SKU was announced sold out.
     pub sold_out: bool,
     /// The newest stock level seen; older replies are ignored.
     pub seq: u64,
+    /// The definition last announced, for a shared store whose sales other nodes create.
+    pub sale: Option<crate::sale::Sale>,
 }
 
 impl<S: Store + 'static> Shard<S> {
@@ -53,9 +55,13 @@ impl<S: Store + 'static> Shard<S> {
             .unwrap_or(Err(SaleError::Unavailable));
         match (&reply, announce) {
             (Ok(_), Some(Notice::SaleUpserted { sale, .. })) => {
-                self.announced
-                    .borrow_mut()
-                    .insert(sale.sku.clone(), Announced::default());
+                self.announced.borrow_mut().insert(
+                    sale.sku.clone(),
+                    Announced {
+                        sale: Some(sale.clone()),
+                        ..Announced::default()
+                    },
+                );
                 let version = self.next_flag_version();
                 // Wait for every shard, so that a purchase anywhere right after the 201 finds it.
                 self.broadcast(Notice::SaleUpserted { sale, version }, true)
@@ -70,7 +76,7 @@ impl<S: Store + 'static> Shard<S> {
                 stock,
                 replayed: false,
             }) => {
-                if is_purchase && order.status == OrderStatus::Pending {
+                if is_purchase && order.status == OrderStatus::Pending && !self.store.shared() {
                     self.expiry
                         .borrow_mut()
                         .schedule(order.order_id.clone(), order.expires_at);
@@ -160,6 +166,39 @@ impl<S: Store + 'static> Shard<S> {
         }
     }
 
+    /// For a shared store: lets the store reclaim due orders of the SKUs this shard owns, then
+    /// tells every shard about sales other nodes created or replaced and about stock other nodes
+    /// sold or returned. Runs every tick, so a change anywhere is seen here within about
+    /// [`TICK`] plus one Redis round trip.
+    async fn sync_shared(self: &Rc<Self>) {
+        for (sale, level) in self.store.sync_owned().await {
+            let changed = {
+                let announced = self.announced.borrow();
+                announced
+                    .get(&sale.sku)
+                    .and_then(|entry| entry.sale.as_ref())
+                    != Some(&sale)
+            };
+            if changed {
+                self.announced.borrow_mut().insert(
+                    sale.sku.clone(),
+                    Announced {
+                        sold_out: false,
+                        seq: 0,
+                        sale: Some(sale.clone()),
+                    },
+                );
+                let version = self.next_flag_version();
+                let sku = sale.sku.clone();
+                self.broadcast(Notice::SaleUpserted { sale, version }, false)
+                    .await;
+                self.announce_stock(&sku, level, false).await;
+            } else {
+                self.announce_stock(&sale.sku, level, false).await;
+            }
+        }
+    }
+
     /// Shares this shard's admission demand with the others and re-splits rates.
     async fn exchange_demand(self: &Rc<Self>) {
         let report = self.edge.borrow_mut().close_tick(TICK, Instant::now());
@@ -177,7 +216,7 @@ impl<S: Store + 'static> Shard<S> {
     /// sold-out flags, the blocklist, and the expiry deadlines of pending orders. Orders whose
     /// deadline passed while the node was down expire on the first sweep.
     pub async fn publish_boot_state(self: &Rc<Self>) {
-        let boot = self.store.boot_state();
+        let boot = self.store.boot_state().await;
         for (sale, level) in boot.sales {
             let sold_out = level.remaining == 0;
             self.announced.borrow_mut().insert(
@@ -185,6 +224,7 @@ impl<S: Store + 'static> Shard<S> {
                 Announced {
                     sold_out,
                     seq: level.seq,
+                    sale: Some(sale.clone()),
                 },
             );
             let sku = sale.sku.clone();
@@ -222,7 +262,11 @@ impl<S: Store + 'static> Shard<S> {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             glommio::timer::sleep(TICK).await;
-            self.sweep_expired().await;
+            if self.store.shared() {
+                self.sync_shared().await;
+            } else {
+                self.sweep_expired().await;
+            }
             self.exchange_demand().await;
         }
     }

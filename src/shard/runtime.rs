@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::http::{self, serve_connection, ConnLimits, Response};
 use crate::sale::book::Book;
 use crate::store::journal::{Durability, Journal};
-use crate::store::EmbeddedStore;
+use crate::store::{EmbeddedStore, NodeStore, RedisSettings, RedisStore};
 
 /// Messages a shard may have queued towards one peer before senders wait. Generous, because very
 /// small capacities can deadlock under contention (glommio issue #555).
@@ -129,14 +129,29 @@ pub struct ShardStart {
     pub snapshot_bytes: u64,
 }
 
-/// Starting points for every shard, taken by each shard once it knows its mesh id.
-type ShardStarts = Arc<std::sync::Mutex<Vec<Option<ShardStart>>>>;
+/// Where the node's state lives.
+pub enum NodeStores {
+    /// On this machine: each shard's recovered book and journal.
+    Embedded(Vec<ShardStart>),
+    /// In Redis, shared with other nodes; each shard connects on its own executor.
+    Redis(RedisSettings),
+}
+
+/// What each shard builds its store from, taken by each shard once it knows its mesh id.
+#[derive(Clone)]
+enum StoreSource {
+    Embedded(Arc<std::sync::Mutex<Vec<Option<ShardStart>>>>),
+    Redis(RedisSettings),
+}
 
 /// Runs the node until SIGTERM or SIGINT, then drains and returns. Blocks the calling thread.
-pub fn run_node(options: NodeOptions, starts: Vec<ShardStart>) -> Result<(), NodeError> {
-    let starts: ShardStarts = Arc::new(std::sync::Mutex::new(
-        starts.into_iter().map(Some).collect(),
-    ));
+pub fn run_node(options: NodeOptions, stores: NodeStores) -> Result<(), NodeError> {
+    let starts = match stores {
+        NodeStores::Embedded(starts) => StoreSource::Embedded(Arc::new(std::sync::Mutex::new(
+            starts.into_iter().map(Some).collect(),
+        ))),
+        NodeStores::Redis(settings) => StoreSource::Redis(settings),
+    };
     // Block the shutdown signals before any thread starts, so every thread inherits the mask and
     // only the waiter below ever sees them.
     let mut signals = SigSet::empty();
@@ -173,7 +188,7 @@ pub fn run_node(options: NodeOptions, starts: Vec<ShardStart>) -> Result<(), Nod
             Arc::clone(&node),
             options.clone(),
             events.clone(),
-            Arc::clone(&starts),
+            starts.clone(),
         );
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("seckill-shard-{index}"))
@@ -259,7 +274,7 @@ async fn run_shard(
     stopped: Shared<impl std::future::Future<Output = ()> + 'static>,
     events: &mpsc::Sender<NodeEvent>,
     exit: &ShardExit,
-    starts: ShardStarts,
+    starts: StoreSource,
 ) -> io::Result<()> {
     // Joining waits for every peer; if one fails to start, the stop signal ends the wait.
     let joined = match select(pin!(mesh.join()), stopped.clone()).await {
@@ -269,21 +284,7 @@ async fn run_shard(
     let (senders, mut receivers) = joined
         .map_err(|error| io::Error::other(format!("could not join the shard mesh: {error}")))?;
     let id = senders.peer_id();
-    let start = starts
-        .lock()
-        .ok()
-        .and_then(|mut starts| starts.get_mut(id).and_then(Option::take))
-        .ok_or_else(|| io::Error::other(format!("no recovered state for shard {id}")))?;
-    let journal = Journal::create(
-        &start.journal_dir,
-        1,
-        start.snapshot_bytes,
-        options.durability,
-        options.segment_bytes,
-    )
-    .await
-    .map_err(|error| io::Error::other(error.to_string()))?;
-    let store = EmbeddedStore::new(start.book, Rc::clone(&journal));
+    let (store, journal) = open_store(id, options, starts).await?;
     let shard = Rc::new(Shard::new(
         id,
         options.shards,
@@ -356,8 +357,10 @@ async fn run_shard(
     {
         tracing::warn!(shard = id, "drain timeout: closing remaining connections");
     }
-    if let Err(error) = journal.close().await {
-        tracing::error!(%error, shard = id, "could not close the journal cleanly");
+    if let Some(journal) = journal {
+        if let Err(error) = journal.close().await {
+            tracing::error!(%error, shard = id, "could not close the journal cleanly");
+        }
     }
     // Keep answering other shards' calls until every shard has drained its own connections
     // (bounded, in case a peer is wedged).
@@ -369,6 +372,40 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Builds shard `id`'s store; for the embedded store, also returns its journal, to close at
+/// shutdown.
+async fn open_store(
+    id: usize,
+    options: &NodeOptions,
+    source: StoreSource,
+) -> io::Result<(NodeStore, Option<Rc<Journal>>)> {
+    match source {
+        StoreSource::Embedded(starts) => {
+            let start = starts
+                .lock()
+                .ok()
+                .and_then(|mut starts| starts.get_mut(id).and_then(Option::take))
+                .ok_or_else(|| io::Error::other(format!("no recovered state for shard {id}")))?;
+            let journal = Journal::create(
+                &start.journal_dir,
+                1,
+                start.snapshot_bytes,
+                options.durability,
+                options.segment_bytes,
+            )
+            .await
+            .map_err(|error| io::Error::other(error.to_string()))?;
+            let store = EmbeddedStore::new(start.book, Rc::clone(&journal));
+            Ok((NodeStore::Embedded(store), Some(journal)))
+        }
+        StoreSource::Redis(settings) => {
+            let store = RedisStore::connect(&settings, id, options.shards)
+                .map_err(|error| io::Error::other(error.to_string()))?;
+            Ok((NodeStore::Redis(store), None))
+        }
+    }
 }
 
 async fn refuse_overloaded(mut stream: glommio::net::TcpStream, shard_header: Rc<[u8]>) {

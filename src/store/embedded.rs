@@ -56,7 +56,7 @@ impl Store for EmbeddedStore {
         replies
     }
 
-    fn boot_state(&self) -> BootState {
+    async fn boot_state(&self) -> BootState {
         let book = self.book.borrow();
         BootState {
             sales: book
@@ -80,6 +80,11 @@ impl Store for EmbeddedStore {
                 .collect(),
             orders: book.order_counts(),
             journal: Some(self.journal.stats()),
+            redis: None,
         }
+    }
+
+    fn healthy(&self) -> bool {
+        !self.journal.is_failed()
     }
 }

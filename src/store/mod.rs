@@ -8,6 +8,8 @@
 
 pub mod embedded;
 pub mod journal;
+pub mod node;
+pub mod redis;
 
 use crate::sale::command::{Command, Reply, StockLevel};
 use crate::sale::ids::OrderId;
@@ -15,6 +17,8 @@ use crate::sale::{OrderCounts, Sale};
 
 pub use embedded::EmbeddedStore;
 pub use journal::JournalStats;
+pub use node::NodeStore;
+pub use redis::{RedisSettings, RedisStats, RedisStore};
 
 /// What a shard's store reports to a metrics scrape.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +29,8 @@ pub struct StoreStats {
     pub orders: OrderCounts,
     /// Group commit figures, for the embedded store.
     pub journal: Option<JournalStats>,
+    /// Call figures, for the Redis store.
+    pub redis: Option<RedisStats>,
 }
 
 /// What a shard must republish when it starts on existing state.
@@ -46,8 +52,24 @@ pub trait Store {
     async fn execute(&self, batch: Vec<Command>) -> Vec<Reply>;
 
     /// The state the shard starts with, to republish to every shard's edge.
-    fn boot_state(&self) -> BootState;
+    async fn boot_state(&self) -> BootState;
 
     /// Figures for `/metrics`. Called only on scrape, so it may walk the owned sales.
     fn stats(&self) -> StoreStats;
+
+    /// Whether the store can take changes now (for `/readyz`).
+    fn healthy(&self) -> bool;
+
+    /// Whether other nodes change the same state. A shared store expires due orders itself and
+    /// is polled for sales and stock the other nodes changed ([`Store::sync_owned`]); an unshared
+    /// one is told about every change by this node's shards.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// For a shared store: reclaims due orders of the sales this shard owns and returns those
+    /// sales with their stock. Called every owner tick.
+    async fn sync_owned(&self) -> Vec<(Sale, StockLevel)> {
+        Vec::new()
+    }
 }

@@ -1,0 +1,205 @@
+//! The Lua scripts that make Redis the cluster's source of truth.
+//!
+//! Every script takes the same ten keys, all of one SKU and all carrying the `{sku}` hash tag, so
+//! each runs atomically on one Redis Cluster shard unchanged ([`super::keys::SkuKeys`]). Time is
+//! Redis `TIME`, so nodes with drifting clocks still agree on windows and deadlines. Scripts are
+//! run with `EVALSHA` and reloaded on `NOSCRIPT` by fred's `evalsha_with_reload`.
+//!
+//! Orders are stored as JSON in the shape [`crate::sale::Order`] deserialises, plus `idem`, the
+//! idempotency field that points at them, so forgetting an order also forgets its key.
+
+/// Helpers every script starts with. `K` names the keys by role.
+macro_rules! prelude {
+    () => {
+        r#"
+local K = {sale = KEYS[1], remaining = KEYS[2], seq = KEYS[3], held = KEYS[4], idem = KEYS[5],
+           orders = KEYS[6], pending = KEYS[7], blocked = KEYS[8], events = KEYS[9], closed = KEYS[10]}
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function level()
+  return tonumber(redis.call('GET', K.remaining) or '0'), tonumber(redis.call('GET', K.seq) or '0')
+end
+local function event(kind, o)
+  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', kind, 'order_id', o.order_id,
+             'user_id', o.user_id, 'quantity', o.quantity, 'status', o.status)
+end
+-- Moves pending order `o` to `status`; stock and the user's holding come back unless paid.
+-- Closed orders beyond `retention` are forgotten oldest first, with their idempotency keys.
+local function close(o, status, retention)
+  o.status = status
+  redis.call('HSET', K.orders, o.order_id, cjson.encode(o))
+  redis.call('ZREM', K.pending, o.order_id)
+  event(status, o)
+  if status == 'paid' then return end
+  redis.call('INCRBY', K.remaining, o.quantity)
+  redis.call('INCR', K.seq)
+  if redis.call('HINCRBY', K.held, o.user_id, -o.quantity) <= 0 then
+    redis.call('HDEL', K.held, o.user_id)
+  end
+  redis.call('LPUSH', K.closed, o.order_id)
+  while redis.call('LLEN', K.closed) > retention do
+    local old = redis.call('RPOP', K.closed)
+    local raw = redis.call('HGET', K.orders, old)
+    if raw then
+      local gone = cjson.decode(raw)
+      if gone.idem and redis.call('HGET', K.idem, gone.idem) == old then
+        redis.call('HDEL', K.idem, gone.idem)
+      end
+      redis.call('HDEL', K.orders, old)
+    end
+  end
+end
+-- Expires every pending order due at `now`, at most `limit`; returns how many.
+local function expire_due(now, limit, retention)
+  local due = redis.call('ZRANGEBYSCORE', K.pending, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    local raw = redis.call('HGET', K.orders, id)
+    local o = raw and cjson.decode(raw)
+    if o and o.status == 'pending' then
+      close(o, 'expired', retention)
+    else
+      redis.call('ZREM', K.pending, id)
+    end
+  end
+  return #due
+end
+"#
+    };
+}
+
+/// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key)*n]`
+/// (an empty key means none). Checks, in order: a retry of the same order id, an idempotency
+/// replay, the sale window, the blocklist, the per-user limit, the stock. Returns one
+/// `{outcome, order_json_or_code, remaining, seq}` per purchase, where outcome is `ok`, `retried`, `replay`
+/// or `err`.
+pub const PURCHASE: &str = concat!(
+    prelude!(),
+    r#"
+local n = tonumber(ARGV[2])
+local results = {}
+local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms')
+local now = now_ms()
+for i = 0, n - 1 do
+  local id, user, qty, key = ARGV[3 + i * 4], ARGV[4 + i * 4], tonumber(ARGV[5 + i * 4]), ARGV[6 + i * 4]
+  local remaining, seq = level()
+  local function answer(outcome, detail)
+    results[#results + 1] = {outcome, detail, remaining, seq}
+  end
+  local idem = nil
+  if key ~= '' then idem = user .. '\0' .. key end
+  local retried = redis.call('HGET', K.orders, id)
+  local earlier = idem and redis.call('HGET', K.idem, idem)
+  local replayed = earlier and redis.call('HGET', K.orders, earlier)
+  if retried then
+    answer('retried', retried)
+  elseif replayed then
+    answer('replay', replayed)
+  elseif not sale[1] then
+    answer('err', 'unknown_sale')
+  elseif now < tonumber(sale[1]) then
+    answer('err', 'not_started')
+  elseif now >= tonumber(sale[2]) then
+    answer('err', 'ended')
+  elseif redis.call('SISMEMBER', K.blocked, user) == 1 then
+    answer('err', 'blocked')
+  else
+    local held = tonumber(redis.call('HGET', K.held, user) or '0')
+    if remaining == 0 and not idem then
+      answer('err', 'sold_out')
+    elseif held + qty > tonumber(sale[3]) then
+      answer('err', 'limit_exceeded')
+    elseif remaining == 0 then
+      answer('err', 'sold_out')
+    elseif remaining < qty then
+      answer('err', 'insufficient_stock')
+    else
+      local o = {order_id = id, sku = string.match(id, '%.(.*)$'), user_id = user, quantity = qty,
+                 status = 'pending', created_at = now, expires_at = now + tonumber(sale[4]), idem = idem}
+      local json = cjson.encode(o)
+      remaining = redis.call('DECRBY', K.remaining, qty)
+      seq = redis.call('INCR', K.seq)
+      redis.call('HINCRBY', K.held, user, qty)
+      redis.call('HSET', K.orders, id, json)
+      if idem then redis.call('HSET', K.idem, idem, id) end
+      redis.call('ZADD', K.pending, o.expires_at, id)
+      event('created', o)
+      answer('ok', json)
+    end
+  end
+end
+return results
+"#
+);
+
+/// Pay or cancel: `ARGV = [retention, order_id, requester, target]`, where requester is a user id
+/// or `*` for an admin and target is `paid` or `cancelled`. A pending order past its deadline
+/// expires instead (stock returns once) and the answer is `order_expired`: whichever of a late
+/// payment and the expiry comes first wins. Returns `{outcome, order_json_or_code, remaining,
+/// seq}`.
+pub const TRANSITION: &str = concat!(
+    prelude!(),
+    r#"
+local retention, id, requester, target = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local raw = redis.call('HGET', K.orders, id)
+local o = raw and cjson.decode(raw)
+local remaining, seq = level()
+if not o or (requester ~= '*' and o.user_id ~= requester) then
+  return {'err', 'unknown_order', remaining, seq}
+end
+if o.status == target then return {'ok', raw, remaining, seq} end
+if o.status == 'pending' then
+  if now_ms() >= o.expires_at then
+    close(o, 'expired', retention)
+    remaining, seq = level()
+    return {'err', 'order_expired', remaining, seq}
+  end
+  close(o, target, retention)
+  remaining, seq = level()
+  return {'changed', cjson.encode(o), remaining, seq}
+end
+local codes = {paid = 'order_paid', cancelled = 'order_cancelled', expired = 'order_expired'}
+return {'err', codes[o.status] or 'unavailable', remaining, seq}
+"#
+);
+
+/// Reclaims due orders of one SKU and reads the sale: `ARGV = [retention, limit]`. Any node may
+/// run it for any SKU at any time: each order's state is checked and changed in the same atomic
+/// step, so every due order is expired exactly once however many nodes sweep, and none is missed
+/// when a node dies. Returns `{}` for an unknown SKU, else `{name, stock, starts_at, ends_at,
+/// per_user_limit, payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired}`.
+pub const SYNC: &str = concat!(
+    prelude!(),
+    r#"
+local sale = redis.call('HMGET', K.sale, 'name', 'stock', 'starts_at', 'ends_at', 'per_user_limit',
+                        'payment_timeout_ms', 'rate_limit_per_sec')
+if not sale[1] then return {} end
+local expired = 0
+if ARGV[2] ~= '0' then expired = expire_due(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[1])) end
+local remaining, seq = level()
+for i = 2, 7 do sale[i] = tonumber(sale[i]) end
+sale[8], sale[9], sale[10] = remaining, seq, expired
+return sale
+"#
+);
+
+/// Creates or replaces a sale: `ARGV = [name, stock, starts_at, ends_at, per_user_limit,
+/// payment_timeout_ms, rate_limit_per_sec, blocked_user*]`. A sale that has started cannot be
+/// replaced (`{'err', 'sale_exists'}`); a replaced one starts afresh, with the blocklist copied in
+/// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
+/// seq}`.
+pub const UPSERT: &str = concat!(
+    prelude!(),
+    r#"
+local starts = redis.call('HGET', K.sale, 'starts_at')
+if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
+redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed)
+redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
+           'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7])
+redis.call('SET', K.remaining, ARGV[2])
+local seq = redis.call('INCR', K.seq)
+for i = 8, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
+return {'ok', tonumber(ARGV[2]), seq}
+"#
+);
