@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod prometheus;
+pub mod redis;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -28,6 +29,11 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// Ports handed out by this test binary; never hand the same one out twice so
 /// two SO_REUSEPORT servers of one test run can never share a port.
 static USED_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// Whether this test binary runs its servers in cluster mode: binaries named `*_redis` do.
+pub fn redis_mode() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_redis")
+}
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -79,6 +85,8 @@ pub struct Server {
     log_path: PathBuf,
     /// The server's data directory.
     pub data_dir: PathBuf,
+    /// The Redis this server keeps its state in, in Redis mode (stopped with the server).
+    pub redis: Option<redis::RedisServer>,
     /// Whether Drop removes `data_dir` (false when a test restarts servers on it).
     owns_data_dir: bool,
 }
@@ -135,7 +143,14 @@ impl Server {
             ));
             let log = File::create(&log_path).expect("create server log file");
             let log2 = log.try_clone().expect("clone log file");
+            // Test binaries named `*_redis` run every server on its own Redis (cluster mode).
+            let redis = redis_mode().then(|| redis::RedisServer::start(&[]));
             let mut cmd = Command::new(BIN);
+            if let Some(redis) = &redis {
+                cmd.arg("serve").arg("--redis").arg(redis.url());
+            } else {
+                cmd.arg("serve");
+            }
             // Hermetic: no SECKILL_* settings leak in from the environment.
             for (k, _) in std::env::vars_os() {
                 if k.to_string_lossy().starts_with("SECKILL_") {
@@ -143,7 +158,6 @@ impl Server {
                 }
             }
             let child = cmd
-                .arg("serve")
                 .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--shards")
@@ -166,6 +180,7 @@ impl Server {
                 log_path,
                 data_dir: data_dir.to_path_buf(),
                 owns_data_dir: false,
+                redis,
             };
             match server.wait_ready() {
                 Ok(()) => return server,
