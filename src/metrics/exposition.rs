@@ -76,6 +76,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
     render_sales(&mut out, shards);
     render_runtime(&mut out, shards);
     render_journal(&mut out, shards);
+    render_redis(&mut out, shards);
     out.0
 }
 
@@ -284,6 +285,79 @@ fn render_journal(out: &mut Text, shards: &[ShardSnapshot]) {
     );
     let failed = journals.iter().filter(|journal| journal.failed).count();
     out.sample("seckill_journal_failed_shards", &[], failed as u64);
+}
+
+fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
+    let redis: Vec<(usize, &crate::store::RedisStats)> = shards
+        .iter()
+        .filter_map(|shard| shard.store.redis.as_ref().map(|stats| (shard.shard, stats)))
+        .collect();
+    if redis.is_empty() {
+        return;
+    }
+    let mut latency = DistributionSnapshot::default();
+    let mut batches = DistributionSnapshot::default();
+    for (_, stats) in &redis {
+        latency.merge(&stats.call_latency);
+        batches.merge(&stats.batch_size);
+    }
+    out.family(
+        "seckill_redis_call_duration_seconds",
+        "histogram",
+        "Time per Redis call (script or command), successful or not.",
+    );
+    out.histogram(
+        "seckill_redis_call_duration_seconds",
+        &[],
+        &latency,
+        &LATENCY_BUCKETS,
+        NANOS_PER_SECOND,
+    );
+    out.family(
+        "seckill_redis_batch_purchases",
+        "histogram",
+        "Purchases carried by one purchase-script call.",
+    );
+    out.histogram(
+        "seckill_redis_batch_purchases",
+        &[],
+        &batches,
+        &GROUP_BUCKETS,
+        1,
+    );
+    out.family(
+        "seckill_redis_errors_total",
+        "counter",
+        "Redis calls that failed, by kind: error or timeout.",
+    );
+    let errors = redis.iter().map(|(_, stats)| stats.errors).sum();
+    let timeouts = redis.iter().map(|(_, stats)| stats.timeouts).sum();
+    out.sample("seckill_redis_errors_total", &[("kind", "error")], errors);
+    out.sample(
+        "seckill_redis_errors_total",
+        &[("kind", "timeout")],
+        timeouts,
+    );
+    out.family(
+        "seckill_redis_breaker_opened_total",
+        "counter",
+        "Times a shard's Redis circuit breaker opened.",
+    );
+    let opened = redis.iter().map(|(_, stats)| stats.breaker_opened).sum();
+    out.sample("seckill_redis_breaker_opened_total", &[], opened);
+    out.family(
+        "seckill_redis_breaker_state",
+        "gauge",
+        "Each shard's Redis circuit breaker: 0 closed, 1 open, 2 half-open.",
+    );
+    for (shard, stats) in &redis {
+        let id = itoa::Buffer::new().format(*shard).to_owned();
+        out.sample(
+            "seckill_redis_breaker_state",
+            &[("shard", &id)],
+            stats.breaker_state,
+        );
+    }
 }
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;

@@ -284,6 +284,11 @@ async fn run_shard(
     let (senders, mut receivers) = joined
         .map_err(|error| io::Error::other(format!("could not join the shard mesh: {error}")))?;
     let id = senders.peer_id();
+    let fred_compat = match &starts {
+        StoreSource::Redis(_) => Some(crate::store::redis::fred_compat_context()?),
+        StoreSource::Embedded(_) => None,
+    };
+    let _fred_compat = fred_compat.as_ref().map(tokio::runtime::Runtime::enter);
     let (store, journal) = open_store(id, options, starts).await?;
     let shard = Rc::new(Shard::new(
         id,

@@ -1,7 +1,7 @@
 //! Hermetic `redis-server` processes for tests: each on its own ephemeral port and temp
 //! directory, stopped by PID, restartable on the same port and data (for AOF recovery tests).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -78,31 +78,20 @@ impl RedisServer {
         self.spawn();
     }
 
-    /// Sends one command (inline protocol) and returns the raw reply, or `None` if Redis does
-    /// not answer.
+    /// Sends one command and returns the whole reply in RESP form, or `None` if Redis does not
+    /// answer.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut reply = Vec::new();
-        let mut buf = [0u8; 65536];
-        // Good enough for small replies: read until the stream pauses.
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .ok()?;
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => reply.extend_from_slice(&buf[..n]),
-                Err(_) if !reply.is_empty() => break,
-                Err(_) => return None,
-            }
-        }
-        Some(String::from_utf8_lossy(&reply).into_owned())
+        (&stream).write_all(request.as_bytes()).ok()?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut reply = String::new();
+        read_value(&mut reader, &mut reply).ok()?;
+        Some(reply)
     }
 
     /// An integer reply (`:N`), or the integer in a bulk string.
@@ -118,4 +107,29 @@ impl Drop for RedisServer {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Reads one RESP value, appending its lines to `out`.
+fn read_value(reader: &mut impl BufRead, out: &mut String) -> std::io::Result<()> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    out.push_str(&line);
+    let count: i64 = line[1..].trim().parse().unwrap_or(-1);
+    match line.as_bytes()[0] {
+        b'$' if count >= 0 => {
+            let mut body = vec![0u8; count as usize + 2];
+            reader.read_exact(&mut body)?;
+            out.push_str(&String::from_utf8_lossy(&body));
+        }
+        b'*' => {
+            for _ in 0..count.max(0) {
+                read_value(reader, out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

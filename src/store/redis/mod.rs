@@ -48,6 +48,19 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// Due orders one sweep of one SKU expires at most; the next tick continues.
 const EXPIRE_PER_SWEEP: u32 = 1000;
 
+/// A tokio context for the shard thread, entered for the shard's lifetime in cluster mode.
+///
+/// fred 10 under glommio still wraps closing a dropped connection in a hard-coded 5 s
+/// `tokio::time::timeout`, which panics without a tokio context and takes the shard down the
+/// first time Redis goes away. With this (never driven) context entered, that timeout merely
+/// never fires; the close itself finishes as soon as the socket does. Every timeout we rely on
+/// is a glommio timer.
+pub fn fred_compat_context() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+}
+
 /// How a node reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -124,6 +137,8 @@ struct Inner {
     batches: RefCell<HashMap<Box<str>, batch::Batch>>,
     rng: RefCell<SmallRng>,
     metrics: RefCell<RedisMetrics>,
+    /// Remaining stock of each owned sale at the last sync, for `/metrics`.
+    last_stock: RefCell<HashMap<Box<str>, u64>>,
 }
 
 /// One shard's view of the shared Redis.
@@ -173,6 +188,7 @@ impl RedisStore {
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(SmallRng::from_entropy()),
             metrics: RefCell::new(RedisMetrics::default()),
+            last_stock: RefCell::new(HashMap::new()),
         })))
     }
 
@@ -464,6 +480,13 @@ impl Store for RedisStore {
                 breaker_opened: metrics.breaker_opened,
                 breaker_state: self.0.breaker.borrow().state().gauge(),
             }),
+            stock: self
+                .0
+                .last_stock
+                .borrow()
+                .iter()
+                .map(|(sku, remaining)| (sku.clone(), *remaining))
+                .collect(),
             ..StoreStats::default()
         }
     }
@@ -498,6 +521,10 @@ impl Store for RedisStore {
                 owned.push(sale);
             }
         }
+        *self.0.last_stock.borrow_mut() = owned
+            .iter()
+            .map(|(sale, level)| (sale.sku.clone(), level.remaining))
+            .collect();
         owned
     }
 }

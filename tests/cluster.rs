@@ -1,0 +1,218 @@
+//! Cluster mode: several nodes on one Redis never oversell, and a Redis outage mid-sale costs
+//! availability (fast 503s) but never correctness.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::*;
+use serde_json::json;
+
+/// A sale opening `delay_ms` from now, so every node has learned it (nodes poll Redis every
+/// 100 ms) before the first purchase.
+fn sale_opening_in(delay_ms: i64, stock: u64, per_user_limit: u64) -> serde_json::Value {
+    let now = now_ms();
+    json!({
+        "name": "Cluster sale",
+        "stock": stock,
+        "starts_at": now + delay_ms,
+        "ends_at": now + 3_600_000,
+        "per_user_limit": per_user_limit,
+    })
+}
+
+fn wait_until_open(client: &mut Client, sku: &str) {
+    poll(Duration::from_secs(10), || {
+        (client.get_sale(sku)["state"] == "open").then_some(())
+    })
+    .unwrap_or_else(|| panic!("sale {sku} never opened"));
+    // One more sync period, so every node's edge knows it too.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn three_nodes_on_one_redis_sell_exactly_the_stock() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| Server::start(2, &["--redis", &url]))
+        .collect();
+    const STOCK: u64 = 300;
+    const LIMIT: u64 = 2;
+    nodes[0]
+        .client()
+        .create_sale("hot", &sale_opening_in(1_500, STOCK, LIMIT));
+    wait_until_open(&mut nodes[2].client(), "hot");
+
+    let created: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sold_out_seen = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        for thread in 0..64 {
+            let node = &nodes[thread % 3];
+            let (created, sold_out_seen, attempts) = (
+                Arc::clone(&created),
+                Arc::clone(&sold_out_seen),
+                Arc::clone(&attempts),
+            );
+            scope.spawn(move || {
+                let mut client = node.client();
+                // 64 threads × 8 users × 3 tries: 1,536 attempts, far more than stock.
+                for n in 0..8 {
+                    let user = format!("c-{thread}-{n}");
+                    let token = tok(&user);
+                    for _ in 0..3 {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        let r = client.purchase("hot", &token, Some(1), None);
+                        match r.status {
+                            201 => created
+                                .lock()
+                                .expect("lock")
+                                .push((user.clone(), order_id(&r.json()))),
+                            409 | 403 => {
+                                if r.error_code().as_deref() == Some("sold_out") {
+                                    sold_out_seen.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            other => panic!("unexpected {other}: {r}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let created = created.lock().expect("lock").clone();
+    assert!(
+        sold_out_seen.load(Ordering::Relaxed),
+        "demand exceeded stock"
+    );
+    assert_eq!(created.len() as u64, STOCK, "201s across three nodes");
+    let mut per_user: HashMap<&str, u64> = HashMap::new();
+    for (user, _) in &created {
+        *per_user.entry(user).or_default() += 1;
+    }
+    assert!(
+        per_user.values().all(|n| *n <= LIMIT),
+        "a user over the limit"
+    );
+
+    // Redis's own state agrees.
+    assert_eq!(redis.integer(&["GET", "seckill:{hot}:remaining"]), Some(0));
+    assert_eq!(
+        redis.integer(&["HLEN", "seckill:{hot}:orders"]),
+        Some(STOCK as i64)
+    );
+    for (user, id) in &created {
+        let stored = redis
+            .command(&["HGET", "seckill:{hot}:orders", id])
+            .unwrap_or_default();
+        assert!(
+            stored.contains(user.as_str()),
+            "order {id} of {user} in redis: {stored}"
+        );
+    }
+    let held = redis
+        .command(&["HVALS", "seckill:{hot}:held"])
+        .unwrap_or_default();
+    let held: Vec<u64> = held
+        .lines()
+        .filter(|line| !line.starts_with('*') && !line.starts_with('$'))
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    assert_eq!(held.iter().sum::<u64>(), STOCK, "held units in redis");
+    assert!(held.iter().all(|units| *units <= LIMIT));
+    // Every node answers sold out now, at its edge or from Redis.
+    for node in &nodes {
+        assert_error(
+            &node
+                .client()
+                .purchase("hot", &tok("latecomer"), Some(1), None),
+            409,
+            "sold_out",
+        );
+    }
+}
+
+#[test]
+fn a_redis_outage_mid_sale_gives_fast_503s_and_loses_nothing() {
+    let mut redis = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    let node = Server::start(2, &["--redis", &url]);
+    const STOCK: u64 = 60;
+    node.client().create_sale("outage", &sale_spec(STOCK, 1));
+    let mut client = node.client();
+    let mut created: Vec<String> = Vec::new();
+    for n in 0..20 {
+        let order = client.buy("outage", &tok(&format!("o-{n}")), 1);
+        created.push(order_id(&order));
+    }
+
+    redis.kill9();
+    let mut outage_answers = Vec::new();
+    for n in 0..30 {
+        let r = client.purchase("outage", &tok(&format!("down-{n}")), Some(1), None);
+        outage_answers.push(r.status);
+        if r.status == 201 {
+            created.push(order_id(&r.json()));
+        } else {
+            assert_error(&r, 503, "unavailable");
+        }
+    }
+    assert!(
+        outage_answers.iter().all(|status| *status == 503),
+        "no 201 without Redis: {outage_answers:?}"
+    );
+    let ready = node.client().get("/readyz");
+    assert_error(&ready, 503, "not_ready");
+    let metrics = node.client().get("/metrics");
+    assert_status(&metrics, 200);
+    let text = metrics.text();
+    let parsed = common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(
+        parsed.count("seckill_redis_breaker_opened_total", &[]) >= 1,
+        "{text}"
+    );
+    let failed = parsed.sum("seckill_redis_errors_total", &[]);
+    assert!(failed >= 1.0, "{text}");
+
+    redis.restart();
+    poll(Duration::from_secs(15), || {
+        (node.client().get("/readyz").status == 200).then_some(())
+    })
+    .expect("the node recovers without a restart");
+    // Sell out what is left.
+    let mut n = 0;
+    loop {
+        let r = client.purchase("outage", &tok(&format!("after-{n}")), Some(1), None);
+        n += 1;
+        match r.status {
+            201 => created.push(order_id(&r.json())),
+            409 => {
+                assert_error(&r, 409, "sold_out");
+                break;
+            }
+            503 => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("unexpected {other}: {r}"),
+        }
+        assert!(n < 1_000, "never sold out");
+    }
+    assert_eq!(
+        created.len() as u64,
+        STOCK,
+        "exactly the stock across the outage"
+    );
+    assert_eq!(
+        redis.integer(&["GET", "seckill:{outage}:remaining"]),
+        Some(0)
+    );
+    for id in &created {
+        let stored = redis
+            .command(&["HEXISTS", "seckill:{outage}:orders", id])
+            .unwrap_or_default();
+        assert!(stored.starts_with(":1"), "201'd order {id} is in redis");
+    }
+}

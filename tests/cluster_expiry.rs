@@ -1,0 +1,749 @@
+//! Cluster mode, checked against Redis itself: expiry survives the node that sold, a late payment
+//! and the expiry never both win, and a Redis Cluster of three masters never oversells.
+//!
+//! Real `seckill` processes, real HTTP, real `redis-server`s. The only time bounds are generous
+//! hang detectors; every assertion is on exact counts read back from Redis with a small RESP
+//! client (the harness' `RedisServer::command` waits 200 ms per call and does not parse replies).
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+/// The key prefix the nodes use (the `--redis-prefix` default).
+const PREFIX: &str = "seckill";
+/// Bound for anything that should happen within a few sweep ticks (100 ms each).
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// A minimal RESP2 client
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<String>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// An integer reply, or a bulk string holding one; a missing key reads as 0.
+    #[track_caller]
+    fn int(&self) -> i64 {
+        match self {
+            Resp::Int(n) => *n,
+            Resp::Bulk(None) => 0,
+            Resp::Bulk(Some(s)) => s
+                .parse()
+                .unwrap_or_else(|e| panic!("bulk {s:?} is not an integer: {e}")),
+            other => panic!("expected an integer reply, got {other:?}"),
+        }
+    }
+
+    /// A bulk or simple string; `None` for a nil bulk.
+    #[track_caller]
+    fn text(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) | Resp::Bulk(Some(s)) => Some(s.clone()),
+            Resp::Bulk(None) => None,
+            other => panic!("expected a string reply, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn items(&self) -> &[Resp] {
+        match self {
+            Resp::Array(Some(items)) => items,
+            Resp::Array(None) => &[],
+            other => panic!("expected an array reply, got {other:?}"),
+        }
+    }
+
+    /// A flat `[k1, v1, k2, v2, ...]` array (HGETALL, stream entry fields) as pairs.
+    #[track_caller]
+    fn pairs(&self) -> Vec<(String, String)> {
+        let items = self.items();
+        assert!(
+            items.len() % 2 == 0,
+            "odd-length field/value array: {self:?}"
+        );
+        items
+            .chunks(2)
+            .map(|kv| {
+                (
+                    kv[0].text().expect("field name"),
+                    kv[1].text().expect("field value"),
+                )
+            })
+            .collect()
+    }
+}
+
+fn read_reply(r: &mut impl BufRead) -> io::Result<Resp> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.len() < 3 || !line.ends_with(b"\r\n") {
+        return Err(io::Error::new(
+            ErrorKind::UnexpectedEof,
+            format!("short RESP line {:?}", String::from_utf8_lossy(&line)),
+        ));
+    }
+    let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+    let number = |s: &str| -> io::Result<i64> {
+        s.parse()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidData, format!("bad length {s:?}: {e}")))
+    };
+    Ok(match line[0] {
+        b'+' => Resp::Simple(body),
+        b'-' => Resp::Error(body),
+        b':' => Resp::Int(number(&body)?),
+        b'$' => {
+            let n = number(&body)?;
+            if n < 0 {
+                Resp::Bulk(None)
+            } else {
+                let mut buf = vec![0u8; n as usize + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+        }
+        b'*' => {
+            let n = number(&body)?;
+            if n < 0 {
+                Resp::Array(None)
+            } else {
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(read_reply(r)?);
+                }
+                Resp::Array(Some(items))
+            }
+        }
+        other => {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("unknown RESP type byte {:?}", other as char),
+            ))
+        }
+    })
+}
+
+/// One command on a fresh connection to `127.0.0.1:port`; Redis Cluster `MOVED` redirections are
+/// followed, so any master of a cluster answers for any key. Error replies come back as
+/// [`Resp::Error`]; I/O failures panic.
+#[track_caller]
+fn redis_call(port: u16, args: &[&str]) -> Resp {
+    let mut port = port;
+    for _ in 0..5 {
+        let reply = redis_call_once(port, args)
+            .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"));
+        match &reply {
+            Resp::Error(e) if e.starts_with("MOVED ") => {
+                port = e
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("unparseable redirection {e:?}"));
+            }
+            _ => return reply,
+        }
+    }
+    panic!("redis {args:?}: too many MOVED redirections");
+}
+
+fn redis_call_once(port: u16, args: &[&str]) -> io::Result<Resp> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg.as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    (&stream).write_all(&request)?;
+    read_reply(&mut BufReader::new(stream))
+}
+
+/// Like [`redis_call`], but an error reply panics.
+#[track_caller]
+fn redis_ok(port: u16, args: &[&str]) -> Resp {
+    let reply = redis_call(port, args);
+    if let Resp::Error(e) = &reply {
+        panic!("redis 127.0.0.1:{port} {args:?} answered an error: {e}");
+    }
+    reply
+}
+
+/// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs`.
+fn key(sku: &str, name: &str) -> String {
+    format!("{PREFIX}:{{{sku}}}:{name}")
+}
+
+/// What Redis holds for one SKU.
+struct Ledger {
+    remaining: i64,
+    /// user → units held (pending + paid).
+    held: BTreeMap<String, i64>,
+    pending: i64,
+    /// order id → stored order JSON.
+    orders: BTreeMap<String, Value>,
+    events: Vec<StreamEvent>,
+}
+
+#[derive(Debug, Clone)]
+struct StreamEvent {
+    event: String,
+    order_id: String,
+    user_id: String,
+    quantity: i64,
+    status: String,
+}
+
+#[track_caller]
+fn ledger(port: u16, sku: &str) -> Ledger {
+    let remaining = redis_ok(port, &["GET", &key(sku, "remaining")]).int();
+    let held = redis_ok(port, &["HGETALL", &key(sku, "held")])
+        .pairs()
+        .into_iter()
+        .map(|(user, units)| {
+            let units = units
+                .parse()
+                .unwrap_or_else(|e| panic!("held[{user}] = {units:?}: {e}"));
+            (user, units)
+        })
+        .collect();
+    let pending = redis_ok(port, &["ZCARD", &key(sku, "pending")]).int();
+    let orders = redis_ok(port, &["HGETALL", &key(sku, "orders")])
+        .pairs()
+        .into_iter()
+        .map(|(id, raw)| {
+            let order: Value = serde_json::from_str(&raw)
+                .unwrap_or_else(|e| panic!("order {id} is not JSON ({e}): {raw}"));
+            (id, order)
+        })
+        .collect();
+    let events = redis_ok(port, &["XRANGE", &key(sku, "events"), "-", "+"])
+        .items()
+        .iter()
+        .map(|entry| {
+            let parts = entry.items();
+            assert_eq!(
+                parts.len(),
+                2,
+                "stream entry is not [id, fields]: {entry:?}"
+            );
+            let fields: HashMap<String, String> = parts[1].pairs().into_iter().collect();
+            let field = |name: &str| -> String {
+                fields
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("stream entry without {name:?}: {entry:?}"))
+            };
+            StreamEvent {
+                event: field("event"),
+                order_id: field("order_id"),
+                user_id: field("user_id"),
+                quantity: field("quantity")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("quantity of {entry:?}: {e}")),
+                status: field("status"),
+            }
+        })
+        .collect();
+    Ledger {
+        remaining,
+        held,
+        pending,
+        orders,
+        events,
+    }
+}
+
+/// order id → the `event` field of each of its stream entries, in stream order.
+fn events_by_order(events: &[StreamEvent]) -> BTreeMap<String, Vec<String>> {
+    let mut by_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in events {
+        by_order
+            .entry(e.order_id.clone())
+            .or_default()
+            .push(e.event.clone());
+    }
+    by_order
+}
+
+fn sale_with_timeout(stock: u64, per_user_limit: u64, payment_timeout_ms: u64) -> Value {
+    let mut spec = sale_spec(stock, per_user_limit);
+    spec["payment_timeout_ms"] = json!(payment_timeout_ms);
+    spec
+}
+
+// ---------------------------------------------------------------------------
+// 1. Expiry outlives the node that sold
+// ---------------------------------------------------------------------------
+
+/// Node A sells N orders and dies before their deadline; node B, which never saw them, must
+/// expire each exactly once from Redis' own state.
+///
+/// What each check catches:
+/// - `remaining` via B reaching stock: nobody sweeps for a dead node (expiry scheduled only in
+///   the selling node's memory) or a sweep that does not return stock.
+/// - exactly N `expired` entries, one per order and none for anything else: an order expired
+///   twice (by two sweepers, or by a sweep that does not take it off `pending` and re-expires
+///   it on every tick; we wait several more ticks before looking) or not at all.
+/// - `remaining` key == stock (not more): stock returned twice.
+/// - `held` empty: the per-user holding not given back, so the buyers could never buy again.
+/// - `pending` empty: a due order left behind in the deadline index.
+#[test]
+fn expiry_survives_the_death_of_the_node_that_sold() {
+    const STOCK: u64 = 20;
+    const N: usize = 12;
+    let sku = "phoenix";
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let mut a = Server::start(2, &["--redis", &url]);
+    let b = Server::start(1, &["--redis", &url]);
+
+    let mut ca = a.client();
+    ca.create_sale(sku, &sale_with_timeout(STOCK, 1, 800));
+    let mut bought = BTreeMap::new();
+    for i in 0..N {
+        let user = format!("buyer-{i}");
+        let order = ca.buy(sku, &tok(&user), 1);
+        assert_eq!(order["status"], json!("pending"), "new order: {order}");
+        bought.insert(order_id(&order), user);
+    }
+    drop(ca);
+
+    // The scenario needs A to die while all N are still pending.
+    let before = ledger(redis.port, sku);
+    assert_eq!(
+        (before.pending, before.remaining),
+        (N as i64, (STOCK as usize - N) as i64),
+        "precondition: all {N} orders pending in redis just before A is killed \
+         (is the machine so slow that 800 ms passed during {N} purchases?)"
+    );
+    a.kill9();
+
+    let mut cb = b.client();
+    let mut last = None;
+    let back = poll(WAIT, || {
+        let sale = cb.get_sale(sku);
+        let done = sale["remaining"] == json!(STOCK);
+        last = Some(sale);
+        done.then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "stock did not come back through the surviving node within {WAIT:?}; last seen via B: \
+         {last:?}; node B log:\n{}",
+        b.log()
+    );
+    // Give a sweeper that expires again (or returns stock again) several ticks to do it.
+    std::thread::sleep(Duration::from_millis(600));
+
+    let after = ledger(redis.port, sku);
+    let expired: Vec<&StreamEvent> = after
+        .events
+        .iter()
+        .filter(|e| e.event == "expired")
+        .collect();
+    assert_eq!(
+        expired.len(),
+        N,
+        "expected exactly {N} `expired` events in {}, got {}: {:?}",
+        key(sku, "events"),
+        expired.len(),
+        after.events
+    );
+    let by_order = events_by_order(&after.events);
+    let expected_ids: BTreeSet<&String> = bought.keys().collect();
+    let seen_ids: BTreeSet<&String> = by_order.keys().collect();
+    assert_eq!(seen_ids, expected_ids, "orders named in the event stream");
+    for (id, user) in &bought {
+        assert_eq!(
+            by_order[id],
+            vec!["created".to_owned(), "expired".to_owned()],
+            "events of order {id}"
+        );
+        let e = expired.iter().find(|e| &e.order_id == id).expect("event");
+        assert_eq!(
+            (e.user_id.as_str(), e.quantity, e.status.as_str()),
+            (user.as_str(), 1, "expired"),
+            "expired event of {id}: {e:?}"
+        );
+        assert_eq!(
+            after.orders[id]["status"],
+            json!("expired"),
+            "stored order {id}"
+        );
+        let r = cb.get_order(id, &tok(user));
+        assert_status(&r, 200);
+        assert_eq!(r.json()["status"], json!("expired"), "GET order via B: {r}");
+    }
+    assert_eq!(after.remaining, STOCK as i64, "remaining key in redis");
+    assert!(
+        after.held.is_empty(),
+        "held hash not empty: {:?}",
+        after.held
+    );
+    assert_eq!(after.pending, 0, "pending zset not empty");
+    assert_eq!(cb.remaining(sku), STOCK as i64, "remaining via B");
+}
+
+// ---------------------------------------------------------------------------
+// 2. A late payment against the expiry
+// ---------------------------------------------------------------------------
+
+/// Orders bought on A with the minimum 100 ms timeout are paid on B around their deadline. Each
+/// payment either wins (200 paid) or loses to the expiry (409 order_expired), never both.
+///
+/// What each check catches: a 200 for an order Redis holds as expired (the payment answered
+/// but lost), a 409 for one it holds as paid, an order with both `paid` and `expired` events (or
+/// none, or two of one), and `remaining` off by the stock of orders expired after being paid or
+/// paid after being expired.
+#[test]
+fn a_late_payment_and_the_expiry_never_both_win() {
+    const STOCK: u64 = 1000;
+    const ROUNDS: usize = 40;
+    let sku = "late-pay";
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let a = Server::start(1, &["--redis", &url]);
+    let b = Server::start(2, &["--redis", &url]);
+    let mut ca = a.client();
+    let mut cb = b.client();
+    ca.create_sale(sku, &sale_with_timeout(STOCK, 1000, 100));
+
+    // order id → (user, whether its payment answered 200)
+    let mut outcomes: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    for i in 0..ROUNDS {
+        let user = format!("payer-{i}");
+        let token = tok(&user);
+        let order = ca.buy(sku, &token, 1);
+        let id = order_id(&order);
+        std::thread::sleep(Duration::from_millis(60 + (i as u64 * 37) % 81));
+        let r = cb.pay(&id, &token);
+        let paid = match r.status {
+            200 => {
+                assert_eq!(r.json()["status"], json!("paid"), "pay {id}: {r}");
+                true
+            }
+            _ => {
+                assert_error(&r, 409, "order_expired");
+                false
+            }
+        };
+        outcomes.insert(id, (user, paid));
+    }
+    let paid_count = outcomes.values().filter(|(_, paid)| *paid).count();
+    eprintln!(
+        "late payments: {paid_count} paid, {} expired",
+        ROUNDS - paid_count
+    );
+
+    let mut last = None;
+    let swept = poll(WAIT, || {
+        let pending = redis_ok(redis.port, &["ZCARD", &key(sku, "pending")]).int();
+        last = Some(pending);
+        (pending == 0).then_some(())
+    });
+    assert!(
+        swept.is_some(),
+        "pending orders left in redis after {WAIT:?}: {last:?}"
+    );
+    // Let a sweeper that wrongly touches paid or already expired orders act for a few ticks.
+    std::thread::sleep(Duration::from_millis(400));
+
+    let ledger = ledger(redis.port, sku);
+    let by_order = events_by_order(&ledger.events);
+    let mut stock_out = 0;
+    for (id, (user, paid)) in &outcomes {
+        let want = if *paid { "paid" } else { "expired" };
+        let stored = &ledger
+            .orders
+            .get(id)
+            .unwrap_or_else(|| panic!("order {id} missing from {}", key(sku, "orders")))["status"];
+        assert_eq!(
+            *stored,
+            json!(want),
+            "order {id}: pay answered {}, redis holds it as {stored}",
+            if *paid { "200" } else { "409 order_expired" }
+        );
+        let events = by_order.get(id).cloned().unwrap_or_default();
+        let terminal: Vec<&String> = events
+            .iter()
+            .filter(|e| ["paid", "expired", "cancelled"].contains(&e.as_str()))
+            .collect();
+        assert_eq!(
+            terminal,
+            vec![want],
+            "order {id} must have exactly one terminal event, `{want}`; its events: {events:?}"
+        );
+        assert_eq!(
+            events.iter().filter(|e| *e == "created").count(),
+            1,
+            "order {id} events: {events:?}"
+        );
+        if *paid {
+            stock_out += 1;
+            assert_eq!(ledger.held.get(user), Some(&1), "held[{user}] after paying");
+        } else {
+            assert_eq!(ledger.held.get(user), None, "held[{user}] after expiry");
+        }
+        // Either node answers the settled state the same way.
+        let token = tok(user);
+        let again = ca.pay(id, &token);
+        if *paid {
+            assert_status(&again, 200);
+        } else {
+            assert_error(&again, 409, "order_expired");
+        }
+    }
+    assert_eq!(
+        ledger.events.len(),
+        2 * ROUNDS,
+        "stream holds something besides one created and one terminal event per order: {:?}",
+        ledger.events
+    );
+    assert_eq!(ledger.held.len(), paid_count, "held: {:?}", ledger.held);
+    let want_remaining = STOCK as i64 - stock_out;
+    assert_eq!(ledger.remaining, want_remaining, "remaining key in redis");
+    assert_eq!(ca.remaining(sku), want_remaining, "remaining via A");
+    assert_eq!(cb.remaining(sku), want_remaining, "remaining via B");
+}
+
+// ---------------------------------------------------------------------------
+// 3. Redis Cluster
+// ---------------------------------------------------------------------------
+
+/// Three empty cluster-enabled masters joined with `redis-cli --cluster create`.
+fn redis_cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
+            let bus = pick_port().to_string();
+            RedisServer::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                &bus,
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `redis-cli --cluster create` ({e}); this test needs redis-cli \
+                 (Debian/Ubuntu: apt-get install redis-tools, which redis-server depends on)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create {addrs:?} failed with {}:\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in &nodes {
+        let mut last = String::new();
+        let ok = poll(Duration::from_secs(20), || {
+            last = redis_ok(node.port, &["CLUSTER", "INFO"])
+                .text()
+                .unwrap_or_default();
+            last.contains("cluster_state:ok").then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "redis {} never reported cluster_state:ok; CLUSTER INFO:\n{last}",
+            node.port
+        );
+    }
+    nodes
+}
+
+/// The master port serving `slot`, from `CLUSTER SLOTS` on `port`.
+fn slot_owner(port: u16, slot: i64) -> u16 {
+    let slots = redis_ok(port, &["CLUSTER", "SLOTS"]);
+    for range in slots.items() {
+        let r = range.items();
+        if r[0].int() <= slot && slot <= r[1].int() {
+            return r[2].items()[1].int() as u16;
+        }
+    }
+    panic!("slot {slot} is not served: {slots:?}");
+}
+
+/// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,...`, the form the README documents.
+fn cluster_url(nodes: &[RedisServer]) -> String {
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    format!("redis-cluster://{}", hosts.join(","))
+}
+
+/// Two nodes on a three-master Redis Cluster, SKUs spread over the masters, 16 shoppers. Per
+/// SKU exactly `stock` purchases succeed, Redis ends with nothing left and `stock` orders, and
+/// no shopper holds more than the limit of 1 although each also retries on the other node.
+///
+/// What each check catches: more 201s than stock or `remaining` below 0 (oversell across nodes
+/// or a script not atomic in its slot), fewer (stock lost, or a node refusing a sale it should
+/// know), a second 201 for the same shopper via the other node (the per-user limit not shared),
+/// orders in Redis the clients never got (a 201 lost, or an order made twice on retry).
+#[test]
+fn a_redis_cluster_of_three_masters_never_oversells() {
+    const STOCK: usize = 40;
+    const THREADS: usize = 16;
+    let nodes = redis_cluster();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+
+    // One SKU per master (at least two masters must be used).
+    let mut skus: Vec<(String, u16)> = Vec::new();
+    for i in 0..200 {
+        let sku = format!("spread-{i}");
+        let slot = redis_ok(ports[0], &["CLUSTER", "KEYSLOT", &key(&sku, "sale")]).int();
+        let owner = slot_owner(ports[0], slot);
+        if !skus.iter().any(|(_, o)| *o == owner) {
+            skus.push((sku, owner));
+        }
+        if skus.len() == nodes.len() {
+            break;
+        }
+    }
+    let masters: BTreeSet<u16> = skus.iter().map(|(_, o)| *o).collect();
+    assert!(masters.len() >= 2, "SKUs landed on one master: {skus:?}");
+    eprintln!("SKU -> master port: {skus:?}");
+
+    let url = cluster_url(&nodes);
+    let a = Server::start(1, &["--redis", &url]);
+    let b = Server::start(2, &["--redis", &url]);
+    let servers = [&a, &b];
+
+    let starts_at = now_ms() + 1_500;
+    for (sku, _) in &skus {
+        let mut spec = sale_spec(STOCK as u64, 1);
+        spec["starts_at"] = json!(starts_at);
+        a.client().create_sale(sku, &spec);
+    }
+    // Both nodes learn the sales from Redis (polled every 100 ms) before they open.
+    std::thread::sleep(Duration::from_millis(
+        (starts_at - now_ms()).max(0) as u64 + 50,
+    ));
+
+    // (sku, user, order id) of every 201, including any on a shopper's retry via the other node.
+    let sold: Vec<(String, String, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let sku = skus[t % skus.len()].0.clone();
+                let (home, other) = (servers[t % 2], servers[(t + 1) % 2]);
+                scope.spawn(move || {
+                    let mut ch = home.client();
+                    let mut co = other.client();
+                    let mut sold = Vec::new();
+                    for j in 0.. {
+                        assert!(j < 1000, "{sku}: thread {t} never saw sold_out");
+                        let user = format!("shopper-{t}-{j}");
+                        let token = tok(&user);
+                        let r = ch.purchase(&sku, &token, Some(1), None);
+                        match (r.status, r.error_code().as_deref()) {
+                            (201, _) => sold.push((sku.clone(), user.clone(), order_id(&r.json()))),
+                            (409, Some("sold_out")) => break,
+                            _ => panic!("{sku}: purchase for {user} via port {}: {r}", home.port),
+                        }
+                        // The same shopper again, through the other node: the limit is 1.
+                        let r = co.purchase(&sku, &token, Some(1), None);
+                        match (r.status, r.error_code().as_deref()) {
+                            (201, _) => sold.push((sku.clone(), user.clone(), order_id(&r.json()))),
+                            (403, Some("limit_exceeded")) | (409, Some("sold_out")) => {}
+                            _ => panic!(
+                                "{sku}: second purchase for {user} via port {}: {r}",
+                                other.port
+                            ),
+                        }
+                    }
+                    sold
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("shopper thread panicked"))
+            .collect()
+    });
+
+    for (sku, owner) in &skus {
+        let mine: Vec<&(String, String, String)> =
+            sold.iter().filter(|(s, _, _)| s == sku).collect();
+        let mut per_user: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, user, _) in &mine {
+            *per_user.entry(user).or_default() += 1;
+        }
+        let greedy: Vec<_> = per_user.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            greedy.is_empty(),
+            "{sku}: shoppers with two 201s: {greedy:?}"
+        );
+        assert_eq!(mine.len(), STOCK, "{sku}: 201s answered");
+
+        let ledger = ledger(*owner, sku);
+        assert_eq!(
+            ledger.remaining, 0,
+            "{sku}: remaining key on master {owner}"
+        );
+        assert_eq!(ledger.orders.len(), STOCK, "{sku}: HLEN of the orders hash");
+        let answered: BTreeSet<&str> = mine.iter().map(|(_, _, id)| id.as_str()).collect();
+        let stored: BTreeSet<&str> = ledger.orders.keys().map(String::as_str).collect();
+        assert_eq!(
+            stored, answered,
+            "{sku}: orders in redis vs orders answered 201"
+        );
+        let mut buyers: BTreeMap<&str, usize> = BTreeMap::new();
+        for order in ledger.orders.values() {
+            assert_eq!(order["quantity"], json!(1), "{sku}: {order}");
+            *buyers
+                .entry(order["user_id"].as_str().expect("user_id"))
+                .or_default() += 1;
+        }
+        assert!(
+            buyers.values().all(|n| *n == 1),
+            "{sku}: a user with several orders in redis: {buyers:?}"
+        );
+        assert_eq!(ledger.held.len(), STOCK, "{sku}: held: {:?}", ledger.held);
+        assert!(
+            ledger.held.values().all(|units| *units == 1),
+            "{sku}: a user holds more than 1: {:?}",
+            ledger.held
+        );
+        for server in servers {
+            let sale = server.client().get_sale(sku);
+            assert_eq!(
+                (sale["remaining"].clone(), sale["state"].clone()),
+                (json!(0), json!("sold_out")),
+                "{sku} via port {}: {sale}",
+                server.port
+            );
+        }
+    }
+}
