@@ -12,7 +12,7 @@
 //! and to `GET /v1/sales/{sku}` (remaining == 0), and no shopper holds more than the limit.
 //!
 //! Settings (environment):
-//! - `FLASH_SALE_MODES`: comma-separated modes to run, default `sync,none`.
+//! - `FLASH_SALE_MODES`: comma-separated modes to run, default `sync,none,redis`.
 //! - `FLASH_SALE_RATE`: arrivals per second, default 20000.
 //! - `FLASH_SALE_SECS`: duration of the arrivals, default 8.
 //! - `FLASH_SALE_CONNECTIONS`: connections, default 64.
@@ -20,6 +20,9 @@
 //! - `FLASH_SALE_SHARDS`: server shards, default 2.
 //!
 //! A mode is only a name and extra `serve` arguments ([`MODES`]); a new store is a new row.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -42,9 +45,11 @@ const SHOPPERS: u64 = 100_000;
 const OPENS_AFTER: Duration = Duration::from_secs(3);
 
 /// Store modes: name and the extra `seckill serve` arguments that select it.
+/// `redis` also starts its own `redis-server` and adds `--redis URL`.
 const MODES: &[(&str, &[&str])] = &[
     ("sync", &["--durability", "sync"]),
     ("none", &["--durability", "none"]),
+    ("redis", &[]),
 ];
 
 /// Settings from the environment.
@@ -69,7 +74,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
 
 impl Settings {
     fn from_env() -> Result<Self, String> {
-        let wanted = std::env::var("FLASH_SALE_MODES").unwrap_or_else(|_| "sync,none".into());
+        let wanted = std::env::var("FLASH_SALE_MODES").unwrap_or_else(|_| "sync,none,redis".into());
         let mut modes = Vec::new();
         for name in wanted.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let mode = MODES
@@ -283,7 +288,18 @@ fn run_mode(
     extra_args: &[&str],
     settings: &Settings,
 ) -> Result<ModeResult, String> {
-    let mut server = ServerProcess::start(mode, extra_args, settings.shards)?;
+    // Cluster mode runs on its own Redis, dropped (killed) after the server.
+    let redis = if mode == "redis" {
+        Some(redis_server::RedisServer::start()?)
+    } else {
+        None
+    };
+    let url = redis.as_ref().map(redis_server::RedisServer::url);
+    let mut args: Vec<&str> = extra_args.to_vec();
+    if let Some(url) = &url {
+        args.extend(["--redis", url.as_str()]);
+    }
+    let mut server = ServerProcess::start(mode, &args, settings.shards)?;
     let sku = format!("flash-{mode}");
     let opens_at = now_ms() + OPENS_AFTER.as_millis() as u64;
     let spec = serde_json::json!({

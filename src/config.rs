@@ -280,7 +280,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis = args.redis.clone().or(file.redis);
     if let Some(url) = &redis {
-        let scheme_ok = ["redis://", "rediss://", "redis-cluster://"]
+        let scheme_ok = ["redis://", "redis-cluster://"]
             .iter()
             .any(|scheme| url.starts_with(scheme));
         if !scheme_ok {
@@ -288,6 +288,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
                 "`redis` must be redis://HOST:PORT or redis-cluster://HOST:PORT,..., got {url:?}"
             )));
         }
+        crate::store::redis::parse_url(url).map_err(ConfigError)?;
     }
     let redis_prefix = args
         .redis_prefix

@@ -216,3 +216,22 @@ fn a_redis_outage_mid_sale_gives_fast_503s_and_loses_nothing() {
         assert!(stored.starts_with(":1"), "201'd order {id} is in redis");
     }
 }
+
+#[test]
+fn scripts_flushed_from_redis_are_reloaded() {
+    let redis = RedisServer::start(&[]);
+    let node = Server::start(1, &["--redis", &redis.url()]);
+    let mut client = node.client();
+    client.create_sale("flushed", &sale_spec(10, 1));
+    client.buy("flushed", &tok("f-1"), 1);
+    // As after a Redis restart without persistence of scripts, or a failover.
+    assert!(redis
+        .command(&["SCRIPT", "FLUSH"])
+        .is_some_and(|reply| reply.starts_with("+OK")));
+    client.buy("flushed", &tok("f-2"), 1);
+    assert_eq!(client.remaining("flushed"), 8);
+    assert_eq!(
+        redis.integer(&["HLEN", "seckill:{flushed}:orders"]),
+        Some(2)
+    );
+}

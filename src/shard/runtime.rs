@@ -403,7 +403,7 @@ async fn open_store(
             .await
             .map_err(|error| io::Error::other(error.to_string()))?;
             let store = EmbeddedStore::new(start.book, Rc::clone(&journal));
-            Ok((NodeStore::Embedded(store), Some(journal)))
+            Ok((NodeStore::Embedded(Box::new(store)), Some(journal)))
         }
         StoreSource::Redis(settings) => {
             let store = RedisStore::connect(&settings, id, options.shards)

@@ -9,7 +9,7 @@ use crate::sale::Sale;
 /// Either store.
 pub enum NodeStore {
     /// One machine: the book in memory and a journal on disk.
-    Embedded(EmbeddedStore),
+    Embedded(Box<EmbeddedStore>),
     /// A cluster: Redis holds the truth.
     Redis(RedisStore),
 }

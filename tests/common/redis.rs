@@ -1,7 +1,7 @@
 //! Hermetic `redis-server` processes for tests: each on its own ephemeral port and temp
 //! directory, stopped by PID, restartable on the same port and data (for AOF recovery tests).
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

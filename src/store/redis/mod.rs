@@ -61,6 +61,32 @@ pub fn fred_compat_context() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Reads `--redis`: `redis://HOST:PORT`, or `redis-cluster://HOST:PORT,HOST:PORT,...` (the
+/// comma list operators write; fred spells extra seed nodes `?node=HOST:PORT`).
+pub fn parse_url(url: &str) -> Result<Config, String> {
+    let fred_url = match url.strip_prefix("redis-cluster://") {
+        Some(rest) => {
+            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut nodes = hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
+            let first = nodes
+                .next()
+                .ok_or_else(|| format!("`redis` {url:?} names no cluster node"))?;
+            let mut converted = format!("redis-cluster://{first}");
+            let mut params: Vec<String> = nodes.map(|node| format!("node={node}")).collect();
+            if !query.is_empty() {
+                params.push(query.to_owned());
+            }
+            if !params.is_empty() {
+                converted.push('?');
+                converted.push_str(&params.join("&"));
+            }
+            converted
+        }
+        None => url.to_owned(),
+    };
+    Config::from_url(&fred_url).map_err(|error| format!("`redis` {url:?} is not usable: {error}"))
+}
+
 /// How a node reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -153,8 +179,7 @@ impl RedisStore {
         shard: usize,
         shards: usize,
     ) -> Result<Self, RedisError> {
-        let config = Config::from_url(&settings.url)
-            .map_err(|error| RedisError::Failed(format!("--redis: {error}")))?;
+        let config = parse_url(&settings.url).map_err(RedisError::Failed)?;
         let client = Builder::from_config(config)
             .with_connection_config(|connection| {
                 // Under glommio every fred timeout must be zero (its timers need tokio);
@@ -585,4 +610,29 @@ fn refusal_at(fields: &[Value], index: usize) -> SaleError {
         .copied()
         .find(|refusal| Some(refusal.code()) == code.as_deref())
         .unwrap_or(SaleError::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn cluster_urls_take_a_comma_list() {
+        let config = parse_url("redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")
+            .expect("a valid cluster url");
+        let mut hosts: Vec<String> = config
+            .server
+            .hosts()
+            .iter()
+            .map(|server| format!("{}:{}", server.host, server.port))
+            .collect();
+        hosts.sort();
+        assert_eq!(
+            hosts,
+            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
+        );
+        assert!(parse_url("redis://127.0.0.1:6379").is_ok());
+        assert!(parse_url("redis-cluster://").is_err());
+        assert!(parse_url("redis://127.0.0.1:notaport").is_err());
+    }
 }

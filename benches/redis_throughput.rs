@@ -1,0 +1,189 @@
+//! `cargo bench --bench redis_throughput`: purchases per second in cluster mode, against what
+//! one Redis round trip per purchase allows, measured in the same run on the same Redis.
+//!
+//! 1. Starts a `redis-server` and `seckill serve --redis` on it.
+//! 2. Runs `wrk -t1 -c64` at the purchase endpoint (one shopper with a huge limit, so every
+//!    request creates an order).
+//! 3. Runs `redis-benchmark -c 50 -P 1` with `EVALSHA` of seckill's own purchase script, one
+//!    purchase per call: the ceiling without batching.
+//!
+//! The ratio is what coalescing concurrent purchases into one script call buys. Needs `wrk` and
+//! `redis-benchmark` (`apt-get install wrk redis-tools`). Loopback only; stops what it starts.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use seckill::auth::Auth;
+use seckill::store::redis::keys::SkuKeys;
+use seckill::store::redis::scripts::PURCHASE;
+
+const BIN: &str = env!("CARGO_BIN_EXE_seckill");
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const TOKEN_SECRET: &str = "bench-token-secret-0123456789";
+const SKU: &str = "bench";
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("redis_throughput: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let redis = redis_server::RedisServer::start()?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let shards = std::env::var("REDIS_BENCH_SHARDS").unwrap_or_else(|_| "2".into());
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            &shards,
+        ])
+        .args(["--redis", &redis.url()])
+        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn {BIN}: {e}"))?;
+    let result = measure(port, &redis);
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    result
+}
+
+fn curl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("curl")
+        .arg("-s")
+        .args(args)
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<(), String> {
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !curl(&[&format!("{base}/readyz")])?.contains("ready") {
+        if Instant::now() > deadline {
+            return Err("server not ready".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = seckill::clock::now_ms();
+    let sale = format!(
+        r#"{{"name":"bench","stock":1000000000,"starts_at":{},"ends_at":{},"per_user_limit":1000000}}"#,
+        now - 1000,
+        now + 3_600_000
+    );
+    curl(&[
+        "-X",
+        "PUT",
+        &format!("{base}/v1/sales/{SKU}"),
+        "-H",
+        &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &sale,
+    ])?;
+    let token = Auth::new("", TOKEN_SECRET).mint("bench-shopper", now / 1000 + 3600);
+    let lua = std::env::temp_dir().join(format!("seckill-redis-bench-{}.lua", std::process::id()));
+    std::fs::write(
+        &lua,
+        format!("wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let wrk = Command::new("wrk")
+        .args(["-t1", "-c64", "-d8s", "--latency", "-s"])
+        .arg(&lua)
+        .arg(format!("{base}/v1/sales/{SKU}/purchase"))
+        .output()
+        .map_err(|e| format!("wrk (apt-get install wrk): {e}"))?;
+    let _ = std::fs::remove_file(&lua);
+    let wrk = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let seckill_rps = field(&wrk, "Requests/sec:").ok_or("no wrk figure")?;
+    if wrk.contains("Non-2xx") {
+        return Err(format!("some purchases failed:\n{wrk}"));
+    }
+    let metrics = curl(&[&format!("{base}/metrics")])?;
+    let batches = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
+    let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
+
+    let sha = redis.command(&["SCRIPT", "LOAD", PURCHASE])?;
+    let keys = SkuKeys::new("seckill", SKU).0;
+    let mut args: Vec<String> = vec!["EVALSHA".into(), sha.trim().into(), "10".into()];
+    args.extend(keys);
+    args.extend(
+        [
+            "1000000",
+            "1",
+            "__rand_int__.bench",
+            "rb-__rand_int__",
+            "1",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let bench = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "1",
+            "-n",
+            "200000",
+        ])
+        .args(["-r", "100000000", "-q"])
+        .args(&args)
+        .output()
+        .map_err(|e| format!("redis-benchmark (apt-get install redis-tools): {e}"))?;
+    let bench = String::from_utf8_lossy(&bench.stdout).into_owned();
+    let script_rps = bench
+        .split_whitespace()
+        .zip(bench.split_whitespace().skip(1))
+        .find(|(_, unit)| unit.starts_with("requests"))
+        .and_then(|(value, _)| value.parse::<f64>().ok())
+        .ok_or_else(|| format!("no redis-benchmark figure in {bench:?}"))?;
+    let p99 = wrk
+        .lines()
+        .find(|line| line.trim_start().starts_with("99%"))
+        .map(|line| line.trim().to_owned())
+        .unwrap_or_default();
+    println!("cluster mode purchases, wrk -t1 -c64 -d8s:     {seckill_rps:>10.0} /s   ({p99})");
+    println!(
+        "  mean purchases per script call:               {:>10.1}",
+        batches / calls.max(1.0)
+    );
+    println!("redis-benchmark -c 50 -P 1 EVALSHA purchase:    {script_rps:>10.0} /s   (one purchase per call)");
+    println!(
+        "ratio (seckill / one round trip per purchase):  {:>10.2}x",
+        seckill_rps / script_rps
+    );
+    Ok(())
+}
+
+fn field(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix(name))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.trim().parse().ok())
+}
