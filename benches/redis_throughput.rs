@@ -1,13 +1,14 @@
 //! `cargo bench --bench redis_throughput`: purchases per second in cluster mode, against what
 //! one Redis round trip per purchase allows, measured in the same run on the same Redis.
 //!
-//! 1. Starts a `redis-server` and `seckill serve --redis` on it.
-//! 2. Runs `wrk -t1 -c64` at the purchase endpoint (one shopper with a huge limit, so every
-//!    request creates an order).
+//! 1. Starts a `redis-server` and `seckill serve --redis` on it, twice: with the default batching
+//!    (`--redis-batch 64`) and with batching off (`--redis-batch 1`).
+//! 2. Each time runs `wrk -t1 -c64 -d8s` at the purchase endpoint (one shopper with a huge limit,
+//!    so every request creates an order).
 //! 3. Runs `redis-benchmark -c 50 -P 1` with `EVALSHA` of seckill's own purchase script, one
-//!    purchase per call: the ceiling without batching.
+//!    purchase per call: what Redis alone does with one round trip per purchase.
 //!
-//! The ratio is what coalescing concurrent purchases into one script call buys. Needs `wrk` and
+//! The ratios show what coalescing concurrent purchases into one script call buys. Needs `wrk` and
 //! `redis-benchmark` (`apt-get install wrk redis-tools`). Loopback only; stops what it starts.
 
 #[path = "support/redis_server.rs"]
@@ -34,6 +35,35 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
+    let batched = run_server("64")?;
+    let unbatched = run_server("1")?;
+    let redis = redis_server::RedisServer::start()?;
+    let script_rps = redis_benchmark(&redis)?;
+    println!(
+        "cluster mode, --redis-batch 64, wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call)",
+        batched.rps, batched.p99, batched.per_call
+    );
+    println!(
+        "cluster mode, --redis-batch 1,  wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call)",
+        unbatched.rps, unbatched.p99, unbatched.per_call
+    );
+    println!("redis-benchmark -c 50 -P 1 EVALSHA purchase script: {script_rps:>8.0} calls/s (one purchase each)");
+    println!(
+        "batching bought {:.2}x over --redis-batch 1; {:.2}x of one round trip per purchase",
+        batched.rps / unbatched.rps,
+        batched.rps / script_rps
+    );
+    Ok(())
+}
+
+/// One cluster-mode measurement.
+struct Measured {
+    rps: f64,
+    p99: String,
+    per_call: f64,
+}
+
+fn run_server(batch: &str) -> Result<Measured, String> {
     let redis = redis_server::RedisServer::start()?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -48,14 +78,14 @@ fn run() -> Result<(), String> {
             "--shards",
             &shards,
         ])
-        .args(["--redis", &redis.url()])
+        .args(["--redis", &redis.url(), "--redis-batch", batch])
         .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("spawn {BIN}: {e}"))?;
-    let result = measure(port, &redis);
+    let result = measure(port);
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     result
@@ -70,7 +100,7 @@ fn curl(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<(), String> {
+fn measure(port: u16) -> Result<Measured, String> {
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !curl(&[&format!("{base}/readyz")])?.contains("ready") {
@@ -119,8 +149,40 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<(), String> {
     let batches = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
     let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
 
-    let sha = redis.command(&["SCRIPT", "LOAD", PURCHASE])?;
+    let p99 = wrk
+        .lines()
+        .find(|line| line.trim_start().starts_with("99%"))
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    Ok(Measured {
+        rps: seckill_rps,
+        p99,
+        per_call: batches / calls.max(1.0),
+    })
+}
+
+/// `redis-benchmark` calling seckill's purchase script, one purchase per call, on a sale set up
+/// the way seckill sets it up.
+fn redis_benchmark(redis: &redis_server::RedisServer) -> Result<f64, String> {
     let keys = SkuKeys::new("seckill", SKU).0;
+    let now = seckill::clock::now_ms();
+    let mut sale = vec!["HSET".to_string(), keys[0].clone()];
+    for (field, value) in [
+        ("name", "bench".to_string()),
+        ("stock", "1000000000".into()),
+        ("starts_at", (now - 1000).to_string()),
+        ("ends_at", (now + 3_600_000).to_string()),
+        ("per_user_limit", "1000000".into()),
+        ("payment_timeout_ms", "900000".into()),
+        ("rate_limit_per_sec", "0".into()),
+    ] {
+        sale.push(field.into());
+        sale.push(value);
+    }
+    let sale: Vec<&str> = sale.iter().map(String::as_str).collect();
+    redis.command(&sale)?;
+    redis.command(&["SET", &keys[1], "1000000000"])?;
+    let sha = redis.command(&["SCRIPT", "LOAD", PURCHASE])?;
     let mut args: Vec<String> = vec!["EVALSHA".into(), sha.trim().into(), "10".into()];
     args.extend(keys);
     args.extend(
@@ -151,28 +213,12 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<(), String> {
         .output()
         .map_err(|e| format!("redis-benchmark (apt-get install redis-tools): {e}"))?;
     let bench = String::from_utf8_lossy(&bench.stdout).into_owned();
-    let script_rps = bench
+    bench
         .split_whitespace()
         .zip(bench.split_whitespace().skip(1))
         .find(|(_, unit)| unit.starts_with("requests"))
         .and_then(|(value, _)| value.parse::<f64>().ok())
-        .ok_or_else(|| format!("no redis-benchmark figure in {bench:?}"))?;
-    let p99 = wrk
-        .lines()
-        .find(|line| line.trim_start().starts_with("99%"))
-        .map(|line| line.trim().to_owned())
-        .unwrap_or_default();
-    println!("cluster mode purchases, wrk -t1 -c64 -d8s:     {seckill_rps:>10.0} /s   ({p99})");
-    println!(
-        "  mean purchases per script call:               {:>10.1}",
-        batches / calls.max(1.0)
-    );
-    println!("redis-benchmark -c 50 -P 1 EVALSHA purchase:    {script_rps:>10.0} /s   (one purchase per call)");
-    println!(
-        "ratio (seckill / one round trip per purchase):  {:>10.2}x",
-        seckill_rps / script_rps
-    );
-    Ok(())
+        .ok_or_else(|| format!("no redis-benchmark figure in {bench:?}"))
 }
 
 fn field(text: &str, name: &str) -> Option<f64> {

@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// Namespace of every Redis key [default: seckill].
     #[arg(long, env = "SECKILL_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Most purchases of one SKU coalesced into one Redis script call, 1..=1024 [default: 64].
+    #[arg(long, env = "SECKILL_REDIS_BATCH")]
+    pub redis_batch: Option<usize>,
 }
 
 /// Flags for `token`.

@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub redis: Option<String>,
     /// See [`ServeArgs::redis_prefix`].
     pub redis_prefix: Option<String>,
+    /// See [`ServeArgs::redis_batch`].
+    pub redis_batch: Option<usize>,
 }
 
 /// A configuration error, naming the key.
@@ -118,6 +120,8 @@ pub struct ServeConfig {
     pub redis: Option<String>,
     /// Namespace of every Redis key.
     pub redis_prefix: String,
+    /// Most purchases of one SKU per Redis script call.
+    pub redis_batch: usize,
 }
 
 /// Reads and parses a config file.
@@ -305,6 +309,8 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             "`redis_prefix` must be 1 to 64 characters from [A-Za-z0-9_-:.], got {redis_prefix:?}"
         )));
     }
+    let redis_batch = args.redis_batch.or(file.redis_batch).unwrap_or(64);
+    let redis_batch = in_range("redis_batch", redis_batch, 1, 1024)?;
     Ok(ServeConfig {
         listen,
         shards,
@@ -323,5 +329,6 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         log_format,
         redis,
         redis_prefix,
+        redis_batch,
     })
 }

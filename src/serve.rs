@@ -35,6 +35,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             url: url.clone(),
             prefix: config.redis_prefix.clone(),
             closed_orders_per_sale: config.closed_orders_per_sale,
+            max_batch: config.redis_batch,
         };
         tracing::info!(redis = %url, prefix = %config.redis_prefix, "cluster mode: state lives in redis");
         run_node(node_options(config), NodeStores::Redis(settings))?;

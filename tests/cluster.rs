@@ -235,3 +235,35 @@ fn scripts_flushed_from_redis_are_reloaded() {
         Some(2)
     );
 }
+
+#[test]
+fn stock_returned_on_one_node_is_sold_again_through_another() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let a = Server::start(1, &["--redis", &url]);
+    let b = Server::start(2, &["--redis", &url]);
+    a.client()
+        .create_sale("returns", &sale_opening_in(1_000, 1, 1));
+    wait_until_open(&mut b.client(), "returns");
+    let order = a.client().buy("returns", &tok("first"), 1);
+    // B learns the sell-out from Redis and refuses at its edge.
+    let mut b_client = b.client();
+    poll(Duration::from_secs(10), || {
+        let r = b_client.purchase("returns", &tok("second"), Some(1), None);
+        assert_ne!(r.status, 201, "sold twice: {r}");
+        (r.error_code().as_deref() == Some("sold_out")).then_some(())
+    })
+    .expect("B answers sold out");
+    assert_status(&a.client().cancel(&order_id(&order), &tok("first")), 200);
+    // The returned unit can be bought through B: B's view catches up by polling Redis.
+    let bought = poll(Duration::from_secs(10), || {
+        let r = b_client.purchase("returns", &tok("second"), Some(1), None);
+        (r.status == 201).then_some(r)
+    })
+    .expect("B sells the returned unit");
+    assert_eq!(bought.json()["user_id"], "second");
+    assert_eq!(
+        redis.integer(&["GET", "seckill:{returns}:remaining"]),
+        Some(0)
+    );
+}

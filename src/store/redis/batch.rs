@@ -2,7 +2,7 @@
 //!
 //! The first purchase of an idle SKU starts a flusher at once, so light traffic waits for
 //! nothing. While its call is in flight, later purchases queue; the flusher then takes up to
-//! [`MAX_BATCH`] of them in the next call. Throughput is then bounded by Redis' script execution,
+//! `--redis-batch` (default 64) of them in the next call. Throughput is then bounded by Redis' script execution,
 //! not by one round trip per purchase.
 
 use std::collections::VecDeque;
@@ -16,9 +16,6 @@ use crate::sale::command::{Outcome, PurchaseRequest, Reply, StockLevel};
 use crate::sale::ids::OrderId;
 use crate::sale::SaleError;
 
-/// Most purchases in one script call: bounds the script's run time, during which Redis serves
-/// nothing else.
-pub const MAX_BATCH: usize = 64;
 /// Most purchases of one SKU waiting for a call; more are refused with 503 rather than queued
 /// without bound.
 pub const MAX_QUEUED: usize = 10_000;
@@ -75,7 +72,8 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                 batches.remove(&sku);
                 return;
             }
-            let take = batch.queue.len().min(MAX_BATCH);
+            // Bounded, because Redis serves nothing else while a script runs.
+            let take = batch.queue.len().min(store.0.max_batch);
             batch.queue.drain(..take).collect()
         };
         store

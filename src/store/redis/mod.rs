@@ -3,8 +3,8 @@
 //!
 //! - Every state change is one Lua script over one SKU's keys ([`scripts`], [`keys`]).
 //! - Concurrent purchases of a SKU are coalesced into one script call ([`batch`]): no wait is
-//!   added when traffic is light, and under load one round trip carries up to
-//!   [`batch::MAX_BATCH`] purchases.
+//!   added when traffic is light, and under load one round trip carries up to `--redis-batch`
+//!   purchases.
 //! - Every call has a deadline enforced with glommio's timer (fred's own timeouts need tokio and
 //!   are all zero), goes through a circuit breaker ([`breaker`]), and is retried with backoff and
 //!   jitter. Retrying is safe because every operation is idempotent: a purchase carries its order
@@ -96,6 +96,8 @@ pub struct RedisSettings {
     pub prefix: String,
     /// Cancelled and expired orders kept per sale.
     pub closed_orders_per_sale: usize,
+    /// Most purchases of one SKU per script call.
+    pub max_batch: usize,
 }
 
 /// Why a Redis call gave no answer.
@@ -156,6 +158,7 @@ struct Inner {
     client: Client,
     prefix: String,
     retention: usize,
+    max_batch: usize,
     shard: usize,
     shards: usize,
     scripts: Scripts,
@@ -201,6 +204,7 @@ impl RedisStore {
             client,
             prefix: settings.prefix.clone(),
             retention: settings.closed_orders_per_sale,
+            max_batch: settings.max_batch.max(1),
             shard,
             shards,
             scripts: Scripts {
