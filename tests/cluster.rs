@@ -267,3 +267,55 @@ fn stock_returned_on_one_node_is_sold_again_through_another() {
         Some(0)
     );
 }
+
+#[test]
+fn a_node_started_before_redis_comes_up_by_itself() {
+    let mut redis = RedisServer::start(&[]);
+    redis.kill9();
+    let url = redis.url();
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        redis.restart();
+        redis
+    });
+    // `Server::start` waits for /readyz: it turns 200 only once Redis answers.
+    let node = Server::start(1, &["--redis", &url]);
+    let _redis = starter.join().expect("redis restarted");
+    let mut client = node.client();
+    client.create_sale("late", &sale_spec(3, 1));
+    client.buy("late", &tok("late-1"), 1);
+    assert_eq!(client.remaining("late"), 2);
+}
+
+#[test]
+fn a_block_and_an_unblock_made_on_other_nodes_are_seen_everywhere() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let a = Server::start(1, &["--redis", &url]);
+    let b = Server::start(1, &["--redis", &url]);
+    a.client()
+        .create_sale("guarded", &sale_opening_in(1_000, 10, 5));
+    wait_until_open(&mut b.client(), "guarded");
+    let token = tok("mallory");
+    // Blocked through A: A's edge refuses from now on, and B refuses by Redis or its edge.
+    assert_status(&a.client().block("mallory"), 204);
+    let mut a_client = a.client();
+    assert_error(
+        &a_client.purchase("guarded", &token, Some(1), None),
+        403,
+        "blocked",
+    );
+    assert_error(
+        &b.client().purchase("guarded", &token, Some(1), None),
+        403,
+        "blocked",
+    );
+    // Unblocked through B.
+    assert_status(&b.client().unblock("mallory"), 204);
+    // A's edge hears of the unblock made on B, and lets the purchase through.
+    poll(Duration::from_secs(10), || {
+        let r = a_client.purchase("guarded", &token, Some(1), None);
+        (r.status == 201).then_some(())
+    })
+    .expect("A sells to the unblocked user");
+}

@@ -20,6 +20,9 @@ use crate::store::Store;
 const MAX_QUANTITY: u64 = 100;
 /// Most units a sale may offer.
 const MAX_STOCK: u64 = 1_000_000_000;
+/// Latest time a sale may start or end: the last millisecond of the year 9999. Well inside the
+/// 2^53 that Redis' Lua numbers hold exactly.
+const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 #[derive(Serialize)]
 struct SaleList {
@@ -73,8 +76,8 @@ fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let mut fields = json_fields(request)?;
     let name = fields.required_str("name", 1..=200)?;
     let stock = fields.required_u64("stock", 1..=MAX_STOCK)?;
-    let starts_at = fields.required_u64("starts_at", 0..=u64::MAX)?;
-    let ends_at = fields.required_u64("ends_at", 0..=u64::MAX)?;
+    let starts_at = fields.required_u64("starts_at", 0..=MAX_TIME_MS)?;
+    let ends_at = fields.required_u64("ends_at", 0..=MAX_TIME_MS)?;
     let per_user_limit = fields.u64("per_user_limit", 1..=1_000_000)?.unwrap_or(1);
     let payment_timeout_ms = fields
         .u64("payment_timeout_ms", 100..=7 * 24 * 3_600_000)?

@@ -100,6 +100,16 @@ impl Edge {
         }
     }
 
+    /// Whether `user_id` is on this replica's blocklist.
+    pub fn is_blocked(&self, user_id: &str) -> bool {
+        self.blocked.contains(user_id)
+    }
+
+    /// Every user on this replica's blocklist.
+    pub fn blocked_users(&self) -> impl Iterator<Item = &str> {
+        self.blocked.iter().map(|user| &**user)
+    }
+
     /// The edge checks for a purchase, in contract order: sale exists, window, blocklist, rate,
     /// then the sold-out flag. A request carrying an idempotency key skips the sold-out flag,
     /// because it may be the retry of a purchase that succeeded and must get its order back.

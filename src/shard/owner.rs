@@ -141,6 +141,42 @@ impl<S: Store + 'static> Shard<S> {
         }
     }
 
+    /// Brings every shard's edge copy of the blocklist in line with the shared store's, so a
+    /// block or unblock made on another node is seen here within a tick. One shard per node
+    /// does it.
+    async fn sync_blocklist(self: &Rc<Self>) {
+        let Some(shared) = self.store.shared_blocklist().await else {
+            return;
+        };
+        let changes: Vec<(Box<str>, bool)> = {
+            let edge = self.edge.borrow();
+            let added = shared
+                .iter()
+                .filter(|user| !edge.is_blocked(user))
+                .map(|user| (user.clone(), true));
+            let removed = edge
+                .blocked_users()
+                .filter(|user| !shared.iter().any(|shared| **shared == **user))
+                .map(|user| (Box::<str>::from(user), false));
+            added.chain(removed).collect()
+        };
+        for (user_id, blocked) in changes {
+            self.broadcast(Notice::Blocked { user_id, blocked }, false)
+                .await;
+        }
+    }
+
+    /// Like [`Shard::announce_stock`] for a level read from the shared store by a sync. Such a
+    /// read is the current truth even when its sequence number is lower than one seen before
+    /// (Redis restored from an older snapshot): trusting the old number would keep the SKU flagged
+    /// sold out for good.
+    async fn announce_synced_stock(&self, sku: &str, level: StockLevel) {
+        if let Some(entry) = self.announced.borrow_mut().get_mut(sku) {
+            entry.seq = entry.seq.min(level.seq);
+        }
+        self.announce_stock(sku, level, false).await;
+    }
+
     fn next_flag_version(&self) -> u64 {
         let version = self.flag_version.get() + 1;
         self.flag_version.set(version);
@@ -171,6 +207,9 @@ impl<S: Store + 'static> Shard<S> {
     /// sold or returned. Runs every tick, so a change anywhere is seen here within about
     /// [`TICK`] plus one Redis round trip.
     async fn sync_shared(self: &Rc<Self>) {
+        if self.id == 0 {
+            self.sync_blocklist().await;
+        }
         for (sale, level) in self.store.sync_owned().await {
             let changed = {
                 let announced = self.announced.borrow();
@@ -192,9 +231,9 @@ impl<S: Store + 'static> Shard<S> {
                 let sku = sale.sku.clone();
                 self.broadcast(Notice::SaleUpserted { sale, version }, false)
                     .await;
-                self.announce_stock(&sku, level, false).await;
+                self.announce_synced_stock(&sku, level).await;
             } else {
-                self.announce_stock(&sale.sku, level, false).await;
+                self.announce_synced_stock(&sale.sku, level).await;
             }
         }
     }

@@ -72,4 +72,10 @@ pub trait Store {
     async fn sync_owned(&self) -> Vec<(Sale, StockLevel)> {
         Vec::new()
     }
+
+    /// For a shared store: the whole blocklist, which other nodes may have changed; `None` if
+    /// it cannot be read now.
+    async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {
+        None
+    }
 }

@@ -58,4 +58,11 @@ impl Store for NodeStore {
             NodeStore::Redis(store) => Box::pin(store.sync_owned()).await,
         }
     }
+
+    async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {
+        match self {
+            NodeStore::Embedded(store) => store.shared_blocklist().await,
+            NodeStore::Redis(store) => Box::pin(store.shared_blocklist()).await,
+        }
+    }
 }

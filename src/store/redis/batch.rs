@@ -16,9 +16,9 @@ use crate::sale::command::{Outcome, PurchaseRequest, Reply, StockLevel};
 use crate::sale::ids::OrderId;
 use crate::sale::SaleError;
 
-/// Most purchases of one SKU waiting for a call; more are refused with 503 rather than queued
-/// without bound.
-pub const MAX_QUEUED: usize = 10_000;
+/// Script calls' worth of purchases one SKU may have waiting; more are refused with 503 rather
+/// than queued without bound (in time as well as memory: each waits for the calls ahead of it).
+pub const QUEUED_CALLS: usize = 16;
 
 /// A SKU's queue.
 #[derive(Debug, Default)]
@@ -43,7 +43,7 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
         let mut batches = store.0.batches.borrow_mut();
         let idle = !batches.contains_key(&sku);
         let batch = batches.entry(sku.clone()).or_default();
-        if batch.queue.len() >= MAX_QUEUED {
+        if batch.queue.len() >= QUEUED_CALLS * store.0.max_batch {
             return Err(SaleError::Unavailable);
         }
         batch.queue.push_back(Waiting {

@@ -16,8 +16,8 @@ pub enum BreakerState {
     Closed(u32),
     /// Calls fail at once until the instant.
     Open(Instant),
-    /// One probe is in flight; other calls fail at once.
-    HalfOpen,
+    /// One probe has been in flight since the instant; other calls fail at once.
+    HalfOpen(Instant),
 }
 
 impl BreakerState {
@@ -26,7 +26,7 @@ impl BreakerState {
         match self {
             BreakerState::Closed(_) => 0,
             BreakerState::Open(_) => 1,
-            BreakerState::HalfOpen => 2,
+            BreakerState::HalfOpen(_) => 2,
         }
     }
 }
@@ -52,10 +52,16 @@ impl Breaker {
         match self.state {
             BreakerState::Closed(_) => true,
             BreakerState::Open(until) if now >= until => {
-                self.state = BreakerState::HalfOpen;
+                self.state = BreakerState::HalfOpen(now);
                 true
             }
-            BreakerState::Open(_) | BreakerState::HalfOpen => false,
+            // A probe that never reported (its caller went away) must not keep the breaker
+            // half-open for good.
+            BreakerState::HalfOpen(since) if now >= since + OPEN_FOR => {
+                self.state = BreakerState::HalfOpen(now);
+                true
+            }
+            BreakerState::Open(_) | BreakerState::HalfOpen(_) => false,
         }
     }
 
@@ -98,6 +104,7 @@ mod tests {
         let later = t0 + OPEN_FOR;
         assert!(breaker.admit(later), "the probe");
         assert!(!breaker.admit(later), "one probe at a time");
+        assert!(breaker.admit(later + OPEN_FOR), "a lost probe is replaced");
         breaker.record(false, later);
         assert!(!breaker.admit(later), "a failed probe reopens");
         let again = later + OPEN_FOR;

@@ -23,8 +23,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
+use fred::interfaces::LuaInterface;
 use fred::interfaces::{ClientLike, HashesInterface, SetsInterface};
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::{Config, Options, ReconnectPolicy, UnresponsiveConfig};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
 use rand::rngs::SmallRng;
@@ -109,9 +110,13 @@ pub enum RedisError {
     /// No reply within [`CALL_TIMEOUT`].
     #[error("timed out")]
     Timeout,
-    /// Redis or the connection said no.
+    /// The connection failed, or Redis is not serving (loading, cluster down): worth a retry.
     #[error("{0}")]
     Failed(String),
+    /// Redis answered with an error that a retry would only repeat (a script error, a wrong
+    /// type, out of memory).
+    #[error("rejected by redis: {0}")]
+    Rejected(String),
     /// The reply had an unexpected shape.
     #[error("unexpected reply: {0}")]
     Reply(String),
@@ -182,7 +187,10 @@ impl RedisStore {
         shard: usize,
         shards: usize,
     ) -> Result<Self, RedisError> {
-        let config = parse_url(&settings.url).map_err(RedisError::Failed)?;
+        let mut config = parse_url(&settings.url).map_err(RedisError::Failed)?;
+        // Keep trying when Redis is down at startup too: a node must come up by itself once
+        // Redis does, not stay disconnected until restarted.
+        config.fail_fast = false;
         let client = Builder::from_config(config)
             .with_connection_config(|connection| {
                 // Under glommio every fred timeout must be zero (its timers need tokio);
@@ -192,6 +200,12 @@ impl RedisStore {
                 // Retries are ours, deliberate and idempotent.
                 connection.max_command_attempts = 1;
                 connection.max_command_buffer_len = 10_000;
+                // A connection whose peer vanished without a reset is noticed and replaced,
+                // instead of every call timing out until the kernel gives up on it.
+                connection.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(Duration::from_secs(2)),
+                    interval: Duration::from_millis(500),
+                };
             })
             .with_performance_config(|performance| {
                 performance.default_command_timeout = Duration::ZERO;
@@ -241,7 +255,8 @@ impl RedisStore {
         let attempt = async { Ok(operation.await) };
         let result = match glommio::timer::timeout(CALL_TIMEOUT, attempt).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(RedisError::Failed(error.to_string())),
+            Ok(Err(error)) if is_unavailable(&error) => Err(RedisError::Failed(error.to_string())),
+            Ok(Err(error)) => Err(RedisError::Rejected(error.to_string())),
             Err(_) => Err(RedisError::Timeout),
         };
         let mut metrics = self.0.metrics.borrow_mut();
@@ -253,7 +268,9 @@ impl RedisStore {
         }
         let mut breaker = self.0.breaker.borrow_mut();
         let was_open = matches!(breaker.state(), BreakerState::Open(_));
-        breaker.record(result.is_ok(), Instant::now());
+        // Redis answered a rejection: it is up, so the breaker counts it as a success.
+        let answered = !matches!(result, Err(RedisError::Failed(_) | RedisError::Timeout));
+        breaker.record(answered, Instant::now());
         if !was_open && matches!(breaker.state(), BreakerState::Open(_)) {
             metrics.breaker_opened += 1;
             tracing::warn!(shard = self.0.shard, "redis circuit breaker opened");
@@ -272,7 +289,9 @@ impl RedisStore {
         loop {
             match self.call(operation()).await {
                 Ok(value) => return Ok(value),
-                Err(RedisError::Open) => return Err(RedisError::Open),
+                Err(
+                    error @ (RedisError::Open | RedisError::Rejected(_) | RedisError::Reply(_)),
+                ) => return Err(error),
                 Err(error) if attempt >= ATTEMPTS => return Err(error),
                 Err(_) => {
                     let jitter = self
@@ -288,7 +307,7 @@ impl RedisStore {
         }
     }
 
-    /// Runs `script` over `sku`'s keys.
+    /// Runs `script` over `sku`'s keys, with retries.
     async fn script(
         &self,
         script: &Script,
@@ -296,11 +315,41 @@ impl RedisStore {
         args: Vec<String>,
     ) -> Result<Value, RedisError> {
         let keys = self.keys(sku).0;
-        let client = &self.0.client;
-        self.retrying(|| {
-            script.evalsha_with_reload::<Value, _, _>(client, keys.clone(), args.clone())
+        self.retrying(|| self.evalsha(script, keys.clone(), args.clone()))
+            .await
+    }
+
+    /// The client, failing at once while disconnected. Otherwise fred would queue the command
+    /// and send it after reconnecting, long after its caller was told 503: a purchase would then
+    /// create an order nobody is waiting for.
+    fn now_or_never(&self) -> fred::clients::WithOptions<Client> {
+        self.0.client.with_options(&Options {
+            fail_fast: true,
+            ..Options::default()
         })
-        .await
+    }
+
+    /// `EVALSHA`, loading the script and trying again on `NOSCRIPT` (a restarted or failed-over
+    /// Redis has none).
+    async fn evalsha(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, fred::error::Error> {
+        let client = self.now_or_never();
+        match client
+            .evalsha::<Value, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
+            .await
+        {
+            Err(error) if error.details().starts_with("NOSCRIPT") => {
+                script.load(&self.0.client).await?;
+                client
+                    .evalsha::<Value, _, _, _>(script.sha1().clone(), keys, args)
+                    .await
+            }
+            result => result,
+        }
     }
 
     async fn get_sale(&self, sku: &str) -> Result<Option<(Sale, StockLevel)>, RedisError> {
@@ -311,7 +360,8 @@ impl RedisStore {
 
     async fn upsert(&self, sale: Sale) -> Reply {
         let prefix = &self.0.prefix;
-        let client = &self.0.client;
+        let client = self.now_or_never();
+        let client = &client;
         let sku = sale.sku.clone();
         self.retrying(|| client.sadd::<i64, _, _>(keys::sales(prefix), sku.as_ref()))
             .await?;
@@ -327,11 +377,12 @@ impl RedisStore {
             sale.payment_timeout_ms.to_string(),
             sale.rate_limit_per_sec.to_string(),
         ];
-        args.extend(blocked);
+        args.extend(blocked.iter().cloned());
         let reply = self.script(&self.0.scripts.upsert, &sale.sku, args).await?;
         let fields = reply.into_array();
         match fields.first().and_then(Value::as_str).as_deref() {
             Some("ok") => {
+                self.reconcile_blocklist(&sale.sku, &blocked).await?;
                 let level = StockLevel {
                     remaining: int_at(&fields, 1)?,
                     seq: int_at(&fields, 2)?,
@@ -348,9 +399,32 @@ impl RedisStore {
         }
     }
 
+    /// A block or unblock made while a sale was being created may have written the sale's copy
+    /// of the blocklist before the upsert script replaced it; copy the changes since `copied`.
+    async fn reconcile_blocklist(&self, sku: &str, copied: &[String]) -> Result<(), RedisError> {
+        let client = self.now_or_never();
+        let client = &client;
+        let prefix = &self.0.prefix;
+        let now: Vec<String> = self
+            .retrying(|| client.smembers::<Vec<String>, _>(keys::blocked(prefix)))
+            .await?;
+        let keys = self.keys(sku);
+        let set = keys.blocked();
+        for user in now.iter().filter(|user| !copied.contains(user)) {
+            self.retrying(|| client.sadd::<i64, _, _>(set, user.as_str()))
+                .await?;
+        }
+        for user in copied.iter().filter(|user| !now.contains(user)) {
+            self.retrying(|| client.srem::<i64, _, _>(set, user.as_str()))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn list_sales(&self) -> Reply {
         let prefix = &self.0.prefix;
-        let client = &self.0.client;
+        let client = self.now_or_never();
+        let client = &client;
         let skus: Vec<String> = self
             .retrying(|| client.smembers::<Vec<String>, _>(keys::sales(prefix)))
             .await?;
@@ -366,7 +440,8 @@ impl RedisStore {
 
     async fn get_order(&self, id: &OrderId, requester: &Requester) -> Reply {
         let keys = self.keys(&id.sku);
-        let client = &self.0.client;
+        let client = self.now_or_never();
+        let client = &client;
         let field = id.to_string();
         let raw: Option<String> = self
             .retrying(|| client.hget::<Option<String>, _, _>(keys.orders(), field.as_str()))
@@ -420,7 +495,8 @@ impl RedisStore {
 
     async fn set_blocked(&self, user_id: &str, blocked: bool) -> Reply {
         let prefix = &self.0.prefix;
-        let client = &self.0.client;
+        let client = self.now_or_never();
+        let client = &client;
         let home = keys::blocked(prefix);
         if blocked {
             self.retrying(|| client.sadd::<i64, _, _>(home.as_str(), user_id))
@@ -529,9 +605,19 @@ impl Store for RedisStore {
         true
     }
 
+    async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {
+        let client = self.now_or_never();
+        let users: Vec<String> = self
+            .call(client.smembers::<Vec<String>, _>(keys::blocked(&self.0.prefix)))
+            .await
+            .ok()?;
+        Some(users.into_iter().map(Into::into).collect())
+    }
+
     async fn sync_owned(&self) -> Vec<(Sale, StockLevel)> {
         let prefix = &self.0.prefix;
-        let client = &self.0.client;
+        let client = self.now_or_never();
+        let client = &client;
         let Ok(skus) = self
             .call(client.smembers::<Vec<String>, _>(keys::sales(prefix)))
             .await
@@ -542,9 +628,8 @@ impl Store for RedisStore {
         for sku in skus.iter().filter(|sku| self.owns(sku)) {
             let args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
             let keys = self.keys(sku).0;
-            let script = &self.0.scripts.sync;
             let reply = self
-                .call(script.evalsha_with_reload::<Value, _, _>(client, keys, args))
+                .call(self.evalsha(&self.0.scripts.sync, keys, args))
                 .await;
             if let Ok(Ok(Some(sale))) = reply.map(|reply| decode_sale(sku, reply)) {
                 owned.push(sale);
@@ -582,6 +667,31 @@ fn decode_sale(sku: &str, reply: Value) -> Result<Option<(Sale, StockLevel)>, Re
         seq: int(8)?,
     };
     Ok(Some((sale, level)))
+}
+
+/// Whether a fred error means Redis could not be reached or is not serving now (worth a retry,
+/// and a failure for the breaker), rather than Redis rejecting the command.
+fn is_unavailable(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    let busy = [
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "LOADING",
+        "MASTERDOWN",
+        "MOVED",
+        "ASK",
+    ]
+    .iter()
+    .any(|prefix| error.details().starts_with(prefix));
+    busy || matches!(
+        error.kind(),
+        ErrorKind::IO
+            | ErrorKind::Canceled
+            | ErrorKind::Timeout
+            | ErrorKind::Cluster
+            | ErrorKind::Routing
+            | ErrorKind::Backpressure
+    )
 }
 
 fn decode_order(json: &str) -> Result<Order, SaleError> {

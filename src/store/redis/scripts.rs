@@ -3,7 +3,7 @@
 //! Every script takes the same ten keys, all of one SKU and all carrying the `{sku}` hash tag, so
 //! each runs atomically on one Redis Cluster shard unchanged ([`super::keys::SkuKeys`]). Time is
 //! Redis `TIME`, so nodes with drifting clocks still agree on windows and deadlines. Scripts are
-//! run with `EVALSHA` and reloaded on `NOSCRIPT` by fred's `evalsha_with_reload`.
+//! run with `EVALSHA` and loaded again on `NOSCRIPT` ([`super::RedisStore`]).
 //!
 //! Orders are stored as JSON in the shape [`crate::sale::Order`] deserialises, plus `idem`, the
 //! idempotency field that points at them, so forgetting an order also forgets its key.
