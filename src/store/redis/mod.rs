@@ -46,6 +46,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 const ATTEMPTS: u32 = 3;
 /// Backoff before the second attempt; doubled after, plus up to as much again of jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Settled sales remembered per shard (skipped by the sync); past this, they are synced again.
+const MAX_SETTLED: usize = 100_000;
 /// Due orders one sweep of one SKU expires at most; the next tick continues.
 const EXPIRE_PER_SWEEP: u32 = 1000;
 
@@ -173,6 +175,10 @@ struct Inner {
     metrics: RefCell<RedisMetrics>,
     /// Remaining stock of each owned sale at the last sync, for `/metrics`.
     last_stock: RefCell<HashMap<Box<str>, u64>>,
+    /// Owned sales that are over for good: ended, and past the last payment deadline any of
+    /// their orders can have. Nothing can change them any more (a started sale cannot be
+    /// replaced), so the sync skips them instead of touching every sale ever made each tick.
+    settled: RefCell<std::collections::HashSet<Box<str>>>,
 }
 
 /// One shard's view of the shared Redis.
@@ -232,6 +238,7 @@ impl RedisStore {
             rng: RefCell::new(SmallRng::from_entropy()),
             metrics: RefCell::new(RedisMetrics::default()),
             last_stock: RefCell::new(HashMap::new()),
+            settled: RefCell::new(std::collections::HashSet::new()),
         })))
     }
 
@@ -625,14 +632,26 @@ impl Store for RedisStore {
             return Vec::new();
         };
         let mut owned = Vec::new();
+        let now = now_ms();
         for sku in skus.iter().filter(|sku| self.owns(sku)) {
+            if self.0.settled.borrow().contains(sku.as_str()) {
+                continue;
+            }
             let args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
             let keys = self.keys(sku).0;
             let reply = self
                 .call(self.evalsha(&self.0.scripts.sync, keys, args))
                 .await;
-            if let Ok(Ok(Some(sale))) = reply.map(|reply| decode_sale(sku, reply)) {
-                owned.push(sale);
+            if let Ok(Ok(Some((sale, level)))) = reply.map(|reply| decode_sale(sku, reply)) {
+                // A margin over the last deadline, for clocks that disagree with Redis `TIME`.
+                let settled_at = sale
+                    .ends_at
+                    .saturating_add(sale.payment_timeout_ms)
+                    .saturating_add(60_000);
+                if now > settled_at && self.0.settled.borrow().len() < MAX_SETTLED {
+                    self.0.settled.borrow_mut().insert(sale.sku.clone());
+                }
+                owned.push((sale, level));
             }
         }
         *self.0.last_stock.borrow_mut() = owned
