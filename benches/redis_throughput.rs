@@ -103,7 +103,7 @@ fn curl(args: &[&str]) -> Result<String, String> {
 fn measure(port: u16) -> Result<Measured, String> {
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !curl(&[&format!("{base}/readyz")])?.contains("ready") {
+    while !curl(&[&format!("{base}/readyz")])?.contains(r#""status":"ready""#) {
         if Instant::now() > deadline {
             return Err("server not ready".into());
         }
@@ -115,7 +115,7 @@ fn measure(port: u16) -> Result<Measured, String> {
         now - 1000,
         now + 3_600_000
     );
-    curl(&[
+    let created = curl(&[
         "-X",
         "PUT",
         &format!("{base}/v1/sales/{SKU}"),
@@ -126,6 +126,9 @@ fn measure(port: u16) -> Result<Measured, String> {
         "-d",
         &sale,
     ])?;
+    if !created.contains(r#""state":"open""#) {
+        return Err(format!("could not create the sale: {created}"));
+    }
     let token = Auth::new("", TOKEN_SECRET).mint("bench-shopper", now / 1000 + 3600);
     let lua = std::env::temp_dir().join(format!("seckill-redis-bench-{}.lua", std::process::id()));
     std::fs::write(

@@ -16,6 +16,7 @@ pub(super) fn health() -> Result<Response, ApiError> {
 
 /// `GET /readyz`: every shard serves and the node is not draining.
 pub(super) fn ready<S: Store + 'static>(shard: &Shard<S>) -> Result<Response, ApiError> {
+    // Every shard's store, as their ticks last saw them, and this shard's right now.
     if shard.node.is_ready(shard.count) && shard.store_healthy() {
         Ok(Response::json(200, &br#"{"status":"ready"}"#[..]))
     } else {

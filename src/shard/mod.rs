@@ -37,6 +37,9 @@ pub struct NodeStatus {
     pub ready_shards: AtomicUsize,
     /// Set once shutdown begins.
     pub draining: AtomicBool,
+    /// Shards whose store cannot take changes now (Redis unreachable, journal failed), as each
+    /// shard's tick last saw it. `/readyz` is 503 while any is.
+    pub stores_down: AtomicUsize,
     /// Shards that have finished their own connections; a shard keeps serving its peers' calls
     /// until all have, so in-flight requests anywhere can still complete.
     pub drained_shards: AtomicUsize,
@@ -47,6 +50,7 @@ impl NodeStatus {
     pub fn is_ready(&self, shards: usize) -> bool {
         self.ready_shards.load(Ordering::Acquire) >= shards
             && !self.draining.load(Ordering::Acquire)
+            && self.stores_down.load(Ordering::Acquire) == 0
     }
 }
 

@@ -295,11 +295,23 @@ impl<S: Store + 'static> Shard<S> {
 
     /// The shard's periodic duties, until the node drains.
     pub async fn run_ticks(self: Rc<Self>) {
+        // Counted as down (by the runtime) until its store first says otherwise.
+        let mut store_up = false;
         while !self
             .node
             .draining
             .load(std::sync::atomic::Ordering::Acquire)
         {
+            let healthy = self.store.healthy();
+            if healthy != store_up {
+                store_up = healthy;
+                let counter = &self.node.stores_down;
+                if healthy {
+                    counter.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                } else {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+            }
             glommio::timer::sleep(TICK).await;
             if self.store.shared() {
                 self.sync_shared().await;

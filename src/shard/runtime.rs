@@ -310,6 +310,7 @@ async fn run_shard(
     // reports ready.
     shard.publish_boot_state().await;
     let listener = http::listener::bind_reuseport(options.listen, options.backlog)?;
+    node.stores_down.fetch_add(1, Ordering::AcqRel);
     glommio::spawn_local(Rc::clone(&shard).run_ticks()).detach();
     node.ready_shards.fetch_add(1, Ordering::AcqRel);
     let _ = events.send(NodeEvent::Ready);

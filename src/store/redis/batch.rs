@@ -19,6 +19,9 @@ use crate::sale::SaleError;
 /// Script calls' worth of purchases one SKU may have waiting; more are refused with 503 rather
 /// than queued without bound (in time as well as memory: each waits for the calls ahead of it).
 pub const QUEUED_CALLS: usize = 16;
+/// Purchases one SKU may have waiting however small the batches: enough for a few thousand
+/// concurrent shoppers per shard without refusing any.
+pub const MIN_QUEUE: usize = 1024;
 
 /// A SKU's queue.
 #[derive(Debug, Default)]
@@ -43,7 +46,7 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
         let mut batches = store.0.batches.borrow_mut();
         let idle = !batches.contains_key(&sku);
         let batch = batches.entry(sku.clone()).or_default();
-        if batch.queue.len() >= QUEUED_CALLS * store.0.max_batch {
+        if batch.queue.len() >= (QUEUED_CALLS * store.0.max_batch).max(MIN_QUEUE) {
             return Err(SaleError::Unavailable);
         }
         batch.queue.push_back(Waiting {
