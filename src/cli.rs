@@ -21,6 +21,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a shopper token (reads SECKILL_TOKEN_SECRET or the config file).
     Token(TokenArgs),
+    /// Check the host against the configuration: one line per check, exit 1 on any failure.
+    Doctor(DoctorArgs),
     /// Inspect the journal.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -94,6 +96,14 @@ pub struct ServeArgs {
     /// Most purchases of one SKU coalesced into one Redis script call, 1..=1024 [default: 64].
     #[arg(long, env = "SECKILL_REDIS_BATCH")]
     pub redis_batch: Option<usize>,
+}
+
+/// Flags for `doctor`: the same as `serve`, since it checks what `serve` would run with.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// What `serve` would be started with.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Flags for `token`.

@@ -6,7 +6,7 @@
 //! - [`sale`]: the domain: sales, orders, the ledger, admission, expiry.
 //! - [`store`]: the store boundary and its implementations.
 //! - [`metrics`]: per-shard counters and histograms, merged into Prometheus text on scrape.
-//! - [`config`] and [`cli`]: how operators configure and run it.
+//! - [`config`] and [`cli`]: how operators configure and run it; [`doctor`] checks the host.
 //! - [`load`]: `seckill load`, the open-loop load generator.
 
 #![warn(missing_docs)]
@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod http;
 pub mod load;
 pub mod logging;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use seckill::auth::Auth;
-use seckill::cli::{Cli, Command, JournalCommand, LoadArgs, TokenArgs};
+use seckill::cli::{Cli, Command, DoctorArgs, JournalCommand, LoadArgs, TokenArgs};
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::recovery;
 use seckill::{clock, config, load, logging, serve};
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Token(args) => print_token(&args),
+        Command::Doctor(args) => doctor(&args),
         Command::Journal(JournalCommand::Verify { data_dir }) => verify_journal(&data_dir),
         Command::Load(args) => run_load(args),
     }
@@ -61,6 +62,30 @@ fn run_load(args: LoadArgs) -> ExitCode {
             eprintln!("seckill load: cannot encode the report: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(args: &DoctorArgs) -> ExitCode {
+    let config = match config::resolve(&args.serve) {
+        Ok(config) => config,
+        Err(error) => {
+            println!("FAIL  config         {error}\n      fix: correct the configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = seckill::doctor::run(&config);
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks
+        .iter()
+        .filter(|check| check.verdict == seckill::doctor::Verdict::Fail)
+        .count();
+    if failed > 0 {
+        println!("{failed} check(s) failed");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -30,9 +30,14 @@ use message::{Notice, ShardMsg};
 /// How long a scrape waits for each peer shard's metrics.
 pub const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Node-wide status shared by all shards; read by `/readyz`, written at start and stop only.
+/// Node-wide status shared by all shards; read by `/readyz` and the systemd watchdog.
 #[derive(Debug, Default)]
 pub struct NodeStatus {
+    /// When the node started; heartbeats count milliseconds from here.
+    started: Option<Instant>,
+    /// Each shard's last tick, in ms since `started`: a shard whose executor stalls stops
+    /// beating, and the watchdog stops being fed.
+    heartbeats: Vec<std::sync::atomic::AtomicU64>,
     /// Shards that have joined the mesh and are listening.
     pub ready_shards: AtomicUsize,
     /// Set once shutdown begins.
@@ -46,6 +51,38 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// Status for a node of `shards` shards, none ready yet.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            started: Some(Instant::now()),
+            heartbeats: (0..shards)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    fn since_start_ms(&self) -> u64 {
+        self.started
+            .map_or(0, |started| started.elapsed().as_millis() as u64)
+    }
+
+    /// Records that `shard`'s executor is running its periodic duties.
+    pub fn beat(&self, shard: usize) {
+        if let Some(heartbeat) = self.heartbeats.get(shard) {
+            heartbeat.store(self.since_start_ms(), Ordering::Release);
+        }
+    }
+
+    /// Whether every shard has beaten within `window`.
+    pub fn all_beating(&self, window: std::time::Duration) -> bool {
+        let now = self.since_start_ms();
+        let window = window.as_millis() as u64;
+        self.heartbeats
+            .iter()
+            .all(|heartbeat| now.saturating_sub(heartbeat.load(Ordering::Acquire)) <= window)
+    }
+
     /// Whether every one of `shards` shards serves and the node is not shutting down.
     pub fn is_ready(&self, shards: usize) -> bool {
         self.ready_shards.load(Ordering::Acquire) >= shards

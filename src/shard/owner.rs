@@ -302,6 +302,7 @@ impl<S: Store + 'static> Shard<S> {
             .draining
             .load(std::sync::atomic::Ordering::Acquire)
         {
+            self.node.beat(self.id);
             let healthy = self.store.healthy();
             if healthy != store_up {
                 store_up = healthy;

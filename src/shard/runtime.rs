@@ -171,7 +171,7 @@ pub fn run_node(options: NodeOptions, stores: NodeStores) -> Result<(), NodeErro
         .map_err(|source| NodeError::Shard { shard: 0, source })?;
 
     http::listener::ensure_port_free(options.listen).map_err(NodeError::Listen)?;
-    let node = Arc::new(NodeStatus::default());
+    let node = Arc::new(NodeStatus::new(options.shards));
     let cpus = allowed_cpus();
     let mesh = MeshBuilder::<ShardMsg, _>::full(options.shards, MESH_CAPACITY);
     let mut stops = Vec::with_capacity(options.shards);
@@ -209,12 +209,33 @@ pub fn run_node(options: NodeOptions, stores: NodeStores) -> Result<(), NodeErro
     let mut ready = 0;
     let mut failure = None;
     let mut exited = 0;
-    while let Ok(event) = inbox.recv() {
+    // Under systemd with WatchdogSec, fed from here only while every shard's tick runs: a
+    // stalled shard stops the pings, and systemd restarts the service.
+    let watchdog = sd_notify::watchdog_enabled();
+    loop {
+        let event = match watchdog {
+            Some(period) => match inbox.recv_timeout(period / 3) {
+                Ok(event) => event,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if ready == options.shards && node.all_beating(period / 2) {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match inbox.recv() {
+                Ok(event) => event,
+                Err(_) => break,
+            },
+        };
         match event {
             NodeEvent::Ready => {
                 ready += 1;
                 if ready == options.shards {
                     tracing::info!(listen = %options.listen, shards = options.shards, "seckill is ready");
+                    // Every shard listens: tell systemd (Type=notify); a no-op elsewhere.
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
             NodeEvent::Signal(signal) => {
@@ -230,6 +251,7 @@ pub fn run_node(options: NodeOptions, stores: NodeStores) -> Result<(), NodeErro
             }
         }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     node.draining.store(true, Ordering::Release);
     for stop in stops {
         let _ = stop.send(());

@@ -1,0 +1,178 @@
+//! `seckill doctor` on the real host: it passes or warns here, and fails with a fix for a data
+//! dir on tmpfs and for an unreachable Redis. Also the systemd notify protocol of `serve`:
+//! READY=1 once every shard listens, WATCHDOG=1 while the shards tick, STOPPING=1 on SIGTERM.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn doctor(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("doctor")
+        .args(args)
+        .env_remove("SECKILL_REDIS")
+        .env_remove("SECKILL_DATA_DIR")
+        .env_remove("SECKILL_CONFIG")
+        .output()
+        .expect("run seckill doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn doctor_passes_or_warns_on_this_machine() {
+    let dir = fresh_data_dir();
+    let (code, text) = doctor(&["--data-dir", &dir.to_string_lossy()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{text}");
+    for name in [
+        "kernel",
+        "io_uring",
+        "memlock",
+        "nofile",
+        "somaxconn",
+        "cpus",
+        "data_dir",
+        "clock source",
+    ] {
+        assert!(
+            text.lines().any(|line| line.contains(name)),
+            "no {name} check in:\n{text}"
+        );
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+    // Every warning says what to do.
+    let lines: Vec<&str> = text.lines().collect();
+    for (index, line) in lines.iter().enumerate() {
+        if line.starts_with("WARN") {
+            assert!(
+                lines
+                    .get(index + 1)
+                    .is_some_and(|next| next.contains("fix:")),
+                "warning without a fix: {line}"
+            );
+        }
+    }
+    assert!(text.contains("pass  io_uring"), "a ring was set up: {text}");
+}
+
+#[test]
+fn doctor_fails_with_a_fix_for_a_data_dir_on_tmpfs() {
+    let dir = format!("/dev/shm/seckill-doctor-{}", std::process::id());
+    let (code, text) = doctor(&["--data-dir", &dir]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 1, "{text}");
+    let fail = text
+        .lines()
+        .position(|line| line.starts_with("FAIL") && line.contains("data_dir"))
+        .unwrap_or_else(|| panic!("no data_dir failure:\n{text}"));
+    let fix = text.lines().nth(fail + 1).unwrap_or_default();
+    assert!(fix.contains("fix:") && fix.contains("tmpfs"), "{text}");
+}
+
+#[test]
+fn doctor_fails_with_a_fix_for_an_unreachable_redis() {
+    let port = pick_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (code, text) = doctor(&["--redis", &url]);
+    assert_eq!(code, 1, "{text}");
+    let fail = text
+        .lines()
+        .position(|line| line.starts_with("FAIL") && line.contains("redis"))
+        .unwrap_or_else(|| panic!("no redis failure:\n{text}"));
+    assert!(
+        text.lines()
+            .nth(fail + 1)
+            .is_some_and(|fix| fix.contains("fix:")),
+        "{text}"
+    );
+    // And with Redis up, the same check passes with its version.
+    let redis = common::redis::RedisServer::start(&[]);
+    let (code, text) = doctor(&["--redis", &redis.url()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("pass") && line.contains("Redis ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_speaks_the_systemd_notify_protocol() {
+    let dir = fresh_data_dir();
+    let socket_path = dir.with_extension("notify");
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let port = pick_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "2",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "600000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 512];
+    // READY=1 first, then watchdog pings.
+    while !received.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        match socket.recv(&mut buf) {
+            Ok(n) => received.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(error) => {
+                let _ = child.kill();
+                panic!("no notification ({error}); got {received:?}");
+            }
+        }
+    }
+    assert!(
+        received.first().is_some_and(|m| m.contains("READY=1")),
+        "READY=1 comes first: {received:?}"
+    );
+    // Ready means every shard listens.
+    let mut client = Client::from_stream(
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+        port,
+    );
+    assert_eq!(client.get("/readyz").status, 200);
+    let _ = nix_kill_term(child.id());
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if message.contains("STOPPING=1") {
+                    break;
+                }
+            }
+            Err(error) => panic!("no STOPPING=1 after SIGTERM: {error}"),
+        }
+    }
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn nix_kill_term(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+}
