@@ -285,3 +285,28 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NodeStatus;
+    use std::time::Duration;
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_every_shard_beats() {
+        let node = NodeStatus::new(2);
+        std::thread::sleep(Duration::from_millis(20));
+        node.beat(0);
+        assert!(
+            !node.all_beating(Duration::from_millis(10)),
+            "shard 1 never beat"
+        );
+        node.beat(1);
+        assert!(node.all_beating(Duration::from_millis(10)));
+        std::thread::sleep(Duration::from_millis(30));
+        node.beat(0);
+        assert!(
+            !node.all_beating(Duration::from_millis(10)),
+            "shard 1 stalled"
+        );
+    }
+}
