@@ -21,12 +21,17 @@ fn the_sysctl_script_prints_old_and_new_values_for_every_key() {
         .output()
         .expect("run the script");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for key in keys {
         assert!(
-            text.lines()
-                .any(|line| line.starts_with(&format!("{key}:")) && line.contains("->")
-                    || line.contains(key) && line.contains("not in this kernel")),
+            text.lines().any(
+                |line| line.starts_with(&format!("{key}:")) && line.contains("->")
+                    || line.contains(key) && line.contains("not in this kernel")
+            ),
             "{key} missing from:\n{text}"
         );
     }
