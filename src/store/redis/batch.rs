@@ -130,22 +130,22 @@ fn decode_row(row: Value) -> Reply {
     let outcome = fields.first().and_then(Value::as_string);
     let level = || -> Result<StockLevel, SaleError> {
         Ok(StockLevel {
-            remaining: super::int_at(&fields, 2)?,
-            seq: super::int_at(&fields, 3)?,
+            remaining: super::decode::int_at(&fields, 2)?,
+            seq: super::decode::int_at(&fields, 3)?,
         })
     };
     match outcome.as_deref() {
         Some("ok") | Some("retried") => Ok(Outcome::Order {
-            order: super::decode_order(&super::str_at(&fields, 1)?)?,
+            order: super::decode::decode_order(&super::decode::str_at(&fields, 1)?)?,
             stock: Some(level()?),
             replayed: false,
         }),
         Some("replay") => Ok(Outcome::Order {
-            order: super::decode_order(&super::str_at(&fields, 1)?)?,
+            order: super::decode::decode_order(&super::decode::str_at(&fields, 1)?)?,
             stock: None,
             replayed: true,
         }),
-        Some("err") => Err(super::refusal_at(&fields, 1)),
+        Some("err") => Err(super::decode::refusal_at(&fields, 1)),
         _ => Err(SaleError::Unavailable),
     }
 }

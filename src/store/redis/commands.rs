@@ -1,0 +1,219 @@
+//! The store's operations, one per command: each a script or a few plain commands, through
+//! [`RedisStore::call`](super::RedisStore) and its retries.
+
+use fred::interfaces::{HashesInterface, SetsInterface};
+use fred::types::Value;
+
+use super::decode::{decode_order, decode_sale, int_at, refusal_at, str_at};
+use super::{batch, keys, RedisError, RedisStore, EXPIRE_PER_SWEEP};
+use crate::clock::now_ms;
+use crate::sale::command::{Command, Outcome, Reply, Requester, StockLevel};
+use crate::sale::ids::OrderId;
+use crate::sale::{Sale, SaleError, SaleView};
+
+impl RedisStore {
+    /// The sale and its stock, read by the `SYNC` script without expiring anything.
+    pub(super) async fn get_sale(
+        &self,
+        sku: &str,
+    ) -> Result<Option<(Sale, StockLevel)>, RedisError> {
+        let args = vec![self.0.retention.to_string(), "0".to_owned()];
+        let reply = self.script(&self.0.scripts.sync, sku, args).await?;
+        decode_sale(sku, reply)
+    }
+
+    async fn upsert(&self, sale: Sale) -> Reply {
+        let prefix = &self.0.prefix;
+        let client = self.now_or_never();
+        let client = &client;
+        let sku = sale.sku.clone();
+        self.retrying(|| client.sadd::<i64, _, _>(keys::sales(prefix), sku.as_ref()))
+            .await?;
+        let blocked: Vec<String> = self
+            .retrying(|| client.smembers::<Vec<String>, _>(keys::blocked(prefix)))
+            .await?;
+        let mut args = vec![
+            sale.name.to_string(),
+            sale.stock.to_string(),
+            sale.starts_at.to_string(),
+            sale.ends_at.to_string(),
+            sale.per_user_limit.to_string(),
+            sale.payment_timeout_ms.to_string(),
+            sale.rate_limit_per_sec.to_string(),
+        ];
+        args.extend(blocked.iter().cloned());
+        let reply = self.script(&self.0.scripts.upsert, &sale.sku, args).await?;
+        let fields = reply.into_array();
+        match fields.first().and_then(Value::as_str).as_deref() {
+            Some("ok") => {
+                self.reconcile_blocklist(&sale.sku, &blocked).await?;
+                let level = StockLevel {
+                    remaining: int_at(&fields, 1)?,
+                    seq: int_at(&fields, 2)?,
+                };
+                Ok(Outcome::Sale(SaleView::new(
+                    &sale,
+                    level.remaining,
+                    level.seq,
+                    now_ms(),
+                )))
+            }
+            Some("err") => Err(refusal_at(&fields, 1)),
+            _ => Err(SaleError::Unavailable),
+        }
+    }
+
+    /// A block or unblock made while a sale was being created may have written the sale's copy
+    /// of the blocklist before the upsert script replaced it; copy the changes since `copied`.
+    async fn reconcile_blocklist(&self, sku: &str, copied: &[String]) -> Result<(), RedisError> {
+        let client = self.now_or_never();
+        let client = &client;
+        let prefix = &self.0.prefix;
+        let now: Vec<String> = self
+            .retrying(|| client.smembers::<Vec<String>, _>(keys::blocked(prefix)))
+            .await?;
+        let keys = self.keys(sku);
+        let set = keys.blocked();
+        for user in now.iter().filter(|user| !copied.contains(user)) {
+            self.retrying(|| client.sadd::<i64, _, _>(set, user.as_str()))
+                .await?;
+        }
+        for user in copied.iter().filter(|user| !now.contains(user)) {
+            self.retrying(|| client.srem::<i64, _, _>(set, user.as_str()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list_sales(&self) -> Reply {
+        let prefix = &self.0.prefix;
+        let client = self.now_or_never();
+        let client = &client;
+        let skus: Vec<String> = self
+            .retrying(|| client.smembers::<Vec<String>, _>(keys::sales(prefix)))
+            .await?;
+        let now = now_ms();
+        let mut views = Vec::new();
+        for sku in skus.iter().filter(|sku| self.owns(sku)) {
+            if let Some((sale, level)) = self.get_sale(sku).await? {
+                views.push(SaleView::new(&sale, level.remaining, level.seq, now));
+            }
+        }
+        Ok(Outcome::Sales(views))
+    }
+
+    async fn get_order(&self, id: &OrderId, requester: &Requester) -> Reply {
+        let keys = self.keys(&id.sku);
+        let client = self.now_or_never();
+        let client = &client;
+        let field = id.to_string();
+        let raw: Option<String> = self
+            .retrying(|| client.hget::<Option<String>, _, _>(keys.orders(), field.as_str()))
+            .await?;
+        let order = raw
+            .map(|json| decode_order(&json))
+            .transpose()?
+            .filter(|order| requester.may_see(&order.user_id))
+            .ok_or(SaleError::UnknownOrder)?;
+        Ok(Outcome::Order {
+            order,
+            stock: None,
+            replayed: false,
+        })
+    }
+
+    async fn transition(&self, id: &OrderId, requester: &Requester, target: &str) -> Reply {
+        let who = match requester {
+            Requester::Admin => "*".to_owned(),
+            Requester::Shopper(user) => user.to_string(),
+        };
+        let args = vec![
+            self.0.retention.to_string(),
+            id.to_string(),
+            who,
+            target.to_owned(),
+        ];
+        let reply = self
+            .script(&self.0.scripts.transition, &id.sku, args)
+            .await?;
+        let fields = reply.into_array();
+        let level = StockLevel {
+            remaining: int_at(&fields, 2)?,
+            seq: int_at(&fields, 3)?,
+        };
+        match fields.first().and_then(Value::as_str).as_deref() {
+            Some("ok") => Ok(Outcome::Order {
+                order: decode_order(&str_at(&fields, 1)?)?,
+                stock: None,
+                replayed: false,
+            }),
+            Some("changed") => Ok(Outcome::Order {
+                order: decode_order(&str_at(&fields, 1)?)?,
+                stock: Some(level),
+                replayed: false,
+            }),
+            Some("err") => Err(refusal_at(&fields, 1)),
+            _ => Err(SaleError::Unavailable),
+        }
+    }
+
+    async fn set_blocked(&self, user_id: &str, blocked: bool) -> Reply {
+        let prefix = &self.0.prefix;
+        let client = self.now_or_never();
+        let client = &client;
+        let home = keys::blocked(prefix);
+        if blocked {
+            self.retrying(|| client.sadd::<i64, _, _>(home.as_str(), user_id))
+                .await?;
+        } else {
+            self.retrying(|| client.srem::<i64, _, _>(home.as_str(), user_id))
+                .await?;
+        }
+        // Every sale carries its own copy, so the purchase script can check it in its slot.
+        let skus: Vec<String> = self
+            .retrying(|| client.smembers::<Vec<String>, _>(keys::sales(prefix)))
+            .await?;
+        for sku in skus {
+            let keys = self.keys(&sku);
+            let set = keys.blocked().to_owned();
+            if blocked {
+                self.retrying(|| client.sadd::<i64, _, _>(set.as_str(), user_id))
+                    .await?;
+            } else {
+                self.retrying(|| client.srem::<i64, _, _>(set.as_str(), user_id))
+                    .await?;
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Runs one command against Redis.
+    pub(super) async fn run(&self, command: Command) -> Reply {
+        match command {
+            Command::UpsertSale(sale) => self.upsert(sale).await,
+            Command::GetSale(sku) => match self.get_sale(&sku).await? {
+                Some((sale, level)) => Ok(Outcome::Sale(SaleView::new(
+                    &sale,
+                    level.remaining,
+                    level.seq,
+                    now_ms(),
+                ))),
+                None => Err(SaleError::UnknownSale),
+            },
+            Command::ListSales => self.list_sales().await,
+            Command::Purchase(request) => batch::purchase(self, request).await,
+            Command::GetOrder(id, requester) => self.get_order(&id, &requester).await,
+            Command::Pay(id, user) => {
+                self.transition(&id, &Requester::Shopper(user), "paid")
+                    .await
+            }
+            Command::Cancel(id, requester) => self.transition(&id, &requester, "cancelled").await,
+            Command::Expire(id) => {
+                let args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
+                self.script(&self.0.scripts.sync, &id.sku, args).await?;
+                Ok(Outcome::Done)
+            }
+            Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Reading script replies: sales, orders and refusal codes out of Redis values.
+
+use fred::types::Value;
+
+use super::RedisError;
+use crate::sale::command::StockLevel;
+use crate::sale::{Order, Sale, SaleError};
+
+/// The sale and level from a `SYNC` reply; `None` for an unknown SKU.
+pub(super) fn decode_sale(
+    sku: &str,
+    reply: Value,
+) -> Result<Option<(Sale, StockLevel)>, RedisError> {
+    let fields = reply.into_array();
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let name = str_at(&fields, 0).map_err(|_| RedisError::Reply("sale name".into()))?;
+    let int =
+        |index| int_at(&fields, index).map_err(|_| RedisError::Reply(format!("field {index}")));
+    let sale = Sale {
+        sku: sku.into(),
+        name: name.into(),
+        stock: int(1)?,
+        starts_at: int(2)?,
+        ends_at: int(3)?,
+        per_user_limit: u32::try_from(int(4)?).unwrap_or(u32::MAX),
+        payment_timeout_ms: int(5)?,
+        rate_limit_per_sec: u32::try_from(int(6)?).unwrap_or(u32::MAX),
+    };
+    let level = StockLevel {
+        remaining: int(7)?,
+        seq: int(8)?,
+    };
+    Ok(Some((sale, level)))
+}
+
+pub(super) fn decode_order(json: &str) -> Result<Order, SaleError> {
+    let mut bytes = json.as_bytes().to_vec();
+    simd_json::serde::from_slice::<Order>(&mut bytes).map_err(|error| {
+        tracing::error!(%error, "an order in redis does not decode");
+        SaleError::Unavailable
+    })
+}
+
+pub(super) fn str_at(fields: &[Value], index: usize) -> Result<String, SaleError> {
+    fields
+        .get(index)
+        .and_then(Value::as_string)
+        .ok_or(SaleError::Unavailable)
+}
+
+pub(super) fn int_at(fields: &[Value], index: usize) -> Result<u64, SaleError> {
+    fields
+        .get(index)
+        .and_then(Value::as_i64)
+        .and_then(|value| u64::try_from(value).ok())
+        .ok_or(SaleError::Unavailable)
+}
+
+pub(super) fn refusal_at(fields: &[Value], index: usize) -> SaleError {
+    let code = fields.get(index).and_then(Value::as_string);
+    SaleError::ALL
+        .iter()
+        .copied()
+        .find(|refusal| Some(refusal.code()) == code.as_deref())
+        .unwrap_or(SaleError::Unavailable)
+}
