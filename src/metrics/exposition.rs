@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use super::distribution::DistributionSnapshot;
 use super::recorder::MessageKind;
-use super::{Route, ShardSnapshot};
+use super::{add_count, Route, ShardSnapshot};
 use crate::sale::{OrderCounts, OrderStatus};
 
 /// The `Content-Type` of the exposition.
@@ -91,7 +91,7 @@ fn render_requests(out: &mut Text, shards: &[ShardSnapshot]) {
         for shard in shards {
             if let Some(stats) = shard.requests.requests.get(route as usize) {
                 for (status, count) in &stats.statuses {
-                    add(&mut statuses, *status, *count);
+                    add_count(&mut statuses, *status, *count);
                 }
             }
         }
@@ -135,7 +135,7 @@ fn render_requests(out: &mut Text, shards: &[ShardSnapshot]) {
     let mut outcomes: Vec<(&str, u64)> = vec![("created", 0)];
     for shard in shards {
         for (outcome, count) in &shard.requests.purchase_outcomes {
-            add(&mut outcomes, *outcome, *count);
+            add_count(&mut outcomes, *outcome, *count);
         }
     }
     outcomes.sort_unstable();
@@ -361,13 +361,6 @@ fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
 }
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
-
-fn add<K: PartialEq + Copy>(counts: &mut Vec<(K, u64)>, key: K, count: u64) {
-    match counts.iter_mut().find(|(k, _)| *k == key) {
-        Some((_, total)) => *total += count,
-        None => counts.push((key, count)),
-    }
-}
 
 /// The exposition being written. Writing to a `String` cannot fail, so results are ignored.
 struct Text(String);

@@ -83,6 +83,15 @@ impl Route {
     }
 }
 
+/// Adds `count` to `key`'s entry. Counts are kept as short lists of pairs: the keys (statuses,
+/// outcome codes) are few, so a scan beats a map, and the list is cheap to copy to a scrape.
+fn add_count<K: PartialEq + Copy>(counts: &mut Vec<(K, u64)>, key: K, count: u64) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, total)) => *total += count,
+        None => counts.push((key, count)),
+    }
+}
+
 /// Everything one shard reports to a scrape.
 #[derive(Debug, Clone)]
 pub struct ShardSnapshot {

@@ -163,10 +163,7 @@ impl ShardMetrics {
 }
 
 fn bump<K: PartialEq + Copy>(counts: &mut Vec<(K, u64)>, key: K) {
-    match counts.iter_mut().find(|(k, _)| *k == key) {
-        Some((_, count)) => *count += 1,
-        None => counts.push((key, 1)),
-    }
+    super::add_count(counts, key, 1);
 }
 
 /// Decrements an in-flight gauge when dropped.
