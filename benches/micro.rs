@@ -44,6 +44,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use seckill::api::body::json_fields;
+use seckill::api::parse_sale;
 use seckill::auth::{Auth, Principal};
 use seckill::http::request::{parse, Parsed};
 use seckill::http::{Method, Request};
@@ -291,31 +292,19 @@ fn json_request(path: &'static str, body: &'static [u8]) -> Request<'static> {
     }
 }
 
-/// Reads a sale definition the way `PUT /v1/sales/{sku}` does.
-fn read_sale(request: &Request<'_>) -> Result<Sale, seckill::api::error::ApiError> {
-    let mut fields = json_fields(request)?;
-    let name = fields.required_str("name", 1..=200)?;
-    let stock = fields.required_u64("stock", 1..=1_000_000_000)?;
-    let starts_at = fields.required_u64("starts_at", 0..=u64::MAX)?;
-    let ends_at = fields.required_u64("ends_at", 0..=u64::MAX)?;
-    let per_user_limit = fields.u64("per_user_limit", 1..=1_000_000)?.unwrap_or(1);
-    let payment_timeout_ms = fields
-        .u64("payment_timeout_ms", 100..=7 * 24 * 3_600_000)?
-        .unwrap_or(900_000);
-    let rate_limit_per_sec = fields
-        .u64("rate_limit_per_sec", 0..=10_000_000)?
-        .unwrap_or(0);
-    fields.finish()?;
-    Ok(Sale {
-        sku: SKU.into(),
-        name: name.into(),
-        stock,
-        starts_at,
-        ends_at,
-        per_user_limit: u32::try_from(per_user_limit).unwrap_or(u32::MAX),
-        payment_timeout_ms,
-        rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
-    })
+/// Runs `commands` (all purchases that must succeed) on `book` and returns the time they took.
+fn time_purchases(book: &mut Book, commands: Vec<Command>) -> Duration {
+    let expected = commands.len() as u64;
+    let start = Instant::now();
+    let mut bought = 0u64;
+    for command in commands {
+        let (reply, event) = book.execute(command, black_box(NOW_MS));
+        bought += u64::from(reply.is_ok());
+        black_box(event);
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(bought, expected, "every purchase must succeed");
+    elapsed
 }
 
 fn read_quantity(request: &Request<'_>) -> Result<u64, seckill::api::error::ApiError> {
@@ -330,7 +319,7 @@ fn json(c: &mut Criterion) {
     assert_eq!(read_quantity(&purchase).ok(), Some(1), "purchase body");
     let sale = json_request("/v1/sales/moutai-2026", SALE_BODY);
     assert_eq!(
-        read_sale(&sale).ok().map(|s| s.stock),
+        parse_sale(&sale, SKU).ok().map(|s| s.stock),
         Some(10_000),
         "sale body"
     );
@@ -342,7 +331,7 @@ fn json(c: &mut Criterion) {
     });
     group.throughput(Throughput::Bytes(SALE_BODY.len() as u64));
     group.bench_function("sale_body", |b| {
-        b.iter(|| black_box(read_sale(black_box(&sale)).is_ok()))
+        b.iter(|| black_box(parse_sale(black_box(&sale), SKU).is_ok()))
     });
     group.finish();
 }
@@ -400,16 +389,7 @@ fn owner(c: &mut Criterion) {
             let commands: Vec<Command> = (0..iters)
                 .map(|n| purchase(&format!("u-{sample:04}-{n:08}")))
                 .collect();
-            let start = Instant::now();
-            let mut bought = 0u64;
-            for command in commands {
-                let (reply, event) = book.execute(command, black_box(NOW_MS));
-                bought += u64::from(reply.is_ok());
-                black_box(event);
-            }
-            let elapsed = start.elapsed();
-            assert_eq!(bought, iters, "every purchase must succeed");
-            elapsed
+            time_purchases(&mut book, commands)
         })
     });
 
@@ -425,16 +405,7 @@ fn owner(c: &mut Criterion) {
             let commands: Vec<Command> = (0..iters as usize)
                 .map(|n| purchase(&users[n % HOLDERS]))
                 .collect();
-            let start = Instant::now();
-            let mut bought = 0u64;
-            for command in commands {
-                let (reply, event) = book.execute(command, black_box(NOW_MS));
-                bought += u64::from(reply.is_ok());
-                black_box(event);
-            }
-            let elapsed = start.elapsed();
-            assert_eq!(bought, iters, "every purchase must succeed");
-            elapsed
+            time_purchases(&mut book, commands)
         })
     });
 

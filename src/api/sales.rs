@@ -72,7 +72,9 @@ pub(super) async fn upsert<S: Store + 'static>(
     }
 }
 
-fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
+/// Reads and validates a sale definition for `sku` from a `PUT /v1/sales/{sku}` body; the error
+/// names the offending field.
+pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let mut fields = json_fields(request)?;
     let name = fields.required_str("name", 1..=200)?;
     let stock = fields.required_u64("stock", 1..=MAX_STOCK)?;
