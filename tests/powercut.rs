@@ -88,6 +88,7 @@ fn mount_or_skip(test: &str) -> Option<PowerCutFs> {
     match PowerCutFs::mount(&dir) {
         Ok(fs) => Some(fs),
         Err(error) => {
+            let _ = std::fs::remove_dir(&dir);
             let why = format!(
                 "cannot mount the power-cut FUSE filesystem on {} ({error}); it needs /dev/fuse \
                  and root or fusermount3 (Debian package fuse3)",
@@ -96,7 +97,8 @@ fn mount_or_skip(test: &str) -> Option<PowerCutFs> {
             if std::env::var_os("SECKILL_REQUIRE_FUSE").is_some() {
                 panic!("SECKILL_REQUIRE_FUSE is set but {why}");
             }
-            eprintln!("SKIPPED: {test}: {why}");
+            // Straight to stderr, past the harness's capture of `eprintln!`: a skip must show.
+            let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
             None
         }
     }

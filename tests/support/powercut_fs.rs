@@ -489,6 +489,8 @@ impl Drop for PowerCutFs {
         if let Some(session) = self.session.take() {
             drop(session);
         }
+        // The mountpoint is empty again once unmounted.
+        let _ = std::fs::remove_dir(&self.mountpoint);
     }
 }
 
