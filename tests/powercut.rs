@@ -36,13 +36,14 @@
 //! print `SKIPPED` and pass, unless `SECKILL_REQUIRE_FUSE` is set (CI sets it); then they fail.
 //! Set `POWERCUT_EVIDENCE=DIR` to keep a copy of what survived each cut, for a failure's autopsy.
 mod common;
-#[path = "support/powercut_fs.rs"]
+#[path = "support/powercut_fs/mod.rs"]
 mod powercut_fs;
+#[path = "support/powercut_ledger.rs"]
+mod powercut_ledger;
 
 use common::*;
 use powercut_fs::PowerCutFs;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use powercut_ledger::{check, shop, Acked, Cut, Expect, RoundReport};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -108,16 +109,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// When a round's power cut comes, once the round has its acknowledgements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cut {
-    /// At once, wherever the server is.
-    Now,
-    /// Right after the next write to a journal segment, before anything can sync it: the most
-    /// likely moment to expose a reply sent before its `fdatasync`.
-    OnJournalWrite,
-}
-
 /// Every file name under `dir`, recursively.
 fn file_names(dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
@@ -142,191 +133,6 @@ fn max_seq(names: &[String], prefix: &str) -> u64 {
         .filter_map(|name| name.strip_prefix(prefix)?.split('.').next()?.parse().ok())
         .max()
         .unwrap_or(0)
-}
-
-// ---------------------------------------------------------------------------
-// The ledger of acknowledgements
-// ---------------------------------------------------------------------------
-
-/// The status an acknowledged order must have after a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Created (201); no pay or cancel was tried.
-    Pending,
-    /// A pay or cancel was acknowledged (200): exactly this status.
-    Exactly(&'static str),
-    /// A pay or cancel was sent but not acknowledged: pending, or this status.
-    PendingOr(&'static str),
-}
-
-impl Expect {
-    fn allows(self, status: &str) -> bool {
-        match self {
-            Expect::Pending => status == "pending",
-            Expect::Exactly(want) => status == want,
-            Expect::PendingOr(maybe) => status == "pending" || status == maybe,
-        }
-    }
-}
-
-/// One acknowledged purchase and what became of it.
-#[derive(Debug, Clone)]
-struct Acked {
-    id: String,
-    token: String,
-    round: usize,
-    expect: Expect,
-    /// The 201 was read before the cut began (not merely before the kill).
-    before_cut: bool,
-    /// Already found lost by an earlier check (counted once).
-    lost: bool,
-}
-
-/// What one worker saw in a round.
-#[derive(Default)]
-struct Seen {
-    acked: Vec<Acked>,
-    /// Requests that got no 2xx: refused after the cut, or cut off by the kill.
-    unanswered: usize,
-}
-
-/// Buys on `skus` as one shopper until the server dies or `stop` is set; pays or cancels a third
-/// of the orders each.
-fn shop(
-    port: u16,
-    worker: usize,
-    round: usize,
-    skus: &[String],
-    stop: &AtomicBool,
-    cutting: &AtomicBool,
-    acked_count: &AtomicUsize,
-) -> Seen {
-    let mut seen = Seen::default();
-    let token = tok(&format!("powercut-{worker}"));
-    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return seen;
-    };
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let mut client = Client::from_stream(stream, port);
-    let auth = format!("Bearer {token}");
-    let headers = [("Authorization", auth.as_str())];
-    let mut rng = SmallRng::seed_from_u64((round * 1000 + worker) as u64);
-    while !stop.load(Ordering::SeqCst) {
-        let sku = &skus[rng.gen_range(0..skus.len())];
-        let path = format!("/v1/sales/{sku}/purchase");
-        let Ok(response) = client.try_request("POST", &path, &headers, Some("")) else {
-            seen.unanswered += 1;
-            break;
-        };
-        let before_cut = !cutting.load(Ordering::SeqCst);
-        if response.status != 201 {
-            seen.unanswered += 1;
-            continue;
-        }
-        let mut acked = Acked {
-            id: order_id(&response.json()),
-            token: token.clone(),
-            round,
-            expect: Expect::Pending,
-            before_cut,
-            lost: false,
-        };
-        acked_count.fetch_add(1, Ordering::SeqCst);
-        let action = match rng.gen_range(0..3) {
-            0 => Some(("pay", "paid")),
-            1 => Some(("cancel", "cancelled")),
-            _ => None,
-        };
-        if let Some((verb, status)) = action {
-            let path = format!("/v1/orders/{}/{verb}", acked.id);
-            acked.expect = Expect::PendingOr(status);
-            match client.try_request("POST", &path, &headers, None) {
-                Ok(response) if response.status == 200 => acked.expect = Expect::Exactly(status),
-                Ok(_) => seen.unanswered += 1,
-                Err(_) => {
-                    seen.unanswered += 1;
-                    seen.acked.push(acked);
-                    break;
-                }
-            }
-        }
-        seen.acked.push(acked);
-    }
-    seen
-}
-
-/// What a restart kept of one round's acknowledgements.
-#[derive(Debug, Clone, Copy)]
-struct RoundReport {
-    cut: Cut,
-    /// The cut threw away unsynced data of a journal segment.
-    cut_segment_data: bool,
-    /// The newest segment and snapshot that survived the cut (above 1: rolled under load).
-    max_segment: u64,
-    max_snapshot: u64,
-    acked_orders: usize,
-    acked_before_cut: usize,
-    acked_transitions: usize,
-    unanswered: usize,
-    /// Orders acknowledged in this round that a restart no longer knows.
-    lost_orders: usize,
-    /// ...of which the 201 was read before the cut began.
-    lost_before_cut: usize,
-    /// Orders whose status contradicts an acknowledged pay or cancel (or moved without one).
-    wrong_status: usize,
-}
-
-impl RoundReport {
-    fn new(cut: Cut) -> Self {
-        Self {
-            cut,
-            cut_segment_data: false,
-            max_segment: 0,
-            max_snapshot: 0,
-            acked_orders: 0,
-            acked_before_cut: 0,
-            acked_transitions: 0,
-            unanswered: 0,
-            lost_orders: 0,
-            lost_before_cut: 0,
-            wrong_status: 0,
-        }
-    }
-}
-
-/// GETs every acknowledged order not yet found lost; returns, per round, the newly lost orders
-/// (and those read before the cut) and the wrong statuses, with up to 10 examples.
-fn check(server: &Server, ledger: &mut [Acked], rounds: usize) -> (Vec<RoundReport>, Vec<String>) {
-    let mut reports = vec![RoundReport::new(Cut::Now); rounds];
-    let mut examples = Vec::new();
-    let mut client = server.client();
-    for acked in ledger.iter_mut().filter(|acked| !acked.lost) {
-        let response = client.get_order(&acked.id, &acked.token);
-        let report = &mut reports[acked.round];
-        match response.status {
-            404 => {
-                acked.lost = true;
-                report.lost_orders += 1;
-                report.lost_before_cut += usize::from(acked.before_cut);
-                if examples.len() < 10 {
-                    examples.push(format!("lost {acked:?}"));
-                }
-            }
-            200 => {
-                let body = response.json();
-                let status = body["status"].as_str().unwrap_or("<none>");
-                if !acked.expect.allows(status) {
-                    report.wrong_status += 1;
-                    if examples.len() < 10 {
-                        examples.push(format!("status {status:?} for {acked:?}"));
-                    }
-                }
-            }
-            _ => panic!("GET order {}: {response}", acked.id),
-        }
-    }
-    (reports, examples)
 }
 
 // ---------------------------------------------------------------------------
