@@ -3,9 +3,9 @@
 //! acknowledged orders are lost, which shows that the harness can see a loss.
 //!
 //! A SIGKILL keeps the page cache, so it cannot catch a reply sent before its `fdatasync`. So the
-//! data dir is the root of an in-memory FUSE filesystem (`tests/support/powercut_fs.rs`) that
+//! data dir is the root of an in-memory FUSE filesystem (`tests/support/powercut_fs/`) that
 //! keeps only what was synced:
-//! - a file's data and size are kept on `fsync`/`fdatasync` of that file;
+//! - a file's data and size (truncation included) are kept on `fsync`/`fdatasync` of that file;
 //! - a directory's entries (create, unlink, rename, mkdir, rmdir) are kept on `fsync` of that
 //!   directory.
 //!
@@ -13,21 +13,27 @@
 //! fails with `EIO`. Then the server gets SIGKILL. Nothing can become durable after the cut, so a
 //! reply received at any time must cover only what was synced before it. A server that
 //! acknowledges despite a failed `fdatasync` is caught too. Once the server is reaped, the power
-//! comes back and the server restarts on what survived. Every acknowledgement is then checked
-//! with `GET /v1/orders/{id}`.
+//! comes back and the server restarts on what survived; it must start. Every acknowledgement
+//! so far is then checked with `GET /v1/orders/{id}`.
+//!
+//! A round cuts either at once, wherever the server is, or right after the next write to a
+//! journal segment, before anything can sync it. The second is the moment a reply sent before its
+//! `fdatasync` would show. 64 KiB segments make the journal roll segments and write snapshots
+//! within a round, so cuts also land around those.
 //!
 //! Why this model is faithful enough:
-//! - It is the POSIX contract that ext4 and xfs honour, and nothing more. A real disk may keep
-//!   more than was synced (any unsynced block may or may not land; ext4 usually commits a new
-//!   file's entry with the file's own fsync), but never less. Keeping exactly the synced state is
-//!   the one outcome that always exposes a reply sent before its sync, so it is the one to test
-//!   "acknowledged ⇒ durable" against.
+//! - It is the POSIX contract, and nothing more. A real disk may keep more than was synced: any
+//!   unsynced block may or may not land, and ext4 and xfs usually commit a file's metadata (its
+//!   entry, a truncation) with the next journal commit of any file. It never keeps less. Keeping
+//!   exactly the synced state is the one outcome that always exposes a reply sent before its
+//!   sync, so it is the one to test "acknowledged ⇒ durable" against.
 //! - Directory entries are modelled because the journal creates segments and snapshots and
 //!   renames snapshots into place. It syncs the directory after each of these. Without the
-//!   directory model, a missing directory sync would pass here and lose a segment on xfs.
+//!   directory model, a missing directory sync would pass here and still lose a file on a
+//!   filesystem that does not order metadata as ext4 does.
 //! - It is not modelled that unsynced writes may land partly, torn or out of order. Recovery
-//!   from such bytes is the job of the journal's own tests and fuzz targets. This test asks only
-//!   whether replies wait for their sync.
+//!   from such bytes is the job of the journal's own tests and fuzz targets. This test asks
+//!   whether replies wait for their sync, and whether what a sync covered is enough to restart.
 //! - Handles opened before a cut are dead after it, and the power comes back through the
 //!   kernel's request queue. So a write the dead process left queued in io_uring cannot land on
 //!   the restored disk.
