@@ -284,6 +284,8 @@ impl Journal {
         let (old, new) = bytes.split_at(at.min(bytes.len()));
         writer.write_all(old).await?;
         writer.close().await?;
+        let old_seq = self.state.borrow().segment_seq;
+        sync_file(&self.dir.join(format::segment_name(old_seq))).await?;
         let next_seq = {
             let mut state = self.state.borrow_mut();
             state.segment_seq += 1;
@@ -387,6 +389,14 @@ async fn open_segment(dir: &Path, seq: u64) -> Result<DmaStreamWriter, JournalEr
     Ok(writer)
 }
 
+/// glommio's close syncs before it truncates the padding off; sync the truncation too.
+async fn sync_file(path: &Path) -> Result<(), JournalError> {
+    let file = DmaFile::open(path).await?;
+    file.fdatasync().await?;
+    file.close().await?;
+    Ok(())
+}
+
 /// Makes file creations and deletions in `dir` durable.
 async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     let directory = glommio::io::Directory::open(dir).await?;
@@ -413,6 +423,7 @@ async fn write_snapshot(
         .build();
     writer.write_all(&bytes).await?;
     writer.close().await?;
+    sync_file(&temporary).await?;
     std::fs::rename(&temporary, &path)?;
     sync_dir(dir).await?;
     remove_older_than(dir, seq)?;
