@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use super::command::{Outcome, Reply};
 use super::ids::OrderId;
+use super::model::OrderStatus;
 use super::segmented::SegmentedMap;
 
 /// Width of one deadline bucket. Together with the sweep interval this bounds how late an expiry
@@ -78,6 +80,18 @@ impl ExpiryQueue {
             }
         }
         taken
+    }
+
+    /// Handles the book's answer to an `Expire` command a sweep sent for an order it took: an
+    /// order that comes back still pending was not due by the book's clock reading (the wall
+    /// clock stepped back between the sweep's reading and the book's), so it goes back in the
+    /// queue under its deadline. Without this, nothing would ever expire it.
+    pub fn reschedule_if_pending(&mut self, reply: &Reply) {
+        if let Ok(Outcome::Order { order, .. }) = reply {
+            if order.status == OrderStatus::Pending {
+                self.schedule(order.order_id.clone(), order.expires_at);
+            }
+        }
     }
 
     /// Pending orders waiting.

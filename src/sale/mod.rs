@@ -5,6 +5,7 @@
 //! its events.
 
 pub mod admission;
+pub mod audit;
 pub mod book;
 pub mod command;
 pub mod error;
