@@ -60,7 +60,10 @@ impl BookState {
 /// The book's accounting does not add up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("book inconsistent: {0}")]
-pub struct Inconsistency(pub String);
+pub struct Inconsistency(
+    /// What does not add up.
+    pub String,
+);
 
 fn fail<T>(message: String) -> Result<T, Inconsistency> {
     Err(Inconsistency(message))

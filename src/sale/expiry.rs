@@ -131,6 +131,35 @@ mod tests {
     }
 
     #[test]
+    fn only_orders_still_pending_are_put_back() {
+        use crate::sale::{Order, OrderStatus};
+        let order = |status| Order {
+            order_id: id(7),
+            sku: "s".into(),
+            user_id: "u".into(),
+            quantity: 1,
+            status,
+            created_at: 1_000,
+            expires_at: 2_050,
+        };
+        let mut queue = ExpiryQueue::new();
+        let reply = |status| {
+            Ok(Outcome::Order {
+                order: order(status),
+                stock: None,
+                replayed: false,
+            })
+        };
+        queue.reschedule_if_pending(&Ok(Outcome::Done));
+        queue.reschedule_if_pending(&reply(OrderStatus::Expired));
+        queue.reschedule_if_pending(&Err(crate::sale::SaleError::Unavailable));
+        assert!(queue.is_empty());
+        queue.reschedule_if_pending(&reply(OrderStatus::Pending));
+        assert!(queue.take_due(2_098).is_empty(), "under its own deadline");
+        assert_eq!(queue.take_due(2_099), vec![id(7)]);
+    }
+
+    #[test]
     fn forgotten_orders_do_not_accumulate() {
         let mut queue = ExpiryQueue::new();
         queue.schedule(id(0), 10_000);
