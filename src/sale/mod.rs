@@ -13,6 +13,7 @@ pub mod expiry;
 pub mod ids;
 pub mod model;
 pub mod segmented;
+pub mod snapshot;
 
 pub use error::SaleError;
 pub use model::{Order, OrderCounts, OrderStatus, Sale, SaleState, SaleView};
