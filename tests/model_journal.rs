@@ -17,7 +17,7 @@
 //! shards) must rebuild exactly that state, and a second recovery, from the snapshot the first
 //! one wrote, must rebuild it again.
 //!
-//! `PROPTEST_CASES` overrides the number of cases (default 48; each syncs tens of times).
+//! `PROPTEST_CASES` overrides the number of cases (default 40; each syncs tens of times).
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -405,7 +405,7 @@ fn temp_dir(what: &str) -> tempfile::TempDir {
 
 proptest! {
     #![proptest_config(Config {
-        cases: cases(48),
+        cases: cases(40),
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
         ..Config::default()
     })]
