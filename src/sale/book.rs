@@ -32,24 +32,24 @@ impl Default for BookLimits {
 }
 
 /// What one user holds in one sale.
-#[derive(Debug, Default)]
-struct Holder {
+#[derive(Debug, Clone, Default)]
+pub(super) struct Holder {
     /// Units in pending and paid orders; checked against the per-user limit.
-    held: u32,
+    pub(super) held: u32,
     /// Idempotency keys this user bought with, and the order each produced.
-    keys: HashMap<Box<str>, u128>,
+    pub(super) keys: HashMap<Box<str>, u128>,
 }
 
 /// One sale and its live state.
-#[derive(Debug)]
-struct SaleLedger {
-    sale: Sale,
-    remaining: u64,
+#[derive(Debug, Clone)]
+pub(super) struct SaleLedger {
+    pub(super) sale: Sale,
+    pub(super) remaining: u64,
     /// Counts stock changes; see [`StockLevel::seq`].
-    stock_seq: u64,
-    holders: SegmentedMap<Box<str>, Holder>,
+    pub(super) stock_seq: u64,
+    pub(super) holders: SegmentedMap<Box<str>, Holder>,
     /// Closed (cancelled or expired) orders, oldest first, for bounded retention.
-    closed: VecDeque<u128>,
+    pub(super) closed: VecDeque<u128>,
 }
 
 impl SaleLedger {
@@ -64,6 +64,12 @@ impl SaleLedger {
         SaleView::new(&self.sale, self.remaining, self.stock_seq, now_ms)
     }
 
+    /// Whether any order of this sale is still known: one holding stock has a holder, a closed
+    /// one sits in the retention queue.
+    fn has_orders(&self) -> bool {
+        !self.holders.is_empty() || !self.closed.is_empty()
+    }
+
     fn new(sale: Sale) -> Self {
         Self {
             remaining: sale.stock,
@@ -76,15 +82,16 @@ impl SaleLedger {
 }
 
 /// The state one owner shard keeps. Single-threaded by design: it lives inside one shard.
-#[derive(Debug)]
+/// Cloning copies the whole ledger (for tests and model checks; the server never clones it).
+#[derive(Debug, Clone)]
 pub struct Book {
-    sales: HashMap<Box<str>, SaleLedger>,
-    orders: SegmentedMap<u128, Order>,
-    blocked: HashSet<Box<str>>,
+    pub(super) sales: HashMap<Box<str>, SaleLedger>,
+    pub(super) orders: SegmentedMap<u128, Order>,
+    pub(super) blocked: HashSet<Box<str>>,
     /// Orders in `orders` by status, kept in step with every change for metrics.
-    order_counts: OrderCounts,
+    pub(super) order_counts: OrderCounts,
     rng: SmallRng,
-    limits: BookLimits,
+    pub(super) limits: BookLimits,
 }
 
 impl Book {
@@ -166,37 +173,6 @@ impl Book {
         }
     }
 
-    /// Every event needed to rebuild this book from nothing; what a snapshot holds. Orders are
-    /// restored in their current status, so replay does not depend on the order they come in.
-    pub fn snapshot(&self) -> Vec<Event> {
-        let mut events: Vec<Event> = self
-            .sales
-            .values()
-            .map(|ledger| Event::SaleUpserted(ledger.sale.clone()))
-            .collect();
-        events.extend(
-            self.blocked
-                .iter()
-                .map(|u| Event::UserBlocked(u.clone(), true)),
-        );
-        // One pass over the orders; idempotency keys are found through a reverse index, so the
-        // cost is linear in live state, and orders whose holder entry is gone are not missed.
-        let keys: HashMap<u128, &Box<str>> = self
-            .sales
-            .values()
-            .flat_map(|ledger| ledger.holders.values())
-            .flat_map(|holder| holder.keys.iter().map(|(key, unique)| (*unique, key)))
-            .collect();
-        let mut orders: Vec<&Order> = self.orders.values().collect();
-        // Creation order, so closed-order retention evicts the same orders after a restart.
-        orders.sort_by_key(|order| order.order_id.unique);
-        events.extend(orders.into_iter().map(|order| Event::OrderCreated {
-            order: order.clone(),
-            idempotency_key: keys.get(&order.order_id.unique).map(|key| (*key).clone()),
-        }));
-        events
-    }
-
     /// Pending orders and their deadlines, for rebuilding the expiry queue after recovery.
     pub fn pending_deadlines(&self) -> impl Iterator<Item = (OrderId, u64)> + '_ {
         self.orders
@@ -253,7 +229,10 @@ impl Book {
 
     fn upsert_sale(&mut self, sale: Sale, now_ms: u64) -> (Reply, Option<Event>) {
         if let Some(existing) = self.sales.get(&sale.sku) {
-            if existing.sale.has_started(now_ms) {
+            // A sale that has taken orders has started, whatever the clock says now: a wall
+            // clock stepped back before its start must not let a replacement reset its stock
+            // under orders that still hold some.
+            if existing.sale.has_started(now_ms) || existing.has_orders() {
                 return (Err(SaleError::SaleExists), None);
             }
         }
@@ -378,10 +357,17 @@ impl Book {
         }
     }
 
+    /// Expires a pending order whose deadline has passed. A pending order that is not due yet
+    /// comes back as it is: the sweep that sent the command read the clock before this did, and
+    /// a wall clock stepped back in between must not leave the order outside the expiry queue
+    /// (see [`super::expiry::ExpiryQueue::reschedule_if_pending`]).
     fn expire_if_due(&mut self, id: &OrderId, now_ms: u64) -> (Reply, Option<Event>) {
         match self.orders.get(&id.unique) {
             Some(order) if order.status == OrderStatus::Pending && now_ms >= order.expires_at => {
                 self.close_with_event(id, OrderStatus::Expired)
+            }
+            Some(order) if order.status == OrderStatus::Pending => {
+                (Ok(order_outcome(order.clone(), None)), None)
             }
             _ => (Ok(Outcome::Done), None),
         }

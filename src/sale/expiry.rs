@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
+use super::command::{Outcome, Reply};
 use super::ids::OrderId;
+use super::model::OrderStatus;
 use super::segmented::SegmentedMap;
 
 /// Width of one deadline bucket. Together with the sweep interval this bounds how late an expiry
@@ -80,6 +82,18 @@ impl ExpiryQueue {
         taken
     }
 
+    /// Handles the book's answer to an `Expire` command a sweep sent for an order it took: an
+    /// order that comes back still pending was not due by the book's clock reading (the wall
+    /// clock stepped back between the sweep's reading and the book's), so it goes back in the
+    /// queue under its deadline. Without this, nothing would ever expire it.
+    pub fn reschedule_if_pending(&mut self, reply: &Reply) {
+        if let Ok(Outcome::Order { order, .. }) = reply {
+            if order.status == OrderStatus::Pending {
+                self.schedule(order.order_id.clone(), order.expires_at);
+            }
+        }
+    }
+
     /// Pending orders waiting.
     pub fn len(&self) -> usize {
         self.live.len()
@@ -114,6 +128,35 @@ mod tests {
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.take_due(5_000), vec![id(3)]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn only_orders_still_pending_are_put_back() {
+        use crate::sale::{Order, OrderStatus};
+        let order = |status| Order {
+            order_id: id(7),
+            sku: "s".into(),
+            user_id: "u".into(),
+            quantity: 1,
+            status,
+            created_at: 1_000,
+            expires_at: 2_050,
+        };
+        let mut queue = ExpiryQueue::new();
+        let reply = |status| {
+            Ok(Outcome::Order {
+                order: order(status),
+                stock: None,
+                replayed: false,
+            })
+        };
+        queue.reschedule_if_pending(&Ok(Outcome::Done));
+        queue.reschedule_if_pending(&reply(OrderStatus::Expired));
+        queue.reschedule_if_pending(&Err(crate::sale::SaleError::Unavailable));
+        assert!(queue.is_empty());
+        queue.reschedule_if_pending(&reply(OrderStatus::Pending));
+        assert!(queue.take_due(2_098).is_empty(), "under its own deadline");
+        assert_eq!(queue.take_due(2_099), vec![id(7)]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! its events.
 
 pub mod admission;
+pub mod audit;
 pub mod book;
 pub mod command;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod expiry;
 pub mod ids;
 pub mod model;
 pub mod segmented;
+pub mod snapshot;
 
 pub use error::SaleError;
 pub use model::{Order, OrderCounts, OrderStatus, Sale, SaleState, SaleView};

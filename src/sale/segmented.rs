@@ -127,6 +127,16 @@ impl<K: Hash + Eq, V> SegmentedMap<K, V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.segments.iter().flat_map(HashMap::values)
     }
+
+    /// Every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.segments.iter().flat_map(HashMap::keys)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.segments.iter().flat_map(HashMap::iter)
+    }
 }
 
 #[cfg(test)]

@@ -191,6 +191,9 @@ impl<S: Store + 'static> Shard<S> {
         }
         let batch: Vec<Command> = due.into_iter().map(Command::Expire).collect();
         for reply in self.store.execute(batch).await {
+            // The store read the clock after `take_due` did; an order it found not yet due goes
+            // back in the queue instead of being stranded.
+            self.expiry.borrow_mut().reschedule_if_pending(&reply);
             if let Ok(Outcome::Order {
                 order,
                 stock: Some(level),
