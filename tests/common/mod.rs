@@ -2,8 +2,13 @@
 //! HTTP/1.1 to it over loopback with blocking std sockets.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod skip;
+
+#[allow(unused_imports)] // not every test binary skips
+pub use skip::{skip, skip_unless_required};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -24,7 +29,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_seckill");
 /// Socket read/write timeout: generous, only there so a broken server makes a
 /// test fail instead of hanging forever.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
-const READY_DEADLINE: Duration = Duration::from_secs(20);
+/// Only a "gave up" bound: a debug build beside `stress-ng --cpu 2` and a compiler can take many
+/// seconds to start.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Ports handed out by this test binary; never hand the same one out twice so
 /// two SO_REUSEPORT servers of one test run can never share a port.
@@ -542,6 +549,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// A keep-alive client on a new connection to `127.0.0.1:port`, with the harness's I/O
+    /// timeouts, for servers started without [`Server`]. Panics if the connect fails.
+    #[track_caller]
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("set_read_timeout");
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .expect("set_write_timeout");
+        Client::from_stream(stream, port)
+    }
+
     pub fn from_stream(stream: TcpStream, port: u16) -> Client {
         Client {
             stream,
