@@ -406,8 +406,11 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
 // 2. A late payment against the expiry
 // ---------------------------------------------------------------------------
 
-/// Orders bought on A with the minimum 100 ms timeout are paid on B around their deadline. Each
-/// payment either wins (200 paid) or loses to the expiry (409 order_expired), never both.
+/// Orders bought on A are paid on B at moments swept across their deadline: well before it (the
+/// payment wins even on a loaded machine), around it (the real race between the payment script
+/// and the sweepers of both nodes) and after it (the expiry wins). Each payment either wins
+/// (200 paid) or loses to the expiry (409 order_expired), never both; and both outcomes must
+/// have happened at least once, so a run where the race never happened fails.
 ///
 /// What each check catches: a 200 for an order Redis holds as expired (the payment answered
 /// but lost), a 409 for one it holds as paid, an order with both `paid` and `expired` events (or
@@ -416,7 +419,15 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
 #[test]
 fn a_late_payment_and_the_expiry_never_both_win() {
     const STOCK: u64 = 1000;
-    const ROUNDS: usize = 40;
+    const THREADS: usize = 4;
+    const ROUNDS_PER_THREAD: usize = 8;
+    const ROUNDS: usize = THREADS * ROUNDS_PER_THREAD;
+    /// Long enough that a purchase answered late on a loaded box still leaves room before the
+    /// earliest payment.
+    const TIMEOUT_MS: i64 = 1000;
+    /// The sweep: from 800 ms before the deadline to 200 ms after it.
+    const EARLIEST: i64 = -800;
+    const LATEST: i64 = 200;
     let sku = "late-pay";
     let redis = RedisServer::start(&[]);
     let url = redis.url();
@@ -424,33 +435,78 @@ fn a_late_payment_and_the_expiry_never_both_win() {
     let b = Server::start(2, &["--redis", &url]);
     let mut ca = a.client();
     let mut cb = b.client();
-    ca.create_sale(sku, &sale_with_timeout(STOCK, 1000, 100));
+    ca.create_sale(sku, &sale_with_timeout(STOCK, 1000, TIMEOUT_MS as u64));
 
-    // order id → (user, whether its payment answered 200)
-    let mut outcomes: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    for i in 0..ROUNDS {
-        let user = format!("payer-{i}");
-        let token = tok(&user);
-        let order = ca.buy(sku, &token, 1);
-        let id = order_id(&order);
-        std::thread::sleep(Duration::from_millis(60 + (i as u64 * 37) % 81));
-        let r = cb.pay(&id, &token);
-        let paid = match r.status {
-            200 => {
-                assert_eq!(r.json()["status"], json!("paid"), "pay {id}: {r}");
-                true
-            }
-            _ => {
-                assert_error(&r, 409, "order_expired");
-                false
-            }
-        };
-        outcomes.insert(id, (user, paid));
-    }
-    let paid_count = outcomes.values().filter(|(_, paid)| *paid).count();
+    // order id → (user, whether its payment answered 200, sent - expires_at in ms)
+    let outcomes: BTreeMap<String, (String, bool, i64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (a, b) = (&a, &b);
+                scope.spawn(move || {
+                    let (mut ca, mut cb) = (a.client(), b.client());
+                    let mut mine = Vec::new();
+                    for i in 0..ROUNDS_PER_THREAD {
+                        let k = i * THREADS + t;
+                        let user = format!("payer-{k}");
+                        let token = tok(&user);
+                        let order = ca.buy(sku, &token, 1);
+                        let id = order_id(&order);
+                        let expires = order["expires_at"].as_i64().expect("expires_at");
+                        let offset = EARLIEST + (LATEST - EARLIEST) * k as i64 / (ROUNDS as i64 - 1);
+                        let left = expires + offset - now_ms();
+                        if left > 0 {
+                            std::thread::sleep(Duration::from_millis(left as u64));
+                        }
+                        let sent = now_ms();
+                        let r = cb.pay(&id, &token);
+                        let got = now_ms();
+                        // Same machine, same clock (the scripts read Redis' TIME): the deadline
+                        // decides.
+                        let paid = match r.status {
+                            200 => {
+                                assert_eq!(r.json()["status"], json!("paid"), "pay {id}: {r}");
+                                assert!(
+                                    sent < expires,
+                                    "pay {id} sent at {sent}, after expires_at {expires}, won: {r}"
+                                );
+                                true
+                            }
+                            _ => {
+                                assert_error(&r, 409, "order_expired");
+                                assert!(
+                                    got >= expires,
+                                    "pay {id} at {sent}..{got} lost before expires_at {expires}: {r}"
+                                );
+                                false
+                            }
+                        };
+                        mine.push((id, (user, paid, sent - expires)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("payer thread panicked"))
+            .collect()
+    });
+    let paid_count = outcomes.values().filter(|(_, paid, _)| *paid).count();
+    let near: Vec<(i64, bool)> = outcomes
+        .values()
+        .filter(|(_, _, offset)| offset.abs() <= 50)
+        .map(|(_, paid, offset)| (*offset, *paid))
+        .collect();
     eprintln!(
-        "late payments: {paid_count} paid, {} expired",
+        "late payments: {paid_count} paid, {} expired; sent within 50 ms of the deadline \
+         (offset ms, paid): {near:?}",
         ROUNDS - paid_count
+    );
+    let summary: Vec<(i64, bool)> = outcomes.values().map(|(_, paid, o)| (*o, *paid)).collect();
+    assert!(
+        paid_count > 0 && paid_count < ROUNDS,
+        "the race never happened: {paid_count} of {ROUNDS} payments won, swept from {EARLIEST} \
+         to {LATEST} ms around the deadline; (sent - expires_at ms, paid): {summary:?}"
     );
 
     let mut last = None;
@@ -469,7 +525,7 @@ fn a_late_payment_and_the_expiry_never_both_win() {
     let ledger = ledger(redis.port, sku);
     let by_order = events_by_order(&ledger.events);
     let mut stock_out = 0;
-    for (id, (user, paid)) in &outcomes {
+    for (id, (user, paid, _)) in &outcomes {
         let want = if *paid { "paid" } else { "expired" };
         let stored = &ledger
             .orders
