@@ -2,6 +2,8 @@
 //! HTTP/1.1 to it over loopback with blocking std sockets.
 #![allow(dead_code)]
 
+pub mod edge;
+pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
@@ -10,6 +12,10 @@ pub mod skip;
 #[allow(unused_imports)] // not every test binary skips
 pub use skip::{skip, skip_unless_required};
 
+/// Never the same port twice per test binary, so two SO_REUSEPORT servers of one run can never
+/// share a port.
+pub use ports::pick_port;
+
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -17,10 +23,9 @@ use sha2::Sha256;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const ADMIN_TOKEN: &str = "it-admin-token-5f1c2b7e0d";
@@ -32,10 +37,6 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Only a "gave up" bound: a debug build beside `stress-ng --cpu 2` and a compiler can take many
 /// seconds to start.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Ports handed out by this test binary; never hand the same one out twice so
-/// two SO_REUSEPORT servers of one test run can never share a port.
-static USED_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
 /// Whether this test binary runs its servers in cluster mode: binaries named `*_redis` do.
 pub fn redis_mode() -> bool {
@@ -107,20 +108,6 @@ pub fn fresh_data_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create data dir");
     dir
-}
-
-pub fn pick_port() -> u16 {
-    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local_addr").port();
-        drop(l);
-        if !used.contains(&port) {
-            used.push(port);
-            return port;
-        }
-    }
-    panic!("could not find a fresh port");
 }
 
 enum StartError {
