@@ -258,7 +258,8 @@ impl Server {
         self.child.wait().expect("wait for killed server")
     }
 
-    /// Graceful stop: SIGTERM, then wait (up to 30 s) for the exit; returns its status.
+    /// Graceful stop: SIGTERM, then wait (up to [`process::EXIT_BOUND`]) for the exit; returns
+    /// its status.
     /// Panics with the server output if it does not exit in time.
     #[track_caller]
     pub fn terminate(&mut self) -> std::process::ExitStatus {
@@ -268,14 +269,15 @@ impl Server {
             return status;
         }
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + process::EXIT_BOUND;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "server did not exit within 30 s of SIGTERM; output:\n{}",
+                    "server did not exit within {:?} of SIGTERM; output:\n{}",
+                    process::EXIT_BOUND,
                     self.log()
                 );
             }
