@@ -264,9 +264,8 @@ fn a_late_payment_and_the_expiry_never_both_win() {
     let url = redis.url();
     let a = Server::start(1, &["--redis", &url]);
     let b = Server::start(2, &["--redis", &url]);
-    let mut ca = a.client();
-    let mut cb = b.client();
-    ca.create_sale(sku, &sale_with_timeout(STOCK, 1000, TIMEOUT_MS as u64));
+    a.client()
+        .create_sale(sku, &sale_with_timeout(STOCK, 1000, TIMEOUT_MS as u64));
 
     // order id → (user, whether its payment answered 200, sent - expires_at in ms)
     let outcomes: BTreeMap<String, (String, bool, i64)> = std::thread::scope(|scope| {
@@ -274,13 +273,13 @@ fn a_late_payment_and_the_expiry_never_both_win() {
             .map(|t| {
                 let (a, b) = (&a, &b);
                 scope.spawn(move || {
-                    let (mut ca, mut cb) = (a.client(), b.client());
                     let mut mine = Vec::new();
                     for i in 0..ROUNDS_PER_THREAD {
                         let k = i * THREADS + t;
                         let user = format!("payer-{k}");
                         let token = tok(&user);
-                        let order = ca.buy(sku, &token, 1);
+                        // Fresh connections: none waits idle through the sleep below.
+                        let order = a.client().buy(sku, &token, 1);
                         let id = order_id(&order);
                         let expires = order["expires_at"].as_i64().expect("expires_at");
                         let offset = EARLIEST + (LATEST - EARLIEST) * k as i64 / (ROUNDS as i64 - 1);
@@ -288,6 +287,7 @@ fn a_late_payment_and_the_expiry_never_both_win() {
                         if left > 0 {
                             std::thread::sleep(Duration::from_millis(left as u64));
                         }
+                        let mut cb = b.client();
                         let sent = now_ms();
                         let r = cb.pay(&id, &token);
                         let got = now_ms();
@@ -352,6 +352,8 @@ fn a_late_payment_and_the_expiry_never_both_win() {
     );
     // Let a sweeper that wrongly touches paid or already expired orders act for a few ticks.
     std::thread::sleep(Duration::from_millis(400));
+    // Fresh connections: the payments can outlast the server's idle timeout on a loaded machine.
+    let (mut ca, mut cb) = (a.client(), b.client());
 
     let ledger = ledger(redis.port, sku);
     let by_order = events_by_order(&ledger.events);

@@ -598,6 +598,8 @@ fn crash_round(round: usize) {
         "round {round}: total distinct orders must be exactly the stock (acknowledged {}, re-sent {resent_orders}, resumed {resumed})",
         acked.len()
     );
+    // A fresh connection: selling out the rest can outlast the idle timeout on a loaded machine.
+    let mut c = server.client();
     let sale = c.get_sale(LOAD_SKU);
     assert_eq!(sale["remaining"], json!(0), "round {round}: {sale}");
     assert_eq!(sale["state"], json!("sold_out"), "round {round}: {sale}");
@@ -935,6 +937,7 @@ fn expiry_across_restart_returns_stock_once() {
     assert_eq!(c.remaining("fleeting"), 8, "second restart");
     // Give a wrongly re-armed expiry time to fire (it would fire within ~1 s of the start).
     thread::sleep(Duration::from_millis(1500));
+    let mut c = server.client();
     assert_eq!(
         c.remaining("fleeting"),
         8,

@@ -108,6 +108,7 @@ fn pending_order_expires_and_returns_stock() {
     if r.status == 200 {
         assert_eq!(r.json()["status"], json!("paid"), "{r}");
         std::thread::sleep(Duration::from_millis(2500));
+        let mut c = s.client();
         let r = c.get_order(&order_id(&again), &alice);
         assert_eq!(
             r.json()["status"],
@@ -288,6 +289,8 @@ fn pay_or_cancel_racing_the_deadline_is_consistent() {
         );
     }
 
+    // A fresh connection: the race can outlast the server's idle timeout on a loaded machine.
+    let mut c = s.client();
     wait_remaining(&mut c, "race", want);
     for (id, token, outcome, _, _) in &results {
         let o = wait_order_status(&mut c, id, token, outcome);
@@ -296,6 +299,7 @@ fn pay_or_cancel_racing_the_deadline_is_consistent() {
     // Nothing is returned twice, even by a late expiry sweep: give one a chance to act (a
     // loaded machine only makes this check less sensitive, never fail wrongly).
     std::thread::sleep(Duration::from_millis(1500));
+    let mut c = s.client();
     assert_eq!(
         c.remaining("race"),
         want,

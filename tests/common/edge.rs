@@ -14,7 +14,10 @@ use super::{poll, tok, Server};
 pub fn wait_until_open(nodes: &[&Server], sku: &str, bound: Duration) {
     let auth = format!("Bearer {}", tok("open-probe"));
     for node in nodes {
-        for mut client in node.clients_per_shard(1).into_iter().flatten() {
+        // One shard at a time, each on a connection made when its turn comes, so no connection
+        // waits idle (past the server's idle timeout, on a loaded machine) for another shard.
+        for shard in 0..node.shards {
+            let mut client = node.client_on_shard(shard);
             let mut last = None;
             let open = poll(bound, || {
                 let r = client.request(
