@@ -21,7 +21,10 @@
 //!
 //! A mode is only a name and extra `serve` arguments ([`MODES`]); a new store is a new row.
 
-#[path = "support/redis_server.rs"]
+#[path = "../tests/common/ports.rs"]
+mod ports;
+/// The tests' Redis launcher and client (the `redis` crate), shared so there is one of each.
+#[path = "../tests/common/redis.rs"]
 mod redis_server;
 
 use std::fs::File;
@@ -290,7 +293,10 @@ fn run_mode(
 ) -> Result<ModeResult, String> {
     // Cluster mode runs on its own Redis, dropped (killed) after the server.
     let redis = if mode == "redis" {
-        Some(redis_server::RedisServer::start()?)
+        Some(redis_server::RedisServer::try_start(&[
+            "--appendonly",
+            "no",
+        ])?)
     } else {
         None
     };

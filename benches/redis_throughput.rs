@@ -11,7 +11,10 @@
 //! The ratios show what coalescing concurrent purchases into one script call buys. Needs `wrk` and
 //! `redis-benchmark` (`apt-get install wrk redis-tools`). Loopback only; stops what it starts.
 
-#[path = "support/redis_server.rs"]
+#[path = "../tests/common/ports.rs"]
+mod ports;
+/// The tests' Redis launcher and client (the `redis` crate), shared so there is one of each.
+#[path = "../tests/common/redis.rs"]
 mod redis_server;
 
 use std::net::TcpListener;
@@ -37,7 +40,7 @@ fn main() {
 fn run() -> Result<(), String> {
     let batched = run_server("64")?;
     let unbatched = run_server("1")?;
-    let redis = redis_server::RedisServer::start()?;
+    let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let script_rps = redis_benchmark(&redis)?;
     println!(
         "cluster mode, --redis-batch 64, wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call)",
@@ -64,7 +67,7 @@ struct Measured {
 }
 
 fn run_server(batch: &str) -> Result<Measured, String> {
-    let redis = redis_server::RedisServer::start()?;
+    let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map_err(|e| e.to_string())?
@@ -183,9 +186,12 @@ fn redis_benchmark(redis: &redis_server::RedisServer) -> Result<f64, String> {
         sale.push(value);
     }
     let sale: Vec<&str> = sale.iter().map(String::as_str).collect();
-    redis.command(&sale)?;
-    redis.command(&["SET", &keys[1], "1000000000"])?;
-    let sha = redis.command(&["SCRIPT", "LOAD", PURCHASE])?;
+    let failed = |e: redis_server::RedisError| e.to_string();
+    redis.query::<()>(&sale).map_err(failed)?;
+    redis
+        .query::<()>(&["SET", &keys[1], "1000000000"])
+        .map_err(failed)?;
+    let sha: String = redis.query(&["SCRIPT", "LOAD", PURCHASE]).map_err(failed)?;
     let mut args: Vec<String> = vec!["EVALSHA".into(), sha.trim().into(), "10".into()];
     args.extend(keys);
     args.extend(

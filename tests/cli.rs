@@ -3,15 +3,13 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::process::{run, Ran, Spawned};
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 /// A `seckill` command with no SECKILL_* or RUST_LOG settings inherited from the environment.
 fn seckill() -> Command {
@@ -36,77 +34,28 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 }
 
 /// Runs `serve` expecting it to refuse to start; returns its output.
-fn serve_refuses(args: &[&str], envs: &[(&str, &str)]) -> Output {
+fn serve_refuses(args: &[&str], envs: &[(&str, &str)]) -> Ran {
     let mut cmd = seckill();
     cmd.arg("serve").args(args);
     for (key, value) in envs {
         cmd.env(key, value);
     }
-    let output = cmd.output().expect("run seckill serve");
+    let output = run(&mut cmd);
     assert_eq!(
         output.status.code(),
         Some(2),
-        "serve {args:?} should exit 2; stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "serve {args:?} should exit 2"
     );
     output
 }
 
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+fn stderr_of(output: &Ran) -> String {
+    output.stderr()
 }
 
-/// Polls `GET /readyz` on `port` until it answers 200.
-fn wait_ready(child: &mut Child, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("server exited early with {status}");
-        }
-        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut client = Client::from_stream(stream, port);
-            if client
-                .try_request("GET", "/readyz", &[], None)
-                .is_ok_and(|r| r.status == 200)
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server on port {port} never became ready");
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit after the signal"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(child: &Child, signal: Signal) {
-    kill(Pid::from_raw(child.id() as i32), signal).expect("send signal");
-}
-
-/// Kills the child on drop, so a failing test never leaks a server.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns `serve --shards 2` on `port` with `envs`, sending stderr to `stderr`.
-fn spawn_two_shards(port: u16, envs: &[(&str, &str)], stderr: Stdio) -> Reaper {
+/// Spawns `serve --shards 2` on `port` with `envs`; its output is kept (and printed if the test
+/// fails), and it is killed when dropped.
+fn spawn_two_shards(port: u16, envs: &[(&str, &str)]) -> Spawned {
     let mut cmd = seckill();
     cmd.args([
         "serve",
@@ -118,12 +67,7 @@ fn spawn_two_shards(port: u16, envs: &[(&str, &str)], stderr: Stdio) -> Reaper {
     for (key, value) in envs {
         cmd.env(key, value);
     }
-    Reaper(
-        cmd.stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn"),
-    )
+    Spawned::spawn(&mut cmd)
 }
 
 #[test]
@@ -197,13 +141,8 @@ fn listening_port(flag: Option<u16>, env: Option<u16>, file: Option<u16>) -> u16
         cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
     }
     let expected = flag.or(env).or(file).expect("at least one source");
-    let mut server = Reaper(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    );
-    wait_ready(&mut server.0, expected);
+    let mut server = Spawned::spawn(&mut cmd);
+    server.wait_ready(expected);
     for other in [flag, env, file]
         .into_iter()
         .flatten()
@@ -231,15 +170,9 @@ fn flags_beat_env_beat_file() {
 #[test]
 fn dev_mode_prints_working_credentials() {
     let port = pick_port();
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("seckill-cli-{}-dev.log", std::process::id()));
-    let file = std::fs::File::create(&log).expect("log file");
-    let mut server = spawn_two_shards(port, &[], Stdio::from(file));
-    wait_ready(&mut server.0, port);
-    let mut stderr = String::new();
-    std::fs::File::open(&log)
-        .and_then(|mut f| f.read_to_string(&mut stderr))
-        .expect("read log");
+    let mut server = spawn_two_shards(port, &[]);
+    server.wait_ready(port);
+    let stderr = server.stderr();
     let value_of = |key: &str| {
         stderr
             .lines()
@@ -257,7 +190,7 @@ fn dev_mode_prints_working_credentials() {
         "dev mode should print a curl example:\n{stderr}"
     );
 
-    let mut client = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+    let mut client = Client::connect(port);
     let spec = sale_spec(5, 1).to_string();
     let auth = format!("Bearer {admin}");
     let created = client.request(
@@ -275,7 +208,6 @@ fn dev_mode_prints_working_credentials() {
         None,
     );
     assert_eq!(bought.status, 201, "{bought}");
-    let _ = std::fs::remove_file(log);
 }
 
 #[test]
@@ -286,13 +218,13 @@ fn sigterm_and_sigint_drain_and_exit_zero() {
             ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
             ("SECKILL_TOKEN_SECRET", SECRET),
         ];
-        let mut server = spawn_two_shards(port, &secrets, Stdio::null());
-        wait_ready(&mut server.0, port);
-        let mut idle = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+        let mut server = spawn_two_shards(port, &secrets);
+        server.wait_ready(port);
+        let mut idle = Client::connect(port);
         assert_eq!(idle.get("/healthz").status, 200);
         // A burst of pipelined requests is in flight when the signal lands: the one being served
         // is answered, then the connection closes; nothing hangs.
-        let mut busy = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+        let mut busy = Client::connect(port);
         assert_eq!(
             busy.get("/healthz").status,
             200,
@@ -300,13 +232,13 @@ fn sigterm_and_sigint_drain_and_exit_zero() {
         );
         let burst = "GET /v1/sales HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
         busy.send_raw(burst.as_bytes());
-        signal(&server.0, sig);
+        server.signal(sig);
         let first = busy.expect_response("first pipelined answer");
         assert_eq!(first.status, 200, "{first}");
-        let status = wait_exit(&mut server.0);
+        let status = server.wait_exit();
         assert_eq!(status.code(), Some(0), "{sig:?} must exit 0");
         assert!(
-            idle.wait_closed(Duration::from_secs(5)).is_ok(),
+            idle.wait_closed(IO_TIMEOUT).is_ok(),
             "idle connection must be closed"
         );
         assert!(
@@ -323,8 +255,8 @@ fn a_second_server_on_the_same_port_is_refused() {
         ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
         ("SECKILL_TOKEN_SECRET", SECRET),
     ];
-    let mut first = spawn_two_shards(port, &secrets, Stdio::null());
-    wait_ready(&mut first.0, port);
+    let mut first = spawn_two_shards(port, &secrets);
+    first.wait_ready(port);
     let mut cmd = seckill();
     cmd.args([
         "serve",
@@ -336,14 +268,14 @@ fn a_second_server_on_the_same_port_is_refused() {
     for (key, value) in secrets {
         cmd.env(key, value);
     }
-    let second = cmd.output().expect("run a second server");
+    let second = run(&mut cmd);
     assert!(!second.status.success(), "a second server must not start");
     assert!(
         stderr_of(&second).contains("already in use"),
         "{}",
         stderr_of(&second)
     );
-    let mut client = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+    let mut client = Client::connect(port);
     assert_eq!(
         client.get("/readyz").status,
         200,
@@ -357,7 +289,7 @@ fn a_data_dir_in_memory_is_refused() {
     let dir =
         std::path::Path::new("/dev/shm").join(format!("seckill-tmpfs-{}", std::process::id()));
     if !std::path::Path::new("/dev/shm").is_dir() {
-        eprintln!("no /dev/shm here; nothing to check");
+        skip("no /dev/shm (tmpfs) on this machine");
         return;
     }
     let dir_text = dir.to_str().expect("utf-8 path").to_owned();
@@ -374,7 +306,7 @@ fn a_data_dir_in_memory_is_refused() {
 
 /// Runs `serve` expecting it to fail at startup (after config validation); returns its output.
 /// A server that starts anyway is killed after a deadline, so the test fails instead of hanging.
-fn serve_refuses_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
+fn serve_refuses_with(args: &[&str], envs: &[(&str, &str)]) -> Ran {
     let mut cmd = seckill();
     cmd.arg("serve")
         .args(args)
@@ -383,20 +315,7 @@ fn serve_refuses_with(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (key, value) in envs {
         cmd.env(key, value);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run seckill serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("collect output");
+    let output = run(&mut cmd);
     assert!(!output.status.success(), "serve {args:?} should fail");
     assert!(
         output.status.code().is_some(),
@@ -422,14 +341,9 @@ fn default_relative_data_dir_works() {
         ])
         .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SECKILL_TOKEN_SECRET", SECRET);
-    let mut server = Reaper(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn"),
-    );
-    wait_ready(&mut server.0, port);
-    let mut client = Client::from_stream(TcpStream::connect(("127.0.0.1", port)).unwrap(), port);
+    let mut server = Spawned::spawn(&mut cmd);
+    server.wait_ready(port);
+    let mut client = Client::connect(port);
     let created = client.put_sale("reldir", &sale_spec(3, 1));
     assert_eq!(created.status, 201, "{created}");
     assert!(

@@ -2,187 +2,33 @@
 //! and the expiry never both win, and a Redis Cluster of three masters never oversells.
 //!
 //! Real `seckill` processes, real HTTP, real `redis-server`s. The only time bounds are generous
-//! hang detectors; every assertion is on exact counts read back from Redis with a small RESP
-//! client that parses replies into values (stream entries, hashes) and follows Redis Cluster
-//! redirections.
+//! hang detectors; every assertion is on exact counts read back from Redis with the harness's
+//! client (the `redis` crate), which follows Redis Cluster redirections.
 
 mod common;
 
-use common::redis::RedisServer;
+use common::redis::{FromRedisValue, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, BufRead, BufReader, ErrorKind, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 /// The key prefix the nodes use (the `--redis-prefix` default).
 const PREFIX: &str = "seckill";
-/// Bound for anything that should happen within a few sweep ticks (100 ms each).
-const WAIT: Duration = Duration::from_secs(10);
+/// Bound for anything that should happen within a few sweep ticks (100 ms each): only a "gave
+/// up" limit, generous for a loaded machine.
+const WAIT: Duration = Duration::from_secs(60);
+/// The payment timeout of the orders node A sells before it dies: long enough that the
+/// purchases are all made, and checked pending, before any deadline even on a loaded machine.
+const SURVIVOR_TIMEOUT_MS: u64 = 4000;
 
-// ---------------------------------------------------------------------------
-// A minimal RESP2 client
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<String>),
-    Array(Option<Vec<Resp>>),
-}
-
-impl Resp {
-    /// An integer reply, or a bulk string holding one; a missing key reads as 0.
-    #[track_caller]
-    fn int(&self) -> i64 {
-        match self {
-            Resp::Int(n) => *n,
-            Resp::Bulk(None) => 0,
-            Resp::Bulk(Some(s)) => s
-                .parse()
-                .unwrap_or_else(|e| panic!("bulk {s:?} is not an integer: {e}")),
-            other => panic!("expected an integer reply, got {other:?}"),
-        }
-    }
-
-    /// A bulk or simple string; `None` for a nil bulk.
-    #[track_caller]
-    fn text(&self) -> Option<String> {
-        match self {
-            Resp::Simple(s) | Resp::Bulk(Some(s)) => Some(s.clone()),
-            Resp::Bulk(None) => None,
-            other => panic!("expected a string reply, got {other:?}"),
-        }
-    }
-
-    #[track_caller]
-    fn items(&self) -> &[Resp] {
-        match self {
-            Resp::Array(Some(items)) => items,
-            Resp::Array(None) => &[],
-            other => panic!("expected an array reply, got {other:?}"),
-        }
-    }
-
-    /// A flat `[k1, v1, k2, v2, ...]` array (HGETALL, stream entry fields) as pairs.
-    #[track_caller]
-    fn pairs(&self) -> Vec<(String, String)> {
-        let items = self.items();
-        assert!(
-            items.len() % 2 == 0,
-            "odd-length field/value array: {self:?}"
-        );
-        items
-            .chunks(2)
-            .map(|kv| {
-                (
-                    kv[0].text().expect("field name"),
-                    kv[1].text().expect("field value"),
-                )
-            })
-            .collect()
-    }
-}
-
-fn read_reply(r: &mut impl BufRead) -> io::Result<Resp> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
-    if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(io::Error::new(
-            ErrorKind::UnexpectedEof,
-            format!("short RESP line {:?}", String::from_utf8_lossy(&line)),
-        ));
-    }
-    let body = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-    let number = |s: &str| -> io::Result<i64> {
-        s.parse()
-            .map_err(|e| io::Error::new(ErrorKind::InvalidData, format!("bad length {s:?}: {e}")))
-    };
-    Ok(match line[0] {
-        b'+' => Resp::Simple(body),
-        b'-' => Resp::Error(body),
-        b':' => Resp::Int(number(&body)?),
-        b'$' => {
-            let n = number(&body)?;
-            if n < 0 {
-                Resp::Bulk(None)
-            } else {
-                let mut buf = vec![0u8; n as usize + 2];
-                r.read_exact(&mut buf)?;
-                buf.truncate(n as usize);
-                Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
-            }
-        }
-        b'*' => {
-            let n = number(&body)?;
-            if n < 0 {
-                Resp::Array(None)
-            } else {
-                let mut items = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    items.push(read_reply(r)?);
-                }
-                Resp::Array(Some(items))
-            }
-        }
-        other => {
-            return Err(io::Error::new(
-                ErrorKind::InvalidData,
-                format!("unknown RESP type byte {:?}", other as char),
-            ))
-        }
-    })
-}
-
-/// One command on a fresh connection to `127.0.0.1:port`; Redis Cluster `MOVED` redirections are
-/// followed, so any master of a cluster answers for any key. Error replies come back as
-/// [`Resp::Error`]; I/O failures panic.
+/// One command to `127.0.0.1:port` (following cluster redirections), its reply as `T`; an error
+/// reply or I/O failure panics with the command.
 #[track_caller]
-fn redis_call(port: u16, args: &[&str]) -> Resp {
-    let mut port = port;
-    for _ in 0..5 {
-        let reply = redis_call_once(port, args)
-            .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"));
-        match &reply {
-            Resp::Error(e) if e.starts_with("MOVED ") => {
-                port = e
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| panic!("unparseable redirection {e:?}"));
-            }
-            _ => return reply,
-        }
-    }
-    panic!("redis {args:?}: too many MOVED redirections");
-}
-
-fn redis_call_once(port: u16, args: &[&str]) -> io::Result<Resp> {
-    let stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg.as_bytes());
-        request.extend_from_slice(b"\r\n");
-    }
-    (&stream).write_all(&request)?;
-    read_reply(&mut BufReader::new(stream))
-}
-
-/// Like [`redis_call`], but an error reply panics.
-#[track_caller]
-fn redis_ok(port: u16, args: &[&str]) -> Resp {
-    let reply = redis_call(port, args);
-    if let Resp::Error(e) = &reply {
-        panic!("redis 127.0.0.1:{port} {args:?} answered an error: {e}");
-    }
-    reply
+fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
+    common::redis::query(port, args)
+        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
 }
 
 /// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs`.
@@ -212,20 +58,10 @@ struct StreamEvent {
 
 #[track_caller]
 fn ledger(port: u16, sku: &str) -> Ledger {
-    let remaining = redis_ok(port, &["GET", &key(sku, "remaining")]).int();
-    let held = redis_ok(port, &["HGETALL", &key(sku, "held")])
-        .pairs()
-        .into_iter()
-        .map(|(user, units)| {
-            let units = units
-                .parse()
-                .unwrap_or_else(|e| panic!("held[{user}] = {units:?}: {e}"));
-            (user, units)
-        })
-        .collect();
-    let pending = redis_ok(port, &["ZCARD", &key(sku, "pending")]).int();
-    let orders = redis_ok(port, &["HGETALL", &key(sku, "orders")])
-        .pairs()
+    let remaining = redis_ok::<Option<i64>>(port, &["GET", &key(sku, "remaining")]).unwrap_or(0);
+    let held: BTreeMap<String, i64> = redis_ok(port, &["HGETALL", &key(sku, "held")]);
+    let pending: i64 = redis_ok(port, &["ZCARD", &key(sku, "pending")]);
+    let orders = redis_ok::<BTreeMap<String, String>>(port, &["HGETALL", &key(sku, "orders")])
         .into_iter()
         .map(|(id, raw)| {
             let order: Value = serde_json::from_str(&raw)
@@ -233,22 +69,17 @@ fn ledger(port: u16, sku: &str) -> Ledger {
             (id, order)
         })
         .collect();
-    let events = redis_ok(port, &["XRANGE", &key(sku, "events"), "-", "+"])
-        .items()
+    // XRANGE: [[entry id, [field, value, ...]], ...]
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis_ok(port, &["XRANGE", &key(sku, "events"), "-", "+"]);
+    let events = entries
         .iter()
-        .map(|entry| {
-            let parts = entry.items();
-            assert_eq!(
-                parts.len(),
-                2,
-                "stream entry is not [id, fields]: {entry:?}"
-            );
-            let fields: HashMap<String, String> = parts[1].pairs().into_iter().collect();
+        .map(|(entry, fields)| {
             let field = |name: &str| -> String {
                 fields
                     .get(name)
                     .cloned()
-                    .unwrap_or_else(|| panic!("stream entry without {name:?}: {entry:?}"))
+                    .unwrap_or_else(|| panic!("stream entry {entry} without {name:?}: {fields:?}"))
             };
             StreamEvent {
                 event: field("event"),
@@ -256,7 +87,7 @@ fn ledger(port: u16, sku: &str) -> Ledger {
                 user_id: field("user_id"),
                 quantity: field("quantity")
                     .parse()
-                    .unwrap_or_else(|e| panic!("quantity of {entry:?}: {e}")),
+                    .unwrap_or_else(|e| panic!("quantity of {entry} {fields:?}: {e}")),
                 status: field("status"),
             }
         })
@@ -315,7 +146,7 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
     let b = Server::start(1, &["--redis", &url]);
 
     let mut ca = a.client();
-    ca.create_sale(sku, &sale_with_timeout(STOCK, 1, 800));
+    ca.create_sale(sku, &sale_with_timeout(STOCK, 1, SURVIVOR_TIMEOUT_MS));
     let mut bought = BTreeMap::new();
     for i in 0..N {
         let user = format!("buyer-{i}");
@@ -331,7 +162,7 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
         (before.pending, before.remaining),
         (N as i64, (STOCK as usize - N) as i64),
         "precondition: all {N} orders pending in redis just before A is killed \
-         (is the machine so slow that 800 ms passed during {N} purchases?)"
+         (is the machine so slow that {SURVIVOR_TIMEOUT_MS} ms passed during {N} purchases?)"
     );
     a.kill9();
 
@@ -406,8 +237,11 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
 // 2. A late payment against the expiry
 // ---------------------------------------------------------------------------
 
-/// Orders bought on A with the minimum 100 ms timeout are paid on B around their deadline. Each
-/// payment either wins (200 paid) or loses to the expiry (409 order_expired), never both.
+/// Orders bought on A are paid on B at moments swept across their deadline: well before it (the
+/// payment wins even on a loaded machine), around it (the real race between the payment script
+/// and the sweepers of both nodes) and after it (the expiry wins). Each payment either wins
+/// (200 paid) or loses to the expiry (409 order_expired), never both; and both outcomes must
+/// have happened at least once, so a run where the race never happened fails.
 ///
 /// What each check catches: a 200 for an order Redis holds as expired (the payment answered
 /// but lost), a 409 for one it holds as paid, an order with both `paid` and `expired` events (or
@@ -416,46 +250,99 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
 #[test]
 fn a_late_payment_and_the_expiry_never_both_win() {
     const STOCK: u64 = 1000;
-    const ROUNDS: usize = 40;
+    const THREADS: usize = 4;
+    const ROUNDS_PER_THREAD: usize = 8;
+    const ROUNDS: usize = THREADS * ROUNDS_PER_THREAD;
+    /// Long enough that a purchase answered late on a loaded box still leaves room before the
+    /// earliest payment.
+    const TIMEOUT_MS: i64 = 1000;
+    /// The sweep: from 800 ms before the deadline to 200 ms after it.
+    const EARLIEST: i64 = -800;
+    const LATEST: i64 = 200;
     let sku = "late-pay";
     let redis = RedisServer::start(&[]);
     let url = redis.url();
     let a = Server::start(1, &["--redis", &url]);
     let b = Server::start(2, &["--redis", &url]);
-    let mut ca = a.client();
-    let mut cb = b.client();
-    ca.create_sale(sku, &sale_with_timeout(STOCK, 1000, 100));
+    a.client()
+        .create_sale(sku, &sale_with_timeout(STOCK, 1000, TIMEOUT_MS as u64));
 
-    // order id → (user, whether its payment answered 200)
-    let mut outcomes: BTreeMap<String, (String, bool)> = BTreeMap::new();
-    for i in 0..ROUNDS {
-        let user = format!("payer-{i}");
-        let token = tok(&user);
-        let order = ca.buy(sku, &token, 1);
-        let id = order_id(&order);
-        std::thread::sleep(Duration::from_millis(60 + (i as u64 * 37) % 81));
-        let r = cb.pay(&id, &token);
-        let paid = match r.status {
-            200 => {
-                assert_eq!(r.json()["status"], json!("paid"), "pay {id}: {r}");
-                true
-            }
-            _ => {
-                assert_error(&r, 409, "order_expired");
-                false
-            }
-        };
-        outcomes.insert(id, (user, paid));
-    }
-    let paid_count = outcomes.values().filter(|(_, paid)| *paid).count();
+    // order id → (user, whether its payment answered 200, sent - expires_at in ms)
+    let outcomes: BTreeMap<String, (String, bool, i64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (a, b) = (&a, &b);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..ROUNDS_PER_THREAD {
+                        let k = i * THREADS + t;
+                        let user = format!("payer-{k}");
+                        let token = tok(&user);
+                        // Fresh connections: none waits idle through the sleep below.
+                        let order = a.client().buy(sku, &token, 1);
+                        let id = order_id(&order);
+                        let expires = order["expires_at"].as_i64().expect("expires_at");
+                        let offset = EARLIEST + (LATEST - EARLIEST) * k as i64 / (ROUNDS as i64 - 1);
+                        let left = expires + offset - now_ms();
+                        if left > 0 {
+                            std::thread::sleep(Duration::from_millis(left as u64));
+                        }
+                        let mut cb = b.client();
+                        let sent = now_ms();
+                        let r = cb.pay(&id, &token);
+                        let got = now_ms();
+                        // Same machine, same clock (the scripts read Redis' TIME): the deadline
+                        // decides.
+                        let paid = match r.status {
+                            200 => {
+                                assert_eq!(r.json()["status"], json!("paid"), "pay {id}: {r}");
+                                assert!(
+                                    sent < expires,
+                                    "pay {id} sent at {sent}, after expires_at {expires}, won: {r}"
+                                );
+                                true
+                            }
+                            _ => {
+                                assert_error(&r, 409, "order_expired");
+                                assert!(
+                                    got >= expires,
+                                    "pay {id} at {sent}..{got} lost before expires_at {expires}: {r}"
+                                );
+                                false
+                            }
+                        };
+                        mine.push((id, (user, paid, sent - expires)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("payer thread panicked"))
+            .collect()
+    });
+    let paid_count = outcomes.values().filter(|(_, paid, _)| *paid).count();
+    let near: Vec<(i64, bool)> = outcomes
+        .values()
+        .filter(|(_, _, offset)| offset.abs() <= 50)
+        .map(|(_, paid, offset)| (*offset, *paid))
+        .collect();
     eprintln!(
-        "late payments: {paid_count} paid, {} expired",
+        "late payments: {paid_count} paid, {} expired; sent within 50 ms of the deadline \
+         (offset ms, paid): {near:?}",
         ROUNDS - paid_count
+    );
+    let summary: Vec<(i64, bool)> = outcomes.values().map(|(_, paid, o)| (*o, *paid)).collect();
+    assert!(
+        paid_count > 0 && paid_count < ROUNDS,
+        "the race never happened: {paid_count} of {ROUNDS} payments won, swept from {EARLIEST} \
+         to {LATEST} ms around the deadline; (sent - expires_at ms, paid): {summary:?}"
     );
 
     let mut last = None;
     let swept = poll(WAIT, || {
-        let pending = redis_ok(redis.port, &["ZCARD", &key(sku, "pending")]).int();
+        let pending: i64 = redis_ok(redis.port, &["ZCARD", &key(sku, "pending")]);
         last = Some(pending);
         (pending == 0).then_some(())
     });
@@ -465,11 +352,13 @@ fn a_late_payment_and_the_expiry_never_both_win() {
     );
     // Let a sweeper that wrongly touches paid or already expired orders act for a few ticks.
     std::thread::sleep(Duration::from_millis(400));
+    // Fresh connections: the payments can outlast the server's idle timeout on a loaded machine.
+    let (mut ca, mut cb) = (a.client(), b.client());
 
     let ledger = ledger(redis.port, sku);
     let by_order = events_by_order(&ledger.events);
     let mut stock_out = 0;
-    for (id, (user, paid)) in &outcomes {
+    for (id, (user, paid, _)) in &outcomes {
         let want = if *paid { "paid" } else { "expired" };
         let stored = &ledger
             .orders
@@ -539,8 +428,10 @@ fn redis_cluster() -> Vec<RedisServer> {
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                // Generous, so a loaded machine's late heartbeats never mark a master as failing
+                // (no replicas here: a failing master would take the cluster down mid-test).
                 "--cluster-node-timeout",
-                "2000",
+                "30000",
                 "--cluster-port",
                 &bus,
             ])
@@ -550,30 +441,23 @@ fn redis_cluster() -> Vec<RedisServer> {
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
-    let out = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `redis-cli --cluster create` ({e}); this test needs redis-cli \
-                 (Debian/Ubuntu: apt-get install redis-tools, which redis-server depends on)"
-            )
-        });
+    // Needs redis-cli (Debian/Ubuntu: redis-tools, which redis-server depends on); its output is
+    // printed if this fails.
+    let out = common::process::run(
+        Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"]),
+    );
     assert!(
         out.status.success(),
-        "redis-cli --cluster create {addrs:?} failed with {}:\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "redis-cli --cluster create {addrs:?} failed with {}",
+        out.status
     );
     for node in &nodes {
         let mut last = String::new();
-        let ok = poll(Duration::from_secs(20), || {
-            last = redis_ok(node.port, &["CLUSTER", "INFO"])
-                .text()
-                .unwrap_or_default();
+        let ok = poll(common::process::READY_BOUND, || {
+            last = redis_ok(node.port, &["CLUSTER", "INFO"]);
             last.contains("cluster_state:ok").then_some(())
         });
         assert!(
@@ -587,11 +471,16 @@ fn redis_cluster() -> Vec<RedisServer> {
 
 /// The master port serving `slot`, from `CLUSTER SLOTS` on `port`.
 fn slot_owner(port: u16, slot: i64) -> u16 {
-    let slots = redis_ok(port, &["CLUSTER", "SLOTS"]);
-    for range in slots.items() {
-        let r = range.items();
-        if r[0].int() <= slot && slot <= r[1].int() {
-            return r[2].items()[1].int() as u16;
+    // [[start, end, [host, port, id, ...], replicas...], ...]
+    let slots: Vec<Vec<common::redis::Value>> = redis_ok(port, &["CLUSTER", "SLOTS"]);
+    for range in &slots {
+        let (start, end, master): (i64, i64, Vec<common::redis::Value>) = (
+            FromRedisValue::from_redis_value(&range[0]).expect("slot range start"),
+            FromRedisValue::from_redis_value(&range[1]).expect("slot range end"),
+            FromRedisValue::from_redis_value(&range[2]).expect("slot range master"),
+        );
+        if start <= slot && slot <= end {
+            return FromRedisValue::from_redis_value(&master[1]).expect("master port");
         }
     }
     panic!("slot {slot} is not served: {slots:?}");
@@ -625,7 +514,7 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
     let mut skus: Vec<(String, u16)> = Vec::new();
     for i in 0..200 {
         let sku = format!("spread-{i}");
-        let slot = redis_ok(ports[0], &["CLUSTER", "KEYSLOT", &key(&sku, "sale")]).int();
+        let slot: i64 = redis_ok(ports[0], &["CLUSTER", "KEYSLOT", &key(&sku, "sale")]);
         let owner = slot_owner(ports[0], slot);
         if !skus.iter().any(|(_, o)| *o == owner) {
             skus.push((sku, owner));
@@ -649,10 +538,11 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
         spec["starts_at"] = json!(starts_at);
         a.client().create_sale(sku, &spec);
     }
-    // Both nodes learn the sales from Redis (polled every 100 ms) before they open.
-    std::thread::sleep(Duration::from_millis(
-        (starts_at - now_ms()).max(0) as u64 + 50,
-    ));
+    // Both nodes learn the sales from Redis (polled every 100 ms): wait until every shard of
+    // both admits purchases, so a shopper's first answer is never "unknown sale".
+    for (sku, _) in &skus {
+        common::edge::wait_until_open(&servers, sku, WAIT);
+    }
 
     // (sku, user, order id) of every 201, including any on a shopper's retry via the other node.
     let sold: Vec<(String, String, String)> = std::thread::scope(|scope| {

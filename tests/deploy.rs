@@ -3,14 +3,15 @@
 //! both units pass `systemd-analyze verify` (skipped when systemd-analyze is not installed,
 //! unless SECKILL_REQUIRE_SYSTEMD_ANALYZE is set).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::process::{run, Spawned};
+use common::skip_unless_required;
+use nix::sys::signal::Signal;
 use seckill::cli::ServeArgs;
 use seckill::config::{self, FileConfig};
 
@@ -123,42 +124,9 @@ fn seckill() -> Command {
     cmd
 }
 
-/// Kills the child on drop, so a failing test never leaks a server.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
-}
-
-/// The status code of `GET path`, if the server answered.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let head = String::from_utf8_lossy(&response);
-    head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[test]
@@ -295,53 +263,38 @@ fn units_match_the_example_config() {
 #[test]
 fn example_config_serves_and_stops_cleanly_on_sigterm() {
     let config_path = repo_file("systemd/seckill.toml");
-    let mut last_log = String::new();
+    let mut last = String::new();
     for _attempt in 0..3 {
         let data_dir = temp_dir("data");
-        let log_path = data_dir.with_extension("log");
         let port = free_port();
-        let log = std::fs::File::create(&log_path).expect("create log");
-        let child = seckill()
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            // Bounded so the test is light on many-core hosts; every other value is the file's.
-            .args(["--shards", "2"])
-            .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn seckill serve");
-        let mut child = Reaper(child);
-
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut ready = false;
-        while Instant::now() < deadline {
-            if child.0.try_wait().expect("try_wait").is_some() {
-                break;
+        let mut child = Spawned::spawn(
+            seckill()
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                // Bounded so the test is light on many-core hosts; every other value is the file's.
+                .args(["--shards", "2"])
+                .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET),
+        );
+        if let Err(why) = child.try_wait_ready(port) {
+            // Retry only when the port was taken between picking and binding.
+            let log = child.stderr();
+            if !log.to_lowercase().contains("address already in use") {
+                child.fail(&why);
             }
-            if http_status(port, "/readyz") == Some(200) {
-                ready = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !ready {
-            // Most likely the port was taken between picking and binding: try another.
-            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            last = format!("{why}; log:\n{log}");
             continue;
         }
 
-        kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-        // The default drain limit is 10 s, with no requests in flight it should be quick.
-        let status = wait_exit(&mut child.0, Duration::from_secs(20))
-            .expect("server did not exit within 20 s of SIGTERM");
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        assert_eq!(status.code(), Some(0), "exit status; log:\n{log}");
+        child.signal(Signal::SIGTERM);
+        // The default drain limit is 10 s; with no requests in flight it should be quick.
+        let status = child.wait_exit();
+        let log = child.stderr();
+        assert_eq!(status.code(), Some(0), "exit status");
         // log_format = "json" in the example: every log line is a JSON object.
         let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(!lines.is_empty(), "the server logged nothing");
@@ -350,10 +303,9 @@ fn example_config_serves_and_stops_cleanly_on_sigterm() {
                 .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         }
         let _ = std::fs::remove_dir_all(&data_dir);
-        let _ = std::fs::remove_file(&log_path);
         return;
     }
-    panic!("server with systemd/seckill.toml never became ready; last log:\n{last_log}");
+    panic!("server with systemd/seckill.toml never became ready (3 ports in use): {last}");
 }
 
 /// The env template's placeholders are refused, so an unedited template cannot start a server
@@ -376,16 +328,14 @@ fn env_template_placeholders_are_refused() {
     assert!(text.contains("openssl rand -hex 32") && text.contains("0600"));
 
     let data_dir = temp_dir("placeholders");
-    let output = seckill()
+    let output = run(seckill()
         .arg("serve")
         .arg("--config")
         .arg(repo_file("systemd/seckill.toml"))
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--data-dir")
         .arg(&data_dir)
-        .envs(vars.iter().copied())
-        .output()
-        .expect("run seckill serve");
+        .envs(vars.iter().copied()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert!(
@@ -406,11 +356,10 @@ fn systemd_analyze() -> Option<&'static str> {
     if found {
         return Some("systemd-analyze");
     }
-    assert!(
-        std::env::var_os("SECKILL_REQUIRE_SYSTEMD_ANALYZE").is_none(),
-        "SECKILL_REQUIRE_SYSTEMD_ANALYZE is set but systemd-analyze is not installed"
+    skip_unless_required(
+        "SECKILL_REQUIRE_SYSTEMD_ANALYZE",
+        "systemd-analyze is not installed (apt-get install systemd)",
     );
-    eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
     None
 }
 
@@ -437,11 +386,7 @@ fn units_pass_systemd_analyze_verify() {
     };
     let dir = units_with_built_binary("verify");
     for unit in ["seckill.service", "seckill@test.service"] {
-        let output = Command::new(analyze)
-            .arg("verify")
-            .arg(dir.join(unit))
-            .output()
-            .expect("run systemd-analyze verify");
+        let output = run(Command::new(analyze).arg("verify").arg(dir.join(unit)));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success(),
@@ -475,16 +420,16 @@ fn units_stay_sandboxed() {
     };
     let dir = units_with_built_binary("security");
     for unit in ["seckill.service", "seckill@test.service"] {
-        let output = Command::new(analyze)
+        let output = run(Command::new(analyze)
             .args(["security", "--offline=yes", "--no-pager"])
-            .arg(dir.join(unit))
-            .output()
-            .expect("run systemd-analyze security");
+            .arg(dir.join(unit)));
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() && stderr.contains("--offline") {
             // systemd < 250 has no offline mode.
-            eprintln!("skipped: systemd-analyze security --offline is not supported: {stderr}");
+            common::skip(&format!(
+                "systemd-analyze security --offline is not supported: {stderr}"
+            ));
             return;
         }
         let line = stdout

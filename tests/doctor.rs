@@ -5,20 +5,19 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::process::{run, Spawned, EXIT_BOUND};
 use common::*;
+use nix::sys::signal::Signal;
 
 fn doctor(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
+    let out = run(Command::new(BIN)
         .arg("doctor")
         .args(args)
         .env_remove("SECKILL_REDIS")
         .env_remove("SECKILL_DATA_DIR")
-        .env_remove("SECKILL_CONFIG")
-        .output()
-        .expect("run seckill doctor");
+        .env_remove("SECKILL_CONFIG"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     (out.status.code().unwrap_or(-1), text)
 }
@@ -107,40 +106,32 @@ fn serve_speaks_the_systemd_notify_protocol() {
     let socket_path = dir.with_extension("notify");
     let _ = std::fs::remove_file(&socket_path);
     let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    socket.set_read_timeout(Some(EXIT_BOUND)).expect("timeout");
     let port = pick_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shards",
-            "2",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SECKILL_TOKEN_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "600000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
+    let mut child = Spawned::spawn(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SECKILL_TOKEN_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "600000"),
+    );
     let mut received = Vec::new();
     let mut buf = [0u8; 512];
     // READY=1 first, then watchdog pings.
     while !received.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
         match socket.recv(&mut buf) {
             Ok(n) => received.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(error) => {
-                let _ = child.kill();
-                panic!("no notification ({error}); got {received:?}");
-            }
+            Err(error) => child.fail(&format!("no notification ({error}); got {received:?}")),
         }
     }
     assert!(
@@ -148,12 +139,9 @@ fn serve_speaks_the_systemd_notify_protocol() {
         "READY=1 comes first: {received:?}"
     );
     // Ready means every shard listens.
-    let mut client = Client::from_stream(
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"),
-        port,
-    );
+    let mut client = Client::connect(port);
     assert_eq!(client.get("/readyz").status, 200);
-    let _ = nix_kill_term(child.id());
+    child.signal(Signal::SIGTERM);
     loop {
         match socket.recv(&mut buf) {
             Ok(n) => {
@@ -162,17 +150,11 @@ fn serve_speaks_the_systemd_notify_protocol() {
                     break;
                 }
             }
-            Err(error) => panic!("no STOPPING=1 after SIGTERM: {error}"),
+            Err(error) => child.fail(&format!("no STOPPING=1 after SIGTERM: {error}")),
         }
     }
-    let status = child.wait().expect("exit");
+    let status = child.wait_exit();
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn nix_kill_term(pid: u32) -> std::io::Result<std::process::ExitStatus> {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
 }

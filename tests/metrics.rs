@@ -184,11 +184,10 @@ fn the_exposition_parses_with_prometheus_client() {
         .output();
     let available = matches!(&probe, Ok(out) if out.status.success());
     if !available {
-        assert!(
-            std::env::var_os("SECKILL_REQUIRE_PROMETHEUS_CLIENT").is_none(),
-            "python3 with prometheus_client is required here (pip install prometheus_client)"
+        skip_unless_required(
+            "SECKILL_REQUIRE_PROMETHEUS_CLIENT",
+            "python3 prometheus_client is not installed (pip install prometheus_client; .ci/run does)",
         );
-        eprintln!("skipped: python3 prometheus_client is not installed (.ci/run installs it)");
         return;
     }
     let server = Server::start(2, &[]);
@@ -274,7 +273,7 @@ fn error_logs_carry_the_request_id_as_json() {
         Some(""),
     );
     assert_error(&refused, 401, "unauthorized");
-    let line = poll(std::time::Duration::from_secs(5), || {
+    let line = poll(common::process::READY_BOUND, || {
         server
             .log()
             .lines()
@@ -296,14 +295,17 @@ fn nothing_is_logged_per_request_at_info() {
     let server = Server::start(2, &["--log-level", "info"]);
     let mut client = server.client();
     server.open_sale("quiet", 1, 1);
-    // Let startup logging finish before counting.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let before = server.log().lines().count();
+    // Startup logging ends with "seckill is ready" (written around when /readyz turns 200):
+    // count from there, however long a loaded machine takes to get there.
+    let ready = poll(common::process::READY_BOUND, || {
+        server.log().contains("seckill is ready").then_some(())
+    });
     assert!(
-        server.log().contains("seckill is ready"),
+        ready.is_some(),
         "startup is logged at info, so the level is in effect:\n{}",
         server.log()
     );
+    let before = server.log().lines().count();
     for n in 0..20 {
         let _ = client.purchase("quiet", &tok(&format!("q-{n}")), Some(1), None);
         let _ = client.get("/nope");
@@ -323,21 +325,20 @@ fn a_load_report_matches_the_servers_own_metrics() {
     let server = Server::start(2, &[]);
     server.open_sale("loaded", 40, 1);
     let url = format!("http://{}", server.addr());
-    let output = Command::new(BIN)
-        .args(["load", "--url", &url, "--rate", "400", "--duration", "2s"])
-        .args([
-            "--connections",
-            "8",
-            "--users",
-            "200",
-            "--sku",
-            "loaded",
-            "--json",
-        ])
-        .env("SECKILL_TOKEN_SECRET", SECRET)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run seckill load");
+    let output = common::process::run(
+        Command::new(BIN)
+            .args(["load", "--url", &url, "--rate", "400", "--duration", "2s"])
+            .args([
+                "--connections",
+                "8",
+                "--users",
+                "200",
+                "--sku",
+                "loaded",
+                "--json",
+            ])
+            .env("SECKILL_TOKEN_SECRET", SECRET),
+    );
     assert!(
         output.status.success(),
         "seckill load failed: {}",
@@ -412,7 +413,7 @@ fn idempotent_replays_are_counted_apart_from_sales() {
 fn refused_connections_are_counted() {
     let server = Server::start(1, &["--max-connections-per-shard", "1"]);
     // Hold the only slot, and scrape through it.
-    let mut held = poll(std::time::Duration::from_secs(10), || {
+    let mut held = poll(common::process::READY_BOUND, || {
         let mut client = server.raw_connect();
         client
             .try_request("GET", "/healthz", &[], None)

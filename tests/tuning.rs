@@ -1,6 +1,8 @@
 //! `tuning/apply-sysctl.sh --dry-run` reads every setting in `tuning/sysctl.d/90-seckill.conf`
 //! and prints its current and intended value, changing nothing.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
@@ -15,11 +17,12 @@ fn the_sysctl_script_prints_old_and_new_values_for_every_key() {
         .filter_map(|line| line.split('=').next().map(str::trim))
         .collect();
     assert!(keys.len() >= 10, "{keys:?}");
-    let out = Command::new("bash")
-        .arg(format!("{root}/tuning/apply-sysctl.sh"))
-        .arg("--dry-run")
-        .output()
-        .expect("run the script");
+    // Its stdout and stderr are printed if an assertion below fails.
+    let out = common::process::run(
+        Command::new("bash")
+            .arg(format!("{root}/tuning/apply-sysctl.sh"))
+            .arg("--dry-run"),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

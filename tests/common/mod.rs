@@ -2,8 +2,19 @@
 //! HTTP/1.1 to it over loopback with blocking std sockets.
 #![allow(dead_code)]
 
+pub mod edge;
+pub mod ports;
+pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod skip;
+
+#[allow(unused_imports)] // not every test binary skips
+pub use skip::{skip, skip_unless_required};
+
+/// Never the same port twice per test binary, so two SO_REUSEPORT servers of one run can never
+/// share a port.
+pub use ports::pick_port;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -12,10 +23,9 @@ use sha2::Sha256;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const ADMIN_TOKEN: &str = "it-admin-token-5f1c2b7e0d";
@@ -24,11 +34,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_seckill");
 /// Socket read/write timeout: generous, only there so a broken server makes a
 /// test fail instead of hanging forever.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
-const READY_DEADLINE: Duration = Duration::from_secs(20);
-
-/// Ports handed out by this test binary; never hand the same one out twice so
-/// two SO_REUSEPORT servers of one test run can never share a port.
-static USED_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+/// Only a "gave up" bound: a debug build beside `stress-ng --cpu 2` and a compiler can take many
+/// seconds to start.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Whether this test binary runs its servers in cluster mode: binaries named `*_redis` do.
 pub fn redis_mode() -> bool {
@@ -100,20 +108,6 @@ pub fn fresh_data_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create data dir");
     dir
-}
-
-pub fn pick_port() -> u16 {
-    let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local_addr").port();
-        drop(l);
-        if !used.contains(&port) {
-            used.push(port);
-            return port;
-        }
-    }
-    panic!("could not find a fresh port");
 }
 
 enum StartError {
@@ -264,7 +258,8 @@ impl Server {
         self.child.wait().expect("wait for killed server")
     }
 
-    /// Graceful stop: SIGTERM, then wait (up to 30 s) for the exit; returns its status.
+    /// Graceful stop: SIGTERM, then wait (up to [`process::EXIT_BOUND`]) for the exit; returns
+    /// its status.
     /// Panics with the server output if it does not exit in time.
     #[track_caller]
     pub fn terminate(&mut self) -> std::process::ExitStatus {
@@ -274,14 +269,15 @@ impl Server {
             return status;
         }
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + process::EXIT_BOUND;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "server did not exit within 30 s of SIGTERM; output:\n{}",
+                    "server did not exit within {:?} of SIGTERM; output:\n{}",
+                    process::EXIT_BOUND,
                     self.log()
                 );
             }
@@ -542,6 +538,21 @@ pub struct Client {
 }
 
 impl Client {
+    /// A keep-alive client on a new connection to `127.0.0.1:port`, with the harness's I/O
+    /// timeouts, for servers started without [`Server`]. Panics if the connect fails.
+    #[track_caller]
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("set_read_timeout");
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .expect("set_write_timeout");
+        Client::from_stream(stream, port)
+    }
+
     pub fn from_stream(stream: TcpStream, port: u16) -> Client {
         Client {
             stream,

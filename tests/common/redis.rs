@@ -1,37 +1,82 @@
-//! Hermetic `redis-server` processes for tests: each on its own ephemeral port and temp
-//! directory, stopped by PID, restartable on the same port and data (for AOF recovery tests).
+//! The one `redis-server` launcher and Redis client of the tests and benches: each server on its
+//! own loopback port and temp directory, stopped by PID, restartable on the same port and data
+//! (for AOF recovery tests), its log printed when a test fails. Commands go through the `redis`
+//! crate's sync client, so no test parses RESP by hand.
+//!
+//! Benches include this file with `#[path]`, next to `ports.rs`:
+//! `#[path = "../tests/common/ports.rs"] mod ports;` and
+//! `#[path = "../tests/common/redis.rs"] mod redis_server;`.
+#![allow(dead_code)]
 
-use std::io::{BufRead, Write};
-use std::net::TcpStream;
+use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+pub use ::redis::{FromRedisValue, RedisError, RedisResult, Value};
+
+/// How long a `redis-server` may take to answer PING after it was spawned, and a command to be
+/// answered: only "gave up" bounds, generous for a loaded machine.
+pub const REDIS_BOUND: Duration = Duration::from_secs(30);
 
 /// One `redis-server`.
 pub struct RedisServer {
     child: Option<Child>,
+    /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Its working directory (AOF, cluster config, log).
     pub dir: PathBuf,
     extra: Vec<String>,
 }
 
+/// A fresh directory under the target's temp dir.
+fn fresh_dir() -> Result<PathBuf, String> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 impl RedisServer {
-    /// Starts a server with `extra` arguments (for example `--appendonly yes`).
+    /// Starts a server with `extra` arguments (for example `--appendonly yes`) and waits until it
+    /// answers PING. Panics if it cannot.
+    #[track_caller]
     pub fn start(extra: &[&str]) -> RedisServer {
-        let dir = super::fresh_data_dir();
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut server = RedisServer {
-            child: None,
-            port: super::pick_port(),
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn();
-        server
+        Self::try_start(extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("redis.log")).expect("redis log");
+    /// Like [`RedisServer::start`], with the failure as a message (for benches).
+    pub fn try_start(extra: &[&str]) -> Result<RedisServer, String> {
+        let mut server = RedisServer {
+            child: None,
+            port: super::ports::pick_port(),
+            dir: fresh_dir()?,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("<no log: {e}>"))
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("redis log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| format!("redis log: {e}"))?;
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"])
@@ -40,23 +85,34 @@ impl RedisServer {
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(Stdio::null())
+            .stderr(log2)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server must be installed (apt-get install redis-server): {e}")
-            });
+            .map_err(|e| {
+                format!("redis-server must be installed (apt-get install redis-server): {e}")
+            })?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self
-                .command(&["PING"])
-                .is_some_and(|reply| reply.starts_with("+PONG"))
-            {
-                return;
+        let started = Instant::now();
+        let mut last = String::from("no answer yet");
+        while started.elapsed() < REDIS_BOUND {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "redis-server on port {} exited with {status}; log:\n{}",
+                    self.port,
+                    self.log()
+                ));
+            }
+            match self.query::<String>(&["PING"]) {
+                Ok(pong) if pong == "PONG" => return Ok(()),
+                Ok(other) => last = other,
+                Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not answer PING", self.port);
+        Err(format!(
+            "redis-server on port {} did not answer PING within {REDIS_BOUND:?} (last: {last}); log:\n{}",
+            self.port,
+            self.log()
+        ))
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -72,64 +128,118 @@ impl RedisServer {
         }
     }
 
-    /// Starts again on the same port and directory (with AOF on, the data comes back).
+    /// Starts again on the same port and directory (with AOF on, the data comes back). Panics if
+    /// it does not come up.
+    #[track_caller]
     pub fn restart(&mut self) {
         self.kill9();
-        self.spawn();
-    }
-
-    /// Sends one command and returns the whole reply in RESP form, or `None` if Redis does not
-    /// answer.
-    pub fn command(&self, args: &[&str]) -> Option<String> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        if let Err(e) = self.spawn() {
+            panic!("{e}");
         }
-        (&stream).write_all(request.as_bytes()).ok()?;
-        let mut reader = std::io::BufReader::new(stream);
-        let mut reply = String::new();
-        read_value(&mut reader, &mut reply).ok()?;
-        Some(reply)
     }
 
-    /// An integer reply (`:N`), or the integer in a bulk string.
+    /// One command, its reply converted to `T` (`i64`, `Option<String>`, `Vec<...>`,
+    /// `BTreeMap<...>`, [`Value`], ...). An error reply is an `Err`.
+    pub fn query<T: FromRedisValue>(&self, args: &[&str]) -> RedisResult<T> {
+        query(self.port, args)
+    }
+
+    /// An integer reply, or the integer in a bulk string; `None` for nil or if Redis does not
+    /// answer.
     pub fn integer(&self, args: &[&str]) -> Option<i64> {
-        let reply = self.command(args)?;
-        let line = reply.lines().find(|line| !line.starts_with('$'))?;
-        line.trim_start_matches(':').trim().parse().ok()
+        self.query::<Option<i64>>(args).ok().flatten()
+    }
+
+    /// The reply rendered as RESP2 text (`+OK\r\n`, `:1\r\n`, `$3\r\nabc\r\n`, ...), or `None`
+    /// if Redis does not answer. Kept for callers that match on the wire form; prefer
+    /// [`RedisServer::query`].
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        match self.query::<Value>(args) {
+            Ok(value) => Some(resp_text(&value)),
+            Err(e) if e.code().is_some() => Some(format!(
+                "-{} {}\r\n",
+                e.code().unwrap_or("ERR"),
+                e.detail().unwrap_or("")
+            )),
+            Err(_) => None,
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            let start = log.len().saturating_sub(4000);
+            let start = (start..=log.len())
+                .find(|i| log.is_char_boundary(*i))
+                .unwrap_or(log.len());
+            eprintln!(
+                "---- redis-server output (port {}) ----\n{}\n---- end ----",
+                self.port,
+                &log[start..]
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// Reads one RESP value, appending its lines to `out`.
-fn read_value(reader: &mut impl BufRead, out: &mut String) -> std::io::Result<()> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
+/// A connection to `127.0.0.1:port` with [`REDIS_BOUND`] on connect, reads and writes.
+pub fn connect(port: u16) -> RedisResult<::redis::Connection> {
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let connection = client.get_connection_with_timeout(REDIS_BOUND)?;
+    connection.set_read_timeout(Some(REDIS_BOUND))?;
+    connection.set_write_timeout(Some(REDIS_BOUND))?;
+    Ok(connection)
+}
+
+/// One command to `127.0.0.1:port` on a fresh connection. Redis Cluster `MOVED` redirections
+/// are followed, so any master of a cluster answers for any key.
+pub fn query<T: FromRedisValue>(port: u16, args: &[&str]) -> RedisResult<T> {
+    let Some((name, rest)) = args.split_first() else {
+        return Err(RedisError::from((
+            ::redis::ErrorKind::ClientError,
+            "empty command",
+        )));
+    };
+    let mut command = ::redis::cmd(name);
+    for arg in rest {
+        command.arg(*arg);
     }
-    out.push_str(&line);
-    let count: i64 = line[1..].trim().parse().unwrap_or(-1);
-    match line.as_bytes()[0] {
-        b'$' if count >= 0 => {
-            let mut body = vec![0u8; count as usize + 2];
-            reader.read_exact(&mut body)?;
-            out.push_str(&String::from_utf8_lossy(&body));
-        }
-        b'*' => {
-            for _ in 0..count.max(0) {
-                read_value(reader, out)?;
+    let mut port = port;
+    let mut hops = 0;
+    loop {
+        match command.query(&mut connect(port)?) {
+            Err(e) if hops < 5 && e.kind() == ::redis::ErrorKind::Moved => {
+                hops += 1;
+                port = e
+                    .redirect_node()
+                    .and_then(|(addr, _slot)| addr.rsplit(':').next()?.parse().ok())
+                    .ok_or(e)?;
             }
+            reply => return reply,
         }
-        _ => {}
     }
-    Ok(())
+}
+
+/// `value` in RESP2 wire form (RESP3-only types rendered as their closest RESP2 form).
+fn resp_text(value: &Value) -> String {
+    match value {
+        Value::Nil => "$-1\r\n".into(),
+        Value::Int(n) => format!(":{n}\r\n"),
+        Value::Okay => "+OK\r\n".into(),
+        Value::SimpleString(s) => format!("+{s}\r\n"),
+        Value::BulkString(bytes) => {
+            format!("${}\r\n{}\r\n", bytes.len(), String::from_utf8_lossy(bytes))
+        }
+        Value::Array(items) | Value::Set(items) => {
+            let mut out = format!("*{}\r\n", items.len());
+            for item in items {
+                out.push_str(&resp_text(item));
+            }
+            out
+        }
+        other => format!("+{other:?}\r\n"),
+    }
 }
