@@ -140,12 +140,12 @@ impl<S: Store + 'static> Api<S> {
                 ))
             }
         };
-        let allowed = match (access, self.principal(request)) {
-            (BodyAccess::Admin, Some(Principal::Admin)) => true,
-            (BodyAccess::Shopper, Some(Principal::Shopper(_))) => true,
-            (BodyAccess::Caller, Some(_)) => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (access, self.principal(request)),
+            (BodyAccess::Admin, Some(Principal::Admin))
+                | (BodyAccess::Shopper, Some(Principal::Shopper(_)))
+                | (BodyAccess::Caller, Some(_))
+        );
         (!allowed).then(ApiError::unauthorized)
     }
 }
