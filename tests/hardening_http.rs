@@ -480,6 +480,13 @@ fn run_serve(args: &[&str]) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn seckill");
+    // Read stderr while waiting: a long error would otherwise fill the pipe and block the child.
+    let mut pipe = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        let _ = pipe.read_to_string(&mut stderr);
+        stderr
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -492,10 +499,7 @@ fn run_serve(args: &[&str]) -> (Option<i32>, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    let stderr = reader.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&data_dir);
     (status, stderr)
 }
@@ -549,4 +553,58 @@ fn hostile_config_files_are_refused_with_a_short_clear_error() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A measurement, not a check (run it on a release build): resident memory per idle connection
+/// and per connection holding a partial 60 KB body, with and without credentials.
+/// `cargo test --release --test hardening_http -- --ignored --nocapture memory`
+#[test]
+#[ignore = "a measurement: run by hand on a release build"]
+fn memory_per_connection() {
+    const CONNECTIONS: usize = 500;
+    let s = Server::start(2, &["--idle-timeout-ms", "120000"]);
+    let admin = admin_bearer();
+    for (what, auth) in [
+        ("idle", None),
+        ("partial 60 KB body, no credentials", Some("")),
+        ("partial 60 KB body, admin", Some(admin.as_str())),
+    ] {
+        let before = rss_kib(s.pid());
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let mut c = s.raw_connect();
+            if let Some(auth) = auth {
+                let auth = if auth.is_empty() {
+                    String::new()
+                } else {
+                    format!("Authorization: {auth}\r\n")
+                };
+                let head = format!(
+                    "PUT /v1/sales/m HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 61440\r\n\r\n"
+                );
+                c.send_raw(head.as_bytes());
+                c.send_raw(&[b' '; 60_000]);
+            }
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let after = rss_kib(s.pid());
+        eprintln!(
+            "{what}: {CONNECTIONS} connections, RSS {before} -> {after} KiB, {:.1} KiB each",
+            (after.saturating_sub(before)) as f64 / CONNECTIONS as f64
+        );
+        drop(held);
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

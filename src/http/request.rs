@@ -144,7 +144,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             if request.authorization.replace(value).is_some() {
                 return Err(ParseError::DuplicateAuthorization);
             }
-        } else if name.eq_ignore_ascii_case("expect") {
+        } else if name.eq_ignore_ascii_case("expect") && http11 {
+            // HTTP/1.0 predates Expect; RFC 9110 section 10.1.1 says to ignore it there.
             if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 return Err(ParseError::ExpectationFailed);
             }
@@ -269,6 +270,17 @@ mod tests {
         ));
         let unknown = b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n";
         assert_eq!(parse(unknown).unwrap_err(), ParseError::ExpectationFailed);
+        let http10 = b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(matches!(
+            parse(http10),
+            Ok(Parsed::AwaitingBody(
+                Request {
+                    expect_continue: false,
+                    ..
+                },
+                _
+            ))
+        ));
         let head = b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(complete(head).0.method, Method::Head);
     }
