@@ -285,10 +285,9 @@ fn json_request(path: &'static str, body: &'static [u8]) -> Request<'static> {
         keep_alive: true,
         authorization: None,
         content_type: Some(b"application/json"),
-        idempotency_key: None,
-        request_id: None,
         has_length: true,
         body,
+        ..Request::default()
     }
 }
 

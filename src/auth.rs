@@ -14,6 +14,9 @@ use crate::sale::model::is_valid_id;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Longest shopper-token lifetime accepted unless configured otherwise: one day.
+pub const DEFAULT_MAX_TOKEN_TTL_SECS: u64 = 86_400;
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -28,6 +31,7 @@ pub enum Principal {
 pub struct Auth {
     admin_token: Box<[u8]>,
     token_secret: Box<[u8]>,
+    max_token_ttl_secs: u64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -37,17 +41,32 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Builds the checker from the admin token and the shopper-token secret.
+    /// Builds the checker from the admin token and the shopper-token secret, accepting shopper
+    /// tokens that expire at most [`DEFAULT_MAX_TOKEN_TTL_SECS`] from now.
     pub fn new(admin_token: &str, token_secret: &str) -> Self {
         Self {
             admin_token: admin_token.as_bytes().into(),
             token_secret: token_secret.as_bytes().into(),
+            max_token_ttl_secs: DEFAULT_MAX_TOKEN_TTL_SECS,
         }
     }
 
-    /// Authenticates an `Authorization` header value at `now_secs`; `None` means 401.
+    /// Accepts shopper tokens that expire at most `secs` from the time they are checked.
+    pub fn with_max_token_ttl(mut self, secs: u64) -> Self {
+        self.max_token_ttl_secs = secs;
+        self
+    }
+
+    /// Authenticates an `Authorization` header value at `now_secs`; `None` means 401. The scheme
+    /// is matched case-insensitively (RFC 7235 section 2.1).
     pub fn authenticate(&self, authorization: Option<&[u8]>, now_secs: u64) -> Option<Principal> {
-        let token = authorization?.strip_prefix(b"Bearer ")?.trim_ascii();
+        let value = authorization?;
+        let space = value.iter().position(|b| *b == b' ')?;
+        let (scheme, token) = value.split_at(space);
+        if !scheme.eq_ignore_ascii_case(b"Bearer") {
+            return None;
+        }
+        let token = token.trim_ascii();
         if token.is_empty() {
             return None;
         }
@@ -85,7 +104,7 @@ impl Auth {
             return None;
         }
         let expires: u64 = expires.parse().ok()?;
-        if expires <= now_secs {
+        if expires <= now_secs || expires - now_secs > self.max_token_ttl_secs {
             return None;
         }
         let mut decoded = [0u8; 32];
@@ -120,5 +139,37 @@ mod tests {
         assert_eq!(auth.authenticate(Some(b"Bearer admin-secre"), 1_000), None);
         assert_eq!(auth.authenticate(None, 1_000), None);
         assert_eq!(auth.authenticate(Some(b"Basic abc"), 1_000), None);
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        let auth = Auth::new("admin-secret", "hmac-secret");
+        for header in [
+            &b"bearer admin-secret"[..],
+            b"BEARER admin-secret",
+            b"bEaReR  admin-secret",
+        ] {
+            assert_eq!(auth.authenticate(Some(header), 1), Some(Principal::Admin));
+        }
+        for header in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearers admin-secret",
+            b"Bear admin-secret",
+        ] {
+            assert_eq!(auth.authenticate(Some(header), 1), None, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_beyond_the_maximum_lifetime_are_refused() {
+        let auth = Auth::new("admin-secret", "hmac-secret").with_max_token_ttl(600);
+        let now = 1_000_000;
+        let ok = format!("Bearer {}", auth.mint("alice", now + 600));
+        let too_long = format!("Bearer {}", auth.mint("alice", now + 601));
+        assert!(auth.authenticate(Some(ok.as_bytes()), now).is_some());
+        assert_eq!(auth.authenticate(Some(too_long.as_bytes()), now), None);
+        let far = format!("Bearer {}", auth.mint("alice", u64::MAX));
+        assert_eq!(auth.authenticate(Some(far.as_bytes()), now), None);
     }
 }

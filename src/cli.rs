@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Close a connection that sends nothing for this long [default: 10000].
     #[arg(long, env = "SECKILL_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Refuse shopper tokens that expire more than this many seconds from now, 1..=31622400
+    /// [default: 86400].
+    #[arg(long, env = "SECKILL_MAX_TOKEN_TTL_SECS")]
+    pub max_token_ttl_secs: Option<u64>,
     /// Open connections per shard before new ones get 503 [default: 10000].
     #[arg(long, env = "SECKILL_MAX_CONNECTIONS_PER_SHARD")]
     pub max_connections_per_shard: Option<usize>,

@@ -1,6 +1,7 @@
 //! Configuration: a TOML file, environment variables and flags, merged with the precedence
 //! flags > env > file > defaults, and validated once at startup with errors that name the key.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub struct FileConfig {
     pub token_secret: Option<String>,
     /// See [`ServeArgs::idle_timeout_ms`].
     pub idle_timeout_ms: Option<u64>,
+    /// See [`ServeArgs::max_token_ttl_secs`].
+    pub max_token_ttl_secs: Option<u64>,
     /// See [`ServeArgs::max_connections_per_shard`].
     pub max_connections_per_shard: Option<usize>,
     /// See [`ServeArgs::backlog`].
@@ -102,6 +105,8 @@ pub struct ServeConfig {
     pub token_secret: String,
     /// Whether the secrets were generated (dev mode).
     pub secrets_source: SecretsSource,
+    /// Longest lifetime, from now, of a shopper token that is accepted.
+    pub max_token_ttl_secs: u64,
     /// Idle connections are closed after this.
     pub idle_timeout: Duration,
     /// Connection cap per shard.
@@ -124,11 +129,40 @@ pub struct ServeConfig {
     pub redis_batch: usize,
 }
 
-/// Reads and parses a config file.
+/// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
+/// of a wrong path or a hostile file.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Longest TOML error reported whole; beyond it (the error quotes the offending line, which
+/// may be huge) only the message and position are kept.
+const MAX_ERROR_CHARS: usize = 2_000;
+
+/// Reads and parses a config file. The `toml` parser refuses nesting deeper than 80 levels
+/// ("recursion limit exceeded"), so a hostile file cannot overflow the stack.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| ConfigError(format!("cannot read {}: {error}", path.display())))?;
-    toml::from_str(&text).map_err(|error| ConfigError(format!("{}: {error}", path.display())))
+    let cannot_read =
+        |error: std::io::Error| ConfigError(format!("cannot read {}: {error}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot_read)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError(format!(
+            "{} is larger than {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        )));
+    }
+    toml::from_str(&text).map_err(|error| {
+        let mut report = error.to_string();
+        if report.len() > MAX_ERROR_CHARS {
+            let at = error
+                .span()
+                .map(|span| format!(" at byte {}", span.start))
+                .unwrap_or_default();
+            report = format!("TOML parse error{at}: {}", error.message());
+        }
+        ConfigError(format!("{}: {report}", path.display()))
+    })
 }
 
 /// The secret from the environment, else the file.
@@ -226,6 +260,11 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .or(file.idle_timeout_ms)
         .unwrap_or(10_000);
     let idle_timeout_ms = in_range("idle_timeout_ms", idle_timeout_ms, 100, 3_600_000)?;
+    let max_token_ttl_secs = args
+        .max_token_ttl_secs
+        .or(file.max_token_ttl_secs)
+        .unwrap_or(crate::auth::DEFAULT_MAX_TOKEN_TTL_SECS);
+    let max_token_ttl_secs = in_range("max_token_ttl_secs", max_token_ttl_secs, 1, 366 * 86_400)?;
     let max_connections = args
         .max_connections_per_shard
         .or(file.max_connections_per_shard)
@@ -320,6 +359,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         admin_token,
         token_secret,
         secrets_source,
+        max_token_ttl_secs,
         idle_timeout: Duration::from_millis(idle_timeout_ms),
         max_connections_per_shard: max_connections,
         backlog,

@@ -98,7 +98,8 @@ fn node_options(config: &ServeConfig) -> NodeOptions {
         io_memory: io_memory_within_memlock(config.shards),
         durability: config.durability,
         segment_bytes: config.segment_bytes,
-        auth: Auth::new(&config.admin_token, &config.token_secret),
+        auth: Auth::new(&config.admin_token, &config.token_secret)
+            .with_max_token_ttl(config.max_token_ttl_secs),
     }
 }
 

@@ -433,6 +433,13 @@ fn shopper_auth_variants_are_unauthorized() {
             Some(format!("Bearer {}", token_with("", exp, SECRET))),
         ),
         ("admin token", Some(admin_bearer())),
+        (
+            "expiry beyond the one-day maximum lifetime",
+            Some(format!(
+                "Bearer {}",
+                token_with("alice", now_secs() + 2 * 86_400, SECRET)
+            )),
+        ),
     ];
     for (desc, auth) in &auths {
         let headers: Vec<(&str, &str)> = auth

@@ -425,8 +425,13 @@ fn idle_connections_are_closed() {
         .wait_closed(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connection stuck in a partial request: {e}"));
 
+    // Authenticated, so the body is awaited (an unauthenticated one is refused at once).
     let mut partial_body = s.raw_connect();
-    partial_body.send_raw(b"PUT /v1/sales/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{");
+    let head = format!(
+        "PUT /v1/sales/x HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 10\r\n\r\n{{",
+        admin_bearer()
+    );
+    partial_body.send_raw(head.as_bytes());
     partial_body
         .wait_closed(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connection stuck in a partial body: {e}"));

@@ -60,22 +60,26 @@ impl<S: Store + 'static> Api<S> {
         endpoint: Endpoint<'_>,
         request: &Request<'_>,
     ) -> Result<Response, ApiError> {
-        let method = request.method;
+        // HEAD is GET without the body, which the connection leaves out.
+        let method = match request.method {
+            Method::Head => Method::Get,
+            method => method,
+        };
         match endpoint {
-            Endpoint::Health => only(method, Method::Get, "GET", system::health),
-            Endpoint::Ready => only(method, Method::Get, "GET", || system::ready(&self.shard)),
+            Endpoint::Health => only(method, Method::Get, GET, system::health),
+            Endpoint::Ready => only(method, Method::Get, GET, || system::ready(&self.shard)),
             Endpoint::Metrics => match method {
                 Method::Get => system::metrics(self).await,
-                _ => Err(not_allowed("GET")),
+                _ => Err(not_allowed(GET)),
             },
             Endpoint::Sales => match method {
                 Method::Get => sales::list(self).await,
-                _ => Err(not_allowed("GET")),
+                _ => Err(not_allowed(GET)),
             },
             Endpoint::Sale(sku) => match method {
                 Method::Get => sales::get(self, sku).await,
                 Method::Put => sales::upsert(self, request, sku).await,
-                _ => Err(not_allowed("GET, PUT")),
+                _ => Err(not_allowed("GET, HEAD, PUT")),
             },
             Endpoint::Purchase(sku) => match method {
                 Method::Post => sales::purchase(self, request, sku).await,
@@ -83,7 +87,7 @@ impl<S: Store + 'static> Api<S> {
             },
             Endpoint::Order(id) => match method {
                 Method::Get => orders::get(self, request, id).await,
-                _ => Err(not_allowed("GET")),
+                _ => Err(not_allowed(GET)),
             },
             Endpoint::Pay(id) => match method {
                 Method::Post => orders::pay(self, request, id).await,
@@ -100,6 +104,49 @@ impl<S: Store + 'static> Api<S> {
             },
             Endpoint::Unknown => Err(no_such_path()),
         }
+    }
+}
+
+/// The `Allow` value of read-only paths.
+const GET: &str = "GET, HEAD";
+
+/// Who may send a request body to an endpoint; the body of any other request is never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyAccess {
+    /// The admin token.
+    Admin,
+    /// A shopper token.
+    Shopper,
+    /// Either.
+    Caller,
+}
+
+impl<S: Store + 'static> Api<S> {
+    /// Why the body of `request` must not be sent, if it must not: the same credential checks
+    /// its handler makes first, done before the body is buffered.
+    fn body_refusal(&self, endpoint: Endpoint<'_>, request: &Request<'_>) -> Option<ApiError> {
+        let access = match (endpoint, request.method) {
+            (Endpoint::Sale(_), Method::Put) => BodyAccess::Admin,
+            (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
+            (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
+            (Endpoint::Pay(_) | Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
+            (Endpoint::Order(_), Method::Get) => BodyAccess::Caller,
+            (Endpoint::Unknown, _) => return Some(no_such_path()),
+            _ => {
+                return Some(ApiError::new(
+                    413,
+                    "payload_too_large",
+                    "this request takes no body",
+                ))
+            }
+        };
+        let allowed = matches!(
+            (access, self.principal(request)),
+            (BodyAccess::Admin, Some(Principal::Admin))
+                | (BodyAccess::Shopper, Some(Principal::Shopper(_)))
+                | (BodyAccess::Caller, Some(_))
+        );
+        (!allowed).then(ApiError::unauthorized)
     }
 }
 
@@ -228,6 +275,25 @@ impl<S: Store + 'static> Handler for Api<S> {
         }
         metrics.record_request(route, response.status, elapsed_nanos(started));
         response
+    }
+
+    fn admit_body(
+        &self,
+        request: &Request<'_>,
+        request_id: &RequestId<'_>,
+    ) -> Result<(), Response> {
+        let endpoint = Endpoint::of(request.path);
+        let Some(error) = self.body_refusal(endpoint, request) else {
+            return Ok(());
+        };
+        let route = endpoint.route(request.method);
+        self.log_refusal(&error, route, request_id);
+        let metrics = &self.shard.metrics;
+        if route == Route::Purchase {
+            metrics.record_purchase(error.code);
+        }
+        metrics.record_status(route, error.status);
+        Err(error.into_response())
     }
 
     fn rejected(&self, response: &Response, request_id: &RequestId<'_>) {

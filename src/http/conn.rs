@@ -1,18 +1,20 @@
 //! One HTTP/1.1 connection: keep-alive, pipelining (answered in order, written in one batch),
 //! idle and write timeouts, bounded buffers, and a prompt exit on shutdown.
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io::ErrorKind;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::request::{parse, ParseError, Parsed, Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
+use super::request::{parse, Method, ParseError, Parsed, Request, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 use super::request_id::RequestId;
-use super::response::Response;
+use super::response::{Response, CONTINUE};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -22,12 +24,23 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 /// Upper bound on the read buffer: one maximal request plus one read's worth of the next.
 const MAX_BUFFERED: usize = MAX_HEAD_BYTES + MAX_BODY_BYTES + READ_CHUNK;
+/// Buffer capacity a connection keeps between requests; larger buffers are freed once empty, so
+/// an idle keep-alive connection holds at most this much per buffer.
+const KEPT_CAPACITY: usize = 2 * 1024;
 
 /// Serves parsed requests. Implemented by the API.
 #[allow(async_fn_in_trait)]
 pub trait Handler {
     /// Answers one request. Never fails: every failure is an error response.
     async fn handle(&self, request: &Request<'_>, request_id: &RequestId<'_>) -> Response;
+
+    /// Asked once per request whose head is complete and whose body is not (yet): may the client
+    /// send the body? `Err` is the answer, sent at once; the connection then closes without
+    /// reading (or buffering) the body. This is where credentials are checked, so that an
+    /// unauthenticated client can make a connection hold its head and nothing more. On `Ok`, a
+    /// client that sent `Expect: 100-continue` is told to go on.
+    fn admit_body(&self, request: &Request<'_>, request_id: &RequestId<'_>)
+        -> Result<(), Response>;
 
     /// Told about bytes that were answered with `response` without reaching
     /// [`Handler::handle`]: malformed, oversized or too slow requests.
@@ -58,16 +71,22 @@ pub async fn serve_connection<H: Handler>(
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(limits.idle_timeout))?;
     stream.set_write_timeout(Some(limits.write_timeout))?;
-    let mut inbuf = ReadBuffer::new();
-    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Both buffers start empty: a connection that never sends anything holds no buffer at all.
+    let mut inbuf = ReadBuffer::default();
+    let mut out: Vec<u8> = Vec::new();
     // When the first byte of the request being assembled arrived; `None` between requests.
     let mut request_started: Option<Instant> = None;
+    // Whether the request being assembled was already allowed to send its body.
+    let mut body_admitted = false;
     loop {
         let mut consumed = 0;
         let mut close = false;
         // Set when the output grew past its bound with requests still buffered: write, then
         // answer the rest before reading more.
         let mut more = false;
+        // The whole length of a request admitted to send its body, once the loop lets go of the
+        // buffer.
+        let mut awaited = None;
         while !close && !more {
             match parse(&inbuf.data()[consumed..]) {
                 Ok(Parsed::Complete(request, used)) => {
@@ -77,9 +96,35 @@ pub async fn serve_connection<H: Handler>(
                         response.close = true;
                     }
                     close = response.close;
-                    response.write_to(&mut out, shard_header, &request_id);
+                    if request.method == Method::Head {
+                        response.write_head_to(&mut out, shard_header, &request_id);
+                    } else {
+                        response.write_to(&mut out, shard_header, &request_id);
+                    }
                     consumed += used;
+                    body_admitted = false;
                     more = out.len() >= MAX_PENDING_OUTPUT;
+                }
+                Ok(Parsed::AwaitingBody(request, total)) => {
+                    if !body_admitted {
+                        let request_id = RequestId::for_request(request.request_id);
+                        match handler.admit_body(&request, &request_id) {
+                            Ok(()) => {
+                                body_admitted = true;
+                                awaited = Some(total);
+                                if request.expect_continue {
+                                    out.extend_from_slice(CONTINUE);
+                                }
+                            }
+                            Err(response) => {
+                                response
+                                    .closing()
+                                    .write_to(&mut out, shard_header, &request_id);
+                                close = true;
+                            }
+                        }
+                    }
+                    break;
                 }
                 Ok(Parsed::Partial) => break,
                 Err(error) => {
@@ -93,6 +138,9 @@ pub async fn serve_connection<H: Handler>(
         }
         let unread = inbuf.len() > consumed;
         inbuf.consume(consumed);
+        if let Some(total) = awaited {
+            inbuf.reserve_for(total);
+        }
         if consumed > 0 {
             // A pipelined remainder is the start of the next request.
             request_started = (!inbuf.is_empty()).then(Instant::now);
@@ -100,6 +148,9 @@ pub async fn serve_connection<H: Handler>(
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
+            if out.capacity() > KEPT_CAPACITY {
+                out = Vec::new();
+            }
         }
         if close {
             if unread {
@@ -121,17 +172,23 @@ pub async fn serve_connection<H: Handler>(
         let outcome = match request_started {
             // Between requests: wait for the next one, the idle timeout, or shutdown.
             None => {
-                let read = stream.read(inbuf.spare());
-                match select(pin!(read), pin!(shutdown.clone())).await {
-                    Either::Left((Ok(n), _)) => Ok(n),
-                    Either::Left((Err(error), _)) if error.kind() == ErrorKind::TimedOut => {
+                let first = {
+                    let read = read_chunk(&mut stream, |bytes| inbuf.extend(bytes));
+                    match select(pin!(read), pin!(shutdown.clone())).await {
+                        Either::Left((result, _)) => Some(result),
+                        Either::Right(((), _)) => None,
+                    }
+                };
+                match first {
+                    Some(Ok(n)) => Ok(n),
+                    Some(Err(error)) if error.kind() == ErrorKind::TimedOut => {
                         Err(ReadEnd::TimedOut)
                     }
-                    Either::Left((Err(error), _)) => Err(ReadEnd::Failed(error)),
-                    Either::Right(((), _)) => {
+                    Some(Err(error)) => Err(ReadEnd::Failed(error)),
+                    None => {
                         // Requests may already sit in the socket, not yet polled: answer those
                         // (the response will close), and only then close.
-                        match read_within(&mut stream, inbuf.spare(), FINAL_READ).await {
+                        match read_within(&mut stream, &mut inbuf, FINAL_READ).await {
                             Ok(n) if n > 0 => Ok(n),
                             _ => {
                                 linger_close(&mut stream).await;
@@ -145,13 +202,12 @@ pub async fn serve_connection<H: Handler>(
             // however slowly it trickles in.
             Some(started) => {
                 let left = limits.idle_timeout.saturating_sub(started.elapsed());
-                read_within(&mut stream, inbuf.spare(), left).await
+                read_within(&mut stream, &mut inbuf, left).await
             }
         };
         match outcome {
             Ok(0) => return Ok(()),
-            Ok(n) => {
-                inbuf.commit(n);
+            Ok(_) => {
                 request_started.get_or_insert_with(Instant::now);
             }
             Err(ReadEnd::TimedOut) => {
@@ -171,59 +227,68 @@ pub async fn serve_connection<H: Handler>(
     }
 }
 
-/// Bytes read from a connection and not yet consumed. Memory is zeroed only when the buffer
-/// grows, so a read does not first pay to clear the chunk it is about to overwrite (that memset
-/// was 1.75% of the sold-out path's CPU).
+thread_local! {
+    /// Every read on this shard lands here first and is then copied to its connection's buffer,
+    /// so a connection waiting for bytes owns no read buffer of its own. glommio reads straight
+    /// into the caller's slice during a poll and keeps no reference to it after the poll, so one
+    /// buffer per thread serves every connection.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Reads once (at most [`READ_CHUNK`] bytes) and hands the bytes to `take`; 0 means end of
+/// stream.
+async fn read_chunk(stream: &mut TcpStream, mut take: impl FnMut(&[u8])) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let polled = Pin::new(&mut *stream).poll_read(cx, scratch);
+            if let Poll::Ready(Ok(n)) = polled {
+                take(&scratch[..n]);
+            }
+            polled
+        })
+    })
+    .await
+}
+
+/// Bytes read from a connection and not yet consumed. It holds exactly the bytes read (no
+/// zero-filled spare room), and is freed between requests unless small.
+#[derive(Default)]
 struct ReadBuffer {
     bytes: Vec<u8>,
-    filled: usize,
 }
 
 impl ReadBuffer {
-    fn new() -> Self {
-        Self {
-            bytes: vec![0; READ_CHUNK],
-            filled: 0,
-        }
-    }
-
     fn data(&self) -> &[u8] {
-        &self.bytes[..self.filled]
+        &self.bytes
     }
 
     fn len(&self) -> usize {
-        self.filled
+        self.bytes.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.filled == 0
+        self.bytes.is_empty()
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Makes room for a request whose whole length is now known, in one allocation of the
+    /// right size rather than by doubling (which would pin up to twice the body).
+    fn reserve_for(&mut self, total: usize) {
+        self.bytes
+            .reserve_exact(total.saturating_sub(self.bytes.len()));
     }
 
     /// Drops the first `n` bytes (answered requests), keeping the rest at the front. Once empty,
-    /// a buffer that one large request grew goes back to its usual size, so idle keep-alive
-    /// connections hold one chunk each.
+    /// a buffer larger than [`KEPT_CAPACITY`] is freed, so idle keep-alive connections hold
+    /// little or nothing.
     fn consume(&mut self, n: usize) {
-        self.bytes.copy_within(n..self.filled, 0);
-        self.filled -= n;
-        if self.filled == 0 && self.bytes.len() > 2 * READ_CHUNK {
-            self.bytes.truncate(READ_CHUNK);
-            self.bytes.shrink_to_fit();
+        self.bytes.drain(..n);
+        if self.bytes.is_empty() && self.bytes.capacity() > KEPT_CAPACITY {
+            self.bytes = Vec::new();
         }
-    }
-
-    /// Room for one read (one chunk), after the bytes held. One chunk at a time bounds how many
-    /// pipelined requests a single read can bring in.
-    fn spare(&mut self) -> &mut [u8] {
-        let end = self.filled + READ_CHUNK;
-        if self.bytes.len() < end {
-            self.bytes.resize(end, 0);
-        }
-        &mut self.bytes[self.filled..end]
-    }
-
-    /// Counts `n` more bytes, just read into [`ReadBuffer::spare`].
-    fn commit(&mut self, n: usize) {
-        self.filled += n;
     }
 }
 
@@ -236,19 +301,18 @@ enum ReadEnd {
     Failed(std::io::Error),
 }
 
-/// Reads once, giving up after `limit` (glommio's timer: see `linger_close` for why not the
-/// socket timeout).
+/// Reads once into `inbuf`, giving up after `limit` (glommio's timer: see `linger_close` for why
+/// not the socket timeout).
 async fn read_within(
     stream: &mut TcpStream,
-    buf: &mut [u8],
+    inbuf: &mut ReadBuffer,
     limit: Duration,
 ) -> Result<usize, ReadEnd> {
     if limit.is_zero() {
         return Err(ReadEnd::TimedOut);
     }
     let read = async {
-        stream
-            .read(buf)
+        read_chunk(stream, |bytes| inbuf.extend(bytes))
             .await
             .map_err(glommio::GlommioError::IoError)
     };
@@ -278,10 +342,9 @@ async fn linger_close(stream: &mut TcpStream) {
     // Bounded by glommio's timer rather than the socket read timeout: glommio keeps a read
     // deadline armed after a read future is dropped, so changing the timeout here would not apply.
     let discard = async {
-        let mut sink = [0u8; 4096];
         let mut discarded = 0;
         while discarded < LINGER_MAX_BYTES {
-            match stream.read(&mut sink).await {
+            match read_chunk(stream, |_| {}).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
@@ -309,6 +372,21 @@ fn protocol_error(error: ParseError) -> Response {
         ParseError::BodyTooLarge => {
             Response::error(413, "payload_too_large", "request body exceeds 64 KiB")
         }
+        ParseError::BadHost => Response::error(
+            400,
+            "bad_request",
+            "an HTTP/1.1 request needs exactly one Host header (and no request may have two)",
+        ),
+        ParseError::DuplicateAuthorization => Response::error(
+            400,
+            "bad_request",
+            "a request may carry at most one Authorization header",
+        ),
+        ParseError::ExpectationFailed => Response::error(
+            417,
+            "expectation_failed",
+            "the only expectation understood is `Expect: 100-continue`",
+        ),
     };
     response.closing()
 }

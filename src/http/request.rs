@@ -10,10 +10,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// The methods the API uses; anything else is answered 405 by the router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
     /// GET
+    #[default]
     Get,
+    /// HEAD: served as GET, answered without the body.
+    Head,
     /// PUT
     Put,
     /// POST
@@ -25,7 +28,7 @@ pub enum Method {
 }
 
 /// A parsed request borrowing the connection's buffer.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Request<'buf> {
     /// The method.
     pub method: Method,
@@ -43,7 +46,10 @@ pub struct Request<'buf> {
     pub request_id: Option<&'buf [u8]>,
     /// Whether a `Content-Length` header was present.
     pub has_length: bool,
-    /// The body (empty without `Content-Length`).
+    /// Whether the client sent `Expect: 100-continue` and waits for `100 Continue` before
+    /// sending its body.
+    pub expect_continue: bool,
+    /// The body (empty without `Content-Length`, and while [`Parsed::AwaitingBody`]).
     pub body: &'buf [u8],
 }
 
@@ -58,6 +64,13 @@ pub enum ParseError {
     LengthRequired,
     /// A body over [`MAX_BODY_BYTES`] (413).
     BodyTooLarge,
+    /// An HTTP/1.1 request without a `Host` header, or any request with two (400, RFC 9112
+    /// section 3.2).
+    BadHost,
+    /// Two `Authorization` headers: a proxy and this server might each pick a different one.
+    DuplicateAuthorization,
+    /// An `Expect` other than `100-continue` (417).
+    ExpectationFailed,
 }
 
 /// The result of looking at the buffer.
@@ -65,7 +78,10 @@ pub enum ParseError {
 pub enum Parsed<'buf> {
     /// A whole request, and how many bytes of the buffer it used.
     Complete(Request<'buf>, usize),
-    /// More bytes are needed.
+    /// The head is complete but the body is not: the request (with an empty body) and the
+    /// length the whole request will have. The connection decides whether to wait for the body.
+    AwaitingBody(Request<'buf>, usize),
+    /// More bytes of the head are needed.
     Partial,
 }
 
@@ -87,6 +103,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
     }
     let method = match head.method {
         Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
         Some("PUT") => Method::Put,
         Some("POST") => Method::Post,
         Some("DELETE") => Method::Delete,
@@ -99,14 +116,10 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
         method,
         path,
         keep_alive: http11,
-        authorization: None,
-        content_type: None,
-        idempotency_key: None,
-        request_id: None,
-        has_length: false,
-        body: &[],
+        ..Request::default()
     };
     let mut body_len = 0usize;
+    let mut hosts = 0usize;
     for header in head.headers.iter() {
         let name = header.name;
         let value = header.value;
@@ -125,8 +138,18 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             } else if has_token(value, b"keep-alive") {
                 request.keep_alive = true;
             }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case("authorization") {
-            request.authorization = Some(value);
+            if request.authorization.replace(value).is_some() {
+                return Err(ParseError::DuplicateAuthorization);
+            }
+        } else if name.eq_ignore_ascii_case("expect") && http11 {
+            // HTTP/1.0 predates Expect; RFC 9110 section 10.1.1 says to ignore it there.
+            if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Err(ParseError::ExpectationFailed);
+            }
+            request.expect_continue = true;
         } else if name.eq_ignore_ascii_case("content-type") {
             request.content_type = Some(value);
         } else if name.eq_ignore_ascii_case("idempotency-key") {
@@ -135,12 +158,15 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             request.request_id = Some(value);
         }
     }
+    if hosts > 1 || (http11 && hosts == 0) {
+        return Err(ParseError::BadHost);
+    }
     if body_len > MAX_BODY_BYTES {
         return Err(ParseError::BodyTooLarge);
     }
     let total = head_len + body_len;
     if buf.len() < total {
-        return Ok(Parsed::Partial);
+        return Ok(Parsed::AwaitingBody(request, total));
     }
     request.body = &buf[head_len..total];
     Ok(Parsed::Complete(request, total))
@@ -174,7 +200,7 @@ mod tests {
 
     #[test]
     fn parses_pipelined_requests_one_at_a_time() {
-        let buf = b"POST /v1/x?y=1 HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}GET / HTTP/1.1\r\n\r\n";
+        let buf = b"POST /v1/x?y=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}GET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let (request, used) = complete(buf);
         assert_eq!(request.path, "/v1/x");
         assert_eq!(request.body, b"{}");
@@ -190,26 +216,72 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: x"),
             Ok(Parsed::Partial)
         ));
-        assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n{"),
-            Ok(Parsed::Partial)
-        ));
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n";
+        let mut partial = head.to_vec();
+        partial.push(b'{');
+        match parse(&partial) {
+            Ok(Parsed::AwaitingBody(request, total)) => {
+                assert_eq!(total, head.len() + 3);
+                assert!(request.body.is_empty());
+            }
+            other => panic!("expected a head awaiting its body, got {other:?}"),
+        }
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(
             parse(big.as_bytes()).unwrap_err(),
             ParseError::HeadersTooLarge
         );
-        let body = b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n";
+        let body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n";
         assert_eq!(parse(body).unwrap_err(), ParseError::BodyTooLarge);
-        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse(chunked).unwrap_err(), ParseError::LengthRequired);
         assert_eq!(
             parse(b"G@T / HTTP/1.1\r\n\r\n").unwrap_err(),
             ParseError::Malformed
         );
-        let bad_len = b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n";
+        let bad_len = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n";
         assert_eq!(parse(bad_len).unwrap_err(), ParseError::Malformed);
         let http10 = b"GET / HTTP/1.0\r\n\r\n";
         assert!(!complete(http10).0.keep_alive);
+    }
+
+    #[test]
+    fn checks_host_authorization_and_expect() {
+        let no_host = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(parse(no_host).unwrap_err(), ParseError::BadHost);
+        let two_hosts = b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n";
+        assert_eq!(parse(two_hosts).unwrap_err(), ParseError::BadHost);
+        let two_auth = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: x\r\nauthorization: x\r\n\r\n";
+        assert_eq!(
+            parse(two_auth).unwrap_err(),
+            ParseError::DuplicateAuthorization
+        );
+        let expect =
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(matches!(
+            parse(expect),
+            Ok(Parsed::AwaitingBody(
+                Request {
+                    expect_continue: true,
+                    ..
+                },
+                _
+            ))
+        ));
+        let unknown = b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n";
+        assert_eq!(parse(unknown).unwrap_err(), ParseError::ExpectationFailed);
+        let http10 = b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(matches!(
+            parse(http10),
+            Ok(Parsed::AwaitingBody(
+                Request {
+                    expect_continue: false,
+                    ..
+                },
+                _
+            ))
+        ));
+        let head = b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(complete(head).0.method, Method::Head);
     }
 }

@@ -56,6 +56,17 @@ impl Response {
 
     /// Appends the wire form to `out`. `shard_header` is the precomputed `x-seckill-shard` line.
     pub fn write_to(&self, out: &mut Vec<u8>, shard_header: &[u8], request_id: &RequestId<'_>) {
+        self.write_head_to(out, shard_header, request_id);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// Appends the status line and headers only, `content-length` included: the answer to HEAD.
+    pub fn write_head_to(
+        &self,
+        out: &mut Vec<u8>,
+        shard_header: &[u8],
+        request_id: &RequestId<'_>,
+    ) {
         let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(number.format(self.status).as_bytes());
@@ -87,9 +98,11 @@ impl Response {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
     }
 }
+
+/// The interim answer to `Expect: 100-continue` once the head has been accepted.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -107,6 +120,7 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         425 => "Too Early",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

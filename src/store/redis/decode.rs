@@ -1,4 +1,7 @@
 //! Reading script replies: sales, orders and refusal codes out of Redis values.
+//!
+//! Orders are stored as JSON and parsed with `serde_json`, whose nesting limit (128 levels)
+//! keeps a corrupted or hostile value from overflowing a shard's stack.
 
 use fred::types::Value;
 
@@ -36,8 +39,7 @@ pub(super) fn decode_sale(
 }
 
 pub(super) fn decode_order(json: &str) -> Result<Order, SaleError> {
-    let mut bytes = json.as_bytes().to_vec();
-    simd_json::serde::from_slice::<Order>(&mut bytes).map_err(|error| {
+    serde_json::from_str::<Order>(json).map_err(|error| {
         tracing::error!(%error, "an order in redis does not decode");
         SaleError::Unavailable
     })
@@ -65,4 +67,23 @@ pub(super) fn refusal_at(fields: &[Value], index: usize) -> SaleError {
         .copied()
         .find(|refusal| Some(refusal.code()) == code.as_deref())
         .unwrap_or(SaleError::Unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deeply_nested_orders_are_refused_not_followed() {
+        for nested in [
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!(
+                "{{\"user_id\":{}1{}}}",
+                "{\"a\":".repeat(100_000),
+                "}".repeat(100_000)
+            ),
+        ] {
+            assert_eq!(decode_order(&nested).unwrap_err(), SaleError::Unavailable);
+        }
+    }
 }
