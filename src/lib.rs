@@ -1,6 +1,7 @@
 //! seckill: a thread-per-core flash-sale server on io_uring.
 //!
 //! - [`http`]: HTTP/1.1 parsing, composition and connections.
+//! - [`json`]: JSON from outside, shape-checked before simd-json parses it.
 //! - [`api`]: the v1 HTTP API on top of the shard runtime.
 //! - [`shard`]: executors, routing to the owner shard, edge replicas, the owner role.
 //! - [`sale`]: the domain: sales, orders, the ledger, admission, expiry.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod http;
+pub mod json;
 pub mod load;
 pub mod logging;
 pub mod metrics;

@@ -1,14 +1,11 @@
 //! Reading JSON request bodies, and pulling typed, range-checked fields out of them with errors
-//! that name the field.
-//!
-//! Bodies are parsed with `serde_json`, not `simd-json`: serde_json refuses nesting deeper than
-//! 128 levels (simd-json's value builder recursed once per level and a 20 KB body of brackets
-//! overflowed a shard's stack), and it is strict about numbers (simd-json read `12<NUL>34` as
-//! 12). The bodies are a few dozen bytes, where SIMD gains nothing.
+//! that name the field. Parsing goes through [`crate::json`], which bounds nesting and refuses
+//! control bytes before simd-json sees the body.
 
 use std::ops::RangeInclusive;
 
-use serde_json::{Map, Value};
+use simd_json::prelude::*;
+use simd_json::OwnedValue;
 
 use super::error::ApiError;
 use crate::http::Request;
@@ -16,7 +13,7 @@ use crate::http::Request;
 /// The fields of a JSON object body, consumed one by one; whatever is left over is unknown.
 #[derive(Debug, Default)]
 pub struct Fields {
-    object: Map<String, Value>,
+    object: simd_json::owned::Object,
 }
 
 /// Parses the body as a JSON object. An empty body is an empty object.
@@ -33,8 +30,8 @@ pub fn json_fields(request: &Request<'_>) -> Result<Fields, ApiError> {
             ));
         }
     }
-    match serde_json::from_slice::<Value>(request.body) {
-        Ok(Value::Object(object)) => Ok(Fields { object }),
+    match crate::json::parse_value(request.body) {
+        Ok(OwnedValue::Object(object)) => Ok(Fields { object: *object }),
         Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
         Err(error) => Err(ApiError::bad_request(format!(
             "the body is not valid JSON: {error}"
@@ -85,7 +82,7 @@ impl Fields {
         len: RangeInclusive<usize>,
     ) -> Result<String, ApiError> {
         let value = self.object.remove(name);
-        let text = value.as_ref().and_then(Value::as_str);
+        let text = value.as_ref().and_then(|value| value.as_str());
         match text {
             Some(text) if len.contains(&text.chars().count()) => Ok(text.to_owned()),
             Some(_) => Err(ApiError::bad_request(format!(

@@ -1,7 +1,7 @@
 //! Reading script replies: sales, orders and refusal codes out of Redis values.
 //!
-//! Orders are stored as JSON and parsed with `serde_json`, whose nesting limit (128 levels)
-//! keeps a corrupted or hostile value from overflowing a shard's stack.
+//! Orders are stored as JSON and parsed through [`crate::json`], whose shape check keeps a
+//! corrupted or hostile value from overflowing a shard's stack.
 
 use fred::types::Value;
 
@@ -39,7 +39,7 @@ pub(super) fn decode_sale(
 }
 
 pub(super) fn decode_order(json: &str) -> Result<Order, SaleError> {
-    serde_json::from_str::<Order>(json).map_err(|error| {
+    crate::json::parse::<Order>(json.as_bytes()).map_err(|error| {
         tracing::error!(%error, "an order in redis does not decode");
         SaleError::Unavailable
     })
