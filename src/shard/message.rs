@@ -56,11 +56,17 @@ pub enum Notice {
         /// Added or removed.
         blocked: bool,
     },
-    /// A shard's smoothed purchase demand per rate-limited SKU, for sharing out the node rate.
+    /// A shard's smoothed purchase demand per rate-limited SKU, for the owners that split the
+    /// node rate.
     Demand {
         /// The reporting shard.
         from: usize,
         /// Requests per second, by SKU.
         per_sku: Vec<(Box<str>, f64)>,
+    },
+    /// A sale owner's split of its sales' rates: every shard's fraction, indexed by shard.
+    Shares {
+        /// Fractions adding up to at most 1, by SKU.
+        per_sku: Vec<(Box<str>, Vec<f64>)>,
     },
 }
