@@ -2,7 +2,8 @@
 //! window and rate limit, the sold-out flags, and the blocklist. Owners keep it current through
 //! [`Notice`]s; the purchase path only reads it and its own token buckets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::message::Notice;
@@ -48,6 +49,9 @@ pub struct Edge {
     shard: usize,
     shards: usize,
     sales: HashMap<Box<str>, EdgeSale>,
+    /// Every SKU in `sales`, in order: the index `GET /v1/sales` pages through, kept as sales
+    /// are announced so that listing a page never walks every sale.
+    skus: BTreeSet<Box<str>>,
     blocked: HashSet<Box<str>>,
     /// When the last demand-measuring tick closed.
     last_tick: Option<Instant>,
@@ -69,6 +73,7 @@ impl Edge {
             shard,
             shards,
             sales: HashMap::new(),
+            skus: BTreeSet::new(),
             blocked: HashSet::new(),
             last_tick: None,
         }
@@ -111,6 +116,7 @@ impl Edge {
                             version: *version,
                         };
                         self.sales.insert(sale.sku.clone(), entry);
+                        self.skus.insert(sale.sku.clone());
                     }
                 }
             }
@@ -175,6 +181,16 @@ impl Edge {
     pub fn rate_share(&self, sku: &str) -> Option<f64> {
         let bucket = self.sales.get(sku)?.bucket.as_ref()?;
         Some(bucket.rate_per_sec())
+    }
+
+    /// Up to `limit` known SKUs that sort after `after` (from the first without it), in order.
+    pub fn skus_after(&self, after: Option<&str>, limit: usize) -> Vec<Box<str>> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.skus
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Whether `user_id` is on this replica's blocklist.

@@ -4,7 +4,7 @@ use futures::channel::oneshot;
 
 use crate::metrics::ShardSnapshot;
 use crate::sale::command::{Command, Reply};
-use crate::sale::Sale;
+use crate::sale::{Sale, SaleError, SaleView};
 
 /// A message from one shard to another.
 #[derive(Debug)]
@@ -15,6 +15,13 @@ pub enum ShardMsg {
         command: Command,
         /// Where the caller waits.
         reply: oneshot::Sender<Reply>,
+    },
+    /// Read these sales as their owner and send back the views found, in any order.
+    ReadSales {
+        /// SKUs the receiver owns.
+        skus: Vec<Box<str>>,
+        /// Where the caller waits.
+        reply: oneshot::Sender<Result<Vec<SaleView>, SaleError>>,
     },
     /// Send back a copy of the receiver's metrics.
     Scrape {
