@@ -38,8 +38,13 @@ fn walk(c: &mut Client, limit: usize) -> Vec<Vec<String>> {
     let mut pages = Vec::new();
     let mut query = format!("?limit={limit}");
     loop {
-        let (skus, next, body) = page(c, &query);
-        assert!(skus.len() <= limit, "page over its limit: {body}");
+        let (skus, next, _) = page(c, &query);
+        assert!(
+            skus.len() <= limit,
+            "a page of {} sales for limit {limit} (first {:?}, next {next:?})",
+            skus.len(),
+            skus.first()
+        );
         let Some(next) = next else {
             pages.push(skus);
             return pages;
@@ -47,7 +52,7 @@ fn walk(c: &mut Client, limit: usize) -> Vec<Vec<String>> {
         assert_eq!(
             skus.last(),
             Some(&next),
-            "`next` is the last SKU of the page: {body}"
+            "`next` is the last SKU of the page"
         );
         assert_eq!(skus.len(), limit, "a page before the last one is full");
         pages.push(skus);
