@@ -282,6 +282,7 @@ fn json_request(path: &'static str, body: &'static [u8]) -> Request<'static> {
     Request {
         method: Method::Post,
         path,
+        query: "",
         keep_alive: true,
         authorization: None,
         content_type: Some(b"application/json"),

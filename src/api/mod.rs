@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod error;
+mod listing;
 mod orders;
 mod sales;
 mod system;
@@ -73,7 +74,7 @@ impl<S: Store + 'static> Api<S> {
                 _ => Err(not_allowed(GET)),
             },
             Endpoint::Sales => match method {
-                Method::Get => sales::list(self).await,
+                Method::Get => listing::list(self, request).await,
                 _ => Err(not_allowed(GET)),
             },
             Endpoint::Sale(sku) => match method {

@@ -1,8 +1,6 @@
-//! Sale endpoints: create or replace, read, list, and purchase.
+//! Sale endpoints: create or replace, read, and purchase (listing is in `listing`).
 
 use std::time::Instant;
-
-use serde::Serialize;
 
 use super::body::json_fields;
 use super::error::ApiError;
@@ -12,7 +10,7 @@ use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::sale::command::{Command, Outcome, PurchaseRequest};
 use crate::sale::model::is_valid_id;
-use crate::sale::{Sale, SaleError, SaleView};
+use crate::sale::{Sale, SaleError};
 use crate::shard::edge::Refusal;
 use crate::store::Store;
 
@@ -23,17 +21,6 @@ const MAX_STOCK: u64 = 1_000_000_000;
 /// Latest time a sale may start or end: the last millisecond of the year 9999. Well inside the
 /// 2^53 that Redis' Lua numbers hold exactly.
 const MAX_TIME_MS: u64 = 253_402_300_799_999;
-
-#[derive(Serialize)]
-struct SaleList {
-    sales: Vec<SaleView>,
-}
-
-/// `GET /v1/sales`
-pub(super) async fn list<S: Store + 'static>(api: &Api<S>) -> Result<Response, ApiError> {
-    let sales = api.shard.list_sales().await?;
-    json(200, &SaleList { sales })
-}
 
 /// `GET /v1/sales/{sku}`
 pub(super) async fn get<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<Response, ApiError> {

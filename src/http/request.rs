@@ -34,6 +34,8 @@ pub struct Request<'buf> {
     pub method: Method,
     /// The path without the query string.
     pub path: &'buf str,
+    /// The query string, without its `?`; empty when there is none.
+    pub query: &'buf str,
     /// Whether the client wants the connection kept open after this response.
     pub keep_alive: bool,
     /// `Authorization` header value.
@@ -110,11 +112,12 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
         _ => Method::Other,
     };
     let target = head.path.ok_or(ParseError::Malformed)?;
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let http11 = head.version == Some(1);
     let mut request = Request {
         method,
         path,
+        query,
         keep_alive: http11,
         ..Request::default()
     };

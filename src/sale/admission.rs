@@ -3,8 +3,11 @@
 //!
 //! Each shard refuses over-rate requests where they land, before any cross-shard hop, and never
 //! touches another shard's bucket. To keep the node-wide rate right when connections are spread
-//! unevenly over shards, shards exchange their demand every tick and each takes a max-min fair
-//! share of the sale's rate ([`fair_share`]).
+//! unevenly over shards, shards report their demand every tick to the sale's owner, which splits
+//! the rate max-min fairly ([`fair_split`]) and tells every shard its fraction. One shard
+//! computing the whole split is what keeps the fractions in force adding up to at most 1: shards
+//! that each computed their own share from demand figures of different ages could together hand
+//! out more than the rate.
 
 use std::time::{Duration, Instant};
 
@@ -16,9 +19,8 @@ const BURST_SECS: f64 = 0.1;
 /// bigger share within a tick or two, so a longer wait would only mislead.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Part of an equal split every shard keeps however little demand it reports, so a shard that
-/// was idle can admit its first requests at once instead of waiting for the next exchange. The
-/// node may exceed its rate by at most this fraction.
+/// Fraction of the rate reserved in equal parts for every shard however little demand it
+/// reports, so a shard that was idle can admit its first requests at once.
 const MIN_SHARE_OF_EQUAL_SPLIT: f64 = 0.02;
 
 /// A classic token bucket, refilled lazily on each call.
@@ -54,6 +56,11 @@ impl TokenBucket {
         self.tokens = self.tokens.min(self.capacity);
     }
 
+    /// The refill rate now in force.
+    pub fn rate_per_sec(&self) -> f64 {
+        self.rate_per_sec
+    }
+
     /// Takes one token, or says how long until one will be there.
     pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         self.refill(now);
@@ -76,38 +83,64 @@ impl TokenBucket {
     }
 }
 
-/// The max-min fair share of `rate` for shard `me`, given every shard's demand (requests per
-/// second). Shards wanting less than an equal split get what they want; the rest is split evenly
-/// among the others. With no demand anywhere, every shard gets an equal split.
-pub fn fair_share(rate: f64, demands: &[f64], me: usize) -> f64 {
-    let floor = rate / demands.len().max(1) as f64 * MIN_SHARE_OF_EQUAL_SPLIT;
-    max_min_share(rate, demands, me).max(floor)
-}
-
-fn max_min_share(rate: f64, demands: &[f64], me: usize) -> f64 {
+/// Each shard's fraction of a sale's rate, given every shard's demand (requests per second):
+/// the max-min fair split, computed from one view of the demands so that the fractions add up
+/// to 1 at most.
+///
+/// Every shard keeps a small reserve however little it asked for, so a shard that was idle can
+/// admit its first requests at once instead of waiting for the next split; the reserve comes out
+/// of the rate, not on top of it. Demands that are not finite and positive count as none.
+pub fn fair_split(rate: f64, demands: &[f64]) -> Vec<f64> {
     let shards = demands.len();
     if shards == 0 {
-        return rate;
+        return Vec::new();
     }
+    if !(rate.is_finite() && rate > 0.0) {
+        return vec![1.0 / shards as f64; shards];
+    }
+    let demands: Vec<f64> = demands
+        .iter()
+        .map(|d| if d.is_finite() && *d > 0.0 { *d } else { 0.0 })
+        .collect();
+    let reserve = MIN_SHARE_OF_EQUAL_SPLIT / shards as f64;
+    let shared = rate * (1.0 - MIN_SHARE_OF_EQUAL_SPLIT);
+    let given = max_min(shared, &demands);
+    let fractions: Vec<f64> = given.iter().map(|g| g / rate + reserve).collect();
+    // Floating point may leave the sum a hair above 1; never hand out more than the rate.
+    let sum: f64 = fractions.iter().sum();
+    if sum > 1.0 {
+        fractions.iter().map(|f| f / sum).collect()
+    } else {
+        fractions
+    }
+}
+
+/// The max-min fair share of `rate` for shard `me` (see [`fair_split`]).
+pub fn fair_share(rate: f64, demands: &[f64], me: usize) -> f64 {
+    fair_split(rate, demands).get(me).copied().unwrap_or(0.0) * rate.max(0.0)
+}
+
+/// Water-filling: shards wanting less than an even split get what they want, the rest is split
+/// evenly among the others. When everyone can have what they ask for, the spare is spread
+/// evenly, so a shard whose demand grows first is not starved until the next split. The
+/// results add up to `rate`.
+fn max_min(rate: f64, demands: &[f64]) -> Vec<f64> {
+    let shards = demands.len();
     let total: f64 = demands.iter().sum();
-    if total <= rate || total <= 0.0 {
-        // Everyone can have what they ask for; spread the spare evenly so a shard whose demand
-        // grows first is not starved until the next exchange.
-        let spare = (rate - total).max(0.0) / shards as f64;
-        return demands.get(me).copied().unwrap_or(0.0) + spare;
+    if total <= rate {
+        let spare = (rate - total) / shards as f64;
+        return demands.iter().map(|d| d + spare).collect();
     }
     let mut order: Vec<usize> = (0..shards).collect();
     order.sort_by(|a, b| demands[*a].total_cmp(&demands[*b]));
+    let mut given = vec![0.0; shards];
     let mut left = rate;
     for (position, shard) in order.iter().enumerate() {
         let even = left / (shards - position) as f64;
-        let given = demands[*shard].min(even);
-        if *shard == me {
-            return given;
-        }
-        left -= given;
+        given[*shard] = demands[*shard].min(even);
+        left -= given[*shard];
     }
-    rate / shards as f64
+    given
 }
 
 /// Exponentially smoothed demand, updated once per tick.
@@ -123,9 +156,9 @@ impl DemandMeter {
         self.arrivals += 1;
     }
 
-    /// Closes a tick of length `tick` and returns the smoothed arrivals per second.
-    pub fn close_tick(&mut self, tick: Duration) -> f64 {
-        let observed = self.arrivals as f64 / tick.as_secs_f64().max(1e-3);
+    /// Closes a tick that lasted `elapsed` and returns the smoothed arrivals per second.
+    pub fn close_tick(&mut self, elapsed: Duration) -> f64 {
+        let observed = self.arrivals as f64 / elapsed.as_secs_f64().max(1e-3);
         self.arrivals = 0;
         // Half-life of about one tick: follows a flash crowd quickly, ignores single-tick noise.
         self.per_sec = 0.5 * self.per_sec + 0.5 * observed;
@@ -157,23 +190,32 @@ mod tests {
 
     #[test]
     fn shares_are_max_min_fair_and_sum_to_the_rate() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // 2% of 1000 is reserved, 10 per shard; the other 980 go by demand.
         let demands = [200.0, 5000.0];
         let a = fair_share(1000.0, &demands, 0);
         let b = fair_share(1000.0, &demands, 1);
-        assert!(
-            (a - 200.0).abs() < 1e-9 && (b - 800.0).abs() < 1e-9,
-            "{a} {b}"
-        );
+        assert!(close(a, 210.0) && close(b, 790.0), "{a} {b}");
         let idle = [0.0, 0.0];
         assert_eq!(fair_share(100.0, &idle, 1), 50.0);
         let starved = [1e-30, 5000.0];
         assert!(
             fair_share(100.0, &starved, 0) >= 1.0,
-            "an idle shard keeps a floor"
+            "an idle shard keeps a reserve"
         );
-        let both_hot = [900.0, 3000.0];
-        let sum = fair_share(1000.0, &both_hot, 0) + fair_share(1000.0, &both_hot, 1);
-        assert!((sum - 1000.0).abs() < 1e-9);
+        for demands in [
+            vec![900.0, 3000.0],
+            vec![10.0, 20.0],
+            vec![0.0, 1e9, 3.0, 700.0],
+            vec![f64::NAN, f64::INFINITY, -5.0],
+            vec![1e-30, 5000.0],
+        ] {
+            let split = fair_split(1000.0, &demands);
+            let sum: f64 = split.iter().sum();
+            assert!(sum <= 1.0 && sum > 1.0 - 1e-9, "{demands:?} -> {split:?}");
+            assert!(split.iter().all(|f| *f > 0.0), "{demands:?} -> {split:?}");
+        }
+        assert!(fair_split(1000.0, &[]).is_empty());
         let mut bucket = TokenBucket::new(1e-30, Instant::now());
         assert!(bucket.try_take(Instant::now()).is_ok());
         assert_eq!(
@@ -181,8 +223,5 @@ mod tests {
             Err(MAX_RETRY_AFTER),
             "no overflow panic"
         );
-        let light = [10.0, 20.0];
-        let sum = fair_share(100.0, &light, 0) + fair_share(100.0, &light, 1);
-        assert!((sum - 100.0).abs() < 1e-9);
     }
 }

@@ -2,12 +2,18 @@
 //! window and rate limit, the sold-out flags, and the blocklist. Owners keep it current through
 //! [`Notice`]s; the purchase path only reads it and its own token buckets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::message::Notice;
-use crate::sale::admission::{fair_share, DemandMeter, TokenBucket};
+use super::placement::owner_of;
+use crate::sale::admission::{fair_split, DemandMeter, TokenBucket};
 use crate::sale::SaleError;
+
+/// The smallest change of a shard's fraction worth telling the others about: sales whose demand
+/// is steady cost no messages.
+const SPLIT_RESOLUTION: f64 = 1e-3;
 
 /// Why the edge refused a purchase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +30,15 @@ struct EdgeSale {
     starts_at: u64,
     ends_at: u64,
     rate_limit_per_sec: u32,
+    /// This shard's fraction of the node-wide rate, as the SKU's owner last split it.
+    fraction: f64,
     /// This shard's share of the node-wide rate; `None` when unlimited.
     bucket: Option<TokenBucket>,
     demand: DemandMeter,
-    /// Latest smoothed demand of every shard, indexed by shard.
+    /// Latest smoothed demand of every shard, indexed by shard; only the owner splits by it.
     shard_demand: Vec<f64>,
+    /// The owner's last published split, so an unchanged one is not sent again.
+    split: Vec<f64>,
     sold_out: bool,
     version: u64,
 }
@@ -39,7 +49,21 @@ pub struct Edge {
     shard: usize,
     shards: usize,
     sales: HashMap<Box<str>, EdgeSale>,
+    /// Every SKU in `sales`, in order: the index `GET /v1/sales` pages through, kept as sales
+    /// are announced so that listing a page never walks every sale.
+    skus: BTreeSet<Box<str>>,
     blocked: HashSet<Box<str>>,
+    /// When the last demand-measuring tick closed.
+    last_tick: Option<Instant>,
+}
+
+/// What a shard tells the others at the end of a tick.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// This shard's smoothed demand per rate-limited sale, for the sales' owners.
+    pub demand: Vec<(Box<str>, f64)>,
+    /// Every shard's fraction of the rate of each sale this shard owns.
+    pub fractions: Vec<(Box<str>, Vec<f64>)>,
 }
 
 impl Edge {
@@ -49,7 +73,9 @@ impl Edge {
             shard,
             shards,
             sales: HashMap::new(),
+            skus: BTreeSet::new(),
             blocked: HashSet::new(),
+            last_tick: None,
         }
     }
 
@@ -57,18 +83,42 @@ impl Edge {
     pub fn apply(&mut self, notice: &Notice, now: Instant) {
         match notice {
             Notice::SaleUpserted { sale, version } => {
-                let share = f64::from(sale.rate_limit_per_sec) / self.shards as f64;
-                let entry = EdgeSale {
-                    starts_at: sale.starts_at,
-                    ends_at: sale.ends_at,
-                    rate_limit_per_sec: sale.rate_limit_per_sec,
-                    bucket: (sale.rate_limit_per_sec > 0).then(|| TokenBucket::new(share, now)),
-                    demand: DemandMeter::default(),
-                    shard_demand: vec![0.0; self.shards],
-                    sold_out: false,
-                    version: *version,
-                };
-                self.sales.insert(sale.sku.clone(), entry);
+                let even = 1.0 / self.shards as f64;
+                let rate = f64::from(sale.rate_limit_per_sec);
+                match self.sales.get_mut(&sale.sku) {
+                    // A re-announced definition (a shared store's sync, a replaced sale) keeps the
+                    // tokens and split already in force: a fresh full bucket would be free burst.
+                    Some(entry) => {
+                        entry.starts_at = sale.starts_at;
+                        entry.ends_at = sale.ends_at;
+                        entry.rate_limit_per_sec = sale.rate_limit_per_sec;
+                        entry.sold_out = false;
+                        entry.version = *version;
+                        let share = rate * entry.fraction;
+                        match (&mut entry.bucket, sale.rate_limit_per_sec > 0) {
+                            (Some(bucket), true) => bucket.set_rate(share, now),
+                            (None, true) => entry.bucket = Some(TokenBucket::new(share, now)),
+                            (_, false) => entry.bucket = None,
+                        }
+                    }
+                    None => {
+                        let entry = EdgeSale {
+                            starts_at: sale.starts_at,
+                            ends_at: sale.ends_at,
+                            rate_limit_per_sec: sale.rate_limit_per_sec,
+                            fraction: even,
+                            bucket: (sale.rate_limit_per_sec > 0)
+                                .then(|| TokenBucket::new(rate * even, now)),
+                            demand: DemandMeter::default(),
+                            shard_demand: vec![0.0; self.shards],
+                            split: vec![even; self.shards],
+                            sold_out: false,
+                            version: *version,
+                        };
+                        self.sales.insert(sale.sku.clone(), entry);
+                        self.skus.insert(sale.sku.clone());
+                    }
+                }
             }
             Notice::StockFlag {
                 sku,
@@ -97,7 +147,50 @@ impl Edge {
                     }
                 }
             }
+            Notice::Shares { per_sku } => self.apply_fractions(per_sku, false, now),
         }
+    }
+
+    /// Sets this shard's fraction of each listed sale's rate from a split the sale's owner made.
+    /// With `only_lower`, only fractions that shrink are applied: the owner lowers its own share
+    /// before the other shards hear of a new split and raises it only after, so that the shares
+    /// in force never add up to more than the rate, even while a split spreads.
+    pub fn apply_fractions(
+        &mut self,
+        per_sku: &[(Box<str>, Vec<f64>)],
+        only_lower: bool,
+        now: Instant,
+    ) {
+        for (sku, fractions) in per_sku {
+            let (Some(sale), Some(fraction)) = (self.sales.get_mut(sku), fractions.get(self.shard))
+            else {
+                continue;
+            };
+            if !fraction.is_finite() || (only_lower && *fraction >= sale.fraction) {
+                continue;
+            }
+            sale.fraction = fraction.clamp(0.0, 1.0);
+            if let Some(bucket) = &mut sale.bucket {
+                bucket.set_rate(f64::from(sale.rate_limit_per_sec) * sale.fraction, now);
+            }
+        }
+    }
+
+    /// This shard's share of `sku`'s rate now in force, per second; `None` when the sale is
+    /// unknown here or unlimited.
+    pub fn rate_share(&self, sku: &str) -> Option<f64> {
+        let bucket = self.sales.get(sku)?.bucket.as_ref()?;
+        Some(bucket.rate_per_sec())
+    }
+
+    /// Up to `limit` known SKUs that sort after `after` (from the first without it), in order.
+    pub fn skus_after(&self, after: Option<&str>, limit: usize) -> Vec<Box<str>> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.skus
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Whether `user_id` is on this replica's blocklist.
@@ -144,26 +237,40 @@ impl Edge {
         Ok(())
     }
 
-    /// Ends a demand-measuring tick: returns this shard's smoothed demand per rate-limited sale
-    /// (to tell the other shards) and re-splits every rate by the latest demands.
-    pub fn close_tick(&mut self, tick: Duration, now: Instant) -> Vec<(Box<str>, f64)> {
-        let mut report = Vec::new();
+    /// Ends a demand-measuring tick (nominally `tick` long; the time since the last one is used
+    /// when known): returns this shard's smoothed demand per rate-limited sale, and a new split
+    /// of the rate of every sale this shard owns by the latest demands it has heard.
+    pub fn close_tick(&mut self, tick: Duration, now: Instant) -> TickReport {
+        let elapsed = self
+            .last_tick
+            .map_or(tick, |last| now.saturating_duration_since(last));
+        self.last_tick = Some(now);
+        let mut report = TickReport::default();
         for (sku, sale) in &mut self.sales {
-            let Some(bucket) = &mut sale.bucket else {
+            if sale.bucket.is_none() {
                 continue;
-            };
+            }
             let previous = sale.demand.per_sec();
-            let demand = sale.demand.close_tick(tick);
+            let demand = sale.demand.close_tick(elapsed);
             if let Some(slot) = sale.shard_demand.get_mut(self.shard) {
                 *slot = demand;
             }
             // Quiet sales stop reporting once their demand has decayed to nothing.
             if demand > 0.01 || previous > 0.01 {
-                report.push((sku.clone(), demand));
+                report.demand.push((sku.clone(), demand));
             }
-            let rate = f64::from(sale.rate_limit_per_sec);
-            let share = fair_share(rate, &sale.shard_demand, self.shard);
-            bucket.set_rate(share, now);
+            if owner_of(sku, self.shards) != self.shard {
+                continue;
+            }
+            let split = fair_split(f64::from(sale.rate_limit_per_sec), &sale.shard_demand);
+            let moved = split
+                .iter()
+                .zip(&sale.split)
+                .any(|(new, old)| (new - old).abs() > SPLIT_RESOLUTION);
+            if moved {
+                sale.split.clone_from(&split);
+                report.fractions.push((sku.clone(), split));
+            }
         }
         report
     }
@@ -237,5 +344,76 @@ mod tests {
         );
         let even_later = later + Duration::from_secs(2);
         assert_eq!(edge.admit_purchase("s", "v", true, 150, even_later), Ok(()));
+    }
+
+    /// Two shards' edges driven tick by tick like the runtime does (shard 1 ticks half a tick
+    /// after shard 0; notices arrive before the receiver's next step), through demand that
+    /// starts from idle and swings between the shards. The shares in force must never add up
+    /// to more than the rate, at any step of a split spreading.
+    #[test]
+    fn shares_in_force_never_exceed_the_rate() {
+        const RATE: u32 = 1000;
+        let owner = owner_of("s", 2);
+        let start = Instant::now();
+        let mut edges = [Edge::new(0, 2), Edge::new(1, 2)];
+        for edge in &mut edges {
+            edge.apply(&sale(RATE), start);
+        }
+        let total =
+            |edges: &[Edge; 2]| -> f64 { edges.iter().filter_map(|e| e.rate_share("s")).sum() };
+        let mut worst: f64 = 0.0;
+        // Requests per tick on each shard, phase by phase: idle, both hot, one hot, swapped,
+        // both near the rate.
+        let phases = [
+            (0, 0),
+            (500, 500),
+            (500, 5),
+            (5, 500),
+            (60, 45),
+            (45, 60),
+            (90, 0),
+        ];
+        let mut tick = 0u32;
+        for (a, b) in phases {
+            for _ in 0..20 {
+                for (shard, arrivals) in [(0, a), (1, b)] {
+                    let now = start + Duration::from_millis(u64::from(tick) * 50);
+                    tick += 1;
+                    for _ in 0..arrivals {
+                        let _ = edges[shard].admit_purchase("s", "u", false, 150, now);
+                    }
+                    let report = edges[shard].close_tick(Duration::from_millis(100), now);
+                    let demand = Notice::Demand {
+                        from: shard,
+                        per_sku: report.demand,
+                    };
+                    for edge in &mut edges {
+                        edge.apply(&demand, now);
+                    }
+                    if report.fractions.is_empty() {
+                        continue;
+                    }
+                    assert_eq!(shard, owner, "only the owner splits");
+                    edges[shard].apply_fractions(&report.fractions, true, now);
+                    worst = worst.max(total(&edges));
+                    let split = Notice::Shares {
+                        per_sku: report.fractions.clone(),
+                    };
+                    edges[1 - shard].apply(&split, now);
+                    worst = worst.max(total(&edges));
+                    edges[shard].apply_fractions(&report.fractions, false, now);
+                    worst = worst.max(total(&edges));
+                }
+            }
+        }
+        assert!(
+            worst <= f64::from(RATE) * (1.0 + 1e-9),
+            "shares in force added up to {worst} for a rate of {RATE}"
+        );
+        let (a, b) = (edges[0].rate_share("s"), edges[1].rate_share("s"));
+        assert!(
+            a.zip(b).is_some_and(|(a, b)| a > 850.0 && b < 150.0),
+            "the busy shard ends with most of the rate: {a:?} {b:?}"
+        );
     }
 }

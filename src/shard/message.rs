@@ -4,7 +4,7 @@ use futures::channel::oneshot;
 
 use crate::metrics::ShardSnapshot;
 use crate::sale::command::{Command, Reply};
-use crate::sale::Sale;
+use crate::sale::{Sale, SaleError, SaleView};
 
 /// A message from one shard to another.
 #[derive(Debug)]
@@ -15,6 +15,13 @@ pub enum ShardMsg {
         command: Command,
         /// Where the caller waits.
         reply: oneshot::Sender<Reply>,
+    },
+    /// Read these sales as their owner and send back the views found, in any order.
+    ReadSales {
+        /// SKUs the receiver owns.
+        skus: Vec<Box<str>>,
+        /// Where the caller waits.
+        reply: oneshot::Sender<Result<Vec<SaleView>, SaleError>>,
     },
     /// Send back a copy of the receiver's metrics.
     Scrape {
@@ -56,11 +63,17 @@ pub enum Notice {
         /// Added or removed.
         blocked: bool,
     },
-    /// A shard's smoothed purchase demand per rate-limited SKU, for sharing out the node rate.
+    /// A shard's smoothed purchase demand per rate-limited SKU, for the owners that split the
+    /// node rate.
     Demand {
         /// The reporting shard.
         from: usize,
         /// Requests per second, by SKU.
         per_sku: Vec<(Box<str>, f64)>,
+    },
+    /// A sale owner's split of its sales' rates: every shard's fraction, indexed by shard.
+    Shares {
+        /// Fractions adding up to at most 1, by SKU.
+        per_sku: Vec<(Box<str>, Vec<f64>)>,
     },
 }

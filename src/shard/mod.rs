@@ -91,6 +91,15 @@ impl NodeStatus {
     }
 }
 
+/// One page of `GET /v1/sales`.
+#[derive(Debug)]
+pub struct SalesPage {
+    /// The sales on the page, in SKU order.
+    pub sales: Vec<SaleView>,
+    /// The last SKU on the page when more follow: pass it as `after` for the next page.
+    pub next: Option<Box<str>>,
+}
+
 /// One shard: its edge replica, the partition it owns, and its links to the other shards.
 pub struct Shard<S> {
     /// This shard's index, `0..count`; also its peer id in the mesh.
@@ -175,7 +184,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
     /// Sends `message` to shard `target`, counting it.
     async fn send(&self, target: usize, message: ShardMsg) -> Result<(), ()> {
         let kind = match &message {
-            ShardMsg::Call { .. } => MessageKind::Call,
+            ShardMsg::Call { .. } | ShardMsg::ReadSales { .. } => MessageKind::Call,
             ShardMsg::Notice { .. } => MessageKind::Notice,
             ShardMsg::Scrape { .. } => MessageKind::Scrape,
         };
@@ -222,18 +231,89 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         }
     }
 
-    /// Every sale on the node, sorted by SKU: each shard lists its own, concurrently.
-    pub async fn list_sales(self: &Rc<Self>) -> Result<Vec<SaleView>, SaleError> {
-        let calls = (0..self.count).map(|shard| self.call_on(shard, Command::ListSales));
-        let mut sales = Vec::new();
-        for reply in futures::future::join_all(calls).await {
-            match reply? {
-                Outcome::Sales(part) => sales.extend(part),
-                _ => return Err(SaleError::Unavailable),
+    /// One page of the node's sales in SKU order: up to `limit` of those after `after` (from the
+    /// first without it), and the SKU to continue after when more follow. The SKUs come from
+    /// this shard's edge index; only the sales on the page are read, each from its owner, so a
+    /// page costs the same however many sales the node has.
+    pub async fn list_sales(
+        self: &Rc<Self>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SalesPage, SaleError> {
+        let mut skus = self
+            .edge
+            .borrow()
+            .skus_after(after, limit.saturating_add(1));
+        let next = if skus.len() > limit {
+            skus.truncate(limit);
+            skus.last().cloned()
+        } else {
+            None
+        };
+        let mut by_owner: Vec<Vec<Box<str>>> = vec![Vec::new(); self.count];
+        for sku in skus {
+            if let Some(owned) = by_owner.get_mut(self.owner_of(&sku)) {
+                owned.push(sku);
             }
         }
+        let reads = by_owner
+            .into_iter()
+            .enumerate()
+            .filter(|(_, skus)| !skus.is_empty())
+            .map(|(owner, skus)| self.read_sales_on(owner, skus));
+        let mut sales = Vec::new();
+        for part in futures::future::join_all(reads).await {
+            sales.extend(part?);
+        }
         sales.sort_by(|a, b| a.sku.cmp(&b.sku));
-        Ok(sales)
+        Ok(SalesPage { sales, next })
+    }
+
+    /// The current views of `skus`, all owned by shard `owner`.
+    async fn read_sales_on(
+        self: &Rc<Self>,
+        owner: usize,
+        skus: Vec<Box<str>>,
+    ) -> Result<Vec<SaleView>, SaleError> {
+        if owner == self.id {
+            return self.read_owned_sales(skus).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .send(owner, ShardMsg::ReadSales { skus, reply })
+            .await
+            .is_err()
+        {
+            return Err(SaleError::Unavailable);
+        }
+        answer.await.unwrap_or(Err(SaleError::Unavailable))
+    }
+
+    /// The current views of `skus`, which this shard owns. A sale the store does not know (it
+    /// was in the index but the shared store lost it) is left out.
+    async fn read_owned_sales(&self, skus: Vec<Box<str>>) -> Result<Vec<SaleView>, SaleError> {
+        let reads: Vec<Command> = skus.into_iter().map(Command::GetSale).collect();
+        let replies = if self.store.shared() {
+            // The shared store runs a batch one round trip after another; reads need no order.
+            let singles = reads.into_iter().map(|read| self.store.execute(vec![read]));
+            futures::future::join_all(singles)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            self.store.execute(reads).await
+        };
+        let mut views = Vec::with_capacity(replies.len());
+        for reply in replies {
+            match reply {
+                Ok(Outcome::Sale(view)) => views.push(view),
+                Err(SaleError::UnknownSale) => {}
+                Err(error) => return Err(error),
+                Ok(_) => return Err(SaleError::Unavailable),
+            }
+        }
+        Ok(views)
     }
 
     /// Handles a message from another shard.
@@ -245,6 +325,13 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                     let answer = shard.execute_owned(command).await;
                     // The caller may have gone away (connection closed); nothing to do then.
                     let _ = reply.send(answer);
+                })
+                .detach();
+            }
+            ShardMsg::ReadSales { skus, reply } => {
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.read_owned_sales(skus).await);
                 })
                 .detach();
             }

@@ -6,7 +6,9 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::message::Notice;
+use futures::channel::oneshot;
+
+use super::message::{Notice, ShardMsg};
 use super::Shard;
 use crate::clock::now_ms;
 use crate::sale::command::{Command, Outcome, Reply, StockLevel};
@@ -15,6 +17,10 @@ use crate::store::Store;
 
 /// How often a shard sweeps expired orders and re-splits admission rates.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long an owner waits for the other shards to apply a new split before raising its own
+/// shares anyway.
+const SPLIT_ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the owner last told every shard about one SKU's stock.
 #[derive(Debug, Clone, Default)]
@@ -241,17 +247,56 @@ impl<S: Store + 'static> Shard<S> {
         }
     }
 
-    /// Shares this shard's admission demand with the others and re-splits rates.
+    /// Tells the sales' owners this shard's admission demand, and every shard the new split of
+    /// the rates of the sales this shard owns.
     async fn exchange_demand(self: &Rc<Self>) {
         let report = self.edge.borrow_mut().close_tick(TICK, Instant::now());
-        if report.is_empty() || self.count == 1 {
+        if self.count == 1 {
             return;
         }
-        let notice = Notice::Demand {
-            from: self.id,
-            per_sku: report,
+        if !report.demand.is_empty() {
+            let notice = Notice::Demand {
+                from: self.id,
+                per_sku: report.demand,
+            };
+            self.broadcast(notice, false).await;
+        }
+        if !report.fractions.is_empty() {
+            self.publish_split(report.fractions).await;
+        }
+    }
+
+    /// Puts a new split of some sales' rates in force. This shard lowers its own shares first,
+    /// then waits until every other shard has applied the split before raising its own: at no
+    /// moment do the shares in force add up to more than a sale's rate. (With more than two
+    /// shards, one peer may raise its share a moment before another lowers its own.)
+    async fn publish_split(self: &Rc<Self>, per_sku: Vec<(Box<str>, Vec<f64>)>) {
+        self.edge
+            .borrow_mut()
+            .apply_fractions(&per_sku, true, Instant::now());
+        let mut acks = Vec::new();
+        for peer in (0..self.count).filter(|peer| *peer != self.id) {
+            let (ack, acked) = oneshot::channel();
+            acks.push(acked);
+            let notice = Notice::Shares {
+                per_sku: per_sku.clone(),
+            };
+            let message = ShardMsg::Notice {
+                notice,
+                ack: Some(ack),
+            };
+            // A peer that is gone is shutting down and admits nothing more.
+            let _ = self.send(peer, message).await;
+        }
+        // A wedged peer admits nothing; it must not stall this shard's ticks (and expiry) too.
+        let all_acked = async {
+            futures::future::join_all(acks).await;
+            Ok(())
         };
-        self.broadcast(notice, false).await;
+        let _ = glommio::timer::timeout(SPLIT_ACK_TIMEOUT, all_acked).await;
+        self.edge
+            .borrow_mut()
+            .apply_fractions(&per_sku, false, Instant::now());
     }
 
     /// Republishes what this shard owns at start (after recovery): every sale to every edge, the
