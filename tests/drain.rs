@@ -1,0 +1,271 @@
+//! SIGTERM under load drains without losing a request: 64 buyers on keep-alive connections,
+//! 2 shards, `durability = "sync"`, SKUs owned by both shards (so purchases cross the mesh), and
+//! SIGTERM in the middle of it.
+//!
+//! What "without losing a request" means here, from the client's side:
+//! - No purchase is answered `503` (the old drain closed a shard's journal while its peers still
+//!   routed purchases to it: `journal writer is gone`).
+//! - A purchase is *owed* an answer when it was written on an accepted connection (one the server
+//!   had already answered, so never one still in the kernel's accept queue) and its write
+//!   completed before the server stopped listening. "Before the server stopped listening" is
+//!   measured by a probe that connects in a loop: a write that completed before a probe connect
+//!   began, and that connect succeeded, happened while some shard still listened. Every owed
+//!   purchase must get a response. A connection closed *between* requests is fine: the buyer sees
+//!   the close before writing, or its next request is not owed.
+//! - Every `201` order exists after a restart on the same data directory.
+
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use seckill::shard::placement::owner_of;
+
+const BUYERS: usize = 64;
+const SHARDS: usize = 2;
+/// Purchases answered 201 before SIGTERM is sent, so it lands mid-load.
+const BEFORE_SIGTERM: usize = 400;
+
+/// One purchase as a buyer saw it.
+struct Attempt {
+    sku: String,
+    user: String,
+    written: Instant,
+    /// `None`: no response (EOF or reset after the request was written).
+    answer: Option<Answer>,
+}
+
+struct Answer {
+    status: u16,
+    at: Instant,
+    shard: Option<usize>,
+    closing: bool,
+    order_id: Option<String>,
+    body: String,
+}
+
+/// SKUs named so that each shard owns `per_shard` of them.
+fn skus_owned_by_every_shard(per_shard: usize) -> Vec<String> {
+    let mut owned = vec![Vec::new(); SHARDS];
+    for n in 0.. {
+        let sku = format!("drain-{n}");
+        let owner = owner_of(&sku, SHARDS);
+        if owned[owner].len() < per_shard {
+            owned[owner].push(sku);
+        }
+        if owned.iter().all(|skus| skus.len() == per_shard) {
+            break;
+        }
+    }
+    owned.into_iter().flatten().collect()
+}
+
+/// A connection the server has answered once (`GET /healthz`), or `None` once connecting is
+/// refused (the server stopped listening). A connection reset before that answer was never
+/// accepted and is retried.
+fn accepted_connection(port: u16) -> Option<Client> {
+    loop {
+        let stream = match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => stream,
+            Err(error) if error.kind() == ErrorKind::ConnectionRefused => return None,
+            // A listener closing under a connect in flight resets it: try again.
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => continue,
+            Err(error) => panic!("connect: {error}"),
+        };
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut client = Client::from_stream(stream, port);
+        match client.try_request("GET", "/healthz", &[], None) {
+            Ok(response) if response.status == 200 => {
+                let closing = response
+                    .header("connection")
+                    .is_some_and(|value| value.eq_ignore_ascii_case("close"));
+                if !closing {
+                    return Some(client);
+                }
+            }
+            Ok(response) => panic!("GET /healthz during the drain test: {response}"),
+            Err(_) => {}
+        }
+    }
+}
+
+fn buyer(port: u16, index: usize, skus: Arc<Vec<String>>, log: Arc<Mutex<Vec<Attempt>>>) {
+    let user = format!("drain-buyer-{index}");
+    let auth = format!("Bearer {}", tok(&user));
+    let mut n = index;
+    'connections: while let Some(mut client) = accepted_connection(port) {
+        loop {
+            n += 1;
+            let sku = skus[n % skus.len()].clone();
+            let request = client.build_request(
+                "POST",
+                &format!("/v1/sales/{sku}/purchase"),
+                &[("Authorization", &auth)],
+                Some(r#"{"quantity":1}"#),
+            );
+            if client.stream.write_all(&request).is_err() {
+                // The server closed the connection before this request went out: not written.
+                continue 'connections;
+            }
+            let written = Instant::now();
+            let answer = client.read_response().ok().map(|response| Answer {
+                status: response.status,
+                at: Instant::now(),
+                shard: response.shard(),
+                closing: response
+                    .header("connection")
+                    .is_some_and(|value| value.eq_ignore_ascii_case("close")),
+                order_id: (response.status == 201)
+                    .then(|| response.json()["order_id"].as_str().map(str::to_owned))
+                    .flatten(),
+                body: response.text(),
+            });
+            let closing = answer.as_ref().is_none_or(|answer| answer.closing);
+            log.lock().expect("log").push(Attempt {
+                sku,
+                user: user.clone(),
+                written,
+                answer,
+            });
+            if closing {
+                continue 'connections;
+            }
+        }
+    }
+}
+
+/// Connects until refused; returns when the last successful connect began.
+fn probe(port: u16, stop: &AtomicBool) -> Option<Instant> {
+    let mut last_listening = None;
+    while !stop.load(Ordering::Acquire) {
+        let began = Instant::now();
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => last_listening = Some(began),
+            Err(error) if error.kind() == ErrorKind::ConnectionRefused => return last_listening,
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
+            Err(error) => panic!("probe connect: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    last_listening
+}
+
+#[test]
+fn sigterm_mid_load_answers_every_request_and_keeps_every_order() {
+    let data_dir = fresh_data_dir();
+    let args = ["--durability", "sync"];
+    let mut server = Server::start_in(&data_dir, SHARDS, &args);
+    let port = server.port;
+    let skus = Arc::new(skus_owned_by_every_shard(4));
+    for sku in skus.iter() {
+        server.open_sale(sku, 10_000_000, 1_000_000);
+    }
+
+    let log = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+    let buyers: Vec<_> = (0..BUYERS)
+        .map(|index| {
+            let (skus, log) = (Arc::clone(&skus), Arc::clone(&log));
+            std::thread::spawn(move || buyer(port, index, skus, log))
+        })
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while log.lock().expect("log").len() < BEFORE_SIGTERM {
+        assert!(Instant::now() < give_up, "buyers made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stop_probe = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = Arc::clone(&stop_probe);
+        std::thread::spawn(move || probe(port, &stop))
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let sigterm_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = server.terminate();
+    stop_probe.store(true, Ordering::Release);
+    let last_listening = prober.join().expect("probe thread");
+    for buyer in buyers {
+        buyer.join().expect("buyer thread");
+    }
+    let server_log = server.log();
+    assert!(status.success(), "exit {status}; log:\n{server_log}");
+
+    let attempts = std::mem::take(&mut *log.lock().expect("log"));
+    let last_listening = last_listening.expect("the probe never connected");
+    let mut failures = Vec::new();
+    let mut answered_after_sigterm = 0;
+    let mut crossed_after_sigterm = 0;
+    let mut closed_by_drain = 0;
+    let mut unanswered_not_owed = 0;
+    for attempt in &attempts {
+        match &attempt.answer {
+            Some(answer) if answer.status != 201 => failures.push(format!(
+                "{} answered {}: {}",
+                attempt.sku, answer.status, answer.body
+            )),
+            Some(answer) => {
+                if answer.at > sigterm_at {
+                    answered_after_sigterm += 1;
+                    if answer.shard != Some(owner_of(&attempt.sku, SHARDS)) {
+                        crossed_after_sigterm += 1;
+                    }
+                    closed_by_drain += usize::from(answer.closing);
+                }
+            }
+            None if attempt.written < last_listening => failures.push(format!(
+                "purchase of {} written {:?} before the server stopped listening got no response",
+                attempt.sku,
+                last_listening - attempt.written
+            )),
+            None => unanswered_not_owed += 1,
+        }
+    }
+    eprintln!(
+        "{} purchases; after SIGTERM: {answered_after_sigterm} answered ({crossed_after_sigterm} across shards, \
+         {closed_by_drain} closing the connection); {unanswered_not_owed} unanswered but written after the server stopped listening",
+        attempts.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} purchases failed:\n{}\nserver log:\n{server_log}",
+        failures.len(),
+        attempts.len(),
+        failures.join("\n")
+    );
+    // The race this test is about happened: purchases were in flight, some across the mesh,
+    // when the drain began.
+    assert!(
+        crossed_after_sigterm > 0 && closed_by_drain > 0,
+        "SIGTERM did not land mid-load ({answered_after_sigterm} answered after it, \
+         {crossed_after_sigterm} across shards)"
+    );
+
+    drop(server);
+    let restarted = Server::start_in(&data_dir, SHARDS, &args);
+    let mut client = restarted.client();
+    let mut checked = 0;
+    for attempt in &attempts {
+        let Some(order_id) = attempt.answer.as_ref().and_then(|a| a.order_id.as_ref()) else {
+            continue;
+        };
+        let response = client.get_order(order_id, &tok(&attempt.user));
+        assert_eq!(
+            response.status, 200,
+            "order {order_id} (201 before shutdown) after restart: {response}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= BEFORE_SIGTERM, "only {checked} orders checked");
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
