@@ -12,6 +12,9 @@
 //!   began, and that connect succeeded, happened while some shard still listened. Every owed
 //!   purchase must get a response. A connection closed *between* requests is fine: the buyer sees
 //!   the close before writing, or its next request is not owed.
+//! - A purchase whose request was half sent when SIGTERM came, on one shard, for a SKU the other
+//!   shard owns, is finished once the rest arrives: `201`, not `503`. (The old drain closed each
+//!   shard's journal as soon as its own connections were done, while a peer still had this one.)
 //! - Every `201` order exists after a restart on the same data directory.
 
 mod common;
@@ -29,6 +32,10 @@ const BUYERS: usize = 64;
 const SHARDS: usize = 2;
 /// Purchases answered 201 before SIGTERM is sent, so it lands mid-load.
 const BEFORE_SIGTERM: usize = 400;
+/// Longest pause a buyer takes between purchases. Real shoppers pause, so at SIGTERM some
+/// connections sit idle and their next request arrives while the drain is under way, possibly
+/// routed to a shard that has already finished its own connections.
+const MAX_THINK_MS: u64 = 40;
 
 /// One purchase as a buyer saw it.
 struct Attempt {
@@ -99,9 +106,15 @@ fn buyer(port: u16, index: usize, skus: Arc<Vec<String>>, log: Arc<Mutex<Vec<Att
     let user = format!("drain-buyer-{index}");
     let auth = format!("Bearer {}", tok(&user));
     let mut n = index;
+    // A small LCG per buyer: think times differ between buyers and runs don't need a crate.
+    let mut seed = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     'connections: while let Some(mut client) = accepted_connection(port) {
         loop {
             n += 1;
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            std::thread::sleep(Duration::from_millis((seed >> 33) % (MAX_THINK_MS + 1)));
             let sku = skus[n % skus.len()].clone();
             let request = client.build_request(
                 "POST",
@@ -179,6 +192,27 @@ fn sigterm_mid_load_answers_every_request_and_keeps_every_order() {
         assert!(Instant::now() < give_up, "buyers made no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // One purchase per shard, half sent, for a SKU the other shard owns.
+    let mut slow: Vec<(Client, String, String, Vec<u8>)> = (0..SHARDS)
+        .map(|shard| {
+            let mut client = server.client_on_shard(shard);
+            let sku = skus
+                .iter()
+                .find(|sku| owner_of(sku, SHARDS) != shard)
+                .expect("a SKU of the other shard")
+                .clone();
+            let user = format!("drain-slow-{shard}");
+            let request = client.build_request(
+                "POST",
+                &format!("/v1/sales/{sku}/purchase"),
+                &[("Authorization", &format!("Bearer {}", tok(&user)))],
+                Some(r#"{"quantity":1}"#),
+            );
+            let (first, rest) = request.split_at(request.len() - 5);
+            client.send_raw(first);
+            (client, sku, user, rest.to_vec())
+        })
+        .collect();
     let stop_probe = Arc::new(AtomicBool::new(false));
     let prober = {
         let stop = Arc::clone(&stop_probe);
@@ -191,6 +225,21 @@ fn sigterm_mid_load_answers_every_request_and_keeps_every_order() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
+    // Long enough for the other shard to finish its own connections; the drain must still wait
+    // for these.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slow_orders = Vec::new();
+    for (client, sku, user, rest) in &mut slow {
+        client.send_raw(rest);
+        let response = client.expect_response("the half-sent purchase");
+        assert_eq!(
+            response.status,
+            201,
+            "purchase of {sku} half sent at SIGTERM: {response}; log:\n{}",
+            server.log()
+        );
+        slow_orders.push((order_id(&response.json()), user.clone()));
+    }
     let status = server.terminate();
     stop_probe.store(true, Ordering::Release);
     let last_listening = prober.join().expect("probe thread");
@@ -264,6 +313,13 @@ fn sigterm_mid_load_answers_every_request_and_keeps_every_order() {
             "order {order_id} (201 before shutdown) after restart: {response}"
         );
         checked += 1;
+    }
+    for (order_id, user) in &slow_orders {
+        let response = client.get_order(order_id, &tok(user));
+        assert_eq!(
+            response.status, 200,
+            "order {order_id} after restart: {response}"
+        );
     }
     assert!(checked >= BEFORE_SIGTERM, "only {checked} orders checked");
     drop(restarted);
