@@ -6,6 +6,10 @@
 #
 #   benches/startstop.sh [N] [BINARY]      (BINARY defaults to a fresh release build)
 #
+# SALES (default 6) sets how many sales the data dir holds: each start republishes every one to
+# every shard and waits for the acknowledgements, so more sales mean more cross-thread wake-ups
+# before ready, where a lost one used to hang the start.
+#
 # On a hang it saves the server log and each thread's kernel wait channel under target/startstop/.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -33,7 +37,7 @@ dump() { # $1: what hung
 $BIN serve --listen 127.0.0.1:$port --shards 2 --data-dir "$dir" > $out/server.log 2>&1 & P=$!
 for _ in $(seq 400); do [ "$(ready)" = 200 ] && break; sleep 0.05; done
 NOW=$(($(date +%s%3N)-1000))
-for sku in a b c d e f; do
+for sku in $(seq -f 'sku%g' "${SALES:-6}"); do
   curl -s -o /dev/null -X PUT "http://127.0.0.1:$port/v1/sales/$sku" -H "Authorization: Bearer $SECKILL_ADMIN_TOKEN" \
     -H 'Content-Type: application/json' \
     -d "{\"name\":\"S\",\"stock\":10,\"starts_at\":$NOW,\"ends_at\":$((NOW+3600000)),\"per_user_limit\":1}"
