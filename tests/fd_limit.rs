@@ -139,7 +139,16 @@ fn under_a_low_nofile_the_excess_gets_503_and_the_journal_still_rolls() {
     let data_dir = fresh_data_dir();
     // Small segments: the purchases below roll segments and write snapshots, which need
     // descriptors while every connection slot is taken.
-    let args = ["--segment-bytes", "65536", "--durability", "sync"];
+    // Idle connections are kept far longer than this test runs, so an unanswered one cannot be
+    // rescued by the server closing idle ones.
+    let args = [
+        "--segment-bytes",
+        "65536",
+        "--durability",
+        "sync",
+        "--idle-timeout-ms",
+        "120000",
+    ];
     let server = Limited::start(NOFILE, &data_dir, &args);
     let sale = sale_spec(1_000_000, 1_000_000);
     assert_eq!(server.client().put_sale("fd", &sale).status, 201);
