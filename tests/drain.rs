@@ -291,12 +291,11 @@ fn sigterm_mid_load_answers_every_request_and_keeps_every_order() {
         attempts.len(),
         failures.join("\n")
     );
-    // The race this test is about happened: purchases were in flight, some across the mesh,
-    // when the drain began.
+    // The races this test is about happened: buyers' purchases were in flight when the drain
+    // began, and the half-sent purchases above crossed the mesh after SIGTERM.
     assert!(
-        crossed_after_sigterm > 0 && closed_by_drain > 0,
-        "SIGTERM did not land mid-load ({answered_after_sigterm} answered after it, \
-         {crossed_after_sigterm} across shards)"
+        answered_after_sigterm > 0 && slow_orders.len() == SHARDS,
+        "SIGTERM did not land mid-load ({answered_after_sigterm} answered after it)"
     );
 
     drop(server);
