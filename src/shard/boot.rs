@@ -25,11 +25,13 @@ use crate::store::{EmbeddedStore, NodeStore, RedisSettings, RedisStore};
 /// small capacities can deadlock under contention (glommio issue #555).
 pub const MESH_CAPACITY: usize = 4096;
 
-/// How often an executor wakes even with nothing to do. glommio 0.9 can lose a cross-thread
-/// wake-up (a mesh message, a reply, a blocking-thread completion) and sleep in
-/// `io_cqring_wait` with the event already queued; once any timer fires, the reactor re-checks
-/// everything and carries on. Before a shard is ready no other timer exists, so a lost wake-up
-/// there used to hang startup for good (about 1 start in 255); this bounds any such stall.
+/// How often an executor wakes even with nothing to do. 1-2 starts in 1,000 hung for good
+/// inside glommio 0.9's `MeshBuilder::join`: neither shard finished joining, both executors
+/// slept in `io_cqring_wait` with no timer armed, and a ptrace attach (which interrupts that
+/// wait) let the start complete, so the event the join waited for had already happened and its
+/// wake-up was lost. Once any timer fires, the reactor re-checks its channels and foreign wakes
+/// and carries on; after ready the 100 ms tick always provided one, which is why only startup
+/// hung. This floor bounds any such stall to one period, from the executor's first moment.
 pub const WAKE_FLOOR: Duration = Duration::from_millis(20);
 
 /// Everything a node needs to serve.
