@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 
 use crate::config::ServeConfig;
+use crate::shard::fds;
 use crate::store::journal::recovery;
 
 /// io_uring buffer memory each shard asks for (what `serve` registers unless memlock is short).
@@ -174,21 +175,43 @@ fn memlock(shards: usize) -> Check {
     }
 }
 
+/// What `serve` will do with RLIMIT_NOFILE (see [`crate::shard::fds`]): leave it, raise the soft
+/// limit, or cap connections per shard to what fits beside the descriptor reserve.
 fn nofile(config: &ServeConfig) -> Check {
-    let wanted = (config.max_connections_per_shard * config.shards + 1024) as u64;
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) if soft == RLIM_INFINITY || soft >= wanted => {
-            Check::pass("nofile", format!("{soft} open files"))
-        }
-        Ok((soft, _)) => Check::warn(
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(error) => return Check::warn("nofile", format!("unknown: {error}"), "check ulimit -n"),
+    };
+    let max = config.max_connections_per_shard;
+    let budget = fds::plan(config.shards, max, soft, hard);
+    let need = format!(
+        "{} shard(s) x {max} connections + {} reserved = {}",
+        config.shards,
+        fds::reserve(config.shards),
+        budget.wanted
+    );
+    if budget.is_capped(max) {
+        return Check::warn(
             "nofile",
             format!(
-                "{soft} open files, under {} shard(s) x {} connections",
-                config.shards, config.max_connections_per_shard
+                "{soft} open files (hard {hard}) is under {need}: serve caps connections at {} per shard",
+                budget.per_shard_cap
             ),
-            "LimitNOFILE=1048576 in the unit, or tuning/limits.d/90-seckill.conf",
+            format!(
+                "LimitNOFILE={} (or more) in the unit, or tuning/limits.d/90-seckill.conf",
+                budget.wanted
+            ),
+        );
+    }
+    match budget.raised_from {
+        Some(from) => Check::pass(
+            "nofile",
+            format!(
+                "{from} open files; serve raises it to {} for {need}",
+                budget.soft
+            ),
         ),
-        Err(error) => Check::warn("nofile", format!("unknown: {error}"), "check ulimit -n"),
+        None => Check::pass("nofile", format!("{soft} open files covers {need}")),
     }
 }
 

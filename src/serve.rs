@@ -7,7 +7,9 @@ use crate::auth::Auth;
 use crate::config::{SecretsSource, ServeConfig};
 use crate::http::ConnLimits;
 use crate::sale::book::BookLimits;
-use crate::shard::runtime::{run_node, NodeError, NodeOptions, NodeStores, ShardStart};
+use crate::shard::boot::{NodeOptions, NodeStores, ShardStart};
+use crate::shard::fds;
+use crate::shard::runtime::{run_node, NodeError};
 use crate::store::journal::recovery::{self, RecoveryError};
 use crate::store::RedisSettings;
 
@@ -80,11 +82,10 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// io_uring registers each executor's I/O buffers as locked memory. Raise RLIMIT_MEMLOCK to
-/// fit glommio's default if we may; otherwise shrink the buffers to fit the limit, so glommio
-/// does not silently fall back to its slower unregistered path.
-/// What the node runs with, whichever store it uses.
+/// What the node runs with, whichever store it uses. Raises RLIMIT_NOFILE (and caps
+/// connections to it) and RLIMIT_MEMLOCK (or shrinks io_uring buffers to it) on the way.
 fn node_options(config: &ServeConfig) -> NodeOptions {
+    let fd_budget = fds::apply(config.shards, config.max_connections_per_shard);
     NodeOptions {
         listen: config.listen,
         shards: config.shards,
@@ -93,7 +94,7 @@ fn node_options(config: &ServeConfig) -> NodeOptions {
             idle_timeout: config.idle_timeout,
             write_timeout: config.idle_timeout,
         },
-        max_connections_per_shard: config.max_connections_per_shard,
+        max_connections_per_shard: fd_budget.per_shard_cap,
         drain_timeout: config.drain_timeout,
         io_memory: io_memory_within_memlock(config.shards),
         durability: config.durability,
@@ -103,6 +104,9 @@ fn node_options(config: &ServeConfig) -> NodeOptions {
     }
 }
 
+/// io_uring registers each executor's I/O buffers as locked memory. Raise RLIMIT_MEMLOCK to
+/// fit glommio's default if we may; otherwise shrink the buffers to fit the limit, so glommio
+/// does not silently fall back to its slower unregistered path.
 fn io_memory_within_memlock(shards: usize) -> usize {
     let needed = (DEFAULT_IO_MEMORY * shards) as u64;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {

@@ -158,3 +158,41 @@ fn serve_speaks_the_systemd_notify_protocol() {
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under a nofile limit that cannot hold the configured connections, doctor says what serve
+/// will cap them at, with the limit that would lift the cap.
+#[test]
+fn doctor_reports_the_connection_cap_a_low_nofile_forces() {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "doctor",
+            "--shards",
+            "2",
+            "--max-connections-per-shard",
+            "10000",
+        ])
+        .env_remove("SECKILL_REDIS")
+        .env_remove("SECKILL_CONFIG");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 400, 400)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = command.output().expect("run seckill doctor");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cap = (400 - seckill::shard::fds::reserve(2)) / 2;
+    let line = text
+        .lines()
+        .find(|line| line.contains("nofile"))
+        .unwrap_or_else(|| panic!("no nofile check:\n{text}"));
+    assert!(line.starts_with("WARN"), "{text}");
+    assert!(
+        line.contains(&format!("caps connections at {cap} per shard")),
+        "{text}"
+    );
+    assert!(text.contains("LimitNOFILE="), "{text}");
+}

@@ -2,14 +2,21 @@
 //!
 //! A request is checked at the edge of the shard that accepted it ([`edge`]), then sent to the
 //! SKU's owner ([`placement`]) over the channel mesh ([`message`]), which runs it against its
-//! store and answers back the same way ([`owner`]). [`runtime`] boots the shards and their
-//! listeners and shuts them down.
+//! store and answers back the same way ([`owner`]). [`runtime`] runs the node: [`boot`] starts
+//! the executors, [`signals`] and [`watchdog`] serve the main thread, [`accept`] takes
+//! connections within the descriptor budget of [`fds`], and [`drain`] stops it all in order.
 
+pub mod accept;
+pub mod boot;
+pub mod drain;
 pub mod edge;
+pub mod fds;
 pub mod message;
 pub mod owner;
 pub mod placement;
 pub mod runtime;
+pub mod signals;
+pub mod watchdog;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -48,6 +55,9 @@ pub struct NodeStatus {
     /// Shards that have finished their own connections; a shard keeps serving its peers' calls
     /// until all have, so in-flight requests anywhere can still complete.
     pub drained_shards: AtomicUsize,
+    /// Shards whose listener is closed. Idle connections are closed only once every shard has
+    /// stopped listening, so a request written before the node stopped listening is answered.
+    pub listeners_closed: AtomicUsize,
 }
 
 impl NodeStatus {
