@@ -89,13 +89,18 @@ fn doctor_fails_with_a_fix_for_an_unreachable_redis() {
             .is_some_and(|fix| fix.contains("fix:")),
         "{text}"
     );
-    // And with Redis up, the same check passes with its version.
+    // And with Redis up, the same check passes with its version. A busy box may stretch the
+    // PING round trip past doctor's 5 ms warning threshold, so a warning counts too: what
+    // matters here is that Redis was reached.
     let redis = common::redis::RedisServer::start(&[]);
     let (code, text) = doctor(&["--redis", &redis.url()]);
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.lines()
-            .any(|line| line.starts_with("pass") && line.contains("Redis ")),
+        text.lines().any(
+            |line| (line.starts_with("pass") || line.starts_with("WARN"))
+                && line.contains("Redis ")
+                && line.contains("PING round trip")
+        ),
         "{text}"
     );
 }
