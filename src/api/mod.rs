@@ -21,7 +21,7 @@ use crate::metrics::Route;
 use crate::shard::Shard;
 use crate::store::Store;
 use error::ApiError;
-pub use sales::parse_sale;
+pub use sales::{parse_purchase, parse_sale};
 
 /// The API as served by one shard.
 pub struct Api<S> {

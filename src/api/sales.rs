@@ -128,13 +128,11 @@ pub(super) async fn purchase<S: Store + 'static>(
             return Err(error);
         }
     }
-    let mut fields = json_fields(request)?;
-    let quantity = fields.u64("quantity", 1..=MAX_QUANTITY)?.unwrap_or(1);
-    fields.finish()?;
+    let quantity = parse_purchase(request)?;
     let command = Command::Purchase(PurchaseRequest {
         sku: sku.into(),
         user_id,
-        quantity: u32::try_from(quantity).unwrap_or(u32::MAX),
+        quantity,
         idempotency_key,
     });
     match api.shard.call(command).await? {
@@ -147,6 +145,16 @@ pub(super) async fn purchase<S: Store + 'static>(
         }
         _ => Err(SaleError::Unavailable.into()),
     }
+}
+
+/// Reads the units wanted from a `POST /v1/sales/{sku}/purchase` body (1 when absent); the error
+/// names the offending field.
+pub fn parse_purchase(request: &Request<'_>) -> Result<u32, ApiError> {
+    let mut fields = json_fields(request)?;
+    let quantity = fields.u64("quantity", 1..=MAX_QUANTITY)?.unwrap_or(1);
+    fields.finish()?;
+    // Bounded by the range checked above.
+    Ok(u32::try_from(quantity).unwrap_or(u32::MAX))
 }
 
 fn parse_idempotency_key(header: Option<&[u8]>) -> Result<Option<Box<str>>, ApiError> {

@@ -42,7 +42,14 @@ impl OrderId {
         if !is_valid_id(sku) {
             return None;
         }
-        let unique = ulid::Ulid::from_string(unique).ok()?;
+        let parsed = ulid::Ulid::from_string(unique).ok()?;
+        // The decoder also takes lower case and lets a first character above `7` overflow (26
+        // characters carry 130 bits), so many spellings name one id. Only the one this server
+        // writes is an id; otherwise two paths would reach the same order.
+        if parsed.to_string() != unique {
+            return None;
+        }
+        let unique = parsed;
         Some(Self {
             unique: unique.0,
             sku: sku.into(),
@@ -83,5 +90,21 @@ mod tests {
         assert_eq!(OrderId::parse("nope"), None);
         assert_eq!(OrderId::parse(&text.replace('.', "/")), None);
         assert_eq!(OrderId::parse(&format!("{}.", &text[..26])), None);
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_parses() {
+        let text = "01M8XW0C22K5BTK4Z44HMVY9TD.moutai-2026";
+        let id = OrderId::parse(text).unwrap();
+        assert_eq!(id.to_string(), text);
+        assert_eq!(OrderId::parse(&text.to_lowercase()), None);
+        // A first character above `7` overflows 128 bits: `8` decodes to the same id as `0`.
+        assert_eq!(OrderId::parse(&format!("8{}", &text[1..])), None);
+        let ulid_max = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ.s";
+        assert_eq!(
+            OrderId::parse(ulid_max).map(|id| id.unique),
+            Some(u128::MAX)
+        );
+        assert_eq!(OrderId::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ.s"), None);
     }
 }

@@ -29,6 +29,15 @@ pub const HEADER_LEN: usize = 16;
 const RECORD_HEADER_LEN: usize = 16;
 /// Largest payload a record may claim; anything larger is damage, not data.
 const MAX_PAYLOAD: usize = 16 << 20;
+/// Fewest bytes a record takes: its header and a payload of at least one byte.
+const MIN_RECORD_LEN: usize = RECORD_HEADER_LEN + 1;
+/// Bytes the search for newer records after damage may checksum, per byte of the file (plus
+/// [`SCAN_BUDGET_BASE`]). Each candidate costs a checksum over the length it claims, so without a
+/// bound, a damaged region whose every offset claims megabytes takes quadratic time: hours for a
+/// 64 MiB segment.
+const SCAN_BUDGET_PER_BYTE: usize = 8;
+/// See [`SCAN_BUDGET_PER_BYTE`].
+const SCAN_BUDGET_BASE: usize = 1 << 20;
 
 /// What a record holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,13 +219,25 @@ pub fn parse(
         let Some(reason) = failure else {
             continue;
         };
-        let newer = |lsn: u64| lsn > last_lsn;
-        if let Some(later) = next_valid_record(bytes, offset + 1, newer) {
-            return Err(corrupt(
-                path,
-                offset,
-                format!("{reason}, and newer records follow at offset {later}"),
-            ));
+        match next_newer_record(bytes, offset, last_lsn) {
+            Scan::Found(later) => {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    format!("{reason}, and newer records follow at offset {later}"),
+                ))
+            }
+            Scan::TooCostly => {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    format!(
+                        "{reason}, followed by too many damaged records to tell a torn tail \
+                         from lost data"
+                    ),
+                ))
+            }
+            Scan::None => {}
         }
         let torn = bytes[offset..].iter().any(|b| *b != 0);
         if torn && !tail_may_tear {
@@ -270,10 +291,48 @@ fn record_at(bytes: &[u8], offset: usize) -> RecordAt<'_> {
     RecordAt::Valid(u64::from_le_bytes(lsn), payload, start + len)
 }
 
-/// The offset of the first valid record at or after `from` whose LSN passes `wanted`, if any.
-fn next_valid_record(bytes: &[u8], from: usize, wanted: impl Fn(u64) -> bool) -> Option<usize> {
-    (from..bytes.len().saturating_sub(RECORD_HEADER_LEN))
-        .find(|offset| matches!(record_at(bytes, *offset), RecordAt::Valid(lsn, ..) if wanted(lsn)))
+/// What the search for newer records after damage found.
+enum Scan {
+    /// A valid record newer than the damage, at this offset.
+    Found(usize),
+    /// Nothing newer: the damage is a torn tail.
+    None,
+    /// Too many plausible candidates to check them all in bounded time.
+    TooCostly,
+}
+
+/// Looks for a valid record after the damaged one at `damaged` that continues the log past
+/// `last_lsn`. Records are contiguous and each takes [`MIN_RECORD_LEN`] bytes or more, so one at
+/// offset `p` can carry at most LSN `last_lsn + 1 + (p - damaged) / MIN_RECORD_LEN`; candidates
+/// outside that window (random bytes, almost always) are skipped before their checksum is
+/// computed, and the checksumming is bounded by [`SCAN_BUDGET_PER_BYTE`].
+fn next_newer_record(bytes: &[u8], damaged: usize, last_lsn: u64) -> Scan {
+    let mut budget =
+        SCAN_BUDGET_BASE.saturating_add(bytes.len().saturating_mul(SCAN_BUDGET_PER_BYTE));
+    for offset in damaged + 1..bytes.len().saturating_sub(RECORD_HEADER_LEN) {
+        let Some(header) = bytes.get(offset..offset + RECORD_HEADER_LEN) else {
+            break;
+        };
+        let mut lsn = [0u8; 8];
+        lsn.copy_from_slice(&header[8..16]);
+        let lsn = u64::from_le_bytes(lsn);
+        let reachable = ((offset - damaged) / MIN_RECORD_LEN) as u64;
+        if lsn <= last_lsn || lsn - last_lsn - 1 > reachable {
+            continue;
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len == 0 || len > MAX_PAYLOAD || offset + RECORD_HEADER_LEN + len > bytes.len() {
+            continue;
+        }
+        let Some(left) = budget.checked_sub(len) else {
+            return Scan::TooCostly;
+        };
+        budget = left;
+        if let RecordAt::Valid(..) = record_at(bytes, offset) {
+            return Scan::Found(offset);
+        }
+    }
+    Scan::None
 }
 
 /// File name of segment `seq`.
@@ -383,5 +442,42 @@ mod tests {
         let mut header = file(1);
         header[0] = b'X';
         assert!(parse(path, &header, SEGMENT_MAGIC, true, 100).is_err());
+    }
+
+    /// A damaged region where every 16 bytes look like the next record, each claiming a long
+    /// payload: checking them all would checksum `region / 16 * claimed` bytes (hours for a
+    /// 64 MiB segment). The search gives up within its budget and reports damage.
+    #[test]
+    fn a_damaged_region_full_of_long_candidates_is_refused_not_scanned_forever() {
+        let path = Path::new("seg");
+        let mut bytes = file(1);
+        let region = 256 * 1024;
+        let claimed = (region / 2) as u32;
+        for _ in 0..region / RECORD_HEADER_LEN {
+            bytes.extend_from_slice(&claimed.to_le_bytes());
+            bytes.extend_from_slice(&0u32.to_le_bytes());
+            bytes.extend_from_slice(&101u64.to_le_bytes());
+        }
+        match parse(path, &bytes, SEGMENT_MAGIC, true, 100) {
+            Err(FormatError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("too many damaged records"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Random bytes after a torn record are still a torn tail: skipping candidates outside the
+    /// LSN window and bounding the search must not change that verdict.
+    #[test]
+    fn random_bytes_after_a_torn_record_are_a_torn_tail() {
+        use rand::{RngCore, SeedableRng};
+        let path = Path::new("seg");
+        let mut bytes = file(3);
+        let mut noise = vec![0u8; 256 * 1024];
+        rand::rngs::SmallRng::seed_from_u64(7).fill_bytes(&mut noise);
+        bytes.extend_from_slice(&noise);
+        let read = parse(path, &bytes, SEGMENT_MAGIC, true, 100).unwrap();
+        assert_eq!((read.entries.len(), read.torn_tail), (3, true));
+        assert!(parse(path, &bytes, SEGMENT_MAGIC, false, 100).is_err());
     }
 }
