@@ -94,6 +94,33 @@ pub struct Book {
     pub(super) limits: BookLimits,
 }
 
+/// A journal record that is well formed but contradicts the state replayed before it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InconsistentEvent {
+    /// A pending or paid order for more units than the sale had left.
+    #[error("order {order_id} takes {quantity} units with only {remaining} left")]
+    TakesMissingStock {
+        /// The order.
+        order_id: String,
+        /// Units it holds.
+        quantity: u32,
+        /// Units the sale had left.
+        remaining: u64,
+    },
+    /// A cancellation or expiry that would return more units than the sale's stock.
+    #[error("closing order {order_id} returns {quantity} units to {remaining} left of a stock of {stock}")]
+    ReturnsTooMuch {
+        /// The order.
+        order_id: String,
+        /// Units it returns.
+        quantity: u32,
+        /// Units the sale had left.
+        remaining: u64,
+        /// The sale's stock.
+        stock: u64,
+    },
+}
+
 impl Book {
     /// An empty book.
     pub fn new(limits: BookLimits) -> Self {
@@ -132,7 +159,54 @@ impl Book {
         }
     }
 
-    /// Applies a persisted change. Used by [`Book::execute`] and by log replay.
+    /// Applies a change read back from the journal, after checking that it fits the state built
+    /// so far. Checksums catch damaged bytes, not a well-formed record that contradicts the
+    /// ledger (a bug that wrote it, or a file edited by hand): such a record would otherwise take
+    /// stock that is not there, or return more than the sale ever had, and the ledger would no
+    /// longer add up. Recovery refuses to start on it instead.
+    pub fn replay(&mut self, event: &Event) -> Result<(), InconsistentEvent> {
+        self.check_replay(event)?;
+        self.apply(event);
+        Ok(())
+    }
+
+    fn check_replay(&self, event: &Event) -> Result<(), InconsistentEvent> {
+        match event {
+            Event::OrderCreated { order, .. } if order.status.holds_stock() => {
+                let Some(ledger) = self.sales.get(&order.sku) else {
+                    return Ok(());
+                };
+                if ledger.remaining < u64::from(order.quantity) {
+                    return Err(InconsistentEvent::TakesMissingStock {
+                        order_id: order.order_id.to_string(),
+                        quantity: order.quantity,
+                        remaining: ledger.remaining,
+                    });
+                }
+            }
+            Event::OrderClosed { order_id, status } if status.returns_stock() => {
+                let Some(order) = self.orders.get(&order_id.unique) else {
+                    return Ok(());
+                };
+                let Some(ledger) = self.sales.get(&order_id.sku) else {
+                    return Ok(());
+                };
+                let returned = ledger.remaining.saturating_add(u64::from(order.quantity));
+                if order.status == OrderStatus::Pending && returned > ledger.sale.stock {
+                    return Err(InconsistentEvent::ReturnsTooMuch {
+                        order_id: order_id.to_string(),
+                        quantity: order.quantity,
+                        remaining: ledger.remaining,
+                        stock: ledger.sale.stock,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Applies a change this book decided (or [`Book::replay`] checked).
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::SaleUpserted(sale) => {
@@ -597,5 +671,51 @@ mod tests {
             copy.orders, book.orders,
             "retained orders survive a snapshot"
         );
+    }
+
+    #[test]
+    fn replay_refuses_records_that_contradict_the_ledger() {
+        let mut live = Book::new(BookLimits::default());
+        let (_, upsert) = live.execute(Command::UpsertSale(sale(2, 5)), T0 - 10);
+        let upsert = upsert.expect("an upsert event");
+        let request = PurchaseRequest {
+            sku: "sku".into(),
+            user_id: "alice".into(),
+            quantity: 2,
+            idempotency_key: None,
+        };
+        let (reply, created) = live.execute(Command::Purchase(request), T0 + 1);
+        let order = order_of(reply);
+        let created = created.expect("an order event");
+
+        let mut replayed = Book::new(BookLimits::default());
+        replayed.replay(&upsert).expect("the sale fits");
+        replayed.replay(&created).expect("the order fits");
+        // The same order again would take two units the sale no longer has.
+        let mut twice = created.clone();
+        if let Event::OrderCreated { order, .. } = &mut twice {
+            order.order_id = OrderId::mint("sku", T0 + 2, &mut SmallRng::seed_from_u64(7));
+        }
+        assert!(matches!(
+            replayed.replay(&twice),
+            Err(InconsistentEvent::TakesMissingStock { remaining: 0, .. })
+        ));
+
+        // Closing an order returns its units; returning them beyond the stock is refused.
+        let mut full = Book::new(BookLimits::default());
+        full.replay(&upsert).expect("the sale fits");
+        full.apply(&created);
+        if let Some(ledger) = full.sales.get_mut("sku") {
+            ledger.remaining = 2;
+        }
+        let close = Event::OrderClosed {
+            order_id: order.order_id.clone(),
+            status: OrderStatus::Cancelled,
+        };
+        assert!(matches!(
+            full.replay(&close),
+            Err(InconsistentEvent::ReturnsTooMuch { stock: 2, .. })
+        ));
+        assert!(replayed.replay(&close).is_ok(), "a real cancellation fits");
     }
 }

@@ -139,6 +139,11 @@ impl OrderStatus {
         matches!(self, Self::Pending | Self::Paid)
     }
 
+    /// Whether closing a pending order with this status gives its units back.
+    pub fn returns_stock(self) -> bool {
+        matches!(self, Self::Expired | Self::Cancelled)
+    }
+
     /// Every status, in [`OrderCounts`] order.
     pub const ALL: [OrderStatus; 4] = [Self::Pending, Self::Paid, Self::Expired, Self::Cancelled];
 

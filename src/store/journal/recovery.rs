@@ -48,6 +48,9 @@ pub enum RecoveryError {
     /// A journal file is damaged before its tail.
     #[error("journal is corrupt, refusing to start: {0}. Run `seckill journal verify --data-dir DIR` for a full report; restore the data dir from a backup or remove the damaged file deliberately")]
     Corrupt(FormatError),
+    /// A record is well formed but contradicts the ledger replayed before it.
+    #[error("journal contradicts itself, refusing to start: {0}. Run `seckill journal verify --data-dir DIR`; restore the data dir from a backup")]
+    Inconsistent(crate::sale::book::InconsistentEvent),
     /// Files are missing from a shard's sequence.
     #[error("journal is incomplete: {0}")]
     Gap(String),
@@ -290,7 +293,9 @@ pub fn recover(
     // so routing each stream to the new owners keeps every SKU's history in order.
     for (_, events) in &contents.shards {
         for event in events {
-            books[owner_of_event(event, shards)].apply(event);
+            books[owner_of_event(event, shards)]
+                .replay(event)
+                .map_err(RecoveryError::Inconsistent)?;
             replayed += 1;
         }
     }
