@@ -32,12 +32,9 @@ const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 /// Small, so that retention evicts closed orders (and their idempotency keys) in most runs.
 const RETAIN: usize = 3;
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/proptest_cases.rs"]
+mod proptest_cases;
+use proptest_cases::cases;
 
 /// One step of a run.
 #[derive(Debug, Clone)]

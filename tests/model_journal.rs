@@ -42,12 +42,9 @@ const LIMITS: BookLimits = BookLimits {
     closed_orders_per_sale: 2,
 };
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/proptest_cases.rs"]
+mod proptest_cases;
+use proptest_cases::cases;
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -11,12 +11,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use seckill::sale::segmented::SegmentedMap;
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/proptest_cases.rs"]
+mod proptest_cases;
+use proptest_cases::cases;
 
 #[derive(Debug, Clone)]
 enum Op {
