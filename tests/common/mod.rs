@@ -287,21 +287,13 @@ impl Server {
 
     /// Plain TCP connection with timeouts set.
     pub fn tcp_connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr()).unwrap_or_else(|e| {
+        connect_with_timeouts(self.port).unwrap_or_else(|e| {
             panic!(
                 "connect to {}: {e}; server output:\n{}",
                 self.addr(),
                 self.log()
             )
-        });
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .expect("set_read_timeout");
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .expect("set_write_timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        stream
+        })
     }
 
     /// A keep-alive HTTP client on a new connection.
@@ -537,19 +529,22 @@ pub struct Client {
     host: String,
 }
 
+/// A connection to `127.0.0.1:port` with the harness's I/O timeouts and no Nagle delay.
+fn connect_with_timeouts(port: u16) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl Client {
     /// A keep-alive client on a new connection to `127.0.0.1:port`, with the harness's I/O
     /// timeouts, for servers started without [`Server`]. Panics if the connect fails.
     #[track_caller]
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port))
+        let stream = connect_with_timeouts(port)
             .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .expect("set_read_timeout");
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .expect("set_write_timeout");
         Client::from_stream(stream, port)
     }
 
