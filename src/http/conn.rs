@@ -76,18 +76,20 @@ pub async fn serve_connection<H: Handler>(
     let mut out: Vec<u8> = Vec::new();
     // When the first byte of the request being assembled arrived; `None` between requests.
     let mut request_started: Option<Instant> = None;
-    // Whether the request being assembled was already allowed to send its body.
-    let mut body_admitted = false;
+    // The whole length of the request at the front of the buffer once it was allowed to send
+    // its body: until that many bytes are in, there is nothing to parse again (a body trickling
+    // in one byte at a time must not cost a head parse per byte).
+    let mut awaiting: Option<usize> = None;
     loop {
         let mut consumed = 0;
         let mut close = false;
         // Set when the output grew past its bound with requests still buffered: write, then
         // answer the rest before reading more.
         let mut more = false;
-        // The whole length of a request admitted to send its body, once the loop lets go of the
-        // buffer.
-        let mut awaited = None;
         while !close && !more {
+            if awaiting.is_some_and(|total| inbuf.len() < total) {
+                break;
+            }
             match parse(&inbuf.data()[consumed..]) {
                 Ok(Parsed::Complete(request, used)) => {
                     let request_id = RequestId::for_request(request.request_id);
@@ -102,26 +104,23 @@ pub async fn serve_connection<H: Handler>(
                         response.write_to(&mut out, shard_header, &request_id);
                     }
                     consumed += used;
-                    body_admitted = false;
+                    awaiting = None;
                     more = out.len() >= MAX_PENDING_OUTPUT;
                 }
                 Ok(Parsed::AwaitingBody(request, total)) => {
-                    if !body_admitted {
-                        let request_id = RequestId::for_request(request.request_id);
-                        match handler.admit_body(&request, &request_id) {
-                            Ok(()) => {
-                                body_admitted = true;
-                                awaited = Some(total);
-                                if request.expect_continue {
-                                    out.extend_from_slice(CONTINUE);
-                                }
+                    let request_id = RequestId::for_request(request.request_id);
+                    match handler.admit_body(&request, &request_id) {
+                        Ok(()) => {
+                            awaiting = Some(total);
+                            if request.expect_continue {
+                                out.extend_from_slice(CONTINUE);
                             }
-                            Err(response) => {
-                                response
-                                    .closing()
-                                    .write_to(&mut out, shard_header, &request_id);
-                                close = true;
-                            }
+                        }
+                        Err(response) => {
+                            response
+                                .closing()
+                                .write_to(&mut out, shard_header, &request_id);
+                            close = true;
                         }
                     }
                     break;
@@ -138,7 +137,7 @@ pub async fn serve_connection<H: Handler>(
         }
         let unread = inbuf.len() > consumed;
         inbuf.consume(consumed);
-        if let Some(total) = awaited {
+        if let Some(total) = awaiting {
             inbuf.reserve_for(total);
         }
         if consumed > 0 {
@@ -270,7 +269,10 @@ impl ReadBuffer {
         self.bytes.is_empty()
     }
 
+    /// Appends one read's bytes, growing the buffer exactly rather than by doubling: a head
+    /// that trickles in just past a power of two must not pin twice its size.
     fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.reserve_exact(bytes.len());
         self.bytes.extend_from_slice(bytes);
     }
 

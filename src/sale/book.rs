@@ -107,6 +107,12 @@ pub enum InconsistentEvent {
         /// Units the sale had left.
         remaining: u64,
     },
+    /// An order created a second time: applying it would take its stock twice.
+    #[error("order {order_id} is created twice")]
+    DuplicateOrder {
+        /// The order.
+        order_id: String,
+    },
     /// A cancellation or expiry that would return more units than the sale's stock.
     #[error("closing order {order_id} returns {quantity} units to {remaining} left of a stock of {stock}")]
     ReturnsTooMuch {
@@ -172,6 +178,13 @@ impl Book {
 
     fn check_replay(&self, event: &Event) -> Result<(), InconsistentEvent> {
         match event {
+            Event::OrderCreated { order, .. }
+                if self.orders.get(&order.order_id.unique).is_some() =>
+            {
+                return Err(InconsistentEvent::DuplicateOrder {
+                    order_id: order.order_id.to_string(),
+                });
+            }
             Event::OrderCreated { order, .. } if order.status.holds_stock() => {
                 let Some(ledger) = self.sales.get(&order.sku) else {
                     return Ok(());
@@ -691,7 +704,12 @@ mod tests {
         let mut replayed = Book::new(BookLimits::default());
         replayed.replay(&upsert).expect("the sale fits");
         replayed.replay(&created).expect("the order fits");
-        // The same order again would take two units the sale no longer has.
+        // The same order twice would take its stock twice.
+        assert!(matches!(
+            replayed.replay(&created),
+            Err(InconsistentEvent::DuplicateOrder { .. })
+        ));
+        // Another order for the same units would take two the sale no longer has.
         let mut twice = created.clone();
         if let Event::OrderCreated { order, .. } = &mut twice {
             order.order_id = OrderId::mint("sku", T0 + 2, &mut SmallRng::seed_from_u64(7));

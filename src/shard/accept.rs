@@ -134,29 +134,28 @@ pub async fn accept_until<S, C>(
             }
             // Answering takes a descriptor for a moment; past a few at once, just close.
             if refusing.get() < REFUSALS_PER_SHARD {
-                refusing.set(refusing.get() + 1);
-                let (header, refusing) = (Rc::clone(&context.shard_header), Rc::clone(&refusing));
+                let held = Held::take(&refusing);
+                let header = Rc::clone(&context.shard_header);
                 glommio::spawn_local(async move {
+                    let _held = held;
                     refuse_overloaded(stream, header).await;
-                    refusing.set(refusing.get() - 1);
                 })
                 .detach();
             }
             continue;
         }
-        shard.connections.set(shard.connections.get() + 1);
-        let (api, shard, header, close_idle) = (
+        let held = Held::take(&shard.connections);
+        let (api, header, close_idle) = (
             Rc::clone(&context.api),
-            Rc::clone(shard),
             Rc::clone(&context.shard_header),
             close_idle.clone(),
         );
         let limits = context.conn_limits;
         let served = gate.spawn(async move {
+            let _held = held;
             if let Err(error) = serve_connection(stream, &*api, limits, &header, close_idle).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
-            shard.connections.set(shard.connections.get() - 1);
         });
         if let Ok(task) = served {
             task.detach();
@@ -200,5 +199,23 @@ mod tests {
         }
         assert_eq!(limit.admit(start + Duration::from_millis(1000)), Some(96));
         assert_eq!(limit.admit(start + Duration::from_millis(1001)), None);
+    }
+}
+
+/// One unit of a shared count, given back when dropped: a connection counted against the cap
+/// comes off it however its task ends (finished, failed, or dropped unspawned because the gate
+/// was closing, or at executor exit).
+struct Held(Rc<Cell<usize>>);
+
+impl Held {
+    fn take(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Self(Rc::clone(count))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }

@@ -127,7 +127,7 @@ pub struct Shard<S> {
     /// Orders announcements so that a late one never undoes a newer one.
     flag_version: Cell<u64>,
     /// Open connections on this shard, checked against the per-shard cap.
-    pub connections: Cell<usize>,
+    pub connections: Rc<Cell<usize>>,
     /// What this shard has served, for `/metrics`.
     pub metrics: ShardMetrics,
     /// Node-wide readiness and shutdown state.
@@ -152,7 +152,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             expiry: RefCell::new(ExpiryQueue::new()),
             announced: RefCell::new(HashMap::new()),
             flag_version: Cell::new(0),
-            connections: Cell::new(0),
+            connections: Rc::new(Cell::new(0)),
             metrics: ShardMetrics::new(),
             node,
         }
