@@ -174,6 +174,24 @@ async fn refuse_overloaded(mut stream: TcpStream, shard_header: Rc<[u8]>) {
     let _ = stream.close().await;
 }
 
+/// One unit of a shared count, given back when dropped: a connection counted against the cap
+/// comes off it however its task ends (finished, failed, or dropped unspawned because the gate
+/// was closing, or at executor exit).
+struct Held(Rc<Cell<usize>>);
+
+impl Held {
+    fn take(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Self(Rc::clone(count))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,23 +217,5 @@ mod tests {
         }
         assert_eq!(limit.admit(start + Duration::from_millis(1000)), Some(96));
         assert_eq!(limit.admit(start + Duration::from_millis(1001)), None);
-    }
-}
-
-/// One unit of a shared count, given back when dropped: a connection counted against the cap
-/// comes off it however its task ends (finished, failed, or dropped unspawned because the gate
-/// was closing, or at executor exit).
-struct Held(Rc<Cell<usize>>);
-
-impl Held {
-    fn take(count: &Rc<Cell<usize>>) -> Self {
-        count.set(count.get() + 1);
-        Self(Rc::clone(count))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
     }
 }
