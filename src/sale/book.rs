@@ -146,7 +146,6 @@ impl Book {
         match command {
             Command::UpsertSale(sale) => self.upsert_sale(sale, now_ms),
             Command::GetSale(sku) => (self.view(&sku, now_ms).map(Outcome::Sale), None),
-            Command::ListSales => (Ok(Outcome::Sales(self.list(now_ms))), None),
             Command::Purchase(request) => self.purchase(request, now_ms),
             Command::GetOrder(id, requester) => {
                 let reply = self
@@ -305,13 +304,6 @@ impl Book {
     fn view(&self, sku: &str, now_ms: u64) -> Result<SaleView, SaleError> {
         let ledger = self.sales.get(sku).ok_or(SaleError::UnknownSale)?;
         Ok(ledger.view(now_ms))
-    }
-
-    fn list(&self, now_ms: u64) -> Vec<SaleView> {
-        self.sales
-            .values()
-            .map(|ledger| ledger.view(now_ms))
-            .collect()
     }
 
     fn upsert_sale(&mut self, sale: Sale, now_ms: u64) -> (Reply, Option<Event>) {

@@ -46,8 +46,6 @@ pub enum Command {
     UpsertSale(Sale),
     /// Read one sale with its live stock.
     GetSale(Box<str>),
-    /// Read every sale this owner holds.
-    ListSales,
     /// Try to buy.
     Purchase(PurchaseRequest),
     /// Read an order.
@@ -72,7 +70,7 @@ impl Command {
             Self::GetOrder(id, _) | Self::Pay(id, _) | Self::Cancel(id, _) | Self::Expire(id) => {
                 Some(&id.sku)
             }
-            Self::ListSales | Self::SetBlocked(..) => None,
+            Self::SetBlocked(..) => None,
         }
     }
 }
@@ -82,8 +80,6 @@ impl Command {
 pub enum Outcome {
     /// One sale.
     Sale(SaleView),
-    /// Several sales.
-    Sales(Vec<SaleView>),
     /// An order, after the command; `stock` is the SKU's stock afterwards when the command
     /// changed it, so the owner can tell every shard when a SKU sells out or comes back.
     Order {

@@ -85,23 +85,6 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn list_sales(&self) -> Reply {
-        let prefix = &self.0.prefix;
-        let client = self.now_or_never();
-        let client = &client;
-        let skus: Vec<String> = self
-            .retrying(|| client.smembers::<Vec<String>, _>(keys::sales(prefix)))
-            .await?;
-        let now = now_ms();
-        let mut views = Vec::new();
-        for sku in skus.iter().filter(|sku| self.owns(sku)) {
-            if let Some((sale, level)) = self.get_sale(sku).await? {
-                views.push(SaleView::new(&sale, level.remaining, level.seq, now));
-            }
-        }
-        Ok(Outcome::Sales(views))
-    }
-
     async fn get_order(&self, id: &OrderId, requester: &Requester) -> Reply {
         let keys = self.keys(&id.sku);
         let client = self.now_or_never();
@@ -200,7 +183,6 @@ impl RedisStore {
                 ))),
                 None => Err(SaleError::UnknownSale),
             },
-            Command::ListSales => self.list_sales().await,
             Command::Purchase(request) => batch::purchase(self, request).await,
             Command::GetOrder(id, requester) => self.get_order(&id, &requester).await,
             Command::Pay(id, user) => {
