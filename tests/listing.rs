@@ -224,3 +224,33 @@ fn healthz_while_listing() {
         bytes / lists.max(1)
     );
 }
+
+/// Listing is open to anyone and reads up to a page of sales from their owners, so a shard
+/// builds only so many pages a second: a pipelined burst gets cheap `429 too_many_pages` answers
+/// with `Retry-After`, and the shard lists again afterwards.
+#[test]
+fn a_burst_of_listings_is_refused_cheaply_and_listing_recovers() {
+    let s = Server::start(1, &[]);
+    s.open_sale("one", 10, 1);
+    let mut client = s.raw_connect();
+    let request = client.build_request("GET", "/v1/sales", &[], None);
+    // 300 back to back: refused unless the shard took 2.9 s to answer them, far slower than
+    // any box this runs on.
+    client.send_raw(&request.repeat(300));
+    let mut statuses = Vec::new();
+    for n in 0..300 {
+        let response = client.expect_response(&format!("pipelined listing {n}"));
+        if response.status == 429 {
+            assert_error(&response, 429, "too_many_pages");
+            assert!(response.header("retry-after").is_some(), "{response}");
+        }
+        statuses.push(response.status);
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&429), "300 back-to-back listings were all served");
+    let listed = poll(Duration::from_secs(60), || {
+        let response = s.client().get("/v1/sales");
+        (response.status == 200).then_some(response)
+    });
+    assert!(listed.is_some(), "listing never came back after the burst");
+}

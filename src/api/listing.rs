@@ -41,6 +41,7 @@ pub(super) async fn list<S: Store + 'static>(
     request: &Request<'_>,
 ) -> Result<Response, ApiError> {
     let query = parse_query(request.query)?;
+    let _page = api.pages.start()?;
     let page = api.shard.list_sales(query.after, query.limit).await?;
     json(
         200,

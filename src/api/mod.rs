@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod error;
+mod limiter;
 mod listing;
 mod orders;
 mod sales;
@@ -31,7 +32,16 @@ pub struct Api<S> {
     last_warning: Cell<Option<Instant>>,
     /// Failed requests not logged since then.
     warnings_suppressed: Cell<u64>,
+    /// Bounds `GET /metrics`, which makes every shard copy its metrics.
+    scrapes: limiter::Limiter,
+    /// Bounds `GET /v1/sales`, which reads up to a page of sales from their owners.
+    pages: limiter::Limiter,
 }
+
+/// Metrics scrapes one shard runs at once, and starts per second.
+const SCRAPES: (u32, f64) = (4, 20.0);
+/// Sale pages one shard builds at once, and starts per second (bursts of a tenth of that).
+const PAGES: (u32, f64) = (4, 100.0);
 
 impl<S: Store + 'static> Api<S> {
     /// The API for `shard`, checking callers with `auth`.
@@ -41,6 +51,18 @@ impl<S: Store + 'static> Api<S> {
             auth,
             last_warning: Cell::new(None),
             warnings_suppressed: Cell::new(0),
+            scrapes: limiter::Limiter::new(
+                "too_many_scrapes",
+                "too many metrics scrapes on this shard; retry shortly",
+                SCRAPES.0,
+                SCRAPES.1,
+            ),
+            pages: limiter::Limiter::new(
+                "too_many_pages",
+                "too many sale listings on this shard; retry shortly",
+                PAGES.0,
+                PAGES.1,
+            ),
         }
     }
 

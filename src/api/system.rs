@@ -28,23 +28,9 @@ pub(super) fn ready<S: Store + 'static>(shard: &Shard<S>) -> Result<Response, Ap
     }
 }
 
-/// Scrapes one shard serves at once (the rate is bounded too, see
-/// [`SCRAPES_PER_SECOND`](crate::metrics::recorder::SCRAPES_PER_SECOND)). Each asks every shard
-/// for a copy of its metrics, so an unbounded number would let anyone with network access make
-/// every shard do work on demand.
-const MAX_CONCURRENT_SCRAPES: u32 = 4;
-
 /// `GET /metrics`: every shard's metrics, merged, in Prometheus text format.
 pub(super) async fn metrics<S: Store + 'static>(api: &Api<S>) -> Result<Response, ApiError> {
-    let Some(_scrape) = api.shard.metrics.try_start_scrape(MAX_CONCURRENT_SCRAPES) else {
-        let mut error = ApiError::new(
-            429,
-            "too_many_scrapes",
-            "too many metrics scrapes on this shard; retry shortly",
-        );
-        error.retry_after_secs = Some(1);
-        return Err(error);
-    };
+    let _scrape = api.scrapes.start()?;
     let shards = api.shard.scrape().await;
     if shards.len() < api.shard.count {
         // Summing counters over fewer shards would look like a counter reset to Prometheus;

@@ -2,16 +2,9 @@
 //! the request path pays no lock and no atomic; other shards only ever see a [`ShardSnapshot`].
 
 use std::cell::{Cell, RefCell};
-use std::time::Instant;
 
 use super::distribution::{Distribution, DistributionSnapshot};
 use super::Route;
-use crate::sale::admission::TokenBucket;
-
-/// Scrapes a shard starts per second (bursts of a tenth of a second's worth, at least 1). Each
-/// one makes every shard copy its metrics, so anyone who can reach `/metrics` could otherwise keep
-/// all shards busy with it.
-pub const SCRAPES_PER_SECOND: f64 = 20.0;
 
 /// Cross-shard message kinds, counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +50,6 @@ pub struct ShardMetrics {
     messages_sent: [Cell<u64>; MessageKind::ALL.len()],
     /// Commands this shard is running as owner (its own and its peers'): the owner's queue.
     owner_in_flight: Cell<u64>,
-    /// Requests whose answers are being assembled across shards right now (scrapes).
-    scrapes_in_flight: Cell<u32>,
-    /// Admits scrapes at [`SCRAPES_PER_SECOND`].
-    scrape_budget: RefCell<TokenBucket>,
     /// Connections turned away at accept because the shard was at its connection cap.
     connections_refused: Cell<u64>,
 }
@@ -79,8 +68,6 @@ impl ShardMetrics {
             purchase_outcomes: RefCell::new(Vec::new()),
             messages_sent: Default::default(),
             owner_in_flight: Cell::new(0),
-            scrapes_in_flight: Cell::new(0),
-            scrape_budget: RefCell::new(TokenBucket::new(SCRAPES_PER_SECOND, Instant::now())),
             connections_refused: Cell::new(0),
         }
     }
@@ -127,20 +114,6 @@ impl ShardMetrics {
         InFlight(&self.owner_in_flight)
     }
 
-    /// Starts a scrape unless `limit` are already running here or the scrape rate is spent.
-    pub fn try_start_scrape(&self, limit: u32) -> Option<ScrapeGuard<'_>> {
-        let running = self.scrapes_in_flight.get();
-        if running >= limit {
-            return None;
-        }
-        self.scrape_budget
-            .borrow_mut()
-            .try_take(Instant::now())
-            .ok()?;
-        self.scrapes_in_flight.set(running + 1);
-        Some(ScrapeGuard(&self.scrapes_in_flight))
-    }
-
     /// A copy of everything, to send to the scraping shard.
     pub fn snapshot(&self) -> RequestSnapshot {
         let routes = self.routes.borrow();
@@ -171,16 +144,6 @@ fn bump<K: PartialEq + Copy>(counts: &mut Vec<(K, u64)>, key: K) {
 pub struct InFlight<'a>(&'a Cell<u64>);
 
 impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
-}
-
-/// Ends a scrape when dropped.
-#[derive(Debug)]
-pub struct ScrapeGuard<'a>(&'a Cell<u32>);
-
-impl Drop for ScrapeGuard<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
     }
@@ -241,15 +204,5 @@ mod tests {
         assert_eq!(snapshot.messages_sent, [0, 1, 0]);
         assert_eq!(snapshot.owner_in_flight, 1);
         assert_eq!(metrics.snapshot().owner_in_flight, 0);
-    }
-
-    #[test]
-    fn scrapes_are_bounded() {
-        let metrics = ShardMetrics::new();
-        let first = metrics.try_start_scrape(1);
-        assert!(first.is_some());
-        assert!(metrics.try_start_scrape(1).is_none());
-        drop(first);
-        assert!(metrics.try_start_scrape(1).is_some());
     }
 }
