@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seckill::http::request::{parse, Parsed, MAX_BODY_BYTES};
+use seckill::http::request::{parse, Parsed, MAX_BODY_BYTES, MAX_HEAD_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
@@ -23,6 +23,14 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(body_start + request.body.len(), used);
                 assert!(!request.has_length || body_start <= used);
                 rest = &rest[used..];
+            }
+            Ok(Parsed::AwaitingBody(_, total)) => {
+                // The head is in and the body is not: the whole request must be longer than
+                // what is buffered (else it would be complete) and within the size limits, since
+                // the connection reserves exactly `total` bytes for it.
+                assert!(total > rest.len(), "awaiting {total} with {} in", rest.len());
+                assert!(total <= MAX_HEAD_BYTES + MAX_BODY_BYTES);
+                break;
             }
             Ok(Parsed::Partial) | Err(_) => break,
         }
