@@ -264,6 +264,9 @@ fn stock_returned_on_one_node_is_sold_again_through_another() {
     );
 }
 
+/// What a node logs when its Redis calls fail for want of Redis (`src/store/redis/calls.rs`).
+const REDIS_UNREACHABLE: &str = "redis circuit breaker opened";
+
 /// `seckill serve` on `port` with one shard and `redis_url`, spawned directly (not through
 /// `Server::start`, which waits for a 200 from `/readyz` that cannot come before Redis does).
 fn spawn_node(port: u16, redis_url: &str, data_dir: &std::path::Path) -> process::Spawned {
@@ -294,8 +297,9 @@ fn a_node_started_before_redis_comes_up_by_itself() {
     let port = pick_port();
     let data_dir = fresh_data_dir();
     let mut node = spawn_node(port, &redis.url(), &data_dir);
-    // The node is up without Redis: it listens and says it is not ready. Only then does Redis
-    // start, so the node must find it by itself.
+    // The node is up without Redis: it listens, says it is not ready, and has found Redis
+    // unreachable (a 503 alone could be a node still starting). Only then does Redis start, so
+    // the node must find it by itself.
     let mut last = String::from("no answer yet");
     let not_ready = poll(process::READY_BOUND, || {
         assert!(node.is_running(), "the node exited without Redis");
@@ -303,22 +307,24 @@ fn a_node_started_before_redis_comes_up_by_itself() {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()?,
             port,
         );
-        match client.try_request("GET", "/readyz", &[], None) {
-            Ok(response) if response.status == 503 => Some(()),
+        let status = match client.try_request("GET", "/readyz", &[], None) {
             Ok(response) => {
                 assert_ne!(response.status, 200, "ready without Redis: {response}");
                 last = response.to_string();
-                None
+                response.status
             }
             Err(error) => {
                 last = error.to_string();
-                None
+                return None;
             }
-        }
+        };
+        let output = format!("{}{}", node.stderr(), node.stdout());
+        (status == 503 && output.contains(REDIS_UNREACHABLE)).then_some(())
     });
     if not_ready.is_none() {
         node.fail(&format!(
-            "/readyz never answered 503 while Redis was down within {:?} (last: {last})",
+            "within {:?}, /readyz did not answer 503 with {REDIS_UNREACHABLE:?} in the log while \
+             Redis was down (last /readyz: {last})",
             process::READY_BOUND
         ));
     }
