@@ -264,23 +264,78 @@ fn stock_returned_on_one_node_is_sold_again_through_another() {
     );
 }
 
+/// What a node logs when its Redis calls fail for want of Redis (`src/store/redis/calls.rs`).
+const REDIS_UNREACHABLE: &str = "redis circuit breaker opened";
+
+/// `seckill serve` on `port` with one shard and `redis_url`, spawned directly (not through
+/// `Server::start`, which waits for a 200 from `/readyz` that cannot come before Redis does).
+fn spawn_node(port: u16, redis_url: &str, data_dir: &std::path::Path) -> process::Spawned {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["serve", "--redis", redis_url, "--shards", "1"])
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir);
+    // Hermetic, as `Server::start_in` is: no SECKILL_* settings leak in from the environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SECKILL_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", SECRET)
+        .env("RUST_LOG", "warn");
+    process::Spawned::spawn(&mut command)
+}
+
 #[test]
 fn a_node_started_before_redis_comes_up_by_itself() {
     let mut redis = RedisServer::start(&[]);
     redis.kill9();
-    let url = redis.url();
-    let starter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(1));
-        redis.restart();
-        redis
+    let port = pick_port();
+    let data_dir = fresh_data_dir();
+    let mut node = spawn_node(port, &redis.url(), &data_dir);
+    // The node is up without Redis: it listens, says it is not ready, and has found Redis
+    // unreachable (a 503 alone could be a node still starting). Only then does Redis start, so
+    // the node must find it by itself.
+    let mut last = String::from("no answer yet");
+    let not_ready = poll(process::READY_BOUND, || {
+        assert!(node.is_running(), "the node exited without Redis");
+        let mut client = Client::from_stream(
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?,
+            port,
+        );
+        let status = match client.try_request("GET", "/readyz", &[], None) {
+            Ok(response) => {
+                assert_ne!(response.status, 200, "ready without Redis: {response}");
+                last = response.to_string();
+                response.status
+            }
+            Err(error) => {
+                last = error.to_string();
+                return None;
+            }
+        };
+        let output = format!("{}{}", node.stderr(), node.stdout());
+        (status == 503 && output.contains(REDIS_UNREACHABLE)).then_some(())
     });
-    // `Server::start` waits for /readyz: it turns 200 only once Redis answers.
-    let node = Server::start(1, &["--redis", &url]);
-    let _redis = starter.join().expect("redis restarted");
-    let mut client = node.client();
+    if not_ready.is_none() {
+        node.fail(&format!(
+            "within {:?}, /readyz did not answer 503 with {REDIS_UNREACHABLE:?} in the log while \
+             Redis was down (last /readyz: {last})",
+            process::READY_BOUND
+        ));
+    }
+    redis.restart();
+    node.wait_ready(port);
+    let mut client = Client::connect(port);
     client.create_sale("late", &sale_spec(3, 1));
     client.buy("late", &tok("late-1"), 1);
     assert_eq!(client.remaining("late"), 2);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[test]

@@ -49,6 +49,8 @@ struct Ledger {
 
 #[derive(Debug, Clone)]
 struct StreamEvent {
+    /// The entry's ID, `<ms>-<seq>`: Redis' clock when it was added (the scripts XADD with `*`).
+    id: String,
     event: String,
     order_id: String,
     user_id: String,
@@ -82,6 +84,7 @@ fn ledger(port: u16, sku: &str) -> Ledger {
                     .unwrap_or_else(|| panic!("stream entry {entry} without {name:?}: {fields:?}"))
             };
             StreamEvent {
+                id: entry.clone(),
                 event: field("event"),
                 order_id: field("order_id"),
                 user_id: field("user_id"),
@@ -99,6 +102,15 @@ fn ledger(port: u16, sku: &str) -> Ledger {
         orders,
         events,
     }
+}
+
+/// The milliseconds part of a stream entry ID (`<ms>-<seq>`).
+#[track_caller]
+fn entry_ms(id: &str) -> i64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("stream entry ID {id:?} is not <ms>-<seq>"))
 }
 
 /// order id → the `event` field of each of its stream entries, in stream order.
@@ -165,6 +177,8 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
          (is the machine so slow that {SURVIVOR_TIMEOUT_MS} ms passed during {N} purchases?)"
     );
     a.kill9();
+    // A is reaped: anything it added to the stream has an entry ID at or before this.
+    let killed_at = now_ms();
 
     let mut cb = b.client();
     let mut last = None;
@@ -198,6 +212,18 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
         "expected exactly {N} `expired` events in {}, got {}; events by order: {by_order:?}",
         key(sku, "events"),
         expired.len(),
+    );
+    // A deadline may pass between the precondition read and the kill, and A could expire an
+    // order in that gap: then B proved nothing about it. Every expiry must be newer than A's
+    // death (stream IDs come from Redis' clock, the same machine's clock as `killed_at`).
+    let by_a: Vec<&StreamEvent> = expired
+        .iter()
+        .copied()
+        .filter(|e| entry_ms(&e.id) <= killed_at)
+        .collect();
+    assert!(
+        by_a.is_empty(),
+        "expired at or before A was killed (ms {killed_at}), so not by the surviving node: {by_a:?}"
     );
     let expected_ids: BTreeSet<&String> = bought.keys().collect();
     let seen_ids: BTreeSet<&String> = by_order.keys().collect();
@@ -544,6 +570,8 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
         common::edge::wait_until_open(&servers, sku, WAIT);
     }
 
+    // Retries through the other node refused 403 limit_exceeded.
+    let mut limited_on_retry = 0;
     // (sku, user, order id) of every 201, including any on a shopper's retry via the other node.
     let sold: Vec<(String, String, String)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
@@ -554,6 +582,7 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
                     let mut ch = home.client();
                     let mut co = other.client();
                     let mut sold = Vec::new();
+                    let mut limited = 0usize;
                     for j in 0.. {
                         assert!(j < 1000, "{sku}: thread {t} never saw sold_out");
                         let user = format!("shopper-{t}-{j}");
@@ -568,22 +597,33 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
                         let r = co.purchase(&sku, &token, Some(1), None);
                         match (r.status, r.error_code().as_deref()) {
                             (201, _) => sold.push((sku.clone(), user.clone(), order_id(&r.json()))),
-                            (403, Some("limit_exceeded")) | (409, Some("sold_out")) => {}
+                            (403, Some("limit_exceeded")) => limited += 1,
+                            (409, Some("sold_out")) => {}
                             _ => panic!(
                                 "{sku}: second purchase for {user} via port {}: {r}",
                                 other.port
                             ),
                         }
                     }
-                    sold
+                    (sold, limited)
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("shopper thread panicked"))
-            .collect()
+        let mut sold = Vec::new();
+        for handle in handles {
+            let (mine, limited) = handle.join().expect("shopper thread panicked");
+            sold.extend(mine);
+            limited_on_retry += limited;
+        }
+        sold
     });
+    // The retries through the other node met the per-user limit held in Redis: the shared limit
+    // was exercised, not only stock running out.
+    assert!(
+        limited_on_retry > 0,
+        "no retry through the other node was refused 403 limit_exceeded ({} sold)",
+        sold.len()
+    );
 
     for (sku, owner) in &skus {
         let mine: Vec<&(String, String, String)> =

@@ -82,11 +82,14 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 // Mounting
 // ---------------------------------------------------------------------------
 
-/// Mounts a fresh power-cut disk, or explains why not: `SKIPPED` when FUSE is unavailable and
-/// `SECKILL_REQUIRE_FUSE` is unset, a failure when it is set.
-fn mount_or_skip(test: &str) -> Option<PowerCutFs> {
+/// Mounts a fresh power-cut disk, or explains why not: a recorded skip when FUSE is unavailable
+/// and `SECKILL_REQUIRE_FUSE` is unset, a failure when it is set. First unmounts what a killed
+/// earlier run left mounted.
+fn mount_or_skip() -> Option<PowerCutFs> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    powercut_fs::unmount_stale(&parent);
+    let dir = parent.join(format!(
         "powercut-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
@@ -101,11 +104,7 @@ fn mount_or_skip(test: &str) -> Option<PowerCutFs> {
                  and root or fusermount3 (Debian package fuse3)",
                 dir.display()
             );
-            if std::env::var_os("SECKILL_REQUIRE_FUSE").is_some() {
-                panic!("SECKILL_REQUIRE_FUSE is set but {why}");
-            }
-            // Straight to stderr, past the harness's capture of `eprintln!`: a skip must show.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+            skip_unless_required("SECKILL_REQUIRE_FUSE", &why);
             None
         }
     }
@@ -241,9 +240,12 @@ fn run(fs: &PowerCutFs, durability: &str, cuts: &[Cut]) -> (Vec<RoundReport>, po
         let mut report = RoundReport::new(cut);
         let dropped = fs.last_cut();
         report.cut_segment_data = dropped.iter().any(|name| name.starts_with("seg-"));
+        let mut failures = Vec::new();
         for worker in workers {
             let seen = worker.join().expect("shopper thread panicked");
             report.unanswered += seen.unanswered;
+            report.failed_before_cut += seen.failed_before_cut;
+            failures.extend(seen.failures);
             for acked in seen.acked {
                 report.acked_orders += 1;
                 report.acked_before_cut += usize::from(acked.before_cut);
@@ -251,6 +253,14 @@ fn run(fs: &PowerCutFs, durability: &str, cuts: &[Cut]) -> (Vec<RoundReport>, po
                 ledger.push(acked);
             }
         }
+        // A request that failed before the cut is a bug, and would otherwise pass for evidence
+        // that the cut caught requests in flight.
+        assert_eq!(
+            report.failed_before_cut,
+            0,
+            "round {round}: requests failed before the power cut: {failures:#?}; server output:\n{}",
+            server.log()
+        );
         fs.power_on().expect("power the disk back on");
         if let Some(to) = std::env::var_os("POWERCUT_EVIDENCE") {
             let to = PathBuf::from(to).join(format!("{durability}-round-{round}"));
@@ -298,7 +308,7 @@ fn run(fs: &PowerCutFs, durability: &str, cuts: &[Cut]) -> (Vec<RoundReport>, po
 #[test]
 fn the_disk_keeps_only_what_was_synced() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(fs) = mount_or_skip("the_disk_keeps_only_what_was_synced") else {
+    let Some(fs) = mount_or_skip() else {
         return;
     };
     let root = fs.path().to_path_buf();
@@ -367,7 +377,7 @@ fn the_disk_keeps_only_what_was_synced() {
 #[test]
 fn sync_loses_nothing_acknowledged_in_a_power_cut() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(fs) = mount_or_skip("sync_loses_nothing_acknowledged_in_a_power_cut") else {
+    let Some(fs) = mount_or_skip() else {
         return;
     };
     let (reports, stats) = run(&fs, "sync", &SYNC_ROUNDS);
@@ -400,7 +410,7 @@ fn sync_loses_nothing_acknowledged_in_a_power_cut() {
 #[test]
 fn none_loses_acknowledged_orders_in_a_power_cut() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(fs) = mount_or_skip("none_loses_acknowledged_orders_in_a_power_cut") else {
+    let Some(fs) = mount_or_skip() else {
         return;
     };
     let (reports, _) = run(&fs, "none", &NONE_ROUNDS);

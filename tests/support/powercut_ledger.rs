@@ -59,8 +59,29 @@ pub struct Acked {
 pub struct Seen {
     /// Its acknowledged orders.
     pub acked: Vec<Acked>,
-    /// Requests that got no 2xx: refused after the cut, or cut off by the kill.
+    /// Requests that got no 2xx after the cut began: refused by the dead disk, or cut off by
+    /// the kill. Only these are evidence that the cut caught requests in flight.
     pub unanswered: usize,
+    /// Requests that failed (no answer, or not the 2xx they should get) while no cut was under
+    /// way: a bug, never evidence of the cut.
+    pub failed_before_cut: usize,
+    /// A few of those failures, for the failure message.
+    pub failures: Vec<String>,
+}
+
+impl Seen {
+    /// Counts a request that got no 2xx: `what` went wrong. Before the cut it is a failure;
+    /// after, evidence that the cut caught a request.
+    fn failed(&mut self, cutting: &AtomicBool, what: impl FnOnce() -> String) {
+        if cutting.load(Ordering::SeqCst) {
+            self.unanswered += 1;
+        } else {
+            self.failed_before_cut += 1;
+            if self.failures.len() < 5 {
+                self.failures.push(what());
+            }
+        }
+    }
 }
 
 /// Buys on `skus` as one shopper until the server dies or `stop` is set; pays or cancels a third
@@ -76,11 +97,17 @@ pub fn shop(
 ) -> Seen {
     let mut seen = Seen::default();
     let token = tok(&format!("powercut-{worker}"));
-    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return seen;
-    };
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    // Shoppers start before the cut, on a server that answered /readyz: a refused connect is a
+    // failure, not a shopper with nothing to report.
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|error| {
+        panic!("shopper {worker} of round {round}: connect to 127.0.0.1:{port}: {error}")
+    });
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set a read timeout");
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set a write timeout");
     let mut client = Client::from_stream(stream, port);
     let auth = format!("Bearer {token}");
     let headers = [("Authorization", auth.as_str())];
@@ -88,13 +115,16 @@ pub fn shop(
     while !stop.load(Ordering::SeqCst) {
         let sku = &skus[rng.gen_range(0..skus.len())];
         let path = format!("/v1/sales/{sku}/purchase");
-        let Ok(response) = client.try_request("POST", &path, &headers, Some("")) else {
-            seen.unanswered += 1;
-            break;
+        let response = match client.try_request("POST", &path, &headers, Some("")) {
+            Ok(response) => response,
+            Err(error) => {
+                seen.failed(cutting, || format!("POST {path}: {error}"));
+                break;
+            }
         };
         let before_cut = !cutting.load(Ordering::SeqCst);
         if response.status != 201 {
-            seen.unanswered += 1;
+            seen.failed(cutting, || format!("POST {path}: {response}"));
             continue;
         }
         let mut acked = Acked {
@@ -116,9 +146,9 @@ pub fn shop(
             acked.expect = Expect::PendingOr(status);
             match client.try_request("POST", &path, &headers, None) {
                 Ok(response) if response.status == 200 => acked.expect = Expect::Exactly(status),
-                Ok(_) => seen.unanswered += 1,
-                Err(_) => {
-                    seen.unanswered += 1;
+                Ok(response) => seen.failed(cutting, || format!("POST {path}: {response}")),
+                Err(error) => {
+                    seen.failed(cutting, || format!("POST {path}: {error}"));
                     seen.acked.push(acked);
                     break;
                 }
@@ -146,8 +176,11 @@ pub struct RoundReport {
     pub acked_before_cut: usize,
     /// Pays and cancels acknowledged (200) in the round.
     pub acked_transitions: usize,
-    /// Requests without a 2xx: refused after the cut, or cut off by the kill.
+    /// Requests without a 2xx after the cut began: refused after the cut, or cut off by the
+    /// kill.
     pub unanswered: usize,
+    /// Requests that failed while no cut was under way (must be 0).
+    pub failed_before_cut: usize,
     /// Orders acknowledged in this round that a restart no longer knows.
     pub lost_orders: usize,
     /// ...of which the 201 was read before the cut began.
@@ -168,6 +201,7 @@ impl RoundReport {
             acked_before_cut: 0,
             acked_transitions: 0,
             unanswered: 0,
+            failed_before_cut: 0,
             lost_orders: 0,
             lost_before_cut: 0,
             wrong_status: 0,

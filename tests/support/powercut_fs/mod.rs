@@ -111,6 +111,88 @@ impl PowerCutFs {
     }
 }
 
+/// Unmounts, best effort, every `powercut-<pid>-<n>` mount directly under `parent` left by an
+/// earlier test run that was killed before its drop could unmount (its pid no longer runs). Such
+/// a mount's server is gone, so any access to it fails with `ENOTCONN`. Live runs' mounts, ours
+/// included, are left alone.
+pub fn unmount_stale(parent: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in mountinfo.lines() {
+        // Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+        let Some(escaped) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let mountpoint = PathBuf::from(unescape_mountinfo(escaped));
+        if mountpoint.parent() != Some(parent) {
+            continue;
+        }
+        let Some(name) = mountpoint.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("powercut-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // fusermount3 works unprivileged; as root, a lazy umount does too. Either may be
+        // missing or refuse: the mount below then fails or skips with its own message.
+        let unmounted = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&mountpoint)
+            .output()
+            .is_ok_and(|out| out.status.success())
+            || std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&mountpoint)
+                .output()
+                .is_ok_and(|out| out.status.success());
+        if unmounted {
+            eprintln!(
+                "unmounted a stale power-cut disk at {}",
+                mountpoint.display()
+            );
+            let _ = std::fs::remove_dir(&mountpoint);
+        } else {
+            eprintln!(
+                "could not unmount the stale power-cut disk at {}",
+                mountpoint.display()
+            );
+        }
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let digits = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(digits, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl Drop for PowerCutFs {
     fn drop(&mut self) {
         // fuser unmounts with umount2(MNT_DETACH), or `fusermount3 -u` when not root. The serving
