@@ -247,7 +247,10 @@ fn a_burst_of_listings_is_refused_cheaply_and_listing_recovers() {
         statuses.push(response.status);
     }
     assert!(statuses.contains(&200), "{statuses:?}");
-    assert!(statuses.contains(&429), "300 back-to-back listings were all served");
+    assert!(
+        statuses.contains(&429),
+        "300 back-to-back listings were all served"
+    );
     let listed = poll(Duration::from_secs(60), || {
         let response = s.client().get("/v1/sales");
         (response.status == 200).then_some(response)
