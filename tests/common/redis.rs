@@ -120,7 +120,9 @@ impl RedisServer {
         self.child = Some(child);
         let started = Instant::now();
         let mut last = String::from("no answer yet");
-        while started.elapsed() < REDIS_BOUND {
+        loop {
+            // Checked before giving up too: a probe of a port held by a process that never
+            // answers takes its whole timeout, and our child may have exited meanwhile.
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 let log = self.log();
                 let this_spawn = log.get(log_start..).unwrap_or(&log);
@@ -133,11 +135,17 @@ impl RedisServer {
                 }
                 return Err(SpawnError::Other(why));
             }
+            if started.elapsed() >= REDIS_BOUND {
+                return Err(SpawnError::Other(format!(
+                    "redis-server on port {} did not answer within {REDIS_BOUND:?} (last: {last}); log:\n{}",
+                    self.port,
+                    self.log()
+                )));
+            }
             // Another process that holds the port may answer too: only our child counts. INFO
             // answers while an AOF still loads, PING only once it has.
-            match self.query::<String>(&["INFO", "server"]) {
-                Ok(info) if server_pid(&info) == Some(pid) => match self.query::<String>(&["PING"])
-                {
+            match probe(self.port, &["INFO", "server"]) {
+                Ok(info) if server_pid(&info) == Some(pid) => match probe(self.port, &["PING"]) {
                     Ok(pong) if pong == "PONG" => return Ok(()),
                     Ok(other) => last = other,
                     Err(e) => last = e.to_string(),
@@ -147,11 +155,6 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(SpawnError::Other(format!(
-            "redis-server on port {} did not answer within {REDIS_BOUND:?} (last: {last}); log:\n{}",
-            self.port,
-            self.log()
-        )))
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -239,11 +242,26 @@ fn server_pid(info: &str) -> Option<u32> {
 
 /// A connection to `127.0.0.1:port` with [`REDIS_BOUND`] on connect, reads and writes.
 pub fn connect(port: u16) -> RedisResult<::redis::Connection> {
+    connect_within(port, REDIS_BOUND)
+}
+
+/// A connection to `127.0.0.1:port` with `bound` on connect, reads and writes.
+fn connect_within(port: u16, bound: Duration) -> RedisResult<::redis::Connection> {
     let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let connection = client.get_connection_with_timeout(REDIS_BOUND)?;
-    connection.set_read_timeout(Some(REDIS_BOUND))?;
-    connection.set_write_timeout(Some(REDIS_BOUND))?;
+    let connection = client.get_connection_with_timeout(bound)?;
+    connection.set_read_timeout(Some(bound))?;
+    connection.set_write_timeout(Some(bound))?;
     Ok(connection)
+}
+
+/// One startup probe: a short timeout, so whatever else holds the port cannot stall the wait
+/// for our own server's exit.
+fn probe(port: u16, args: &[&str]) -> RedisResult<String> {
+    let mut command = ::redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    command.query(&mut connect_within(port, Duration::from_secs(2))?)
 }
 
 /// One command to `127.0.0.1:port` on a fresh connection. Redis Cluster `MOVED` redirections
