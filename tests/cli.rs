@@ -5,24 +5,24 @@ mod common;
 
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::process::{run, Ran, Spawned};
+use common::process::{run, run_serve, seckill_cmd, Ran, Spawned};
 use common::*;
 use nix::sys::signal::Signal;
 
-/// A `seckill` command with no SECKILL_* or RUST_LOG settings inherited from the environment.
-fn seckill() -> Command {
-    let mut cmd = Command::new(BIN);
-    // Each process gets its own journal directory.
-    cmd.env("SECKILL_DATA_DIR", fresh_data_dir());
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("SECKILL_") || key == "RUST_LOG" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.stdin(Stdio::null());
+/// The harness's `seckill` command without its secrets: dev mode unless a test sets them.
+fn without_secrets() -> Command {
+    let mut cmd = seckill_cmd();
+    cmd.env_remove("SECKILL_ADMIN_TOKEN")
+        .env_remove("SECKILL_TOKEN_SECRET");
+    cmd
+}
+
+/// [`without_secrets`], keeping its journal in `data_dir`.
+fn seckill(data_dir: &ScratchDir) -> Command {
+    let mut cmd = without_secrets();
+    cmd.env("SECKILL_DATA_DIR", data_dir.path());
     cmd
 }
 
@@ -33,18 +33,19 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// Runs `serve` expecting it to refuse to start; returns its output.
-fn serve_refuses(args: &[&str], envs: &[(&str, &str)]) -> Ran {
-    let mut cmd = seckill();
-    cmd.arg("serve").args(args);
-    for (key, value) in envs {
-        cmd.env(key, value);
-    }
-    let output = run(&mut cmd);
+/// Runs `serve ARGS` with `envs` (and no secrets unless given) on a fresh port and data dir,
+/// expecting it to refuse to start with exit code `code` (2: bad config, 1: failed at startup);
+/// returns its output. A server that starts anyway is killed after the harness's bound, so the
+/// test fails instead of hanging.
+#[track_caller]
+fn serve_refuses(args: &[&str], envs: &[(&str, &str)], code: i32) -> Ran {
+    let mut cmd = without_secrets();
+    cmd.envs(envs.iter().copied());
+    let output = run_serve(cmd, args);
     assert_eq!(
         output.status.code(),
-        Some(2),
-        "serve {args:?} should exit 2"
+        Some(code),
+        "serve {args:?} should exit {code}"
     );
     output
 }
@@ -53,10 +54,10 @@ fn stderr_of(output: &Ran) -> String {
     output.stderr()
 }
 
-/// Spawns `serve --shards 2` on `port` with `envs`; its output is kept (and printed if the test
-/// fails), and it is killed when dropped.
-fn spawn_two_shards(port: u16, envs: &[(&str, &str)]) -> Spawned {
-    let mut cmd = seckill();
+/// Spawns `serve --shards 2` on `port` in `data_dir` with `envs`; its output is kept (and
+/// printed if the test fails), and it is killed when dropped (drop it before `data_dir`).
+fn spawn_two_shards(port: u16, data_dir: &ScratchDir, envs: &[(&str, &str)]) -> Spawned {
+    let mut cmd = seckill(data_dir);
     cmd.args([
         "serve",
         "--shards",
@@ -73,24 +74,24 @@ fn spawn_two_shards(port: u16, envs: &[(&str, &str)]) -> Spawned {
 #[test]
 fn bad_config_is_refused_with_the_key_named() {
     let unknown = temp_file("unknown.toml", "listen = \"127.0.0.1:1\"\nshardz = 2\n");
-    let out = serve_refuses(&["--config", unknown.to_str().unwrap()], &[]);
+    let out = serve_refuses(&["--config", unknown.to_str().unwrap()], &[], 2);
     assert!(stderr_of(&out).contains("shardz"), "{}", stderr_of(&out));
 
     let zero = temp_file("zero.toml", "shards = 0\n");
-    let out = serve_refuses(&["--config", zero.to_str().unwrap()], &[]);
+    let out = serve_refuses(&["--config", zero.to_str().unwrap()], &[], 2);
     assert!(stderr_of(&out).contains("`shards`"), "{}", stderr_of(&out));
 
-    let out = serve_refuses(&["--listen", "not-an-address"], &[]);
+    let out = serve_refuses(&["--listen", "not-an-address"], &[], 2);
     assert!(stderr_of(&out).contains("`listen`"), "{}", stderr_of(&out));
 
-    let out = serve_refuses(&["--idle-timeout-ms", "5"], &[]);
+    let out = serve_refuses(&["--idle-timeout-ms", "5"], &[], 2);
     assert!(
         stderr_of(&out).contains("`idle_timeout_ms`"),
         "{}",
         stderr_of(&out)
     );
 
-    let out = serve_refuses(&[], &[("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let out = serve_refuses(&[], &[("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)], 2);
     assert!(
         stderr_of(&out).contains("`token_secret`"),
         "{}",
@@ -101,14 +102,14 @@ fn bad_config_is_refused_with_the_key_named() {
         ("SECKILL_ADMIN_TOKEN", "short"),
         ("SECKILL_TOKEN_SECRET", SECRET),
     ];
-    let out = serve_refuses(&[], &short);
+    let out = serve_refuses(&[], &short, 2);
     assert!(
         stderr_of(&out).contains("`admin_token`"),
         "{}",
         stderr_of(&out)
     );
 
-    let out = serve_refuses(&["--log-format", "xml"], &[]);
+    let out = serve_refuses(&["--log-format", "xml"], &[], 2);
     assert!(
         stderr_of(&out).contains("`log_format`"),
         "{}",
@@ -121,7 +122,8 @@ fn bad_config_is_refused_with_the_key_named() {
 
 /// Starts `serve` with the given flags/env/file and reports which of three ports it listens on.
 fn listening_port(flag: Option<u16>, env: Option<u16>, file: Option<u16>) -> u16 {
-    let mut cmd = seckill();
+    let data_dir = ScratchDir::new();
+    let mut cmd = seckill(&data_dir);
     cmd.args(["serve", "--shards", "1"]);
     cmd.env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN);
     cmd.env("SECKILL_TOKEN_SECRET", SECRET);
@@ -170,7 +172,8 @@ fn flags_beat_env_beat_file() {
 #[test]
 fn dev_mode_prints_working_credentials() {
     let port = pick_port();
-    let mut server = spawn_two_shards(port, &[]);
+    let data_dir = ScratchDir::new();
+    let mut server = spawn_two_shards(port, &data_dir, &[]);
     server.wait_ready(port);
     let stderr = server.stderr();
     let value_of = |key: &str| {
@@ -218,7 +221,8 @@ fn sigterm_and_sigint_drain_and_exit_zero() {
             ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
             ("SECKILL_TOKEN_SECRET", SECRET),
         ];
-        let mut server = spawn_two_shards(port, &secrets);
+        let data_dir = ScratchDir::new();
+        let mut server = spawn_two_shards(port, &data_dir, &secrets);
         server.wait_ready(port);
         let mut idle = Client::connect(port);
         assert_eq!(idle.get("/healthz").status, 200);
@@ -255,9 +259,11 @@ fn a_second_server_on_the_same_port_is_refused() {
         ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
         ("SECKILL_TOKEN_SECRET", SECRET),
     ];
-    let mut first = spawn_two_shards(port, &secrets);
+    let first_dir = ScratchDir::new();
+    let mut first = spawn_two_shards(port, &first_dir, &secrets);
     first.wait_ready(port);
-    let mut cmd = seckill();
+    let second_dir = ScratchDir::new();
+    let mut cmd = seckill(&second_dir);
     cmd.args([
         "serve",
         "--shards",
@@ -293,45 +299,25 @@ fn a_data_dir_in_memory_is_refused() {
         return;
     }
     let dir_text = dir.to_str().expect("utf-8 path").to_owned();
-    let out = serve_refuses_with(
+    let out = serve_refuses(
         &["--data-dir", &dir_text, "--shards", "1"],
         &[
             ("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN),
             ("SECKILL_TOKEN_SECRET", SECRET),
         ],
+        1,
     );
     assert!(stderr_of(&out).contains("tmpfs"), "{}", stderr_of(&out));
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Runs `serve` expecting it to fail at startup (after config validation); returns its output.
-/// A server that starts anyway is killed after a deadline, so the test fails instead of hanging.
-fn serve_refuses_with(args: &[&str], envs: &[(&str, &str)]) -> Ran {
-    let mut cmd = seckill();
-    cmd.arg("serve")
-        .args(args)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", pick_port()));
-    for (key, value) in envs {
-        cmd.env(key, value);
-    }
-    let output = run(&mut cmd);
-    assert!(!output.status.success(), "serve {args:?} should fail");
-    assert!(
-        output.status.code().is_some(),
-        "serve {args:?} did not exit by itself"
-    );
-    output
-}
-
 /// The README's run command uses the default data dir, `./seckill-data`, a relative path.
 #[test]
 fn default_relative_data_dir_works() {
-    let cwd = fresh_data_dir();
+    let cwd = ScratchDir::new();
     let port = pick_port();
-    let mut cmd = seckill();
-    cmd.env_remove("SECKILL_DATA_DIR")
-        .current_dir(&cwd)
+    let mut cmd = without_secrets();
+    cmd.current_dir(&cwd)
         .args([
             "serve",
             "--shards",
@@ -351,5 +337,4 @@ fn default_relative_data_dir_works() {
         "journal in ./seckill-data"
     );
     drop(server);
-    let _ = std::fs::remove_dir_all(cwd);
 }

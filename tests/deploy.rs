@@ -5,17 +5,15 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::process::{run, Spawned};
-use common::skip_unless_required;
+use common::process::{run, seckill_cmd, Spawned};
+use common::{pick_port, skip_unless_required, ScratchDir, BIN};
 use nix::sys::signal::Signal;
 use seckill::cli::ServeArgs;
 use seckill::config::{self, FileConfig};
 
-const BIN: &str = env!("CARGO_BIN_EXE_seckill");
 const ADMIN_TOKEN: &str = "deploy-admin-token-0123456789";
 const TOKEN_SECRET: &str = "deploy-token-secret-0123456789";
 
@@ -81,14 +79,6 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(repo_file(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("seckill-deploy-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
 /// The key a TOML line assigns, whether active (`key = ...`) or commented out (`# key = ...`).
 fn assigned_key(line: &str) -> Option<(&str, bool)> {
     let trimmed = line.trim_start();
@@ -113,22 +103,14 @@ fn uncommented(text: &str) -> String {
         .join("\n")
 }
 
-/// A `seckill` command with no SECKILL_* or RUST_LOG settings inherited from the environment.
+/// The harness's `seckill` command with this file's secrets, and without `RUST_LOG`, so the
+/// example config's own `log_level` applies.
 fn seckill() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("SECKILL_") || key == "RUST_LOG" || key == "NOTIFY_SOCKET" {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.stdin(Stdio::null());
+    let mut cmd = seckill_cmd();
+    cmd.env_remove("RUST_LOG")
+        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET);
     cmd
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
 }
 
 #[test]
@@ -189,7 +171,7 @@ fn example_config_loads_with_the_real_loader() {
     assert_eq!(resolved.data_dir, PathBuf::from("/var/lib/seckill"));
 
     // The commented-out examples are valid too.
-    let dir = temp_dir("uncommented");
+    let dir = ScratchDir::new();
     let all = dir.join("all.toml");
     std::fs::write(&all, uncommented(&read("systemd/seckill.toml"))).expect("write");
     let file = config::read_file(&all).expect("uncommented example parses");
@@ -199,7 +181,6 @@ fn example_config_loads_with_the_real_loader() {
         ..Default::default()
     })
     .expect("uncommented example resolves");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The units and the example config agree: the config the unit names, the state directory as
@@ -267,8 +248,8 @@ fn example_config_serves_and_stops_cleanly_on_sigterm() {
     let config_path = repo_file("systemd/seckill.toml");
     let mut last = String::new();
     for _attempt in 0..3 {
-        let data_dir = temp_dir("data");
-        let port = free_port();
+        let data_dir = ScratchDir::new();
+        let port = pick_port();
         let mut child = Spawned::spawn(
             seckill()
                 .arg("serve")
@@ -278,9 +259,7 @@ fn example_config_serves_and_stops_cleanly_on_sigterm() {
                 .arg("--data-dir")
                 .arg(&data_dir)
                 // Bounded so the test is light on many-core hosts; every other value is the file's.
-                .args(["--shards", "2"])
-                .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET),
+                .args(["--shards", "2"]),
         );
         if let Err(why) = child.try_wait_ready(port) {
             // Retry only when the port was taken between picking and binding.
@@ -304,7 +283,6 @@ fn example_config_serves_and_stops_cleanly_on_sigterm() {
             serde_json::from_str::<serde_json::Value>(line)
                 .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         }
-        let _ = std::fs::remove_dir_all(&data_dir);
         return;
     }
     panic!("server with systemd/seckill.toml never became ready (3 ports in use): {last}");
@@ -329,12 +307,12 @@ fn env_template_placeholders_are_refused() {
     );
     assert!(text.contains("openssl rand -hex 32") && text.contains("0600"));
 
-    let data_dir = temp_dir("placeholders");
+    let data_dir = ScratchDir::new();
     let output = run(seckill()
         .arg("serve")
         .arg("--config")
         .arg(repo_file("systemd/seckill.toml"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", &format!("127.0.0.1:{}", pick_port())])
         .arg("--data-dir")
         .arg(&data_dir)
         .envs(vars.iter().copied()));
@@ -344,7 +322,6 @@ fn env_template_placeholders_are_refused() {
         stderr.contains("admin_token") || stderr.contains("token_secret"),
         "stderr: {stderr}"
     );
-    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 /// `systemd-analyze`, or `None` (with a note) when it is not installed and not required.
@@ -365,10 +342,10 @@ fn systemd_analyze() -> Option<&'static str> {
     None
 }
 
-/// Copies both units into a temp dir with ExecStart pointing at the built binary, which
+/// Copies both units into a scratch dir with ExecStart pointing at the built binary, which
 /// `systemd-analyze` requires to exist.
-fn units_with_built_binary(name: &str) -> PathBuf {
-    let dir = temp_dir(name);
+fn units_with_built_binary() -> ScratchDir {
+    let dir = ScratchDir::new();
     for unit in ["seckill.service", "seckill@.service"] {
         let text = read(&format!("systemd/{unit}"));
         assert!(text.contains("ExecStart=/usr/local/bin/seckill "));
@@ -386,7 +363,7 @@ fn units_pass_systemd_analyze_verify() {
     let Some(analyze) = systemd_analyze() else {
         return;
     };
-    let dir = units_with_built_binary("verify");
+    let dir = units_with_built_binary();
     for unit in ["seckill.service", "seckill@test.service"] {
         let output = run(Command::new(analyze).arg("verify").arg(dir.join(unit)));
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -411,7 +388,6 @@ fn units_pass_systemd_analyze_verify() {
             complaints.join("\n")
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Guards the sandbox: `systemd-analyze security` scores exposure from 0 (locked down) to 10.
@@ -420,7 +396,7 @@ fn units_stay_sandboxed() {
     let Some(analyze) = systemd_analyze() else {
         return;
     };
-    let dir = units_with_built_binary("security");
+    let dir = units_with_built_binary();
     for unit in ["seckill.service", "seckill@test.service"] {
         let output = run(Command::new(analyze)
             .args(["security", "--offline=yes", "--no-pager"])
@@ -447,5 +423,4 @@ fn units_stay_sandboxed() {
             .unwrap_or_else(|| panic!("cannot read the score from {line:?}"));
         assert!(score <= 2.0, "{unit} exposure rose to {score}: {line}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@
 //! Every test drives the real binary over loopback and restarts it on the same data directory.
 mod common;
 
-use common::process::{run, Spawned, EXIT_BOUND};
+use common::process::{run, seckill_cmd, Spawned, EXIT_BOUND};
 use common::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -26,24 +25,11 @@ const WAIT: Duration = Duration::from_secs(60);
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A `seckill` command with no SECKILL_* settings inherited and the test secrets set.
-fn seckill() -> Command {
-    let mut cmd = Command::new(BIN);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SECKILL_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SECKILL_TOKEN_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd
-}
-
 /// `seckill journal verify --data-dir DIR`: exit code and stdout + stderr.
 fn journal_verify(dir: &Path) -> (Option<i32>, String) {
-    let out = run(seckill().args(["journal", "verify", "--data-dir"]).arg(dir));
+    let out = run(seckill_cmd()
+        .args(["journal", "verify", "--data-dir"])
+        .arg(dir));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -197,20 +183,6 @@ fn assert_clean_exit(status: std::process::ExitStatus, server: &Server) {
         Some(0),
         "SIGTERM must exit 0, got {status}; output:\n{}",
         server.log()
-    );
-}
-
-/// Poll until the sale's `remaining` is `want` (up to 10 s).
-#[track_caller]
-fn wait_remaining(c: &mut Client, sku: &str, want: i64) {
-    let mut last = Value::Null;
-    let ok = poll(WAIT, || {
-        last = c.get_sale(sku);
-        (last["remaining"] == json!(want)).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{sku}: remaining not {want} within {WAIT:?}; last seen: {last}"
     );
 }
 
@@ -808,7 +780,7 @@ fn flipped_byte_mid_journal_refuses_to_start() {
 
     let port = pick_port();
     let mut child = Spawned::spawn(
-        seckill()
+        seckill_cmd()
             .args(["serve", "--shards", "1", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
@@ -1346,7 +1318,7 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     c.create_sale("locked", &sale_spec(5, 1));
     let o = c.buy("locked", &tok("first"), 1);
     let port = pick_port();
-    let out = run(seckill()
+    let out = run(seckill_cmd()
         .args(["serve", "--shards", "1", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")

@@ -32,23 +32,6 @@ fn wait_order_status(c: &mut Client, id: &str, token: &str, want: &str) -> Value
     got.unwrap_or_else(|| panic!("order {id} not {want} within {WAIT:?}; last seen: {last:?}"))
 }
 
-#[track_caller]
-fn wait_remaining(c: &mut Client, sku: &str, want: i64) {
-    let mut last = None;
-    let ok = poll(WAIT, || {
-        let s = c.get_sale(sku);
-        if s["remaining"] == json!(want) {
-            Some(())
-        } else {
-            last = Some(s);
-            None
-        }
-    });
-    ok.unwrap_or_else(|| {
-        panic!("{sku}: remaining not {want} within {WAIT:?}; last seen: {last:?}")
-    });
-}
-
 /// `remaining` of `sku` is `want` while order `id` is pending. A loaded machine may let the
 /// order's deadline pass before the check, so the order's status is read after `remaining`:
 /// still pending then means it was pending when `remaining` was read.

@@ -4,12 +4,12 @@
 //! scheme's case, HEAD, the maximum shopper-token lifetime, and hostile config files.
 mod common;
 
+use common::process::{run_serve, seckill_cmd};
 use common::redis::RedisServer;
 use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A body nesting `depth` arrays: 20 KB at 10,000 levels, which overflowed a shard's stack.
 fn nested_arrays(depth: usize) -> String {
@@ -445,7 +445,8 @@ fn shopper_tokens_beyond_the_maximum_lifetime_are_refused() {
     drop(s);
 
     // Configured by flag, and by the config file.
-    let config = std::env::temp_dir().join(format!("seckill-ttl-{}.toml", std::process::id()));
+    let config_dir = ScratchDir::new();
+    let config = config_dir.join("seckill-ttl.toml");
     std::fs::write(&config, "max_token_ttl_secs = 600\n").expect("write config");
     let config_text = config.to_string_lossy().into_owned();
     for args in [
@@ -462,57 +463,15 @@ fn shopper_tokens_beyond_the_maximum_lifetime_are_refused() {
         let r = c.purchase("ttl", &mint_token("alice", 3_600), None, None);
         assert_error(&r, 401, "unauthorized");
     }
-    let _ = std::fs::remove_file(&config);
-    let (status, stderr) = run_serve(&["--max-token-ttl-secs", "0"]);
-    assert_eq!(status, Some(2), "{stderr}");
+    let refused = run_serve(seckill_cmd(), &["--max-token-ttl-secs", "0"]);
+    let stderr = refused.stderr();
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("max_token_ttl_secs"), "{stderr}");
-}
-
-/// Runs `seckill serve` with `args` (secrets set, a fresh data dir, a free port) and returns its
-/// exit code and stderr; kills it if it is still running after 20 s (it should have refused to
-/// start).
-fn run_serve(args: &[&str]) -> (Option<i32>, String) {
-    let data_dir = fresh_data_dir();
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{}", pick_port())])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args(args)
-        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SECKILL_TOKEN_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn seckill");
-    // Read stderr while waiting: a long error would otherwise fill the pipe and block the child.
-    let mut pipe = child.stderr.take().expect("piped stderr");
-    let reader = std::thread::spawn(move || {
-        let mut stderr = String::new();
-        let _ = pipe.read_to_string(&mut stderr);
-        stderr
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&data_dir);
-    (status, stderr)
 }
 
 #[test]
 fn hostile_config_files_are_refused_with_a_short_clear_error() {
-    let dir = fresh_data_dir();
+    let dir = ScratchDir::new();
     let cases = [
         (
             "deep arrays",
@@ -545,9 +504,10 @@ fn hostile_config_files_are_refused_with_a_short_clear_error() {
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .expect("write config");
         let path = path.to_string_lossy().into_owned();
-        let (status, stderr) = run_serve(&["--config", &path]);
+        let refused = run_serve(seckill_cmd(), &["--config", &path]);
+        let stderr = refused.stderr();
         assert_eq!(
-            status,
+            refused.status.code(),
             Some(2),
             "{what}: exit status; stderr: {stderr:.2000}"
         );
@@ -558,7 +518,6 @@ fn hostile_config_files_are_refused_with_a_short_clear_error() {
             stderr.len()
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The server's resident memory, from /proc.

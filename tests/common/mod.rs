@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const ADMIN_TOKEN: &str = "it-admin-token-5f1c2b7e0d";
@@ -110,6 +110,57 @@ pub fn fresh_data_dir() -> PathBuf {
     dir
 }
 
+/// A [`fresh_data_dir`] that is removed when dropped, also when the test panics, so a failed
+/// test leaves nothing behind under the target's temp dir. Drop it after every process using it.
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// A fresh, empty directory under the target's temp dir.
+    pub fn new() -> ScratchDir {
+        ScratchDir {
+            path: fresh_data_dir(),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Default for ScratchDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for ScratchDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 enum StartError {
     AddrInUse(String),
     Other(String),
@@ -139,17 +190,11 @@ impl Server {
             let log2 = log.try_clone().expect("clone log file");
             // Test binaries named `*_redis` run every server on its own Redis (cluster mode).
             let redis = redis_mode().then(|| redis::RedisServer::start(&[]));
-            let mut cmd = Command::new(BIN);
+            // Hermetic: no SECKILL_*, RUST_LOG or NOTIFY_SOCKET leaks in from the environment.
+            let mut cmd = process::seckill_cmd();
+            cmd.arg("serve");
             if let Some(redis) = &redis {
-                cmd.arg("serve").arg("--redis").arg(redis.url());
-            } else {
-                cmd.arg("serve");
-            }
-            // Hermetic: no SECKILL_* settings leak in from the environment.
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("SECKILL_") {
-                    cmd.env_remove(&k);
-                }
+                cmd.arg("--redis").arg(redis.url());
             }
             let child = cmd
                 .arg("--listen")
@@ -159,9 +204,6 @@ impl Server {
                 .arg("--data-dir")
                 .arg(data_dir)
                 .args(extra_args)
-                .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("SECKILL_TOKEN_SECRET", SECRET)
-                .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
@@ -381,16 +423,7 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: String = if log.len() > 8000 {
-                let mut i = log.len() - 8000;
-                while !log.is_char_boundary(i) {
-                    i += 1;
-                }
-                format!("...{}", &log[i..])
-            } else {
-                log
-            };
+            let tail = process::log_tail(&self.log(), 8000);
             eprintln!(
                 "---- seckill server output (port {}) ----\n{tail}\n---- end ----",
                 self.port
@@ -897,4 +930,23 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Only a "gave up" bound for a state the server should reach soon (an expiry tick, a replay):
+/// generous, for a debug build on a loaded machine.
+pub const WAIT_BOUND: Duration = Duration::from_secs(60);
+
+/// Polls `GET /v1/sales/{sku}` until its `remaining` is `want`; panics with the last sale seen
+/// after [`WAIT_BOUND`].
+#[track_caller]
+pub fn wait_remaining(c: &mut Client, sku: &str, want: i64) {
+    let mut last = Value::Null;
+    let reached = poll(WAIT_BOUND, || {
+        last = c.get_sale(sku);
+        (last["remaining"] == json!(want)).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "{sku}: remaining not {want} within {WAIT_BOUND:?}; last seen: {last}"
+    );
 }

@@ -35,16 +35,67 @@ fn log_path(what: &str, stream: &str) -> PathBuf {
         .join(format!("child-{}-{n}-{name}.{stream}", std::process::id()))
 }
 
-/// The last `max` bytes of `text`, on a char boundary.
-fn tail(text: &str, max: usize) -> &str {
+/// The last `max` bytes of `text` (on a char boundary), led by `...` when cut: what a failure
+/// message shows of a long log.
+pub fn log_tail(text: &str, max: usize) -> String {
     if text.len() <= max {
-        return text;
+        return text.to_owned();
     }
     let mut i = text.len() - max;
     while !text.is_char_boundary(i) {
         i += 1;
     }
-    &text[i..]
+    format!("...{}", &text[i..])
+}
+
+/// Variables that change how `seckill` behaves, so no test inherits them: every `SECKILL_*`
+/// setting, `RUST_LOG` (it beats a config file's `log_level`) and `NOTIFY_SOCKET` (a test run
+/// under systemd must not notify the test's own unit).
+fn is_inherited_setting(key: &str) -> bool {
+    key.starts_with("SECKILL_") || key == "RUST_LOG" || key == "NOTIFY_SOCKET"
+}
+
+/// The one `seckill` command builder of the tests: the built binary with nothing inherited
+/// that changes its behaviour (see above), stdin null, and the harness's environment: its
+/// admin token and token secret, and `RUST_LOG=warn`. A test that needs dev mode or a config
+/// file's log level removes those with `env_remove`.
+pub fn seckill_cmd() -> Command {
+    let mut cmd = Command::new(super::BIN);
+    for (key, _) in std::env::vars_os() {
+        if is_inherited_setting(&key.to_string_lossy()) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("SECKILL_ADMIN_TOKEN", super::ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", super::SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` (built from [`seckill_cmd`]) as `serve ARGS`, on a fresh loopback port and in a
+/// scratch data dir (each unless `args` sets it), to completion: for a server that should
+/// refuse to start. Panics with its output if it is still running after [`EXIT_BOUND`] (it
+/// started when it should not have); the scratch dir is removed before this returns.
+#[track_caller]
+pub fn run_serve(mut cmd: Command, args: &[&str]) -> Ran {
+    let data_dir = super::ScratchDir::new();
+    cmd.arg("serve");
+    if !args.contains(&"--listen") {
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", super::pick_port()));
+    }
+    if !args.contains(&"--data-dir") {
+        cmd.arg("--data-dir").arg(data_dir.path());
+    }
+    let ran = run(cmd.args(args));
+    if ran.status.code().is_none() {
+        panic!(
+            "seckill serve {args:?} did not exit by itself within {EXIT_BOUND:?} ({})",
+            ran.status
+        );
+    }
+    ran
 }
 
 fn describe(cmd: &Command) -> String {
@@ -107,8 +158,8 @@ impl Spawned {
         format!(
             "---- {} ----\n-- stderr:\n{}\n-- stdout:\n{}\n---- end ----",
             self.what,
-            tail(&self.stderr(), 8000),
-            tail(&self.stdout(), 8000)
+            log_tail(&self.stderr(), 8000),
+            log_tail(&self.stdout(), 8000)
         )
     }
 
@@ -275,8 +326,8 @@ impl Drop for Ran {
                 "---- {} exited {} ----\n-- stderr:\n{}\n-- stdout:\n{}\n---- end ----",
                 self.what,
                 self.output.status,
-                tail(&self.stderr(), 8000),
-                tail(&self.stdout(), 8000)
+                log_tail(&self.stderr(), 8000),
+                log_tail(&self.stdout(), 8000)
             );
         }
     }

@@ -49,16 +49,28 @@ impl RedisServer {
         Self::try_start(extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Like [`RedisServer::start`], with the failure as a message (for benches).
+    /// Like [`RedisServer::start`], with the failure as a message (for benches). A port taken
+    /// between picking and binding (`redis-server` exits with "Address already in use") is
+    /// retried on another port, up to three attempts, as the harness's `Server` does.
     pub fn try_start(extra: &[&str]) -> Result<RedisServer, String> {
-        let mut server = RedisServer {
-            child: None,
-            port: super::ports::pick_port(),
-            dir: fresh_dir()?,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn()?;
-        Ok(server)
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            let mut server = RedisServer {
+                child: None,
+                port: super::ports::pick_port(),
+                dir: fresh_dir()?,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            match server.spawn_once() {
+                Ok(()) => return Ok(server),
+                // Dropping `server` reaps the child and removes its directory.
+                Err(SpawnError::AddrInUse(why)) => last = why,
+                Err(SpawnError::Other(why)) => return Err(why),
+            }
+        }
+        Err(format!(
+            "redis-server failed to start 3 times with address-in-use: {last}"
+        ))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -71,12 +83,24 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_once().map_err(|e| match e {
+            SpawnError::AddrInUse(why) | SpawnError::Other(why) => why,
+        })
+    }
+
+    /// Spawns `redis-server` on `self.port` and waits until it, and not some other process on
+    /// that port, answers.
+    fn spawn_once(&mut self) -> Result<(), SpawnError> {
+        // The log is appended to across restarts: only what this spawn wrote tells its fate.
+        let log_start = std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path())
-            .map_err(|e| format!("redis log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("redis log: {e}"))?;
+            .map_err(|e| SpawnError::Other(format!("redis log: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| SpawnError::Other(format!("redis log: {e}")))?;
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"])
@@ -88,31 +112,49 @@ impl RedisServer {
             .stderr(log2)
             .spawn()
             .map_err(|e| {
-                format!("redis-server must be installed (apt-get install redis-server): {e}")
+                SpawnError::Other(format!(
+                    "redis-server must be installed (apt-get install redis-server): {e}"
+                ))
             })?;
+        let pid = child.id();
         self.child = Some(child);
         let started = Instant::now();
         let mut last = String::from("no answer yet");
-        while started.elapsed() < REDIS_BOUND {
+        loop {
+            // Checked before giving up too: a probe of a port held by a process that never
+            // answers takes its whole timeout, and our child may have exited meanwhile.
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                return Err(format!(
-                    "redis-server on port {} exited with {status}; log:\n{}",
+                let log = self.log();
+                let this_spawn = log.get(log_start..).unwrap_or(&log);
+                let why = format!(
+                    "redis-server on port {} exited with {status}; log:\n{log}",
+                    self.port
+                );
+                if this_spawn.to_lowercase().contains("address already in use") {
+                    return Err(SpawnError::AddrInUse(why));
+                }
+                return Err(SpawnError::Other(why));
+            }
+            if started.elapsed() >= REDIS_BOUND {
+                return Err(SpawnError::Other(format!(
+                    "redis-server on port {} did not answer within {REDIS_BOUND:?} (last: {last}); log:\n{}",
                     self.port,
                     self.log()
-                ));
+                )));
             }
-            match self.query::<String>(&["PING"]) {
-                Ok(pong) if pong == "PONG" => return Ok(()),
-                Ok(other) => last = other,
+            // Another process that holds the port may answer too: only our child counts. INFO
+            // answers while an AOF still loads, PING only once it has.
+            match probe(self.port, &["INFO", "server"]) {
+                Ok(info) if server_pid(&info) == Some(pid) => match probe(self.port, &["PING"]) {
+                    Ok(pong) if pong == "PONG" => return Ok(()),
+                    Ok(other) => last = other,
+                    Err(e) => last = e.to_string(),
+                },
+                Ok(_) => last = "another process answers on this port".into(),
                 Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(format!(
-            "redis-server on port {} did not answer PING within {REDIS_BOUND:?} (last: {last}); log:\n{}",
-            self.port,
-            self.log()
-        ))
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -185,13 +227,41 @@ impl Drop for RedisServer {
     }
 }
 
+/// Why one spawn failed: the port was taken (worth another port), or anything else.
+enum SpawnError {
+    AddrInUse(String),
+    Other(String),
+}
+
+/// `process_id` from an `INFO server` reply.
+fn server_pid(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
 /// A connection to `127.0.0.1:port` with [`REDIS_BOUND`] on connect, reads and writes.
 pub fn connect(port: u16) -> RedisResult<::redis::Connection> {
+    connect_within(port, REDIS_BOUND)
+}
+
+/// A connection to `127.0.0.1:port` with `bound` on connect, reads and writes.
+fn connect_within(port: u16, bound: Duration) -> RedisResult<::redis::Connection> {
     let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let connection = client.get_connection_with_timeout(REDIS_BOUND)?;
-    connection.set_read_timeout(Some(REDIS_BOUND))?;
-    connection.set_write_timeout(Some(REDIS_BOUND))?;
+    let connection = client.get_connection_with_timeout(bound)?;
+    connection.set_read_timeout(Some(bound))?;
+    connection.set_write_timeout(Some(bound))?;
     Ok(connection)
+}
+
+/// One startup probe: a short timeout, so whatever else holds the port cannot stall the wait
+/// for our own server's exit.
+fn probe(port: u16, args: &[&str]) -> RedisResult<String> {
+    let mut command = ::redis::cmd(args[0]);
+    for arg in &args[1..] {
+        command.arg(*arg);
+    }
+    command.query(&mut connect_within(port, Duration::from_secs(2))?)
 }
 
 /// One command to `127.0.0.1:port` on a fresh connection. Redis Cluster `MOVED` redirections
