@@ -1,10 +1,11 @@
 //! Shopper and admin tokens: any `Authorization` value must be answered (a principal or `None`)
-//! without panicking, and a token minted by the server must verify as its user.
+//! without panicking, and a token minted by the server must verify as its user exactly when it
+//! expires within the maximum lifetime.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seckill::auth::{Auth, Principal};
+use seckill::auth::{Auth, Principal, DEFAULT_MAX_TOKEN_TTL_SECS};
 
 /// 2026-12-01T00:00:00Z, before the expiry of the seed tokens.
 const NOW_SECS: u64 = 1_796_083_200;
@@ -23,16 +24,23 @@ fuzz_target!(|header: &[u8]| {
             .map_or(text, |(_, token)| token)
             .trim_ascii();
         let expiry = token.split('.').nth(1).and_then(|e| e.parse::<u64>().ok());
-        assert!(expiry.is_some_and(|e| e > NOW_SECS), "accepted {token:?}");
+        let latest = NOW_SECS + DEFAULT_MAX_TOKEN_TTL_SECS;
+        assert!(
+            expiry.is_some_and(|e| e > NOW_SECS && e <= latest),
+            "accepted {token:?}"
+        );
         assert!(token.starts_with(&format!("{user}.")));
     }
     if let Some((user, expiry)) = text.split_once('.') {
         if let Ok(expiry) = expiry.parse::<u64>() {
             if seckill::sale::model::is_valid_id(user) && expiry > NOW_SECS {
                 let minted = format!("Bearer {}", auth.mint(user, expiry));
+                // Within the maximum lifetime it verifies as its user; beyond it, never.
+                let expected = (expiry <= NOW_SECS + DEFAULT_MAX_TOKEN_TTL_SECS)
+                    .then(|| Principal::Shopper(user.into()));
                 assert_eq!(
                     auth.authenticate(Some(minted.as_bytes()), NOW_SECS),
-                    Some(Principal::Shopper(user.into()))
+                    expected
                 );
             }
         }
