@@ -270,23 +270,13 @@ const REDIS_UNREACHABLE: &str = "redis circuit breaker opened";
 /// `seckill serve` on `port` with one shard and `redis_url`, spawned directly (not through
 /// `Server::start`, which waits for a 200 from `/readyz` that cannot come before Redis does).
 fn spawn_node(port: u16, redis_url: &str, data_dir: &std::path::Path) -> process::Spawned {
-    let mut command = std::process::Command::new(BIN);
+    let mut command = process::seckill_cmd();
     command
         .args(["serve", "--redis", redis_url, "--shards", "1"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(data_dir);
-    // Hermetic, as `Server::start_in` is: no SECKILL_* settings leak in from the environment.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SECKILL_") {
-            command.env_remove(&key);
-        }
-    }
-    command
-        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SECKILL_TOKEN_SECRET", SECRET)
-        .env("RUST_LOG", "warn");
     process::Spawned::spawn(&mut command)
 }
 

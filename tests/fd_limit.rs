@@ -15,7 +15,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,24 +37,13 @@ impl Limited {
             std::process::id()
         ));
         let log = File::create(&log_path).expect("log file");
-        let mut command = Command::new(BIN);
+        let mut command = process::seckill_cmd();
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--shards", &SHARDS.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra);
-        // Hermetic, as `Server::start_in` is: no SECKILL_* settings leak in from the environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SECKILL_") {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SECKILL_TOKEN_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+            .args(extra)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
