@@ -68,17 +68,23 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), JsonError> {
 
 /// Parses `bytes` into a value tree after [`check_shape`].
 pub fn parse_value(bytes: &[u8]) -> Result<OwnedValue, JsonError> {
-    check_shape(bytes)?;
-    // simd-json parses in place, so it needs its own copy of the bytes.
-    let mut copy = bytes.to_vec();
-    simd_json::to_owned_value(&mut copy).map_err(|error| JsonError::Syntax(error.to_string()))
+    checked(bytes, simd_json::to_owned_value)
 }
 
 /// Deserialises `bytes` into `T` after [`check_shape`].
 pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
+    checked(bytes, |copy| simd_json::serde::from_slice(copy))
+}
+
+/// Runs a simd-json parser over a copy of `bytes` once they pass [`check_shape`]: simd-json
+/// parses in place, so it needs bytes of its own.
+fn checked<T>(
+    bytes: &[u8],
+    parser: impl FnOnce(&mut [u8]) -> simd_json::Result<T>,
+) -> Result<T, JsonError> {
     check_shape(bytes)?;
     let mut copy = bytes.to_vec();
-    simd_json::serde::from_slice(&mut copy).map_err(|error| JsonError::Syntax(error.to_string()))
+    parser(&mut copy).map_err(|error| JsonError::Syntax(error.to_string()))
 }
 
 #[cfg(test)]

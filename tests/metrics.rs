@@ -444,18 +444,7 @@ fn refused_connections_are_counted() {
 #[test]
 fn scrapes_are_rate_limited() {
     let server = Server::start(1, &[]);
-    let mut client = server.raw_connect();
-    let request = client.build_request("GET", "/metrics", &[], None);
-    client.send_raw(&request.repeat(20));
-    let mut statuses = Vec::new();
-    for n in 0..20 {
-        let response = client.expect_response(&format!("pipelined scrape {n}"));
-        if response.status == 429 {
-            assert_error(&response, 429, "too_many_scrapes");
-            assert!(response.header("retry-after").is_some(), "{response}");
-        }
-        statuses.push(response.status);
-    }
+    let statuses = pipelined_burst(&server, "/metrics", 20, "too_many_scrapes");
     assert!(statuses.contains(&200), "{statuses:?}");
     assert!(
         statuses.contains(&429),

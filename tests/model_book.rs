@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, FileFailurePersistence};
 use seckill::sale::audit::{BookState, HolderState, LedgerState};
 use seckill::sale::book::{Book, BookLimits};
 use seckill::sale::command::{
@@ -34,7 +33,6 @@ const RETAIN: usize = 3;
 
 #[path = "support/proptest_cases.rs"]
 mod proptest_cases;
-use proptest_cases::cases;
 
 /// One step of a run.
 #[derive(Debug, Clone)]
@@ -643,11 +641,7 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(Config {
-        cases: cases(256),
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
-        ..Config::default()
-    })]
+    #![proptest_config(proptest_cases::config(256))]
 
     #[test]
     fn book_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {

@@ -25,7 +25,6 @@ use std::rc::Rc;
 use glommio::{LocalExecutorBuilder, Placement};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, FileFailurePersistence};
 use seckill::sale::audit::BookState;
 use seckill::sale::book::{Book, BookLimits};
 use seckill::sale::command::{Command, Event, Outcome, PurchaseRequest, Requester};
@@ -44,7 +43,6 @@ const LIMITS: BookLimits = BookLimits {
 
 #[path = "support/proptest_cases.rs"]
 mod proptest_cases;
-use proptest_cases::cases;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -401,11 +399,7 @@ fn temp_dir(what: &str) -> tempfile::TempDir {
 }
 
 proptest! {
-    #![proptest_config(Config {
-        cases: cases(40),
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
-        ..Config::default()
-    })]
+    #![proptest_config(proptest_cases::config(40))]
 
     #[test]
     fn recovery_after_a_crash_equals_the_live_state(

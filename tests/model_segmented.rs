@@ -8,12 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence};
 use seckill::sale::segmented::SegmentedMap;
 
 #[path = "support/proptest_cases.rs"]
 mod proptest_cases;
-use proptest_cases::cases;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -52,11 +50,7 @@ fn sorted<'a>(entries: impl Iterator<Item = (&'a u16, &'a u32)>) -> BTreeMap<u16
 }
 
 proptest! {
-    #![proptest_config(Config {
-        cases: cases(256),
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
-        ..Config::default()
-    })]
+    #![proptest_config(proptest_cases::config(256))]
 
     #[test]
     fn segmented_map_behaves_like_a_hash_map(ops in proptest::collection::vec(op(), 1..300)) {

@@ -918,6 +918,25 @@ pub fn order_id(order: &Value) -> String {
         .to_owned()
 }
 
+/// Sends `count` copies of `GET path` back to back on one connection and returns their statuses
+/// in order, checking that every refusal is `429 code` with `Retry-After`: how the per-shard
+/// limits on expensive requests (scrapes, sale pages) are exercised.
+pub fn pipelined_burst(server: &Server, path: &str, count: usize, code: &str) -> Vec<u16> {
+    let mut client = server.raw_connect();
+    let request = client.build_request("GET", path, &[], None);
+    client.send_raw(&request.repeat(count));
+    (0..count)
+        .map(|n| {
+            let response = client.expect_response(&format!("pipelined GET {path} #{n}"));
+            if response.status == 429 {
+                assert_error(&response, 429, code);
+                assert!(response.header("retry-after").is_some(), "{response}");
+            }
+            response.status
+        })
+        .collect()
+}
+
 /// Poll `f` every 50 ms until it returns Some or `timeout` passes.
 pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
