@@ -114,6 +114,11 @@ impl ShardMetrics {
         InFlight(&self.owner_in_flight)
     }
 
+    /// Owner commands running now (the drain waits for none before closing the journal).
+    pub fn owner_in_flight(&self) -> u64 {
+        self.owner_in_flight.get()
+    }
+
     /// A copy of everything, to send to the scraping shard.
     pub fn snapshot(&self) -> RequestSnapshot {
         let routes = self.routes.borrow();

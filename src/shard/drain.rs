@@ -69,7 +69,7 @@ pub async fn settle(
     {
         tracing::warn!(shard = shard.id, "drain: the tick did not stop in time");
     }
-    while shard.metrics.snapshot().owner_in_flight > 0 {
+    while shard.metrics.owner_in_flight() > 0 {
         if Instant::now() >= deadline {
             tracing::warn!(
                 shard = shard.id,
