@@ -6,6 +6,7 @@ pub mod edge;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod redis;
 pub mod skip;
 
