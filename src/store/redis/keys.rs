@@ -2,7 +2,7 @@
 //! of it on Redis Cluster; the two node-wide sets live outside any SKU's slot and are only used
 //! by plain commands.
 
-/// The ten keys of one SKU, in the order every script expects them.
+/// The thirteen keys of one SKU, in the order every script expects them.
 #[derive(Debug, Clone)]
 pub struct SkuKeys(pub Vec<String>);
 
@@ -20,6 +20,9 @@ impl SkuKeys {
             "blocked",
             "events",
             "closed",
+            "abandoned",
+            "byuser",
+            "regressed",
         ];
         Self(
             names
@@ -37,6 +40,23 @@ impl SkuKeys {
     /// The per-SKU copy of the blocklist.
     pub fn blocked(&self) -> &str {
         &self.0[7]
+    }
+
+    /// Order ids whose purchase was abandoned after its caller was answered 503 (a zset
+    /// scored by when): a late copy of that purchase must not create the order.
+    pub fn abandoned(&self) -> &str {
+        &self.0[10]
+    }
+
+    /// Each user's order ids in this sale (a hash user id → ids), for `GET /v1/orders`.
+    pub fn by_user(&self) -> &str {
+        &self.0[11]
+    }
+
+    /// Set when a node saw this sale's state go backwards in Redis (lost writes): no unit is
+    /// sold and the sale cannot be replaced until an operator resumes it.
+    pub fn regressed(&self) -> &str {
+        &self.0[12]
     }
 }
 
@@ -57,7 +77,7 @@ mod tests {
     #[test]
     fn every_sku_key_carries_the_hash_tag() {
         let keys = SkuKeys::new("seckill", "moutai");
-        assert_eq!(keys.0.len(), 10);
+        assert_eq!(keys.0.len(), 13);
         assert!(keys.0.iter().all(|key| key.contains("{moutai}")));
         assert_eq!(keys.orders(), "seckill:{moutai}:orders");
     }

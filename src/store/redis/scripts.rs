@@ -1,6 +1,6 @@
 //! The Lua scripts that make Redis the cluster's source of truth.
 //!
-//! Every script takes the same ten keys, all of one SKU and all carrying the `{sku}` hash tag, so
+//! Every script takes the same thirteen keys, all of one SKU and all carrying the `{sku}` hash tag, so
 //! each runs atomically on one Redis Cluster shard unchanged ([`super::keys::SkuKeys`]). Time is
 //! Redis `TIME`, so nodes with drifting clocks still agree on windows and deadlines. Scripts are
 //! run with `EVALSHA` and loaded again on `NOSCRIPT` ([`super::RedisStore`]).
@@ -13,7 +13,8 @@ macro_rules! prelude {
     () => {
         r#"
 local K = {sale = KEYS[1], remaining = KEYS[2], seq = KEYS[3], held = KEYS[4], idem = KEYS[5],
-           orders = KEYS[6], pending = KEYS[7], blocked = KEYS[8], events = KEYS[9], closed = KEYS[10]}
+           orders = KEYS[6], pending = KEYS[7], blocked = KEYS[8], events = KEYS[9], closed = KEYS[10],
+           abandoned = KEYS[11], byuser = KEYS[12], regressed = KEYS[13]}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
