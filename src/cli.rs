@@ -100,6 +100,14 @@ pub struct ServeArgs {
     /// Most purchases of one SKU coalesced into one Redis script call, 1..=1024 [default: 64].
     #[arg(long, env = "SECKILL_REDIS_BATCH")]
     pub redis_batch: Option<usize>,
+    /// Redis reads per second and shard for SKUs this node has not heard of yet (created
+    /// through another node since the last sync), 0..=100000; 0 never asks [default: 200].
+    #[arg(long, env = "SECKILL_REDIS_LOOKUPS_PER_SEC")]
+    pub redis_lookups_per_sec: Option<u32>,
+    /// How long a SKU Redis did not know is answered 404 without asking again, 1..=60000
+    /// [default: 250].
+    #[arg(long, env = "SECKILL_REDIS_NEGATIVE_TTL_MS")]
+    pub redis_negative_ttl_ms: Option<u64>,
 }
 
 /// Flags for `doctor`: the same as `serve`, since it checks what `serve` would run with.

@@ -61,6 +61,10 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     /// See [`ServeArgs::redis_batch`].
     pub redis_batch: Option<usize>,
+    /// See [`ServeArgs::redis_lookups_per_sec`].
+    pub redis_lookups_per_sec: Option<u32>,
+    /// See [`ServeArgs::redis_negative_ttl_ms`].
+    pub redis_negative_ttl_ms: Option<u64>,
 }
 
 /// A configuration error, naming the key.
@@ -127,6 +131,10 @@ pub struct ServeConfig {
     pub redis_prefix: String,
     /// Most purchases of one SKU per Redis script call.
     pub redis_batch: usize,
+    /// Redis reads per second and shard for SKUs no edge knew; 0 never asks.
+    pub redis_lookups_per_sec: u32,
+    /// How long a SKU Redis did not know is answered 404 without asking again.
+    pub redis_negative_ttl: Duration,
 }
 
 /// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
@@ -350,6 +358,16 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis_batch = args.redis_batch.or(file.redis_batch).unwrap_or(64);
     let redis_batch = in_range("redis_batch", redis_batch, 1, 1024)?;
+    let lookups = args
+        .redis_lookups_per_sec
+        .or(file.redis_lookups_per_sec)
+        .unwrap_or(200);
+    let redis_lookups_per_sec = in_range("redis_lookups_per_sec", lookups, 0, 100_000)?;
+    let negative_ttl_ms = args
+        .redis_negative_ttl_ms
+        .or(file.redis_negative_ttl_ms)
+        .unwrap_or(250);
+    let negative_ttl_ms = in_range("redis_negative_ttl_ms", negative_ttl_ms, 1, 60_000)?;
     Ok(ServeConfig {
         listen,
         shards,
@@ -370,5 +388,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis,
         redis_prefix,
         redis_batch,
+        redis_lookups_per_sec,
+        redis_negative_ttl: Duration::from_millis(negative_ttl_ms),
     })
 }

@@ -8,6 +8,7 @@ use crate::config::{SecretsSource, ServeConfig};
 use crate::http::ConnLimits;
 use crate::sale::book::BookLimits;
 use crate::shard::boot::{NodeOptions, NodeStores, ShardStart};
+use crate::shard::discovery::DiscoverySettings;
 use crate::shard::fds;
 use crate::shard::runtime::{run_node, NodeError};
 use crate::store::journal::recovery::{self, RecoveryError};
@@ -101,6 +102,10 @@ fn node_options(config: &ServeConfig) -> NodeOptions {
         segment_bytes: config.segment_bytes,
         auth: Auth::new(&config.admin_token, &config.token_secret)
             .with_max_token_ttl(config.max_token_ttl_secs),
+        discovery: DiscoverySettings {
+            lookups_per_sec: config.redis_lookups_per_sec,
+            negative_ttl: config.redis_negative_ttl,
+        },
     }
 }
 

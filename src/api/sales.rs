@@ -27,6 +27,14 @@ pub(super) async fn get<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<R
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }
+    // A sale this node has not heard of may have just been created through another node; the
+    // lookup reads it (and teaches every edge) or answers 404 within its bounds.
+    if api.shard.looks_up() && !api.shard.edge.borrow().knows(sku) {
+        return match api.shard.discover(sku).await? {
+            Some(view) => json(200, &view),
+            None => Err(SaleError::UnknownSale.into()),
+        };
+    }
     match api.shard.call(Command::GetSale(sku.into())).await? {
         Outcome::Sale(view) => json(200, &view),
         _ => Err(SaleError::Unavailable.into()),
@@ -108,13 +116,23 @@ pub(super) async fn purchase<S: Store + 'static>(
     let idempotency_key = parse_idempotency_key(request.idempotency_key)?;
     // The edge checks come before the body is even parsed: refusing is the common answer in a
     // flash sale, and it should cost as little as possible.
-    let admitted = api.shard.edge.borrow_mut().admit_purchase(
-        sku,
-        &user_id,
-        idempotency_key.is_some(),
-        now_ms(),
-        Instant::now(),
-    );
+    let admit = || {
+        api.shard.edge.borrow_mut().admit_purchase(
+            sku,
+            &user_id,
+            idempotency_key.is_some(),
+            now_ms(),
+            Instant::now(),
+        )
+    };
+    let mut admitted = admit();
+    // A sale created through another node may not have reached this edge yet. Once the lookup
+    // has taught the edge, every edge check (window, blocklist, rate, sold out) runs again.
+    if admitted == Err(Refusal::Sale(SaleError::UnknownSale))
+        && api.shard.discover(sku).await?.is_some()
+    {
+        admitted = admit();
+    }
     match admitted {
         Ok(()) => {}
         Err(Refusal::Sale(refusal)) => return Err(refusal.into()),

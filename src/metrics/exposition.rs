@@ -203,6 +203,22 @@ fn render_runtime(out: &mut Text, shards: &[ShardSnapshot]) {
     out.sample("seckill_connections_refused_total", &[], refused);
 
     out.family(
+        "seckill_sale_lookups_total",
+        "counter",
+        "Store reads for SKUs a node's edge did not know (cluster mode), by outcome: `found`, `unknown`, `failed`, or `refused` (over the lookup budget, answered 404 without asking).",
+    );
+    let mut lookups: Vec<(&str, u64)> = vec![("found", 0), ("unknown", 0)];
+    for shard in shards {
+        for (outcome, count) in &shard.requests.lookups {
+            add_count(&mut lookups, *outcome, *count);
+        }
+    }
+    lookups.sort_unstable();
+    for (outcome, count) in lookups {
+        out.sample("seckill_sale_lookups_total", &[("outcome", outcome)], count);
+    }
+
+    out.family(
         "seckill_shard_queue_depth",
         "gauge",
         "Commands a shard is running as owner, its own and its peers'.",

@@ -52,6 +52,8 @@ pub struct ShardMetrics {
     owner_in_flight: Cell<u64>,
     /// Connections turned away at accept because the shard was at its connection cap.
     connections_refused: Cell<u64>,
+    /// Lookups of SKUs an edge did not know, by outcome (a fixed set of constants).
+    lookups: RefCell<Vec<(&'static str, u64)>>,
 }
 
 impl Default for ShardMetrics {
@@ -69,6 +71,7 @@ impl ShardMetrics {
             messages_sent: Default::default(),
             owner_in_flight: Cell::new(0),
             connections_refused: Cell::new(0),
+            lookups: RefCell::new(Vec::new()),
         }
     }
 
@@ -99,6 +102,12 @@ impl ShardMetrics {
     /// Records a purchase's outcome: `created`, `replayed` or the error code.
     pub fn record_purchase(&self, outcome: &'static str) {
         bump(&mut self.purchase_outcomes.borrow_mut(), outcome);
+    }
+
+    /// Counts a lookup of an unknown SKU as its owner: `found`, `unknown`, `failed` (the store
+    /// read failed) or `refused` (over the lookup budget, answered without asking).
+    pub fn record_lookup(&self, outcome: &'static str) {
+        bump(&mut self.lookups.borrow_mut(), outcome);
     }
 
     /// Counts a message sent to another shard.
@@ -136,6 +145,7 @@ impl ShardMetrics {
             messages_sent: MessageKind::ALL.map(|kind| self.messages_sent[kind as usize].get()),
             owner_in_flight: self.owner_in_flight.get(),
             connections_refused: self.connections_refused.get(),
+            lookups: self.lookups.borrow().clone(),
         }
     }
 }
@@ -178,6 +188,8 @@ pub struct RequestSnapshot {
     pub owner_in_flight: u64,
     /// Connections refused at the connection cap.
     pub connections_refused: u64,
+    /// Lookups of unknown SKUs, by outcome.
+    pub lookups: Vec<(&'static str, u64)>,
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub segment_bytes: u64,
     /// Admin and shopper credentials.
     pub auth: Auth,
+    /// How lookups of SKUs an edge does not know are bounded (shared store only).
+    pub discovery: crate::shard::discovery::DiscoverySettings,
 }
 
 /// What each shard starts from: its recovered book, and its journal directory with the size of
@@ -161,6 +163,7 @@ pub async fn start_shard(
         senders,
         store,
         Arc::clone(node),
+        options.discovery,
     ));
     for (_, receiver) in receivers.streams() {
         let shard = Rc::clone(&shard);

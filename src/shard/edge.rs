@@ -193,6 +193,12 @@ impl Edge {
             .collect()
     }
 
+    /// Whether this replica knows `sku`; one it does not may still exist in a shared store
+    /// (created through another node since the last sync), see [`super::discovery`].
+    pub fn knows(&self, sku: &str) -> bool {
+        self.sales.contains_key(sku)
+    }
+
     /// Whether `user_id` is on this replica's blocklist.
     pub fn is_blocked(&self, user_id: &str) -> bool {
         self.blocked.contains(user_id)

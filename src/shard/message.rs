@@ -23,6 +23,13 @@ pub enum ShardMsg {
         /// Where the caller waits.
         reply: oneshot::Sender<Result<Vec<SaleView>, SaleError>>,
     },
+    /// Look up a SKU the sender's edge does not know, as its owner; see [`super::discovery`].
+    Discover {
+        /// A SKU the receiver owns.
+        sku: Box<str>,
+        /// Where the caller waits.
+        reply: oneshot::Sender<super::discovery::Lookup>,
+    },
     /// Send back a copy of the receiver's metrics.
     Scrape {
         /// Where the scraping shard waits.

@@ -8,10 +8,12 @@
 
 pub mod accept;
 pub mod boot;
+pub mod discovery;
 pub mod drain;
 pub mod edge;
 pub mod fds;
 pub mod message;
+mod negative;
 pub mod owner;
 pub mod placement;
 pub mod runtime;
@@ -132,6 +134,8 @@ pub struct Shard<S> {
     pub metrics: ShardMetrics,
     /// Node-wide readiness and shutdown state.
     pub node: std::sync::Arc<NodeStatus>,
+    /// Lookups of SKUs this shard owns that some edge did not know (shared store only).
+    discovery: discovery::Discovery,
 }
 
 impl<S: crate::store::Store + 'static> Shard<S> {
@@ -142,6 +146,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         peers: Senders<ShardMsg>,
         store: S,
         node: std::sync::Arc<NodeStatus>,
+        discovery: discovery::DiscoverySettings,
     ) -> Self {
         Self {
             id,
@@ -155,6 +160,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             connections: Rc::new(Cell::new(0)),
             metrics: ShardMetrics::new(),
             node,
+            discovery: discovery::Discovery::new(discovery),
         }
     }
 
@@ -194,7 +200,9 @@ impl<S: crate::store::Store + 'static> Shard<S> {
     /// Sends `message` to shard `target`, counting it.
     async fn send(&self, target: usize, message: ShardMsg) -> Result<(), ()> {
         let kind = match &message {
-            ShardMsg::Call { .. } | ShardMsg::ReadSales { .. } => MessageKind::Call,
+            ShardMsg::Call { .. } | ShardMsg::ReadSales { .. } | ShardMsg::Discover { .. } => {
+                MessageKind::Call
+            }
             ShardMsg::Notice { .. } => MessageKind::Notice,
             ShardMsg::Scrape { .. } => MessageKind::Scrape,
         };
@@ -342,6 +350,13 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {
                     let _ = reply.send(shard.read_owned_sales(skus).await);
+                })
+                .detach();
+            }
+            ShardMsg::Discover { sku, reply } => {
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.look_up(sku).await);
                 })
                 .detach();
             }

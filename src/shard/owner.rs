@@ -183,7 +183,7 @@ impl<S: Store + 'static> Shard<S> {
         self.announce_stock(sku, level, false).await;
     }
 
-    fn next_flag_version(&self) -> u64 {
+    pub(super) fn next_flag_version(&self) -> u64 {
         let version = self.flag_version.get() + 1;
         self.flag_version.set(version);
         version
