@@ -1,0 +1,240 @@
+//! Cluster mode: a sale created through one node exists on every node at once. A node whose edge
+//! has not heard of a SKU asks Redis (through the SKU's owner shard) before answering 404, and
+//! those lookups are bounded: a miss is remembered for a short time, and each shard reads at
+//! most so many unknown SKUs a second, so random SKUs cannot flood Redis.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use common::prometheus;
+use common::redis::RedisServer;
+use common::*;
+use serde_json::json;
+
+/// Redis calls of the script commands (`EVALSHA` and `EVAL`) so far. A node with no sales
+/// runs none in the background (its sync tick only lists the sales set), so on a fresh Redis
+/// every one of them is a lookup.
+fn script_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis
+        .query(&["INFO", "commandstats"])
+        .expect("INFO commandstats");
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| {
+            let calls = line.split_once("calls=")?.1;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Looks up one unknown SKU on `node`, so that Redis has loaded the read script (the first
+/// `EVALSHA` of a fresh Redis fails with `NOSCRIPT` and is sent again after loading it).
+fn warm_up(node: &Server) {
+    let r = node.client().get("/v1/sales/warm-up");
+    assert_error(&r, 404, "unknown_sale");
+}
+
+/// `seckill_sale_lookups_total{outcome}` on `server`.
+fn lookups(server: &Server, outcome: &str) -> u64 {
+    let response = server.client().get("/metrics");
+    assert_eq!(response.status, 200, "GET /metrics: {response}");
+    let exposition = prometheus::parse(&response.text()).expect("valid exposition");
+    exposition.count("seckill_sale_lookups_total", &[("outcome", outcome)])
+}
+
+/// Two nodes of two shards each on one Redis (each on its own port).
+fn two_nodes(redis: &RedisServer, extra: &[&str]) -> (Server, Server) {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    (Server::start(2, &args), Server::start(2, &args))
+}
+
+#[test]
+fn a_sale_created_on_one_node_sells_at_once_on_another() {
+    const ROUNDS: usize = 20;
+    let redis = RedisServer::start(&[]);
+    let (a, b) = two_nodes(&redis, &[]);
+    let (mut on_a, mut on_b) = (a.client(), b.client());
+    let mut purchased = 0;
+    let mut read = 0;
+    let mut gaps = Vec::new();
+    for round in 0..ROUNDS {
+        let sku = format!("fresh-{round}");
+        let created = on_a.put_sale(&sku, &sale_spec(10, 1));
+        assert_eq!(created.status, 201, "PUT on A: {created}");
+        let after_put = Instant::now();
+        // No sleep: B's sync tick (every 100 ms) has almost certainly not run since.
+        let bought = on_b.purchase(&sku, &tok(&format!("u{round}")), Some(1), None);
+        gaps.push(after_put.elapsed());
+        let got = on_b.get(&format!("/v1/sales/{sku}"));
+        if bought.status == 201 {
+            purchased += 1;
+        } else {
+            eprintln!("round {round}: purchase on B: {bought}");
+        }
+        if got.status == 200 && got.json()["remaining"] == json!(9) {
+            read += 1;
+        } else {
+            eprintln!("round {round}: GET on B: {got}");
+        }
+    }
+    let found = lookups(&b, "found");
+    let max_gap = gaps.iter().max().copied().unwrap_or_default();
+    println!(
+        "PUT on A then at once on B: {purchased}/{ROUNDS} purchases 201, {read}/{ROUNDS} GETs 200; \
+         B's lookups found {found} sales; slowest PUT-answer-to-purchase-answer on B {max_gap:?}"
+    );
+    assert_eq!(
+        (purchased, read),
+        (ROUNDS, ROUNDS),
+        "every sale sells and reads on B"
+    );
+    // The race was real: B's edge did not know the sales, and Redis told it.
+    assert!(found >= 1, "B never had to look a sale up");
+}
+
+/// Edge checks skipped while a SKU was unknown run once it is learned: a sale not started yet
+/// is refused as such, a sale's rate limit applies from the first purchase, and a sold-out sale
+/// is refused as sold out.
+#[test]
+fn a_discovered_sale_gets_every_edge_check() {
+    let redis = RedisServer::start(&[]);
+    let (a, b) = two_nodes(&redis, &[]);
+    let mut on_a = a.client();
+    let mut on_b = b.client();
+    let now = now_ms();
+
+    let later = json!({
+        "name": "Later", "stock": 5, "starts_at": now + 3_600_000, "ends_at": now + 7_200_000,
+    });
+    on_a.create_sale("later", &later);
+    let r = on_b.purchase("later", &tok("u1"), Some(1), None);
+    assert_error(&r, 425, "not_started");
+
+    let limited = json!({
+        "name": "Limited", "stock": 100, "starts_at": now - 1_000, "ends_at": now + 3_600_000,
+        "per_user_limit": 1, "rate_limit_per_sec": 1,
+    });
+    on_a.create_sale("limited", &limited);
+    let statuses: Vec<u16> = (0..5)
+        .map(|n| {
+            on_b.purchase("limited", &tok(&format!("r{n}")), Some(1), None)
+                .status
+        })
+        .collect();
+    println!("rate 1/s sale, 5 purchases on one connection of B at once: {statuses:?}");
+    assert!(statuses.contains(&429), "the rate limit applied: {statuses:?}");
+    assert!(statuses.iter().all(|s| [201, 429].contains(s)), "{statuses:?}");
+
+    on_a.create_sale("single", &sale_spec(1, 1));
+    on_a.buy("single", &tok("first"), 1);
+    let r = on_b.purchase("single", &tok("second"), Some(1), None);
+    assert_error(&r, 409, "sold_out");
+}
+
+#[test]
+fn a_flood_of_unknown_skus_costs_redis_a_bounded_number_of_reads() {
+    const REQUESTS_PER_THREAD: u64 = 500;
+    const THREADS: u64 = 8;
+    const SHARDS: f64 = 2.0;
+    // The defaults: 200 reads a second per shard, bursts of a tenth of that.
+    const RATE: f64 = 200.0;
+    const BURST: f64 = 20.0;
+    let redis = RedisServer::start(&[]);
+    let b = Server::start(2, &["--redis", &redis.url()]);
+    warm_up(&b);
+    let before = script_calls(&redis);
+    let started = Instant::now();
+    let not_found = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (b, not_found) = (&b, &not_found);
+            scope.spawn(move || {
+                let mut client = b.client();
+                let token = tok(&format!("flood{thread}"));
+                for n in 0..REQUESTS_PER_THREAD {
+                    let sku = format!("nope-{thread}-{n}");
+                    let r = if n % 2 == 0 {
+                        client.purchase(&sku, &token, Some(1), None)
+                    } else {
+                        client.get(&format!("/v1/sales/{sku}"))
+                    };
+                    assert_error(&r, 404, "unknown_sale");
+                    not_found.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let reads = script_calls(&redis) - before;
+    let (unknown, refused) = (lookups(&b, "unknown"), lookups(&b, "refused"));
+    let requests = THREADS * REQUESTS_PER_THREAD;
+    // What the budget allows over the flood (the test's clock starts before the node's first
+    // request and stops after its last), plus slack for a lookup started at the very edge.
+    let bound = SHARDS * (BURST + RATE * elapsed.as_secs_f64()) + 4.0;
+    println!(
+        "{requests} unknown SKUs on one node in {elapsed:?} ({:.0}/s): {} answered 404, \
+         {reads} Redis script calls (bound {bound:.0}); lookups unknown {unknown}, refused {refused}",
+        requests as f64 / elapsed.as_secs_f64(),
+        not_found.load(Ordering::Relaxed),
+    );
+    assert_eq!(not_found.load(Ordering::Relaxed), requests);
+    assert!(
+        (reads as f64) <= bound,
+        "{reads} Redis reads for {requests} unknown SKUs in {elapsed:?}: over the bound {bound:.0}"
+    );
+    assert!(
+        reads < requests,
+        "the budget never engaged: {reads} reads for {requests} SKUs"
+    );
+    assert!(refused > 0, "the flood outran the budget");
+}
+
+#[test]
+fn an_unknown_sku_asked_again_within_the_ttl_costs_one_read() {
+    let redis = RedisServer::start(&[]);
+    // A minute-long memory, so that a slow machine cannot stretch the asks apart past it.
+    let b = Server::start(
+        2,
+        &["--redis", &redis.url(), "--redis-negative-ttl-ms", "60000"],
+    );
+    let mut client = b.client();
+    warm_up(&b);
+    let before = script_calls(&redis);
+    assert_error(&client.get("/v1/sales/ghost"), 404, "unknown_sale");
+    assert_error(
+        &client.purchase("ghost", &tok("u"), Some(1), None),
+        404,
+        "unknown_sale",
+    );
+    // On every shard of the node: the lookup runs on the SKU's owner, which remembers the miss.
+    for clients in b.clients_per_shard(1) {
+        for mut other in clients {
+            assert_error(&other.get("/v1/sales/ghost"), 404, "unknown_sale");
+        }
+    }
+    let reads = script_calls(&redis) - before;
+    println!("one unknown SKU asked 4 times on one node within the TTL: {reads} Redis read(s)");
+    assert_eq!(reads, 1);
+    assert_eq!(lookups(&b, "unknown"), 2, "the warm-up's and this one");
+}
+
+#[test]
+fn the_embedded_store_never_looks_up() {
+    let server = Server::start(2, &[]);
+    let mut client = server.client();
+    assert_error(&client.get("/v1/sales/ghost"), 404, "unknown_sale");
+    assert_error(
+        &client.purchase("ghost", &tok("u"), Some(1), None),
+        404,
+        "unknown_sale",
+    );
+    let total: u64 = ["found", "unknown", "refused", "failed"]
+        .iter()
+        .map(|outcome| lookups(&server, outcome))
+        .sum();
+    assert_eq!(total, 0);
+}
