@@ -36,12 +36,32 @@ fn warm_up(node: &Server) {
     assert_error(&r, 404, "unknown_sale");
 }
 
-/// `seckill_sale_lookups_total{outcome}` on `server`.
-fn lookups(server: &Server, outcome: &str) -> u64 {
-    let response = server.client().get("/metrics");
+/// `seckill_sale_lookups_total` on `server`, by outcome (`found`, `unknown`, `refused`,
+/// `failed`). Scrapes are rate limited per shard, so a refused one is retried a second later.
+fn lookups(server: &Server) -> std::collections::HashMap<String, u64> {
+    let mut response = server.client().get("/metrics");
+    for _ in 0..30 {
+        if response.status != 429 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        response = server.client().get("/metrics");
+    }
     assert_eq!(response.status, 200, "GET /metrics: {response}");
     let exposition = prometheus::parse(&response.text()).expect("valid exposition");
-    exposition.count("seckill_sale_lookups_total", &[("outcome", outcome)])
+    exposition
+        .samples("seckill_sale_lookups_total")
+        .iter()
+        .filter_map(|sample| {
+            let outcome = sample.labels.get("outcome")?;
+            Some((outcome.clone(), sample.value as u64))
+        })
+        .collect()
+}
+
+/// One outcome of [`lookups`].
+fn lookups_of(server: &Server, outcome: &str) -> u64 {
+    lookups(server).get(outcome).copied().unwrap_or(0)
 }
 
 /// Two nodes of two shards each on one Redis (each on its own port).
@@ -81,7 +101,7 @@ fn a_sale_created_on_one_node_sells_at_once_on_another() {
             eprintln!("round {round}: GET on B: {got}");
         }
     }
-    let found = lookups(&b, "found");
+    let found = lookups_of(&b, "found");
     let max_gap = gaps.iter().max().copied().unwrap_or_default();
     println!(
         "PUT on A then at once on B: {purchased}/{ROUNDS} purchases 201, {read}/{ROUNDS} GETs 200; \
@@ -97,8 +117,8 @@ fn a_sale_created_on_one_node_sells_at_once_on_another() {
 }
 
 /// Edge checks skipped while a SKU was unknown run once it is learned: a sale not started yet
-/// is refused as such, a sale's rate limit applies from the first purchase, and a sold-out sale
-/// is refused as sold out.
+/// is refused as such, a sale's rate limit applies to every purchase that waited on the lookup,
+/// and a sold-out sale is refused as sold out.
 #[test]
 fn a_discovered_sale_gets_every_edge_check() {
     let redis = RedisServer::start(&[]);
@@ -118,16 +138,50 @@ fn a_discovered_sale_gets_every_edge_check() {
         "name": "Limited", "stock": 100, "starts_at": now - 1_000, "ends_at": now + 3_600_000,
         "per_user_limit": 1, "rate_limit_per_sec": 1,
     });
+    // Buyers on B, connected before the sale exists, all ask at once right after the PUT, so
+    // most of them wait on the same lookup: each must still pass B's rate limit afterwards.
+    const BUYERS: usize = 16;
+    let mut buyers: Vec<Client> = (0..BUYERS).map(|_| b.client()).collect();
+    let found_before = lookups_of(&b, "found");
+    let started = Instant::now();
     on_a.create_sale("limited", &limited);
-    let statuses: Vec<u16> = (0..5)
-        .map(|n| {
-            on_b.purchase("limited", &tok(&format!("r{n}")), Some(1), None)
-                .status
-        })
-        .collect();
-    println!("rate 1/s sale, 5 purchases on one connection of B at once: {statuses:?}");
-    assert!(statuses.contains(&429), "the rate limit applied: {statuses:?}");
-    assert!(statuses.iter().all(|s| [201, 429].contains(s)), "{statuses:?}");
+    let gate = std::sync::Barrier::new(BUYERS);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let asks: Vec<_> = buyers
+            .iter_mut()
+            .enumerate()
+            .map(|(n, buyer)| {
+                let gate = &gate;
+                scope.spawn(move || {
+                    gate.wait();
+                    buyer
+                        .purchase("limited", &tok(&format!("r{n}")), Some(1), None)
+                        .status
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .map(|ask| ask.join().expect("buyer thread"))
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    // Each of B's 2 shards holds a burst of one token and refills at its half of 1/s.
+    let allowed = 2 + elapsed.as_secs() as usize + 1;
+    println!(
+        "rate 1/s sale, {BUYERS} purchases at once on B right after the PUT on A, in {elapsed:?}: \
+         {created} created (allowed {allowed}), statuses {statuses:?}; {} of them by a lookup",
+        lookups_of(&b, "found") - found_before
+    );
+    assert!(
+        statuses.iter().all(|s| [201, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(created >= 1, "B sold the sale: {statuses:?}");
+    assert!(
+        created <= allowed,
+        "{created} purchases passed a 1/s rate limit in {elapsed:?}: {statuses:?}"
+    );
 
     on_a.create_sale("single", &sale_spec(1, 1));
     on_a.buy("single", &tok("first"), 1);
@@ -170,7 +224,9 @@ fn a_flood_of_unknown_skus_costs_redis_a_bounded_number_of_reads() {
     });
     let elapsed = started.elapsed();
     let reads = script_calls(&redis) - before;
-    let (unknown, refused) = (lookups(&b, "unknown"), lookups(&b, "refused"));
+    let counts = lookups(&b);
+    let count = |outcome: &str| counts.get(outcome).copied().unwrap_or(0);
+    let (unknown, refused) = (count("unknown"), count("refused"));
     let requests = THREADS * REQUESTS_PER_THREAD;
     // What the budget allows over the flood (the test's clock starts before the node's first
     // request and stops after its last), plus slack for a lookup started at the very edge.
@@ -219,7 +275,7 @@ fn an_unknown_sku_asked_again_within_the_ttl_costs_one_read() {
     let reads = script_calls(&redis) - before;
     println!("one unknown SKU asked 4 times on one node within the TTL: {reads} Redis read(s)");
     assert_eq!(reads, 1);
-    assert_eq!(lookups(&b, "unknown"), 2, "the warm-up's and this one");
+    assert_eq!(lookups_of(&b, "unknown"), 2, "the warm-up's and this one");
 }
 
 #[test]
@@ -232,9 +288,10 @@ fn the_embedded_store_never_looks_up() {
         404,
         "unknown_sale",
     );
-    let total: u64 = ["found", "unknown", "refused", "failed"]
-        .iter()
-        .map(|outcome| lookups(&server, outcome))
-        .sum();
-    assert_eq!(total, 0);
+    let counts = lookups(&server);
+    assert!(
+        counts.contains_key("unknown"),
+        "the metric is exported: {counts:?}"
+    );
+    assert!(counts.values().all(|count| *count == 0), "{counts:?}");
 }

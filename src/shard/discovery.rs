@@ -80,10 +80,7 @@ impl Discovery {
         let rate = f64::from(settings.lookups_per_sec);
         Self {
             settings,
-            negative: RefCell::new(NegativeCache::new(
-                settings.negative_ttl,
-                NEGATIVE_CAPACITY,
-            )),
+            negative: RefCell::new(NegativeCache::new(settings.negative_ttl, NEGATIVE_CAPACITY)),
             budget: RefCell::new((rate > 0.0).then(|| TokenBucket::new(rate, Instant::now()))),
             in_flight: RefCell::new(HashMap::new()),
         }

@@ -130,7 +130,11 @@ mod tests {
                 cache.forget(&sku);
             }
             assert!(cache.len() <= 16);
-            assert!(cache.order.len() <= 33, "queue grew to {}", cache.order.len());
+            assert!(
+                cache.order.len() <= 33,
+                "queue grew to {}",
+                cache.order.len()
+            );
         }
         cache.remember("x", start + Duration::from_secs(1));
         cache.forget("x");
