@@ -135,27 +135,33 @@ impl<S: Store + 'static> Shard<S> {
             return Lookup::Unknown;
         }
         let (waiter, answer) = oneshot::channel();
-        {
+        let start = {
             let mut in_flight = discovery.in_flight.borrow_mut();
-            if let Some(waiters) = in_flight.get_mut(&sku) {
-                if waiters.len() >= MAX_WAITERS {
-                    return Lookup::Unknown;
+            match in_flight.get_mut(&sku) {
+                Some(waiters) if waiters.len() >= MAX_WAITERS => return Lookup::Unknown,
+                // Joins the read already running for this SKU.
+                Some(waiters) => {
+                    waiters.push(waiter);
+                    false
                 }
-                waiters.push(waiter);
-                drop(in_flight);
-                return answer.await.unwrap_or(Lookup::Unavailable);
+                None => {
+                    let admitted = in_flight.len() < MAX_CONCURRENT
+                        && discovery
+                            .budget
+                            .borrow_mut()
+                            .as_mut()
+                            .is_some_and(|budget| budget.try_take(now).is_ok());
+                    if !admitted {
+                        self.metrics.record_lookup("refused");
+                        return Lookup::Unknown;
+                    }
+                    in_flight.insert(sku.clone(), vec![waiter]);
+                    true
+                }
             }
-            let admitted = in_flight.len() < MAX_CONCURRENT
-                && discovery
-                    .budget
-                    .borrow_mut()
-                    .as_mut()
-                    .is_some_and(|budget| budget.try_take(now).is_ok());
-            if !admitted {
-                self.metrics.record_lookup("refused");
-                return Lookup::Unknown;
-            }
-            in_flight.insert(sku.clone(), vec![waiter]);
+        };
+        if !start {
+            return answer.await.unwrap_or(Lookup::Unavailable);
         }
         // Run apart from the request that started it: if that one goes away, the others
         // waiting on the same SKU still get their answer, and the entry is always removed.
