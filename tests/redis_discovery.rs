@@ -295,3 +295,50 @@ fn the_embedded_store_never_looks_up() {
     );
     assert!(counts.values().all(|count| *count == 0), "{counts:?}");
 }
+
+/// While Redis is down, a node cannot tell whether a SKU it does not know exists: it answers
+/// `503 unavailable` (retry), not `404`. The failure is not remembered as a miss: once Redis is
+/// back, a sale created then sells on that node at once.
+#[test]
+fn an_unknown_sku_is_unavailable_while_redis_is_down() {
+    const GAVE_UP: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut redis = RedisServer::start(&[]);
+    // A miss remembered for a minute: a failure taken for a miss would fail the end of the test.
+    let (a, b) = two_nodes(&redis, &["--redis-negative-ttl-ms", "60000"]);
+    let mut on_b = b.client();
+    redis.kill9();
+    let asked = Instant::now();
+    let got = on_b.get("/v1/sales/ghost");
+    let bought = on_b.purchase("ghost", &tok("u"), Some(1), None);
+    println!(
+        "unknown SKU on a node whose Redis is down: GET {}, purchase {} in {:?}",
+        got.status,
+        bought.status,
+        asked.elapsed()
+    );
+    assert_error(&got, 503, "unavailable");
+    assert_error(&bought, 503, "unavailable");
+
+    redis.restart();
+    let mut on_a = a.client();
+    let started = Instant::now();
+    loop {
+        let created = on_a.put_sale("ghost", &sale_spec(5, 1));
+        if created.status == 201 {
+            break;
+        }
+        assert!(started.elapsed() < GAVE_UP, "A never recovered: {created}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let bought = loop {
+        let bought = on_b.purchase("ghost", &tok("u"), Some(1), None);
+        if bought.status != 503 || started.elapsed() > GAVE_UP {
+            break bought;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        bought.status, 201,
+        "B sells the sale once Redis is back: {bought}"
+    );
+}

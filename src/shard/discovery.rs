@@ -27,11 +27,13 @@ use crate::store::Store;
 
 /// Distinct SKUs whose misses one shard remembers.
 const NEGATIVE_CAPACITY: usize = 4096;
-/// Store reads for unknown SKUs one shard runs at once.
+/// Store reads for unknown SKUs one shard runs at once; beyond it, as beyond the budget, the
+/// answer is `404` without asking.
 pub const MAX_CONCURRENT: usize = 32;
-/// Requests that may wait on one SKU's lookup; each holds a connection, so this is only a
-/// backstop under the connection cap.
-const MAX_WAITERS: usize = 4096;
+/// Requests that may wait on one SKU's lookup (a crowd arriving on a sale just created through
+/// another node); each holds a connection, so this is only a backstop under the connection cap.
+/// Beyond it the answer is `503`: the sale may well exist, and the client should retry.
+const MAX_WAITERS: usize = 65_536;
 
 /// How lookups of unknown SKUs are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +140,7 @@ impl<S: Store + 'static> Shard<S> {
         let start = {
             let mut in_flight = discovery.in_flight.borrow_mut();
             match in_flight.get_mut(&sku) {
-                Some(waiters) if waiters.len() >= MAX_WAITERS => return Lookup::Unknown,
+                Some(waiters) if waiters.len() >= MAX_WAITERS => return Lookup::Unavailable,
                 // Joins the read already running for this SKU.
                 Some(waiters) => {
                     waiters.push(waiter);
