@@ -12,6 +12,7 @@ pub mod drain;
 pub mod edge;
 pub mod fds;
 pub mod message;
+pub mod orders;
 pub mod owner;
 pub mod placement;
 pub mod runtime;
@@ -194,7 +195,9 @@ impl<S: crate::store::Store + 'static> Shard<S> {
     /// Sends `message` to shard `target`, counting it.
     async fn send(&self, target: usize, message: ShardMsg) -> Result<(), ()> {
         let kind = match &message {
-            ShardMsg::Call { .. } | ShardMsg::ReadSales { .. } => MessageKind::Call,
+            ShardMsg::Call { .. } | ShardMsg::ReadSales { .. } | ShardMsg::ReadOrders { .. } => {
+                MessageKind::Call
+            }
             ShardMsg::Notice { .. } => MessageKind::Notice,
             ShardMsg::Scrape { .. } => MessageKind::Scrape,
         };
@@ -342,6 +345,18 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {
                     let _ = reply.send(shard.read_owned_sales(skus).await);
+                })
+                .detach();
+            }
+            ShardMsg::ReadOrders {
+                user_id,
+                skus,
+                limit,
+                reply,
+            } => {
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.read_owned_orders(user_id, skus, limit).await);
                 })
                 .detach();
             }
