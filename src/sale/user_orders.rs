@@ -59,6 +59,66 @@ pub fn sort_newest_first(orders: &mut [Order]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sale::book::{Book, BookLimits};
+    use crate::sale::command::{Command, Outcome, PurchaseRequest, Requester};
+    use crate::sale::Sale;
+
+    const T0: u64 = 1_000_000;
+
+    fn listed(book: &mut Book, user: &str) -> Vec<Order> {
+        match book.execute(Command::ListOrders("s".into(), user.into()), T0).0 {
+            Ok(Outcome::Orders(orders)) => orders,
+            other => panic!("expected orders, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_book_lists_what_it_retains_and_rebuilds_the_index_from_a_snapshot() {
+        let mut book = Book::new(BookLimits {
+            closed_orders_per_sale: 2,
+        });
+        let sale = Sale {
+            sku: "s".into(),
+            name: "n".into(),
+            stock: 100,
+            starts_at: T0 - 10,
+            ends_at: T0 + 60_000,
+            per_user_limit: 1,
+            payment_timeout_ms: 1_000,
+            rate_limit_per_sec: 0,
+        };
+        book.execute(Command::UpsertSale(sale), T0 - 20).0.expect("sale");
+        let mut made = Vec::new();
+        for n in 0..5 {
+            let request = PurchaseRequest {
+                sku: "s".into(),
+                user_id: "u".into(),
+                quantity: 1,
+                idempotency_key: None,
+            };
+            let order = match book.execute(Command::Purchase(request), T0 + n).0 {
+                Ok(Outcome::Order { order, .. }) => order,
+                other => panic!("expected an order, got {other:?}"),
+            };
+            if n < 4 {
+                let cancel = Command::Cancel(order.order_id.clone(), Requester::Admin);
+                book.execute(cancel, T0 + n).0.expect("cancel");
+            }
+            made.push(order.order_id);
+        }
+        let want: Vec<_> = [4, 3, 2].iter().map(|n| made[*n].clone()).collect();
+        let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.order_id).collect::<Vec<_>>();
+        assert_eq!(ids(listed(&mut book, "u")), want, "forgotten orders are not listed");
+        assert!(listed(&mut book, "other").is_empty());
+        book.audit().expect("the index leaves the accounting alone");
+        let mut copy = Book::new(BookLimits {
+            closed_orders_per_sale: 2,
+        });
+        for event in book.snapshot() {
+            copy.apply(&event);
+        }
+        assert_eq!(ids(listed(&mut copy, "u")), want, "rebuilt from a snapshot");
+    }
 
     #[test]
     fn keeps_the_newest_whatever_the_insertion_order() {
