@@ -45,13 +45,14 @@ pub fn ids(orders: &[Value]) -> Vec<String> {
 #[test]
 fn lists_exactly_the_callers_orders_newest_first_with_their_current_status() {
     let s = Server::start(2, &[]);
-    let mut c = s.client();
     for sku in SKUS {
         s.open_sale(sku, 100, 10);
     }
     for sku in SKUS {
         common::edge::wait_until_open(&[&s], sku, WAIT_BOUND);
     }
+    // Connected after the waits, which on a loaded machine may outlast the idle timeout.
+    let mut c = s.client();
     let (alice, bob) = (tok("alice"), tok("bob"));
     let mut mine = Vec::new();
     let mut theirs = Vec::new();
@@ -94,9 +95,18 @@ fn lists_exactly_the_callers_orders_newest_first_with_their_current_status() {
     let want: Vec<String> = theirs.iter().rev().cloned().collect();
     assert_eq!(ids(&bobs), want, "bob sees his own and nothing else");
 
-    assert_eq!(ids(&list_orders(&mut c, &alice, "?limit=2")), newest_first[..2]);
-    assert_eq!(ids(&list_orders(&mut c, &alice, "?limit=1")), newest_first[..1]);
-    assert_eq!(ids(&list_orders(&mut c, &alice, "?limit=100")), newest_first);
+    assert_eq!(
+        ids(&list_orders(&mut c, &alice, "?limit=2")),
+        newest_first[..2]
+    );
+    assert_eq!(
+        ids(&list_orders(&mut c, &alice, "?limit=1")),
+        newest_first[..1]
+    );
+    assert_eq!(
+        ids(&list_orders(&mut c, &alice, "?limit=100")),
+        newest_first
+    );
     assert!(list_orders(&mut c, &tok("carol"), "").is_empty());
 
     // The admin lists a named user's orders, for support.
@@ -113,8 +123,8 @@ fn lists_exactly_the_callers_orders_newest_first_with_their_current_status() {
 #[test]
 fn bad_queries_and_callers_are_refused() {
     let s = Server::start(2, &[]);
-    let mut c = s.client();
     s.open_sale("refusals", 10, 5);
+    let mut c = s.client();
     let alice = tok("alice");
 
     assert_error(&c.get("/v1/orders"), 401, "unauthorized");

@@ -58,7 +58,7 @@ fn an_order_made_on_one_node_is_listed_on_another() {
     // A payment through B is what A lists next.
     let mut on_b = b.client();
     assert_status(&on_b.pay(&first, &tok("dora")), 200);
-    let on_a_now = list_orders(&mut on_a, &tok("dora"), "");
+    let on_a_now = list_orders(&mut a.client(), &tok("dora"), "");
     assert_eq!(ids(&on_a_now), [second, first]);
     assert_eq!(on_a_now[1]["status"], "paid");
     assert_eq!(on_a_now[0]["status"], "pending");
@@ -106,7 +106,11 @@ fn a_purchase_answered_503_is_listed_once_redis_has_it() {
         proxy.bytes_up() > sent_before,
         "A's calls went through the proxy"
     );
-    assert_eq!(listed.len(), 1, "one order, however often A retried: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        1,
+        "one order, however often A retried: {listed:?}"
+    );
     let order = &listed[0];
     assert_eq!(order["user_id"], "ghost");
     assert_eq!(order["sku"], "ghostly");
@@ -140,11 +144,18 @@ fn forgotten_orders_leave_the_redis_index() {
     let kept = order_id(&c.buy("forgetful", &fred, 1));
     // Retention keeps the two newest cancelled orders; the index lists exactly what is kept.
     let listed = list_orders(&mut c, &fred, "");
-    assert_eq!(ids(&listed), [kept.clone(), made[4].clone(), made[3].clone()]);
+    assert_eq!(
+        ids(&listed),
+        [kept.clone(), made[4].clone(), made[3].clone()]
+    );
     let index: Option<String> = redis
         .query(&["HGET", "seckill:{forgetful}:byuser", "fred"])
         .expect("HGET byuser");
     let index = index.expect("fred has an index entry");
     let indexed: Vec<&str> = index.split_whitespace().collect();
-    assert_eq!(indexed, [&made[3], &made[4], &kept], "oldest first in Redis");
+    assert_eq!(
+        indexed,
+        [&made[3], &made[4], &kept],
+        "oldest first in Redis"
+    );
 }

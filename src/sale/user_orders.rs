@@ -66,7 +66,10 @@ mod tests {
     const T0: u64 = 1_000_000;
 
     fn listed(book: &mut Book, user: &str) -> Vec<Order> {
-        match book.execute(Command::ListOrders("s".into(), user.into()), T0).0 {
+        match book
+            .execute(Command::ListOrders("s".into(), user.into()), T0)
+            .0
+        {
             Ok(Outcome::Orders(orders)) => orders,
             other => panic!("expected orders, got {other:?}"),
         }
@@ -87,7 +90,9 @@ mod tests {
             payment_timeout_ms: 1_000,
             rate_limit_per_sec: 0,
         };
-        book.execute(Command::UpsertSale(sale), T0 - 20).0.expect("sale");
+        book.execute(Command::UpsertSale(sale), T0 - 20)
+            .0
+            .expect("sale");
         let mut made = Vec::new();
         for n in 0..5 {
             let request = PurchaseRequest {
@@ -108,7 +113,11 @@ mod tests {
         }
         let want: Vec<_> = [4, 3, 2].iter().map(|n| made[*n].clone()).collect();
         let ids = |orders: Vec<Order>| orders.into_iter().map(|o| o.order_id).collect::<Vec<_>>();
-        assert_eq!(ids(listed(&mut book, "u")), want, "forgotten orders are not listed");
+        assert_eq!(
+            ids(listed(&mut book, "u")),
+            want,
+            "forgotten orders are not listed"
+        );
         assert!(listed(&mut book, "other").is_empty());
         book.audit().expect("the index leaves the accounting alone");
         let mut copy = Book::new(BookLimits {
