@@ -159,3 +159,31 @@ fn forgotten_orders_leave_the_redis_index() {
         "oldest first in Redis"
     );
 }
+
+#[test]
+fn a_listing_that_can_read_no_sale_is_503() {
+    let redis = RedisServer::start(&[]);
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse::<u16>().ok())
+        .expect("a redis port");
+    let proxy = Proxy::start(port);
+    let s = Server::start(1, &["--redis", &proxy.url()]);
+    s.open_sale("unreachable", 10, 5);
+    edge::wait_until_open(&[&s], "unreachable", WAIT_BOUND);
+    let order = order_id(&s.client().buy("unreachable", &tok("gus"), 1));
+    assert_eq!(ids(&list_orders(&mut s.client(), &tok("gus"), "")), [order]);
+
+    // A partition: the sale is known, but its store cannot be read.
+    proxy.set_blackhole(true);
+    let started = Instant::now();
+    let r = s.client().authed("GET", "/v1/orders", &tok("gus"), None);
+    println!(
+        "listing during a partition answered {} after {:?}",
+        r.status,
+        started.elapsed()
+    );
+    assert_error(&r, 503, "unavailable");
+}

@@ -11,6 +11,7 @@
 use std::rc::Rc;
 
 use futures::channel::oneshot;
+use futures::StreamExt;
 
 use super::message::{OrdersRead, ShardMsg};
 use super::Shard;
@@ -23,6 +24,9 @@ use crate::store::Store;
 /// Most sales one listing reads: the ones that started most recently. Orders of older sales
 /// are not listed (they are still found by id).
 pub const MAX_SALES_SCANNED: usize = 1000;
+
+/// Calls one owner has in flight to a shared store for one listing.
+const SHARED_READS_AT_ONCE: usize = 32;
 
 /// Sales whose start is this far in this node's future are read too: another node (or Redis
 /// `TIME`) may already have opened them.
@@ -114,14 +118,15 @@ impl<S: Store + 'static> Shard<S> {
             .into_iter()
             .map(|sku| Command::ListOrders(sku, user_id.clone()))
             .collect();
-        let replies = if self.store.shared() {
-            // The shared store runs a batch one round trip after another; reads need no order.
-            let singles = reads.into_iter().map(|read| self.store.execute(vec![read]));
-            futures::future::join_all(singles)
-                .await
-                .into_iter()
-                .flatten()
+        let replies: Vec<_> = if self.store.shared() {
+            // The shared store runs a batch one round trip after another; reads need no order,
+            // but a thousand at once would queue the shard's purchases behind them.
+            futures::stream::iter(reads)
+                .map(|read| self.store.execute(vec![read]))
+                .buffer_unordered(SHARED_READS_AT_ONCE)
+                .flat_map(futures::stream::iter)
                 .collect()
+                .await
         } else {
             self.store.execute(reads).await
         };
