@@ -209,3 +209,38 @@ fn listings_are_rate_limited_per_shard() {
     assert!(refused > 0, "a burst of {BURST} listings was never refused");
     assert!(refused < BURST, "some listings were served");
 }
+
+#[test]
+fn each_sale_lists_at_most_the_users_32_newest_orders() {
+    let s = Server::start(1, &[]);
+    s.open_sale("loop", 1_000, 1);
+    common::edge::wait_until_open(&[&s], "loop", WAIT_BOUND);
+    let mut c = s.client();
+    let hal = tok("hal");
+    // Buy-then-cancel in a loop: every order is retained, but the index keeps the newest 32.
+    let mut made = Vec::new();
+    for _ in 0..40 {
+        let id = order_id(&c.buy("loop", &hal, 1));
+        assert_status(&c.cancel(&id, &hal), 200);
+        made.push(id);
+    }
+    let listed = list_orders(&mut c, &hal, "?limit=100");
+    let newest: Vec<String> = made.iter().rev().take(32).cloned().collect();
+    assert_eq!(listed.len(), 32);
+    let mut listed_ids = ids(&listed);
+    let mut want = newest.clone();
+    // Orders of one millisecond are listed by id; compare the sets, then the time order.
+    listed_ids.sort();
+    want.sort();
+    assert_eq!(listed_ids, want, "the 32 newest orders");
+    let times: Vec<i64> = listed
+        .iter()
+        .filter_map(|o| o["created_at"].as_i64())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    // The oldest are still there by id.
+    assert_status(&c.get_order(&made[0], &hal), 200);
+}
