@@ -5,6 +5,7 @@ pub mod body;
 pub mod error;
 mod limiter;
 mod listing;
+mod my_orders;
 mod orders;
 mod sales;
 mod system;
@@ -36,12 +37,16 @@ pub struct Api<S> {
     scrapes: limiter::Limiter,
     /// Bounds `GET /v1/sales`, which reads up to a page of sales from their owners.
     pages: limiter::Limiter,
+    /// Bounds `GET /v1/orders`, which reads a user's orders of up to a thousand sales.
+    order_lists: limiter::Limiter,
 }
 
 /// Metrics scrapes one shard runs at once, and starts per second.
 const SCRAPES: (u32, f64) = (4, 20.0);
 /// Sale pages one shard builds at once, and starts per second (bursts of a tenth of that).
 const PAGES: (u32, f64) = (4, 100.0);
+/// Order listings one shard builds at once, and starts per second.
+const ORDER_LISTS: (u32, f64) = (4, 50.0);
 
 impl<S: Store + 'static> Api<S> {
     /// The API for `shard`, checking callers with `auth`.
@@ -62,6 +67,12 @@ impl<S: Store + 'static> Api<S> {
                 "too many sale listings on this shard; retry shortly",
                 PAGES.0,
                 PAGES.1,
+            ),
+            order_lists: limiter::Limiter::new(
+                "too_many_order_lists",
+                "too many order listings on this shard; retry shortly",
+                ORDER_LISTS.0,
+                ORDER_LISTS.1,
             ),
         }
     }
@@ -107,6 +118,10 @@ impl<S: Store + 'static> Api<S> {
             Endpoint::Purchase(sku) => match method {
                 Method::Post => sales::purchase(self, request, sku).await,
                 _ => Err(not_allowed("POST")),
+            },
+            Endpoint::Orders => match method {
+                Method::Get => my_orders::list(self, request).await,
+                _ => Err(not_allowed(GET)),
             },
             Endpoint::Order(id) => match method {
                 Method::Get => orders::get(self, request, id).await,
@@ -181,6 +196,7 @@ enum Endpoint<'a> {
     Sales,
     Sale(&'a str),
     Purchase(&'a str),
+    Orders,
     Order(&'a str),
     Pay(&'a str),
     Cancel(&'a str),
@@ -207,6 +223,7 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales"] => Endpoint::Sales,
             ["v1", "sales", sku] => Endpoint::Sale(sku),
             ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
+            ["v1", "orders"] => Endpoint::Orders,
             ["v1", "orders", id] => Endpoint::Order(id),
             ["v1", "orders", id, "pay"] => Endpoint::Pay(id),
             ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
@@ -225,6 +242,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Sale(_) if method == Method::Put => Route::PutSale,
             Endpoint::Sale(_) => Route::GetSale,
             Endpoint::Purchase(_) => Route::Purchase,
+            Endpoint::Orders => Route::ListOrders,
             Endpoint::Order(_) => Route::GetOrder,
             Endpoint::Pay(_) => Route::PayOrder,
             Endpoint::Cancel(_) => Route::CancelOrder,

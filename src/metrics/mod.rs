@@ -33,6 +33,8 @@ pub enum Route {
     Purchase,
     /// `GET /v1/orders/{id}`
     GetOrder,
+    /// `GET /v1/orders` (the caller's orders)
+    ListOrders,
     /// `POST /v1/orders/{id}/pay`
     PayOrder,
     /// `POST /v1/orders/{id}/cancel`
@@ -47,7 +49,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 14] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -56,6 +58,7 @@ impl Route {
         Route::PutSale,
         Route::Purchase,
         Route::GetOrder,
+        Route::ListOrders,
         Route::PayOrder,
         Route::CancelOrder,
         Route::Blocklist,
@@ -74,6 +77,7 @@ impl Route {
             Route::PutSale => "put_sale",
             Route::Purchase => "purchase",
             Route::GetOrder => "get_order",
+            Route::ListOrders => "list_orders",
             Route::PayOrder => "pay_order",
             Route::CancelOrder => "cancel_order",
             Route::Blocklist => "blocklist",

@@ -13,6 +13,7 @@ use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester,
 use super::ids::OrderId;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
 use super::segmented::SegmentedMap;
+use super::user_orders::RecentOrders;
 use super::SaleError;
 
 /// How much closed history the book keeps; everything else it holds is bounded by live stock.
@@ -38,6 +39,8 @@ pub(super) struct Holder {
     pub(super) held: u32,
     /// Idempotency keys this user bought with, and the order each produced.
     pub(super) keys: HashMap<Box<str>, u128>,
+    /// This user's newest orders in the sale, for `GET /v1/orders`.
+    pub(super) recent: RecentOrders,
 }
 
 /// One sale and its live state.
@@ -156,6 +159,10 @@ impl Book {
             Command::Pay(id, user_id) => self.pay(&id, &Requester::Shopper(user_id), now_ms),
             Command::Cancel(id, requester) => self.cancel(&id, &requester, now_ms),
             Command::Expire(id) => self.expire_if_due(&id, now_ms),
+            Command::ListOrders(sku, user_id) => (
+                Ok(Outcome::Orders(self.recent_orders(&sku, &user_id))),
+                None,
+            ),
             Command::SetBlocked(user_id, blocked) => {
                 let event = Event::UserBlocked(user_id, blocked);
                 self.apply(&event);
@@ -236,6 +243,9 @@ impl Book {
                 if let Some(key) = idempotency_key {
                     holder.keys.insert(key.clone(), order.order_id.unique);
                 }
+                holder
+                    .recent
+                    .record(order.created_at, order.order_id.unique);
                 if order.status.holds_stock() {
                     debug_assert!(ledger.remaining >= u64::from(order.quantity));
                     holder.held = holder.held.saturating_add(order.quantity);
@@ -299,6 +309,22 @@ impl Book {
             },
             SaleLedger::stock,
         )
+    }
+
+    /// `user_id`'s indexed orders of `sku`, newest first.
+    fn recent_orders(&self, sku: &str, user_id: &str) -> Vec<Order> {
+        let Some(holder) = self
+            .sales
+            .get(sku)
+            .and_then(|ledger| ledger.holders.get(user_id))
+        else {
+            return Vec::new();
+        };
+        holder
+            .recent
+            .newest_first()
+            .filter_map(|unique| self.orders.get(&unique).cloned())
+            .collect()
     }
 
     fn view(&self, sku: &str, now_ms: u64) -> Result<SaleView, SaleError> {
@@ -501,7 +527,8 @@ impl Book {
                 self.order_counts.remove(forgotten.status);
                 if let Some(holder) = ledger.holders.get_mut(&forgotten.user_id) {
                     holder.keys.retain(|_, unique| *unique != oldest);
-                    if holder.held == 0 && holder.keys.is_empty() {
+                    holder.recent.forget(oldest);
+                    if holder.held == 0 && holder.keys.is_empty() && holder.recent.is_empty() {
                         ledger.holders.remove(&forgotten.user_id);
                     }
                 }

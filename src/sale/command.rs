@@ -58,6 +58,9 @@ pub enum Command {
     Expire(OrderId),
     /// Add a user to, or remove them from, the blocklist.
     SetBlocked(Box<str>, bool),
+    /// A user's most recent orders of one sale (SKU, user id), newest first; none for a SKU
+    /// the store does not know.
+    ListOrders(Box<str>, Box<str>),
 }
 
 impl Command {
@@ -65,7 +68,7 @@ impl Command {
     pub fn sku(&self) -> Option<&str> {
         match self {
             Self::UpsertSale(sale) => Some(&sale.sku),
-            Self::GetSale(sku) => Some(sku),
+            Self::GetSale(sku) | Self::ListOrders(sku, _) => Some(sku),
             Self::Purchase(request) => Some(&request.sku),
             Self::GetOrder(id, _) | Self::Pay(id, _) | Self::Cancel(id, _) | Self::Expire(id) => {
                 Some(&id.sku)
@@ -90,6 +93,8 @@ pub enum Outcome {
         /// Whether this answers a purchase that was already made with the same idempotency key.
         replayed: bool,
     },
+    /// Orders, newest first.
+    Orders(Vec<Order>),
     /// Nothing to return.
     Done,
 }

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod model;
 pub mod segmented;
 pub mod snapshot;
+pub mod user_orders;
 
 pub use error::SaleError;
 pub use model::{Order, OrderCounts, OrderStatus, Sale, SaleState, SaleView};

@@ -52,6 +52,8 @@ pub struct Edge {
     /// Every SKU in `sales`, in order: the index `GET /v1/sales` pages through, kept as sales
     /// are announced so that listing a page never walks every sale.
     skus: BTreeSet<Box<str>>,
+    /// The same SKUs by start time, for `GET /v1/orders`, which reads the most recent ones.
+    by_start: BTreeSet<(u64, Box<str>)>,
     blocked: HashSet<Box<str>>,
     /// When the last demand-measuring tick closed.
     last_tick: Option<Instant>,
@@ -74,6 +76,7 @@ impl Edge {
             shards,
             sales: HashMap::new(),
             skus: BTreeSet::new(),
+            by_start: BTreeSet::new(),
             blocked: HashSet::new(),
             last_tick: None,
         }
@@ -89,6 +92,10 @@ impl Edge {
                     // A re-announced definition (a shared store's sync, a replaced sale) keeps the
                     // tokens and split already in force: a fresh full bucket would be free burst.
                     Some(entry) => {
+                        if entry.starts_at != sale.starts_at {
+                            self.by_start.remove(&(entry.starts_at, sale.sku.clone()));
+                            self.by_start.insert((sale.starts_at, sale.sku.clone()));
+                        }
                         entry.starts_at = sale.starts_at;
                         entry.ends_at = sale.ends_at;
                         entry.rate_limit_per_sec = sale.rate_limit_per_sec;
@@ -117,6 +124,7 @@ impl Edge {
                         };
                         self.sales.insert(sale.sku.clone(), entry);
                         self.skus.insert(sale.sku.clone());
+                        self.by_start.insert((sale.starts_at, sale.sku.clone()));
                     }
                 }
             }
@@ -197,6 +205,17 @@ impl Edge {
     /// (created through another node since the last sync), see [`super::discovery`].
     pub fn knows(&self, sku: &str) -> bool {
         self.sales.contains_key(sku)
+    }
+
+    /// Up to `limit` SKUs of sales that had started at `now_ms`, the latest start first: those
+    /// that can hold orders, most recent first.
+    pub fn started_skus(&self, now_ms: u64, limit: usize) -> Vec<Box<str>> {
+        self.by_start
+            .range(..(now_ms.saturating_add(1), Box::<str>::from("")))
+            .rev()
+            .take(limit)
+            .map(|(_, sku)| sku.clone())
+            .collect()
     }
 
     /// Whether `user_id` is on this replica's blocklist.

@@ -4,7 +4,7 @@ use futures::channel::oneshot;
 
 use crate::metrics::ShardSnapshot;
 use crate::sale::command::{Command, Reply};
-use crate::sale::{Sale, SaleError, SaleView};
+use crate::sale::{Order, Sale, SaleError, SaleView};
 
 /// A message from one shard to another.
 #[derive(Debug)]
@@ -30,6 +30,17 @@ pub enum ShardMsg {
         /// Where the caller waits.
         reply: oneshot::Sender<super::discovery::Lookup>,
     },
+    /// Read one user's orders of these sales as their owner; see [`crate::shard::orders`].
+    ReadOrders {
+        /// Whose orders.
+        user_id: Box<str>,
+        /// SKUs the receiver owns.
+        skus: Vec<Box<str>>,
+        /// Most orders to send back (the newest).
+        limit: usize,
+        /// Where the caller waits.
+        reply: oneshot::Sender<OrdersRead>,
+    },
     /// Send back a copy of the receiver's metrics.
     Scrape {
         /// Where the scraping shard waits.
@@ -42,6 +53,27 @@ pub enum ShardMsg {
         /// Answered once applied, when the sender must know every shard has seen it.
         ack: Option<oneshot::Sender<()>>,
     },
+}
+
+/// One owner's part of a user's order list.
+#[derive(Debug, Default)]
+pub struct OrdersRead {
+    /// The orders found, newest first.
+    pub orders: Vec<Order>,
+    /// Sales read.
+    pub read: usize,
+    /// Sales that could not be read (their store failed).
+    pub failed: usize,
+}
+
+impl OrdersRead {
+    /// The answer when none of `skus` sales could be read.
+    pub fn failed(skus: usize) -> Self {
+        Self {
+            failed: skus,
+            ..Self::default()
+        }
+    }
 }
 
 /// An update to every shard's edge replica, sent by whoever owns the fact.

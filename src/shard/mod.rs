@@ -14,6 +14,7 @@ pub mod edge;
 pub mod fds;
 pub mod message;
 mod negative;
+pub mod orders;
 pub mod owner;
 pub mod placement;
 pub mod runtime;
@@ -200,9 +201,10 @@ impl<S: crate::store::Store + 'static> Shard<S> {
     /// Sends `message` to shard `target`, counting it.
     async fn send(&self, target: usize, message: ShardMsg) -> Result<(), ()> {
         let kind = match &message {
-            ShardMsg::Call { .. } | ShardMsg::ReadSales { .. } | ShardMsg::Discover { .. } => {
-                MessageKind::Call
-            }
+            ShardMsg::Call { .. }
+            | ShardMsg::ReadSales { .. }
+            | ShardMsg::Discover { .. }
+            | ShardMsg::ReadOrders { .. } => MessageKind::Call,
             ShardMsg::Notice { .. } => MessageKind::Notice,
             ShardMsg::Scrape { .. } => MessageKind::Scrape,
         };
@@ -357,6 +359,18 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {
                     let _ = reply.send(shard.look_up(sku).await);
+                })
+                .detach();
+            }
+            ShardMsg::ReadOrders {
+                user_id,
+                skus,
+                limit,
+                reply,
+            } => {
+                let shard = Rc::clone(self);
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.read_owned_orders(user_id, skus, limit).await);
                 })
                 .detach();
             }

@@ -190,7 +190,9 @@ impl Server {
             let log = File::create(&log_path).expect("create server log file");
             let log2 = log.try_clone().expect("clone log file");
             // Test binaries named `*_redis` run every server on its own Redis (cluster mode).
-            let redis = redis_mode().then(|| redis::RedisServer::start(&[]));
+            // A test that names its own Redis (several nodes on one) gets no private one.
+            let own_redis = extra_args.contains(&"--redis");
+            let redis = (redis_mode() && !own_redis).then(|| redis::RedisServer::start(&[]));
             // Hermetic: no SECKILL_*, RUST_LOG or NOTIFY_SOCKET leaks in from the environment.
             let mut cmd = process::seckill_cmd();
             cmd.arg("serve");

@@ -170,6 +170,19 @@ impl RedisStore {
         Ok(Outcome::Done)
     }
 
+    /// `user`'s orders of `sku` still held, newest first (the `USER_ORDERS` script).
+    async fn list_orders(&self, sku: &str, user: &str) -> Reply {
+        let reply = self
+            .script(&self.0.scripts.user_orders, sku, vec![user.to_owned()])
+            .await?;
+        let mut orders = Vec::new();
+        for raw in reply.into_array() {
+            let json = raw.as_str().ok_or(SaleError::Unavailable)?;
+            orders.push(decode_order(&json)?);
+        }
+        Ok(Outcome::Orders(orders))
+    }
+
     /// Runs one command against Redis.
     pub(super) async fn run(&self, command: Command) -> Reply {
         match command {
@@ -196,6 +209,7 @@ impl RedisStore {
                 Ok(Outcome::Done)
             }
             Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,
+            Command::ListOrders(sku, user) => self.list_orders(&sku, &user).await,
         }
     }
 }

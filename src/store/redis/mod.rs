@@ -123,6 +123,7 @@ struct Scripts {
     transition: Script,
     sync: Script,
     upsert: Script,
+    user_orders: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -197,6 +198,7 @@ impl RedisStore {
                 transition: Script::from_lua(scripts::TRANSITION),
                 sync: Script::from_lua(scripts::SYNC),
                 upsert: Script::from_lua(scripts::UPSERT),
+                user_orders: Script::from_lua(scripts::USER_ORDERS),
             },
             breaker: RefCell::new(Breaker::default()),
             batches: RefCell::new(HashMap::new()),

@@ -26,6 +26,14 @@ local function event(kind, o)
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', kind, 'order_id', o.order_id,
              'user_id', o.user_id, 'quantity', o.quantity, 'status', o.status)
 end
+-- Drops order `id` from `user`'s list in K.byuser (entries are ' ' .. id, all one length).
+local function unlist(user, id)
+  local ids = redis.call('HGET', K.byuser, user)
+  local at = ids and string.find(ids, ' ' .. id, 1, true)
+  if not at then return end
+  ids = string.sub(ids, 1, at - 1) .. string.sub(ids, at + #id + 1)
+  if ids == '' then redis.call('HDEL', K.byuser, user) else redis.call('HSET', K.byuser, user, ids) end
+end
 -- Moves pending order `o` to `status`; stock and the user's holding come back unless paid.
 -- Closed orders beyond `retention` are forgotten oldest first, with their idempotency keys.
 local function close(o, status, retention)
@@ -49,6 +57,7 @@ local function close(o, status, retention)
         redis.call('HDEL', K.idem, gone.idem)
       end
       redis.call('HDEL', K.orders, old)
+      unlist(gone.user_id, old)
     end
   end
 end
@@ -128,6 +137,8 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', K.held, user, qty)
       redis.call('HSET', K.orders, id, json)
       if idem then redis.call('HSET', K.idem, idem, id) end
+      -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
+      redis.call('HSET', K.byuser, user, string.sub((redis.call('HGET', K.byuser, user) or '') .. ' ' .. id, -32 * (#id + 1)))
       redis.call('ZADD', K.pending, o.expires_at, id)
       event('created', o)
       answer('ok', json)
@@ -203,12 +214,28 @@ pub const UPSERT: &str = concat!(
     r#"
 local starts = redis.call('HGET', K.sale, 'starts_at')
 if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
-redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed)
+redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser)
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
            'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7])
 redis.call('SET', K.remaining, ARGV[2])
 local seq = redis.call('INCR', K.seq)
 for i = 8, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
 return {'ok', tonumber(ARGV[2]), seq}
+"#
+);
+
+/// A user's orders of one SKU, newest first: `ARGV = [user_id]`. Reads the ids `PURCHASE` keeps
+/// in `byuser` (the last 32 of that user) and returns the JSON of each order still held.
+pub const USER_ORDERS: &str = concat!(
+    prelude!(),
+    r#"
+local ids = redis.call('HGET', K.byuser, ARGV[1])
+local out = {}
+if not ids then return out end
+for id in string.gmatch(ids, '%S+') do
+  local raw = redis.call('HGET', K.orders, id)
+  if raw then table.insert(out, 1, raw) end
+end
+return out
 "#
 );
