@@ -6,6 +6,7 @@ pub mod error;
 mod limiter;
 mod listing;
 mod orders;
+mod resume;
 mod sales;
 mod system;
 
@@ -108,6 +109,10 @@ impl<S: Store + 'static> Api<S> {
                 Method::Post => sales::purchase(self, request, sku).await,
                 _ => Err(not_allowed("POST")),
             },
+            Endpoint::Resume(sku) => match method {
+                Method::Post => resume::resume(self, request, sku).await,
+                _ => Err(not_allowed("POST")),
+            },
             Endpoint::Order(id) => match method {
                 Method::Get => orders::get(self, request, id).await,
                 _ => Err(not_allowed(GET)),
@@ -150,6 +155,7 @@ impl<S: Store + 'static> Api<S> {
     fn body_refusal(&self, endpoint: Endpoint<'_>, request: &Request<'_>) -> Option<ApiError> {
         let access = match (endpoint, request.method) {
             (Endpoint::Sale(_), Method::Put) => BodyAccess::Admin,
+            (Endpoint::Resume(_), Method::Post) => BodyAccess::Admin,
             (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
             (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
             (Endpoint::Pay(_) | Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
@@ -181,6 +187,7 @@ enum Endpoint<'a> {
     Sales,
     Sale(&'a str),
     Purchase(&'a str),
+    Resume(&'a str),
     Order(&'a str),
     Pay(&'a str),
     Cancel(&'a str),
@@ -207,6 +214,7 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales"] => Endpoint::Sales,
             ["v1", "sales", sku] => Endpoint::Sale(sku),
             ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
+            ["v1", "sales", sku, "resume"] => Endpoint::Resume(sku),
             ["v1", "orders", id] => Endpoint::Order(id),
             ["v1", "orders", id, "pay"] => Endpoint::Pay(id),
             ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
@@ -225,6 +233,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Sale(_) if method == Method::Put => Route::PutSale,
             Endpoint::Sale(_) => Route::GetSale,
             Endpoint::Purchase(_) => Route::Purchase,
+            Endpoint::Resume(_) => Route::ResumeSale,
             Endpoint::Order(_) => Route::GetOrder,
             Endpoint::Pay(_) => Route::PayOrder,
             Endpoint::Cancel(_) => Route::CancelOrder,

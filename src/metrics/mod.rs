@@ -31,6 +31,8 @@ pub enum Route {
     PutSale,
     /// `POST /v1/sales/{sku}/purchase`
     Purchase,
+    /// `POST /v1/sales/{sku}/resume`
+    ResumeSale,
     /// `GET /v1/orders/{id}`
     GetOrder,
     /// `POST /v1/orders/{id}/pay`
@@ -47,7 +49,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 14] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -55,6 +57,7 @@ impl Route {
         Route::GetSale,
         Route::PutSale,
         Route::Purchase,
+        Route::ResumeSale,
         Route::GetOrder,
         Route::PayOrder,
         Route::CancelOrder,
@@ -73,6 +76,7 @@ impl Route {
             Route::GetSale => "get_sale",
             Route::PutSale => "put_sale",
             Route::Purchase => "purchase",
+            Route::ResumeSale => "resume_sale",
             Route::GetOrder => "get_order",
             Route::PayOrder => "pay_order",
             Route::CancelOrder => "cancel_order",

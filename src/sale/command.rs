@@ -58,6 +58,9 @@ pub enum Command {
     Expire(OrderId),
     /// Add a user to, or remove them from, the blocklist.
     SetBlocked(Box<str>, bool),
+    /// Let a SKU whose shared store regressed (lost writes) sell again, optionally with this
+    /// many units left; an operator's decision, answered with a report of what was lost.
+    Resume(Box<str>, Option<u64>),
 }
 
 impl Command {
@@ -65,7 +68,7 @@ impl Command {
     pub fn sku(&self) -> Option<&str> {
         match self {
             Self::UpsertSale(sale) => Some(&sale.sku),
-            Self::GetSale(sku) => Some(sku),
+            Self::GetSale(sku) | Self::Resume(sku, _) => Some(sku),
             Self::Purchase(request) => Some(&request.sku),
             Self::GetOrder(id, _) | Self::Pay(id, _) | Self::Cancel(id, _) | Self::Expire(id) => {
                 Some(&id.sku)
@@ -92,6 +95,8 @@ pub enum Outcome {
     },
     /// Nothing to return.
     Done,
+    /// A regressed SKU was resumed: the report of what was lost, as JSON.
+    Resumed(Box<str>),
 }
 
 /// A SKU's stock at one point in its history.

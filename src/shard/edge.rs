@@ -53,6 +53,9 @@ pub struct Edge {
     /// are announced so that listing a page never walks every sale.
     skus: BTreeSet<Box<str>>,
     blocked: HashSet<Box<str>>,
+    /// SKUs whose shared store regressed: refused whether or not the sale is known here (Redis
+    /// may have lost the sale itself). Bounded by the sales the owners know.
+    regressed: HashSet<Box<str>>,
     /// When the last demand-measuring tick closed.
     last_tick: Option<Instant>,
 }
@@ -75,6 +78,7 @@ impl Edge {
             sales: HashMap::new(),
             skus: BTreeSet::new(),
             blocked: HashSet::new(),
+            regressed: HashSet::new(),
             last_tick: None,
         }
     }
@@ -148,6 +152,13 @@ impl Edge {
                 }
             }
             Notice::Shares { per_sku } => self.apply_fractions(per_sku, false, now),
+            Notice::Regressed { sku, regressed } => {
+                if *regressed {
+                    self.regressed.insert(sku.clone());
+                } else {
+                    self.regressed.remove(sku);
+                }
+            }
         }
     }
 
@@ -203,7 +214,7 @@ impl Edge {
         self.blocked.iter().map(|user| &**user)
     }
 
-    /// The edge checks for a purchase, in contract order: sale exists, window, blocklist, rate,
+    /// The edge checks for a purchase, in contract order: the store has not regressed, sale exists, window, blocklist, rate,
     /// then the sold-out flag. A request carrying an idempotency key skips the sold-out flag,
     /// because it may be the retry of a purchase that succeeded and must get its order back.
     pub fn admit_purchase(
@@ -214,6 +225,9 @@ impl Edge {
         now_ms: u64,
         now: Instant,
     ) -> Result<(), Refusal> {
+        if self.regressed.contains(sku) {
+            return Err(Refusal::Sale(SaleError::StoreRegressed));
+        }
         let sale = self
             .sales
             .get_mut(sku)

@@ -51,6 +51,7 @@ impl RedisStore {
                     remaining: int_at(&fields, 1)?,
                     seq: int_at(&fields, 2)?,
                 };
+                self.created(&sale, level, int_at(&fields, 3).unwrap_or(0));
                 Ok(Outcome::Sale(SaleView::new(
                     &sale,
                     level.remaining,
@@ -196,6 +197,7 @@ impl RedisStore {
                 Ok(Outcome::Done)
             }
             Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,
+            Command::Resume(sku, remaining) => self.resume(&sku, remaining).await,
         }
     }
 }
