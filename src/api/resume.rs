@@ -27,7 +27,11 @@ pub(super) async fn resume<S: Store + 'static>(
     let mut fields = json_fields(request)?;
     let remaining = fields.u64("remaining", 0..=MAX_REMAINING)?;
     fields.finish()?;
-    match api.shard.call(Command::Resume(sku.into(), remaining)).await? {
+    match api
+        .shard
+        .call(Command::Resume(sku.into(), remaining))
+        .await?
+    {
         // The report is JSON the store's script encoded.
         Outcome::Resumed(report) => Ok(Response::json(200, report.into_string().into_bytes())),
         _ => Err(SaleError::Unavailable.into()),

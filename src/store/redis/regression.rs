@@ -97,7 +97,9 @@ impl RedisStore {
         let mut regression = self.0.regression.borrow_mut();
         let full = regression.floors.len() >= MAX_FLOORS;
         match regression.floors.get_mut(&sale.sku) {
-            Some(floor) if epoch > floor.epoch || (epoch == floor.epoch && level.seq >= floor.seq) => {
+            Some(floor)
+                if epoch > floor.epoch || (epoch == floor.epoch && level.seq >= floor.seq) =>
+            {
                 *floor = Floor {
                     epoch,
                     seq: level.seq,
@@ -129,7 +131,11 @@ impl RedisStore {
     /// sales lost them.
     pub(super) fn watched(&self) -> Vec<String> {
         let regression = self.0.regression.borrow();
-        regression.floors.keys().map(|sku| sku.to_string()).collect()
+        regression
+            .floors
+            .keys()
+            .map(|sku| sku.to_string())
+            .collect()
     }
 
     /// Reads one `SYNC` reply for `sku` and updates the view and the regressed set.
