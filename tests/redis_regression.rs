@@ -69,6 +69,15 @@ impl Ledger {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn sale_spec_opening(delay_ms: i64) -> Value {
     let now = now_ms();
     json!({
@@ -158,6 +167,9 @@ fn run(event: Event) {
     let old_rdb = redis.dir.join("old.rdb");
     let mut report = Value::Null;
     std::thread::scope(|scope| {
+        // The buyers stop when this closure ends, panicking or not: a failed check must fail
+        // the test, not leave it waiting for them.
+        let _stop = StopOnDrop(&stop);
         for thread in 0..4 {
             let (node, ledger, phase, stop) = (&nodes[thread % 2], &ledger, &phase, &stop);
             scope.spawn(move || buyer(node, ledger, phase, stop));
@@ -228,6 +240,9 @@ fn run(event: Event) {
                 .any(|node| node.log().contains("lost acknowledged writes")),
             "an error is logged"
         );
+        // A node started now refuses too: it learns the marker from Redis.
+        let late = Server::start(2, &["--redis", &url]);
+        wait_all_refuse(std::slice::from_ref(&late));
         let marker: Option<String> = redis
             .query(&["GET", &format!("seckill:{{{SKU}}}:regressed")])
             .expect("GET marker");
@@ -237,11 +252,14 @@ fn run(event: Event) {
 
         // The operator resumes on node 0 (a resume where nothing regressed is refused: below).
         let acked_before_resume = ledger.total();
+        // Set before the call: a purchase may be answered after the resume took effect and
+        // before its answer reaches this thread. A unit sold before it took effect would show as
+        // more sold after the resume than it stated.
+        phase.store(RESUMED, Ordering::SeqCst);
         let r = nodes[0]
             .client()
             .admin("POST", &format!("/v1/sales/{SKU}/resume"), None);
         assert_eq!(r.status, 200, "resume: {r}");
-        phase.store(RESUMED, Ordering::SeqCst);
         report = r.json();
         println!("resume report: {report}");
         let resumed = report["resumed"]["remaining"]
@@ -330,4 +348,35 @@ fn a_restart_without_persistence_is_detected_and_never_resold() {
 #[test]
 fn a_restore_of_an_older_rdb_is_detected_and_never_resold() {
     run(Event::RestoreOlderRdb);
+}
+
+/// Single-node mode cannot regress (its journal does not lose writes behind its back): a resume
+/// is refused there; and the endpoint checks its caller and body like every admin endpoint.
+#[test]
+fn resume_is_admin_only_and_refused_when_nothing_regressed() {
+    let node = Server::start(1, &[]);
+    let mut client = node.client();
+    client.create_sale(SKU, &sale_spec_opening(-1_000));
+    let path = format!("/v1/sales/{SKU}/resume");
+    let r = client.authed("POST", &path, &tok("shopper"), None);
+    assert_error(&r, 401, "unauthorized");
+    let r = client.admin("POST", &path, Some(r#"{"remaining":"lots"}"#));
+    assert_error(&r, 400, "bad_request");
+    let r = client.admin("POST", &path, Some(r#"{"remaining":5}"#));
+    assert_error(&r, 409, "not_regressed");
+    let r = client.admin("GET", &path, None);
+    assert_eq!(r.status, 405, "{r}");
+
+    // In cluster mode, a SKU whose store did not regress is refused the same way.
+    let redis = RedisServer::start(&[]);
+    let clustered = Server::start(1, &["--redis", &redis.url()]);
+    clustered
+        .client()
+        .create_sale(SKU, &sale_spec_opening(-1_000));
+    let r = clustered.client().admin("POST", &path, None);
+    assert_error(&r, 409, "not_regressed");
+    let r = clustered
+        .client()
+        .admin("POST", "/v1/sales/nosuch/resume", None);
+    assert_error(&r, 409, "not_regressed");
 }

@@ -360,6 +360,31 @@ mod tests {
         assert_eq!(edge.admit_purchase("s", "v", true, 150, even_later), Ok(()));
     }
 
+    #[test]
+    fn a_regressed_sku_is_refused_known_or_not_until_resumed() {
+        let now = Instant::now();
+        let mut edge = Edge::new(0, 1);
+        let regressed = |sku: &str, regressed| Notice::Regressed {
+            sku: sku.into(),
+            regressed,
+        };
+        edge.apply(&sale(0), now);
+        edge.apply(&regressed("s", true), now);
+        // Redis may have lost the sale itself: an unknown SKU is refused the same way.
+        edge.apply(&regressed("gone", true), now);
+        for sku in ["s", "gone"] {
+            assert_eq!(
+                edge.admit_purchase(sku, "u", true, 150, now),
+                Err(Refusal::Sale(SaleError::StoreRegressed))
+            );
+        }
+        // A re-announced definition (a sync) does not lift it; only the owner's resume does.
+        edge.apply(&sale(0), now);
+        assert!(edge.admit_purchase("s", "u", false, 150, now).is_err());
+        edge.apply(&regressed("s", false), now);
+        assert_eq!(edge.admit_purchase("s", "u", false, 150, now), Ok(()));
+    }
+
     /// Two shards' edges driven tick by tick like the runtime does (shard 1 ticks half a tick
     /// after shard 0; notices arrive before the receiver's next step), through demand that
     /// starts from idle and swings between the shards. The shares in force must never add up

@@ -321,6 +321,13 @@ impl Store for RedisStore {
             let Ok(synced) = reply.and_then(|reply| self.synced(sku, reply)) else {
                 continue;
             };
+            if synced.regressed.is_some() && synced.sale.is_none() {
+                // Put a lost sale back in the index, so nodes started later find its marker too.
+                let index = keys::sales(prefix);
+                let _ = self
+                    .call(client.sadd::<i64, _, _>(index.as_str(), sku.as_str()))
+                    .await;
+            }
             if let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) {
                 // A margin over the last deadline, for clocks that disagree with Redis `TIME`.
                 let settled_at = sale
