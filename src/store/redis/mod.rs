@@ -299,11 +299,12 @@ impl Store for RedisStore {
             return Vec::new();
         };
         // A sale this shard has seen is asked about even when the index lost it (FLUSHALL).
-        for sku in self.watched() {
-            if !skus.contains(&sku) {
-                skus.push(sku);
-            }
-        }
+        let indexed: std::collections::HashSet<String> = skus.iter().cloned().collect();
+        skus.extend(
+            self.watched()
+                .into_iter()
+                .filter(|sku| !indexed.contains(sku)),
+        );
         let mut owned = Vec::new();
         let now = now_ms();
         for sku in skus.iter().filter(|sku| self.owns(sku)) {
