@@ -66,7 +66,11 @@ impl RedisStore {
 
     /// A block or unblock made while a sale was being created may have written the sale's copy
     /// of the blocklist before the upsert script replaced it; copy the changes since `copied`.
-    async fn reconcile_blocklist(&self, sku: &str, copied: &[String]) -> Result<(), RedisError> {
+    pub(super) async fn reconcile_blocklist(
+        &self,
+        sku: &str,
+        copied: &[String],
+    ) -> Result<(), RedisError> {
         let client = self.now_or_never();
         let client = &client;
         let prefix = &self.0.prefix;

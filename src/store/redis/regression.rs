@@ -210,6 +210,9 @@ impl RedisStore {
         let fields = reply.into_array();
         match fields.first().and_then(Value::as_str).as_deref() {
             Some("ok") => {
+                // A sale Redis lost lost its copy of the blocklist too; the purchase script
+                // checks that copy.
+                self.reconcile_blocklist(sku, &[]).await?;
                 let report = str_at(&fields, 1)?;
                 tracing::warn!(sku, report = %report, "sale resumed after its store regressed");
                 self.0.regression.borrow_mut().regressed.remove(sku);
