@@ -254,6 +254,8 @@ fn run(event: Event) {
         // A node started now refuses too: it learns the marker from Redis.
         let late = Server::start(2, &["--redis", &url]);
         wait_all_refuse(std::slice::from_ref(&late));
+        let reput = late.client().put_sale(SKU, &sale_spec_opening(-1_000));
+        assert_error(&reput, 503, "store_regressed");
         let marker: Option<String> = redis
             .query(&["GET", &format!("seckill:{{{SKU}}}:regressed")])
             .expect("GET marker");
