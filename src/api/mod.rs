@@ -7,6 +7,7 @@ mod limiter;
 mod listing;
 mod my_orders;
 mod orders;
+mod resume;
 mod sales;
 mod system;
 
@@ -123,6 +124,10 @@ impl<S: Store + 'static> Api<S> {
                 Method::Get => my_orders::list(self, request).await,
                 _ => Err(not_allowed(GET)),
             },
+            Endpoint::Resume(sku) => match method {
+                Method::Post => resume::resume(self, request, sku).await,
+                _ => Err(not_allowed("POST")),
+            },
             Endpoint::Order(id) => match method {
                 Method::Get => orders::get(self, request, id).await,
                 _ => Err(not_allowed(GET)),
@@ -165,6 +170,7 @@ impl<S: Store + 'static> Api<S> {
     fn body_refusal(&self, endpoint: Endpoint<'_>, request: &Request<'_>) -> Option<ApiError> {
         let access = match (endpoint, request.method) {
             (Endpoint::Sale(_), Method::Put) => BodyAccess::Admin,
+            (Endpoint::Resume(_), Method::Post) => BodyAccess::Admin,
             (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
             (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
             (Endpoint::Pay(_) | Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
@@ -197,6 +203,7 @@ enum Endpoint<'a> {
     Sale(&'a str),
     Purchase(&'a str),
     Orders,
+    Resume(&'a str),
     Order(&'a str),
     Pay(&'a str),
     Cancel(&'a str),
@@ -224,6 +231,7 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales", sku] => Endpoint::Sale(sku),
             ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
             ["v1", "orders"] => Endpoint::Orders,
+            ["v1", "sales", sku, "resume"] => Endpoint::Resume(sku),
             ["v1", "orders", id] => Endpoint::Order(id),
             ["v1", "orders", id, "pay"] => Endpoint::Pay(id),
             ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
@@ -243,6 +251,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Sale(_) => Route::GetSale,
             Endpoint::Purchase(_) => Route::Purchase,
             Endpoint::Orders => Route::ListOrders,
+            Endpoint::Resume(_) => Route::ResumeSale,
             Endpoint::Order(_) => Route::GetOrder,
             Endpoint::Pay(_) => Route::PayOrder,
             Endpoint::Cancel(_) => Route::CancelOrder,

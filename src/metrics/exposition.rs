@@ -77,6 +77,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
     render_runtime(&mut out, shards);
     render_journal(&mut out, shards);
     render_redis(&mut out, shards);
+    render_regressions(&mut out, shards);
     out.0
 }
 
@@ -374,6 +375,27 @@ fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
             stats.breaker_state,
         );
     }
+}
+
+/// Lost writes in a shared store: only in cluster mode, where a store can regress.
+fn render_regressions(out: &mut Text, shards: &[ShardSnapshot]) {
+    if shards.iter().all(|shard| shard.store.redis.is_none()) {
+        return;
+    }
+    out.family(
+        "seckill_store_regressions_total",
+        "counter",
+        "Times this node saw a sale's state in the shared store go backwards (lost writes); each stops the SKU until an operator resumes it.",
+    );
+    let seen = shards.iter().map(|shard| shard.store.regressions).sum();
+    out.sample("seckill_store_regressions_total", &[], seen);
+    out.family(
+        "seckill_store_regressed_skus",
+        "gauge",
+        "SKUs refused now because their shared store regressed, awaiting an operator's resume.",
+    );
+    let now = shards.iter().map(|shard| shard.store.regressed_skus).sum();
+    out.sample("seckill_store_regressed_skus", &[], now);
 }
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;

@@ -31,6 +31,8 @@ pub enum Route {
     PutSale,
     /// `POST /v1/sales/{sku}/purchase`
     Purchase,
+    /// `POST /v1/sales/{sku}/resume`
+    ResumeSale,
     /// `GET /v1/orders/{id}`
     GetOrder,
     /// `GET /v1/orders` (the caller's orders)
@@ -49,7 +51,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 15] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -57,6 +59,7 @@ impl Route {
         Route::GetSale,
         Route::PutSale,
         Route::Purchase,
+        Route::ResumeSale,
         Route::GetOrder,
         Route::ListOrders,
         Route::PayOrder,
@@ -76,6 +79,7 @@ impl Route {
             Route::GetSale => "get_sale",
             Route::PutSale => "put_sale",
             Route::Purchase => "purchase",
+            Route::ResumeSale => "resume_sale",
             Route::GetOrder => "get_order",
             Route::ListOrders => "list_orders",
             Route::PayOrder => "pay_order",

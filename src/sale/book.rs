@@ -168,6 +168,8 @@ impl Book {
                 self.apply(&event);
                 (Ok(Outcome::Done), Some(event))
             }
+            // One machine's journal cannot lose acknowledged writes behind its back.
+            Command::Resume(..) => (Err(SaleError::NotRegressed), None),
         }
     }
 

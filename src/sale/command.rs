@@ -61,6 +61,9 @@ pub enum Command {
     /// A user's most recent orders of one sale (SKU, user id), newest first; none for a SKU
     /// the store does not know.
     ListOrders(Box<str>, Box<str>),
+    /// Let a SKU whose shared store regressed (lost writes) sell again, optionally with this
+    /// many units left; an operator's decision, answered with a report of what was lost.
+    Resume(Box<str>, Option<u64>),
 }
 
 impl Command {
@@ -68,7 +71,7 @@ impl Command {
     pub fn sku(&self) -> Option<&str> {
         match self {
             Self::UpsertSale(sale) => Some(&sale.sku),
-            Self::GetSale(sku) | Self::ListOrders(sku, _) => Some(sku),
+            Self::GetSale(sku) | Self::ListOrders(sku, _) | Self::Resume(sku, _) => Some(sku),
             Self::Purchase(request) => Some(&request.sku),
             Self::GetOrder(id, _) | Self::Pay(id, _) | Self::Cancel(id, _) | Self::Expire(id) => {
                 Some(&id.sku)
@@ -97,6 +100,8 @@ pub enum Outcome {
     Orders(Vec<Order>),
     /// Nothing to return.
     Done,
+    /// A regressed SKU was resumed: the report of what was lost, as JSON.
+    Resumed(Box<str>),
 }
 
 /// A SKU's stock at one point in its history.

@@ -70,6 +70,11 @@ refusals! {
     OrderPaid => 409, "order_paid", "the order is already paid";
     /// The store could not be reached or did not confirm in time.
     Unavailable => 503, "unavailable", "the store is unavailable, try again";
+    /// The shared store lost writes of this sale (its state went backwards); it sells nothing
+    /// until an operator resumes it.
+    StoreRegressed => 503, "store_regressed", "the store lost acknowledged writes of this sale; it is stopped until an operator resumes it";
+    /// A resume was asked for a sale whose store did not regress.
+    NotRegressed => 409, "not_regressed", "this sale's store has not regressed; there is nothing to resume";
 }
 
 #[cfg(test)]

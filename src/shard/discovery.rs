@@ -222,10 +222,13 @@ impl<S: Store + 'static> Shard<S> {
             let mut announced = self.announced.borrow_mut();
             let entry = announced.entry(sale.sku.clone()).or_default();
             if entry.sale.as_ref() != Some(&sale) {
+                // A resume's epoch and a regression are the sync's to change, not a lookup's.
                 *entry = super::owner::Announced {
                     sold_out: level.remaining == 0,
                     seq: level.seq,
                     sale: Some(sale.clone()),
+                    epoch: entry.epoch,
+                    regressed: entry.regressed,
                 };
             } else if level.seq >= entry.seq {
                 entry.seq = level.seq;

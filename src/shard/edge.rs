@@ -55,6 +55,9 @@ pub struct Edge {
     /// The same SKUs by start time, for `GET /v1/orders`, which reads the most recent ones.
     by_start: BTreeSet<(u64, Box<str>)>,
     blocked: HashSet<Box<str>>,
+    /// SKUs whose shared store regressed: refused whether or not the sale is known here (Redis
+    /// may have lost the sale itself). Bounded by the sales the owners know.
+    regressed: HashSet<Box<str>>,
     /// When the last demand-measuring tick closed.
     last_tick: Option<Instant>,
 }
@@ -78,6 +81,7 @@ impl Edge {
             skus: BTreeSet::new(),
             by_start: BTreeSet::new(),
             blocked: HashSet::new(),
+            regressed: HashSet::new(),
             last_tick: None,
         }
     }
@@ -156,6 +160,13 @@ impl Edge {
                 }
             }
             Notice::Shares { per_sku } => self.apply_fractions(per_sku, false, now),
+            Notice::Regressed { sku, regressed } => {
+                if *regressed {
+                    self.regressed.insert(sku.clone());
+                } else {
+                    self.regressed.remove(sku);
+                }
+            }
         }
     }
 
@@ -228,7 +239,7 @@ impl Edge {
         self.blocked.iter().map(|user| &**user)
     }
 
-    /// The edge checks for a purchase, in contract order: sale exists, window, blocklist, rate,
+    /// The edge checks for a purchase, in contract order: the store has not regressed, sale exists, window, blocklist, rate,
     /// then the sold-out flag. A request carrying an idempotency key skips the sold-out flag,
     /// because it may be the retry of a purchase that succeeded and must get its order back.
     pub fn admit_purchase(
@@ -239,6 +250,9 @@ impl Edge {
         now_ms: u64,
         now: Instant,
     ) -> Result<(), Refusal> {
+        if self.regressed.contains(sku) {
+            return Err(Refusal::Sale(SaleError::StoreRegressed));
+        }
         let sale = self
             .sales
             .get_mut(sku)
@@ -369,6 +383,31 @@ mod tests {
         );
         let even_later = later + Duration::from_secs(2);
         assert_eq!(edge.admit_purchase("s", "v", true, 150, even_later), Ok(()));
+    }
+
+    #[test]
+    fn a_regressed_sku_is_refused_known_or_not_until_resumed() {
+        let now = Instant::now();
+        let mut edge = Edge::new(0, 1);
+        let regressed = |sku: &str, regressed| Notice::Regressed {
+            sku: sku.into(),
+            regressed,
+        };
+        edge.apply(&sale(0), now);
+        edge.apply(&regressed("s", true), now);
+        // Redis may have lost the sale itself: an unknown SKU is refused the same way.
+        edge.apply(&regressed("gone", true), now);
+        for sku in ["s", "gone"] {
+            assert_eq!(
+                edge.admit_purchase(sku, "u", true, 150, now),
+                Err(Refusal::Sale(SaleError::StoreRegressed))
+            );
+        }
+        // A re-announced definition (a sync) does not lift it; only the owner's resume does.
+        edge.apply(&sale(0), now);
+        assert!(edge.admit_purchase("s", "u", false, 150, now).is_err());
+        edge.apply(&regressed("s", false), now);
+        assert_eq!(edge.admit_purchase("s", "u", false, 150, now), Ok(()));
     }
 
     /// Two shards' edges driven tick by tick like the runtime does (shard 1 ticks half a tick

@@ -110,6 +110,14 @@ pub enum Notice {
         /// Requests per second, by SKU.
         per_sku: Vec<(Box<str>, f64)>,
     },
+    /// The owner saw the SKU's shared store regress (lost writes): refuse every purchase
+    /// (`true`), until an operator resumed it (`false`).
+    Regressed {
+        /// Which SKU.
+        sku: Box<str>,
+        /// Whether purchases are refused.
+        regressed: bool,
+    },
     /// A sale owner's split of its sales' rates: every shard's fraction, indexed by shard.
     Shares {
         /// Fractions adding up to at most 1, by SKU.

@@ -31,12 +31,24 @@ pub struct Announced {
     pub seq: u64,
     /// The definition last announced, for a shared store whose sales other nodes create.
     pub sale: Option<crate::sale::Sale>,
+    /// The sale's epoch in a shared store, bumped by every resume: a newer one starts `seq`
+    /// afresh.
+    pub epoch: u64,
+    /// Whether the shared store regressed (lost writes) and every shard refuses the SKU.
+    pub regressed: bool,
 }
 
 impl<S: Store + 'static> Shard<S> {
     /// Runs a command this shard owns and applies its consequences.
     pub(super) async fn execute_owned(self: &Rc<Self>, command: Command) -> Reply {
         let _in_flight = self.metrics.owner_command();
+        if let Command::UpsertSale(sale) = &command {
+            self.may_replace(&sale.sku)?;
+        }
+        let resumed = match &command {
+            Command::Resume(sku, _) => Some(sku.clone()),
+            _ => None,
+        };
         let announce = match &command {
             Command::UpsertSale(sale) => Some(Notice::SaleUpserted {
                 sale: sale.clone(),
@@ -61,10 +73,16 @@ impl<S: Store + 'static> Shard<S> {
             .unwrap_or(Err(SaleError::Unavailable));
         match (&reply, announce) {
             (Ok(_), Some(Notice::SaleUpserted { sale, .. })) => {
+                let epoch = self
+                    .announced
+                    .borrow()
+                    .get(&sale.sku)
+                    .map_or(0, |entry| entry.epoch);
                 self.announced.borrow_mut().insert(
                     sale.sku.clone(),
                     Announced {
                         sale: Some(sale.clone()),
+                        epoch,
                         ..Announced::default()
                     },
                 );
@@ -75,6 +93,10 @@ impl<S: Store + 'static> Shard<S> {
             }
             (Ok(_), Some(blocked)) => self.broadcast(blocked, true).await,
             _ => {}
+        }
+        if let (Ok(Outcome::Resumed(_)), Some(sku)) = (&reply, resumed) {
+            // This node sells again at once; the others follow at their next sync.
+            self.mirror_regression(&sku, None).await;
         }
         match &reply {
             Ok(Outcome::Order {
@@ -172,17 +194,6 @@ impl<S: Store + 'static> Shard<S> {
         }
     }
 
-    /// Like [`Shard::announce_stock`] for a level read from the shared store by a sync. Such a
-    /// read is the current truth even when its sequence number is lower than one seen before
-    /// (Redis restored from an older snapshot): trusting the old number would keep the SKU flagged
-    /// sold out for good.
-    async fn announce_synced_stock(&self, sku: &str, level: StockLevel) {
-        if let Some(entry) = self.announced.borrow_mut().get_mut(sku) {
-            entry.seq = entry.seq.min(level.seq);
-        }
-        self.announce_stock(sku, level, false).await;
-    }
-
     pub(super) fn next_flag_version(&self) -> u64 {
         let version = self.flag_version.get() + 1;
         self.flag_version.set(version);
@@ -212,38 +223,89 @@ impl<S: Store + 'static> Shard<S> {
     }
 
     /// For a shared store: lets the store reclaim due orders of the SKUs this shard owns, then
-    /// tells every shard about sales other nodes created or replaced and about stock other nodes
-    /// sold or returned. Runs every tick, so a change anywhere is seen here within about
-    /// [`TICK`] plus one Redis round trip.
+    /// tells every shard about sales other nodes created or replaced, about stock other nodes
+    /// sold or returned, and about SKUs whose store regressed or was resumed. Runs every tick, so
+    /// a change anywhere is seen here within about [`TICK`] plus one Redis round trip.
     async fn sync_shared(self: &Rc<Self>) {
         if self.id == 0 {
             self.sync_blocklist().await;
         }
-        for (sale, level) in self.store.sync_owned().await {
-            let changed = {
-                let announced = self.announced.borrow();
-                announced
-                    .get(&sale.sku)
-                    .and_then(|entry| entry.sale.as_ref())
-                    != Some(&sale)
-            };
-            if changed {
-                self.announced.borrow_mut().insert(
-                    sale.sku.clone(),
-                    Announced {
-                        sold_out: false,
-                        seq: 0,
-                        sale: Some(sale.clone()),
-                    },
-                );
-                let version = self.next_flag_version();
+        for synced in self.store.sync_owned().await {
+            // A lower level than one seen before is never trusted: the store detects that as a
+            // regression, and a resume moves to a new epoch, from which the levels start afresh.
+            if let Some((sale, level, epoch)) = synced.sale {
+                let changed = {
+                    let mut announced = self.announced.borrow_mut();
+                    let entry = announced.entry(sale.sku.clone()).or_default();
+                    if epoch > entry.epoch {
+                        entry.epoch = epoch;
+                        entry.seq = 0;
+                    }
+                    if entry.sale.as_ref() != Some(&sale) {
+                        entry.sale = Some(sale.clone());
+                        entry.sold_out = false;
+                        true
+                    } else {
+                        false
+                    }
+                };
                 let sku = sale.sku.clone();
-                self.broadcast(Notice::SaleUpserted { sale, version }, false)
-                    .await;
-                self.announce_synced_stock(&sku, level).await;
-            } else {
-                self.announce_synced_stock(&sale.sku, level).await;
+                if changed {
+                    let version = self.next_flag_version();
+                    self.broadcast(Notice::SaleUpserted { sale, version }, false)
+                        .await;
+                }
+                self.announce_stock(&sku, level, false).await;
             }
+            self.mirror_regression(&synced.sku, synced.regressed).await;
+        }
+    }
+
+    /// Tells every shard when `sku`'s store regressed (`report` is the store's marker) or was
+    /// resumed, if that changed. A regression is logged as an error with the store's numbers.
+    async fn mirror_regression(&self, sku: &str, report: Option<Box<str>>) {
+        let regressed = report.is_some();
+        let changed = {
+            let mut announced = self.announced.borrow_mut();
+            let entry = announced.entry(sku.into()).or_default();
+            std::mem::replace(&mut entry.regressed, regressed) != regressed
+        };
+        if !changed {
+            return;
+        }
+        match &report {
+            Some(report) => tracing::error!(
+                sku,
+                report = %report,
+                "the store lost acknowledged writes of this sale (its state went backwards); \
+                 it is stopped until an operator resumes it: POST /v1/sales/{sku}/resume"
+            ),
+            None => tracing::warn!(sku, "sale resumed: selling again"),
+        }
+        let notice = Notice::Regressed {
+            sku: sku.into(),
+            regressed,
+        };
+        self.broadcast(notice, true).await;
+    }
+
+    /// Refuses to replace a sale this node knows has started, or whose store regressed, before
+    /// the store is asked: the store's own check is lost with its data (the regression this
+    /// guards against), and a re-created sale would sell its whole stock again.
+    fn may_replace(&self, sku: &str) -> Result<(), SaleError> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let announced = self.announced.borrow();
+        let Some(entry) = announced.get(sku) else {
+            return Ok(());
+        };
+        if entry.regressed {
+            return Err(SaleError::StoreRegressed);
+        }
+        match &entry.sale {
+            Some(sale) if sale.has_started(now_ms()) => Err(SaleError::SaleExists),
+            _ => Ok(()),
         }
     }
 
@@ -312,6 +374,7 @@ impl<S: Store + 'static> Shard<S> {
                     sold_out,
                     seq: level.seq,
                     sale: Some(sale.clone()),
+                    ..Announced::default()
                 },
             );
             let sku = sale.sku.clone();

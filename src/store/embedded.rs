@@ -81,6 +81,7 @@ impl Store for EmbeddedStore {
             orders: book.order_counts(),
             journal: Some(self.journal.stats()),
             redis: None,
+            ..StoreStats::default()
         }
     }
 

@@ -31,6 +31,24 @@ pub struct StoreStats {
     pub journal: Option<JournalStats>,
     /// Call figures, for the Redis store.
     pub redis: Option<RedisStats>,
+    /// Times a SKU of this shard was seen to regress (lost writes in a shared store).
+    pub regressions: u64,
+    /// SKUs of this shard refused now because their store regressed.
+    pub regressed_skus: u64,
+}
+
+/// What one sync learned about one SKU of a shared store. A SKU that could not be read is left
+/// out of the sync's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// Which SKU.
+    pub sku: Box<str>,
+    /// The sale with its stock and epoch (bumped by every resume); `None` when the store has no
+    /// such sale.
+    pub sale: Option<(Sale, StockLevel, u64)>,
+    /// The regression report (JSON) while the SKU is stopped because its state in the store went
+    /// backwards; `None` when it may sell.
+    pub regressed: Option<Box<str>>,
 }
 
 /// What a shard must republish when it starts on existing state.
@@ -67,9 +85,10 @@ pub trait Store {
         false
     }
 
-    /// For a shared store: reclaims due orders of the sales this shard owns and returns those
-    /// sales with their stock. Called every owner tick.
-    async fn sync_owned(&self) -> Vec<(Sale, StockLevel)> {
+    /// For a shared store: reclaims due orders of the sales this shard owns and reports each of
+    /// them, including every SKU this shard has seen even if the store's index of sales lost it,
+    /// and whether the store regressed from what this shard saw. Called every owner tick.
+    async fn sync_owned(&self) -> Vec<Synced> {
         Vec::new()
     }
 

@@ -3,8 +3,7 @@
 //! choice is made once per node.
 
 use super::{BootState, EmbeddedStore, RedisStore, Store, StoreStats};
-use crate::sale::command::{Command, Reply, StockLevel};
-use crate::sale::Sale;
+use crate::sale::command::{Command, Reply};
 
 /// Either store.
 pub enum NodeStore {
@@ -52,7 +51,7 @@ impl Store for NodeStore {
         }
     }
 
-    async fn sync_owned(&self) -> Vec<(Sale, StockLevel)> {
+    async fn sync_owned(&self) -> Vec<super::Synced> {
         match self {
             NodeStore::Embedded(store) => store.sync_owned().await,
             NodeStore::Redis(store) => Box::pin(store.sync_owned()).await,

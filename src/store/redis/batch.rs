@@ -101,11 +101,19 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                     .to_owned(),
             );
         }
+        // The shard's view of the SKU, for the script to notice Redis having lost writes.
+        args.extend(store.floor_args(&sku));
         let replies = match store.script(&store.0.scripts.purchase, &sku, args).await {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],
         };
         for (waiting, reply) in group.into_iter().zip(replies) {
+            if let Ok(Outcome::Order {
+                stock: Some(level), ..
+            }) = &reply
+            {
+                store.saw_level(&sku, *level);
+            }
             let _ = waiting.reply.send(reply);
         }
     }

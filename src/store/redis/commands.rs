@@ -51,6 +51,7 @@ impl RedisStore {
                     remaining: int_at(&fields, 1)?,
                     seq: int_at(&fields, 2)?,
                 };
+                self.created(&sale, level, int_at(&fields, 3).unwrap_or(0));
                 Ok(Outcome::Sale(SaleView::new(
                     &sale,
                     level.remaining,
@@ -65,7 +66,11 @@ impl RedisStore {
 
     /// A block or unblock made while a sale was being created may have written the sale's copy
     /// of the blocklist before the upsert script replaced it; copy the changes since `copied`.
-    async fn reconcile_blocklist(&self, sku: &str, copied: &[String]) -> Result<(), RedisError> {
+    pub(super) async fn reconcile_blocklist(
+        &self,
+        sku: &str,
+        copied: &[String],
+    ) -> Result<(), RedisError> {
         let client = self.now_or_never();
         let client = &client;
         let prefix = &self.0.prefix;
@@ -210,6 +215,7 @@ impl RedisStore {
             }
             Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,
             Command::ListOrders(sku, user) => self.list_orders(&sku, &user).await,
+            Command::Resume(sku, remaining) => self.resume(&sku, remaining).await,
         }
     }
 }

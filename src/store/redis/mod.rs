@@ -18,6 +18,7 @@ mod calls;
 mod commands;
 mod decode;
 pub mod keys;
+pub mod regression;
 pub mod scripts;
 
 pub use calls::{fred_compat_context, parse_url};
@@ -35,13 +36,12 @@ use fred::types::Builder;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::{BootState, Store, StoreStats};
+use super::{BootState, Store, StoreStats, Synced};
 use crate::clock::now_ms;
 use crate::metrics::{Distribution, DistributionSnapshot};
-use crate::sale::command::{Command, Reply, StockLevel};
-use crate::sale::{Sale, SaleError};
+use crate::sale::command::{Command, Reply};
+use crate::sale::SaleError;
 use breaker::{Breaker, BreakerState};
-use decode::decode_sale;
 use keys::SkuKeys;
 
 /// Longest a single Redis call may take before it counts as failed.
@@ -124,6 +124,7 @@ struct Scripts {
     sync: Script,
     upsert: Script,
     user_orders: Script,
+    resume: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -145,6 +146,10 @@ struct Inner {
     /// their orders can have. Nothing can change them any more (a started sale cannot be
     /// replaced), so the sync skips them instead of touching every sale ever made each tick.
     settled: RefCell<std::collections::HashSet<Box<str>>>,
+    /// This shard's newest view of each owned SKU, to notice Redis losing writes.
+    regression: RefCell<regression::Regression>,
+    /// This node's name in regression reports.
+    node: String,
 }
 
 /// One shard's view of the shared Redis.
@@ -199,6 +204,7 @@ impl RedisStore {
                 sync: Script::from_lua(scripts::SYNC),
                 upsert: Script::from_lua(scripts::UPSERT),
                 user_orders: Script::from_lua(scripts::USER_ORDERS),
+                resume: Script::from_lua(scripts::RESUME),
             },
             breaker: RefCell::new(Breaker::default()),
             batches: RefCell::new(HashMap::new()),
@@ -206,6 +212,8 @@ impl RedisStore {
             metrics: RefCell::new(RedisMetrics::default()),
             last_stock: RefCell::new(HashMap::new()),
             settled: RefCell::new(std::collections::HashSet::new()),
+            regression: RefCell::new(regression::Regression::default()),
+            node: regression::node_name(),
         })))
     }
 
@@ -241,7 +249,10 @@ impl Store for RedisStore {
 
     fn stats(&self) -> StoreStats {
         let metrics = self.0.metrics.borrow();
+        let (regressions, regressed_skus) = self.0.regression.borrow().stats();
         StoreStats {
+            regressions,
+            regressed_skus,
             redis: Some(RedisStats {
                 call_latency: metrics.call_latency.snapshot(),
                 batch_size: metrics.batch_size.snapshot(),
@@ -279,28 +290,48 @@ impl Store for RedisStore {
         Some(users.into_iter().map(Into::into).collect())
     }
 
-    async fn sync_owned(&self) -> Vec<(Sale, StockLevel)> {
+    async fn sync_owned(&self) -> Vec<Synced> {
         let prefix = &self.0.prefix;
         let client = self.now_or_never();
         let client = &client;
-        let Ok(skus) = self
+        let Ok(mut skus) = self
             .call(client.smembers::<Vec<String>, _>(keys::sales(prefix)))
             .await
         else {
             return Vec::new();
         };
+        // A sale this shard has seen is asked about even when the index lost it (FLUSHALL).
+        let indexed: std::collections::HashSet<String> = skus.iter().cloned().collect();
+        skus.extend(
+            self.watched()
+                .into_iter()
+                .filter(|sku| !indexed.contains(sku)),
+        );
         let mut owned = Vec::new();
         let now = now_ms();
         for sku in skus.iter().filter(|sku| self.owns(sku)) {
             if self.0.settled.borrow().contains(sku.as_str()) {
                 continue;
             }
-            let args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
+            // The view is taken when the call is sent: a purchase answered while it is in flight
+            // must not make the older state it reads look like a regression.
+            let mut args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
+            args.extend(self.floor_args(sku));
             let keys = self.keys(sku).0;
             let reply = self
                 .call(self.evalsha(&self.0.scripts.sync, keys, args))
                 .await;
-            if let Ok(Ok(Some((sale, level)))) = reply.map(|reply| decode_sale(sku, reply)) {
+            let Ok(synced) = reply.and_then(|reply| self.synced(sku, reply)) else {
+                continue;
+            };
+            if synced.regressed.is_some() && synced.sale.is_none() {
+                // Put a lost sale back in the index, so nodes started later find its marker too.
+                let index = keys::sales(prefix);
+                let _ = self
+                    .call(client.sadd::<i64, _, _>(index.as_str(), sku.as_str()))
+                    .await;
+            }
+            if let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) {
                 // A margin over the last deadline, for clocks that disagree with Redis `TIME`.
                 let settled_at = sale
                     .ends_at
@@ -309,12 +340,13 @@ impl Store for RedisStore {
                 if now > settled_at && self.0.settled.borrow().len() < MAX_SETTLED {
                     self.0.settled.borrow_mut().insert(sale.sku.clone());
                 }
-                owned.push((sale, level));
             }
+            owned.push(synced);
         }
         *self.0.last_stock.borrow_mut() = owned
             .iter()
-            .map(|(sale, level)| (sale.sku.clone(), level.remaining))
+            .filter_map(|synced| synced.sale.as_ref())
+            .map(|(sale, level, _)| (sale.sku.clone(), level.remaining))
             .collect();
         owned
     }

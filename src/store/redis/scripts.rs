@@ -75,13 +75,45 @@ local function expire_due(now, limit, retention)
   end
   return #due
 end
+-- The calling node's last view of this SKU, from ARGV[at..at+4]: epoch, seq, remaining, starts_at
+-- and the node's name; nil when the node knows nothing of it (an empty epoch).
+local function known_at(at)
+  if ARGV[at] == nil or ARGV[at] == '' then return nil end
+  return {epoch = tonumber(ARGV[at]), seq = tonumber(ARGV[at + 1]), remaining = tonumber(ARGV[at + 2]),
+          starts_at = tonumber(ARGV[at + 3]), node = ARGV[at + 4]}
+end
+-- The regression marker, written first if the SKU's state in Redis went backwards from what the
+-- calling node `known` saw (lost writes: FLUSHALL, a restart without persistence, an older
+-- snapshot): the started sale is gone, its epoch is lower, or its seq is lower in the same epoch.
+-- While the marker exists no node sells the SKU; only the RESUME script clears it.
+local function regressed_since(known)
+  local marker = redis.call('GET', K.regressed)
+  if marker or not known then return marker end
+  local now = now_ms()
+  local reason, found = nil, cjson.null
+  if not redis.call('HGET', K.sale, 'starts_at') then
+    if now >= known.starts_at then reason = 'gone' end
+  else
+    local remaining, seq = level()
+    local epoch = tonumber(redis.call('HGET', K.sale, 'epoch') or '0')
+    found = {epoch = epoch, seq = seq, remaining = remaining}
+    if epoch < known.epoch then reason = 'epoch'
+    elseif epoch == known.epoch and seq < known.seq then reason = 'seq' end
+  end
+  if not reason then return nil end
+  marker = cjson.encode({reason = reason, detected_at = now, detected_by = known.node,
+    last_seen = {epoch = known.epoch, seq = known.seq, remaining = known.remaining}, redis = found})
+  redis.call('SET', K.regressed, marker)
+  return marker
+end
 "#
     };
 }
 
-/// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key)*n]`
-/// (an empty key means none). Checks, in order: a retry of the same order id, an idempotency
-/// replay, the sale window, the blocklist, the per-user limit, the stock. Returns one
+/// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key)*n,
+/// epoch, seq, remaining, starts_at, node]` (an empty key means none; the last five are the
+/// node's last view of the SKU, see `regressed_since`). Checks, in order: a retry of the same
+/// order id, an idempotency replay, a regressed store, the sale window, the blocklist, the per-user limit, the stock. Returns one
 /// `{outcome, order_json_or_code, remaining, seq}` per purchase, where outcome is `ok`, `retried`, `replay`
 /// or `err`.
 pub const PURCHASE: &str = concat!(
@@ -94,6 +126,8 @@ local now = now_ms()
 -- Stock is read once and written once per batch: the script runs atomically, so nothing else
 -- can change it in between, and Redis does two commands fewer per purchase.
 local remaining, seq = level()
+-- The node's last view of the SKU follows the purchases (`regressed_since`).
+local regressed = regressed_since(known_at(#ARGV - 4))
 local sold = 0
 for i = 0, n - 1 do
   local id, user, qty, key = ARGV[3 + i * 4], ARGV[4 + i * 4], tonumber(ARGV[5 + i * 4]), ARGV[6 + i * 4]
@@ -109,6 +143,8 @@ for i = 0, n - 1 do
     answer('retried', retried)
   elseif replayed then
     answer('replay', replayed)
+  elseif regressed then
+    answer('err', 'store_regressed')
   elseif not sale[1] then
     answer('err', 'unknown_sale')
   elseif now < tonumber(sale[1]) then
@@ -184,34 +220,55 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 "#
 );
 
-/// Reclaims due orders of one SKU and reads the sale: `ARGV = [retention, limit]`. Any node may
-/// run it for any SKU at any time: each order's state is checked and changed in the same atomic
-/// step, so every due order is expired exactly once however many nodes sweep, and none is missed
-/// when a node dies. Returns `{}` for an unknown SKU, else `{name, stock, starts_at, ends_at,
-/// per_user_limit, payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired}`.
+/// Reclaims due orders of one SKU and reads the sale: `ARGV = [retention, limit, epoch, seq,
+/// remaining, starts_at, node]`, the last five the node's last view of the SKU (empty when it
+/// has none, or for a plain read), against which the script detects a regression and writes the
+/// marker (`regressed_since`). Any node may run it for any SKU at any time: each order's state is
+/// checked and changed in the same atomic step, so every due order is expired exactly once however
+/// many nodes sweep, and none is missed when a node dies. Returns `{}` for an unknown SKU, `{'',
+/// marker}` for a gone one with the regression marker, else `{name, stock, starts_at, ends_at,
+/// per_user_limit, payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch,
+/// marker_or_empty}`. A node whose view is newer than the marker's `last_seen` (same epoch)
+/// widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(
     prelude!(),
     r#"
+local known = known_at(3)
+local marker = regressed_since(known)
+if marker and known then
+  local report = cjson.decode(marker)
+  local seen = report.last_seen
+  if known.epoch == seen.epoch and known.seq > seen.seq then
+    report.last_seen = {epoch = known.epoch, seq = known.seq, remaining = known.remaining}
+    marker = cjson.encode(report)
+    redis.call('SET', K.regressed, marker)
+  end
+end
 local sale = redis.call('HMGET', K.sale, 'name', 'stock', 'starts_at', 'ends_at', 'per_user_limit',
-                        'payment_timeout_ms', 'rate_limit_per_sec')
-if not sale[1] then return {} end
+                        'payment_timeout_ms', 'rate_limit_per_sec', 'epoch')
+if not sale[1] then
+  if marker then return {'', marker} end
+  return {}
+end
 local expired = 0
 if ARGV[2] ~= '0' then expired = expire_due(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[1])) end
 local remaining, seq = level()
+local epoch = tonumber(sale[8] or '0')
 for i = 2, 7 do sale[i] = tonumber(sale[i]) end
-sale[8], sale[9], sale[10] = remaining, seq, expired
+sale[8], sale[9], sale[10], sale[11], sale[12] = remaining, seq, expired, epoch, marker or ''
 return sale
 "#
 );
 
 /// Creates or replaces a sale: `ARGV = [name, stock, starts_at, ends_at, per_user_limit,
 /// payment_timeout_ms, rate_limit_per_sec, blocked_user*]`. A sale that has started cannot be
-/// replaced (`{'err', 'sale_exists'}`); a replaced one starts afresh, with the blocklist copied in
+/// replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
 /// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
-/// seq}`.
+/// seq, epoch}` (a replaced sale keeps its epoch).
 pub const UPSERT: &str = concat!(
     prelude!(),
     r#"
+if redis.call('EXISTS', K.regressed) == 1 then return {'err', 'store_regressed'} end
 local starts = redis.call('HGET', K.sale, 'starts_at')
 if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
 redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser)
@@ -220,7 +277,67 @@ redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[
 redis.call('SET', K.remaining, ARGV[2])
 local seq = redis.call('INCR', K.seq)
 for i = 8, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
-return {'ok', tonumber(ARGV[2]), seq}
+return {'ok', tonumber(ARGV[2]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
+"#
+);
+
+/// Resumes a SKU whose store regressed, on an operator's order: `ARGV = [epoch, seq, remaining,
+/// starts_at, node, wanted_remaining, (name, stock, starts_at, ends_at, per_user_limit,
+/// payment_timeout_ms, rate_limit_per_sec)?]`: the calling node's last view, the remaining stock
+/// the operator set (empty: the lower of Redis's and the newest view's), and the node's copy of
+/// the sale, which re-creates it when Redis lost it. Seq and epoch move past every view any node
+/// had, so no node mistakes the resumed state for a regression, and every node adopts it. Returns
+/// `{'ok', report_json}` or `{'err', code}`.
+pub const RESUME: &str = concat!(
+    prelude!(),
+    r#"
+local marker = redis.call('GET', K.regressed)
+if not marker then return {'err', 'not_regressed'} end
+local report = cjson.decode(marker)
+local known = known_at(1)
+local seen = report.last_seen
+if known and (known.epoch > seen.epoch or (known.epoch == seen.epoch and known.seq > seen.seq)) then
+  seen = {epoch = known.epoch, seq = known.seq, remaining = known.remaining}
+end
+local exists = redis.call('HGET', K.sale, 'stock')
+local remaining, seq = level()
+local epoch = tonumber(redis.call('HGET', K.sale, 'epoch') or '0')
+local stock
+local before = cjson.null
+if exists then
+  stock = tonumber(exists)
+  before = {epoch = epoch, seq = seq, remaining = remaining}
+else
+  if ARGV[7] == nil then return {'err', 'unknown_sale'} end
+  stock = tonumber(ARGV[8])
+  redis.call('HSET', K.sale, 'name', ARGV[7], 'stock', ARGV[8], 'starts_at', ARGV[9], 'ends_at', ARGV[10],
+             'per_user_limit', ARGV[11], 'payment_timeout_ms', ARGV[12], 'rate_limit_per_sec', ARGV[13])
+end
+local lost
+if exists and epoch == seen.epoch then
+  lost = math.max(0, remaining - seen.remaining)
+elseif exists then
+  lost = math.max(0, math.min(remaining, stock) - seen.remaining)
+else
+  lost = stock - seen.remaining
+end
+local wanted
+if ARGV[6] ~= '' then
+  wanted = math.min(tonumber(ARGV[6]), stock)
+elseif exists then
+  wanted = math.min(remaining, seen.remaining)
+else
+  wanted = seen.remaining
+end
+local new_seq = math.max(seq, seen.seq) + 1
+local new_epoch = math.max(epoch, seen.epoch) + 1
+redis.call('SET', K.remaining, wanted)
+redis.call('SET', K.seq, new_seq)
+redis.call('HSET', K.sale, 'epoch', new_epoch)
+redis.call('DEL', K.regressed)
+return {'ok', cjson.encode({regression = report, last_seen = seen, redis_before = before,
+  units_possibly_lost = lost, resumed = {epoch = new_epoch, seq = new_seq, remaining = wanted},
+  resumed_at = now_ms()})}
 "#
 );
 
