@@ -5,11 +5,13 @@
 //! `--redis-batch` (default 64) of them in the next call. Throughput is then bounded by Redis' script execution,
 //! not by one round trip per purchase.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use fred::types::Value;
 use futures::channel::oneshot;
 
+use super::abandon::Ghost;
 use super::RedisStore;
 use crate::clock::now_ms;
 use crate::sale::command::{Outcome, PurchaseRequest, Reply, StockLevel};
@@ -101,13 +103,44 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                     .to_owned(),
             );
         }
-        let replies = match store.script(&store.0.scripts.purchase, &sku, args).await {
+        let sent = Cell::new(false);
+        let keys = store.keys(&sku).0;
+        let (store_ref, sent_ref) = (&store, &sent);
+        let result = store
+            .retrying(|| {
+                let (keys, args) = (keys.clone(), args.clone());
+                async move {
+                    // Polled only once the breaker let the attempt through: from here on, the
+                    // script may run even if no reply comes back.
+                    sent_ref.set(true);
+                    let purchase = &store_ref.0.scripts.purchase;
+                    store_ref.evalsha(purchase, keys, args).await
+                }
+            })
+            .await;
+        let replies = match result {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],
         };
+        // A 503 for a purchase that may have run: its order, if any, must not outlive it.
+        let mut ghosts = Vec::new();
         for (waiting, reply) in group.into_iter().zip(replies) {
+            if sent.get() && matches!(reply, Err(SaleError::Unavailable)) {
+                ghosts.push(Ghost {
+                    sku: sku.clone(),
+                    order_id: waiting.order_id.to_string(),
+                    user_id: waiting.request.user_id.to_string(),
+                    idempotency_key: waiting
+                        .request
+                        .idempotency_key
+                        .as_deref()
+                        .unwrap_or("")
+                        .to_owned(),
+                });
+            }
             let _ = waiting.reply.send(reply);
         }
+        store.abandon_later(ghosts);
     }
 }
 
