@@ -62,6 +62,8 @@ pub(super) struct Ghost {
 #[derive(Debug, Default)]
 pub(super) struct Abandon {
     queue: VecDeque<Ghost>,
+    /// Ghosts taken off the queue for the abandon call in flight (still pending).
+    in_flight: usize,
     /// Whether the retrier task runs (it ends when the queue is empty).
     running: bool,
     stats: AbandonStats,
@@ -93,7 +95,7 @@ impl Abandon {
     /// The figures, with the queue's current length.
     pub(super) fn stats(&self) -> AbandonStats {
         AbandonStats {
-            pending: self.queue.len() as u64,
+            pending: (self.queue.len() + self.in_flight) as u64,
             ..self.stats.clone()
         }
     }
@@ -107,7 +109,7 @@ impl RedisStore {
         }
         let start = {
             let mut abandon = self.0.abandon.borrow_mut();
-            let room = MAX_GHOSTS.saturating_sub(abandon.queue.len());
+            let room = MAX_GHOSTS.saturating_sub(abandon.queue.len() + abandon.in_flight);
             let dropped = ghosts.len().saturating_sub(room);
             if dropped > 0 {
                 abandon.stats.dropped += dropped as u64;
@@ -143,9 +145,12 @@ impl RedisStore {
                     .take(PER_CALL)
                     .take_while(|ghost| ghost.sku == sku)
                     .count();
+                abandon.in_flight = same;
                 abandon.queue.drain(..same).collect()
             };
-            match self.abandon_group(&group).await {
+            let result = self.abandon_group(&group).await;
+            self.0.abandon.borrow_mut().in_flight = 0;
+            match result {
                 Ok(outcomes) => {
                     backoff = FIRST_BACKOFF;
                     let mut abandon = self.0.abandon.borrow_mut();
