@@ -159,9 +159,14 @@ fn ghosts_are_abandoned(sku: &str, fault: impl FnOnce(&Rig)) {
     std::thread::scope(|scope| {
         scope.spawn(|| shop(&rig.node, sku, &stop, &seen));
         // Shoppers in full swing first, so the fault hits requests in flight.
-        poll(SETTLE, || (seen.lock().expect("lock").created.len() >= 200).then_some(()))
-            .expect("the shoppers buy before the fault");
-        fault_at.store(seen.lock().expect("lock").created.len() as u64, Ordering::Relaxed);
+        poll(SETTLE, || {
+            (seen.lock().expect("lock").created.len() >= 200).then_some(())
+        })
+        .expect("the shoppers buy before the fault");
+        fault_at.store(
+            seen.lock().expect("lock").created.len() as u64,
+            Ordering::Relaxed,
+        );
         let started = Instant::now();
         fault(&rig);
         println!("fault injected for {:?}", started.elapsed());
@@ -313,8 +318,10 @@ fn a_ghost_is_cancelled_and_its_key_buys_afresh() {
         .client()
         .purchase("lost", &token, Some(1), Some("L"));
     assert_error(&r, 503, "unavailable");
-    let ghost = poll(SETTLE, || keyed_order(&rig.redis, "lost", "lost-buyer", "L"))
-        .expect("the purchase ran in Redis");
+    let ghost = poll(SETTLE, || {
+        keyed_order(&rig.redis, "lost", "lost-buyer", "L")
+    })
+    .expect("the purchase ran in Redis");
     rig.proxy.set_delay(Duration::ZERO);
     settle(&rig.node, |g| g.outcome("cancelled") >= 1);
     let orders = orders_in_redis(&rig.redis, "lost");
@@ -364,7 +371,11 @@ fn a_replayed_ghost_is_kept_for_the_buyer_who_got_its_201() {
     assert_error(&first, 503, "unavailable");
     let retry = b.client().purchase("race", &token, Some(1), Some("K"));
     assert_status(&retry, 201);
-    assert_eq!(order_id(&retry.json()), ghost, "the retry replays the ghost");
+    assert_eq!(
+        order_id(&retry.json()),
+        ghost,
+        "the retry replays the ghost"
+    );
     rig.proxy.set_blackhole(false);
     rig.proxy.set_delay(Duration::ZERO);
     let figures = settle(node, |g| g.outcome("claimed") + g.outcome("cancelled") >= 1);
@@ -438,10 +449,20 @@ fn an_order_is_cancelled_only_once_every_attempt_answered_with_it_is_abandoned()
     let node = Server::start(1, &["--redis", &redis.url()]);
     node.client().create_sale("rule", &sale_spec(10, 1));
     let purchase = |id: &str| -> Vec<Vec<String>> {
-        eval(&redis, scripts::PURCHASE, "rule", &["1000", "1", id, "u", "1", "K"])
+        eval(
+            &redis,
+            scripts::PURCHASE,
+            "rule",
+            &["1000", "1", id, "u", "1", "K"],
+        )
     };
     let abandon = |id: &str| -> Vec<String> {
-        eval(&redis, scripts::ABANDON, "rule", &["1000", "1", id, "u", "K"])
+        eval(
+            &redis,
+            scripts::ABANDON,
+            "rule",
+            &["1000", "1", id, "u", "K"],
+        )
     };
     let x = "01M8Y67NTD07C7P92B2AGC0J8Q.rule";
     let y = "01M8Y67NTD07C7P92B2AGC0J8R.rule";
@@ -457,13 +478,19 @@ fn an_order_is_cancelled_only_once_every_attempt_answered_with_it_is_abandoned()
     assert_eq!(redis.integer(&["GET", "seckill:{rule}:remaining"]), Some(9));
     // y's caller saw 503 too: now nobody holds a 201 for x.
     assert_eq!(abandon(y), ["cancelled"]);
-    assert_eq!(redis.integer(&["GET", "seckill:{rule}:remaining"]), Some(10));
+    assert_eq!(
+        redis.integer(&["GET", "seckill:{rule}:remaining"]),
+        Some(10)
+    );
     assert_eq!(redis.integer(&["HGET", "seckill:{rule}:held", "u"]), None);
     // Abandoning again changes nothing (the retrier may repeat a call whose reply it lost):
     // x is settled, and y's key no longer leads anywhere.
     assert_eq!(abandon(y), ["absent"]);
     assert_eq!(abandon(x), ["settled"]);
-    assert_eq!(redis.integer(&["GET", "seckill:{rule}:remaining"]), Some(10));
+    assert_eq!(
+        redis.integer(&["GET", "seckill:{rule}:remaining"]),
+        Some(10)
+    );
     // The key is free again: a new attempt buys afresh.
     let fresh = "01M8Y67NTD07C7P92B2AGC0J8T.rule";
     assert_eq!(purchase(fresh)[0][0], "ok");
@@ -474,10 +501,20 @@ fn an_order_is_cancelled_only_once_every_attempt_answered_with_it_is_abandoned()
         "01M8Y67NTD07C7P92B2AGC0J8W.rule",
     );
     let other = |id: &str| -> Vec<Vec<String>> {
-        eval(&redis, scripts::PURCHASE, "rule", &["1000", "1", id, "v", "1", "V"])
+        eval(
+            &redis,
+            scripts::PURCHASE,
+            "rule",
+            &["1000", "1", id, "v", "1", "V"],
+        )
     };
     let abandon_v = |id: &str| -> Vec<String> {
-        eval(&redis, scripts::ABANDON, "rule", &["1000", "1", id, "v", "V"])
+        eval(
+            &redis,
+            scripts::ABANDON,
+            "rule",
+            &["1000", "1", id, "v", "V"],
+        )
     };
     assert_eq!(other(a)[0][0], "ok");
     assert_eq!(other(b)[0][0], "replay");

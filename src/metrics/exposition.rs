@@ -396,7 +396,11 @@ fn render_ghosts(out: &mut Text, redis: &[(usize, &crate::store::RedisStats)]) {
         "counter",
         "Abandon calls that failed and were tried again.",
     );
-    out.sample("seckill_redis_abandon_retries_total", &[], sum(|s| s.retries));
+    out.sample(
+        "seckill_redis_abandon_retries_total",
+        &[],
+        sum(|s| s.retries),
+    );
 }
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;

@@ -4,6 +4,10 @@
 //! nothing. While its call is in flight, later purchases queue; the flusher then takes up to
 //! `--redis-batch` (default 64) of them in the next call. Throughput is then bounded by Redis' script execution,
 //! not by one round trip per purchase.
+//!
+//! A purchase answered 503 after one of its attempts went to Redis may have run there anyway
+//! (a lost reply, a stall past the deadline): its order id is handed to [`super::abandon`], which
+//! makes sure no such order outlives the 503.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
