@@ -42,6 +42,9 @@ use super::{RedisError, RedisStore};
 pub const MAX_GHOSTS: usize = 100_000;
 /// Ghosts of one SKU abandoned by one script call.
 pub const PER_CALL: usize = 64;
+/// Refusals of the abandon script (Redis answered with an error) after which a ghost is given
+/// up, logged and counted.
+const MAX_REFUSALS: u32 = 5;
 /// Pause after the first failed abandon call; doubled after each further failure, up to
 /// [`MAX_BACKOFF`], plus up to as much again of jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -56,6 +59,9 @@ pub(super) struct Ghost {
     pub(super) user_id: String,
     /// Empty when the purchase carried no key.
     pub(super) idempotency_key: String,
+    /// Times Redis refused this ghost's abandon script (a refusal can be passing: `BUSY`,
+    /// `OOM`).
+    pub(super) refusals: u32,
 }
 
 /// A shard's ghosts and what became of them.
@@ -87,7 +93,8 @@ pub struct AbandonStats {
     pub settled: u64,
     /// Ghosts that had made no order (now tombstoned, so they never will).
     pub absent: u64,
-    /// Ghosts given up because Redis rejected the abandon script (logged).
+    /// Ghosts given up because Redis refused their abandon script [`MAX_REFUSALS`] times
+    /// (logged).
     pub rejected: u64,
 }
 
@@ -164,17 +171,23 @@ impl RedisStore {
                         }
                     }
                 }
-                Err(RedisError::Rejected(error) | RedisError::Reply(error)) => {
-                    // Redis answered, and would answer the same again: retrying cannot help.
+                Err(RedisError::Rejected(error) | RedisError::Reply(error))
+                    if group.iter().any(|ghost| ghost.refusals + 1 >= MAX_REFUSALS) =>
+                {
+                    // Redis answered, and keeps answering no (a wrong key type, a bug):
+                    // retrying for ever would only hold up every other ghost.
                     tracing::error!(%error, ghosts = group.len(), "abandon script refused");
                     self.0.abandon.borrow_mut().stats.rejected += group.len() as u64;
                 }
-                Err(_) => {
+                Err(error) => {
                     {
+                        let refused =
+                            matches!(error, RedisError::Rejected(_) | RedisError::Reply(_));
                         let mut abandon = self.0.abandon.borrow_mut();
                         abandon.stats.retries += 1;
                         // Back at the front, in order: these are the oldest.
-                        for ghost in group.into_iter().rev() {
+                        for mut ghost in group.into_iter().rev() {
+                            ghost.refusals += u32::from(refused);
                             abandon.queue.push_front(ghost);
                         }
                     }

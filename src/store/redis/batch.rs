@@ -140,6 +140,7 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                         .as_deref()
                         .unwrap_or("")
                         .to_owned(),
+                    refusals: 0,
                 });
             }
             let _ = waiting.reply.send(reply);
