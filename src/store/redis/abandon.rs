@@ -185,10 +185,12 @@ impl RedisStore {
                             matches!(error, RedisError::Rejected(_) | RedisError::Reply(_));
                         let mut abandon = self.0.abandon.borrow_mut();
                         abandon.stats.retries += 1;
-                        // Back at the front, in order: these are the oldest.
-                        for mut ghost in group.into_iter().rev() {
+                        // To the back: the next SKU's ghosts may live on a Redis that answers
+                        // (another Cluster master), and the rule does not depend on the order
+                        // in which ghosts are abandoned.
+                        for mut ghost in group {
                             ghost.refusals += u32::from(refused);
-                            abandon.queue.push_front(ghost);
+                            abandon.queue.push_back(ghost);
                         }
                     }
                     let jitter = self
