@@ -91,8 +91,9 @@ end
 }
 
 /// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key)*n]`
-/// (an empty key means none). Checks, in order: a retry of the same order id, an idempotency
-/// replay, the sale window, the blocklist, the per-user limit, the stock. Returns one
+/// (an empty key means none). Checks, in order: an abandoned order id (refused, see
+/// [`ABANDON`]), a retry of the same order id, an idempotency replay (which claims the order),
+/// the sale window, the blocklist, the per-user limit, the stock. Returns one
 /// `{outcome, order_json_or_code, remaining, seq}` per purchase, where outcome is `ok`, `retried`, `replay`
 /// or `err`.
 pub const PURCHASE: &str = concat!(
