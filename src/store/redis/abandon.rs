@@ -93,7 +93,7 @@ pub struct AbandonStats {
     pub settled: u64,
     /// Ghosts that had made no order (now tombstoned, so they never will).
     pub absent: u64,
-    /// Ghosts given up because Redis refused their abandon script [`MAX_REFUSALS`] times
+    /// Ghosts given up because Redis refused their abandon script five times
     /// (logged).
     pub rejected: u64,
 }
