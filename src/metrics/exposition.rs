@@ -375,6 +375,49 @@ fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
             stats.breaker_state,
         );
     }
+    render_ghosts(out, &redis);
+}
+
+/// Purchases answered 503 that may have run, and their abandon (`src/store/redis/abandon.rs`).
+fn render_ghosts(out: &mut Text, redis: &[(usize, &crate::store::RedisStats)]) {
+    let sum = |field: fn(&crate::store::redis::abandon::AbandonStats) -> u64| -> u64 {
+        redis.iter().map(|(_, stats)| field(&stats.abandon)).sum()
+    };
+    out.family(
+        "seckill_redis_ghosts_pending",
+        "gauge",
+        "Purchases answered 503 that may have run in Redis, waiting for their abandon.",
+    );
+    out.sample("seckill_redis_ghosts_pending", &[], sum(|s| s.pending));
+    out.family(
+        "seckill_redis_ghosts_abandoned_total",
+        "counter",
+        "Ghost purchases abandoned, by what became of their order.",
+    );
+    for (outcome, value) in [
+        ("cancelled", sum(|s| s.cancelled)),
+        ("claimed", sum(|s| s.claimed)),
+        ("settled", sum(|s| s.settled)),
+        ("absent", sum(|s| s.absent)),
+        ("rejected", sum(|s| s.rejected)),
+        ("dropped", sum(|s| s.dropped)),
+    ] {
+        out.sample(
+            "seckill_redis_ghosts_abandoned_total",
+            &[("outcome", outcome)],
+            value,
+        );
+    }
+    out.family(
+        "seckill_redis_abandon_retries_total",
+        "counter",
+        "Abandon calls that failed and were tried again.",
+    );
+    out.sample(
+        "seckill_redis_abandon_retries_total",
+        &[],
+        sum(|s| s.retries),
+    );
 }
 
 /// Lost writes in a shared store: only in cluster mode, where a store can regress.

@@ -4,12 +4,18 @@
 //! nothing. While its call is in flight, later purchases queue; the flusher then takes up to
 //! `--redis-batch` (default 64) of them in the next call. Throughput is then bounded by Redis' script execution,
 //! not by one round trip per purchase.
+//!
+//! A purchase answered 503 after one of its attempts went to Redis may have run there anyway
+//! (a lost reply, a stall past the deadline): its order id is handed to [`super::abandon`], which
+//! makes sure no such order outlives the 503.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use fred::types::Value;
 use futures::channel::oneshot;
 
+use super::abandon::Ghost;
 use super::RedisStore;
 use crate::clock::now_ms;
 use crate::sale::command::{Outcome, PurchaseRequest, Reply, StockLevel};
@@ -103,10 +109,27 @@ async fn flush(store: RedisStore, sku: Box<str>) {
         }
         // The shard's view of the SKU, for the script to notice Redis having lost writes.
         args.extend(store.floor_args(&sku));
-        let replies = match store.script(&store.0.scripts.purchase, &sku, args).await {
+        let sent = Cell::new(false);
+        let keys = store.keys(&sku).0;
+        let (store_ref, sent_ref) = (&store, &sent);
+        let result = store
+            .retrying(|| {
+                let (keys, args) = (keys.clone(), args.clone());
+                async move {
+                    // Polled only once the breaker let the attempt through: from here on, the
+                    // script may run even if no reply comes back.
+                    sent_ref.set(true);
+                    let purchase = &store_ref.0.scripts.purchase;
+                    store_ref.evalsha(purchase, keys, args).await
+                }
+            })
+            .await;
+        let replies = match result {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],
         };
+        // A 503 for a purchase that may have run: its order, if any, must not outlive it.
+        let mut ghosts = Vec::new();
         for (waiting, reply) in group.into_iter().zip(replies) {
             if let Ok(Outcome::Order {
                 stock: Some(level), ..
@@ -114,8 +137,23 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             {
                 store.saw_level(&sku, *level);
             }
+            if sent.get() && matches!(reply, Err(SaleError::Unavailable)) {
+                ghosts.push(Ghost {
+                    sku: sku.clone(),
+                    order_id: waiting.order_id.to_string(),
+                    user_id: waiting.request.user_id.to_string(),
+                    idempotency_key: waiting
+                        .request
+                        .idempotency_key
+                        .as_deref()
+                        .unwrap_or("")
+                        .to_owned(),
+                    refusals: 0,
+                });
+            }
             let _ = waiting.reply.send(reply);
         }
+        store.abandon_later(ghosts);
     }
 }
 

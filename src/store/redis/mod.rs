@@ -10,8 +10,11 @@
 //!   jitter. Retrying is safe because every operation is idempotent: a purchase carries its order
 //!   id, minted before the first attempt, and the script answers a retry with the order it
 //!   already made; pay, cancel and expire are guarded by the order's state.
-//! - No `201` is sent unless the script's reply confirmed the order.
+//! - No `201` is sent unless the script's reply confirmed the order, and an order whose
+//!   purchase was answered `503` is abandoned (cancelled, or kept from being created) by a
+//!   background retrier ([`abandon`]).
 
+pub mod abandon;
 pub mod batch;
 pub mod breaker;
 mod calls;
@@ -116,6 +119,8 @@ pub struct RedisStats {
     pub breaker_opened: u64,
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: u64,
+    /// Ghost orders: purchases answered 503 that may have run ([`abandon`]).
+    pub abandon: abandon::AbandonStats,
 }
 
 struct Scripts {
@@ -125,6 +130,7 @@ struct Scripts {
     upsert: Script,
     user_orders: Script,
     resume: Script,
+    abandon: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -140,6 +146,8 @@ struct Inner {
     batches: RefCell<HashMap<Box<str>, batch::Batch>>,
     rng: RefCell<SmallRng>,
     metrics: RefCell<RedisMetrics>,
+    /// Purchases answered 503 whose orders must be abandoned.
+    abandon: RefCell<abandon::Abandon>,
     /// Remaining stock of each owned sale at the last sync, for `/metrics`.
     last_stock: RefCell<HashMap<Box<str>, u64>>,
     /// Owned sales that are over for good: ended, and past the last payment deadline any of
@@ -205,11 +213,13 @@ impl RedisStore {
                 upsert: Script::from_lua(scripts::UPSERT),
                 user_orders: Script::from_lua(scripts::USER_ORDERS),
                 resume: Script::from_lua(scripts::RESUME),
+                abandon: Script::from_lua(scripts::ABANDON),
             },
             breaker: RefCell::new(Breaker::default()),
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(SmallRng::from_entropy()),
             metrics: RefCell::new(RedisMetrics::default()),
+            abandon: RefCell::new(abandon::Abandon::default()),
             last_stock: RefCell::new(HashMap::new()),
             settled: RefCell::new(std::collections::HashSet::new()),
             regression: RefCell::new(regression::Regression::default()),
@@ -260,6 +270,7 @@ impl Store for RedisStore {
                 timeouts: metrics.timeouts,
                 breaker_opened: metrics.breaker_opened,
                 breaker_state: self.0.breaker.borrow().state().gauge(),
+                abandon: self.0.abandon.borrow().stats(),
             }),
             stock: self
                 .0

@@ -110,14 +110,37 @@ end
     };
 }
 
+/// `claim(raw, by)`: an idempotency replay answers attempt `by` with the pending order `raw`, so
+/// `by`'s caller may now hold a 201 for it; the claim is remembered in the order (`claims`, at
+/// most 8, then `kept`), and [`ABANDON`] leaves a claimed order alone. Returns the order JSON.
+macro_rules! claim {
+    () => {
+        r#"
+local function claim(raw, by)
+  local o = cjson.decode(raw)
+  if o.status ~= 'pending' or o.kept then return raw end
+  o.claims = o.claims or {}
+  for _, c in ipairs(o.claims) do if c == by then return raw end end
+  if #o.claims >= 8 then o.kept = true else o.claims[#o.claims + 1] = by end
+  raw = cjson.encode(o)
+  redis.call('HSET', K.orders, o.order_id, raw)
+  return raw
+end
+"#
+    };
+}
+
 /// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key)*n,
 /// epoch, seq, remaining, starts_at, node]` (an empty key means none; the last five are the
-/// node's last view of the SKU, see `regressed_since`). Checks, in order: a retry of the same
-/// order id, an idempotency replay, a regressed store, the sale window, the blocklist, the per-user limit, the stock. Returns one
+/// node's last view of the SKU, see `regressed_since`). Checks, in order: an abandoned order id
+/// (refused, see [`ABANDON`]), a retry of the same order id, an idempotency replay (which claims
+/// the order), a regressed store, the sale window, the blocklist, the per-user limit, the stock.
+/// Returns one
 /// `{outcome, order_json_or_code, remaining, seq}` per purchase, where outcome is `ok`, `retried`, `replay`
 /// or `err`.
 pub const PURCHASE: &str = concat!(
     prelude!(),
+    claim!(),
     r#"
 local n = tonumber(ARGV[2])
 local results = {}
@@ -139,10 +162,13 @@ for i = 0, n - 1 do
   local retried = redis.call('HGET', K.orders, id)
   local earlier = idem and redis.call('HGET', K.idem, idem)
   local replayed = earlier and redis.call('HGET', K.orders, earlier)
-  if retried then
+  if redis.call('ZSCORE', K.abandoned, id) then
+    -- A late copy of an attempt whose node gave up on it (see abandon.rs): nobody waits.
+    answer('err', 'unavailable')
+  elseif retried then
     answer('retried', retried)
   elseif replayed then
-    answer('replay', replayed)
+    answer('replay', claim(replayed, id))
   elseif regressed then
     answer('err', 'store_regressed')
   elseif not sale[1] then
@@ -354,5 +380,59 @@ for id in string.gmatch(ids, '%S+') do
   if raw then table.insert(out, 1, raw) end
 end
 return out
+"#
+);
+
+/// Gives up on purchases whose caller was answered 503 though the script may have run (a ghost):
+/// `ARGV = [retention, n, (order_id, user_id, idempotency_key)*n]`. Each attempt id is
+/// tombstoned in `K.abandoned` (so a late copy of it cannot create the order, see [`PURCHASE`]);
+/// the order it made, or the one it claimed by a replay, is cancelled like a shopper's cancel
+/// (stock and holding back once, event `cancelled`, idempotency key forgotten) when it is still
+/// pending and it and every claim on it are tombstoned. Tombstones older than an hour, or
+/// beyond the newest 100,000, are trimmed. Returns one of `cancelled`, `claimed` (kept for a
+/// buyer who got a 201), `settled` (paid, cancelled or expired already) or `absent` per id.
+/// The full rule is in [`super::abandon`].
+pub const ABANDON: &str = concat!(
+    prelude!(),
+    r#"
+local retention, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', K.abandoned, '-inf', now - 3600000)
+local function gone(id) return redis.call('ZSCORE', K.abandoned, id) ~= false end
+local results = {}
+for i = 0, n - 1 do
+  local id, user, key = ARGV[3 + i * 3], ARGV[4 + i * 3], ARGV[5 + i * 3]
+  redis.call('ZADD', K.abandoned, now, id)
+  local raw = redis.call('HGET', K.orders, id)
+  local o = raw and cjson.decode(raw)
+  if not o and key ~= '' then
+    -- The attempt may have been a replay of an earlier order: that order is its business only
+    -- if the replay really ran (it left its claim).
+    local earlier = redis.call('HGET', K.idem, user .. '\0' .. key)
+    local other = earlier and redis.call('HGET', K.orders, earlier)
+    local x = other and cjson.decode(other)
+    for _, c in ipairs((x and x.claims) or {}) do if c == id then o = x end end
+  end
+  local outcome = 'absent'
+  if o and o.status ~= 'pending' then
+    outcome = 'settled'
+  elseif o then
+    local free = not o.kept and gone(o.order_id)
+    for _, c in ipairs(o.claims or {}) do free = free and gone(c) end
+    if free then
+      close(o, 'cancelled', retention)
+      if o.idem and redis.call('HGET', K.idem, o.idem) == o.order_id then
+        redis.call('HDEL', K.idem, o.idem)
+      end
+      outcome = 'cancelled'
+    else
+      outcome = 'claimed'
+    end
+  end
+  results[#results + 1] = outcome
+end
+local excess = redis.call('ZCARD', K.abandoned) - 100000
+if excess > 0 then redis.call('ZREMRANGEBYRANK', K.abandoned, 0, excess - 1) end
+return results
 "#
 );
