@@ -100,6 +100,14 @@ pub struct ServeArgs {
     /// Most purchases of one SKU coalesced into one Redis script call, 1..=1024 [default: 64].
     #[arg(long, env = "SECKILL_REDIS_BATCH")]
     pub redis_batch: Option<usize>,
+    /// Longest one store operation (a purchase, say) waits on Redis, its one retry included,
+    /// in ms, 10..=60000; past it the shopper gets 503 [default: 300].
+    #[arg(long, env = "SECKILL_REDIS_BUDGET_MS")]
+    pub redis_budget_ms: Option<u64>,
+    /// A Redis connection with calls waiting and no reply for this long (ms, 100..=600000) is
+    /// torn down and replaced [default: 2000].
+    #[arg(long, env = "SECKILL_REDIS_UNRESPONSIVE_MS")]
+    pub redis_unresponsive_ms: Option<u64>,
 }
 
 /// Flags for `doctor`: the same as `serve`, since it checks what `serve` would run with.

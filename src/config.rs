@@ -61,6 +61,10 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     /// See [`ServeArgs::redis_batch`].
     pub redis_batch: Option<usize>,
+    /// See [`ServeArgs::redis_budget_ms`].
+    pub redis_budget_ms: Option<u64>,
+    /// See [`ServeArgs::redis_unresponsive_ms`].
+    pub redis_unresponsive_ms: Option<u64>,
 }
 
 /// A configuration error, naming the key.
@@ -127,6 +131,10 @@ pub struct ServeConfig {
     pub redis_prefix: String,
     /// Most purchases of one SKU per Redis script call.
     pub redis_batch: usize,
+    /// Longest one store operation waits on Redis, its one retry included.
+    pub redis_budget: Duration,
+    /// Silence after which a Redis connection with calls waiting is replaced.
+    pub redis_unresponsive: Duration,
 }
 
 /// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
@@ -350,6 +358,14 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis_batch = args.redis_batch.or(file.redis_batch).unwrap_or(64);
     let redis_batch = in_range("redis_batch", redis_batch, 1, 1024)?;
+    let redis_budget_ms = args.redis_budget_ms.or(file.redis_budget_ms).unwrap_or(300);
+    let redis_budget_ms = in_range("redis_budget_ms", redis_budget_ms, 10, 60_000)?;
+    let redis_unresponsive_ms = args
+        .redis_unresponsive_ms
+        .or(file.redis_unresponsive_ms)
+        .unwrap_or(2_000);
+    let redis_unresponsive_ms =
+        in_range("redis_unresponsive_ms", redis_unresponsive_ms, 100, 600_000)?;
     Ok(ServeConfig {
         listen,
         shards,
@@ -370,5 +386,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis,
         redis_prefix,
         redis_batch,
+        redis_budget: Duration::from_millis(redis_budget_ms),
+        redis_unresponsive: Duration::from_millis(redis_unresponsive_ms),
     })
 }

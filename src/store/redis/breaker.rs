@@ -1,4 +1,4 @@
-//! A circuit breaker for one Redis endpoint: after consecutive failures it opens, and calls fail
+//! A circuit breaker for one Redis node (one per master on a cluster, per shard): after consecutive failures it opens, and calls fail
 //! at once instead of each waiting out its deadline; after a pause it lets one probe through, and
 //! closes again when the probe succeeds.
 
@@ -76,6 +76,14 @@ impl Breaker {
         };
     }
 
+    /// Lets the next call through as a probe, whatever the state: used when the connection
+    /// behind the breaker was just replaced.
+    pub fn probe_now(&mut self, now: Instant) {
+        if !matches!(self.state, BreakerState::Closed(_)) {
+            self.state = BreakerState::Open(now);
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         self.state
@@ -112,5 +120,21 @@ mod tests {
         breaker.record(true, again);
         assert_eq!(breaker.state(), BreakerState::Closed(0));
         assert!(breaker.admit(again));
+    }
+
+    #[test]
+    fn a_replaced_connection_is_probed_at_once() {
+        let mut breaker = Breaker::default();
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_TO_OPEN {
+            breaker.record(false, t0);
+        }
+        assert!(!breaker.admit(t0));
+        breaker.probe_now(t0);
+        assert!(breaker.admit(t0), "the probe goes at once");
+        assert!(!breaker.admit(t0), "still one probe at a time");
+        let mut closed = Breaker::default();
+        closed.probe_now(t0);
+        assert_eq!(closed.state(), BreakerState::Closed(0), "a closed breaker stays so");
     }
 }
