@@ -76,12 +76,11 @@ impl Breaker {
         };
     }
 
-    /// Lets the next call through as a probe, whatever the state: used when the connection
-    /// behind the breaker was just replaced.
-    pub fn probe_now(&mut self, now: Instant) {
-        if !matches!(self.state, BreakerState::Closed(_)) {
-            self.state = BreakerState::Open(now);
-        }
+    /// Closes the breaker: used when the connection behind it was just replaced, which
+    /// deserves calls at once. (A probe alone would not do: calls made while the new connection
+    /// is still being set up fail at once and would reopen the breaker for another pause.)
+    pub fn reset(&mut self) {
+        self.state = BreakerState::Closed(0);
     }
 
     /// The current state.
@@ -123,18 +122,18 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_connection_is_probed_at_once() {
+    fn a_replaced_connection_closes_the_breaker() {
         let mut breaker = Breaker::default();
         let t0 = Instant::now();
         for _ in 0..FAILURES_TO_OPEN {
             breaker.record(false, t0);
         }
         assert!(!breaker.admit(t0));
-        breaker.probe_now(t0);
-        assert!(breaker.admit(t0), "the probe goes at once");
-        assert!(!breaker.admit(t0), "still one probe at a time");
-        let mut closed = Breaker::default();
-        closed.probe_now(t0);
-        assert_eq!(closed.state(), BreakerState::Closed(0), "a closed breaker stays so");
+        breaker.reset();
+        for _ in 0..FAILURES_TO_OPEN {
+            assert!(breaker.admit(t0), "calls go through at once");
+            breaker.record(false, t0);
+        }
+        assert!(!breaker.admit(t0), "and it opens again as usual");
     }
 }

@@ -76,16 +76,16 @@ impl Node {
     }
 
     /// Drops the connection and its router task and starts a new client. Calls in flight on the
-    /// old one fail at once (their replies can no longer arrive). The breaker lets the next call
-    /// through as a probe, since the new connection deserves one at once.
-    pub fn replace(&self, now: Instant) -> Result<(), RedisError> {
+    /// old one fail at once (their replies can no longer arrive). The breaker closes: the new
+    /// connection deserves calls at once.
+    pub fn replace(&self) -> Result<(), RedisError> {
         let client = build_client(self.config.clone())?;
         let task = client.connect();
         if let Some(old) = self.task.borrow_mut().replace(task) {
             old.abort();
         }
         *self.client.borrow_mut() = client;
-        self.breaker.borrow_mut().probe_now(now);
+        self.breaker.borrow_mut().reset();
         *self.watch.borrow_mut() = Watch::default();
         self.replaced.set(self.replaced.get() + 1);
         Ok(())

@@ -74,7 +74,7 @@ pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
                 silent_ms = unresponsive.as_millis() as u64,
                 "redis connection gave no reply; replacing it"
             );
-            if let Err(error) = node.replace(now) {
+            if let Err(error) = node.replace() {
                 tracing::error!(node = %node.server, %error, "could not rebuild the redis client");
             }
         }
