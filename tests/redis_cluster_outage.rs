@@ -67,7 +67,11 @@ fn redis_cluster() -> Vec<RedisServer> {
             last = redis_ok(node.port, &["CLUSTER", "INFO"]);
             last.contains("cluster_state:ok").then_some(())
         });
-        assert!(ok.is_some(), "{} never got cluster_state:ok:\n{last}", node.port);
+        assert!(
+            ok.is_some(),
+            "{} never got cluster_state:ok:\n{last}",
+            node.port
+        );
     }
     nodes
 }
@@ -152,7 +156,11 @@ fn a_dead_master_stops_only_its_own_skus() {
         assert_status(&r, 201);
     }
     for (_, master) in &skus {
-        assert_eq!(master_up(&server, *master), Some(1.0), "every master up at first");
+        assert_eq!(
+            master_up(&server, *master),
+            Some(1.0),
+            "every master up at first"
+        );
     }
 
     let (doomed_sku, doomed_master) = skus[0].clone();
@@ -181,7 +189,10 @@ fn a_dead_master_stops_only_its_own_skus() {
         .iter()
         .filter(|(_, sku, status)| *sku != doomed_sku && *status == 503)
         .collect();
-    let survivor_total = answers.iter().filter(|(_, sku, _)| *sku != doomed_sku).count();
+    let survivor_total = answers
+        .iter()
+        .filter(|(_, sku, _)| *sku != doomed_sku)
+        .count();
     let doomed: Vec<&(Duration, String, u16)> = answers
         .iter()
         .filter(|(_, sku, _)| *sku == doomed_sku)
@@ -213,9 +224,17 @@ fn a_dead_master_stops_only_its_own_skus() {
     );
     let ready = server.client().get("/readyz");
     assert_status(&ready, 200);
-    assert_eq!(master_up(&server, doomed_master), Some(0.0), "the dead master is down");
+    assert_eq!(
+        master_up(&server, doomed_master),
+        Some(0.0),
+        "the dead master is down"
+    );
     for (_, master) in &survivors {
-        assert_eq!(master_up(&server, *master), Some(1.0), "a live master is up");
+        assert_eq!(
+            master_up(&server, *master),
+            Some(1.0),
+            "a live master is up"
+        );
     }
 
     // The master comes back (empty: no persistence here, so the sale is created again): A
@@ -232,6 +251,9 @@ fn a_dead_master_stops_only_its_own_skus() {
         "the dead master's SKU sold again {} ms after the master restarted",
         back.elapsed().as_millis()
     );
-    assert!(sold.is_some(), "A never sold again after its master came back");
+    assert!(
+        sold.is_some(),
+        "A never sold again after its master came back"
+    );
     assert_eq!(master_up(&server, doomed_master), Some(1.0));
 }

@@ -16,9 +16,7 @@ const STALL: Duration = Duration::from_millis(1500);
 /// Scripts Redis ran whose arguments include `needle`, from the slow log (which logs every
 /// command when `slowlog-log-slower-than` is 0).
 fn commands_naming(redis: &RedisServer, needle: &str) -> usize {
-    let entries: Vec<Value> = redis
-        .query(&["SLOWLOG", "GET", "-1"])
-        .expect("SLOWLOG GET");
+    let entries: Vec<Value> = redis.query(&["SLOWLOG", "GET", "-1"]).expect("SLOWLOG GET");
     entries
         .iter()
         .filter(|entry| {
@@ -27,7 +25,8 @@ fn commands_naming(redis: &RedisServer, needle: &str) -> usize {
                 .get(3)
                 .map(|args| FromRedisValue::from_redis_value(args).expect("its arguments"))
                 .unwrap_or_default();
-            args.first().is_some_and(|name| name.eq_ignore_ascii_case("evalsha"))
+            args.first()
+                .is_some_and(|name| name.eq_ignore_ascii_case("evalsha"))
                 && args.iter().any(|arg| arg == needle)
         })
         .count()
@@ -66,7 +65,11 @@ fn a_stalled_redis_costs_one_attempt_within_the_budget() {
         let warm = client.purchase("stall", &tok(user), Some(1), None);
         assert_status(&warm, 201);
     }
-    assert_eq!(commands_naming(&redis, "warm-user"), 1, "one script per purchase");
+    assert_eq!(
+        commands_naming(&redis, "warm-user"),
+        1,
+        "one script per purchase"
+    );
 
     proxy.set_delay(STALL);
     let started = Instant::now();

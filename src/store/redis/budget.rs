@@ -62,7 +62,10 @@ mod tests {
         // A first attempt that used the budget up leaves no retry.
         let late = t0 + Duration::from_millis(290);
         assert_eq!(budget.retry_after(late, Duration::from_millis(20)), None);
-        assert_eq!(budget.remaining(t0 + Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(
+            budget.remaining(t0 + Duration::from_secs(1)),
+            Duration::ZERO
+        );
         assert_eq!(
             budget.retry_after(t0 + Duration::from_secs(1), Duration::ZERO),
             None

@@ -92,7 +92,9 @@ impl RedisStore {
         let client = &self.route(keys.orders())?;
         let field = id.to_string();
         let raw: Option<String> = self
-            .retrying(client, || client.hget::<Option<String>, _, _>(keys.orders(), field.as_str()))
+            .retrying(client, || {
+                client.hget::<Option<String>, _, _>(keys.orders(), field.as_str())
+            })
             .await?;
         let order = raw
             .map(|json| decode_order(&json))

@@ -287,8 +287,14 @@ mod tests {
         ]);
         let routing = ClusterRouting::from_cluster_slots(slots, "127.0.0.1").expect("a slot map");
         // Slots from `CLUSTER KEYSLOT`: foo 12182, bar 5061, and a hash tag picks its slot.
-        assert_eq!(master_of(&routing, "foo").as_deref(), Some("127.0.0.1:7002"));
-        assert_eq!(master_of(&routing, "bar").as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(
+            master_of(&routing, "foo").as_deref(),
+            Some("127.0.0.1:7002")
+        );
+        assert_eq!(
+            master_of(&routing, "bar").as_deref(),
+            Some("127.0.0.1:7000")
+        );
         assert_eq!(
             master_of(&routing, "seckill:{bar}:stock").as_deref(),
             Some("127.0.0.1:7000")
