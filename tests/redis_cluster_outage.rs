@@ -109,8 +109,14 @@ fn one_sku_per_master(port: u16, masters: &[u16]) -> Vec<(String, u16)> {
     chosen
 }
 
+/// `seckill_redis_master_up` for `master`, from one scrape (retried while the node says it is
+/// scraped too often).
 fn master_up(server: &Server, master: u16) -> Option<f64> {
-    let text = server.client().get("/metrics").text();
+    let text = poll(BOUND, || {
+        let r = server.client().get("/metrics");
+        (r.status == 200).then(|| r.text())
+    })
+    .expect("a metrics scrape");
     let parsed = common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let label = format!("127.0.0.1:{master}");
     parsed

@@ -75,7 +75,11 @@ fn a_frozen_connection_is_replaced() {
         proxy.connections() > before,
         "serving again means a new connection"
     );
-    let text = server.client().get("/metrics").text();
+    let text = poll(HEAL_BOUND, || {
+        let r = server.client().get("/metrics");
+        (r.status == 200).then(|| r.text())
+    })
+    .expect("a metrics scrape");
     let parsed = common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(
         parsed.sum("seckill_redis_connections_replaced_total", &[]) >= 1.0,
