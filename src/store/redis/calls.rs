@@ -139,24 +139,33 @@ impl RedisStore {
             return Err(RedisError::Open);
         }
         let started = Instant::now();
-        node.watch.borrow_mut().sent(started);
-        let attempt = async { Ok(operation.await) };
-        let result = match glommio::timer::timeout(limit, attempt).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
-                if is_redirection(&error) {
-                    self.0.topology.borrow_mut().stale = true;
+        let result = if node.connected() {
+            node.watch.borrow_mut().sent(started);
+            let attempt = async { Ok(operation.await) };
+            match glommio::timer::timeout(limit, attempt).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => {
+                    if is_redirection(&error) {
+                        self.0.topology.borrow_mut().stale = true;
+                    }
+                    if is_unavailable(&error) {
+                        Err(RedisError::Failed(error.to_string()))
+                    } else {
+                        Err(RedisError::Rejected(error.to_string()))
+                    }
                 }
-                if is_unavailable(&error) {
-                    Err(RedisError::Failed(error.to_string()))
-                } else {
-                    Err(RedisError::Rejected(error.to_string()))
-                }
+                Err(_) => Err(RedisError::Timeout),
             }
-            Err(_) => Err(RedisError::Timeout),
+        } else {
+            // Not sent at all: fred would queue it until reconnected, and send it long after
+            // its caller was told 503 (see `topology::Link`).
+            Err(RedisError::Failed("not connected".into()))
         };
         if !matches!(result, Err(RedisError::Timeout)) {
             node.watch.borrow_mut().answered();
+        }
+        if let Err(error) = &result {
+            tracing::debug!(node = %node.server, %error, "redis attempt failed");
         }
         let mut metrics = self.0.metrics.borrow_mut();
         metrics.call_latency.record(elapsed_nanos(started));

@@ -14,10 +14,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Config, ReconnectPolicy, Server, ServerConfig, UnresponsiveConfig};
 use fred::types::{Builder, ConnectHandle};
@@ -30,13 +32,67 @@ use super::RedisError;
 /// filled from `CLUSTER SLOTS`, never from requests.
 pub const MAX_NODES: usize = 1000;
 
+/// One client to one node, with the tasks that drive and watch it.
+struct Link {
+    client: Client,
+    /// The router task, then the two event listeners.
+    tasks: Vec<ConnectHandle>,
+    /// Set from the moment fred reports the connection lost (or before it first connects)
+    /// until it reports it connected again. fred's own state says "connected" for a while after
+    /// it has lost the connection (until its first reconnect attempt), and a command sent then
+    /// waits in its queue, unread while it reconnects, to be sent once Redis is back: long
+    /// after its caller was told 503. Calls are refused while this is set.
+    lost: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn start(config: &Config) -> Result<Self, RedisError> {
+        let client = build_client(config.clone())?;
+        let lost = Arc::new(AtomicBool::new(true));
+        // Listening before connecting, so the first connection's notice is not missed.
+        let on_error = {
+            let lost = Arc::clone(&lost);
+            client.on_error(move |_| {
+                lost.store(true, Ordering::Release);
+                async { Ok(()) }
+            })
+        };
+        let on_reconnect = {
+            let lost = Arc::clone(&lost);
+            client.on_reconnect(move |_| {
+                lost.store(false, Ordering::Release);
+                async { Ok(()) }
+            })
+        };
+        let router = client.connect();
+        Ok(Self {
+            client,
+            tasks: vec![router, on_error, on_reconnect],
+            lost,
+        })
+    }
+
+    fn usable(&self) -> bool {
+        self.client.is_connected() && !self.lost.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The router task holds the client's state alive; without this it would keep
+        // reconnecting to a node nobody uses any more.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// One Redis node (a master on a cluster) and this shard's client to it.
 pub struct Node {
     /// `host:port`, the label of its metrics.
     pub server: Rc<str>,
     config: Config,
-    client: RefCell<Client>,
-    task: RefCell<Option<ConnectHandle>>,
+    link: RefCell<Link>,
     /// Its own breaker: one failing node never opens another's.
     pub breaker: RefCell<Breaker>,
     /// When it last answered, for the watchdog.
@@ -50,13 +106,11 @@ pub struct Node {
 impl Node {
     /// A node reached with `config`, connecting in the background.
     pub fn connect(server: Rc<str>, config: Config) -> Result<Self, RedisError> {
-        let client = build_client(config.clone())?;
-        let task = client.connect();
+        let link = Link::start(&config)?;
         Ok(Self {
             server,
             config,
-            client: RefCell::new(client),
-            task: RefCell::new(Some(task)),
+            link: RefCell::new(link),
             breaker: RefCell::new(Breaker::default()),
             watch: RefCell::new(Watch::default()),
             breaker_opened: Cell::new(0),
@@ -66,39 +120,30 @@ impl Node {
 
     /// This node's client.
     pub fn client(&self) -> Client {
-        self.client.borrow().clone()
+        self.link.borrow().client.clone()
+    }
+
+    /// Whether a call may be sent now: connected, as far as both fred's state and its
+    /// connection events tell.
+    pub fn connected(&self) -> bool {
+        self.link.borrow().usable()
     }
 
     /// Whether it serves now: connected, and its breaker not open.
     pub fn up(&self) -> bool {
-        self.client.borrow().is_connected()
-            && !matches!(self.breaker.borrow().state(), BreakerState::Open(_))
+        self.connected() && !matches!(self.breaker.borrow().state(), BreakerState::Open(_))
     }
 
-    /// Drops the connection and its router task and starts a new client. Calls in flight on the
-    /// old one fail at once (their replies can no longer arrive). The breaker closes: the new
-    /// connection deserves calls at once.
+    /// Drops the connection and its router task and starts a new client. The breaker closes:
+    /// the new connection deserves calls at once.
     pub fn replace(&self) -> Result<(), RedisError> {
-        let client = build_client(self.config.clone())?;
-        let task = client.connect();
-        if let Some(old) = self.task.borrow_mut().replace(task) {
-            old.abort();
-        }
-        *self.client.borrow_mut() = client;
+        let link = Link::start(&self.config)?;
+        // The old link is dropped here, aborting its tasks.
+        *self.link.borrow_mut() = link;
         self.breaker.borrow_mut().reset();
         *self.watch.borrow_mut() = Watch::default();
         self.replaced.set(self.replaced.get() + 1);
         Ok(())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // The router task holds the client's state alive; without this it would keep
-        // reconnecting to a node nobody uses any more.
-        if let Some(task) = self.task.get_mut().take() {
-            task.abort();
-        }
     }
 }
 

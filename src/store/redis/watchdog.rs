@@ -96,9 +96,8 @@ pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
 async fn refresh(store: &RedisStore) {
     let nodes = store.0.topology.borrow().nodes();
     // Connected nodes first; a dead one would only fail.
-    let (mut candidates, rest): (Vec<_>, Vec<_>) = nodes
-        .into_iter()
-        .partition(|node| node.client().is_connected());
+    let (mut candidates, rest): (Vec<_>, Vec<_>) =
+        nodes.into_iter().partition(|node| node.connected());
     candidates.extend(rest);
     for node in candidates {
         let client = node.client();
