@@ -83,6 +83,13 @@ impl Breaker {
         self.state = BreakerState::Closed(0);
     }
 
+    /// Whether calls are refused at `now`: open, and its pause not over yet. (Once the pause is
+    /// over the next call is let through as a probe, so the node counts as serving again if it
+    /// is connected: a shard that sends it nothing would otherwise report it down for good.)
+    pub fn refusing(&self, now: Instant) -> bool {
+        matches!(self.state, BreakerState::Open(until) if now < until)
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         self.state
@@ -108,7 +115,9 @@ mod tests {
             breaker.record(false, t0);
         }
         assert!(!breaker.admit(t0), "open");
+        assert!(breaker.refusing(t0));
         let later = t0 + OPEN_FOR;
+        assert!(!breaker.refusing(later), "a probe may go");
         assert!(breaker.admit(later), "the probe");
         assert!(!breaker.admit(later), "one probe at a time");
         assert!(breaker.admit(later + OPEN_FOR), "a lost probe is replaced");

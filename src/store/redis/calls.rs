@@ -163,6 +163,15 @@ impl RedisStore {
         };
         if !matches!(result, Err(RedisError::Timeout)) {
             node.watch.borrow_mut().answered();
+        } else if !node.connected() {
+            // The connection was lost just as the call was sent: it waits in fred's queue, which
+            // is not read while fred reconnects, and would be sent once Redis is back, long after
+            // its caller was told 503 (a purchase would make an order nobody waits for).
+            // Replacing the client drops that queue with its router task.
+            tracing::warn!(node = %node.server, "redis call queued while reconnecting; dropping it");
+            if let Err(error) = node.replace() {
+                tracing::error!(node = %node.server, %error, "could not rebuild the redis client");
+            }
         }
         if let Err(error) = &result {
             tracing::debug!(node = %node.server, %error, "redis attempt failed");

@@ -24,7 +24,7 @@ use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Config, ReconnectPolicy, Server, ServerConfig, UnresponsiveConfig};
 use fred::types::{Builder, ConnectHandle};
 
-use super::breaker::{Breaker, BreakerState};
+use super::breaker::Breaker;
 use super::watchdog::Watch;
 use super::RedisError;
 
@@ -129,9 +129,9 @@ impl Node {
         self.link.borrow().usable()
     }
 
-    /// Whether it serves now: connected, and its breaker not open.
+    /// Whether it serves now: connected, and its breaker not refusing calls.
     pub fn up(&self) -> bool {
-        self.connected() && !matches!(self.breaker.borrow().state(), BreakerState::Open(_))
+        self.connected() && !self.breaker.borrow().refusing(Instant::now())
     }
 
     /// Drops the connection and its router task and starts a new client. The breaker closes:
