@@ -108,6 +108,14 @@ pub struct ServeArgs {
     /// [default: 250].
     #[arg(long, env = "SECKILL_REDIS_NEGATIVE_TTL_MS")]
     pub redis_negative_ttl_ms: Option<u64>,
+    /// Longest one store operation (a purchase, say) waits on Redis, its one retry included,
+    /// in ms, 10..=60000; past it the shopper gets 503 [default: 300].
+    #[arg(long, env = "SECKILL_REDIS_BUDGET_MS")]
+    pub redis_budget_ms: Option<u64>,
+    /// A Redis connection with calls waiting and no reply for this long (ms, 100..=600000) is
+    /// torn down and replaced [default: 2000].
+    #[arg(long, env = "SECKILL_REDIS_UNRESPONSIVE_MS")]
+    pub redis_unresponsive_ms: Option<u64>,
 }
 
 /// Flags for `doctor`: the same as `serve`, since it checks what `serve` would run with.

@@ -65,6 +65,10 @@ pub struct FileConfig {
     pub redis_lookups_per_sec: Option<u32>,
     /// See [`ServeArgs::redis_negative_ttl_ms`].
     pub redis_negative_ttl_ms: Option<u64>,
+    /// See [`ServeArgs::redis_budget_ms`].
+    pub redis_budget_ms: Option<u64>,
+    /// See [`ServeArgs::redis_unresponsive_ms`].
+    pub redis_unresponsive_ms: Option<u64>,
 }
 
 /// A configuration error, naming the key.
@@ -135,6 +139,10 @@ pub struct ServeConfig {
     pub redis_lookups_per_sec: u32,
     /// How long a SKU Redis did not know is answered 404 without asking again.
     pub redis_negative_ttl: Duration,
+    /// Longest one store operation waits on Redis, its one retry included.
+    pub redis_budget: Duration,
+    /// Silence after which a Redis connection with calls waiting is replaced.
+    pub redis_unresponsive: Duration,
 }
 
 /// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
@@ -368,6 +376,14 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .or(file.redis_negative_ttl_ms)
         .unwrap_or(250);
     let negative_ttl_ms = in_range("redis_negative_ttl_ms", negative_ttl_ms, 1, 60_000)?;
+    let redis_budget_ms = args.redis_budget_ms.or(file.redis_budget_ms).unwrap_or(300);
+    let redis_budget_ms = in_range("redis_budget_ms", redis_budget_ms, 10, 60_000)?;
+    let redis_unresponsive_ms = args
+        .redis_unresponsive_ms
+        .or(file.redis_unresponsive_ms)
+        .unwrap_or(2_000);
+    let redis_unresponsive_ms =
+        in_range("redis_unresponsive_ms", redis_unresponsive_ms, 100, 600_000)?;
     Ok(ServeConfig {
         listen,
         shards,
@@ -390,5 +406,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis_batch,
         redis_lookups_per_sec,
         redis_negative_ttl: Duration::from_millis(negative_ttl_ms),
+        redis_budget: Duration::from_millis(redis_budget_ms),
+        redis_unresponsive: Duration::from_millis(redis_unresponsive_ms),
     })
 }

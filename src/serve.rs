@@ -39,6 +39,8 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             prefix: config.redis_prefix.clone(),
             closed_orders_per_sale: config.closed_orders_per_sale,
             max_batch: config.redis_batch,
+            budget: config.redis_budget,
+            unresponsive: config.redis_unresponsive,
         };
         tracing::info!(redis = %url, prefix = %config.redis_prefix, "cluster mode: state lives in redis");
         run_node(node_options(config), NodeStores::Redis(settings))?;

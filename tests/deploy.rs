@@ -41,6 +41,8 @@ const FILE_KEYS: &[&str] = &[
     "redis_batch",
     "redis_lookups_per_sec",
     "redis_negative_ttl_ms",
+    "redis_budget_ms",
+    "redis_unresponsive_ms",
 ];
 
 /// Keys that must be documented but never given a value in the example: secrets live in the env
@@ -71,6 +73,8 @@ fn file_keys_match_the_struct(file: FileConfig) -> usize {
         redis_batch: _,
         redis_lookups_per_sec: _,
         redis_negative_ttl_ms: _,
+        redis_budget_ms: _,
+        redis_unresponsive_ms: _,
     } = file;
     FILE_KEYS.len()
 }

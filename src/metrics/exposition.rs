@@ -355,27 +355,82 @@ fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
         &[("kind", "timeout")],
         timeouts,
     );
+    render_redis_masters(out, &redis);
+}
+
+/// The per-node families: every shard routes to every master, so a master's counters are summed
+/// over shards, and it counts as up only while every shard reaches it.
+fn render_redis_masters(out: &mut Text, redis: &[(usize, &crate::store::RedisStats)]) {
+    #[derive(Default)]
+    struct Master {
+        up: bool,
+        opened: u64,
+        replaced: u64,
+    }
+    let mut masters: std::collections::BTreeMap<&str, Master> = Default::default();
+    for (_, stats) in redis {
+        for node in &stats.masters {
+            let entry = masters.entry(&node.server).or_insert(Master {
+                up: true,
+                ..Master::default()
+            });
+            entry.up &= node.up;
+            entry.opened += node.breaker_opened;
+            entry.replaced += node.replaced;
+        }
+    }
+    out.family(
+        "seckill_redis_master_up",
+        "gauge",
+        "1 while every shard reaches this Redis node (each master of a cluster) and its breakers are closed.",
+    );
+    for (server, master) in &masters {
+        out.sample(
+            "seckill_redis_master_up",
+            &[("master", server)],
+            u64::from(master.up),
+        );
+    }
     out.family(
         "seckill_redis_breaker_opened_total",
         "counter",
-        "Times a shard's Redis circuit breaker opened.",
+        "Times a shard's circuit breaker for this Redis node opened.",
     );
-    let opened = redis.iter().map(|(_, stats)| stats.breaker_opened).sum();
-    out.sample("seckill_redis_breaker_opened_total", &[], opened);
+    for (server, master) in &masters {
+        out.sample(
+            "seckill_redis_breaker_opened_total",
+            &[("master", server)],
+            master.opened,
+        );
+    }
+    out.family(
+        "seckill_redis_connections_replaced_total",
+        "counter",
+        "Connections to this Redis node replaced after giving no reply for --redis-unresponsive-ms.",
+    );
+    for (server, master) in &masters {
+        out.sample(
+            "seckill_redis_connections_replaced_total",
+            &[("master", server)],
+            master.replaced,
+        );
+    }
     out.family(
         "seckill_redis_breaker_state",
         "gauge",
-        "Each shard's Redis circuit breaker: 0 closed, 1 open, 2 half-open.",
+        "Each shard's circuit breaker for each Redis node: 0 closed, 1 open, 2 half-open.",
     );
-    for (shard, stats) in &redis {
+    for (shard, stats) in redis {
         let id = itoa::Buffer::new().format(*shard).to_owned();
-        out.sample(
-            "seckill_redis_breaker_state",
-            &[("shard", &id)],
-            stats.breaker_state,
-        );
+        for node in &stats.masters {
+            out.sample(
+                "seckill_redis_breaker_state",
+                &[("shard", &id), ("master", &node.server)],
+                node.breaker_state,
+            );
+        }
     }
-    render_ghosts(out, &redis);
+    render_ghosts(out, redis);
 }
 
 /// Purchases answered 503 that may have run, and their abandon (`src/store/redis/abandon.rs`).

@@ -219,8 +219,11 @@ impl RedisStore {
             args.push(ghost.idempotency_key.clone());
         }
         let keys = self.keys(&first.sku).0;
+        let key = keys.first().cloned().unwrap_or_default();
+        let route = self.route(&key)?;
+        let abandon = Box::pin(self.evalsha(&route, &self.0.scripts.abandon, keys, args));
         let reply = self
-            .call(Box::pin(self.evalsha(&self.0.scripts.abandon, keys, args)))
+            .call(&route, super::BACKGROUND_TIMEOUT, abandon)
             .await?;
         let outcomes: Vec<String> = reply
             .into_array()

@@ -110,20 +110,8 @@ async fn flush(store: RedisStore, sku: Box<str>) {
         // The shard's view of the SKU, for the script to notice Redis having lost writes.
         args.extend(store.floor_args(&sku));
         let sent = Cell::new(false);
-        let keys = store.keys(&sku).0;
-        let (store_ref, sent_ref) = (&store, &sent);
-        let result = store
-            .retrying(|| {
-                let (keys, args) = (keys.clone(), args.clone());
-                async move {
-                    // Polled only once the breaker let the attempt through: from here on, the
-                    // script may run even if no reply comes back.
-                    sent_ref.set(true);
-                    let purchase = &store_ref.0.scripts.purchase;
-                    store_ref.evalsha(purchase, keys, args).await
-                }
-            })
-            .await;
+        let purchase = &store.0.scripts.purchase;
+        let result = store.script_noting_sent(purchase, &sku, args, &sent).await;
         let replies = match result {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],

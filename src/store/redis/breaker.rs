@@ -1,4 +1,4 @@
-//! A circuit breaker for one Redis endpoint: after consecutive failures it opens, and calls fail
+//! A circuit breaker for one Redis node (one per master on a cluster, per shard): after consecutive failures it opens, and calls fail
 //! at once instead of each waiting out its deadline; after a pause it lets one probe through, and
 //! closes again when the probe succeeds.
 
@@ -76,6 +76,20 @@ impl Breaker {
         };
     }
 
+    /// Closes the breaker: used when the connection behind it was just replaced, which
+    /// deserves calls at once. (A probe alone would not do: calls made while the new connection
+    /// is still being set up fail at once and would reopen the breaker for another pause.)
+    pub fn reset(&mut self) {
+        self.state = BreakerState::Closed(0);
+    }
+
+    /// Whether calls are refused at `now`: open, and its pause not over yet. (Once the pause is
+    /// over the next call is let through as a probe, so the node counts as serving again if it
+    /// is connected: a shard that sends it nothing would otherwise report it down for good.)
+    pub fn refusing(&self, now: Instant) -> bool {
+        matches!(self.state, BreakerState::Open(until) if now < until)
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         self.state
@@ -101,7 +115,9 @@ mod tests {
             breaker.record(false, t0);
         }
         assert!(!breaker.admit(t0), "open");
+        assert!(breaker.refusing(t0));
         let later = t0 + OPEN_FOR;
+        assert!(!breaker.refusing(later), "a probe may go");
         assert!(breaker.admit(later), "the probe");
         assert!(!breaker.admit(later), "one probe at a time");
         assert!(breaker.admit(later + OPEN_FOR), "a lost probe is replaced");
@@ -112,5 +128,21 @@ mod tests {
         breaker.record(true, again);
         assert_eq!(breaker.state(), BreakerState::Closed(0));
         assert!(breaker.admit(again));
+    }
+
+    #[test]
+    fn a_replaced_connection_closes_the_breaker() {
+        let mut breaker = Breaker::default();
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_TO_OPEN {
+            breaker.record(false, t0);
+        }
+        assert!(!breaker.admit(t0));
+        breaker.reset();
+        for _ in 0..FAILURES_TO_OPEN {
+            assert!(breaker.admit(t0), "calls go through at once");
+            breaker.record(false, t0);
+        }
+        assert!(!breaker.admit(t0), "and it opens again as usual");
     }
 }

@@ -24,13 +24,15 @@ impl RedisStore {
 
     async fn upsert(&self, sale: Sale) -> Reply {
         let prefix = &self.0.prefix;
-        let client = self.now_or_never();
-        let client = &client;
+        let (sales, home) = (keys::sales(prefix), keys::blocked(prefix));
+        let (to_sales, to_home) = (self.route(&sales)?, self.route(&home)?);
         let sku = sale.sku.clone();
-        self.retrying(|| client.sadd::<i64, _, _>(keys::sales(prefix), sku.as_ref()))
-            .await?;
+        self.retrying(&to_sales, || {
+            to_sales.sadd::<i64, _, _>(sales.as_str(), sku.as_ref())
+        })
+        .await?;
         let blocked: Vec<String> = self
-            .retrying(|| client.smembers::<Vec<String>, _>(keys::blocked(prefix)))
+            .retrying(&to_home, || to_home.smembers(home.as_str()))
             .await?;
         let mut args = vec![
             sale.name.to_string(),
@@ -71,20 +73,20 @@ impl RedisStore {
         sku: &str,
         copied: &[String],
     ) -> Result<(), RedisError> {
-        let client = self.now_or_never();
-        let client = &client;
-        let prefix = &self.0.prefix;
+        let home = keys::blocked(&self.0.prefix);
+        let to_home = self.route(&home)?;
         let now: Vec<String> = self
-            .retrying(|| client.smembers::<Vec<String>, _>(keys::blocked(prefix)))
+            .retrying(&to_home, || to_home.smembers(home.as_str()))
             .await?;
         let keys = self.keys(sku);
         let set = keys.blocked();
+        let client = &self.route(set)?;
         for user in now.iter().filter(|user| !copied.contains(user)) {
-            self.retrying(|| client.sadd::<i64, _, _>(set, user.as_str()))
+            self.retrying(client, || client.sadd::<i64, _, _>(set, user.as_str()))
                 .await?;
         }
         for user in copied.iter().filter(|user| !now.contains(user)) {
-            self.retrying(|| client.srem::<i64, _, _>(set, user.as_str()))
+            self.retrying(client, || client.srem::<i64, _, _>(set, user.as_str()))
                 .await?;
         }
         Ok(())
@@ -92,11 +94,12 @@ impl RedisStore {
 
     async fn get_order(&self, id: &OrderId, requester: &Requester) -> Reply {
         let keys = self.keys(&id.sku);
-        let client = self.now_or_never();
-        let client = &client;
+        let client = &self.route(keys.orders())?;
         let field = id.to_string();
         let raw: Option<String> = self
-            .retrying(|| client.hget::<Option<String>, _, _>(keys.orders(), field.as_str()))
+            .retrying(client, || {
+                client.hget::<Option<String>, _, _>(keys.orders(), field.as_str())
+            })
             .await?;
         let order = raw
             .map(|json| decode_order(&json))
@@ -147,28 +150,30 @@ impl RedisStore {
 
     async fn set_blocked(&self, user_id: &str, blocked: bool) -> Reply {
         let prefix = &self.0.prefix;
-        let client = self.now_or_never();
-        let client = &client;
         let home = keys::blocked(prefix);
+        let client = &self.route(&home)?;
         if blocked {
-            self.retrying(|| client.sadd::<i64, _, _>(home.as_str(), user_id))
+            self.retrying(client, || client.sadd::<i64, _, _>(home.as_str(), user_id))
                 .await?;
         } else {
-            self.retrying(|| client.srem::<i64, _, _>(home.as_str(), user_id))
+            self.retrying(client, || client.srem::<i64, _, _>(home.as_str(), user_id))
                 .await?;
         }
         // Every sale carries its own copy, so the purchase script can check it in its slot.
+        let sales = keys::sales(prefix);
+        let client = &self.route(&sales)?;
         let skus: Vec<String> = self
-            .retrying(|| client.smembers::<Vec<String>, _>(keys::sales(prefix)))
+            .retrying(client, || client.smembers(sales.as_str()))
             .await?;
         for sku in skus {
             let keys = self.keys(&sku);
             let set = keys.blocked().to_owned();
+            let client = &self.route(&set)?;
             if blocked {
-                self.retrying(|| client.sadd::<i64, _, _>(set.as_str(), user_id))
+                self.retrying(client, || client.sadd::<i64, _, _>(set.as_str(), user_id))
                     .await?;
             } else {
-                self.retrying(|| client.srem::<i64, _, _>(set.as_str(), user_id))
+                self.retrying(client, || client.srem::<i64, _, _>(set.as_str(), user_id))
                     .await?;
             }
         }

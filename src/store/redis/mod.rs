@@ -5,11 +5,17 @@
 //! - Concurrent purchases of a SKU are coalesced into one script call ([`batch`]): no wait is
 //!   added when traffic is light, and under load one round trip carries up to `--redis-batch`
 //!   purchases.
-//! - Every call has a deadline enforced with glommio's timer (fred's own timeouts need tokio and
-//!   are all zero), goes through a circuit breaker ([`breaker`]), and is retried with backoff and
-//!   jitter. Retrying is safe because every operation is idempotent: a purchase carries its order
-//!   id, minted before the first attempt, and the script answers a retry with the order it
-//!   already made; pay, cancel and expire are guarded by the order's state.
+//! - Every key is routed to the node serving it: the one Redis, or the master of its slot on a
+//!   Redis Cluster, each with its own client, breaker ([`breaker`]) and reply clock
+//!   ([`topology`], [`watchdog`]), so one dead master fails only the SKUs in its slots.
+//! - Every operation waits on Redis for one attempt and at most one retry, within
+//!   `--redis-budget-ms` ([`budget`]), with deadlines enforced with glommio's timer (fred's own
+//!   timeouts need tokio and are all zero). Retrying is safe because every operation is
+//!   idempotent: a purchase carries its order id, minted before the first attempt, and the
+//!   script answers a retry with the order it already made; pay, cancel and expire are guarded
+//!   by the order's state.
+//! - A connection that stops answering is replaced after `--redis-unresponsive-ms`
+//!   ([`watchdog`]).
 //! - No `201` is sent unless the script's reply confirmed the order, and an order whose
 //!   purchase was answered `503` is abandoned (cancelled, or kept from being created) by a
 //!   background retrier ([`abandon`]).
@@ -17,12 +23,15 @@
 pub mod abandon;
 pub mod batch;
 pub mod breaker;
+pub mod budget;
 mod calls;
 mod commands;
 mod decode;
 pub mod keys;
 pub mod regression;
 pub mod scripts;
+pub mod topology;
+pub mod watchdog;
 
 pub use calls::{fred_compat_context, parse_url};
 
@@ -31,11 +40,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use fred::clients::Client;
-use fred::interfaces::{ClientLike, SetsInterface};
-use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::interfaces::SetsInterface;
 use fred::types::scripts::Script;
-use fred::types::Builder;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -44,14 +50,15 @@ use crate::clock::now_ms;
 use crate::metrics::{Distribution, DistributionSnapshot};
 use crate::sale::command::{Command, Reply};
 use crate::sale::SaleError;
-use breaker::{Breaker, BreakerState};
 use keys::SkuKeys;
+use topology::Topology;
 
-/// Longest a single Redis call may take before it counts as failed.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);
-/// Attempts per operation, the first included.
-const ATTEMPTS: u32 = 3;
-/// Backoff before the second attempt; doubled after, plus up to as much again of jitter.
+/// Longest one call of the background sync may take: it answers no shopper, so it is not held
+/// to `--redis-budget-ms`.
+pub const BACKGROUND_TIMEOUT: Duration = Duration::from_millis(500);
+/// The default of `--redis-unresponsive-ms`.
+pub const DEFAULT_UNRESPONSIVE: Duration = Duration::from_secs(2);
+/// Backoff before the retry, plus up to as much again of jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// Settled sales remembered per shard (skipped by the sync); past this, they are synced again.
 const MAX_SETTLED: usize = 100_000;
@@ -69,6 +76,11 @@ pub struct RedisSettings {
     pub closed_orders_per_sale: usize,
     /// Most purchases of one SKU per script call.
     pub max_batch: usize,
+    /// Longest one operation waits on Redis, its retry included (`--redis-budget-ms`).
+    pub budget: Duration,
+    /// Silence after which a connection with calls waiting is replaced
+    /// (`--redis-unresponsive-ms`).
+    pub unresponsive: Duration,
 }
 
 /// Why a Redis call gave no answer.
@@ -77,7 +89,7 @@ pub enum RedisError {
     /// The breaker is open: Redis failed repeatedly just now.
     #[error("circuit breaker open")]
     Open,
-    /// No reply within [`CALL_TIMEOUT`].
+    /// No reply within the operation's budget.
     #[error("timed out")]
     Timeout,
     /// The connection failed, or Redis is not serving (loading, cluster down): worth a retry.
@@ -101,7 +113,6 @@ struct RedisMetrics {
     batch_size: Distribution,
     errors: u64,
     timeouts: u64,
-    breaker_opened: u64,
 }
 
 /// A copy of the store's Redis figures for a scrape.
@@ -115,12 +126,25 @@ pub struct RedisStats {
     pub errors: u64,
     /// Calls that timed out.
     pub timeouts: u64,
-    /// Times the breaker opened.
-    pub breaker_opened: u64,
-    /// 0 closed, 1 open, 2 half-open.
-    pub breaker_state: u64,
+    /// Each Redis node this shard routes keys to (every master of a cluster).
+    pub masters: Vec<MasterStats>,
     /// Ghost orders: purchases answered 503 that may have run ([`abandon`]).
     pub abandon: abandon::AbandonStats,
+}
+
+/// One shard's view of one Redis node.
+#[derive(Debug, Clone)]
+pub struct MasterStats {
+    /// `host:port`.
+    pub server: Box<str>,
+    /// Connected, and its breaker not open.
+    pub up: bool,
+    /// Its breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: u64,
+    /// Times its breaker opened.
+    pub breaker_opened: u64,
+    /// Times the watchdog replaced its connection.
+    pub replaced: u64,
 }
 
 struct Scripts {
@@ -135,14 +159,14 @@ struct Scripts {
 
 /// State shared by the store and the batch flushers it spawns.
 struct Inner {
-    client: Client,
+    topology: RefCell<Topology>,
+    budget: Duration,
     prefix: String,
     retention: usize,
     max_batch: usize,
     shard: usize,
     shards: usize,
     scripts: Scripts,
-    breaker: RefCell<Breaker>,
     batches: RefCell<HashMap<Box<str>, batch::Batch>>,
     rng: RefCell<SmallRng>,
     metrics: RefCell<RedisMetrics>,
@@ -172,35 +196,11 @@ impl RedisStore {
         shard: usize,
         shards: usize,
     ) -> Result<Self, RedisError> {
-        let mut config = parse_url(&settings.url).map_err(RedisError::Failed)?;
-        // Keep trying when Redis is down at startup too: a node must come up by itself once
-        // Redis does, not stay disconnected until restarted.
-        config.fail_fast = false;
-        let client = Builder::from_config(config)
-            .with_connection_config(|connection| {
-                // Under glommio every fred timeout must be zero (its timers need tokio);
-                // deadlines are enforced around each call instead.
-                connection.connection_timeout = Duration::ZERO;
-                connection.internal_command_timeout = Duration::ZERO;
-                // Retries are ours, deliberate and idempotent.
-                connection.max_command_attempts = 1;
-                connection.max_command_buffer_len = 10_000;
-                // A connection whose peer vanished without a reset is noticed and replaced,
-                // instead of every call timing out until the kernel gives up on it.
-                connection.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(Duration::from_secs(2)),
-                    interval: Duration::from_millis(500),
-                };
-            })
-            .with_performance_config(|performance| {
-                performance.default_command_timeout = Duration::ZERO;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
-            .build()
-            .map_err(|error| RedisError::Failed(error.to_string()))?;
-        client.connect();
-        Ok(Self(Rc::new(Inner {
-            client,
+        let config = parse_url(&settings.url).map_err(RedisError::Failed)?;
+        let topology = Topology::new(config)?;
+        let inner = Rc::new(Inner {
+            topology: RefCell::new(topology),
+            budget: settings.budget,
             prefix: settings.prefix.clone(),
             retention: settings.closed_orders_per_sale,
             max_batch: settings.max_batch.max(1),
@@ -215,7 +215,6 @@ impl RedisStore {
                 resume: Script::from_lua(scripts::RESUME),
                 abandon: Script::from_lua(scripts::ABANDON),
             },
-            breaker: RefCell::new(Breaker::default()),
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(SmallRng::from_entropy()),
             metrics: RefCell::new(RedisMetrics::default()),
@@ -224,7 +223,9 @@ impl RedisStore {
             settled: RefCell::new(std::collections::HashSet::new()),
             regression: RefCell::new(regression::Regression::default()),
             node: regression::node_name(),
-        })))
+        });
+        watchdog::spawn(&inner, settings.unresponsive);
+        Ok(Self(inner))
     }
 
     fn keys(&self, sku: &str) -> SkuKeys {
@@ -260,6 +261,20 @@ impl Store for RedisStore {
     fn stats(&self) -> StoreStats {
         let metrics = self.0.metrics.borrow();
         let (regressions, regressed_skus) = self.0.regression.borrow().stats();
+        let masters = self
+            .0
+            .topology
+            .borrow()
+            .masters()
+            .iter()
+            .map(|node| MasterStats {
+                server: node.server.as_ref().into(),
+                up: node.up(),
+                breaker_state: node.breaker.borrow().state().gauge(),
+                breaker_opened: node.breaker_opened.get(),
+                replaced: node.replaced.get(),
+            })
+            .collect();
         StoreStats {
             regressions,
             regressed_skus,
@@ -268,8 +283,7 @@ impl Store for RedisStore {
                 batch_size: metrics.batch_size.snapshot(),
                 errors: metrics.errors,
                 timeouts: metrics.timeouts,
-                breaker_opened: metrics.breaker_opened,
-                breaker_state: self.0.breaker.borrow().state().gauge(),
+                masters,
                 abandon: self.0.abandon.borrow().stats(),
             }),
             stock: self
@@ -283,9 +297,15 @@ impl Store for RedisStore {
         }
     }
 
+    /// Whether at least one node serves: on a cluster, SKUs on the healthy masters still sell
+    /// while one master is down, so the node stays ready.
     fn healthy(&self) -> bool {
-        self.0.client.is_connected()
-            && !matches!(self.0.breaker.borrow().state(), BreakerState::Open(_))
+        self.0
+            .topology
+            .borrow()
+            .masters()
+            .iter()
+            .any(|node| node.up())
     }
 
     fn shared(&self) -> bool {
@@ -293,9 +313,10 @@ impl Store for RedisStore {
     }
 
     async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {
-        let client = self.now_or_never();
+        let key = keys::blocked(&self.0.prefix);
+        let client = self.route(&key).ok()?;
         let users: Vec<String> = self
-            .call(client.smembers::<Vec<String>, _>(keys::blocked(&self.0.prefix)))
+            .call(&client, BACKGROUND_TIMEOUT, client.smembers(key.as_str()))
             .await
             .ok()?;
         Some(users.into_iter().map(Into::into).collect())
@@ -303,10 +324,16 @@ impl Store for RedisStore {
 
     async fn sync_owned(&self) -> Vec<Synced> {
         let prefix = &self.0.prefix;
-        let client = self.now_or_never();
-        let client = &client;
+        let key = keys::sales(prefix);
+        let Ok(client) = self.route(&key) else {
+            return Vec::new();
+        };
         let Ok(mut skus) = self
-            .call(client.smembers::<Vec<String>, _>(keys::sales(prefix)))
+            .call(
+                &client,
+                BACKGROUND_TIMEOUT,
+                client.smembers::<Vec<String>, _>(key.as_str()),
+            )
             .await
         else {
             return Vec::new();
@@ -329,8 +356,16 @@ impl Store for RedisStore {
             let mut args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
             args.extend(self.floor_args(sku));
             let keys = self.keys(sku).0;
+            let Some(first) = keys.first() else { continue };
+            let Ok(route) = self.route(first) else {
+                continue;
+            };
             let reply = self
-                .call(self.evalsha(&self.0.scripts.sync, keys, args))
+                .call(
+                    &route,
+                    BACKGROUND_TIMEOUT,
+                    self.evalsha(&route, &self.0.scripts.sync, keys, args),
+                )
                 .await;
             let Ok(synced) = reply.and_then(|reply| self.synced(sku, reply)) else {
                 continue;
@@ -339,7 +374,11 @@ impl Store for RedisStore {
                 // Put a lost sale back in the index, so nodes started later find its marker too.
                 let index = keys::sales(prefix);
                 let _ = self
-                    .call(client.sadd::<i64, _, _>(index.as_str(), sku.as_str()))
+                    .call(
+                        &client,
+                        BACKGROUND_TIMEOUT,
+                        client.sadd::<i64, _, _>(index.as_str(), sku.as_str()),
+                    )
                     .await;
             }
             if let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) {

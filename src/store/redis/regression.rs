@@ -201,9 +201,9 @@ impl RedisStore {
                 sale.rate_limit_per_sec.to_string(),
             ]);
             // The index of sales may be gone too; the sync finds sales through it.
-            let client = self.now_or_never();
             let index = keys::sales(&self.0.prefix);
-            self.retrying(|| client.sadd::<i64, _, _>(index.as_str(), sku))
+            let route = self.route(&index)?;
+            self.retrying(&route, || route.sadd::<i64, _, _>(index.as_str(), sku))
                 .await?;
         }
         let reply = self.script(&self.0.scripts.resume, sku, args).await?;
