@@ -65,7 +65,14 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
     if start_flusher {
         glommio::spawn_local(flush(store.clone(), sku)).detach();
     }
-    answer.await.unwrap_or(Err(SaleError::Unavailable))
+    // The budget bounds the whole wait, the queue included: behind a stalled call a purchase
+    // would otherwise wait for the calls ahead of it as well as its own. One that gives up is
+    // skipped if still queued, or abandoned if its call runs after all (see `flush`).
+    let waited = async { Ok(answer.await) };
+    match glommio::timer::timeout(store.0.budget, waited).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) | Err(_) => Err(SaleError::Unavailable),
+    }
 }
 
 /// Sends `sku`'s queue in batches until it is empty, then forgets the SKU (the next purchase
@@ -81,10 +88,15 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                 batches.remove(&sku);
                 return;
             }
+            // Purchases whose shopper stopped waiting (past the budget) are not sent at all.
+            batch.queue.retain(|waiting| !waiting.reply.is_canceled());
             // Bounded, because Redis serves nothing else while a script runs.
             let take = batch.queue.len().min(store.0.max_batch);
             batch.queue.drain(..take).collect()
         };
+        if group.is_empty() {
+            continue;
+        }
         store
             .0
             .metrics
@@ -116,7 +128,8 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],
         };
-        // A 503 for a purchase that may have run: its order, if any, must not outlive it.
+        // A 503 for a purchase that may have run, or an order whose shopper stopped waiting
+        // before it came: the order, if any, must not outlive the shopper's 503.
         let mut ghosts = Vec::new();
         for (waiting, reply) in group.into_iter().zip(replies) {
             if let Ok(Outcome::Order {
@@ -125,21 +138,19 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             {
                 store.saw_level(&sku, *level);
             }
-            if sent.get() && matches!(reply, Err(SaleError::Unavailable)) {
+            let unavailable = matches!(reply, Err(SaleError::Unavailable));
+            let made_order = matches!(reply, Ok(Outcome::Order { .. }));
+            let (order_id, request) = (waiting.order_id, waiting.request);
+            let delivered = waiting.reply.send(reply).is_ok();
+            if sent.get() && (unavailable || (made_order && !delivered)) {
                 ghosts.push(Ghost {
                     sku: sku.clone(),
-                    order_id: waiting.order_id.to_string(),
-                    user_id: waiting.request.user_id.to_string(),
-                    idempotency_key: waiting
-                        .request
-                        .idempotency_key
-                        .as_deref()
-                        .unwrap_or("")
-                        .to_owned(),
+                    order_id: order_id.to_string(),
+                    user_id: request.user_id.to_string(),
+                    idempotency_key: request.idempotency_key.as_deref().unwrap_or("").to_owned(),
                     refusals: 0,
                 });
             }
-            let _ = waiting.reply.send(reply);
         }
         store.abandon_later(ghosts);
     }
