@@ -56,6 +56,7 @@ impl Watch {
 pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
     // Checked several times per limit, so a silent node is replaced soon after the limit.
     let tick = (unresponsive / 8).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut last_wake = Instant::now();
     loop {
         glommio::timer::sleep(tick).await;
         let Some(inner) = store.upgrade() else {
@@ -63,9 +64,28 @@ pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
         };
         let store = RedisStore(inner);
         let now = Instant::now();
-        let nodes = store.0.topology.borrow().nodes();
-        for node in nodes {
-            if !node.watch.borrow().silent(now, unresponsive) {
+        // A shard thread that was not scheduled for a while (an overloaded host) has replies
+        // waiting that it has not read yet: silence measured across such a gap says nothing
+        // about the connection.
+        let starved = now.saturating_duration_since(last_wake) > tick * 4;
+        last_wake = now;
+        if starved {
+            continue;
+        }
+        let suspects: Vec<_> = store
+            .0
+            .topology
+            .borrow()
+            .nodes()
+            .into_iter()
+            .filter(|node| node.watch.borrow().silent(now, unresponsive))
+            .collect();
+        if !suspects.is_empty() {
+            // Let the reactor deliver any reply already in the socket before judging.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        for node in suspects {
+            if !node.watch.borrow().silent(Instant::now(), unresponsive) {
                 continue;
             }
             tracing::warn!(
