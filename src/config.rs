@@ -61,6 +61,10 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     /// See [`ServeArgs::redis_batch`].
     pub redis_batch: Option<usize>,
+    /// See [`ServeArgs::redis_wait`].
+    pub redis_wait: Option<u32>,
+    /// See [`ServeArgs::redis_wait_timeout_ms`].
+    pub redis_wait_timeout_ms: Option<u64>,
 }
 
 /// A configuration error, naming the key.
@@ -127,6 +131,8 @@ pub struct ServeConfig {
     pub redis_prefix: String,
     /// Most purchases of one SKU per Redis script call.
     pub redis_batch: usize,
+    /// Replicas that must confirm each acknowledged write, and for how long to wait.
+    pub redis_wait: crate::store::redis::ReplicaWait,
 }
 
 /// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
@@ -323,12 +329,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis = args.redis.clone().or(file.redis);
     if let Some(url) = &redis {
-        let scheme_ok = ["redis://", "redis-cluster://"]
+        let scheme_ok = crate::store::redis::url::SCHEMES
             .iter()
             .any(|scheme| url.starts_with(scheme));
         if !scheme_ok {
             return Err(ConfigError(format!(
-                "`redis` must be redis://HOST:PORT or redis-cluster://HOST:PORT,..., got {url:?}"
+                "`redis` must be redis://HOST:PORT, redis-cluster://HOST:PORT,... or redis-sentinel://HOST:PORT,.../MASTER_NAME, got {url:?}"
             )));
         }
         crate::store::redis::parse_url(url).map_err(ConfigError)?;
@@ -350,6 +356,13 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis_batch = args.redis_batch.or(file.redis_batch).unwrap_or(64);
     let redis_batch = in_range("redis_batch", redis_batch, 1, 1024)?;
+    let redis_wait = args.redis_wait.or(file.redis_wait).unwrap_or(0);
+    let redis_wait = in_range("redis_wait", redis_wait, 0, 16)?;
+    let redis_wait_timeout_ms = args
+        .redis_wait_timeout_ms
+        .or(file.redis_wait_timeout_ms)
+        .unwrap_or(100);
+    let redis_wait_timeout_ms = in_range("redis_wait_timeout_ms", redis_wait_timeout_ms, 1, 10_000)?;
     Ok(ServeConfig {
         listen,
         shards,
@@ -370,5 +383,9 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis,
         redis_prefix,
         redis_batch,
+        redis_wait: crate::store::redis::ReplicaWait {
+            replicas: redis_wait,
+            timeout: Duration::from_millis(redis_wait_timeout_ms),
+        },
     })
 }

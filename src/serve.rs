@@ -38,8 +38,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             prefix: config.redis_prefix.clone(),
             closed_orders_per_sale: config.closed_orders_per_sale,
             max_batch: config.redis_batch,
+            wait: config.redis_wait,
         };
-        tracing::info!(redis = %url, prefix = %config.redis_prefix, "cluster mode: state lives in redis");
+        tracing::info!(redis = %url, prefix = %config.redis_prefix, redis_wait = config.redis_wait.replicas, "cluster mode: state lives in redis");
         run_node(node_options(config), NodeStores::Redis(settings))?;
         return Ok(());
     }

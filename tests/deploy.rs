@@ -39,6 +39,8 @@ const FILE_KEYS: &[&str] = &[
     "redis",
     "redis_prefix",
     "redis_batch",
+    "redis_wait",
+    "redis_wait_timeout_ms",
 ];
 
 /// Keys that must be documented but never given a value in the example: secrets live in the env
@@ -67,6 +69,8 @@ fn file_keys_match_the_struct(file: FileConfig) -> usize {
         redis: _,
         redis_prefix: _,
         redis_batch: _,
+        redis_wait: _,
+        redis_wait_timeout_ms: _,
     } = file;
     FILE_KEYS.len()
 }

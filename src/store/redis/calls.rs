@@ -1,13 +1,12 @@
 //! How every Redis call is made: under the circuit breaker and a glommio deadline, retried with
 //! backoff and jitter when Redis was unavailable, failing at once while disconnected, and with
-//! scripts loaded again on `NOSCRIPT`. Also reading `--redis` and the fred workaround every
-//! shard needs.
+//! scripts loaded again on `NOSCRIPT`. Also the fred workaround every shard needs.
 
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, LuaInterface};
-use fred::types::config::{Config, Options};
+use fred::types::config::Options;
 use fred::types::scripts::Script;
 use fred::types::Value;
 use rand::Rng;
@@ -27,32 +26,6 @@ pub fn fred_compat_context() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-}
-
-/// Reads `--redis`: `redis://HOST:PORT`, or `redis-cluster://HOST:PORT,HOST:PORT,...` (the
-/// comma list operators write; fred spells extra seed nodes `?node=HOST:PORT`).
-pub fn parse_url(url: &str) -> Result<Config, String> {
-    let fred_url = match url.strip_prefix("redis-cluster://") {
-        Some(rest) => {
-            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let mut nodes = hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
-            let first = nodes
-                .next()
-                .ok_or_else(|| format!("`redis` {url:?} names no cluster node"))?;
-            let mut converted = format!("redis-cluster://{first}");
-            let mut params: Vec<String> = nodes.map(|node| format!("node={node}")).collect();
-            if !query.is_empty() {
-                params.push(query.to_owned());
-            }
-            if !params.is_empty() {
-                converted.push('?');
-                converted.push_str(&params.join("&"));
-            }
-            converted
-        }
-        None => url.to_owned(),
-    };
-    Config::from_url(&fred_url).map_err(|error| format!("`redis` {url:?} is not usable: {error}"))
 }
 
 /// Whether a fred error means Redis could not be reached or is not serving now (worth a retry,

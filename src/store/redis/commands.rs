@@ -117,7 +117,7 @@ impl RedisStore {
             target.to_owned(),
         ];
         let reply = self
-            .script(&self.0.scripts.transition, &id.sku, args)
+            .acknowledged_script(&self.0.scripts.transition, &id.sku, args)
             .await?;
         let fields = reply.into_array();
         let level = StockLevel {

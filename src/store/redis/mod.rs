@@ -18,9 +18,13 @@ mod calls;
 mod commands;
 mod decode;
 pub mod keys;
+mod replication;
 pub mod scripts;
+pub mod url;
 
-pub use calls::{fred_compat_context, parse_url};
+pub use calls::fred_compat_context;
+pub use replication::ReplicaWait;
+pub use url::parse_url;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -58,7 +62,8 @@ const EXPIRE_PER_SWEEP: u32 = 1000;
 /// How a node reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port` or `redis-cluster://host:port,host:port,...`.
+    /// `redis://host:port`, `redis-cluster://host:port,host:port,...` or
+    /// `redis-sentinel://host:port,.../master-name` ([`url`]).
     pub url: String,
     /// Namespace of every key.
     pub prefix: String,
@@ -66,6 +71,8 @@ pub struct RedisSettings {
     pub closed_orders_per_sale: usize,
     /// Most purchases of one SKU per script call.
     pub max_batch: usize,
+    /// Replicas that must confirm a purchase or transition before it is acknowledged.
+    pub wait: ReplicaWait,
 }
 
 /// Why a Redis call gave no answer.
@@ -131,6 +138,7 @@ struct Inner {
     prefix: String,
     retention: usize,
     max_batch: usize,
+    wait: ReplicaWait,
     shard: usize,
     shards: usize,
     scripts: Scripts,
@@ -190,6 +198,7 @@ impl RedisStore {
             prefix: settings.prefix.clone(),
             retention: settings.closed_orders_per_sale,
             max_batch: settings.max_batch.max(1),
+            wait: settings.wait,
             shard,
             shards,
             scripts: Scripts {
@@ -315,30 +324,5 @@ impl Store for RedisStore {
             .map(|(sale, level)| (sale.sku.clone(), level.remaining))
             .collect();
         owned
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn cluster_urls_take_a_comma_list() {
-        let config = parse_url("redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")
-            .expect("a valid cluster url");
-        let mut hosts: Vec<String> = config
-            .server
-            .hosts()
-            .iter()
-            .map(|server| format!("{}:{}", server.host, server.port))
-            .collect();
-        hosts.sort();
-        assert_eq!(
-            hosts,
-            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
-        );
-        assert!(parse_url("redis://127.0.0.1:6379").is_ok());
-        assert!(parse_url("redis-cluster://").is_err());
-        assert!(parse_url("redis://127.0.0.1:notaport").is_err());
     }
 }

@@ -1,0 +1,166 @@
+//! `--redis-wait N`: an order or a payment is acknowledged only once N replicas have it, so a
+//! failover to one of them cannot lose it.
+//!
+//! After a purchase or transition script, the store sends `WAIT N timeout` and answers 503
+//! (the call fails, and is retried once like any unavailable call) when fewer than N replicas
+//! confirmed in time. The orders stay on the master; the retry path and the abandon path find
+//! them there.
+//!
+//! `WAIT` counts the replication offset of *the connection it is sent on*: the offset after that
+//! connection's last write. Sent on another connection (say, a fresh one after a reconnect), it
+//! would count nothing and return at once, a false success. So each acknowledged call is one
+//! fred pipeline, written in one go to one connection:
+//!
+//! 1. `EVALSHA` the script;
+//! 2. `EVAL` a fence: a write (set and delete a key that never outlives the script) that is
+//!    replicated whatever the script did. Its offset covers everything the master had applied,
+//!    so the `WAIT` also covers orders the script only *found* (a retry of an order whose first
+//!    attempt did write it, an idempotent replay, a payment already made) and whose own write
+//!    may have come through another connection that is gone;
+//! 3. `WAIT N timeout`.
+//!
+//! fred writes a pipeline's commands one after another to the connection the first was routed
+//! to, within one pass of its router task, which is also the task that would reconnect: a
+//! reconnection cannot come between them. With `fail_fast` and one write attempt, none of the
+//! three is ever re-sent on a new connection; if the connection breaks, every unanswered one
+//! fails and so does the call. On Redis Cluster all three are routed by the SKU's slot (`WAIT`
+//! has no key, so it is given the slot explicitly), and redirections are not followed: a
+//! `MOVED` fails the call (fred refreshes its slot map first), and the retry sends all three to
+//! the new owner together.
+
+use std::time::Duration;
+
+use fred::clients::Pipeline;
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::{ClientLike, ServerInterface};
+use fred::types::config::Options;
+use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand, Value};
+
+use super::{RedisError, RedisStore};
+
+/// How many replicas must confirm each acknowledged write, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// Replicas that must have the write before it is acknowledged; 0 sends no `WAIT`.
+    pub replicas: u32,
+    /// `WAIT`'s own timeout. At least 1 ms: `WAIT` with 0 waits for ever.
+    pub timeout: Duration,
+}
+
+impl Default for ReplicaWait {
+    fn default() -> Self {
+        Self {
+            replicas: 0,
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A write that is always replicated and leaves nothing behind: its offset is the master's
+/// offset at that moment.
+const FENCE: &str = "redis.call('SET', KEYS[1], '1') redis.call('DEL', KEYS[1]) return 1";
+
+impl RedisStore {
+    /// Runs `script` over `sku`'s keys, with retries, and with `--redis-wait` replicas
+    /// confirming it before it counts as done. For the scripts whose reply becomes a 201 or 200.
+    pub(super) async fn acknowledged_script(
+        &self,
+        script: &Script,
+        sku: &str,
+        args: Vec<String>,
+    ) -> Result<Value, RedisError> {
+        let wait = self.0.wait;
+        if wait.replicas == 0 {
+            return self.script(script, sku, args).await;
+        }
+        let keys = self.keys(sku).0;
+        let fence = format!("{}:{{{sku}}}:fence", self.0.prefix);
+        self.retrying(|| Box::pin(self.script_then_wait(script, &keys, &args, &fence, wait)))
+            .await
+    }
+
+    /// One attempt: the script, the fence and `WAIT` in one pipeline; the script loaded and
+    /// the whole pipeline sent again on `NOSCRIPT`.
+    async fn script_then_wait(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+        fence: &str,
+        wait: ReplicaWait,
+    ) -> Result<Value, Error> {
+        match self.pipelined(script, keys, args, fence, wait).await {
+            Err(error) if error.details().starts_with("NOSCRIPT") => {
+                script.load(&self.0.client).await?;
+                self.pipelined(script, keys, args, fence, wait).await
+            }
+            result => result,
+        }
+    }
+
+    async fn pipelined(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+        fence: &str,
+        wait: ReplicaWait,
+    ) -> Result<Value, Error> {
+        let slot = fred::util::redis_keyslot(fence.as_bytes());
+        let options = Options {
+            // Never queued for a reconnection, never re-sent on another connection.
+            fail_fast: true,
+            max_attempts: Some(1),
+            // A redirect would send part of the pipeline to another node.
+            max_redirections: Some(0),
+            cluster_hash: Some(ClusterHash::Custom(slot)),
+            ..Options::default()
+        };
+        let pipeline = Pipeline::from(self.0.client.with_options(&options));
+        let mut evalsha: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+        evalsha.push(Value::from(script.sha1().clone()));
+        evalsha.push((keys.len() as i64).into());
+        evalsha.extend(keys.iter().map(|key| Value::from(key.as_str())));
+        evalsha.extend(args.iter().map(|arg| Value::from(arg.as_str())));
+        let custom = |name| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
+        // Each of these only queues the command in the pipeline.
+        pipeline
+            .custom::<(), Value>(custom("EVALSHA"), evalsha)
+            .await?;
+        let fence_args: Vec<Value> = vec![FENCE.into(), 1_i64.into(), fence.into()];
+        pipeline.custom::<(), Value>(custom("EVAL"), fence_args).await?;
+        let timeout_ms = wait.timeout.as_millis().clamp(1, i64::MAX as u128) as i64;
+        pipeline
+            .wait::<()>(i64::from(wait.replicas), timeout_ms)
+            .await?;
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        let (Some(reply), Some(fenced), Some(acked)) =
+            (replies.next(), replies.next(), replies.next())
+        else {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                "the script, fence and WAIT pipeline lost a reply",
+            ));
+        };
+        let reply = reply?;
+        fenced?;
+        let acked = acked?.as_i64().unwrap_or(0);
+        if acked < i64::from(wait.replicas) {
+            tracing::debug!(
+                acked,
+                wanted = wait.replicas,
+                "too few replicas confirmed a write"
+            );
+            // An unavailable-kind error: retried once, then 503, and counted by the breaker.
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "WAIT: {acked} of {} replica(s) confirmed within {timeout_ms} ms",
+                    wait.replicas
+                ),
+            ));
+        }
+        Ok(reply)
+    }
+}
