@@ -8,8 +8,8 @@
 //!
 //! `WAIT` counts the replication offset of *the connection it is sent on*: the offset after that
 //! connection's last write. Sent on another connection (say, a fresh one after a reconnect), it
-//! would count nothing and return at once, a false success. So each acknowledged call is one
-//! fred pipeline, written in one go to one connection:
+//! would count nothing and return at once, a false success. So each acknowledged call sends,
+//! back to back on one connection:
 //!
 //! 1. `EVALSHA` the script;
 //! 2. `EVAL` a fence: a write (set and delete a key that never outlives the script) that is
@@ -19,18 +19,25 @@
 //!    may have come through another connection that is gone;
 //! 3. `WAIT N timeout`.
 //!
-//! fred writes a pipeline's commands one after another to the connection the first was routed
-//! to, within one pass of its router task, which is also the task that would reconnect: a
-//! reconnection cannot come between them. With `fail_fast` and one write attempt, none of the
-//! three is ever re-sent on a new connection; if the connection breaks, every unanswered one
-//! fails and so does the call. On Redis Cluster all three are routed by the SKU's slot (`WAIT`
-//! has no key, so it is given the slot explicitly), and redirections are not followed: a
-//! `MOVED` fails the call (fred refreshes its slot map first), and the retry sends all three to
-//! the new owner together.
+//! How "one connection" is guaranteed with fred 10.1. All three are handed to fred's router in
+//! one synchronous step (the first poll of a join: no other task runs in between), so they sit
+//! next to each other in its queue. The router reconnects only when it reaches a `Reconnect`
+//! entry in that queue: a connection that breaks while it writes or reads them queues its
+//! reconnection *behind* them, and the ones not yet written find no connection and fail. With
+//! `fail_fast` and one write attempt, none is ever kept for a retry on a new connection; every
+//! one without a reply fails, and so does the call. On Redis Cluster all three are routed by the
+//! SKU's slot (`WAIT` has no key, so it is given the slot explicitly), and redirections are not
+//! followed: a `MOVED` fails the call, and the retry sends all three to the new owner together.
+//! A call succeeds only if all three answered.
+//!
+//! fred's own `Pipeline` is not used: under glommio its reply counter skips one (its `Cell`
+//! based `fetch_add` returns the new value, and the caller adds one again), so a pipeline
+//! answers before its last reply and the connection is torn down when that reply comes.
+//! Commands are also sent through `custom`, not `LuaInterface::evalsha`: `WithOptions` does not
+//! implement `LuaInterface`, so `evalsha` on it derefs to the plain client and drops the options.
 
 use std::time::Duration;
 
-use fred::clients::Pipeline;
 use fred::error::{Error, ErrorKind};
 use fred::interfaces::{ClientLike, ServerInterface};
 use fred::types::config::Options;
@@ -90,16 +97,16 @@ impl RedisStore {
         fence: &str,
         wait: ReplicaWait,
     ) -> Result<Value, Error> {
-        match self.pipelined(script, keys, args, fence, wait).await {
+        match self.script_fence_wait(script, keys, args, fence, wait).await {
             Err(error) if error.details().starts_with("NOSCRIPT") => {
                 script.load(&self.0.client).await?;
-                self.pipelined(script, keys, args, fence, wait).await
+                self.script_fence_wait(script, keys, args, fence, wait).await
             }
             result => result,
         }
     }
 
-    async fn pipelined(
+    async fn script_fence_wait(
         &self,
         script: &Script,
         keys: &[String],
@@ -112,40 +119,31 @@ impl RedisStore {
             // Never queued for a reconnection, never re-sent on another connection.
             fail_fast: true,
             max_attempts: Some(1),
-            // A redirect would send part of the pipeline to another node.
+            // A redirect would send part of the sequence to another node.
             max_redirections: Some(0),
             cluster_hash: Some(ClusterHash::Custom(slot)),
             ..Options::default()
         };
-        let pipeline = Pipeline::from(self.0.client.with_options(&options));
+        let client = self.0.client.with_options(&options);
         let mut evalsha: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
         evalsha.push(Value::from(script.sha1().clone()));
         evalsha.push((keys.len() as i64).into());
         evalsha.extend(keys.iter().map(|key| Value::from(key.as_str())));
         evalsha.extend(args.iter().map(|arg| Value::from(arg.as_str())));
         let custom = |name| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
-        // Each of these only queues the command in the pipeline.
-        pipeline
-            .custom::<(), Value>(custom("EVALSHA"), evalsha)
-            .await?;
         let fence_args: Vec<Value> = vec![FENCE.into(), 1_i64.into(), fence.into()];
-        pipeline.custom::<(), Value>(custom("EVAL"), fence_args).await?;
         let timeout_ms = wait.timeout.as_millis().clamp(1, i64::MAX as u128) as i64;
-        pipeline
-            .wait::<()>(i64::from(wait.replicas), timeout_ms)
-            .await?;
-        let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        let (Some(reply), Some(fenced), Some(acked)) =
-            (replies.next(), replies.next(), replies.next())
-        else {
-            return Err(Error::new(
-                ErrorKind::Unknown,
-                "the script, fence and WAIT pipeline lost a reply",
-            ));
-        };
+        // join3 polls the three in order on its first poll: each is queued to the router before
+        // this task yields (see the module docs).
+        let (reply, fenced, acked) = futures::future::join3(
+            Box::pin(client.custom::<Value, Value>(custom("EVALSHA"), evalsha)),
+            Box::pin(client.custom::<Value, Value>(custom("EVAL"), fence_args)),
+            Box::pin(client.wait::<i64>(i64::from(wait.replicas), timeout_ms)),
+        )
+        .await;
         let reply = reply?;
         fenced?;
-        let acked = acked?.as_i64().unwrap_or(0);
+        let acked = acked?;
         if acked < i64::from(wait.replicas) {
             tracing::debug!(
                 acked,
