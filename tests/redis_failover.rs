@@ -421,3 +421,51 @@ fn a_node_still_on_the_old_master_acknowledges_nothing_after_a_split() {
     assert_promises_kept(&audit, STOCK);
     drop((via_sentinel, direct));
 }
+
+/// `seckill doctor` output for `--redis url` plus `args`.
+fn doctor(url: &str, args: &[&str]) -> String {
+    let out = common::process::run(
+        std::process::Command::new(BIN)
+            .arg("doctor")
+            .args(["--redis", url])
+            .args(args)
+            .env_remove("SECKILL_REDIS")
+            .env_remove("SECKILL_REDIS_WAIT")
+            .env_remove("SECKILL_CONFIG"),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `replication` check's line and its fix.
+fn replication_check(text: &str) -> String {
+    let mut lines = text.lines().skip_while(|line| !line.contains("replication"));
+    let first = lines.next().unwrap_or_else(|| panic!("no replication check in:\n{text}"));
+    let fix = lines.next().filter(|line| line.contains("fix:")).unwrap_or("");
+    format!("{first}\n{fix}")
+}
+
+#[test]
+fn doctor_warns_when_redis_wait_is_0_and_the_master_has_replicas() {
+    let Some(topology) = start(|master| master, false, SentinelTimings::default()) else {
+        return;
+    };
+    let direct = topology.master.url();
+    let sentinel = topology.sentinel.url();
+    for url in [&direct, &sentinel] {
+        let zero = replication_check(&doctor(url, &[]));
+        assert!(
+            zero.starts_with("WARN") && zero.contains("2 replica(s)") && zero.contains("lose"),
+            "{url} with --redis-wait 0: {zero}"
+        );
+        let one = replication_check(&doctor(url, &["--redis-wait", "1"]));
+        assert!(one.starts_with("pass"), "{url} with --redis-wait 1: {one}");
+        let three = replication_check(&doctor(url, &["--redis-wait", "3"]));
+        assert!(
+            three.starts_with("FAIL") && three.contains("503"),
+            "{url} with --redis-wait 3: {three}"
+        );
+    }
+    let alone = RedisServer::start(&[]);
+    let none = replication_check(&doctor(&alone.url(), &[]));
+    assert!(none.starts_with("pass"), "no replicas, --redis-wait 0: {none}");
+}
