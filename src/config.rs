@@ -362,7 +362,8 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .redis_wait_timeout_ms
         .or(file.redis_wait_timeout_ms)
         .unwrap_or(100);
-    let redis_wait_timeout_ms = in_range("redis_wait_timeout_ms", redis_wait_timeout_ms, 1, 10_000)?;
+    let redis_wait_timeout_ms =
+        in_range("redis_wait_timeout_ms", redis_wait_timeout_ms, 1, 10_000)?;
     Ok(ServeConfig {
         listen,
         shards,

@@ -115,7 +115,9 @@ fn shop<'scope>(
         scope.spawn(move || {
             let mut client = Client::connect(port);
             for n in 0.. {
-                if stop.load(Ordering::Relaxed) || sold_out.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                if stop.load(Ordering::Relaxed)
+                    || sold_out.is_some_and(|s| s.load(Ordering::Relaxed))
+                {
                     return;
                 }
                 let auth = format!("Bearer {}", tok(&format!("n{node}-t{thread}-{n}")));
@@ -328,7 +330,12 @@ fn kill_master_under_load(lag: Option<Duration>) {
     assert!(
         first_sale_after.is_some(),
         "the node never sold again after the failover; last answers: {:?}",
-        after.iter().rev().take(5).map(|a| a.status).collect::<Vec<_>>()
+        after
+            .iter()
+            .rev()
+            .take(5)
+            .map(|a| a.status)
+            .collect::<Vec<_>>()
     );
     assert_promises_kept(&audit, STOCK);
     drop(node);
@@ -438,9 +445,16 @@ fn doctor(url: &str, args: &[&str]) -> String {
 
 /// The `replication` check's line and its fix.
 fn replication_check(text: &str) -> String {
-    let mut lines = text.lines().skip_while(|line| !line.contains("replication"));
-    let first = lines.next().unwrap_or_else(|| panic!("no replication check in:\n{text}"));
-    let fix = lines.next().filter(|line| line.contains("fix:")).unwrap_or("");
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !line.contains("replication"));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no replication check in:\n{text}"));
+    let fix = lines
+        .next()
+        .filter(|line| line.contains("fix:"))
+        .unwrap_or("");
     format!("{first}\n{fix}")
 }
 
@@ -467,5 +481,8 @@ fn doctor_warns_when_redis_wait_is_0_and_the_master_has_replicas() {
     }
     let alone = RedisServer::start(&[]);
     let none = replication_check(&doctor(&alone.url(), &[]));
-    assert!(none.starts_with("pass"), "no replicas, --redis-wait 0: {none}");
+    assert!(
+        none.starts_with("pass"),
+        "no replicas, --redis-wait 0: {none}"
+    );
 }

@@ -207,7 +207,9 @@ fn read(reader: &mut BufReader<TcpStream>, depth: usize) -> Result<String, Strin
             let Ok(count) = usize::try_from(count) else {
                 return Err("nil reply".into());
             };
-            let items: Result<Vec<String>, String> = (0..count.min(64)).map(|_| read(reader, depth + 1)).collect();
+            let items: Result<Vec<String>, String> = (0..count.min(64))
+                .map(|_| read(reader, depth + 1))
+                .collect();
             Ok(items?.join("\n"))
         }
         _ => Err(format!("unexpected reply {line:?}")),

@@ -101,7 +101,10 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                     .to_owned(),
             );
         }
-        let replies = match store.acknowledged_script(&store.0.scripts.purchase, &sku, args).await {
+        let replies = match store
+            .acknowledged_script(&store.0.scripts.purchase, &sku, args)
+            .await
+        {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],
         };

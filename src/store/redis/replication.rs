@@ -97,10 +97,14 @@ impl RedisStore {
         fence: &str,
         wait: ReplicaWait,
     ) -> Result<Value, Error> {
-        match self.script_fence_wait(script, keys, args, fence, wait).await {
+        match self
+            .script_fence_wait(script, keys, args, fence, wait)
+            .await
+        {
             Err(error) if error.details().starts_with("NOSCRIPT") => {
                 script.load(&self.0.client).await?;
-                self.script_fence_wait(script, keys, args, fence, wait).await
+                self.script_fence_wait(script, keys, args, fence, wait)
+                    .await
             }
             result => result,
         }

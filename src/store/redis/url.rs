@@ -34,7 +34,11 @@ fn cluster(url: &str, rest: &str) -> Result<String, String> {
         .next()
         .ok_or_else(|| format!("`redis` {url:?} names no cluster node"))?;
     let params: Vec<String> = nodes.map(|node| format!("node={node}")).collect();
-    Ok(with_query(format!("redis-cluster://{first}"), params, query))
+    Ok(with_query(
+        format!("redis-cluster://{first}"),
+        params,
+        query,
+    ))
 }
 
 /// `[AUTH@]HOST:PORT,HOST:PORT/SERVICE?query` →
@@ -131,7 +135,10 @@ mod tests {
         assert_eq!(with_auth.password.as_deref(), Some("s3cret"));
         // fred's own spelling still works.
         assert!(parse_url("redis-sentinel://127.0.0.1:26379?sentinelServiceName=main").is_ok());
-        assert!(parse_url("redis-sentinel://127.0.0.1:26379").is_err(), "no master name");
+        assert!(
+            parse_url("redis-sentinel://127.0.0.1:26379").is_err(),
+            "no master name"
+        );
         assert!(parse_url("redis-sentinel:///main").is_err(), "no sentinel");
         assert!(parse_url("redis-sentinel://127.0.0.1:26379/a&b").is_err());
     }
