@@ -362,8 +362,15 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .redis_wait_timeout_ms
         .or(file.redis_wait_timeout_ms)
         .unwrap_or(100);
-    let redis_wait_timeout_ms =
-        in_range("redis_wait_timeout_ms", redis_wait_timeout_ms, 1, 10_000)?;
+    // Below the per-call deadline, which covers the script and the WAIT together: a longer WAIT
+    // could never be seen to succeed.
+    let wait_ceiling = crate::store::redis::CALL_TIMEOUT.as_millis() as u64 - 100;
+    let redis_wait_timeout_ms = in_range(
+        "redis_wait_timeout_ms",
+        redis_wait_timeout_ms,
+        1,
+        wait_ceiling,
+    )?;
     Ok(ServeConfig {
         listen,
         shards,
