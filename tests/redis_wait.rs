@@ -141,3 +141,172 @@ fn doctor_warns_when_redis_wait_is_0_and_the_master_has_replicas() {
         "no replicas, --redis-wait 0: {none}"
     );
 }
+
+/// Three masters with a replica each, joined with `redis-cli --cluster create`; `None` (skipped)
+/// without redis-cli.
+fn cluster_with_replicas() -> Option<Vec<RedisServer>> {
+    let nodes: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
+            let bus = pick_port().to_string();
+            RedisServer::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "30000",
+                "--cluster-port",
+                &bus,
+                "--enable-debug-command",
+                "yes",
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output();
+    match created {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => {
+            skip(&format!("redis-cli cannot run: {e}"));
+            return None;
+        }
+    }
+    let ready = poll(BOUND, || {
+        nodes
+            .iter()
+            .all(|node| {
+                let info: String = node.query(&["CLUSTER", "INFO"]).unwrap_or_default();
+                let replication: String = node.query(&["INFO", "replication"]).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && (replication.contains("state=online")
+                        || replication.contains("master_link_status:up"))
+            })
+            .then_some(())
+    });
+    assert!(ready.is_some(), "the cluster never became ready");
+    Some(nodes)
+}
+
+/// The port of the master serving `slot`, from `CLUSTER SLOTS` on `node`.
+fn slot_owner(node: &RedisServer, slot: i64) -> u16 {
+    use common::redis::{FromRedisValue, Value};
+    // [[start, end, [host, port, id], replicas...], ...]
+    let ranges: Vec<Vec<Value>> = node.query(&["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS");
+    for range in &ranges {
+        let start = i64::from_redis_value(&range[0]).expect("start");
+        let end = i64::from_redis_value(&range[1]).expect("end");
+        if (start..=end).contains(&slot) {
+            let master = Vec::<Value>::from_redis_value(&range[2]).expect("master");
+            return u16::from_redis_value(&master[1]).expect("port");
+        }
+    }
+    panic!("slot {slot} is not served: {ranges:?}");
+}
+
+/// `INFO replication` field `name` of `node`.
+fn info_field(node: &RedisServer, name: &str) -> Option<String> {
+    let info: String = node.query(&["INFO", "replication"]).ok()?;
+    info.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix(&format!("{name}:"))
+            .map(str::to_owned)
+    })
+}
+
+/// On Redis Cluster, `WAIT` goes to the master that ran the script: with the replica of one
+/// SKU's master asleep, that SKU answers 503 while SKUs on the other masters sell. A `WAIT` sent
+/// to any other node would count that node's replica and answer 201.
+#[test]
+fn on_redis_cluster_the_wait_goes_to_the_skus_master() {
+    let Some(nodes) = cluster_with_replicas() else {
+        return;
+    };
+    let masters: Vec<&RedisServer> = nodes
+        .iter()
+        .filter(|node| info_field(node, "role").as_deref() == Some("master"))
+        .collect();
+    assert_eq!(masters.len(), 3, "three masters");
+    // One SKU per master: the slot owner of each SKU's hash tag.
+    let mut sku_of_master: Vec<Option<String>> = vec![None; 3];
+    for n in 0..200 {
+        let sku = format!("sku{n}");
+        let slot: i64 = masters[0]
+            .query(&["CLUSTER", "KEYSLOT", &sku])
+            .expect("KEYSLOT");
+        let owner_port = slot_owner(masters[0], slot);
+        let owner = masters.iter().position(|master| master.port == owner_port);
+        if let Some(owner) = owner {
+            sku_of_master[owner].get_or_insert(sku);
+        }
+        if sku_of_master.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let skus: Vec<String> = sku_of_master
+        .into_iter()
+        .map(|s| s.expect("a SKU per master"))
+        .collect();
+    let url = format!(
+        "redis-cluster://{}",
+        masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let node = Server::start(
+        2,
+        &[
+            "--redis",
+            &url,
+            "--redis-wait",
+            "1",
+            "--redis-wait-timeout-ms",
+            "100",
+        ],
+    );
+    for sku in &skus {
+        node.open_sale(sku, 100, 1);
+    }
+    for sku in &skus {
+        common::edge::wait_until_open(&[&node], sku, BOUND);
+    }
+    let mut client = node.client();
+    for sku in &skus {
+        client.buy(sku, &tok("before"), 1);
+    }
+    // Put master 0's replica to sleep; its master's WAIT cannot be answered meanwhile.
+    let sleeper = nodes
+        .iter()
+        .find(|node| {
+            info_field(node, "master_port").as_deref() == Some(&masters[0].port.to_string())
+        })
+        .expect("the replica of master 0");
+    let sleeper_port = sleeper.port;
+    let sleeping = std::thread::spawn(move || {
+        let _: Result<String, _> = common::redis::query(sleeper_port, &["DEBUG", "SLEEP", "3"]);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let r = client.purchase(&skus[0], &tok("during"), Some(1), None);
+    assert_error(&r, 503, "unavailable");
+    for sku in &skus[1..] {
+        let r = client.purchase(sku, &tok("during"), Some(1), None);
+        assert_eq!(
+            r.status, 201,
+            "{sku} on a master whose replica is awake: {r}"
+        );
+    }
+    sleeping.join().expect("DEBUG SLEEP");
+}
