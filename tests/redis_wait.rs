@@ -68,7 +68,11 @@ fn a_replica_has_every_acknowledged_write_and_without_one_nothing_is_acknowledge
         on_replica["status"], "paid",
         "200 before the replica had the payment"
     );
+    // A master without the scripts (restarted, failed over) gets them loaded again.
+    let flushed: String = master.query(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
+    assert_eq!(flushed, "OK");
     let pending = order_id(&client.buy("w", &tok("canceller"), 1));
+    assert!(order_on(&replicas[0], "w", &pending).is_some());
 
     replicas[0].kill9();
     let orders_before: i64 = master.query(&["HLEN", "seckill:{w}:orders"]).expect("HLEN");
