@@ -43,8 +43,8 @@ pub struct Sentinel {
 
 impl Sentinel {
     /// Starts a Sentinel watching the master at `127.0.0.1:master_port` as [`MASTER_NAME`],
-    /// quorum 1, and waits until it answers PING. `None` if `redis-server` cannot run Sentinel
-    /// mode here.
+    /// quorum 1, and waits until it answers PING. An error if `redis-server` cannot run Sentinel
+    /// mode here (the caller skips).
     pub fn start(master_port: u16, timings: SentinelTimings) -> Result<Sentinel, String> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let mut last = String::new();

@@ -10,7 +10,8 @@
 //!   jitter. Retrying is safe because every operation is idempotent: a purchase carries its order
 //!   id, minted before the first attempt, and the script answers a retry with the order it
 //!   already made; pay, cancel and expire are guarded by the order's state.
-//! - No `201` is sent unless the script's reply confirmed the order.
+//! - No `201` is sent unless the script's reply confirmed the order and, with `--redis-wait N`,
+//!   N replicas confirmed having it ([`replication`]).
 
 pub mod batch;
 pub mod breaker;
