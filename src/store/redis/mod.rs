@@ -11,7 +11,7 @@
 //!   id, minted before the first attempt, and the script answers a retry with the order it
 //!   already made; pay, cancel and expire are guarded by the order's state.
 //! - No `201` is sent unless the script's reply confirmed the order and, with `--redis-wait N`,
-//!   N replicas confirmed having it ([`replication`]).
+//!   N replicas confirmed having it (see `replication`).
 
 pub mod batch;
 pub mod breaker;
