@@ -90,8 +90,9 @@ pub struct ServeArgs {
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "SECKILL_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Cluster mode: keep all state in Redis, shared with other nodes:
-    /// `redis://HOST:PORT` or `redis-cluster://HOST:PORT,HOST:PORT,...` [default: embedded store].
+    /// Cluster mode: keep all state in Redis, shared with other nodes: `redis://HOST:PORT`,
+    /// `redis-cluster://HOST:PORT,HOST:PORT,...` or
+    /// `redis-sentinel://HOST:PORT,HOST:PORT,.../MASTER_NAME` [default: embedded store].
     #[arg(long, env = "SECKILL_REDIS")]
     pub redis: Option<String>,
     /// Namespace of every Redis key [default: seckill].
@@ -116,6 +117,15 @@ pub struct ServeArgs {
     /// torn down and replaced [default: 2000].
     #[arg(long, env = "SECKILL_REDIS_UNRESPONSIVE_MS")]
     pub redis_unresponsive_ms: Option<u64>,
+    /// Replicas that must confirm each purchase, payment and cancellation (Redis `WAIT`) before
+    /// it is acknowledged, 0..=16; fewer in time answers 503. 0 risks losing acknowledged orders
+    /// in a failover [default: 0].
+    #[arg(long, env = "SECKILL_REDIS_WAIT")]
+    pub redis_wait: Option<u32>,
+    /// How long `WAIT` waits for the replicas, 1..=400 ms (under the 500 ms deadline of each Redis
+    /// call) [default: 100].
+    #[arg(long, env = "SECKILL_REDIS_WAIT_TIMEOUT_MS")]
+    pub redis_wait_timeout_ms: Option<u64>,
 }
 
 /// Flags for `doctor`: the same as `serve`, since it checks what `serve` would run with.

@@ -69,6 +69,10 @@ pub struct FileConfig {
     pub redis_budget_ms: Option<u64>,
     /// See [`ServeArgs::redis_unresponsive_ms`].
     pub redis_unresponsive_ms: Option<u64>,
+    /// See [`ServeArgs::redis_wait`].
+    pub redis_wait: Option<u32>,
+    /// See [`ServeArgs::redis_wait_timeout_ms`].
+    pub redis_wait_timeout_ms: Option<u64>,
 }
 
 /// A configuration error, naming the key.
@@ -143,6 +147,8 @@ pub struct ServeConfig {
     pub redis_budget: Duration,
     /// Silence after which a Redis connection with calls waiting is replaced.
     pub redis_unresponsive: Duration,
+    /// Replicas that must confirm each acknowledged write, and for how long to wait.
+    pub redis_wait: crate::store::redis::ReplicaWait,
 }
 
 /// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
@@ -339,12 +345,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis = args.redis.clone().or(file.redis);
     if let Some(url) = &redis {
-        let scheme_ok = ["redis://", "redis-cluster://"]
+        let scheme_ok = crate::store::redis::url::SCHEMES
             .iter()
             .any(|scheme| url.starts_with(scheme));
         if !scheme_ok {
             return Err(ConfigError(format!(
-                "`redis` must be redis://HOST:PORT or redis-cluster://HOST:PORT,..., got {url:?}"
+                "`redis` must be redis://HOST:PORT, redis-cluster://HOST:PORT,... or redis-sentinel://HOST:PORT,.../MASTER_NAME, got {url:?}"
             )));
         }
         crate::store::redis::parse_url(url).map_err(ConfigError)?;
@@ -384,6 +390,21 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .unwrap_or(2_000);
     let redis_unresponsive_ms =
         in_range("redis_unresponsive_ms", redis_unresponsive_ms, 100, 600_000)?;
+    let redis_wait = args.redis_wait.or(file.redis_wait).unwrap_or(0);
+    let redis_wait = in_range("redis_wait", redis_wait, 0, 16)?;
+    let redis_wait_timeout_ms = args
+        .redis_wait_timeout_ms
+        .or(file.redis_wait_timeout_ms)
+        .unwrap_or(100);
+    // Below the budget, which covers the script and the WAIT together: a longer WAIT could never
+    // be seen to succeed.
+    let wait_ceiling = redis_budget_ms.saturating_sub(1).max(1);
+    let redis_wait_timeout_ms = in_range(
+        "redis_wait_timeout_ms",
+        redis_wait_timeout_ms,
+        1,
+        wait_ceiling,
+    )?;
     Ok(ServeConfig {
         listen,
         shards,
@@ -408,5 +429,9 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis_negative_ttl: Duration::from_millis(negative_ttl_ms),
         redis_budget: Duration::from_millis(redis_budget_ms),
         redis_unresponsive: Duration::from_millis(redis_unresponsive_ms),
+        redis_wait: crate::store::redis::ReplicaWait {
+            replicas: redis_wait,
+            timeout: Duration::from_millis(redis_wait_timeout_ms),
+        },
     })
 }

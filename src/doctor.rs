@@ -13,6 +13,8 @@ use crate::config::ServeConfig;
 use crate::shard::fds;
 use crate::store::journal::recovery;
 
+mod replication;
+
 /// io_uring buffer memory each shard asks for (what `serve` registers unless memlock is short).
 const IO_MEMORY_PER_SHARD: u64 = 10 << 20;
 
@@ -92,7 +94,10 @@ pub fn run(config: &ServeConfig) -> Vec<Check> {
     checks.push(somaxconn(config.backlog));
     checks.push(cpus(config.shards));
     match &config.redis {
-        Some(url) => checks.extend(redis(url)),
+        Some(url) => {
+            checks.extend(redis(url));
+            checks.push(replication::check(url, config.redis_wait));
+        }
         None => checks.push(data_dir(&config.data_dir)),
     }
     checks.push(clock_source());
@@ -292,7 +297,7 @@ fn data_dir(dir: &Path) -> Check {
 fn redis(url: &str) -> Vec<Check> {
     let hosts: Vec<String> = match url.split_once("://") {
         Some((_, rest)) => rest
-            .split('?')
+            .split(['?', '/'])
             .next()
             .unwrap_or("")
             .split(',')

@@ -41,8 +41,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             max_batch: config.redis_batch,
             budget: config.redis_budget,
             unresponsive: config.redis_unresponsive,
+            wait: config.redis_wait,
         };
-        tracing::info!(redis = %url, prefix = %config.redis_prefix, "cluster mode: state lives in redis");
+        tracing::info!(redis = %url, prefix = %config.redis_prefix, redis_wait = config.redis_wait.replicas, "cluster mode: state lives in redis");
         run_node(node_options(config), NodeStores::Redis(settings))?;
         return Ok(());
     }

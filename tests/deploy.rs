@@ -43,6 +43,8 @@ const FILE_KEYS: &[&str] = &[
     "redis_negative_ttl_ms",
     "redis_budget_ms",
     "redis_unresponsive_ms",
+    "redis_wait",
+    "redis_wait_timeout_ms",
 ];
 
 /// Keys that must be documented but never given a value in the example: secrets live in the env
@@ -75,6 +77,8 @@ fn file_keys_match_the_struct(file: FileConfig) -> usize {
         redis_negative_ttl_ms: _,
         redis_budget_ms: _,
         redis_unresponsive_ms: _,
+        redis_wait: _,
+        redis_wait_timeout_ms: _,
     } = file;
     FILE_KEYS.len()
 }

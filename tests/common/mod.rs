@@ -8,6 +8,7 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod skip;
 
 #[allow(unused_imports)] // not every test binary skips

@@ -123,7 +123,7 @@ async fn flush(store: RedisStore, sku: Box<str>) {
         args.extend(store.floor_args(&sku));
         let sent = Cell::new(false);
         let purchase = &store.0.scripts.purchase;
-        let result = store.script_noting_sent(purchase, &sku, args, &sent).await;
+        let result = store.acknowledged_script(purchase, &sku, args, &sent).await;
         let replies = match result {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],

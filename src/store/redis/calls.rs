@@ -1,7 +1,8 @@
 //! How every Redis call is made: routed to the node serving its key, under that node's circuit
 //! breaker and a glommio deadline, retried once with backoff and jitter within the operation's
 //! budget when Redis was unavailable, failing at once while disconnected, and with scripts
-//! loaded again on `NOSCRIPT`. Also reading `--redis` and the fred workaround every shard needs.
+//! loaded again on `NOSCRIPT`. Also the fred workaround every shard
+//! needs.
 
 use std::cell::Cell;
 use std::ops::Deref;
@@ -9,10 +10,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fred::clients::{Client, WithOptions};
-use fred::interfaces::{ClientLike, LuaInterface};
-use fred::types::config::{Config, Options};
+use fred::interfaces::ClientLike;
+use fred::types::config::Options;
 use fred::types::scripts::Script;
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use rand::Rng;
 
 use super::breaker::BreakerState;
@@ -28,7 +29,7 @@ use crate::clock::elapsed_nanos;
 /// reconnecting, long after its caller was told 503, and a purchase would then create an order
 /// nobody is waiting for.
 pub(super) struct Route {
-    node: Rc<Node>,
+    pub(super) node: Rc<Node>,
     client: WithOptions<Client>,
 }
 
@@ -51,32 +52,6 @@ pub fn fred_compat_context() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-}
-
-/// Reads `--redis`: `redis://HOST:PORT`, or `redis-cluster://HOST:PORT,HOST:PORT,...` (the
-/// comma list operators write; fred spells extra seed nodes `?node=HOST:PORT`).
-pub fn parse_url(url: &str) -> Result<Config, String> {
-    let fred_url = match url.strip_prefix("redis-cluster://") {
-        Some(rest) => {
-            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let mut nodes = hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
-            let first = nodes
-                .next()
-                .ok_or_else(|| format!("`redis` {url:?} names no cluster node"))?;
-            let mut converted = format!("redis-cluster://{first}");
-            let mut params: Vec<String> = nodes.map(|node| format!("node={node}")).collect();
-            if !query.is_empty() {
-                params.push(query.to_owned());
-            }
-            if !params.is_empty() {
-                converted.push('?');
-                converted.push_str(&params.join("&"));
-            }
-            converted
-        }
-        None => url.to_owned(),
-    };
-    Config::from_url(&fred_url).map_err(|error| format!("`redis` {url:?} is not usable: {error}"))
 }
 
 /// Whether a fred error means Redis could not be reached or is not serving now (worth a retry,
@@ -266,21 +241,36 @@ impl RedisStore {
         sku: &str,
         args: Vec<String>,
     ) -> Result<Value, RedisError> {
-        self.script_noting_sent(script, sku, args, &Cell::new(false))
+        self.run_script(script, sku, args, &Cell::new(false), false)
             .await
     }
 
-    /// [`RedisStore::script`], setting `sent` once an attempt went out: from then on the script
-    /// may have run even if no reply comes back (a purchase's order may exist, see
-    /// [`super::abandon`]). An attempt the breaker refused, or that found its node
-    /// disconnected, was never sent.
-    pub(super) async fn script_noting_sent(
+    /// [`RedisStore::script`] for a script whose reply becomes a 201 or 200: with
+    /// `--redis-wait N` it counts as done only once N replicas have it ([`super::replication`]).
+    /// Sets `sent` once an attempt went out: from then on the script may have run even if no
+    /// reply comes back (a purchase's order may exist, see [`super::abandon`]). An attempt the
+    /// breaker refused, or that found its node disconnected, was never sent.
+    pub(super) async fn acknowledged_script(
         &self,
         script: &Script,
         sku: &str,
         args: Vec<String>,
         sent: &Cell<bool>,
     ) -> Result<Value, RedisError> {
+        self.run_script(script, sku, args, sent, true).await
+    }
+
+    async fn run_script(
+        &self,
+        script: &Script,
+        sku: &str,
+        args: Vec<String>,
+        sent: &Cell<bool>,
+        acknowledged: bool,
+    ) -> Result<Value, RedisError> {
+        let wait = self.0.wait;
+        let acknowledged = acknowledged && wait.replicas > 0;
+        let fence = self.fence_key(sku);
         let keys = self.keys(sku).0;
         let key = keys.first().cloned().unwrap_or_default();
         let budget = Budget::new(Instant::now(), self.0.budget);
@@ -289,12 +279,18 @@ impl RedisStore {
             let result = match self.route(&key) {
                 Ok(route) => {
                     let limit = budget.remaining(Instant::now());
-                    let (keys, args) = (keys.clone(), args.clone());
-                    let call = async {
+                    let (keys, args, route_ref, fence) = (&keys, &args, &route, &fence);
+                    let call = async move {
                         // Polled only once the breaker let the attempt through to a connected
                         // node.
                         sent.set(true);
-                        self.evalsha(&route, script, keys, args).await
+                        if acknowledged {
+                            self.script_then_wait(route_ref, script, keys, args, fence, wait)
+                                .await
+                        } else {
+                            self.evalsha(route_ref, script, keys.clone(), args.clone())
+                                .await
+                        }
                     };
                     self.call(&route, limit, call).await
                 }
@@ -319,17 +315,31 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, fred::error::Error> {
+        // Through `custom`: `WithOptions` does not implement `LuaInterface`, so `evalsha` on it
+        // would deref to the plain client and drop `fail_fast`, queueing the script while
+        // disconnected and sending it after its caller was told 503.
+        let command = || CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
+        let argv = evalsha_argv(script, &keys, &args);
         match route
-            .evalsha::<Value, _, _, _>(script.sha1().clone(), keys.clone(), args.clone())
+            .client
+            .custom::<Value, Value>(command(), argv.clone())
             .await
         {
             Err(error) if error.details().starts_with("NOSCRIPT") => {
                 script.load(&route.node.client()).await?;
-                route
-                    .evalsha::<Value, _, _, _>(script.sha1().clone(), keys, args)
-                    .await
+                route.client.custom::<Value, Value>(command(), argv).await
             }
             result => result,
         }
     }
+}
+
+/// `EVALSHA`'s arguments: the script's digest, the key count, the keys, the arguments.
+pub(super) fn evalsha_argv(script: &Script, keys: &[String], args: &[String]) -> Vec<Value> {
+    let mut argv = Vec::with_capacity(2 + keys.len() + args.len());
+    argv.push(Value::from(script.sha1().clone()));
+    argv.push((keys.len() as i64).into());
+    argv.extend(keys.iter().map(|key| Value::from(key.as_str())));
+    argv.extend(args.iter().map(|arg| Value::from(arg.as_str())));
+    argv
 }

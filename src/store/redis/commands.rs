@@ -1,6 +1,8 @@
 //! The store's operations, one per command: each a script or a few plain commands, through
 //! [`RedisStore::call`](super::RedisStore) and its retries.
 
+use std::cell::Cell;
+
 use fred::interfaces::{HashesInterface, SetsInterface};
 use fred::types::Value;
 
@@ -125,7 +127,7 @@ impl RedisStore {
             target.to_owned(),
         ];
         let reply = self
-            .script(&self.0.scripts.transition, &id.sku, args)
+            .acknowledged_script(&self.0.scripts.transition, &id.sku, args, &Cell::new(false))
             .await?;
         let fields = reply.into_array();
         let level = StockLevel {

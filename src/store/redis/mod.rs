@@ -19,6 +19,8 @@
 //! - No `201` is sent unless the script's reply confirmed the order, and an order whose
 //!   purchase was answered `503` is abandoned (cancelled, or kept from being created) by a
 //!   background retrier ([`abandon`]).
+//! - With `--redis-wait N`, nothing is acknowledged before N replicas confirmed having it
+//!   ([`replication`]).
 
 pub mod abandon;
 pub mod batch;
@@ -29,11 +31,15 @@ mod commands;
 mod decode;
 pub mod keys;
 pub mod regression;
+mod replication;
 pub mod scripts;
 pub mod topology;
+pub mod url;
 pub mod watchdog;
 
-pub use calls::{fred_compat_context, parse_url};
+pub use calls::fred_compat_context;
+pub use replication::ReplicaWait;
+pub use url::parse_url;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -68,7 +74,8 @@ const EXPIRE_PER_SWEEP: u32 = 1000;
 /// How a node reaches Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port` or `redis-cluster://host:port,host:port,...`.
+    /// `redis://host:port`, `redis-cluster://host:port,host:port,...` or
+    /// `redis-sentinel://host:port,.../master-name` ([`url`]).
     pub url: String,
     /// Namespace of every key.
     pub prefix: String,
@@ -81,6 +88,8 @@ pub struct RedisSettings {
     /// Silence after which a connection with calls waiting is replaced
     /// (`--redis-unresponsive-ms`).
     pub unresponsive: Duration,
+    /// Replicas that must confirm a purchase or transition before it is acknowledged.
+    pub wait: ReplicaWait,
 }
 
 /// Why a Redis call gave no answer.
@@ -164,6 +173,7 @@ struct Inner {
     prefix: String,
     retention: usize,
     max_batch: usize,
+    wait: ReplicaWait,
     shard: usize,
     shards: usize,
     scripts: Scripts,
@@ -204,6 +214,7 @@ impl RedisStore {
             prefix: settings.prefix.clone(),
             retention: settings.closed_orders_per_sale,
             max_batch: settings.max_batch.max(1),
+            wait: settings.wait,
             shard,
             shards,
             scripts: Scripts {
@@ -360,13 +371,21 @@ impl Store for RedisStore {
             let Ok(route) = self.route(first) else {
                 continue;
             };
-            let reply = self
-                .call(
-                    &route,
-                    BACKGROUND_TIMEOUT,
-                    self.evalsha(&route, &self.0.scripts.sync, keys, args),
-                )
-                .await;
+            // With `--redis-wait`, a level is trusted (as the floor a regression is judged
+            // against) only once the replicas have it: writes a failover lost before any of
+            // them was acknowledged are not a regression.
+            let wait = self.0.wait;
+            let sync = &self.0.scripts.sync;
+            let attempt = async {
+                if wait.replicas > 0 {
+                    let fence = self.fence_key(sku);
+                    self.script_then_wait(&route, sync, &keys, &args, &fence, wait)
+                        .await
+                } else {
+                    self.evalsha(&route, sync, keys.clone(), args.clone()).await
+                }
+            };
+            let reply = self.call(&route, BACKGROUND_TIMEOUT, attempt).await;
             let Ok(synced) = reply.and_then(|reply| self.synced(sku, reply)) else {
                 continue;
             };
@@ -399,30 +418,5 @@ impl Store for RedisStore {
             .map(|(sale, level, _)| (sale.sku.clone(), level.remaining))
             .collect();
         owned
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn cluster_urls_take_a_comma_list() {
-        let config = parse_url("redis-cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")
-            .expect("a valid cluster url");
-        let mut hosts: Vec<String> = config
-            .server
-            .hosts()
-            .iter()
-            .map(|server| format!("{}:{}", server.host, server.port))
-            .collect();
-        hosts.sort();
-        assert_eq!(
-            hosts,
-            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"]
-        );
-        assert!(parse_url("redis://127.0.0.1:6379").is_ok());
-        assert!(parse_url("redis-cluster://").is_err());
-        assert!(parse_url("redis://127.0.0.1:notaport").is_err());
     }
 }

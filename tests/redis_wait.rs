@@ -1,0 +1,316 @@
+//! `--redis-wait` without a failover: a 201 or 200 means a replica already has the write, no
+//! replica means 503 for purchases, payments and cancellations, and `seckill doctor` says when the
+//! setting does not fit the master's replicas. (The failovers themselves: `redis_failover.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::sentinel::{Sentinel, SentinelTimings};
+use common::*;
+
+/// Only a "gave up" bound.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// A master and `n` replicas, each done with its initial sync.
+fn replicated(n: usize) -> (RedisServer, Vec<RedisServer>) {
+    let master = RedisServer::start(&[]);
+    let port = master.port.to_string();
+    let replicas: Vec<RedisServer> = (0..n)
+        .map(|_| RedisServer::start(&["--replicaof", "127.0.0.1", &port]))
+        .collect();
+    let linked = poll(BOUND, || {
+        let up = master
+            .query::<String>(&["INFO", "replication"])
+            .is_ok_and(|info| info.matches("state=online").count() == n);
+        up.then_some(())
+    });
+    assert!(linked.is_some(), "replicas never connected");
+    (master, replicas)
+}
+
+fn order_on(redis: &RedisServer, sku: &str, id: &str) -> Option<serde_json::Value> {
+    let raw: Option<String> = redis
+        .query(&["HGET", &format!("seckill:{{{sku}}}:orders"), id])
+        .expect("HGET");
+    raw.map(|json| serde_json::from_str(&json).expect("order json"))
+}
+
+#[test]
+fn a_replica_has_every_acknowledged_write_and_without_one_nothing_is_acknowledged() {
+    let (master, mut replicas) = replicated(1);
+    let node = Server::start(
+        2,
+        &[
+            "--redis",
+            &master.url(),
+            "--redis-wait",
+            "1",
+            "--redis-wait-timeout-ms",
+            "100",
+        ],
+    );
+    node.open_sale("w", 100, 1);
+    common::edge::wait_until_open(&[&node], "w", BOUND);
+    let mut client = node.client();
+    // Read from the replica the moment the answer arrives: WAIT returned only once the replica
+    // had processed the write.
+    let paid = order_id(&client.buy("w", &tok("payer"), 1));
+    assert!(
+        order_on(&replicas[0], "w", &paid).is_some(),
+        "201 before the replica had the order"
+    );
+    let r = client.pay(&paid, &tok("payer"));
+    assert_eq!(r.status, 200, "{r}");
+    let on_replica = order_on(&replicas[0], "w", &paid).expect("the paid order");
+    assert_eq!(
+        on_replica["status"], "paid",
+        "200 before the replica had the payment"
+    );
+    // A master without the scripts (restarted, failed over) gets them loaded again.
+    let flushed: String = master.query(&["SCRIPT", "FLUSH"]).expect("SCRIPT FLUSH");
+    assert_eq!(flushed, "OK");
+    let pending = order_id(&client.buy("w", &tok("canceller"), 1));
+    assert!(order_on(&replicas[0], "w", &pending).is_some());
+
+    replicas[0].kill9();
+    let orders_before: i64 = master.query(&["HLEN", "seckill:{w}:orders"]).expect("HLEN");
+    let r = client.purchase("w", &tok("unconfirmed"), Some(1), None);
+    assert_error(&r, 503, "unavailable");
+    let orders_after: i64 = master.query(&["HLEN", "seckill:{w}:orders"]).expect("HLEN");
+    assert_eq!(
+        orders_after,
+        orders_before + 1,
+        "the unacknowledged order stays on the master"
+    );
+    let r = client.cancel(&pending, &tok("canceller"));
+    assert_error(&r, 503, "unavailable");
+}
+
+/// `seckill doctor` output for `--redis url` plus `args`.
+fn doctor(url: &str, args: &[&str]) -> String {
+    let out = common::process::run(
+        std::process::Command::new(BIN)
+            .arg("doctor")
+            .args(["--redis", url])
+            .args(args)
+            .env_remove("SECKILL_REDIS")
+            .env_remove("SECKILL_REDIS_WAIT")
+            .env_remove("SECKILL_CONFIG"),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `replication` check's line and its fix.
+fn replication_check(text: &str) -> String {
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !line.contains("replication"));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no replication check in:\n{text}"));
+    let fix = lines
+        .next()
+        .filter(|line| line.contains("fix:"))
+        .unwrap_or("");
+    format!("{first}\n{fix}")
+}
+
+#[test]
+fn doctor_warns_when_redis_wait_is_0_and_the_master_has_replicas() {
+    let (master, _replicas) = replicated(2);
+    let sentinel = match Sentinel::start(master.port, SentinelTimings::default()) {
+        Ok(sentinel) => sentinel,
+        Err(why) => return skip_unless_required("SECKILL_REQUIRE_SENTINEL", &why),
+    };
+    for url in [master.url(), sentinel.url()] {
+        let zero = replication_check(&doctor(&url, &[]));
+        assert!(
+            zero.starts_with("WARN") && zero.contains("2 replica(s)") && zero.contains("lose"),
+            "{url} with --redis-wait 0: {zero}"
+        );
+        let one = replication_check(&doctor(&url, &["--redis-wait", "1"]));
+        assert!(one.starts_with("pass"), "{url} with --redis-wait 1: {one}");
+        let three = replication_check(&doctor(&url, &["--redis-wait", "3"]));
+        assert!(
+            three.starts_with("FAIL") && three.contains("503"),
+            "{url} with --redis-wait 3: {three}"
+        );
+    }
+    let alone = RedisServer::start(&[]);
+    let none = replication_check(&doctor(&alone.url(), &[]));
+    assert!(
+        none.starts_with("pass"),
+        "no replicas, --redis-wait 0: {none}"
+    );
+}
+
+/// Three masters with a replica each, joined with `redis-cli --cluster create`; `None` (skipped)
+/// without redis-cli.
+fn cluster_with_replicas() -> Option<Vec<RedisServer>> {
+    let nodes: Vec<RedisServer> = (0..6)
+        .map(|_| {
+            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
+            let bus = pick_port().to_string();
+            RedisServer::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "30000",
+                "--cluster-port",
+                &bus,
+                "--enable-debug-command",
+                "yes",
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output();
+    match created {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => {
+            skip(&format!("redis-cli cannot run: {e}"));
+            return None;
+        }
+    }
+    let ready = poll(BOUND, || {
+        nodes
+            .iter()
+            .all(|node| {
+                let info: String = node.query(&["CLUSTER", "INFO"]).unwrap_or_default();
+                let replication: String = node.query(&["INFO", "replication"]).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && (replication.contains("state=online")
+                        || replication.contains("master_link_status:up"))
+            })
+            .then_some(())
+    });
+    assert!(ready.is_some(), "the cluster never became ready");
+    Some(nodes)
+}
+
+/// The port of the master serving `slot`, from `CLUSTER SLOTS` on `node`.
+fn slot_owner(node: &RedisServer, slot: i64) -> u16 {
+    use common::redis::{FromRedisValue, Value};
+    // [[start, end, [host, port, id], replicas...], ...]
+    let ranges: Vec<Vec<Value>> = node.query(&["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS");
+    for range in &ranges {
+        let start = i64::from_redis_value(&range[0]).expect("start");
+        let end = i64::from_redis_value(&range[1]).expect("end");
+        if (start..=end).contains(&slot) {
+            let master = Vec::<Value>::from_redis_value(&range[2]).expect("master");
+            return u16::from_redis_value(&master[1]).expect("port");
+        }
+    }
+    panic!("slot {slot} is not served: {ranges:?}");
+}
+
+/// `INFO replication` field `name` of `node`.
+fn info_field(node: &RedisServer, name: &str) -> Option<String> {
+    let info: String = node.query(&["INFO", "replication"]).ok()?;
+    info.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix(&format!("{name}:"))
+            .map(str::to_owned)
+    })
+}
+
+/// On Redis Cluster, `WAIT` goes to the master that ran the script: with the replica of one
+/// SKU's master asleep, that SKU answers 503 while SKUs on the other masters sell. A `WAIT` sent
+/// to any other node would count that node's replica and answer 201.
+#[test]
+fn on_redis_cluster_the_wait_goes_to_the_skus_master() {
+    let Some(nodes) = cluster_with_replicas() else {
+        return;
+    };
+    let masters: Vec<&RedisServer> = nodes
+        .iter()
+        .filter(|node| info_field(node, "role").as_deref() == Some("master"))
+        .collect();
+    assert_eq!(masters.len(), 3, "three masters");
+    // One SKU per master: the slot owner of each SKU's hash tag.
+    let mut sku_of_master: Vec<Option<String>> = vec![None; 3];
+    for n in 0..200 {
+        let sku = format!("sku{n}");
+        let slot: i64 = masters[0]
+            .query(&["CLUSTER", "KEYSLOT", &sku])
+            .expect("KEYSLOT");
+        let owner_port = slot_owner(masters[0], slot);
+        let owner = masters.iter().position(|master| master.port == owner_port);
+        if let Some(owner) = owner {
+            sku_of_master[owner].get_or_insert(sku);
+        }
+        if sku_of_master.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let skus: Vec<String> = sku_of_master
+        .into_iter()
+        .map(|s| s.expect("a SKU per master"))
+        .collect();
+    let url = format!(
+        "redis-cluster://{}",
+        masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let node = Server::start(
+        2,
+        &[
+            "--redis",
+            &url,
+            "--redis-wait",
+            "1",
+            "--redis-wait-timeout-ms",
+            "100",
+        ],
+    );
+    for sku in &skus {
+        node.open_sale(sku, 100, 1);
+    }
+    for sku in &skus {
+        common::edge::wait_until_open(&[&node], sku, BOUND);
+    }
+    let mut client = node.client();
+    for sku in &skus {
+        client.buy(sku, &tok("before"), 1);
+    }
+    // Put master 0's replica to sleep; its master's WAIT cannot be answered meanwhile.
+    let sleeper = nodes
+        .iter()
+        .find(|node| {
+            info_field(node, "master_port").as_deref() == Some(&masters[0].port.to_string())
+        })
+        .expect("the replica of master 0");
+    let sleeper_port = sleeper.port;
+    let sleeping = std::thread::spawn(move || {
+        let _: Result<String, _> = common::redis::query(sleeper_port, &["DEBUG", "SLEEP", "3"]);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let r = client.purchase(&skus[0], &tok("during"), Some(1), None);
+    assert_error(&r, 503, "unavailable");
+    for sku in &skus[1..] {
+        let r = client.purchase(sku, &tok("during"), Some(1), None);
+        assert_eq!(
+            r.status, 201,
+            "{sku} on a master whose replica is awake: {r}"
+        );
+    }
+    sleeping.join().expect("DEBUG SLEEP");
+}
