@@ -15,7 +15,12 @@ const STALL: Duration = Duration::from_millis(1500);
 
 /// Scripts Redis ran whose arguments include `needle`, from the slow log (which logs every
 /// command when `slowlog-log-slower-than` is 0).
+/// Purchase-script calls naming `needle` in the slow log (other scripts, such as the abandon of
+/// a purchase answered 503, name the user too).
 fn commands_naming(redis: &RedisServer, needle: &str) -> usize {
+    let purchase: String = redis
+        .query(&["SCRIPT", "LOAD", seckill::store::redis::scripts::PURCHASE])
+        .expect("SCRIPT LOAD");
     let entries: Vec<Value> = redis.query(&["SLOWLOG", "GET", "-1"]).expect("SLOWLOG GET");
     entries
         .iter()
@@ -27,6 +32,7 @@ fn commands_naming(redis: &RedisServer, needle: &str) -> usize {
                 .unwrap_or_default();
             args.first()
                 .is_some_and(|name| name.eq_ignore_ascii_case("evalsha"))
+                && args.get(1) == Some(&purchase)
                 && args.iter().any(|arg| arg == needle)
         })
         .count()
