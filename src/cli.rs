@@ -122,8 +122,8 @@ pub struct ServeArgs {
     /// in a failover [default: 0].
     #[arg(long, env = "SECKILL_REDIS_WAIT")]
     pub redis_wait: Option<u32>,
-    /// How long `WAIT` waits for the replicas, 1..=400 ms (under the 500 ms deadline of each Redis
-    /// call) [default: 100].
+    /// How long `WAIT` waits for the replicas, in ms, from 1 to below `--redis-budget-ms` (the
+    /// budget covers the script and the WAIT together) [default: 100].
     #[arg(long, env = "SECKILL_REDIS_WAIT_TIMEOUT_MS")]
     pub redis_wait_timeout_ms: Option<u64>,
 }
