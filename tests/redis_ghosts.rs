@@ -35,9 +35,17 @@ struct Rig {
 
 impl Rig {
     fn start(shards: usize) -> Rig {
+        Self::start_with(shards, &[])
+    }
+
+    /// With `extra` node arguments.
+    fn start_with(shards: usize, extra: &[&str]) -> Rig {
         let redis = RedisServer::start(&["--enable-debug-command", "yes"]);
         let proxy = Proxy::start(redis.port);
-        let node = Server::start(shards, &["--redis", &proxy.url()]);
+        let url = proxy.url();
+        let mut args = vec!["--redis", url.as_str()];
+        args.extend_from_slice(extra);
+        let node = Server::start(shards, &args);
         Rig { redis, proxy, node }
     }
 }
@@ -152,7 +160,12 @@ fn shop(node: &Server, sku: &str, stop: &AtomicBool, seen: &Mutex<Seen>) {
 
 /// Runs the shoppers while `fault` runs on this thread, then checks that no ghost is left.
 fn ghosts_are_abandoned(sku: &str, fault: impl FnOnce(&Rig)) {
-    let rig = Rig::start(2);
+    ghosts_are_abandoned_with(sku, &[], fault);
+}
+
+/// [`ghosts_are_abandoned`] with `extra` node arguments.
+fn ghosts_are_abandoned_with(sku: &str, extra: &[&str], fault: impl FnOnce(&Rig)) {
+    let rig = Rig::start_with(2, extra);
     rig.node.client().create_sale(sku, &sale_spec(STOCK, 1));
     common::edge::wait_until_open(&[&rig.node], sku, SETTLE);
     let stop = AtomicBool::new(false);
@@ -276,6 +289,18 @@ fn cut_connections_leave_no_ghost_orders() {
             }
             rig.proxy.set_delay(Duration::from_millis(100));
         }
+    });
+}
+
+#[test]
+fn purchases_timed_out_in_the_queue_leave_no_ghost_orders() {
+    // Each script call takes about 240 ms through the proxy, within the 300 ms budget of its
+    // own, but a purchase queued behind the call in flight waits for that one too: it is
+    // answered 503 when its budget is over, while its own call goes on and creates its order.
+    ghosts_are_abandoned_with("queued", &["--redis-budget-ms", "300"], |rig| {
+        rig.proxy.set_delay(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(2_000));
+        rig.proxy.set_delay(Duration::ZERO);
     });
 }
 
