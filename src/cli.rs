@@ -122,8 +122,9 @@ pub struct ServeArgs {
     /// in a failover [default: 0].
     #[arg(long, env = "SECKILL_REDIS_WAIT")]
     pub redis_wait: Option<u32>,
-    /// How long `WAIT` waits for the replicas, in ms, from 1 to below `--redis-budget-ms` (the
-    /// budget covers the script and the WAIT together) [default: 100].
+    /// How long `WAIT` waits for the replicas, in ms: at least 1, at most 400 and below both
+    /// `--redis-budget-ms` (which covers the script and the WAIT together) and half of
+    /// `--redis-unresponsive-ms` [default: 100].
     #[arg(long, env = "SECKILL_REDIS_WAIT_TIMEOUT_MS")]
     pub redis_wait_timeout_ms: Option<u64>,
 }

@@ -398,7 +398,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .unwrap_or(100);
     // Below the budget, which covers the script and the WAIT together: a longer WAIT could never
     // be seen to succeed.
-    let wait_ceiling = redis_budget_ms.saturating_sub(1).max(1);
+    // And below half the silence after which the watchdog replaces a connection (a WAIT that
+    // waits its whole time must not look like a dead connection), and within the background
+    // sync's 500 ms per call.
+    let wait_ceiling = (redis_budget_ms.saturating_sub(1))
+        .min(redis_unresponsive_ms / 2)
+        .clamp(1, 400);
     let redis_wait_timeout_ms = in_range(
         "redis_wait_timeout_ms",
         redis_wait_timeout_ms,

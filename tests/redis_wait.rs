@@ -47,8 +47,9 @@ fn a_replica_has_every_acknowledged_write_and_without_one_nothing_is_acknowledge
             &master.url(),
             "--redis-wait",
             "1",
+            // Generous: a sale PUT waits for the replica too, on a loaded machine.
             "--redis-wait-timeout-ms",
-            "100",
+            "300",
         ],
     );
     node.open_sale("w", 100, 1);
@@ -277,8 +278,9 @@ fn on_redis_cluster_the_wait_goes_to_the_skus_master() {
             &url,
             "--redis-wait",
             "1",
+            // Generous: a sale PUT waits for the replica too, on a loaded machine.
             "--redis-wait-timeout-ms",
-            "100",
+            "300",
         ],
     );
     for sku in &skus {

@@ -139,6 +139,10 @@ impl RedisStore {
     /// Redis does not answer.
     async fn abandon_all(self) {
         let mut backoff = FIRST_BACKOFF;
+        // Ghosts that failed since the last success: once every queued one has, Redis (all of
+        // it this shard reaches) is not answering, and the retrier sleeps. Until then it goes on
+        // to the next group, which may live on another master that answers.
+        let mut misses = 0usize;
         loop {
             let group: Vec<Ghost> = {
                 let mut abandon = self.0.abandon.borrow_mut();
@@ -160,6 +164,7 @@ impl RedisStore {
             match result {
                 Ok(outcomes) => {
                     backoff = FIRST_BACKOFF;
+                    misses = 0;
                     let mut abandon = self.0.abandon.borrow_mut();
                     for outcome in outcomes {
                         let stats = &mut abandon.stats;
@@ -180,7 +185,8 @@ impl RedisStore {
                     self.0.abandon.borrow_mut().stats.rejected += group.len() as u64;
                 }
                 Err(error) => {
-                    {
+                    misses += group.len();
+                    let queued = {
                         let refused =
                             matches!(error, RedisError::Rejected(_) | RedisError::Reply(_));
                         let mut abandon = self.0.abandon.borrow_mut();
@@ -192,7 +198,15 @@ impl RedisStore {
                             ghost.refusals += u32::from(refused);
                             abandon.queue.push_back(ghost);
                         }
+                        abandon.queue.len()
+                    };
+                    if misses < queued {
+                        // A refused call (breaker open, node down) costs nothing: let the
+                        // shard's other tasks run between them.
+                        glommio::yield_if_needed().await;
+                        continue;
                     }
+                    misses = 0;
                     let jitter = self
                         .0
                         .rng
@@ -221,9 +235,22 @@ impl RedisStore {
         let keys = self.keys(&first.sku).0;
         let key = keys.first().cloned().unwrap_or_default();
         let route = self.route(&key)?;
-        let abandon = Box::pin(self.evalsha(&route, &self.0.scripts.abandon, keys, args));
+        let script = &self.0.scripts.abandon;
+        let wait = self.0.wait;
+        // With `--redis-wait`, a cancel only the master had would come back as a pending order
+        // after a failover: it counts as done once the replicas have it, like a purchase.
+        let abandon = async {
+            if wait.replicas > 0 {
+                let fence = self.fence_key(&first.sku);
+                self.script_then_wait(&route, script, &keys, &args, &fence, wait)
+                    .await
+            } else {
+                self.evalsha(&route, script, keys.clone(), args.clone())
+                    .await
+            }
+        };
         let reply = self
-            .call(&route, super::BACKGROUND_TIMEOUT, abandon)
+            .call(&route, super::BACKGROUND_TIMEOUT, Box::pin(abandon))
             .await?;
         let outcomes: Vec<String> = reply
             .into_array()

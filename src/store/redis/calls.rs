@@ -59,6 +59,10 @@ pub fn fred_compat_context() -> std::io::Result<tokio::runtime::Runtime> {
 pub(super) fn is_unavailable(error: &fred::error::Error) -> bool {
     use fred::error::ErrorKind;
     let busy = [
+        // A demoted master (a failover Sentinel did not tell this connection about), or one
+        // short of `min-replicas-to-write`: not a refusal of the command.
+        "READONLY",
+        "NOREPLICAS",
         "TRYAGAIN",
         "CLUSTERDOWN",
         "LOADING",
@@ -123,6 +127,14 @@ impl RedisStore {
                 Ok(Err(error)) => {
                     if is_redirection(&error) {
                         self.0.topology.borrow_mut().stale = true;
+                    }
+                    if error.details().starts_with("READONLY") {
+                        // Still connected to a master that was demoted: a new connection asks
+                        // Sentinel (or the slot map) for the current one.
+                        tracing::warn!(node = %node.server, "redis node is a replica now; reconnecting");
+                        if let Err(error) = node.replace() {
+                            tracing::error!(node = %node.server, %error, "could not rebuild the redis client");
+                        }
                     }
                     if is_unavailable(&error) {
                         Err(RedisError::Failed(error.to_string()))

@@ -46,7 +46,11 @@ impl RedisStore {
             sale.rate_limit_per_sec.to_string(),
         ];
         args.extend(blocked.iter().cloned());
-        let reply = self.script(&self.0.scripts.upsert, &sale.sku, args).await?;
+        // Acknowledged like a purchase: a sale only the master had would vanish in a failover.
+        let upsert = &self.0.scripts.upsert;
+        let reply = self
+            .acknowledged_script(upsert, &sale.sku, args, &Cell::new(false))
+            .await?;
         let fields = reply.into_array();
         match fields.first().and_then(Value::as_str).as_deref() {
             Some("ok") => {

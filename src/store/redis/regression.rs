@@ -206,7 +206,10 @@ impl RedisStore {
             self.retrying(&route, || route.sadd::<i64, _, _>(index.as_str(), sku))
                 .await?;
         }
-        let reply = self.script(&self.0.scripts.resume, sku, args).await?;
+        let resume = &self.0.scripts.resume;
+        let reply = self
+            .acknowledged_script(resume, sku, args, &std::cell::Cell::new(false))
+            .await?;
         let fields = reply.into_array();
         match fields.first().and_then(Value::as_str).as_deref() {
             Some("ok") => {

@@ -264,7 +264,7 @@ local marker = regressed_since(known)
 if marker and known then
   local report = cjson.decode(marker)
   local seen = report.last_seen
-  if known.epoch == seen.epoch and known.seq > seen.seq then
+  if known.epoch > seen.epoch or (known.epoch == seen.epoch and known.seq > seen.seq) then
     report.last_seen = {epoch = known.epoch, seq = known.seq, remaining = known.remaining}
     marker = cjson.encode(report)
     redis.call('SET', K.regressed, marker)

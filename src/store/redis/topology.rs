@@ -101,6 +101,8 @@ pub struct Node {
     pub breaker_opened: Cell<u64>,
     /// Times the watchdog replaced its connection.
     pub replaced: Cell<u64>,
+    /// Since when the watchdog has seen it not connected (connecting, or reconnecting).
+    pub down_since: Cell<Option<Instant>>,
 }
 
 impl Node {
@@ -115,6 +117,7 @@ impl Node {
             watch: RefCell::new(Watch::default()),
             breaker_opened: Cell::new(0),
             replaced: Cell::new(0),
+            down_since: Cell::new(None),
         })
     }
 
@@ -142,6 +145,7 @@ impl Node {
         *self.link.borrow_mut() = link;
         self.breaker.borrow_mut().reset();
         *self.watch.borrow_mut() = Watch::default();
+        self.down_since.set(None);
         self.replaced.set(self.replaced.get() + 1);
         Ok(())
     }

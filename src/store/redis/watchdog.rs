@@ -6,7 +6,8 @@
 //! (a breaker probe every second) keeps it from ever firing, and the node answers 503 on the same
 //! dead socket for good. The watchdog keeps its own clock per node instead: from the first call
 //! left unanswered since the last reply. Once that is `--redis-unresponsive-ms` old (default
-//! 2 s), the node's client is dropped and a new one connects.
+//! 2 s), the node's client is dropped and a new one connects. So is a client that has not
+//! managed to connect for as long: fred's connect has no deadline under glommio.
 //!
 //! The slot map is learnt again after a redirection or cluster error (at the next tick), and
 //! every few seconds anyway, so a failover is followed without a restart.
@@ -72,11 +73,26 @@ pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
         if starved {
             continue;
         }
-        let suspects: Vec<_> = store
-            .0
-            .topology
-            .borrow()
-            .nodes()
+        let nodes = store.0.topology.borrow().nodes();
+        for node in &nodes {
+            // fred's connect and its setup commands have no deadline (its timeouts are zero
+            // under glommio): a connection accepted and then frozen would keep the node
+            // "connecting" for good, refusing every call. One not connected for the limit is
+            // started afresh, which also restarts fred's reconnect backoff.
+            if node.connected() {
+                node.down_since.set(None);
+                continue;
+            }
+            let since = node.down_since.get().unwrap_or(now);
+            node.down_since.set(Some(since));
+            if now.saturating_duration_since(since) >= unresponsive {
+                tracing::debug!(node = %node.server, "redis connection not made in time; starting afresh");
+                if let Err(error) = node.replace() {
+                    tracing::error!(node = %node.server, %error, "could not rebuild the redis client");
+                }
+            }
+        }
+        let suspects: Vec<_> = nodes
             .into_iter()
             .filter(|node| node.watch.borrow().silent(now, unresponsive))
             .collect();
