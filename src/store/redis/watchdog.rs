@@ -6,7 +6,8 @@
 //! (a breaker probe every second) keeps it from ever firing, and the node answers 503 on the same
 //! dead socket for good. The watchdog keeps its own clock per node instead: from the first call
 //! left unanswered since the last reply. Once that is `--redis-unresponsive-ms` old (default
-//! 2 s), the node's client is dropped and a new one connects. So is a client that has not
+//! 2 s) and a PING on the same connection goes unanswered too, the node's client is dropped and
+//! a new one connects. So is a client that has not
 //! managed to connect for as long: fred's connect has no deadline under glommio.
 //!
 //! The slot map is learnt again after a redirection or cluster error (at the next tick), and
@@ -17,12 +18,16 @@ use std::time::{Duration, Instant};
 
 use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::types::cluster::ClusterRouting;
+use fred::types::config::Options;
 use fred::types::Value;
 
+use super::topology::Node;
 use super::{Inner, RedisStore};
 
 /// How often the slot map is learnt again when nothing asked for it.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Longest the PING that confirms a silent connection may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Longest one `CLUSTER SLOTS` may take before the next node is asked.
 const SLOTS_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -104,6 +109,13 @@ pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
             if !node.watch.borrow().silent(Instant::now(), unresponsive) {
                 continue;
             }
+            // The silence may be one call that timed out on our side long ago, on a node this
+            // shard rarely calls (nothing since has reset the clock): one PING tells a live
+            // connection from a dead one before anything is torn down.
+            if answers_ping(&node).await {
+                node.watch.borrow_mut().answered();
+                continue;
+            }
             tracing::warn!(
                 shard = store.0.shard,
                 node = %node.server,
@@ -126,6 +138,19 @@ pub(super) async fn run(store: Weak<Inner>, unresponsive: Duration) {
             refresh(&store).await;
         }
     }
+}
+
+/// Whether `node` answers a `PING` within [`PROBE_TIMEOUT`] on its current connection.
+async fn answers_ping(node: &Node) -> bool {
+    let client = node.client().with_options(&Options {
+        fail_fast: true,
+        ..Options::default()
+    });
+    let ping = async { Ok(client.ping::<Value>(None).await) };
+    matches!(
+        glommio::timer::timeout(PROBE_TIMEOUT, ping).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Learns the slot map from the first node that answers `CLUSTER SLOTS`.
