@@ -1,0 +1,70 @@
+//! A sale's orders in id order, for the admin's `GET /v1/sales/{sku}/orders` and
+//! `seckill orders export`.
+//!
+//! Order ids are ULIDs (creation millisecond first), so id order is creation order and a cursor
+//! (the last id seen) stays valid while new orders arrive: they sort after it, except one made
+//! in the very millisecond of the cursor with a smaller random part. The index holds exactly the
+//! orders the book retains ([`SaleOrderIds::forget`] follows retention), so it is bounded as the
+//! book is. One page looks at most [`MAX_SCANNED`] ids, whatever the status filter leaves, so a
+//! filter that matches nothing cannot make one request walk a million orders; such a page may be
+//! short (even empty) and still carry `next`.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+use super::book::Book;
+use super::command::{Outcome, Reply, SaleOrdersQuery};
+use super::ids::OrderId;
+use super::SaleError;
+
+/// Most ids one page looks at. The Redis store's `SALE_ORDERS` script uses the same bound.
+pub const MAX_SCANNED: usize = 10_000;
+
+/// The unique ids of one sale's retained orders, ascending.
+#[derive(Debug, Clone, Default)]
+pub struct SaleOrderIds(BTreeSet<u128>);
+
+impl SaleOrderIds {
+    /// Adds an order.
+    pub fn record(&mut self, unique: u128) {
+        self.0.insert(unique);
+    }
+
+    /// Drops an order the book forgot (retention).
+    pub fn forget(&mut self, unique: u128) {
+        self.0.remove(&unique);
+    }
+}
+
+impl Book {
+    /// A page of `query.sku`'s orders in id order; `unknown_sale` for a SKU without a sale.
+    pub(super) fn sale_orders(&self, query: &SaleOrdersQuery) -> Reply {
+        let ledger = self.sales.get(&query.sku).ok_or(SaleError::UnknownSale)?;
+        let start = query
+            .after
+            .as_ref()
+            .map_or(Bound::Unbounded, |after| Bound::Excluded(after.unique));
+        let mut orders = Vec::new();
+        let mut last = None;
+        let mut scanned = 0;
+        for &unique in ledger.ids.0.range((start, Bound::Unbounded)) {
+            if orders.len() >= query.limit || scanned >= MAX_SCANNED {
+                // More follow: the next page starts after the last id looked at.
+                let next = last.map(|unique| OrderId {
+                    unique,
+                    sku: query.sku.clone(),
+                });
+                return Ok(Outcome::OrderPage { orders, next });
+            }
+            scanned += 1;
+            last = Some(unique);
+            let Some(order) = self.orders.get(&unique) else {
+                continue;
+            };
+            if query.status.is_none_or(|status| status == order.status) {
+                orders.push(order.clone());
+            }
+        }
+        Ok(Outcome::OrderPage { orders, next: None })
+    }
+}
