@@ -58,6 +58,9 @@ pub struct ExportArgs {
     /// The admin token.
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
+    /// Orders asked for per request, 1..=1000.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub page_size: u16,
 }
 
 /// `seckill journal ...`

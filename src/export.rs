@@ -12,8 +12,6 @@ use std::time::Duration;
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 
-/// Orders asked for per page: the endpoint's maximum.
-const PAGE: usize = 1000;
 /// Largest response accepted: a page of 1000 orders is far below this.
 const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 /// Connect, read and write deadline of each request.
@@ -52,6 +50,8 @@ pub struct ExportOptions {
     pub status: Option<String>,
     /// Output format.
     pub format: Format,
+    /// Orders per request, 1..=1000 (the endpoint's maximum).
+    pub page_size: usize,
 }
 
 /// Why an export stopped.
@@ -73,7 +73,10 @@ pub fn export(options: &ExportOptions, out: &mut impl Write) -> Result<u64, Expo
     let mut after: Option<String> = None;
     let mut written = 0;
     loop {
-        let mut path = format!("/v1/sales/{}/orders?limit={PAGE}", options.sku);
+        let mut path = format!(
+            "/v1/sales/{}/orders?limit={}",
+            options.sku, options.page_size
+        );
         if let Some(status) = &options.status {
             path.push_str(&format!("&status={status}"));
         }
@@ -138,9 +141,7 @@ fn get(addr: &str, path: &str, token: &str) -> Result<Vec<u8>, ExportError> {
     );
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE_BYTES + 1)
-        .read_to_end(&mut raw)?;
+    stream.take(MAX_RESPONSE_BYTES + 1).read_to_end(&mut raw)?;
     if raw.len() as u64 > MAX_RESPONSE_BYTES {
         return Err(ExportError::Server("the answer is too large".into()));
     }
@@ -154,7 +155,13 @@ fn get(addr: &str, path: &str, token: &str) -> Result<Vec<u8>, ExportError> {
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
     let body = raw.get(head..).unwrap_or_default();
     if length != Some(body.len()) {
         return Err(ExportError::Server("truncated HTTP answer".into()));

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use seckill::auth::Auth;
-use seckill::cli::{Cli, Command, DoctorArgs, ExportArgs, JournalCommand, LoadArgs, OrdersCommand, TokenArgs};
+use seckill::cli::{
+    Cli, Command, DoctorArgs, ExportArgs, JournalCommand, LoadArgs, OrdersCommand, TokenArgs,
+};
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::recovery;
 use seckill::{clock, config, load, logging, serve};
@@ -48,6 +50,7 @@ fn export_orders(args: ExportArgs) -> ExitCode {
         sku: args.sku,
         status: args.status,
         format: args.format,
+        page_size: usize::from(args.page_size),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -355,6 +355,14 @@ impl<S: Store + 'static> Handler for Api<S> {
         };
         let route = endpoint.route(request.method);
         self.log_refusal(&error, route, request_id);
+        admin_log::record(
+            self,
+            endpoint,
+            request,
+            request_id,
+            error.status,
+            Some(error.code),
+        );
         let metrics = &self.shard.metrics;
         if route == Route::Purchase {
             metrics.record_purchase(error.code);

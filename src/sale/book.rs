@@ -12,8 +12,8 @@ use rand::SeedableRng;
 use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
 use super::ids::OrderId;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
-use super::segmented::SegmentedMap;
 use super::sale_orders::SaleOrderIds;
+use super::segmented::SegmentedMap;
 use super::user_orders::RecentOrders;
 use super::SaleError;
 

@@ -225,7 +225,12 @@ impl RedisStore {
             Some(id) => Some(OrderId::parse(id).ok_or(SaleError::Unavailable)?),
         };
         let mut orders = Vec::new();
-        for raw in fields.into_iter().nth(2).map(Value::into_array).unwrap_or_default() {
+        for raw in fields
+            .into_iter()
+            .nth(2)
+            .map(Value::into_array)
+            .unwrap_or_default()
+        {
             let json = raw.as_str().ok_or(SaleError::Unavailable)?;
             orders.push(decode_order(&json)?);
         }
