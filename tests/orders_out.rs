@@ -435,3 +435,38 @@ fn admin_actions_are_logged_with_who_what_and_the_request_id() {
     assert_status(&r, 200);
     assert!(!s.log().contains("rid-shopper"), "{}", s.log());
 }
+
+#[test]
+fn orders_forgotten_by_retention_leave_the_listing() {
+    let s = Server::start(2, &["--closed-orders-per-sale", "3"]);
+    s.open_sale("kept", 1000, 1);
+    let ids = sell(&s, "kept", 10, "k-");
+    let mut admin = s.client();
+    for id in &ids[..6] {
+        assert_status(&admin.cancel(id, ADMIN_TOKEN), 200);
+    }
+    // The three oldest cancellations are forgotten; the other three and the pending four stay.
+    let mut want: Vec<String> = ids[3..].to_vec();
+    want.sort();
+    let listed = walk(&mut admin, "kept", 2, "", || {}).concat();
+    assert_eq!(listed, want);
+    let cancelled = walk(&mut admin, "kept", 100, "&status=cancelled", || {}).concat();
+    assert_eq!(cancelled.len(), 3, "{cancelled:?}");
+}
+
+#[test]
+fn the_listing_survives_a_restart() {
+    if redis_mode() {
+        println!("embedded journal only: in cluster mode the orders live in Redis");
+        return;
+    }
+    let data = ScratchDir::new();
+    let mut s = Server::start_in(data.path(), 2, &[]);
+    s.open_sale("durable", 1000, 1);
+    let mut ids = sell(&s, "durable", 30, "d-");
+    ids.sort();
+    s.terminate();
+    let s = Server::start_in(data.path(), 2, &[]);
+    let mut admin = s.client();
+    assert_eq!(walk(&mut admin, "durable", 7, "", || {}).concat(), ids);
+}

@@ -68,3 +68,80 @@ impl Book {
         Ok(Outcome::OrderPage { orders, next: None })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sale::book::BookLimits;
+    use crate::sale::command::{Command, PurchaseRequest};
+    use crate::sale::{OrderStatus, Sale};
+
+    const T0: u64 = 1_000_000;
+
+    fn page(book: &mut Book, status: Option<OrderStatus>, after: Option<OrderId>) -> Outcome {
+        let query = SaleOrdersQuery {
+            sku: "s".into(),
+            status,
+            after,
+            limit: 1000,
+        };
+        book.execute(Command::ListSaleOrders(query), T0)
+            .0
+            .expect("a page")
+    }
+
+    #[test]
+    fn a_page_looks_at_a_bounded_number_of_orders() {
+        let mut book = Book::new(BookLimits::default());
+        let sale = Sale {
+            sku: "s".into(),
+            name: "n".into(),
+            stock: 1_000_000,
+            starts_at: T0 - 10,
+            ends_at: T0 + 60_000,
+            per_user_limit: 1,
+            payment_timeout_ms: 60_000,
+            rate_limit_per_sec: 0,
+        };
+        book.execute(Command::UpsertSale(sale), T0 - 20)
+            .0
+            .expect("sale");
+        for n in 0..MAX_SCANNED + 5 {
+            let request = PurchaseRequest {
+                sku: "s".into(),
+                user_id: format!("u{n}").into(),
+                quantity: 1,
+                idempotency_key: None,
+            };
+            book.execute(Command::Purchase(request), T0)
+                .0
+                .expect("order");
+        }
+        // No order is paid: the first page looks at MAX_SCANNED ids, finds none, and says where
+        // to go on; the second looks at the rest and ends.
+        let Outcome::OrderPage { orders, next } = page(&mut book, Some(OrderStatus::Paid), None)
+        else {
+            panic!("not a page");
+        };
+        assert!(orders.is_empty());
+        let next = next.expect("more follow");
+        let Outcome::OrderPage { orders, next } =
+            page(&mut book, Some(OrderStatus::Paid), Some(next))
+        else {
+            panic!("not a page");
+        };
+        assert!(orders.is_empty() && next.is_none());
+        let Outcome::OrderPage { orders, next } = page(&mut book, None, None) else {
+            panic!("not a page");
+        };
+        assert_eq!(orders.len(), 1000);
+        assert!(orders
+            .windows(2)
+            .all(|w| w[0].order_id.unique < w[1].order_id.unique));
+        assert_eq!(next.map(|id| id.unique), Some(orders[999].order_id.unique));
+        assert_eq!(
+            page(&mut book, Some(OrderStatus::Pending), None),
+            page(&mut book, None, None)
+        );
+    }
+}
