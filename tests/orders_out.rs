@@ -452,6 +452,17 @@ fn orders_forgotten_by_retention_leave_the_listing() {
     assert_eq!(listed, want);
     let cancelled = walk(&mut admin, "kept", 100, "&status=cancelled", || {}).concat();
     assert_eq!(cancelled.len(), 3, "{cancelled:?}");
+    // The id index forgets them too, or it would grow with every cancellation: checked here in
+    // Redis, and for the embedded book by `forgotten_orders_leave_the_index` (src/sale).
+    if let Some(redis) = &s.redis {
+        let indexed: i64 = redis
+            .query(&["ZCARD", "seckill:{kept}:ids"])
+            .expect("ZCARD ids");
+        assert_eq!(
+            indexed, 7,
+            "the ids index holds exactly the retained orders"
+        );
+    }
 }
 
 #[test]

@@ -90,10 +90,8 @@ mod tests {
             .expect("a page")
     }
 
-    #[test]
-    fn a_page_looks_at_a_bounded_number_of_orders() {
-        let mut book = Book::new(BookLimits::default());
-        let sale = Sale {
+    fn sale() -> Sale {
+        Sale {
             sku: "s".into(),
             name: "n".into(),
             stock: 1_000_000,
@@ -102,20 +100,48 @@ mod tests {
             per_user_limit: 1,
             payment_timeout_ms: 60_000,
             rate_limit_per_sec: 0,
+        }
+    }
+
+    fn buy(book: &mut Book, user: &str) -> OrderId {
+        let request = PurchaseRequest {
+            sku: "s".into(),
+            user_id: user.into(),
+            quantity: 1,
+            idempotency_key: None,
         };
-        book.execute(Command::UpsertSale(sale), T0 - 20)
+        match book.execute(Command::Purchase(request), T0).0 {
+            Ok(Outcome::Order { order, .. }) => order.order_id,
+            other => panic!("expected an order, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forgotten_orders_leave_the_index() {
+        let mut book = Book::new(BookLimits {
+            closed_orders_per_sale: 2,
+        });
+        book.execute(Command::UpsertSale(sale()), T0 - 20)
+            .0
+            .expect("sale");
+        for n in 0..5 {
+            let id = buy(&mut book, &format!("u{n}"));
+            let cancel = Command::Cancel(id, crate::sale::command::Requester::Admin);
+            book.execute(cancel, T0).0.expect("cancel");
+        }
+        buy(&mut book, "kept");
+        let indexed = book.sales.get("s").map(|ledger| ledger.ids.0.len());
+        assert_eq!(indexed, Some(3), "two cancelled and one pending retained");
+    }
+
+    #[test]
+    fn a_page_looks_at_a_bounded_number_of_orders() {
+        let mut book = Book::new(BookLimits::default());
+        book.execute(Command::UpsertSale(sale()), T0 - 20)
             .0
             .expect("sale");
         for n in 0..MAX_SCANNED + 5 {
-            let request = PurchaseRequest {
-                sku: "s".into(),
-                user_id: format!("u{n}").into(),
-                quantity: 1,
-                idempotency_key: None,
-            };
-            book.execute(Command::Purchase(request), T0)
-                .0
-                .expect("order");
+            buy(&mut book, &format!("u{n}"));
         }
         // No order is paid: the first page looks at MAX_SCANNED ids, finds none, and says where
         // to go on; the second looks at the rest and ends.
