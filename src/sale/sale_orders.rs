@@ -46,8 +46,7 @@ impl Book {
             .map_or(Bound::Unbounded, |after| Bound::Excluded(after.unique));
         let mut orders = Vec::new();
         let mut last = None;
-        let mut scanned = 0;
-        for &unique in ledger.ids.0.range((start, Bound::Unbounded)) {
+        for (scanned, &unique) in ledger.ids.0.range((start, Bound::Unbounded)).enumerate() {
             if orders.len() >= query.limit || scanned >= MAX_SCANNED {
                 // More follow: the next page starts after the last id looked at.
                 let next = last.map(|unique| OrderId {
@@ -56,7 +55,6 @@ impl Book {
                 });
                 return Ok(Outcome::OrderPage { orders, next });
             }
-            scanned += 1;
             last = Some(unique);
             let Some(order) = self.orders.get(&unique) else {
                 continue;
