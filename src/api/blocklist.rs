@@ -2,7 +2,7 @@
 //!
 //! `?after=<user id>` starts after that user, `?limit=<n>` caps the page (1..=[`MAX_LIMIT`],
 //! default [`DEFAULT_LIMIT`]); the body is `{"users": [...], "next": id}`, `next` absent on the
-//! last page. Every shard's edge holds the whole blocklist (in cluster mode, refreshed from Redis
+//! last page. It shares the per-shard limiter of `GET /v1/sales`. Every shard's edge holds the whole blocklist (in cluster mode, refreshed from Redis
 //! each tick), so the shard that took the request answers alone.
 
 use serde::Serialize;
@@ -21,7 +21,7 @@ pub const MAX_LIMIT: usize = 1000;
 
 #[derive(Serialize)]
 struct Page<'a> {
-    users: &'a [Box<str>],
+    users: &'a [&'a str],
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<&'a str>,
 }
@@ -33,23 +33,26 @@ pub(super) fn list<S: Store + 'static>(
 ) -> Result<Response, ApiError> {
     require_admin(api, request)?;
     let (after, limit) = parse_query(request.query)?;
-    // One more than the page, to tell whether a next page exists.
-    let mut users: Vec<Box<str>> = api
-        .shard
-        .edge
-        .borrow()
+    let _page = api.pages.start()?;
+    let edge = api.shard.edge.borrow();
+    let mut users: Vec<&str> = edge
         .blocked_users()
         .filter(|user| after.is_none_or(|after| *user > after))
-        .map(Box::from)
         .collect();
+    // Only the page (and one more, to tell whether a next page exists) is sorted: linear in the
+    // blocklist, not n log n.
+    if users.len() > limit + 1 {
+        users.select_nth_unstable(limit);
+        users.truncate(limit + 1);
+    }
     users.sort_unstable();
-    let next = (users.len() > limit).then(|| users[limit - 1].clone());
+    let next = users.get(limit).and(users.get(limit - 1)).copied();
     users.truncate(limit);
     json(
         200,
         &Page {
             users: &users,
-            next: next.as_deref(),
+            next,
         },
     )
 }
