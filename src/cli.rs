@@ -1,4 +1,4 @@
-//! The command line: `serve`, `token`, `journal` and `load`.
+//! The command line: `serve`, `token`, `journal`, `load` and `orders`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +28,39 @@ pub enum Command {
     Journal(JournalCommand),
     /// Send open-loop purchase load to a running deployment and report latency and outcomes.
     Load(LoadArgs),
+    /// Read orders out of a running node.
+    #[command(subcommand)]
+    Orders(OrdersCommand),
+}
+
+/// `seckill orders ...`
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Write every order of a SKU to stdout, in creation order, through the admin API.
+    Export(ExportArgs),
+}
+
+/// Flags for `orders export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The SKU whose orders to export.
+    #[arg(long)]
+    pub sku: String,
+    /// `jsonl` (one order object a line) or `csv` (with a header line).
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: crate::export::Format,
+    /// Only orders in this status: pending, paid, cancelled or expired.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// `HOST:PORT` of a node.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// The admin token.
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Orders asked for per request, 1..=1000.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub page_size: u16,
 }
 
 /// `seckill journal ...`

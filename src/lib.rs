@@ -21,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod doctor;
+pub mod export;
 pub mod http;
 pub mod json;
 pub mod load;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use seckill::auth::Auth;
-use seckill::cli::{Cli, Command, DoctorArgs, JournalCommand, LoadArgs, TokenArgs};
+use seckill::cli::{
+    Cli, Command, DoctorArgs, ExportArgs, JournalCommand, LoadArgs, OrdersCommand, TokenArgs,
+};
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::recovery;
 use seckill::{clock, config, load, logging, serve};
@@ -35,6 +37,32 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor(&args),
         Command::Journal(JournalCommand::Verify { data_dir }) => verify_journal(&data_dir),
         Command::Load(args) => run_load(args),
+        Command::Orders(OrdersCommand::Export(args)) => export_orders(args),
+    }
+}
+
+/// `seckill orders export`: orders on stdout, a count on stderr; exit 1 on any failure (what was
+/// written before it is a prefix of the full export).
+fn export_orders(args: ExportArgs) -> ExitCode {
+    let options = seckill::export::ExportOptions {
+        addr: args.addr,
+        admin_token: args.admin_token,
+        sku: args.sku,
+        status: args.status,
+        format: args.format,
+        page_size: usize::from(args.page_size),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match seckill::export::export(&options, &mut out) {
+        Ok(count) => {
+            eprintln!("seckill orders export: {count} orders");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("seckill orders export: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! HTTP API v1: routing, authentication, and the handlers that turn requests into commands for
 //! the shard runtime and outcomes into JSON.
 
+mod admin_log;
+mod blocklist;
 pub mod body;
 pub mod error;
 mod limiter;
@@ -8,6 +10,7 @@ mod listing;
 mod my_orders;
 mod orders;
 mod resume;
+mod sale_orders;
 mod sales;
 mod system;
 
@@ -124,6 +127,14 @@ impl<S: Store + 'static> Api<S> {
                 Method::Get => my_orders::list(self, request).await,
                 _ => Err(not_allowed(GET)),
             },
+            Endpoint::SaleOrders(sku) => match method {
+                Method::Get => sale_orders::list(self, request, sku).await,
+                _ => Err(not_allowed(GET)),
+            },
+            Endpoint::BlocklistAll => match method {
+                Method::Get => blocklist::list(self, request),
+                _ => Err(not_allowed(GET)),
+            },
             Endpoint::Resume(sku) => match method {
                 Method::Post => resume::resume(self, request, sku).await,
                 _ => Err(not_allowed("POST")),
@@ -204,6 +215,8 @@ enum Endpoint<'a> {
     Purchase(&'a str),
     Orders,
     Resume(&'a str),
+    SaleOrders(&'a str),
+    BlocklistAll,
     Order(&'a str),
     Pay(&'a str),
     Cancel(&'a str),
@@ -232,6 +245,8 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
             ["v1", "orders"] => Endpoint::Orders,
             ["v1", "sales", sku, "resume"] => Endpoint::Resume(sku),
+            ["v1", "sales", sku, "orders"] => Endpoint::SaleOrders(sku),
+            ["v1", "blocklist"] => Endpoint::BlocklistAll,
             ["v1", "orders", id] => Endpoint::Order(id),
             ["v1", "orders", id, "pay"] => Endpoint::Pay(id),
             ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
@@ -252,6 +267,8 @@ impl<'a> Endpoint<'a> {
             Endpoint::Purchase(_) => Route::Purchase,
             Endpoint::Orders => Route::ListOrders,
             Endpoint::Resume(_) => Route::ResumeSale,
+            Endpoint::SaleOrders(_) => Route::SaleOrders,
+            Endpoint::BlocklistAll => Route::ListBlocklist,
             Endpoint::Order(_) => Route::GetOrder,
             Endpoint::Pay(_) => Route::PayOrder,
             Endpoint::Cancel(_) => Route::CancelOrder,
@@ -317,6 +334,7 @@ impl<S: Store + 'static> Handler for Api<S> {
                 (error.into_response(), Some(code))
             }
         };
+        admin_log::record(self, endpoint, request, request_id, response.status, code);
         let metrics = &self.shard.metrics;
         if let (Route::Purchase, Some(code)) = (route, code) {
             // Successful purchases are recorded by the handler, which knows a replay from a sale.
@@ -337,6 +355,14 @@ impl<S: Store + 'static> Handler for Api<S> {
         };
         let route = endpoint.route(request.method);
         self.log_refusal(&error, route, request_id);
+        admin_log::record(
+            self,
+            endpoint,
+            request,
+            request_id,
+            error.status,
+            Some(error.code),
+        );
         let metrics = &self.shard.metrics;
         if route == Route::Purchase {
             metrics.record_purchase(error.code);

@@ -43,6 +43,10 @@ pub enum Route {
     CancelOrder,
     /// `PUT` or `DELETE /v1/blocklist/{user_id}`
     Blocklist,
+    /// `GET /v1/sales/{sku}/orders` (admin)
+    SaleOrders,
+    /// `GET /v1/blocklist` (admin)
+    ListBlocklist,
     /// A path no endpoint has.
     Unmatched,
     /// Bytes that did not parse as an acceptable HTTP request.
@@ -51,7 +55,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 17] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -65,6 +69,8 @@ impl Route {
         Route::PayOrder,
         Route::CancelOrder,
         Route::Blocklist,
+        Route::SaleOrders,
+        Route::ListBlocklist,
         Route::Unmatched,
         Route::Malformed,
     ];
@@ -85,6 +91,8 @@ impl Route {
             Route::PayOrder => "pay_order",
             Route::CancelOrder => "cancel_order",
             Route::Blocklist => "blocklist",
+            Route::SaleOrders => "sale_orders",
+            Route::ListBlocklist => "list_blocklist",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
         }

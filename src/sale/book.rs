@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
 use super::ids::OrderId;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
+use super::sale_orders::SaleOrderIds;
 use super::segmented::SegmentedMap;
 use super::user_orders::RecentOrders;
 use super::SaleError;
@@ -53,6 +54,8 @@ pub(super) struct SaleLedger {
     pub(super) holders: SegmentedMap<Box<str>, Holder>,
     /// Closed (cancelled or expired) orders, oldest first, for bounded retention.
     pub(super) closed: VecDeque<u128>,
+    /// Retained orders in id order, for the admin's listing.
+    pub(super) ids: SaleOrderIds,
 }
 
 impl SaleLedger {
@@ -80,6 +83,7 @@ impl SaleLedger {
             sale,
             holders: SegmentedMap::new(),
             closed: VecDeque::new(),
+            ids: SaleOrderIds::default(),
         }
     }
 }
@@ -168,6 +172,7 @@ impl Book {
                 self.apply(&event);
                 (Ok(Outcome::Done), Some(event))
             }
+            Command::ListSaleOrders(query) => (self.sale_orders(&query), None),
             // One machine's journal cannot lose acknowledged writes behind its back.
             Command::Resume(..) => (Err(SaleError::NotRegressed), None),
         }
@@ -248,6 +253,7 @@ impl Book {
                 holder
                     .recent
                     .record(order.created_at, order.order_id.unique);
+                ledger.ids.record(order.order_id.unique);
                 if order.status.holds_stock() {
                     debug_assert!(ledger.remaining >= u64::from(order.quantity));
                     holder.held = holder.held.saturating_add(order.quantity);
@@ -527,6 +533,7 @@ impl Book {
             };
             if let Some(forgotten) = self.orders.remove(&oldest) {
                 self.order_counts.remove(forgotten.status);
+                ledger.ids.forget(oldest);
                 if let Some(holder) = ledger.holders.get_mut(&forgotten.user_id) {
                     holder.keys.retain(|_, unique| *unique != oldest);
                     holder.recent.forget(oldest);

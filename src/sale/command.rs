@@ -64,6 +64,21 @@ pub enum Command {
     /// Let a SKU whose shared store regressed (lost writes) sell again, optionally with this
     /// many units left; an operator's decision, answered with a report of what was lost.
     Resume(Box<str>, Option<u64>),
+    /// A page of a SKU's orders for the admin, in id order (see [`super::sale_orders`]).
+    ListSaleOrders(SaleOrdersQuery),
+}
+
+/// What `GET /v1/sales/{sku}/orders` asks the SKU's owner for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleOrdersQuery {
+    /// The SKU.
+    pub sku: Box<str>,
+    /// Only orders in this status, if given.
+    pub status: Option<OrderStatus>,
+    /// Start after this order id (of the same SKU).
+    pub after: Option<OrderId>,
+    /// Most orders on the page.
+    pub limit: usize,
 }
 
 impl Command {
@@ -76,6 +91,7 @@ impl Command {
             Self::GetOrder(id, _) | Self::Pay(id, _) | Self::Cancel(id, _) | Self::Expire(id) => {
                 Some(&id.sku)
             }
+            Self::ListSaleOrders(query) => Some(&query.sku),
             Self::SetBlocked(..) => None,
         }
     }
@@ -98,6 +114,14 @@ pub enum Outcome {
     },
     /// Orders, newest first.
     Orders(Vec<Order>),
+    /// A page of one SKU's orders in id order; `next` is the cursor for the following page,
+    /// absent when no order follows.
+    OrderPage {
+        /// The orders, ascending by id.
+        orders: Vec<Order>,
+        /// The last id looked at, when more may follow.
+        next: Option<OrderId>,
+    },
     /// Nothing to return.
     Done,
     /// A regressed SKU was resumed: the report of what was lost, as JSON.

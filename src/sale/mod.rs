@@ -12,6 +12,7 @@ pub mod error;
 pub mod expiry;
 pub mod ids;
 pub mod model;
+pub mod sale_orders;
 pub mod segmented;
 pub mod snapshot;
 pub mod user_orders;

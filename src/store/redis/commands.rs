@@ -9,7 +9,7 @@ use fred::types::Value;
 use super::decode::{decode_order, decode_sale, int_at, refusal_at, str_at};
 use super::{batch, keys, RedisError, RedisStore, EXPIRE_PER_SWEEP};
 use crate::clock::now_ms;
-use crate::sale::command::{Command, Outcome, Reply, Requester, StockLevel};
+use crate::sale::command::{Command, Outcome, Reply, Requester, SaleOrdersQuery, StockLevel};
 use crate::sale::ids::OrderId;
 use crate::sale::{Sale, SaleError, SaleView};
 
@@ -199,6 +199,44 @@ impl RedisStore {
         Ok(Outcome::Orders(orders))
     }
 
+    /// A page of a SKU's orders in id order (the `SALE_ORDERS` script).
+    async fn sale_orders(&self, query: SaleOrdersQuery) -> Reply {
+        let args = vec![
+            query.after.map(|id| id.to_string()).unwrap_or_default(),
+            query
+                .status
+                .map(|status| status.label().to_owned())
+                .unwrap_or_default(),
+            query.limit.to_string(),
+            crate::sale::sale_orders::MAX_SCANNED.to_string(),
+        ];
+        let reply = self
+            .script(&self.0.scripts.sale_orders, &query.sku, args)
+            .await?;
+        let fields = reply.into_array();
+        match fields.first().and_then(Value::as_str).as_deref() {
+            Some("ok") => {}
+            Some("err") => return Err(refusal_at(&fields, 1)),
+            _ => return Err(SaleError::Unavailable),
+        }
+        let next = match fields.get(1).and_then(Value::as_str).as_deref() {
+            None => return Err(SaleError::Unavailable),
+            Some("") => None,
+            Some(id) => Some(OrderId::parse(id).ok_or(SaleError::Unavailable)?),
+        };
+        let mut orders = Vec::new();
+        for raw in fields
+            .into_iter()
+            .nth(2)
+            .map(Value::into_array)
+            .unwrap_or_default()
+        {
+            let json = raw.as_str().ok_or(SaleError::Unavailable)?;
+            orders.push(decode_order(&json)?);
+        }
+        Ok(Outcome::OrderPage { orders, next })
+    }
+
     /// Runs one command against Redis.
     pub(super) async fn run(&self, command: Command) -> Reply {
         match command {
@@ -226,6 +264,7 @@ impl RedisStore {
             }
             Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,
             Command::ListOrders(sku, user) => self.list_orders(&sku, &user).await,
+            Command::ListSaleOrders(query) => self.sale_orders(query).await,
             Command::Resume(sku, remaining) => self.resume(&sku, remaining).await,
         }
     }

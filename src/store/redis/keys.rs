@@ -2,7 +2,7 @@
 //! of it on Redis Cluster; the two node-wide sets live outside any SKU's slot and are only used
 //! by plain commands.
 
-/// The thirteen keys of one SKU, in the order every script expects them.
+/// The fourteen keys of one SKU, in the order every script expects them.
 #[derive(Debug, Clone)]
 pub struct SkuKeys(pub Vec<String>);
 
@@ -23,6 +23,7 @@ impl SkuKeys {
             "abandoned",
             "byuser",
             "regressed",
+            "ids",
         ];
         Self(
             names
@@ -77,7 +78,7 @@ mod tests {
     #[test]
     fn every_sku_key_carries_the_hash_tag() {
         let keys = SkuKeys::new("seckill", "moutai");
-        assert_eq!(keys.0.len(), 13);
+        assert_eq!(keys.0.len(), 14);
         assert!(keys.0.iter().all(|key| key.contains("{moutai}")));
         assert_eq!(keys.orders(), "seckill:{moutai}:orders");
     }

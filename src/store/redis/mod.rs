@@ -162,6 +162,7 @@ struct Scripts {
     sync: Script,
     upsert: Script,
     user_orders: Script,
+    sale_orders: Script,
     resume: Script,
     abandon: Script,
 }
@@ -223,6 +224,7 @@ impl RedisStore {
                 sync: Script::from_lua(scripts::SYNC),
                 upsert: Script::from_lua(scripts::UPSERT),
                 user_orders: Script::from_lua(scripts::USER_ORDERS),
+                sale_orders: Script::from_lua(scripts::SALE_ORDERS),
                 resume: Script::from_lua(scripts::RESUME),
                 abandon: Script::from_lua(scripts::ABANDON),
             },

@@ -1,6 +1,6 @@
 //! The Lua scripts that make Redis the cluster's source of truth.
 //!
-//! Every script takes the same thirteen keys, all of one SKU and all carrying the `{sku}` hash tag, so
+//! Every script takes the same fourteen keys, all of one SKU and all carrying the `{sku}` hash tag, so
 //! each runs atomically on one Redis Cluster shard unchanged ([`super::keys::SkuKeys`]). Time is
 //! Redis `TIME`, so nodes with drifting clocks still agree on windows and deadlines. Scripts are
 //! run with `EVALSHA` and loaded again on `NOSCRIPT` ([`super::RedisStore`]).
@@ -14,7 +14,7 @@ macro_rules! prelude {
         r#"
 local K = {sale = KEYS[1], remaining = KEYS[2], seq = KEYS[3], held = KEYS[4], idem = KEYS[5],
            orders = KEYS[6], pending = KEYS[7], blocked = KEYS[8], events = KEYS[9], closed = KEYS[10],
-           abandoned = KEYS[11], byuser = KEYS[12], regressed = KEYS[13]}
+           abandoned = KEYS[11], byuser = KEYS[12], regressed = KEYS[13], ids = KEYS[14]}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -57,6 +57,7 @@ local function close(o, status, retention)
         redis.call('HDEL', K.idem, gone.idem)
       end
       redis.call('HDEL', K.orders, old)
+      redis.call('ZREM', K.ids, old)
       unlist(gone.user_id, old)
     end
   end
@@ -202,6 +203,7 @@ for i = 0, n - 1 do
       -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
       redis.call('HSET', K.byuser, user, string.sub((redis.call('HGET', K.byuser, user) or '') .. ' ' .. id, -32 * (#id + 1)))
       redis.call('ZADD', K.pending, o.expires_at, id)
+      redis.call('ZADD', K.ids, 0, id)
       event('created', o)
       answer('ok', json)
     end
@@ -297,7 +299,7 @@ pub const UPSERT: &str = concat!(
 if redis.call('EXISTS', K.regressed) == 1 then return {'err', 'store_regressed'} end
 local starts = redis.call('HGET', K.sale, 'starts_at')
 if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
-redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser)
+redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser, K.ids)
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
            'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7])
 redis.call('SET', K.remaining, ARGV[2])
@@ -380,6 +382,36 @@ for id in string.gmatch(ids, '%S+') do
   if raw then table.insert(out, 1, raw) end
 end
 return out
+"#
+);
+
+/// A page of the SKU's orders in id order, for the admin: `ARGV = [after, status, limit,
+/// max_scanned]` (`after` and `status` empty for none). `K.ids` holds every retained order id
+/// with score 0, so `ZRANGEBYLEX` walks them in id order (ids of one SKU are all one length and
+/// ULIDs sort by time). At most `max_scanned` ids are looked at, read `limit` at a time. Returns
+/// `{'ok', next, {order_json*}}`, `next` the last id looked at when more follow, else empty; or
+/// `{'err', 'unknown_sale'}`.
+pub const SALE_ORDERS: &str = concat!(
+    prelude!(),
+    r#"
+if redis.call('EXISTS', K.sale) == 0 then return {'err', 'unknown_sale'} end
+local status, limit, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local cursor = '-'
+if ARGV[1] ~= '' then cursor = '(' .. ARGV[1] end
+local out, last, scanned = {}, nil, 0
+while true do
+  local want = math.min(limit - #out, budget - scanned)
+  local ids = redis.call('ZRANGEBYLEX', K.ids, cursor, '+', 'LIMIT', 0, want + 1)
+  for i = 1, math.min(#ids, want) do
+    local id = ids[i]
+    scanned, last = scanned + 1, id
+    local raw = redis.call('HGET', K.orders, id)
+    if raw and (status == '' or cjson.decode(raw).status == status) then out[#out + 1] = raw end
+  end
+  if #ids <= want then return {'ok', '', out} end
+  if #out >= limit or scanned >= budget then return {'ok', last, out} end
+  cursor = '(' .. last
+end
 "#
 );
 

@@ -1,0 +1,96 @@
+//! `GET /v1/blocklist` (admin): the blocked users in id order, a page at a time.
+//!
+//! `?after=<user id>` starts after that user, `?limit=<n>` caps the page (1..=[`MAX_LIMIT`],
+//! default [`DEFAULT_LIMIT`]); the body is `{"users": [...], "next": id}`, `next` absent on the
+//! last page. It shares the per-shard limiter of `GET /v1/sales`. Every shard's edge holds the whole blocklist (in cluster mode, refreshed from Redis
+//! each tick), so the shard that took the request answers alone.
+
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::sale_orders::require_admin;
+use super::{json, Api};
+use crate::http::{Request, Response};
+use crate::sale::model::is_valid_id;
+use crate::store::Store;
+
+/// Users on a page when the request does not say.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most users on one page.
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Serialize)]
+struct Page<'a> {
+    users: &'a [&'a str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<&'a str>,
+}
+
+/// `GET /v1/blocklist`
+pub(super) fn list<S: Store + 'static>(
+    api: &Api<S>,
+    request: &Request<'_>,
+) -> Result<Response, ApiError> {
+    require_admin(api, request)?;
+    let (after, limit) = parse_query(request.query)?;
+    let _page = api.pages.start()?;
+    let edge = api.shard.edge.borrow();
+    let mut users: Vec<&str> = edge
+        .blocked_users()
+        .filter(|user| after.is_none_or(|after| *user > after))
+        .collect();
+    // Only the page (and one more, to tell whether a next page exists) is sorted: linear in the
+    // blocklist, not n log n.
+    if users.len() > limit + 1 {
+        users.select_nth_unstable(limit);
+        users.truncate(limit + 1);
+    }
+    users.sort_unstable();
+    let next = users.get(limit).and(users.get(limit - 1)).copied();
+    users.truncate(limit);
+    json(
+        200,
+        &Page {
+            users: &users,
+            next,
+        },
+    )
+}
+
+fn parse_query(query: &str) -> Result<(Option<&str>, usize), ApiError> {
+    let mut after = None;
+    let mut limit = None;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(invalid("query parameters take a value: `after=`, `limit=`"));
+        };
+        match name {
+            "after" if after.is_none() && is_valid_id(value) => after = Some(value),
+            "limit" if limit.is_none() => {
+                let parsed = value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| value.parse::<usize>().ok())
+                    .flatten()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n));
+                let Some(parsed) = parsed else {
+                    return Err(invalid(format!(
+                        "`limit` must be an integer from 1 to {MAX_LIMIT}"
+                    )));
+                };
+                limit = Some(parsed);
+            }
+            _ => {
+                return Err(invalid(
+                    "this listing takes `after` (a user id) and `limit`, each once",
+                ))
+            }
+        }
+    }
+    Ok((after, limit.unwrap_or(DEFAULT_LIMIT)))
+}
+
+/// 400 `invalid_query`.
+fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::new(400, "invalid_query", message)
+}
