@@ -26,9 +26,23 @@ fn a_late_copy_of_an_abandoned_purchase_creates_nothing() {
     assert_eq!(tombstones.len(), 1, "{tombstones:?}");
     // A copy of that purchase arrives now, as from a proxy that buffered it.
     let keys = SkuKeys::new("seckill", "late").0;
-    let mut args: Vec<&str> = vec!["EVAL", scripts::PURCHASE, "13"];
+    let count = keys.len().to_string();
+    let mut args: Vec<&str> = vec!["EVAL", scripts::PURCHASE, &count];
     args.extend(keys.iter().map(String::as_str));
-    args.extend(["1000", "1", &tombstones[0], "late-buyer", "1", "Z"]);
+    // No view of the SKU: the last five arguments are the node's, for regression checks.
+    args.extend([
+        "1000",
+        "1",
+        &tombstones[0],
+        "late-buyer",
+        "1",
+        "Z",
+        "",
+        "",
+        "",
+        "",
+        "",
+    ]);
     let reply: Vec<Vec<String>> = rig.redis.query(&args).expect("EVAL purchase");
     assert_eq!(reply[0][..2], ["err", "unavailable"], "{reply:?}");
     assert!(orders_in_redis(&rig.redis, "late").is_empty());
@@ -46,7 +60,8 @@ fn eval<T: common::redis::FromRedisValue>(
     args: &[&str],
 ) -> T {
     let keys = SkuKeys::new("seckill", sku).0;
-    let mut command: Vec<&str> = vec!["EVAL", script, "13"];
+    let count = keys.len().to_string();
+    let mut command: Vec<&str> = vec!["EVAL", script, &count];
     command.extend(keys.iter().map(String::as_str));
     command.extend(args);
     redis.query(&command).expect("EVAL")
