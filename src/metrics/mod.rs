@@ -41,6 +41,8 @@ pub enum Route {
     PayOrder,
     /// `POST /v1/orders/{id}/cancel`
     CancelOrder,
+    /// `POST /v1/payments/webhook`
+    PaymentWebhook,
     /// `PUT` or `DELETE /v1/blocklist/{user_id}`
     Blocklist,
     /// A path no endpoint has.
@@ -51,7 +53,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 15] = [
+    pub const ALL: [Route; 16] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -64,6 +66,7 @@ impl Route {
         Route::ListOrders,
         Route::PayOrder,
         Route::CancelOrder,
+        Route::PaymentWebhook,
         Route::Blocklist,
         Route::Unmatched,
         Route::Malformed,
@@ -84,6 +87,7 @@ impl Route {
             Route::ListOrders => "list_orders",
             Route::PayOrder => "pay_order",
             Route::CancelOrder => "cancel_order",
+            Route::PaymentWebhook => "payment_webhook",
             Route::Blocklist => "blocklist",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
