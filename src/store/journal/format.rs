@@ -63,7 +63,7 @@ pub enum Entry {
 
 impl Entry {
     /// The entry in the current shape: old events are upgraded.
-    fn upgraded(self) -> Self {
+    pub(crate) fn upgraded(self) -> Self {
         match self {
             Entry::EventV1(old) => Entry::Event(old.into()),
             entry => entry,

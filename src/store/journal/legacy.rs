@@ -98,3 +98,83 @@ impl From<EventV1> for Event {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::journal::format::Entry;
+
+    /// [`Entry`] as format 2 had it.
+    #[derive(Serialize)]
+    enum EntryV2 {
+        Event(EventV1),
+        SnapshotEnd { events: u64, covers_lsn: u64 },
+    }
+
+    #[test]
+    fn format_2_records_read_as_current_events() {
+        let mut rng = rand::rngs::mock::StepRng::new(7, 1);
+        let order_id = OrderId::mint("sku", 1_000, &mut rng);
+        let sale = SaleV1 {
+            sku: "sku".into(),
+            name: "n".into(),
+            stock: 5,
+            starts_at: 1,
+            ends_at: 2,
+            per_user_limit: 1,
+            payment_timeout_ms: 100,
+            rate_limit_per_sec: 0,
+        };
+        let order = OrderV1 {
+            order_id: order_id.clone(),
+            sku: "sku".into(),
+            user_id: "u".into(),
+            quantity: 2,
+            status: OrderStatus::Pending,
+            created_at: 1_000,
+            expires_at: 1_100,
+        };
+        let old = [
+            EntryV2::Event(EventV1::SaleUpserted(sale)),
+            EntryV2::Event(EventV1::OrderCreated {
+                order,
+                idempotency_key: Some("k".into()),
+            }),
+            EntryV2::Event(EventV1::OrderClosed {
+                order_id: order_id.clone(),
+                status: OrderStatus::Paid,
+            }),
+            EntryV2::Event(EventV1::UserBlocked("u".into(), true)),
+            EntryV2::SnapshotEnd {
+                events: 4,
+                covers_lsn: 9,
+            },
+        ];
+        let read: Vec<Entry> = old
+            .iter()
+            .map(|entry| {
+                let bytes = postcard::to_allocvec(entry).expect("encode");
+                postcard::from_bytes::<Entry>(&bytes)
+                    .expect("a format 2 record decodes")
+                    .upgraded()
+            })
+            .collect();
+        let Entry::Event(Event::SaleUpserted(sale)) = &read[0] else {
+            panic!("{:?}", read[0]);
+        };
+        assert_eq!((sale.price, &*sale.currency, sale.stock), (0, "CNY", 5));
+        let Entry::Event(Event::OrderCreated { order, .. }) = &read[1] else {
+            panic!("{:?}", read[1]);
+        };
+        assert_eq!((order.amount, order.quantity, &order.payment_ref), (0, 2, &None));
+        assert!(matches!(
+            &read[2],
+            Entry::Event(Event::OrderClosed { payment_ref: None, status: OrderStatus::Paid, .. })
+        ));
+        assert!(matches!(&read[3], Entry::Event(Event::UserBlocked(_, true))));
+        assert!(matches!(
+            &read[4],
+            Entry::SnapshotEnd { events: 4, covers_lsn: 9 }
+        ));
+    }
+}
