@@ -208,6 +208,11 @@ impl<S: Store + 'static> Api<S> {
             | (BodyAccess::Payment, Some(Principal::Payment)) => None,
             // Shoppers and the admin are known but may not pay: the same 403 the handler gives.
             (BodyAccess::Payment, Some(_)) => Some(payments::not_the_payment_side()),
+            (BodyAccess::Caller, Some(Principal::Payment)) => Some(ApiError::new(
+                403,
+                "forbidden",
+                "the payment service may only confirm payments",
+            )),
             _ => Some(ApiError::unauthorized()),
         }
     }
