@@ -175,8 +175,12 @@ mod tests {
     #[test]
     fn the_payment_token_is_its_own_principal_and_off_by_default() {
         let header = Some(&b"Bearer payment-secret-0123"[..]);
-        assert_eq!(Auth::new("admin-secret", "hmac").authenticate(header, 1), None);
-        let auth = Auth::new("admin-secret", "hmac").with_payment_token(Some("payment-secret-0123"));
+        assert_eq!(
+            Auth::new("admin-secret", "hmac").authenticate(header, 1),
+            None
+        );
+        let auth =
+            Auth::new("admin-secret", "hmac").with_payment_token(Some("payment-secret-0123"));
         assert_eq!(auth.authenticate(header, 1), Some(Principal::Payment));
         let admin = auth.authenticate(Some(b"Bearer admin-secret"), 1);
         assert_eq!(admin, Some(Principal::Admin));

@@ -289,7 +289,10 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .unwrap_or(crate::payment::DEFAULT_WEBHOOK_TOLERANCE_SECS);
     let webhook_tolerance_secs =
         in_range("webhook_tolerance_secs", webhook_tolerance_secs, 1, 3_600)?;
-    if payment_token.as_ref().is_some_and(|token| *token == admin_token) {
+    if payment_token
+        .as_ref()
+        .is_some_and(|token| *token == admin_token)
+    {
         return Err(ConfigError(
             "`payment_token` must differ from `admin_token`".into(),
         ));

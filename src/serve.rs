@@ -4,9 +4,9 @@
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
 use crate::auth::Auth;
-use crate::payment::Webhook;
 use crate::config::{SecretsSource, ServeConfig};
 use crate::http::ConnLimits;
+use crate::payment::Webhook;
 use crate::sale::book::BookLimits;
 use crate::shard::boot::{NodeOptions, NodeStores, ShardStart};
 use crate::shard::discovery::DiscoverySettings;

@@ -52,7 +52,12 @@ const FILE_KEYS: &[&str] = &[
 
 /// Keys that must be documented but never given a value in the example: secrets live in the env
 /// file.
-const SECRET_KEYS: &[&str] = &["admin_token", "token_secret", "payment_token", "webhook_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "admin_token",
+    "token_secret",
+    "payment_token",
+    "webhook_secret",
+];
 
 /// Fails to compile when `FileConfig` gains or loses a field, so [`FILE_KEYS`] stays complete.
 #[allow(dead_code)]

@@ -49,7 +49,10 @@ fn status_of(c: &mut Client, id: &str) -> Value {
 fn the_payment_token_pays_the_right_amount_once_per_payment_ref() {
     let s = Server::start(2, &[]);
     let sale = priced_sale(&s, "pay-tok", 1_999, "EUR");
-    assert_eq!((sale["price"].clone(), sale["currency"].clone()), (json!(1_999), json!("EUR")));
+    assert_eq!(
+        (sale["price"].clone(), sale["currency"].clone()),
+        (json!(1_999), json!("EUR"))
+    );
     let mut c = s.client();
     let alice = tok("alice");
     let order = c.buy("pay-tok", &alice, 3);
@@ -126,14 +129,27 @@ fn the_payment_token_pays_the_right_amount_once_per_payment_ref() {
         assert_error(&r, 400, "bad_request");
     }
     let long_ref = "r".repeat(129);
-    assert_error(&c.pay_as(&id, PAYMENT_TOKEN, 1, &long_ref), 400, "bad_request");
-    assert_error(&c.pay_as("nope", PAYMENT_TOKEN, 1, "x"), 404, "unknown_order");
+    assert_error(
+        &c.pay_as(&id, PAYMENT_TOKEN, 1, &long_ref),
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &c.pay_as("nope", PAYMENT_TOKEN, 1, "x"),
+        404,
+        "unknown_order",
+    );
 
     // The payment token is no shopper and no admin.
     let r = c.purchase("pay-tok", PAYMENT_TOKEN, Some(1), None);
     assert_error(&r, 401, "unauthorized");
     assert_error(&c.cancel(&id, PAYMENT_TOKEN), 403, "forbidden");
-    let r = c.authed("POST", &format!("/v1/orders/{id}/cancel"), PAYMENT_TOKEN, Some("{}"));
+    let r = c.authed(
+        "POST",
+        &format!("/v1/orders/{id}/cancel"),
+        PAYMENT_TOKEN,
+        Some("{}"),
+    );
     assert_error(&r, 403, "forbidden");
     // It may read an order, to learn what to charge.
     let read = c.get_order(&id, PAYMENT_TOKEN);
@@ -166,19 +182,39 @@ fn the_signed_webhook_pays_and_refuses_bad_stale_or_redated_signatures() {
     // the window: the signature covers both, so neither verifies.
     let signed = signature(WEBHOOK_SECRET, now, &body);
     let tampered = body.replace("1000", "1");
-    assert_error(&webhook(&mut c, Some(&signed), &tampered), 401, "signature_mismatch");
+    assert_error(
+        &webhook(&mut c, Some(&signed), &tampered),
+        401,
+        "signature_mismatch",
+    );
     let captured = signature(WEBHOOK_SECRET, now - 3_600, &body);
     let redated = captured.replace(&format!("t={}", now - 3_600), &format!("t={now}"));
-    assert_error(&webhook(&mut c, Some(&redated), &body), 401, "signature_mismatch");
+    assert_error(
+        &webhook(&mut c, Some(&redated), &body),
+        401,
+        "signature_mismatch",
+    );
     // Correctly signed, but outside the 300 s window either way.
-    assert_error(&webhook(&mut c, Some(&captured), &body), 401, "signature_stale");
+    assert_error(
+        &webhook(&mut c, Some(&captured), &body),
+        401,
+        "signature_stale",
+    );
     let future = signature(WEBHOOK_SECRET, now + 3_600, &body);
-    assert_error(&webhook(&mut c, Some(&future), &body), 401, "signature_stale");
+    assert_error(
+        &webhook(&mut c, Some(&future), &body),
+        401,
+        "signature_stale",
+    );
     assert_eq!(status_of(&mut c, &id)["status"], json!("pending"));
 
     // A wrong amount, correctly signed: refused, still pending.
     let short = json!({"order_id": id, "amount": 999, "payment_ref": "wx_42"}).to_string();
-    let r = webhook(&mut c, Some(&signature(WEBHOOK_SECRET, now, &short)), &short);
+    let r = webhook(
+        &mut c,
+        Some(&signature(WEBHOOK_SECRET, now, &short)),
+        &short,
+    );
     assert_error(&r, 409, "amount_mismatch");
     assert_eq!(status_of(&mut c, &id)["status"], json!("pending"));
 
@@ -195,7 +231,11 @@ fn the_signed_webhook_pays_and_refuses_bad_stale_or_redated_signatures() {
     assert_eq!(webhook(&mut c, Some(&resigned), &body).json(), paid);
     // A second payment of a paid order is refused; the order keeps the first.
     let double = json!({"order_id": id, "amount": 1_000, "payment_ref": "wx_43"}).to_string();
-    let r = webhook(&mut c, Some(&signature(WEBHOOK_SECRET, now, &double)), &double);
+    let r = webhook(
+        &mut c,
+        Some(&signature(WEBHOOK_SECRET, now, &double)),
+        &double,
+    );
     assert_error(&r, 409, "order_paid");
     assert_eq!(status_of(&mut c, &id)["payment_ref"], json!("wx_42"));
 
@@ -209,7 +249,11 @@ fn the_signed_webhook_pays_and_refuses_bad_stale_or_redated_signatures() {
         assert_error(&r, 400, "bad_request");
     }
     let unknown = json!({"order_id": "nope", "amount": 1, "payment_ref": "x"}).to_string();
-    let r = webhook(&mut c, Some(&signature(WEBHOOK_SECRET, now, &unknown)), &unknown);
+    let r = webhook(
+        &mut c,
+        Some(&signature(WEBHOOK_SECRET, now, &unknown)),
+        &unknown,
+    );
     assert_error(&r, 404, "unknown_order");
 }
 
@@ -220,7 +264,11 @@ fn the_webhook_tolerance_is_configurable() {
     let mut c = s.client();
     let body = r#"{"order_id":"nope","amount":1,"payment_ref":"x"}"#;
     let minute_ago = signature(WEBHOOK_SECRET, now_secs() - 60, body);
-    assert_error(&webhook(&mut c, Some(&minute_ago), body), 401, "signature_stale");
+    assert_error(
+        &webhook(&mut c, Some(&minute_ago), body),
+        401,
+        "signature_stale",
+    );
     let fresh = signature(WEBHOOK_SECRET, now_secs(), body);
     assert_error(&webhook(&mut c, Some(&fresh), body), 404, "unknown_order");
 }
@@ -230,7 +278,10 @@ fn price_and_currency_are_validated() {
     let s = Server::start(1, &[]);
     let mut c = s.client();
     let free = c.create_sale("free", &sale_spec(1, 1));
-    assert_eq!((free["price"].clone(), free["currency"].clone()), (json!(0), json!("CNY")));
+    assert_eq!(
+        (free["price"].clone(), free["currency"].clone()),
+        (json!(0), json!("CNY"))
+    );
     let order = c.buy("free", &tok("dave"), 1);
     assert_eq!(order["amount"], json!(0), "{order}");
     for (field, value) in [

@@ -269,7 +269,7 @@ impl Book {
                 order_id,
                 status,
                 payment_ref,
-            } => self.close(order_id, *status, payment_ref.as_ref()),
+            } => self.close(order_id, *status, payment_ref.as_deref()),
             Event::UserBlocked(user_id, true) => {
                 self.blocked.insert(user_id.clone());
             }
@@ -530,7 +530,7 @@ impl Book {
         (reply, Some(event))
     }
 
-    fn close(&mut self, id: &OrderId, status: OrderStatus, payment_ref: Option<&Box<str>>) {
+    fn close(&mut self, id: &OrderId, status: OrderStatus, payment_ref: Option<&str>) {
         let Some(order) = self.orders.get_mut(&id.unique) else {
             return;
         };
@@ -538,7 +538,7 @@ impl Book {
             return;
         }
         order.status = status;
-        order.payment_ref = payment_ref.cloned();
+        order.payment_ref = payment_ref.map(Box::from);
         self.order_counts.remove(OrderStatus::Pending);
         self.order_counts.add(status);
         if status == OrderStatus::Paid {

@@ -907,12 +907,7 @@ impl Client {
     /// `POST /v1/orders/{id}/pay` with bearer `token`, naming `amount` and `payment_ref`.
     pub fn pay_as(&mut self, id: &str, token: &str, amount: u64, payment_ref: &str) -> Response {
         let body = json!({ "amount": amount, "payment_ref": payment_ref }).to_string();
-        self.authed(
-            "POST",
-            &format!("/v1/orders/{id}/pay"),
-            token,
-            Some(&body),
-        )
+        self.authed("POST", &format!("/v1/orders/{id}/pay"), token, Some(&body))
     }
 
     pub fn cancel(&mut self, id: &str, token: &str) -> Response {

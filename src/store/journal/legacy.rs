@@ -166,15 +166,28 @@ mod tests {
         let Entry::Event(Event::OrderCreated { order, .. }) = &read[1] else {
             panic!("{:?}", read[1]);
         };
-        assert_eq!((order.amount, order.quantity, &order.payment_ref), (0, 2, &None));
+        assert_eq!(
+            (order.amount, order.quantity, &order.payment_ref),
+            (0, 2, &None)
+        );
         assert!(matches!(
             &read[2],
-            Entry::Event(Event::OrderClosed { payment_ref: None, status: OrderStatus::Paid, .. })
+            Entry::Event(Event::OrderClosed {
+                payment_ref: None,
+                status: OrderStatus::Paid,
+                ..
+            })
         ));
-        assert!(matches!(&read[3], Entry::Event(Event::UserBlocked(_, true))));
+        assert!(matches!(
+            &read[3],
+            Entry::Event(Event::UserBlocked(_, true))
+        ));
         assert!(matches!(
             &read[4],
-            Entry::SnapshotEnd { events: 4, covers_lsn: 9 }
+            Entry::SnapshotEnd {
+                events: 4,
+                covers_lsn: 9
+            }
         ));
     }
 }
