@@ -12,26 +12,41 @@ use crate::sale::model::{default_currency, Order, OrderStatus, Sale};
 /// [`Sale`] before prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaleV1 {
-    sku: Box<str>,
-    name: Box<str>,
-    stock: u64,
-    starts_at: u64,
-    ends_at: u64,
-    per_user_limit: u32,
-    payment_timeout_ms: u64,
-    rate_limit_per_sec: u32,
+    /// See the current struct's field of this name.
+    pub sku: Box<str>,
+    /// See the current struct's field of this name.
+    pub name: Box<str>,
+    /// See the current struct's field of this name.
+    pub stock: u64,
+    /// See the current struct's field of this name.
+    pub starts_at: u64,
+    /// See the current struct's field of this name.
+    pub ends_at: u64,
+    /// See the current struct's field of this name.
+    pub per_user_limit: u32,
+    /// See the current struct's field of this name.
+    pub payment_timeout_ms: u64,
+    /// See the current struct's field of this name.
+    pub rate_limit_per_sec: u32,
 }
 
 /// [`Order`] before amounts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderV1 {
-    order_id: OrderId,
-    sku: Box<str>,
-    user_id: Box<str>,
-    quantity: u32,
-    status: OrderStatus,
-    created_at: u64,
-    expires_at: u64,
+    /// See the current struct's field of this name.
+    pub order_id: OrderId,
+    /// See the current struct's field of this name.
+    pub sku: Box<str>,
+    /// See the current struct's field of this name.
+    pub user_id: Box<str>,
+    /// See the current struct's field of this name.
+    pub quantity: u32,
+    /// See the current struct's field of this name.
+    pub status: OrderStatus,
+    /// See the current struct's field of this name.
+    pub created_at: u64,
+    /// See the current struct's field of this name.
+    pub expires_at: u64,
 }
 
 /// [`Event`] before prices, in the same variant order.
