@@ -422,10 +422,16 @@ fn crash_round(round: usize) {
                 a.order_id, a.pay
             ));
         }
+        // Paying changes the status and records the payment's reference; nothing else changes.
+        if status == "paid" && now["payment_ref"] != json!(format!("ref-{}", a.order_id)) {
+            problems.push(format!("paid order without its payment_ref: {now}"));
+        }
         let mut before = a.order.clone();
         let mut after = now.clone();
-        before["status"] = Value::Null;
-        after["status"] = Value::Null;
+        for field in ["status", "payment_ref"] {
+            before[field] = Value::Null;
+            after[field] = Value::Null;
+        }
         if before != after {
             problems.push(format!(
                 "order changed across the crash: acknowledged {} now {}",
