@@ -319,3 +319,50 @@ fn price_and_currency_are_validated() {
         "order_paid",
     );
 }
+
+/// Prints what paying costs over loopback (no assertion on time: the machine is shared). One
+/// connection, sequential calls, debug build unless run with `--release`.
+#[test]
+fn payment_costs_are_printed() {
+    const N: usize = 40; // two orders per N fit in the sale's stock of 100
+    let s = Server::start(2, &[]);
+    priced_sale(&s, "pay-cost", 100, "CNY");
+    let mut c = s.client();
+    let ids: Vec<String> = (0..2 * N)
+        .map(|i| order_id(&c.buy("pay-cost", &tok(&format!("cost-{i}")), 1)))
+        .collect();
+    let started = std::time::Instant::now();
+    for id in &ids[..N] {
+        assert_status(&c.pay_as(id, PAYMENT_TOKEN, 100, &format!("t-{id}")), 200);
+    }
+    let by_token = started.elapsed();
+    let now = now_secs();
+    let started = std::time::Instant::now();
+    for id in &ids[N..] {
+        let body = json!({"order_id": id, "amount": 100, "payment_ref": format!("w-{id}")});
+        let body = body.to_string();
+        let r = webhook(&mut c, Some(&signature(WEBHOOK_SECRET, now, &body)), &body);
+        assert_status(&r, 200);
+    }
+    let by_webhook = started.elapsed();
+    let body = json!({"order_id": ids[0], "amount": 100, "payment_ref": "x"}).to_string();
+    let forged = signature("forged-secret-0123456789", now, &body);
+    let started = std::time::Instant::now();
+    for _ in 0..N {
+        assert_error(
+            &webhook(&mut c, Some(&forged), &body),
+            401,
+            "signature_mismatch",
+        );
+    }
+    let refused = started.elapsed();
+    let per = |d: std::time::Duration| d.as_micros() / N as u128;
+    println!(
+        "payment costs ({} mode, {N} sequential calls each): token pay {} us/call, \
+         webhook pay {} us/call, forged webhook refused {} us/call",
+        if redis_mode() { "redis" } else { "embedded" },
+        per(by_token),
+        per(by_webhook),
+        per(refused)
+    );
+}
