@@ -349,6 +349,8 @@ fn sale(stock: u64, per_user_limit: u32) -> Sale {
         per_user_limit,
         payment_timeout_ms: 900_000,
         rate_limit_per_sec: 0,
+        price: 149_900,
+        currency: "CNY".into(),
     }
 }
 
@@ -441,6 +443,8 @@ fn order_created() -> Event {
             status: OrderStatus::Pending,
             created_at: NOW_MS,
             expires_at: NOW_MS + 900_000,
+            amount: 149_900,
+            payment_ref: None,
         },
         idempotency_key: Some("01K5A7Q2ZJ8W3X9V4N6M0R1T5Y".into()),
     }

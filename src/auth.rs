@@ -1,4 +1,5 @@
-//! Who is calling: the admin (a shared bearer token) or a shopper (a signed, expiring token).
+//! Who is calling: the admin (a shared bearer token), the payment service (another shared bearer
+//! token, optional) or a shopper (a signed, expiring token).
 //!
 //! Shopper tokens are `<user_id>.<expires_unix_seconds>.<sig>` with
 //! `sig = base64url_nopad(HMAC-SHA256(secret, "<user_id>.<expires_unix_seconds>"))`, so any
@@ -10,6 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::payment::Webhook;
 use crate::sale::model::is_valid_id;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -24,6 +26,8 @@ pub enum Principal {
     Admin,
     /// A shopper, by user id.
     Shopper(Box<str>),
+    /// Holder of the payment-service token: may confirm payments, nothing else.
+    Payment,
 }
 
 /// The two secrets and the checks that use them.
@@ -32,6 +36,8 @@ pub struct Auth {
     admin_token: Box<[u8]>,
     token_secret: Box<[u8]>,
     max_token_ttl_secs: u64,
+    payment_token: Option<Box<[u8]>>,
+    webhook: Option<Webhook>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -48,7 +54,27 @@ impl Auth {
             admin_token: admin_token.as_bytes().into(),
             token_secret: token_secret.as_bytes().into(),
             max_token_ttl_secs: DEFAULT_MAX_TOKEN_TTL_SECS,
+            payment_token: None,
+            webhook: None,
         }
+    }
+
+    /// Lets the holder of `token` confirm payments; without one, no bearer token may.
+    pub fn with_payment_token(mut self, token: Option<&str>) -> Self {
+        self.payment_token = token.map(|token| token.as_bytes().into());
+        self
+    }
+
+    /// Accepts payments by the signed webhook checked with `webhook`; without one, the webhook
+    /// is off.
+    pub fn with_webhook(mut self, webhook: Option<Webhook>) -> Self {
+        self.webhook = webhook;
+        self
+    }
+
+    /// The webhook's checker, when the webhook is on.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
     }
 
     /// Accepts shopper tokens that expire at most `secs` from the time they are checked.
@@ -72,6 +98,11 @@ impl Auth {
         }
         if bool::from(token.ct_eq(&self.admin_token)) {
             return Some(Principal::Admin);
+        }
+        if let Some(payment) = &self.payment_token {
+            if bool::from(token.ct_eq(payment)) {
+                return Some(Principal::Payment);
+            }
         }
         self.verify_shopper(token, now_secs).map(Principal::Shopper)
     }
@@ -139,6 +170,20 @@ mod tests {
         assert_eq!(auth.authenticate(Some(b"Bearer admin-secre"), 1_000), None);
         assert_eq!(auth.authenticate(None, 1_000), None);
         assert_eq!(auth.authenticate(Some(b"Basic abc"), 1_000), None);
+    }
+
+    #[test]
+    fn the_payment_token_is_its_own_principal_and_off_by_default() {
+        let header = Some(&b"Bearer payment-secret-0123"[..]);
+        assert_eq!(
+            Auth::new("admin-secret", "hmac").authenticate(header, 1),
+            None
+        );
+        let auth =
+            Auth::new("admin-secret", "hmac").with_payment_token(Some("payment-secret-0123"));
+        assert_eq!(auth.authenticate(header, 1), Some(Principal::Payment));
+        let admin = auth.authenticate(Some(b"Bearer admin-secret"), 1);
+        assert_eq!(admin, Some(Principal::Admin));
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// [default: 86400].
     #[arg(long, env = "SECKILL_MAX_TOKEN_TTL_SECS")]
     pub max_token_ttl_secs: Option<u64>,
+    /// Accept a payment webhook whose signed timestamp is at most this many seconds from now,
+    /// 1..=3600 [default: 300].
+    #[arg(long, env = "SECKILL_WEBHOOK_TOLERANCE_SECS")]
+    pub webhook_tolerance_secs: Option<u64>,
     /// Open connections per shard before new ones get 503 [default: 10000].
     #[arg(long, env = "SECKILL_MAX_CONNECTIONS_PER_SHARD")]
     pub max_connections_per_shard: Option<usize>,

@@ -35,6 +35,14 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// HMAC secret for shopper tokens (env `SECKILL_TOKEN_SECRET` overrides).
     pub token_secret: Option<String>,
+    /// Bearer token of the payment service, which alone may pay orders by API (env
+    /// `SECKILL_PAYMENT_TOKEN` overrides); unset means no token may.
+    pub payment_token: Option<String>,
+    /// HMAC secret of the signed payment webhook (env `SECKILL_WEBHOOK_SECRET` overrides);
+    /// unset means the webhook is off.
+    pub webhook_secret: Option<String>,
+    /// See [`ServeArgs::webhook_tolerance_secs`].
+    pub webhook_tolerance_secs: Option<u64>,
     /// See [`ServeArgs::idle_timeout_ms`].
     pub idle_timeout_ms: Option<u64>,
     /// See [`ServeArgs::max_token_ttl_secs`].
@@ -115,6 +123,12 @@ pub struct ServeConfig {
     pub admin_token: String,
     /// Shopper-token HMAC secret.
     pub token_secret: String,
+    /// The payment service's bearer token, if paying by token is on.
+    pub payment_token: Option<String>,
+    /// The payment webhook's secret, if the webhook is on.
+    pub webhook_secret: Option<String>,
+    /// How far a webhook's timestamp may be from now.
+    pub webhook_tolerance_secs: u64,
     /// Whether the secrets were generated (dev mode).
     pub secrets_source: SecretsSource,
     /// Longest lifetime, from now, of a shopper token that is accepted.
@@ -267,10 +281,36 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
                     .into(),
             )),
         };
+    let payment_token = secret("SECKILL_PAYMENT_TOKEN", file.payment_token.as_ref());
+    let webhook_secret = secret("SECKILL_WEBHOOK_SECRET", file.webhook_secret.as_ref());
+    let webhook_tolerance_secs = args
+        .webhook_tolerance_secs
+        .or(file.webhook_tolerance_secs)
+        .unwrap_or(crate::payment::DEFAULT_WEBHOOK_TOLERANCE_SECS);
+    let webhook_tolerance_secs =
+        in_range("webhook_tolerance_secs", webhook_tolerance_secs, 1, 3_600)?;
+    if payment_token
+        .as_ref()
+        .is_some_and(|token| *token == admin_token)
+    {
+        return Err(ConfigError(
+            "`payment_token` must differ from `admin_token`".into(),
+        ));
+    }
+    let optional = [
+        ("payment_token", payment_token.as_ref()),
+        ("webhook_secret", webhook_secret.as_ref()),
+    ];
+    let optional = optional
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|value| (key, value)));
     for (key, value) in [
         ("admin_token", &admin_token),
         ("token_secret", &token_secret),
-    ] {
+    ]
+    .into_iter()
+    .chain(optional)
+    {
         if value.len() < MIN_SECRET_LEN {
             return Err(ConfigError(format!(
                 "`{key}` must be at least {MIN_SECRET_LEN} bytes"
@@ -418,6 +458,9 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         segment_bytes,
         admin_token,
         token_secret,
+        payment_token,
+        webhook_secret,
+        webhook_tolerance_secs,
         secrets_source,
         max_token_ttl_secs,
         idle_timeout: Duration::from_millis(idle_timeout_ms),

@@ -27,6 +27,7 @@ pub mod json;
 pub mod load;
 pub mod logging;
 pub mod metrics;
+pub mod payment;
 pub mod sale;
 pub mod serve;
 pub mod shard;

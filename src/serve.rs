@@ -6,6 +6,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use crate::auth::Auth;
 use crate::config::{SecretsSource, ServeConfig};
 use crate::http::ConnLimits;
+use crate::payment::Webhook;
 use crate::sale::book::BookLimits;
 use crate::shard::boot::{NodeOptions, NodeStores, ShardStart};
 use crate::shard::discovery::DiscoverySettings;
@@ -104,7 +105,14 @@ fn node_options(config: &ServeConfig) -> NodeOptions {
         durability: config.durability,
         segment_bytes: config.segment_bytes,
         auth: Auth::new(&config.admin_token, &config.token_secret)
-            .with_max_token_ttl(config.max_token_ttl_secs),
+            .with_max_token_ttl(config.max_token_ttl_secs)
+            .with_payment_token(config.payment_token.as_deref())
+            .with_webhook(
+                config
+                    .webhook_secret
+                    .as_deref()
+                    .map(|secret| Webhook::new(secret, config.webhook_tolerance_secs)),
+            ),
         discovery: DiscoverySettings {
             lookups_per_sec: config.redis_lookups_per_sec,
             negative_ttl: config.redis_negative_ttl,

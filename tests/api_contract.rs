@@ -802,7 +802,7 @@ fn per_user_limit_and_stock_checks() {
     s.open_sale("lim", 10, 2);
     let d = tok("d");
     let first = c.buy("lim", &d, 1);
-    assert_status(&c.pay(&order_id(&first), &d), 200);
+    assert_status(&c.pay(&order_id(&first)), 200);
     let second = c.buy("lim", &d, 1);
     assert_error(&c.purchase("lim", &d, Some(1), None), 403, "limit_exceeded");
     assert_status(&c.cancel(&order_id(&second), &d), 200);
@@ -879,14 +879,18 @@ fn pay_and_cancel_transitions() {
     // pending -> paid
     let o1 = c.buy("pc", &alice, 1);
     let id1 = order_id(&o1);
-    assert_error(&c.pay(&id1, &bob), 404, "unknown_order");
-    let r = c.pay(&id1, &alice);
+    // Only the payment side pays: the buyer, another shopper and the admin get 403.
+    for who in [&alice, &bob, ADMIN_TOKEN] {
+        let r = c.pay_as(&id1, who, 0, "ref-x");
+        assert_error(&r, 403, "payment_required_from_provider");
+    }
+    let r = c.pay(&id1);
     assert_status(&r, 200);
     let paid = r.json();
     assert_eq!(paid["status"], json!("paid"), "{paid}");
     assert_eq!(paid["order_id"], json!(id1), "{paid}");
     assert_eq!(paid["quantity"], json!(1), "{paid}");
-    let r = c.pay(&id1, &alice);
+    let r = c.pay(&id1);
     assert_status(&r, 200);
     assert_eq!(r.json()["status"], json!("paid"), "repeat pay: {r}");
     assert_eq!(c.get_order(&id1, &alice).json()["status"], json!("paid"));
@@ -920,7 +924,7 @@ fn pay_and_cancel_transitions() {
         "admin repeat cancel: {r}"
     );
     assert_eq!(c.remaining("pc"), 9, "stock returned only once");
-    assert_error(&c.pay(&id2, &alice), 409, "order_cancelled");
+    assert_error(&c.pay(&id2), 409, "order_cancelled");
     assert_eq!(
         c.get_order(&id2, &alice).json()["status"],
         json!("cancelled")
@@ -939,7 +943,7 @@ fn pay_and_cancel_transitions() {
     assert_eq!(c.remaining("pc"), 9);
 
     for garbage in ["nope", "123"] {
-        assert_error(&c.pay(garbage, &alice), 404, "unknown_order");
+        assert_error(&c.pay(garbage), 404, "unknown_order");
         assert_error(&c.cancel(garbage, &alice), 404, "unknown_order");
         assert_error(&c.cancel(garbage, ADMIN_TOKEN), 404, "unknown_order");
     }

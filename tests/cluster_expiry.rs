@@ -315,7 +315,7 @@ fn a_late_payment_and_the_expiry_never_both_win() {
                         }
                         let mut cb = b.client();
                         let sent = now_ms();
-                        let r = cb.pay(&id, &token);
+                        let r = cb.pay(&id);
                         let got = now_ms();
                         // Same machine, same clock (the scripts read Redis' TIME): the deadline
                         // decides.
@@ -418,8 +418,7 @@ fn a_late_payment_and_the_expiry_never_both_win() {
             assert_eq!(ledger.held.get(user), None, "held[{user}] after expiry");
         }
         // Either node answers the settled state the same way.
-        let token = tok(user);
-        let again = ca.pay(id, &token);
+        let again = ca.pay(id);
         if *paid {
             assert_status(&again, 200);
         } else {

@@ -333,7 +333,7 @@ fn concurrent_pay_and_cancel_have_exactly_one_winner() {
     let results = race_pairs(
         &s,
         ids.clone(),
-        |c, id, token| c.pay(id, token),
+        |c, id, _token| c.pay(id),
         |c, id, token| c.cancel(id, token),
     );
     let mut final_status: HashMap<String, &str> = HashMap::new();

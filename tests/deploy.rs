@@ -26,6 +26,9 @@ const FILE_KEYS: &[&str] = &[
     "data_dir",
     "admin_token",
     "token_secret",
+    "payment_token",
+    "webhook_secret",
+    "webhook_tolerance_secs",
     "idle_timeout_ms",
     "max_token_ttl_secs",
     "max_connections_per_shard",
@@ -49,7 +52,12 @@ const FILE_KEYS: &[&str] = &[
 
 /// Keys that must be documented but never given a value in the example: secrets live in the env
 /// file.
-const SECRET_KEYS: &[&str] = &["admin_token", "token_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "admin_token",
+    "token_secret",
+    "payment_token",
+    "webhook_secret",
+];
 
 /// Fails to compile when `FileConfig` gains or loses a field, so [`FILE_KEYS`] stays complete.
 #[allow(dead_code)]
@@ -60,6 +68,9 @@ fn file_keys_match_the_struct(file: FileConfig) -> usize {
         data_dir: _,
         admin_token: _,
         token_secret: _,
+        payment_token: _,
+        webhook_secret: _,
+        webhook_tolerance_secs: _,
         idle_timeout_ms: _,
         max_token_ttl_secs: _,
         max_connections_per_shard: _,

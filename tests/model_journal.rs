@@ -27,7 +27,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use seckill::sale::audit::BookState;
 use seckill::sale::book::{Book, BookLimits};
-use seckill::sale::command::{Command, Event, Outcome, PurchaseRequest, Requester};
+use seckill::sale::command::{Command, Event, Outcome, Payment, PurchaseRequest, Requester};
 use seckill::sale::ids::OrderId;
 use seckill::sale::Sale;
 use seckill::store::journal::format::{self, Entry, FileKind, SNAPSHOT_MAGIC};
@@ -108,6 +108,8 @@ fn sale(sku: &str, stock: u64, starts_at: u64) -> Sale {
         per_user_limit: 3,
         payment_timeout_ms: 300,
         rate_limit_per_sec: 0,
+        price: 0,
+        currency: "CNY".into(),
     }
 }
 
@@ -154,8 +156,14 @@ impl Driver {
                 idempotency_key: key.map(|k| KEYS[k].into()),
             }),
             Op::Pay(order) => {
-                let (id, buyer) = self.pick(order);
-                Command::Pay(id, buyer)
+                let (id, _) = self.pick(order);
+                Command::Pay(
+                    id,
+                    Payment {
+                        amount: 0,
+                        payment_ref: "ref".into(),
+                    },
+                )
             }
             Op::Cancel(order) => Command::Cancel(self.pick(order).0, Requester::Admin),
             Op::Expire(order) => Command::Expire(self.pick(order).0),

@@ -66,7 +66,7 @@ fn lists_exactly_the_callers_orders_newest_first_with_their_current_status() {
             std::thread::sleep(Duration::from_millis(3));
         }
     }
-    assert_status(&c.pay(&mine[0], &alice), 200);
+    assert_status(&c.pay(&mine[0]), 200);
     assert_status(&c.cancel(&mine[1], &alice), 200);
 
     let listed = list_orders(&mut c, &alice, "");

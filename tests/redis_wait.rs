@@ -62,7 +62,7 @@ fn a_replica_has_every_acknowledged_write_and_without_one_nothing_is_acknowledge
         order_on(&replicas[0], "w", &paid).is_some(),
         "201 before the replica had the order"
     );
-    let r = client.pay(&paid, &tok("payer"));
+    let r = client.pay(&paid);
     assert_eq!(r.status, 200, "{r}");
     let on_replica = order_on(&replicas[0], "w", &paid).expect("the paid order");
     assert_eq!(

@@ -33,6 +33,7 @@ pub(super) fn record<S: crate::store::Store + 'static>(
         Some(Principal::Admin) => "admin",
         Some(Principal::Shopper(_)) if matches!(endpoint, Endpoint::Cancel(_)) => return,
         Some(Principal::Shopper(_)) => "shopper",
+        Some(Principal::Payment) => "payment",
         None => "anonymous",
     };
     let route = endpoint.route(request.method).label();

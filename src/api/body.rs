@@ -99,6 +99,18 @@ impl Fields {
         }
     }
 
+    /// An optional string of `len` characters.
+    pub fn str(
+        &mut self,
+        name: &str,
+        len: RangeInclusive<usize>,
+    ) -> Result<Option<String>, ApiError> {
+        if !self.object.contains_key(name) {
+            return Ok(None);
+        }
+        self.required_str(name, len).map(Some)
+    }
+
     /// Fails on the first field nobody asked for, so typos are not silently ignored.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.object.keys().next() {

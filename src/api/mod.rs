@@ -9,6 +9,7 @@ mod limiter;
 mod listing;
 mod my_orders;
 mod orders;
+mod payments;
 mod resume;
 mod sale_orders;
 mod sales;
@@ -24,6 +25,7 @@ use crate::auth::{Auth, Principal};
 use crate::clock::elapsed_nanos;
 use crate::http::{Handler, Method, Request, RequestId, Response};
 use crate::metrics::Route;
+use crate::payment::SignatureError;
 use crate::shard::Shard;
 use crate::store::Store;
 use error::ApiError;
@@ -144,11 +146,15 @@ impl<S: Store + 'static> Api<S> {
                 _ => Err(not_allowed(GET)),
             },
             Endpoint::Pay(id) => match method {
-                Method::Post => orders::pay(self, request, id).await,
+                Method::Post => payments::pay(self, request, id).await,
                 _ => Err(not_allowed("POST")),
             },
             Endpoint::Cancel(id) => match method {
                 Method::Post => orders::cancel(self, request, id).await,
+                _ => Err(not_allowed("POST")),
+            },
+            Endpoint::Webhook => match method {
+                Method::Post => payments::webhook(self, request).await,
                 _ => Err(not_allowed("POST")),
             },
             Endpoint::Blocklist(user_id) => match method {
@@ -173,6 +179,8 @@ enum BodyAccess {
     Shopper,
     /// Either.
     Caller,
+    /// The payment-service token.
+    Payment,
 }
 
 impl<S: Store + 'static> Api<S> {
@@ -184,7 +192,17 @@ impl<S: Store + 'static> Api<S> {
             (Endpoint::Resume(_), Method::Post) => BodyAccess::Admin,
             (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
             (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
-            (Endpoint::Pay(_) | Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
+            (Endpoint::Pay(_), Method::Post) => BodyAccess::Payment,
+            (Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
+            // The signature is checked once the body is in; only whether it can be is checked
+            // here (the parser bounds the body's size).
+            (Endpoint::Webhook, Method::Post) => {
+                return match (self.auth.webhook(), request.signature) {
+                    (None, _) => Some(payments::webhook_off()),
+                    (Some(_), None) => Some(payments::bad_signature(SignatureError::Missing)),
+                    (Some(_), Some(_)) => None,
+                }
+            }
             (Endpoint::Unknown, _) => return Some(no_such_path()),
             _ => {
                 return Some(ApiError::new(
@@ -194,13 +212,20 @@ impl<S: Store + 'static> Api<S> {
                 ))
             }
         };
-        let allowed = matches!(
-            (access, self.principal(request)),
+        match (access, self.principal(request)) {
             (BodyAccess::Admin, Some(Principal::Admin))
-                | (BodyAccess::Shopper, Some(Principal::Shopper(_)))
-                | (BodyAccess::Caller, Some(_))
-        );
-        (!allowed).then(ApiError::unauthorized)
+            | (BodyAccess::Shopper, Some(Principal::Shopper(_)))
+            | (BodyAccess::Caller, Some(Principal::Admin | Principal::Shopper(_)))
+            | (BodyAccess::Payment, Some(Principal::Payment)) => None,
+            // Shoppers and the admin are known but may not pay: the same 403 the handler gives.
+            (BodyAccess::Payment, Some(_)) => Some(payments::not_the_payment_side()),
+            (BodyAccess::Caller, Some(Principal::Payment)) => Some(ApiError::new(
+                403,
+                "forbidden",
+                "the payment service may only confirm payments",
+            )),
+            _ => Some(ApiError::unauthorized()),
+        }
     }
 }
 
@@ -220,6 +245,7 @@ enum Endpoint<'a> {
     Order(&'a str),
     Pay(&'a str),
     Cancel(&'a str),
+    Webhook,
     Blocklist(&'a str),
     Unknown,
 }
@@ -250,6 +276,7 @@ impl<'a> Endpoint<'a> {
             ["v1", "orders", id] => Endpoint::Order(id),
             ["v1", "orders", id, "pay"] => Endpoint::Pay(id),
             ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
+            ["v1", "payments", "webhook"] => Endpoint::Webhook,
             ["v1", "blocklist", user_id] => Endpoint::Blocklist(user_id),
             _ => Endpoint::Unknown,
         }
@@ -272,6 +299,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Order(_) => Route::GetOrder,
             Endpoint::Pay(_) => Route::PayOrder,
             Endpoint::Cancel(_) => Route::CancelOrder,
+            Endpoint::Webhook => Route::PaymentWebhook,
             Endpoint::Blocklist(_) => Route::Blocklist,
             Endpoint::Unknown => Route::Unmatched,
         }

@@ -58,6 +58,13 @@ pub(super) async fn list<S: Store + 'static>(
                 "a shopper can list only their own orders",
             ))
         }
+        (Principal::Payment, _) => {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                "the payment service may only confirm payments",
+            ))
+        }
         (Principal::Admin, Some(named)) => named,
         (Principal::Admin, None) => {
             return Err(ApiError::new(

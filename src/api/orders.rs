@@ -1,4 +1,4 @@
-//! Order endpoints: read, pay, cancel.
+//! Order endpoints: read and cancel (paying is in `payments`).
 
 use super::error::ApiError;
 use super::{json, Api};
@@ -16,6 +16,11 @@ fn requester<S: Store + 'static>(
     match api.principal(request) {
         Some(Principal::Admin) => Ok(Requester::Admin),
         Some(Principal::Shopper(user_id)) => Ok(Requester::Shopper(user_id)),
+        Some(Principal::Payment) => Err(ApiError::new(
+            403,
+            "forbidden",
+            "the payment service may only confirm payments",
+        )),
         None => Err(ApiError::unauthorized()),
     }
 }
@@ -31,33 +36,18 @@ async fn run<S: Store + 'static>(api: &Api<S>, command: Command) -> Result<Respo
     }
 }
 
-/// `GET /v1/orders/{id}` (the buyer, or admin)
+/// `GET /v1/orders/{id}` (the buyer, the admin, or the payment service)
 pub(super) async fn get<S: Store + 'static>(
     api: &Api<S>,
     request: &Request<'_>,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let requester = requester(api, request)?;
-    run(api, Command::GetOrder(order_id(id)?, requester)).await
-}
-
-/// `POST /v1/orders/{id}/pay` (the buyer)
-pub(super) async fn pay<S: Store + 'static>(
-    api: &Api<S>,
-    request: &Request<'_>,
-    id: &str,
-) -> Result<Response, ApiError> {
-    let user_id = match requester(api, request)? {
-        Requester::Shopper(user_id) => user_id,
-        Requester::Admin => {
-            return Err(ApiError::new(
-                403,
-                "forbidden",
-                "only the buyer can pay an order",
-            ))
-        }
+    // The payment service may read any order, to learn the amount to charge.
+    let requester = match api.principal(request) {
+        Some(Principal::Payment) => Requester::Admin,
+        _ => requester(api, request)?,
     };
-    run(api, Command::Pay(order_id(id)?, user_id)).await
+    run(api, Command::GetOrder(order_id(id)?, requester)).await
 }
 
 /// `POST /v1/orders/{id}/cancel` (the buyer, or admin)

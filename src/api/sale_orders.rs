@@ -39,7 +39,7 @@ pub(super) fn require_admin<S: Store + 'static>(
 ) -> Result<(), ApiError> {
     match api.principal(request) {
         Some(Principal::Admin) => Ok(()),
-        Some(Principal::Shopper(_)) => Err(ApiError::new(
+        Some(Principal::Shopper(_) | Principal::Payment) => Err(ApiError::new(
             403,
             "forbidden",
             "this listing is for the admin only",

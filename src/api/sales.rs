@@ -9,7 +9,7 @@ use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::sale::command::{Command, Outcome, PurchaseRequest};
-use crate::sale::model::is_valid_id;
+use crate::sale::model::{is_valid_currency, is_valid_id, DEFAULT_CURRENCY};
 use crate::sale::{Sale, SaleError};
 use crate::shard::edge::Refusal;
 use crate::store::Store;
@@ -18,6 +18,10 @@ use crate::store::Store;
 const MAX_QUANTITY: u64 = 100;
 /// Most units a sale may offer.
 const MAX_STOCK: u64 = 1_000_000_000;
+/// Highest unit price, in minor units: 10^10 (a hundred million in a two-decimal currency). An
+/// order's amount is then at most 10^12, which Redis' Lua numbers and cjson (14 significant
+/// digits) hold exactly.
+const MAX_PRICE: u64 = 10_000_000_000;
 /// Latest time a sale may start or end: the last millisecond of the year 9999. Well inside the
 /// 2^53 that Redis' Lua numbers hold exactly.
 const MAX_TIME_MS: u64 = 253_402_300_799_999;
@@ -82,7 +86,16 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let rate_limit_per_sec = fields
         .u64("rate_limit_per_sec", 0..=10_000_000)?
         .unwrap_or(0);
+    let price = fields.u64("price", 0..=MAX_PRICE)?.unwrap_or(0);
+    let currency = fields
+        .str("currency", 3..=3)?
+        .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
     fields.finish()?;
+    if !is_valid_currency(&currency) {
+        return Err(ApiError::bad_request(
+            "field `currency` must be an ISO 4217 code: three uppercase letters",
+        ));
+    }
     if ends_at <= starts_at {
         return Err(ApiError::bad_request(
             "field `ends_at` must be after `starts_at`",
@@ -98,6 +111,8 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
         per_user_limit: u32::try_from(per_user_limit).unwrap_or(u32::MAX),
         payment_timeout_ms,
         rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
+        price,
+        currency: currency.into(),
     })
 }
 

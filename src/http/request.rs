@@ -46,6 +46,8 @@ pub struct Request<'buf> {
     pub idempotency_key: Option<&'buf [u8]>,
     /// `X-Request-Id` header value.
     pub request_id: Option<&'buf [u8]>,
+    /// `Seckill-Signature` header value (the payment webhook's signature).
+    pub signature: Option<&'buf [u8]>,
     /// Whether a `Content-Length` header was present.
     pub has_length: bool,
     /// Whether the client sent `Expect: 100-continue` and waits for `100 Continue` before
@@ -159,6 +161,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             request.idempotency_key = Some(value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
             request.request_id = Some(value);
+        } else if name.eq_ignore_ascii_case("seckill-signature") {
+            request.signature = Some(value);
         }
     }
     if hosts > 1 || (http11 && hosts == 0) {

@@ -41,6 +41,8 @@ pub enum Route {
     PayOrder,
     /// `POST /v1/orders/{id}/cancel`
     CancelOrder,
+    /// `POST /v1/payments/webhook`
+    PaymentWebhook,
     /// `PUT` or `DELETE /v1/blocklist/{user_id}`
     Blocklist,
     /// `GET /v1/sales/{sku}/orders` (admin)
@@ -55,7 +57,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 17] = [
+    pub const ALL: [Route; 18] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -68,6 +70,7 @@ impl Route {
         Route::ListOrders,
         Route::PayOrder,
         Route::CancelOrder,
+        Route::PaymentWebhook,
         Route::Blocklist,
         Route::SaleOrders,
         Route::ListBlocklist,
@@ -90,6 +93,7 @@ impl Route {
             Route::ListOrders => "list_orders",
             Route::PayOrder => "pay_order",
             Route::CancelOrder => "cancel_order",
+            Route::PaymentWebhook => "payment_webhook",
             Route::Blocklist => "blocklist",
             Route::SaleOrders => "sale_orders",
             Route::ListBlocklist => "list_blocklist",

@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::command::{Command, Event, Outcome, PurchaseRequest, Reply, Requester, StockLevel};
+use super::command::{
+    Command, Event, Outcome, Payment, PurchaseRequest, Reply, Requester, StockLevel,
+};
 use super::ids::OrderId;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
 use super::sale_orders::SaleOrderIds;
@@ -160,7 +162,7 @@ impl Book {
                     .map(|order| order_outcome(order.clone(), None));
                 (reply, None)
             }
-            Command::Pay(id, user_id) => self.pay(&id, &Requester::Shopper(user_id), now_ms),
+            Command::Pay(id, payment) => self.pay(&id, payment, now_ms),
             Command::Cancel(id, requester) => self.cancel(&id, &requester, now_ms),
             Command::Expire(id) => self.expire_if_due(&id, now_ms),
             Command::ListOrders(sku, user_id) => (
@@ -210,7 +212,9 @@ impl Book {
                     });
                 }
             }
-            Event::OrderClosed { order_id, status } if status.returns_stock() => {
+            Event::OrderClosed {
+                order_id, status, ..
+            } if status.returns_stock() => {
                 let Some(order) = self.orders.get(&order_id.unique) else {
                     return Ok(());
                 };
@@ -267,7 +271,11 @@ impl Book {
                     self.order_counts.remove(replaced.status);
                 }
             }
-            Event::OrderClosed { order_id, status } => self.close(order_id, *status),
+            Event::OrderClosed {
+                order_id,
+                status,
+                payment_ref,
+            } => self.close(order_id, *status, payment_ref.as_deref()),
             Event::UserBlocked(user_id, true) => {
                 self.blocked.insert(user_id.clone());
             }
@@ -397,6 +405,9 @@ impl Book {
         if ledger.remaining < wanted {
             return (Err(SaleError::InsufficientStock), None);
         }
+        let Some(amount) = sale.amount(request.quantity) else {
+            return (Err(SaleError::AmountOverflow), None);
+        };
         let order = Order {
             order_id: OrderId::mint(&request.sku, now_ms, &mut self.rng),
             sku: request.sku,
@@ -405,6 +416,8 @@ impl Book {
             status: OrderStatus::Pending,
             created_at: now_ms,
             expires_at: now_ms.saturating_add(sale.payment_timeout_ms),
+            amount,
+            payment_ref: None,
         };
         let event = Event::OrderCreated {
             order: order.clone(),
@@ -427,8 +440,26 @@ impl Book {
             .ok_or(SaleError::UnknownOrder)
     }
 
-    fn pay(&mut self, id: &OrderId, requester: &Requester, now_ms: u64) -> (Reply, Option<Event>) {
-        self.transition(id, requester, now_ms, OrderStatus::Paid)
+    /// Pays a pending order on the payment side's word. A repeat of the payment that paid it
+    /// (same `payment_ref`) answers the same again; another payment of a paid order is refused
+    /// with `order_paid`, and a wrong amount with `amount_mismatch`, leaving the order pending.
+    fn pay(&mut self, id: &OrderId, payment: Payment, now_ms: u64) -> (Reply, Option<Event>) {
+        let order = match self.visible_order(id, &Requester::Admin) {
+            Ok(order) => order,
+            Err(refusal) => return (Err(refusal), None),
+        };
+        match order.status {
+            OrderStatus::Paid if order.payment_ref.as_deref() == Some(&*payment.payment_ref) => {
+                (Ok(order_outcome(order.clone(), None)), None)
+            }
+            OrderStatus::Pending if now_ms < order.expires_at && order.amount != payment.amount => {
+                (Err(SaleError::AmountMismatch), None)
+            }
+            OrderStatus::Pending if now_ms < order.expires_at => {
+                self.close_with_event(id, OrderStatus::Paid, Some(payment.payment_ref))
+            }
+            _ => self.transition(id, &Requester::Admin, now_ms, OrderStatus::Paid),
+        }
     }
 
     fn cancel(
@@ -455,15 +486,14 @@ impl Book {
             Err(refusal) => return (Err(refusal), None),
         };
         match order.status {
-            status if status == target => (Ok(order_outcome(order.clone(), None)), None),
+            status if status == target && target != OrderStatus::Paid => {
+                (Ok(order_outcome(order.clone(), None)), None)
+            }
             OrderStatus::Pending if now_ms >= order.expires_at => {
-                let (_, event) = self.close_with_event(id, OrderStatus::Expired);
+                let (_, event) = self.close_with_event(id, OrderStatus::Expired, None);
                 (Err(SaleError::OrderExpired), event)
             }
-            OrderStatus::Pending => {
-                let (reply, event) = self.close_with_event(id, target);
-                (reply, event)
-            }
+            OrderStatus::Pending => self.close_with_event(id, target, None),
             OrderStatus::Paid => (Err(SaleError::OrderPaid), None),
             OrderStatus::Cancelled => (Err(SaleError::OrderCancelled), None),
             OrderStatus::Expired => (Err(SaleError::OrderExpired), None),
@@ -477,7 +507,7 @@ impl Book {
     fn expire_if_due(&mut self, id: &OrderId, now_ms: u64) -> (Reply, Option<Event>) {
         match self.orders.get(&id.unique) {
             Some(order) if order.status == OrderStatus::Pending && now_ms >= order.expires_at => {
-                self.close_with_event(id, OrderStatus::Expired)
+                self.close_with_event(id, OrderStatus::Expired, None)
             }
             Some(order) if order.status == OrderStatus::Pending => {
                 (Ok(order_outcome(order.clone(), None)), None)
@@ -486,10 +516,16 @@ impl Book {
         }
     }
 
-    fn close_with_event(&mut self, id: &OrderId, status: OrderStatus) -> (Reply, Option<Event>) {
+    fn close_with_event(
+        &mut self,
+        id: &OrderId,
+        status: OrderStatus,
+        payment_ref: Option<Box<str>>,
+    ) -> (Reply, Option<Event>) {
         let event = Event::OrderClosed {
             order_id: id.clone(),
             status,
+            payment_ref,
         };
         self.apply(&event);
         let stock = self.sales.get(&id.sku).map(SaleLedger::stock);
@@ -500,7 +536,7 @@ impl Book {
         (reply, Some(event))
     }
 
-    fn close(&mut self, id: &OrderId, status: OrderStatus) {
+    fn close(&mut self, id: &OrderId, status: OrderStatus, payment_ref: Option<&str>) {
         let Some(order) = self.orders.get_mut(&id.unique) else {
             return;
         };
@@ -508,6 +544,7 @@ impl Book {
             return;
         }
         order.status = status;
+        order.payment_ref = payment_ref.map(Box::from);
         self.order_counts.remove(OrderStatus::Pending);
         self.order_counts.add(status);
         if status == OrderStatus::Paid {
@@ -560,6 +597,13 @@ mod tests {
 
     const T0: u64 = 1_000_000;
 
+    fn payment() -> Payment {
+        Payment {
+            amount: 0,
+            payment_ref: "ref".into(),
+        }
+    }
+
     fn sale(stock: u64, per_user_limit: u32) -> Sale {
         Sale {
             sku: "sku".into(),
@@ -570,6 +614,8 @@ mod tests {
             per_user_limit,
             payment_timeout_ms: 1_000,
             rate_limit_per_sec: 0,
+            price: 0,
+            currency: "CNY".into(),
         }
     }
 
@@ -610,7 +656,7 @@ mod tests {
         book.execute(cancel.clone(), T0 + 2).0.unwrap();
         book.execute(cancel, T0 + 3).0.unwrap();
         assert_eq!(book.stock_level("sku").remaining, 2);
-        let pay = Command::Pay(first.order_id, "u1".into());
+        let pay = Command::Pay(first.order_id, payment());
         assert_eq!(book.execute(pay, T0 + 4).0, Err(SaleError::OrderCancelled));
     }
 
@@ -621,7 +667,7 @@ mod tests {
             .0
             .unwrap();
         let order = order_of(buy(&mut book, "u1", 1, None));
-        let pay = Command::Pay(order.order_id.clone(), "u1".into());
+        let pay = Command::Pay(order.order_id.clone(), payment());
         let (reply, event) = book.execute(pay, order.expires_at);
         assert_eq!(reply, Err(SaleError::OrderExpired));
         assert!(event.is_some(), "the expiry must be persisted");
@@ -757,6 +803,7 @@ mod tests {
         let close = Event::OrderClosed {
             order_id: order.order_id.clone(),
             status: OrderStatus::Cancelled,
+            payment_ref: None,
         };
         assert!(matches!(
             full.replay(&close),

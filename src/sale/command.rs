@@ -39,6 +39,15 @@ pub struct PurchaseRequest {
     pub idempotency_key: Option<Box<str>>,
 }
 
+/// A payment confirmed by the payment side (its credential or its signed webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    /// What was paid, in minor units of the sale's currency; must equal the order's amount.
+    pub amount: u64,
+    /// The payment side's reference; a repeat with the same one gets the same answer.
+    pub payment_ref: Box<str>,
+}
+
 /// One operation for the owner of a SKU (or, for blocklist changes, the home shard of a user).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -50,8 +59,8 @@ pub enum Command {
     Purchase(PurchaseRequest),
     /// Read an order.
     GetOrder(OrderId, Requester),
-    /// Pay a pending order (only its buyer may).
-    Pay(OrderId, Box<str>),
+    /// Pay a pending order, on the payment side's word.
+    Pay(OrderId, Payment),
     /// Cancel a pending order.
     Cancel(OrderId, Requester),
     /// Expire a pending order whose deadline has passed; a no-op otherwise.
@@ -160,6 +169,8 @@ pub enum Event {
         order_id: OrderId,
         /// Paid, cancelled or expired.
         status: OrderStatus,
+        /// The payment's reference, when paid.
+        payment_ref: Option<Box<str>>,
     },
     /// A user was blocked (`true`) or unblocked (`false`).
     UserBlocked(Box<str>, bool),

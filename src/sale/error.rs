@@ -67,7 +67,11 @@ refusals! {
     /// The order was cancelled.
     OrderCancelled => 409, "order_cancelled", "the order was cancelled";
     /// A paid order cannot be cancelled.
-    OrderPaid => 409, "order_paid", "the order is already paid";
+    OrderPaid => 409, "order_paid", "the order is already paid (by another payment, if one was named)";
+    /// A payment named an amount other than the order's; the order stays pending.
+    AmountMismatch => 409, "amount_mismatch", "the amount paid is not the order's amount";
+    /// An order's amount would not fit in 64 bits.
+    AmountOverflow => 400, "amount_overflow", "the order's amount is too large";
     /// The store could not be reached or did not confirm in time.
     Unavailable => 503, "unavailable", "the store is unavailable, try again";
     /// The shared store lost writes of this sale (its state went backwards); it sells nothing

@@ -141,6 +141,8 @@ mod tests {
             status,
             created_at: 1_000,
             expires_at: 2_050,
+            amount: 0,
+            payment_ref: None,
         };
         let mut queue = ExpiryQueue::new();
         let reply = |status| {

@@ -35,9 +35,33 @@ pub struct Sale {
     pub payment_timeout_ms: u64,
     /// Node-wide admission rate for purchases; 0 means unlimited.
     pub rate_limit_per_sec: u32,
+    /// Price of one unit in the currency's minor units (cents, fen); 0 when the admin set none.
+    #[serde(default)]
+    pub price: u64,
+    /// ISO 4217 code of the price's currency: three uppercase letters.
+    #[serde(default = "default_currency")]
+    pub currency: Box<str>,
+}
+
+/// The currency of a sale whose definition names none.
+pub const DEFAULT_CURRENCY: &str = "CNY";
+
+/// [`DEFAULT_CURRENCY`], for serde.
+pub fn default_currency() -> Box<str> {
+    DEFAULT_CURRENCY.into()
+}
+
+/// Whether `code` looks like an ISO 4217 currency code: three ASCII uppercase letters.
+pub fn is_valid_currency(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 impl Sale {
+    /// What `quantity` units cost, or `None` if it does not fit in a `u64`.
+    pub fn amount(&self, quantity: u32) -> Option<u64> {
+        self.price.checked_mul(u64::from(quantity))
+    }
+
     /// Whether the window has opened at `now_ms`.
     pub fn has_started(&self, now_ms: u64) -> bool {
         now_ms >= self.starts_at
@@ -84,6 +108,10 @@ pub struct SaleView {
     pub payment_timeout_ms: u64,
     /// See [`Sale::rate_limit_per_sec`].
     pub rate_limit_per_sec: u32,
+    /// See [`Sale::price`].
+    pub price: u64,
+    /// See [`Sale::currency`].
+    pub currency: Box<str>,
     /// Derived from the window and `remaining` at the time of the view.
     pub state: SaleState,
     /// The sale's stock-change counter at the time of the view (internal, not serialised).
@@ -113,6 +141,8 @@ impl SaleView {
             per_user_limit: sale.per_user_limit,
             payment_timeout_ms: sale.payment_timeout_ms,
             rate_limit_per_sec: sale.rate_limit_per_sec,
+            price: sale.price,
+            currency: sale.currency.clone(),
             state,
             stock_seq,
         }
@@ -204,6 +234,13 @@ pub struct Order {
     pub created_at: u64,
     /// When a pending order expires.
     pub expires_at: u64,
+    /// What the order costs: the sale's price times the quantity, in minor units of the sale's
+    /// currency. 0 for orders made before sales had prices.
+    #[serde(default)]
+    pub amount: u64,
+    /// The payment side's reference for the payment that paid this order.
+    #[serde(default)]
+    pub payment_ref: Option<Box<str>>,
 }
 
 #[cfg(test)]

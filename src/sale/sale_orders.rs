@@ -98,6 +98,8 @@ mod tests {
             per_user_limit: 1,
             payment_timeout_ms: 60_000,
             rate_limit_per_sec: 0,
+            price: 0,
+            currency: "CNY".into(),
         }
     }
 

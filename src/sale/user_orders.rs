@@ -89,6 +89,8 @@ mod tests {
             per_user_limit: 1,
             payment_timeout_ms: 1_000,
             rate_limit_per_sec: 0,
+            price: 0,
+            currency: "CNY".into(),
         };
         book.execute(Command::UpsertSale(sale), T0 - 20)
             .0

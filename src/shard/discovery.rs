@@ -266,5 +266,7 @@ fn sale_of(view: &SaleView) -> Sale {
         per_user_limit: view.per_user_limit,
         payment_timeout_ms: view.payment_timeout_ms,
         rate_limit_per_sec: view.rate_limit_per_sec,
+        price: view.price,
+        currency: view.currency.clone(),
     }
 }

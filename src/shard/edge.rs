@@ -331,6 +331,8 @@ mod tests {
                 per_user_limit: 1,
                 payment_timeout_ms: 1000,
                 rate_limit_per_sec: rate,
+                price: 0,
+                currency: "CNY".into(),
             },
             version: 1,
         }

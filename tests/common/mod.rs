@@ -32,6 +32,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const ADMIN_TOKEN: &str = "it-admin-token-5f1c2b7e0d";
 pub const SECRET: &str = "it-token-secret-9a8b7c6d5e4f";
+/// The payment service's bearer token every harness server accepts.
+pub const PAYMENT_TOKEN: &str = "it-payment-token-3e5d7c9b1a";
+/// The payment webhook's HMAC secret every harness server checks signatures with.
+pub const WEBHOOK_SECRET: &str = "it-webhook-secret-2c4e6a8b0d";
 pub const BIN: &str = env!("CARGO_BIN_EXE_seckill");
 /// Socket read/write timeout: generous, only there so a broken server makes a
 /// test fail instead of hanging forever.
@@ -894,8 +898,16 @@ impl Client {
         self.authed("GET", &format!("/v1/orders/{id}"), token, None)
     }
 
-    pub fn pay(&mut self, id: &str, token: &str) -> Response {
-        self.authed("POST", &format!("/v1/orders/{id}/pay"), token, None)
+    /// Pays order `id` as the payment service, for the amount of a free sale (every sale the
+    /// harness opens has no price) and the reference `ref-<id>`.
+    pub fn pay(&mut self, id: &str) -> Response {
+        self.pay_as(id, PAYMENT_TOKEN, 0, &format!("ref-{id}"))
+    }
+
+    /// `POST /v1/orders/{id}/pay` with bearer `token`, naming `amount` and `payment_ref`.
+    pub fn pay_as(&mut self, id: &str, token: &str, amount: u64, payment_ref: &str) -> Response {
+        let body = json!({ "amount": amount, "payment_ref": payment_ref }).to_string();
+        self.authed("POST", &format!("/v1/orders/{id}/pay"), token, Some(&body))
     }
 
     pub fn cancel(&mut self, id: &str, token: &str) -> Response {

@@ -68,6 +68,8 @@ pub fn seckill_cmd() -> Command {
     }
     cmd.env("SECKILL_ADMIN_TOKEN", super::ADMIN_TOKEN)
         .env("SECKILL_TOKEN_SECRET", super::SECRET)
+        .env("SECKILL_PAYMENT_TOKEN", super::PAYMENT_TOKEN)
+        .env("SECKILL_WEBHOOK_SECRET", super::WEBHOOK_SECRET)
         .env("RUST_LOG", "warn")
         // The 300 ms default Redis budget is met easily in production, but a debug build on a
         // machine loaded many times over misses it now and then; tests of the budget itself

@@ -21,8 +21,13 @@ use crate::sale::command::Event;
 pub const SEGMENT_MAGIC: &[u8; 4] = b"SKLG";
 /// Magic bytes of a snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"SKSN";
-/// Version of this format, written into every header.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of this format, written into every header. Version 3 added prices and payment
+/// references (the [`Entry::Event`] variant); version 2 files are still read, and their
+/// [`Entry::EventV1`] records upgraded. A build that reads only version 2 refuses version 3 files
+/// by their header instead of misreading them.
+pub const FORMAT_VERSION: u32 = 3;
+/// Oldest version this build still reads.
+const OLDEST_READABLE_VERSION: u32 = 2;
 /// Bytes in a file header.
 pub const HEADER_LEN: usize = 16;
 /// Bytes in a record header: length, checksum, LSN.
@@ -42,8 +47,8 @@ const SCAN_BUDGET_BASE: usize = 1 << 20;
 /// What a record holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
-    /// A state change.
-    Event(Event),
+    /// A state change as written before prices; reading upgrades it to [`Entry::Event`].
+    EventV1(super::legacy::EventV1),
     /// Last record of a complete snapshot: how many events precede it, and the last journal LSN
     /// the snapshot covers (the next segment continues at `covers_lsn + 1`).
     SnapshotEnd {
@@ -52,6 +57,18 @@ pub enum Entry {
         /// Last LSN of the log folded into this snapshot.
         covers_lsn: u64,
     },
+    /// A state change.
+    Event(Event),
+}
+
+impl Entry {
+    /// The entry in the current shape: old events are upgraded.
+    pub(crate) fn upgraded(self) -> Self {
+        match self {
+            Entry::EventV1(old) => Entry::Event(old.into()),
+            entry => entry,
+        }
+    }
 }
 
 /// Why a file could not be read.
@@ -179,11 +196,11 @@ pub fn parse(
         return Err(corrupt(path, 0, "missing or wrong file header"));
     }
     let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(corrupt(
             path,
             4,
-            format!("format version {version}, this build reads {FORMAT_VERSION}"),
+            format!("format version {version}, this build reads {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}"),
         ));
     }
     let mut seq_bytes = [0u8; 8];
@@ -208,7 +225,7 @@ pub fn parse(
                     let entry: Entry = postcard::from_bytes(payload).map_err(|error| {
                         corrupt(path, offset, format!("undecodable record: {error}"))
                     })?;
-                    entries.push(entry);
+                    entries.push(entry.upgraded());
                     last_lsn = lsn;
                     offset = next;
                     None

@@ -3,6 +3,7 @@
 //! start.
 
 pub mod format;
+pub mod legacy;
 pub mod recovery;
 pub mod writer;
 

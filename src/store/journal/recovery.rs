@@ -223,6 +223,7 @@ fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event
     for entry in file.entries {
         match entry {
             Entry::Event(event) => events.push(event),
+            Entry::EventV1(old) => events.push(old.into()),
             Entry::SnapshotEnd {
                 events: count,
                 covers_lsn,
@@ -264,6 +265,7 @@ fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event
         next_lsn = file.last_lsn + 1;
         events.extend(file.entries.into_iter().filter_map(|entry| match entry {
             Entry::Event(event) => Some(event),
+            Entry::EventV1(old) => Some(old.into()),
             Entry::SnapshotEnd { .. } => None,
         }));
     }

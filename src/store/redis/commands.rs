@@ -9,7 +9,9 @@ use fred::types::Value;
 use super::decode::{decode_order, decode_sale, int_at, refusal_at, str_at};
 use super::{batch, keys, RedisError, RedisStore, EXPIRE_PER_SWEEP};
 use crate::clock::now_ms;
-use crate::sale::command::{Command, Outcome, Reply, Requester, SaleOrdersQuery, StockLevel};
+use crate::sale::command::{
+    Command, Outcome, Payment, Reply, Requester, SaleOrdersQuery, StockLevel,
+};
 use crate::sale::ids::OrderId;
 use crate::sale::{Sale, SaleError, SaleView};
 
@@ -44,6 +46,8 @@ impl RedisStore {
             sale.per_user_limit.to_string(),
             sale.payment_timeout_ms.to_string(),
             sale.rate_limit_per_sec.to_string(),
+            sale.price.to_string(),
+            sale.currency.to_string(),
         ];
         args.extend(blocked.iter().cloned());
         // Acknowledged like a purchase: a sale only the master had would vanish in a failover.
@@ -119,17 +123,26 @@ impl RedisStore {
         })
     }
 
-    async fn transition(&self, id: &OrderId, requester: &Requester, target: &str) -> Reply {
+    async fn transition(
+        &self,
+        id: &OrderId,
+        requester: &Requester,
+        target: &str,
+        payment: Option<Payment>,
+    ) -> Reply {
         let who = match requester {
             Requester::Admin => "*".to_owned(),
             Requester::Shopper(user) => user.to_string(),
         };
-        let args = vec![
+        let mut args = vec![
             self.0.retention.to_string(),
             id.to_string(),
             who,
             target.to_owned(),
         ];
+        if let Some(payment) = payment {
+            args.extend([payment.amount.to_string(), payment.payment_ref.into()]);
+        }
         let reply = self
             .acknowledged_script(&self.0.scripts.transition, &id.sku, args, &Cell::new(false))
             .await?;
@@ -252,11 +265,13 @@ impl RedisStore {
             },
             Command::Purchase(request) => batch::purchase(self, request).await,
             Command::GetOrder(id, requester) => self.get_order(&id, &requester).await,
-            Command::Pay(id, user) => {
-                self.transition(&id, &Requester::Shopper(user), "paid")
+            Command::Pay(id, payment) => {
+                self.transition(&id, &Requester::Admin, "paid", Some(payment))
                     .await
             }
-            Command::Cancel(id, requester) => self.transition(&id, &requester, "cancelled").await,
+            Command::Cancel(id, requester) => {
+                self.transition(&id, &requester, "cancelled", None).await
+            }
             Command::Expire(id) => {
                 let args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
                 self.script(&self.0.scripts.sync, &id.sku, args).await?;

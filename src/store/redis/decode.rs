@@ -7,6 +7,7 @@ use fred::types::Value;
 
 use super::RedisError;
 use crate::sale::command::StockLevel;
+use crate::sale::model::{default_currency, is_valid_currency};
 use crate::sale::{Order, Sale, SaleError};
 
 /// The sale and level from a `SYNC` reply; `None` for an unknown SKU.
@@ -30,6 +31,12 @@ pub(super) fn decode_sale(
         per_user_limit: u32::try_from(int(4)?).unwrap_or(u32::MAX),
         payment_timeout_ms: int(5)?,
         rate_limit_per_sec: u32::try_from(int(6)?).unwrap_or(u32::MAX),
+        // A sale written before prices has neither: free, in the default currency.
+        price: int_at(&fields, 12).unwrap_or(0),
+        currency: str_at(&fields, 13)
+            .ok()
+            .filter(|code| is_valid_currency(code))
+            .map_or_else(default_currency, Into::into),
     };
     let level = StockLevel {
         remaining: int(7)?,

@@ -199,6 +199,8 @@ impl RedisStore {
                 sale.per_user_limit.to_string(),
                 sale.payment_timeout_ms.to_string(),
                 sale.rate_limit_per_sec.to_string(),
+                sale.price.to_string(),
+                sale.currency.to_string(),
             ]);
             // The index of sales may be gone too; the sync finds sales through it.
             let index = keys::sales(&self.0.prefix);

@@ -145,7 +145,9 @@ pub const PURCHASE: &str = concat!(
     r#"
 local n = tonumber(ARGV[2])
 local results = {}
-local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms')
+local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms', 'price')
+-- The API bounds the price so that price * 100 units stays exact in a Lua number and in cjson.
+local price = tonumber(sale[5] or '0')
 local now = now_ms()
 -- Stock is read once and written once per batch: the script runs atomically, so nothing else
 -- can change it in between, and Redis does two commands fewer per purchase.
@@ -192,7 +194,8 @@ for i = 0, n - 1 do
       answer('err', 'insufficient_stock')
     else
       local o = {order_id = id, sku = string.match(id, '%.(.*)$'), user_id = user, quantity = qty,
-                 status = 'pending', created_at = now, expires_at = now + tonumber(sale[4]), idem = idem}
+                 status = 'pending', created_at = now, expires_at = now + tonumber(sale[4]), idem = idem,
+                 amount = qty * price}
       local json = cjson.encode(o)
       remaining = remaining - qty
       seq = seq + 1
@@ -217,8 +220,11 @@ return results
 "#
 );
 
-/// Pay or cancel: `ARGV = [retention, order_id, requester, target]`, where requester is a user id
-/// or `*` for an admin and target is `paid` or `cancelled`. A pending order past its deadline
+/// Pay or cancel: `ARGV = [retention, order_id, requester, target, amount?, payment_ref?]`,
+/// where requester is a user id or `*` for an admin (and the payment side) and target is `paid`
+/// (with the amount and reference the payment side named) or `cancelled`. A payment of another
+/// amount is refused (`amount_mismatch`) and changes nothing; a paid order answers a repeat of
+/// its payment (same reference) as before and refuses any other (`order_paid`). A pending order past its deadline
 /// expires instead (stock returns once) and the answer is `order_expired`: whichever of a late
 /// payment and the expiry comes first wins. Returns `{outcome, order_json_or_code, remaining,
 /// seq}`.
@@ -232,12 +238,19 @@ local remaining, seq = level()
 if not o or (requester ~= '*' and o.user_id ~= requester) then
   return {'err', 'unknown_order', remaining, seq}
 end
-if o.status == target then return {'ok', raw, remaining, seq} end
+local paying, ref = target == 'paid', ARGV[6]
+if o.status == target and not (paying and o.payment_ref ~= ref) then
+  return {'ok', raw, remaining, seq}
+end
 if o.status == 'pending' then
   if now_ms() >= o.expires_at then
     close(o, 'expired', retention)
     remaining, seq = level()
     return {'err', 'order_expired', remaining, seq}
+  end
+  if paying then
+    if (o.amount or 0) ~= tonumber(ARGV[5]) then return {'err', 'amount_mismatch', remaining, seq} end
+    o.payment_ref = ref
   end
   close(o, target, retention)
   remaining, seq = level()
@@ -256,7 +269,7 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 /// many nodes sweep, and none is missed when a node dies. Returns `{}` for an unknown SKU, `{'',
 /// marker}` for a gone one with the regression marker, else `{name, stock, starts_at, ends_at,
 /// per_user_limit, payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch,
-/// marker_or_empty}`. A node whose view is newer than the marker's `last_seen` (same epoch)
+/// marker_or_empty, price, currency}` (price 0 and currency empty for a sale made before prices). A node whose view is newer than the marker's `last_seen` (same epoch)
 /// widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(
     prelude!(),
@@ -284,12 +297,14 @@ local remaining, seq = level()
 local epoch = tonumber(sale[8] or '0')
 for i = 2, 7 do sale[i] = tonumber(sale[i]) end
 sale[8], sale[9], sale[10], sale[11], sale[12] = remaining, seq, expired, epoch, marker or ''
+local priced = redis.call('HMGET', K.sale, 'price', 'currency')
+sale[13], sale[14] = tonumber(priced[1] or '0'), priced[2] or ''
 return sale
 "#
 );
 
 /// Creates or replaces a sale: `ARGV = [name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec, blocked_user*]`. A sale that has started cannot be
+/// payment_timeout_ms, rate_limit_per_sec, price, currency, blocked_user*]`. A sale that has started cannot be
 /// replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
 /// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
 /// seq, epoch}` (a replaced sale keeps its epoch).
@@ -301,17 +316,18 @@ local starts = redis.call('HGET', K.sale, 'starts_at')
 if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
 redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser, K.ids)
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
-           'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7])
+           'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7],
+           'price', ARGV[8], 'currency', ARGV[9])
 redis.call('SET', K.remaining, ARGV[2])
 local seq = redis.call('INCR', K.seq)
-for i = 8, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
+for i = 10, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
 return {'ok', tonumber(ARGV[2]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
 "#
 );
 
 /// Resumes a SKU whose store regressed, on an operator's order: `ARGV = [epoch, seq, remaining,
 /// starts_at, node, wanted_remaining, (name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec)?]`: the calling node's last view, the remaining stock
+/// payment_timeout_ms, rate_limit_per_sec, price, currency)?]`: the calling node's last view, the remaining stock
 /// the operator set (empty: the lower of Redis's and the newest view's), and the node's copy of
 /// the sale, which re-creates it when Redis lost it. Seq and epoch move past every view any node
 /// had, so no node mistakes the resumed state for a regression, and every node adopts it. Returns
@@ -339,7 +355,8 @@ else
   if ARGV[7] == nil then return {'err', 'unknown_sale'} end
   stock = tonumber(ARGV[8])
   redis.call('HSET', K.sale, 'name', ARGV[7], 'stock', ARGV[8], 'starts_at', ARGV[9], 'ends_at', ARGV[10],
-             'per_user_limit', ARGV[11], 'payment_timeout_ms', ARGV[12], 'rate_limit_per_sec', ARGV[13])
+             'per_user_limit', ARGV[11], 'payment_timeout_ms', ARGV[12], 'rate_limit_per_sec', ARGV[13],
+             'price', ARGV[14] or '0', 'currency', ARGV[15] or 'CNY')
 end
 local lost
 if exists and epoch == seen.epoch then
