@@ -144,7 +144,15 @@ pub fn shop(
         if let Some((verb, status)) = action {
             let path = format!("/v1/orders/{}/{verb}", acked.id);
             acked.expect = Expect::PendingOr(status);
-            match client.try_request("POST", &path, &headers, None) {
+            // The buyer cancels; the payment service pays (the sales are free, so amount 0).
+            let payment = format!("Bearer {PAYMENT_TOKEN}");
+            let body = format!(r#"{{"amount":0,"payment_ref":"ref-{}"}}"#, acked.id);
+            let (headers, body) = if verb == "pay" {
+                ([("Authorization", payment.as_str())], Some(body.as_str()))
+            } else {
+                (headers, None)
+            };
+            match client.try_request("POST", &path, &headers, body) {
                 Ok(response) if response.status == 200 => acked.expect = Expect::Exactly(status),
                 Ok(response) => seen.failed(cutting, || format!("POST {path}: {response}")),
                 Err(error) => {
