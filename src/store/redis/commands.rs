@@ -38,17 +38,7 @@ impl RedisStore {
         let blocked: Vec<String> = self
             .retrying(&to_home, || to_home.smembers(home.as_str()))
             .await?;
-        let mut args = vec![
-            sale.name.to_string(),
-            sale.stock.to_string(),
-            sale.starts_at.to_string(),
-            sale.ends_at.to_string(),
-            sale.per_user_limit.to_string(),
-            sale.payment_timeout_ms.to_string(),
-            sale.rate_limit_per_sec.to_string(),
-            sale.price.to_string(),
-            sale.currency.to_string(),
-        ];
+        let mut args = sale_args(&sale);
         args.extend(blocked.iter().cloned());
         // Acknowledged like a purchase: a sale only the master had would vanish in a failover.
         let upsert = &self.0.scripts.upsert;
@@ -283,4 +273,20 @@ impl RedisStore {
             Command::Resume(sku, remaining) => self.resume(&sku, remaining).await,
         }
     }
+}
+
+/// A sale's definition as the UPSERT and RESUME scripts take it: name, stock, starts_at,
+/// ends_at, per_user_limit, payment_timeout_ms, rate_limit_per_sec, price, currency.
+pub(super) fn sale_args(sale: &Sale) -> Vec<String> {
+    vec![
+        sale.name.to_string(),
+        sale.stock.to_string(),
+        sale.starts_at.to_string(),
+        sale.ends_at.to_string(),
+        sale.per_user_limit.to_string(),
+        sale.payment_timeout_ms.to_string(),
+        sale.rate_limit_per_sec.to_string(),
+        sale.price.to_string(),
+        sale.currency.to_string(),
+    ]
 }

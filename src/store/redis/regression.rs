@@ -191,17 +191,7 @@ impl RedisStore {
             .get(sku)
             .map(|floor| floor.sale.clone());
         if let Some(sale) = &copy {
-            args.extend([
-                sale.name.to_string(),
-                sale.stock.to_string(),
-                sale.starts_at.to_string(),
-                sale.ends_at.to_string(),
-                sale.per_user_limit.to_string(),
-                sale.payment_timeout_ms.to_string(),
-                sale.rate_limit_per_sec.to_string(),
-                sale.price.to_string(),
-                sale.currency.to_string(),
-            ]);
+            args.extend(super::commands::sale_args(sale));
             // The index of sales may be gone too; the sync finds sales through it.
             let index = keys::sales(&self.0.prefix);
             let route = self.route(&index)?;
