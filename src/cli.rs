@@ -31,6 +31,46 @@ pub enum Command {
     /// Read orders out of a running node.
     #[command(subcommand)]
     Orders(OrdersCommand),
+    /// Watch the order feed in NATS JetStream.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// `seckill events ...`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print the feed's messages as stored in JetStream, one JSON object a line.
+    Tail(TailArgs),
+}
+
+/// Flags for `events tail`.
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// The broker, as given to `serve --events`.
+    #[arg(long, env = "SECKILL_EVENTS", default_value = "nats://127.0.0.1:4222")]
+    pub events: String,
+    /// The stream the nodes publish to.
+    #[arg(long, env = "SECKILL_EVENTS_STREAM", default_value = "SECKILL_EVENTS")]
+    pub stream: String,
+    /// The subject prefix the nodes publish under.
+    #[arg(
+        long,
+        env = "SECKILL_EVENTS_SUBJECT_PREFIX",
+        default_value = "seckill.events"
+    )]
+    pub subject_prefix: String,
+    /// Only this SKU's events.
+    #[arg(long)]
+    pub sku: Option<String>,
+    /// Start from the first stored event (default: only new ones).
+    #[arg(long)]
+    pub from_start: bool,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Exit after this many milliseconds without a message.
+    #[arg(long)]
+    pub idle_exit_ms: Option<u64>,
 }
 
 /// `seckill orders ...`
@@ -164,6 +204,24 @@ pub struct ServeArgs {
     /// `--redis-unresponsive-ms` [default: 100].
     #[arg(long, env = "SECKILL_REDIS_WAIT_TIMEOUT_MS")]
     pub redis_wait_timeout_ms: Option<u64>,
+    /// Publish every order and sale event to NATS JetStream at this URL (nats://HOST:PORT),
+    /// at least once, from the journal or the Redis streams [default: off].
+    #[arg(long, env = "SECKILL_EVENTS")]
+    pub events: Option<String>,
+    /// The JetStream stream, created if missing [default: SECKILL_EVENTS].
+    #[arg(long, env = "SECKILL_EVENTS_STREAM")]
+    pub events_stream: Option<String>,
+    /// Subjects are PREFIX.SKU.TYPE [default: seckill.events].
+    #[arg(long, env = "SECKILL_EVENTS_SUBJECT_PREFIX")]
+    pub events_subject_prefix: Option<String>,
+    /// Duplicate window of the stream this node creates, in seconds, 10..=86400: a republished
+    /// event within it is dropped by its id [default: 3600].
+    #[arg(long, env = "SECKILL_EVENTS_DEDUP_WINDOW_SECS")]
+    pub events_dedup_window_secs: Option<u64>,
+    /// Unpublished events a shard keeps before new purchases get 503 (embedded mode),
+    /// 100..=100000000 [default: 1000000].
+    #[arg(long, env = "SECKILL_EVENTS_OUTBOX_MAX")]
+    pub events_outbox_max: Option<usize>,
 }
 
 /// Flags for `doctor`: the same as `serve`, since it checks what `serve` would run with.

@@ -9,6 +9,7 @@
 //! - [`metrics`]: per-shard counters and histograms, merged into Prometheus text on scrape.
 //! - [`config`] and [`cli`]: how operators configure and run it; [`doctor`] checks the host.
 //! - [`load`]: `seckill load`, the open-loop load generator.
+//! - [`feed`]: the order feed to NATS JetStream, from a durable outbox.
 
 #![warn(missing_docs)]
 // Deeply nested async state machines (a connection awaiting a handler awaiting a Redis batch)
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod doctor;
 pub mod export;
+pub mod feed;
 pub mod http;
 pub mod json;
 pub mod load;

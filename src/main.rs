@@ -6,7 +6,8 @@ use clap::Parser;
 
 use seckill::auth::Auth;
 use seckill::cli::{
-    Cli, Command, DoctorArgs, ExportArgs, JournalCommand, LoadArgs, OrdersCommand, TokenArgs,
+    Cli, Command, DoctorArgs, EventsCommand, ExportArgs, JournalCommand, LoadArgs, OrdersCommand,
+    TailArgs, TokenArgs,
 };
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::recovery;
@@ -38,6 +39,27 @@ fn main() -> ExitCode {
         Command::Journal(JournalCommand::Verify { data_dir }) => verify_journal(&data_dir),
         Command::Load(args) => run_load(args),
         Command::Orders(OrdersCommand::Export(args)) => export_orders(args),
+        Command::Events(EventsCommand::Tail(args)) => tail_events(args),
+    }
+}
+
+/// `seckill events tail`: messages on stdout; exit 1 if the broker or stream cannot be read.
+fn tail_events(args: TailArgs) -> ExitCode {
+    let options = seckill::feed::tail::TailOptions {
+        url: args.events,
+        stream: args.stream,
+        subject_prefix: args.subject_prefix,
+        sku: args.sku,
+        from_start: args.from_start,
+        count: args.count,
+        idle_exit: args.idle_exit_ms.map(std::time::Duration::from_millis),
+    };
+    match seckill::feed::tail::run(&options) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("seckill events tail: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -124,15 +146,15 @@ fn verify_journal(data_dir: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok((Some(generation), contents)) => {
-            let events: usize = contents.shards.iter().map(|(_, events)| events.len()).sum();
+            let events: usize = contents.shards.iter().map(|log| log.events.len()).sum();
             println!(
                 "{}: generation {generation}: {} shard(s), {} file(s), {events} event(s): ok",
                 data_dir.display(),
                 contents.shards.len(),
                 contents.files,
             );
-            for (dir, events) in &contents.shards {
-                println!("  {}: {} event(s)", dir.display(), events.len());
+            for log in &contents.shards {
+                println!("  {}: {} event(s)", log.dir.display(), log.events.len());
             }
             for torn in &contents.torn_tails {
                 println!(

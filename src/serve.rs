@@ -5,6 +5,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
 use crate::auth::Auth;
 use crate::config::{SecretsSource, ServeConfig};
+use crate::feed::FeedHandle;
 use crate::http::ConnLimits;
 use crate::payment::Webhook;
 use crate::sale::book::BookLimits;
@@ -24,6 +25,9 @@ pub enum ServeError {
     /// The node failed.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The order feed's publisher thread could not start.
+    #[error("order feed: {0}")]
+    Feed(std::io::Error),
 }
 
 /// glommio's default registered-buffer size per executor.
@@ -31,6 +35,13 @@ const DEFAULT_IO_MEMORY: usize = 10 << 20;
 
 /// Runs the server with `config` until a shutdown signal.
 pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
+    let feed = match &config.events {
+        Some(events) => {
+            tracing::info!(url = %events.feed.url, stream = %events.feed.stream, "order feed: publishing to NATS JetStream");
+            Some(FeedHandle::start(events.feed.clone(), config.shards).map_err(ServeError::Feed)?)
+        }
+        None => None,
+    };
     if let Some(url) = &config.redis {
         if config.secrets_source == SecretsSource::DevGenerated {
             print_dev_credentials(config);
@@ -45,7 +56,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             wait: config.redis_wait,
         };
         tracing::info!(redis = %url, prefix = %config.redis_prefix, redis_wait = config.redis_wait.replicas, "cluster mode: state lives in redis");
-        run_node(node_options(config), NodeStores::Redis(settings))?;
+        run_node(node_options(config, feed), NodeStores::Redis(settings))?;
         return Ok(());
     }
     let _lock = recovery::lock(&config.data_dir)?;
@@ -60,7 +71,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         closed_orders_per_sale: config.closed_orders_per_sale,
     };
     let started = std::time::Instant::now();
-    let recovered = recovery::recover(&data_dir, config.shards, limits)?;
+    let recovered = recovery::recover(&data_dir, config.shards, limits, config.events.is_some())?;
     for torn in &recovered.torn_tails {
         tracing::warn!(file = %torn.display(), "cut off a torn record at the end of the journal (crash mid-write)");
     }
@@ -70,26 +81,37 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
     );
+    let unpublished: usize = recovered.outboxes.iter().map(|outbox| outbox.len()).sum();
+    if unpublished > 0 && config.events.is_none() {
+        tracing::warn!(
+            unpublished,
+            "the journal holds order feed events not yet published; start with --events to deliver them"
+        );
+    }
     let starts = recovered
         .books
         .into_iter()
+        .zip(recovered.outboxes)
         .zip(recovered.shard_dirs)
-        .map(|(book, (journal_dir, snapshot_bytes))| ShardStart {
-            book,
-            journal_dir,
-            snapshot_bytes,
-        })
+        .map(
+            |((book, outbox), (journal_dir, snapshot_bytes))| ShardStart {
+                book,
+                outbox,
+                journal_dir,
+                snapshot_bytes,
+            },
+        )
         .collect();
     if config.secrets_source == SecretsSource::DevGenerated {
         print_dev_credentials(config);
     }
-    run_node(node_options(config), NodeStores::Embedded(starts))?;
+    run_node(node_options(config, feed), NodeStores::Embedded(starts))?;
     Ok(())
 }
 
 /// What the node runs with, whichever store it uses. Raises RLIMIT_NOFILE (and caps
 /// connections to it) and RLIMIT_MEMLOCK (or shrinks io_uring buffers to it) on the way.
-fn node_options(config: &ServeConfig) -> NodeOptions {
+fn node_options(config: &ServeConfig, feed: Option<FeedHandle>) -> NodeOptions {
     let fd_budget = fds::apply(config.shards, config.max_connections_per_shard);
     NodeOptions {
         listen: config.listen,
@@ -117,6 +139,11 @@ fn node_options(config: &ServeConfig) -> NodeOptions {
             lookups_per_sec: config.redis_lookups_per_sec,
             negative_ttl: config.redis_negative_ttl,
         },
+        feed,
+        outbox_max: config
+            .events
+            .as_ref()
+            .map_or(usize::MAX, |events| events.outbox_max),
     }
 }
 

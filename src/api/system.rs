@@ -14,11 +14,27 @@ pub(super) fn health() -> Result<Response, ApiError> {
     Ok(Response::json(200, &br#"{"status":"ok"}"#[..]))
 }
 
-/// `GET /readyz`: every shard serves and the node is not draining.
+/// `GET /readyz`: every shard serves and the node is not draining. With the order feed on, the
+/// body notes the feed's state; a feed that lags (the broker is away) does not make the node
+/// unready, because sales go on and the events wait in the durable outbox.
 pub(super) fn ready<S: Store + 'static>(shard: &Shard<S>) -> Result<Response, ApiError> {
     // Every shard's store, as their ticks last saw them, and this shard's right now.
     if shard.node.is_ready(shard.count) && shard.store_healthy() {
-        Ok(Response::json(200, &br#"{"status":"ready"}"#[..]))
+        let Some(feed) = &shard.node.feed else {
+            return Ok(Response::json(200, &br#"{"status":"ready"}"#[..]));
+        };
+        let stats = feed.stats();
+        let body = format!(
+            r#"{{"status":"ready","events":{{"broker":"{}","pending":{},"lag_ms":{}}}}}"#,
+            if stats.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            stats.pending,
+            stats.lag_ms(crate::clock::now_ms()),
+        );
+        Ok(Response::json(200, body.into_bytes()))
     } else {
         Err(ApiError::new(
             503,
@@ -47,7 +63,13 @@ pub(super) async fn metrics<S: Store + 'static>(api: &Api<S>) -> Result<Response
         error.retry_after_secs = Some(1);
         return Err(error);
     }
-    let text = exposition::render(&shards);
+    let feed = api
+        .shard
+        .node
+        .feed
+        .as_ref()
+        .map(crate::feed::FeedHandle::stats);
+    let text = exposition::render(&shards, feed);
     Ok(Response::with_type(
         200,
         exposition::CONTENT_TYPE,

@@ -12,6 +12,7 @@ use std::fmt::Write;
 use super::distribution::DistributionSnapshot;
 use super::recorder::MessageKind;
 use super::{add_count, Route, ShardSnapshot};
+use crate::feed::PublisherStats;
 use crate::sale::{OrderCounts, OrderStatus};
 
 /// The `Content-Type` of the exposition.
@@ -54,7 +55,8 @@ const GROUP_BUCKETS: [(u64, &str); 12] = [
 ];
 
 /// Renders the merged metrics of `shards` (one snapshot per shard that answered).
-pub fn render(shards: &[ShardSnapshot]) -> String {
+/// With `feed`, the order feed's node-wide figures too.
+pub fn render(shards: &[ShardSnapshot], feed: Option<PublisherStats>) -> String {
     let mut out = Text(String::with_capacity(16 * 1024));
     out.family(
         "seckill_build_info",
@@ -78,7 +80,54 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
     render_journal(&mut out, shards);
     render_redis(&mut out, shards);
     render_regressions(&mut out, shards);
+    if let Some(feed) = feed {
+        render_feed(&mut out, feed);
+    }
     out.0
+}
+
+/// The order feed, node-wide: only with `--events`.
+fn render_feed(out: &mut Text, feed: PublisherStats) {
+    out.family(
+        "seckill_events_broker_connected",
+        "gauge",
+        "1 while the order feed's NATS client holds a connection.",
+    );
+    out.sample(
+        "seckill_events_broker_connected",
+        &[],
+        u64::from(feed.connected),
+    );
+    out.family(
+        "seckill_events_pending",
+        "gauge",
+        "Order feed events in the durable outbox that JetStream has not acknowledged yet.",
+    );
+    out.sample("seckill_events_pending", &[], feed.pending);
+    out.family(
+        "seckill_events_publish_lag_seconds",
+        "gauge",
+        "Age of the oldest order feed event not yet acknowledged by JetStream; 0 when none waits.",
+    );
+    let lag_ms = feed.lag_ms(crate::clock::now_ms());
+    out.sample_decimal(
+        "seckill_events_publish_lag_seconds",
+        &[],
+        lag_ms / 1000,
+        lag_ms % 1000,
+    );
+    out.family(
+        "seckill_events_published_total",
+        "counter",
+        "Order feed events JetStream acknowledged (repeats it dropped included).",
+    );
+    out.sample("seckill_events_published_total", &[], feed.published);
+    out.family(
+        "seckill_events_publish_failures_total",
+        "counter",
+        "Order feed publishes that failed or timed out; each is retried until stored.",
+    );
+    out.sample("seckill_events_publish_failures_total", &[], feed.failures);
 }
 
 fn render_requests(out: &mut Text, shards: &[ShardSnapshot]) {
@@ -510,6 +559,18 @@ impl Text {
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
         self.series(name, labels, None);
         let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A sample of `whole.thousandths`, for seconds kept as milliseconds.
+    fn sample_decimal(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        whole: u64,
+        thousandths: u64,
+    ) {
+        self.series(name, labels, None);
+        let _ = writeln!(self.0, " {whole}.{thousandths:03}");
     }
 
     fn series(&mut self, name: &str, labels: &[(&str, &str)], le: Option<&str>) {

@@ -282,6 +282,8 @@ impl Book {
             Event::UserBlocked(user_id, false) => {
                 self.blocked.remove(user_id);
             }
+            // The order feed's outbox records; its state is not the book's.
+            Event::FeedPublished { .. } | Event::FeedUnpublished(_) => {}
         }
     }
 
@@ -431,6 +433,13 @@ impl Book {
             replayed: false,
         };
         (Ok(outcome), Some(event))
+    }
+
+    /// The order `id`, if this book still holds it.
+    pub fn order(&self, id: &OrderId) -> Option<&Order> {
+        self.orders
+            .get(&id.unique)
+            .filter(|order| order.sku == id.sku)
     }
 
     fn visible_order(&self, id: &OrderId, requester: &Requester) -> Result<&Order, SaleError> {

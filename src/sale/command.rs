@@ -174,4 +174,14 @@ pub enum Event {
     },
     /// A user was blocked (`true`) or unblocked (`false`).
     UserBlocked(Box<str>, bool),
+    /// The order feed's events of `sku` up to and including `through` reached the broker.
+    /// Only the outbox reads it ([`crate::feed::outbox`]); the book ignores it.
+    FeedPublished {
+        /// Which SKU's queue.
+        sku: Box<str>,
+        /// The id of the last event published.
+        through: Box<str>,
+    },
+    /// An order feed event not yet published when the snapshot holding it was taken.
+    FeedUnpublished(crate::feed::FeedEvent),
 }

@@ -18,7 +18,9 @@ use super::{NodeStatus, Shard};
 use crate::auth::Auth;
 use crate::http::{self, ConnLimits};
 use crate::sale::book::Book;
+use crate::store::embedded::FeedOptions;
 use crate::store::journal::{Durability, Journal};
+use crate::store::Store;
 use crate::store::{EmbeddedStore, NodeStore, RedisSettings, RedisStore};
 
 /// Messages a shard may have queued towards one peer before senders wait. Generous, because very
@@ -60,6 +62,10 @@ pub struct NodeOptions {
     pub auth: Auth,
     /// How lookups of SKUs an edge does not know are bounded (shared store only).
     pub discovery: crate::shard::discovery::DiscoverySettings,
+    /// The order feed's publisher, when `--events` is set.
+    pub feed: Option<crate::feed::FeedHandle>,
+    /// Unpublished events a shard keeps before it refuses purchases (embedded store).
+    pub outbox_max: usize,
 }
 
 /// What each shard starts from: its recovered book, and its journal directory with the size of
@@ -67,6 +73,8 @@ pub struct NodeOptions {
 pub struct ShardStart {
     /// The rebuilt state.
     pub book: Book,
+    /// Its unpublished order feed events.
+    pub outbox: crate::feed::outbox::Outbox,
     /// Where the shard's journal lives.
     pub journal_dir: std::path::PathBuf,
     /// Size of the snapshot already in `journal_dir`.
@@ -178,6 +186,11 @@ pub async fn start_shard(
     // reports ready.
     shard.publish_boot_state().await;
     tracing::debug!(id, "shard published its boot state");
+    if let Some(feed) = &options.feed {
+        let feed = feed.lane(id);
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local(async move { shard.store.run_feed(feed).await }).detach();
+    }
     let listener = http::listener::bind_reuseport(options.listen, options.backlog)?;
     tracing::debug!(id, "shard listening");
     Ok(Some(Started {
@@ -210,7 +223,11 @@ async fn open_store(
             )
             .await
             .map_err(|error| io::Error::other(error.to_string()))?;
-            let store = EmbeddedStore::new(start.book, Rc::clone(&journal));
+            let feed = FeedOptions {
+                record: options.feed.is_some(),
+                outbox_max: options.outbox_max,
+            };
+            let store = EmbeddedStore::new(start.book, start.outbox, Rc::clone(&journal), feed);
             Ok((NodeStore::Embedded(Box::new(store)), Some(journal)))
         }
         StoreSource::Redis(settings) => {

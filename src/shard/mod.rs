@@ -61,6 +61,9 @@ pub struct NodeStatus {
     /// Shards whose listener is closed. Idle connections are closed only once every shard has
     /// stopped listening, so a request written before the node stopped listening is answered.
     pub listeners_closed: AtomicUsize,
+    /// The order feed's publisher, when `--events` is set: `/readyz` and `/metrics` read its
+    /// node-wide figures without asking the shards.
+    pub feed: Option<crate::feed::FeedHandle>,
 }
 
 impl NodeStatus {

@@ -111,7 +111,10 @@ pub fn run_node(options: NodeOptions, stores: NodeStores) -> Result<(), NodeErro
     })?;
 
     http::listener::ensure_port_free(options.listen).map_err(NodeError::Listen)?;
-    let node = Arc::new(NodeStatus::new(options.shards));
+    let node = Arc::new(NodeStatus {
+        feed: options.feed.clone(),
+        ..NodeStatus::new(options.shards)
+    });
     let cpus = boot::allowed_cpus();
     let mesh = MeshBuilder::<ShardMsg, _>::full(options.shards, MESH_CAPACITY);
     let mut stops = Vec::with_capacity(options.shards);

@@ -1,28 +1,49 @@
 //! The embedded store: the owner shard's [`Book`] in memory, every change journaled before it is
-//! acknowledged.
+//! acknowledged, and the order feed's outbox derived from the same journal records.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::journal::Journal;
 use super::{BootState, Store, StoreStats};
 use crate::clock::now_ms;
+use crate::feed::outbox::Outbox;
+use crate::feed::FeedLane;
 use crate::sale::book::Book;
 use crate::sale::command::{Command, Reply};
 use crate::sale::SaleError;
+
+/// Events offered to the publisher at once.
+const FEED_BATCH: usize = 256;
+/// How often the feed task looks for new durable events, or whether its batch was stored.
+const FEED_POLL: Duration = Duration::from_millis(5);
+
+/// The order feed as this store keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedOptions {
+    /// Whether changes are recorded in the outbox (`--events` is set).
+    pub record: bool,
+    /// Unpublished events past which purchases are refused.
+    pub outbox_max: usize,
+}
 
 /// A shard's book plus its journal.
 pub struct EmbeddedStore {
     book: RefCell<Book>,
     journal: Rc<Journal>,
+    outbox: RefCell<Outbox>,
+    feed: FeedOptions,
 }
 
 impl EmbeddedStore {
-    /// Wraps a recovered book and the journal that continues it.
-    pub fn new(book: Book, journal: Rc<Journal>) -> Self {
+    /// Wraps a recovered book, its outbox, and the journal that continues them.
+    pub fn new(book: Book, outbox: Outbox, journal: Rc<Journal>, feed: FeedOptions) -> Self {
         Self {
             book: RefCell::new(book),
             journal,
+            outbox: RefCell::new(outbox),
+            feed,
         }
     }
 }
@@ -36,15 +57,33 @@ impl Store for EmbeddedStore {
         let mut replies = Vec::with_capacity(batch.len());
         {
             let mut book = self.book.borrow_mut();
+            let mut outbox = self.outbox.borrow_mut();
             for command in batch {
-                let (reply, event) = book.execute(command, now_ms());
+                if matches!(command, Command::Purchase(_))
+                    && self.feed.record
+                    && outbox.len() >= self.feed.outbox_max
+                {
+                    // The feed promises every order; past the bound, taking more would mean
+                    // dropping some of their events, or memory without end.
+                    replies.push(Err(SaleError::Unavailable));
+                    continue;
+                }
+                let now = now_ms();
+                let (reply, event) = book.execute(command, now);
                 if let Some(event) = &event {
-                    self.journal.append(event);
+                    let record = self.journal.append(event);
+                    if self.feed.record {
+                        if let Some(feed_event) = Outbox::derive(event, &book, now) {
+                            outbox.push(feed_event, record);
+                        }
+                    }
                 }
                 replies.push(reply);
             }
             if self.journal.wants_snapshot() {
-                self.journal.begin_snapshot(book.snapshot());
+                let mut snapshot = book.snapshot();
+                snapshot.extend(outbox.snapshot());
+                self.journal.begin_snapshot(snapshot);
             }
         }
         // Every answer waits until everything it may have seen is durable, including reads and
@@ -87,5 +126,50 @@ impl Store for EmbeddedStore {
 
     fn healthy(&self) -> bool {
         !self.journal.is_failed()
+    }
+
+    async fn run_feed(&self, feed: FeedLane) {
+        loop {
+            {
+                let outbox = self.outbox.borrow();
+                feed.report(outbox.len() as u64, outbox.oldest_at());
+            }
+            if self.journal.is_closing() || self.journal.is_failed() {
+                return;
+            }
+            // Only events whose records are durable leave: an order the journal could not keep
+            // was never acknowledged, and must not be announced.
+            let batch = self
+                .outbox
+                .borrow()
+                .next_batch(self.journal.durable_records(), FEED_BATCH);
+            if batch.is_empty() {
+                glommio::timer::sleep(FEED_POLL).await;
+                continue;
+            }
+            let Ok(submitted) = feed.submit(batch.clone()) else {
+                // The publisher's queue is full: the broker is slow or away. Offer it later.
+                glommio::timer::sleep(FEED_POLL).await;
+                continue;
+            };
+            while !submitted.is_done() {
+                glommio::timer::sleep(FEED_POLL).await;
+            }
+            if self.journal.is_closing() {
+                // Too late to mark them: the next start publishes them again, and JetStream
+                // drops the repeats by id.
+                return;
+            }
+            let marks = self.outbox.borrow_mut().confirm(&batch);
+            for mark in &marks {
+                self.journal.append(mark);
+            }
+            // The marks ride with the next group commit; one lost in a crash only means the
+            // events it covers are published again, and dropped as repeats.
+            if let Err(error) = self.journal.commit().await {
+                tracing::error!(%error, "order feed: cannot journal what was published");
+                return;
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod node;
 pub mod redis;
 
+use crate::feed::FeedLane;
 use crate::sale::command::{Command, Reply, StockLevel};
 use crate::sale::ids::OrderId;
 use crate::sale::{OrderCounts, Sale};
@@ -97,4 +98,9 @@ pub trait Store {
     async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {
         None
     }
+
+    /// Publishes the order feed from this shard's durable outbox through `feed` until the shard
+    /// stops: each SKU's events in order, each at least once, none before it is durable. Runs
+    /// as its own task, off the request path; it never waits on the broker, only polls.
+    async fn run_feed(&self, feed: FeedLane);
 }

@@ -3,6 +3,7 @@
 //! choice is made once per node.
 
 use super::{BootState, EmbeddedStore, RedisStore, Store, StoreStats};
+use crate::feed::FeedLane;
 use crate::sale::command::{Command, Reply};
 
 /// Either store.
@@ -62,6 +63,13 @@ impl Store for NodeStore {
         match self {
             NodeStore::Embedded(store) => store.shared_blocklist().await,
             NodeStore::Redis(store) => Box::pin(store.shared_blocklist()).await,
+        }
+    }
+
+    async fn run_feed(&self, feed: FeedLane) {
+        match self {
+            NodeStore::Embedded(store) => store.run_feed(feed).await,
+            NodeStore::Redis(store) => Box::pin(store.run_feed(feed)).await,
         }
     }
 }

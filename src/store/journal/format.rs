@@ -23,9 +23,11 @@ pub const SEGMENT_MAGIC: &[u8; 4] = b"SKLG";
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"SKSN";
 /// Version of this format, written into every header. Version 3 added prices and payment
 /// references (the [`Entry::Event`] variant); version 2 files are still read, and their
-/// [`Entry::EventV1`] records upgraded. A build that reads only version 2 refuses version 3 files
-/// by their header instead of misreading them.
-pub const FORMAT_VERSION: u32 = 3;
+/// [`Entry::EventV1`] records upgraded. Version 4 added the order feed's outbox records
+/// ([`Event::FeedPublished`], [`Event::FeedUnpublished`]) at the end of [`Event`], so version 3
+/// records read unchanged. An older build refuses a newer file by its header instead of
+/// misreading it.
+pub const FORMAT_VERSION: u32 = 4;
 /// Oldest version this build still reads.
 const OLDEST_READABLE_VERSION: u32 = 2;
 /// Bytes in a file header.

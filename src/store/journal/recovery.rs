@@ -18,6 +18,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Entry, FileKind, FormatError, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
+use crate::clock::now_ms;
+use crate::feed::outbox::Outbox;
 use crate::sale::book::{Book, BookLimits};
 use crate::sale::command::Event;
 use crate::shard::placement::owner_of;
@@ -126,6 +128,8 @@ pub fn check_direct_io(data_dir: &Path) -> Result<(), RecoveryError> {
 pub struct Recovered {
     /// One rebuilt book per shard, indexed by shard id.
     pub books: Vec<Book>,
+    /// Each shard's unpublished order feed events.
+    pub outboxes: Vec<Outbox>,
     /// Per shard: its journal directory in the new generation, and its snapshot's size.
     pub shard_dirs: Vec<(PathBuf, u64)>,
     /// Events replayed, for the startup log.
@@ -134,11 +138,23 @@ pub struct Recovered {
     pub torn_tails: Vec<PathBuf>,
 }
 
+/// One old shard's journal, read and checked.
+#[derive(Debug)]
+pub struct ShardLog {
+    /// The shard's directory.
+    pub dir: PathBuf,
+    /// Its events in order: its snapshot's, then its segments'.
+    pub events: Vec<Event>,
+    /// How many of `events` came from the snapshot (restored state rather than changes, which
+    /// the order feed must not report again).
+    pub snapshot_len: usize,
+}
+
 /// What one generation holds, read and checked but not yet applied.
 #[derive(Debug, Default)]
 pub struct GenerationContents {
-    /// Events of each old shard, in order.
-    pub shards: Vec<(PathBuf, Vec<Event>)>,
+    /// Each old shard's events.
+    pub shards: Vec<ShardLog>,
     /// Files whose torn tail was ignored.
     pub torn_tails: Vec<PathBuf>,
     /// Files read.
@@ -187,14 +203,22 @@ pub fn read_generation(generation: &Path) -> Result<GenerationContents, Recovery
         .collect();
     shard_dirs.sort();
     for dir in shard_dirs {
-        let events = read_shard(&dir, &mut contents)?;
-        contents.shards.push((dir, events));
+        let (events, snapshot_len) = read_shard(&dir, &mut contents)?;
+        contents.shards.push(ShardLog {
+            dir,
+            events,
+            snapshot_len,
+        });
     }
     Ok(contents)
 }
 
-/// Reads one shard's newest complete snapshot and the segments after it.
-fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event>, RecoveryError> {
+/// Reads one shard's newest complete snapshot and the segments after it: their events, and how
+/// many of them the snapshot held.
+fn read_shard(
+    dir: &Path,
+    contents: &mut GenerationContents,
+) -> Result<(Vec<Event>, usize), RecoveryError> {
     let mut snapshots = Vec::new();
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
@@ -240,6 +264,7 @@ fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event
             reason: "the snapshot does not end with a valid end record".into(),
         }));
     };
+    let snapshot_len = events.len();
     // Segments from the snapshot on, numbered without gaps, each continuing the LSN sequence.
     let live: Vec<&(u64, PathBuf)> = segments
         .iter()
@@ -269,7 +294,7 @@ fn read_shard(dir: &Path, contents: &mut GenerationContents) -> Result<Vec<Event
             Entry::SnapshotEnd { .. } => None,
         }));
     }
-    Ok(events)
+    Ok((events, snapshot_len))
 }
 
 /// The shard that owns an event under `shards` shards.
@@ -279,25 +304,41 @@ fn owner_of_event(event: &Event, shards: usize) -> usize {
         Event::OrderCreated { order, .. } => owner_of(&order.sku, shards),
         Event::OrderClosed { order_id, .. } => owner_of(&order_id.sku, shards),
         Event::UserBlocked(user_id, _) => owner_of(user_id, shards),
+        Event::FeedPublished { sku, .. } => owner_of(sku, shards),
+        Event::FeedUnpublished(event) => owner_of(&event.sku, shards),
     }
 }
 
-/// Recovers `data_dir` for `shards` shards and prepares a fresh generation for them.
+/// Recovers `data_dir` for `shards` shards and prepares a fresh generation for them. With
+/// `feed`, the changes replayed from segments go into each shard's order feed outbox (their
+/// events may not have been published); events a snapshot kept unpublished come back either way,
+/// so a node restarted without `--events` still carries them until one with it publishes them.
 pub fn recover(
     data_dir: &Path,
     shards: usize,
     limits: BookLimits,
+    feed: bool,
 ) -> Result<Recovered, RecoveryError> {
     let (number, contents) = read_newest(data_dir)?;
     let mut books: Vec<Book> = (0..shards).map(|_| Book::new(limits)).collect();
+    let mut outboxes: Vec<Outbox> = (0..shards).map(|_| Outbox::default()).collect();
     let mut replayed = 0u64;
+    let now = now_ms();
     // Within one old shard, events are in order, and all of a SKU's events are in one old shard,
     // so routing each stream to the new owners keeps every SKU's history in order.
-    for (_, events) in &contents.shards {
-        for event in events {
-            books[owner_of_event(event, shards)]
+    for log in &contents.shards {
+        for (index, event) in log.events.iter().enumerate() {
+            let owner = owner_of_event(event, shards);
+            books[owner]
                 .replay(event)
                 .map_err(RecoveryError::Inconsistent)?;
+            let outbox_record = matches!(
+                event,
+                Event::FeedPublished { .. } | Event::FeedUnpublished(_)
+            );
+            if outbox_record || (feed && index >= log.snapshot_len) {
+                outboxes[owner].replay(event, &books[owner], now);
+            }
             replayed += 1;
         }
     }
@@ -307,10 +348,12 @@ pub fn recover(
         fs::remove_dir_all(&generation).map_err(io_error(&generation))?;
     }
     let mut shard_dirs = Vec::with_capacity(shards);
-    for (id, book) in books.iter().enumerate() {
+    for (id, (book, outbox)) in books.iter().zip(&outboxes).enumerate() {
         let dir = generation.join(format!("shard-{id:03}"));
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let size = write_initial_snapshot(&dir, &book.snapshot())?;
+        let mut snapshot = book.snapshot();
+        snapshot.extend(outbox.snapshot());
+        let size = write_initial_snapshot(&dir, &snapshot)?;
         shard_dirs.push((dir, size));
     }
     let marker = generation.join(COMPLETE);
@@ -328,6 +371,7 @@ pub fn recover(
     sync_dir(data_dir)?;
     Ok(Recovered {
         books,
+        outboxes,
         shard_dirs,
         events_replayed: replayed,
         torn_tails: contents.torn_tails,

@@ -3,7 +3,7 @@
 //! write and `fdatasync`. Rolls segments at a size limit, and writes snapshots so that old
 //! segments can be deleted.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -89,6 +89,8 @@ pub struct Journal {
     waiters: RefCell<Vec<Waiter>>,
     /// Group sizes and write latencies, for `/metrics`.
     metrics: RefCell<JournalMetrics>,
+    /// Set when closing starts, so background appenders (the order feed's marks) stop.
+    closing: Cell<bool>,
 }
 
 /// How the journal's group commit performs.
@@ -138,11 +140,13 @@ impl Journal {
             writer: RefCell::new(Some(writer)),
             waiters: RefCell::new(Vec::new()),
             metrics: RefCell::new(JournalMetrics::default()),
+            closing: Cell::new(false),
         }))
     }
 
-    /// Queues one event; it is durable once a later [`Journal::commit`] returns.
-    pub fn append(&self, event: &Event) {
+    /// Queues one event; it is durable once a later [`Journal::commit`] returns, or once
+    /// [`Journal::durable_records`] reaches the record count this returns.
+    pub fn append(&self, event: &Event) -> u64 {
         let mut state = self.state.borrow_mut();
         let before = state.pending.len();
         let lsn = state.appended + 1;
@@ -157,6 +161,17 @@ impl Journal {
                 snapshot: None,
             });
         }
+        state.appended
+    }
+
+    /// Records durable so far (written, with `Durability::None`).
+    pub fn durable_records(&self) -> u64 {
+        self.state.borrow().durable
+    }
+
+    /// Whether [`Journal::close`] has begun: nothing may be appended any more.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
     }
 
     /// Whether enough log has accumulated since the last snapshot that a new one should be taken:
@@ -356,6 +371,7 @@ impl Journal {
 
     /// Flushes and closes the current segment (clean shutdown).
     pub async fn close(self: &Rc<Self>) -> Result<(), JournalError> {
+        self.closing.set(true);
         // With `Durability::None` a background flusher may hold the writer: let it finish, then
         // write whatever is left.
         while self.state.borrow().flushing {

@@ -1,6 +1,8 @@
 //! Configuration: a TOML file, environment variables and flags, merged with the precedence
 //! flags > env > file > defaults, and validated once at startup with errors that name the key.
 
+pub mod events;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,16 @@ pub struct FileConfig {
     pub redis_wait: Option<u32>,
     /// See [`ServeArgs::redis_wait_timeout_ms`].
     pub redis_wait_timeout_ms: Option<u64>,
+    /// See [`ServeArgs::events`].
+    pub events: Option<String>,
+    /// See [`ServeArgs::events_stream`].
+    pub events_stream: Option<String>,
+    /// See [`ServeArgs::events_subject_prefix`].
+    pub events_subject_prefix: Option<String>,
+    /// See [`ServeArgs::events_dedup_window_secs`].
+    pub events_dedup_window_secs: Option<u64>,
+    /// See [`ServeArgs::events_outbox_max`].
+    pub events_outbox_max: Option<usize>,
 }
 
 /// A configuration error, naming the key.
@@ -163,6 +175,8 @@ pub struct ServeConfig {
     pub redis_unresponsive: Duration,
     /// Replicas that must confirm each acknowledged write, and for how long to wait.
     pub redis_wait: crate::store::redis::ReplicaWait,
+    /// The order feed, if `--events` is set.
+    pub events: Option<events::EventsConfig>,
 }
 
 /// Largest config file read. A real one is a few KiB; this bounds the memory and parse time
@@ -248,6 +262,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
     };
+    let events = events::resolve(args, &file)?;
     let listen_text = args
         .listen
         .clone()
@@ -481,5 +496,6 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
             replicas: redis_wait,
             timeout: Duration::from_millis(redis_wait_timeout_ms),
         },
+        events,
     })
 }
