@@ -48,6 +48,14 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Tells the node how much of this shard's outbox waits, for `/readyz` and `/metrics`.
+    fn report(&self, feed: &FeedLane) {
+        let outbox = self.outbox.borrow();
+        feed.report(outbox.len() as u64, outbox.oldest_at());
+    }
+}
+
 impl Store for EmbeddedStore {
     async fn execute(&self, batch: Vec<Command>) -> Vec<Reply> {
         if self.journal.is_failed() {
@@ -130,10 +138,7 @@ impl Store for EmbeddedStore {
 
     async fn run_feed(&self, feed: FeedLane) {
         loop {
-            {
-                let outbox = self.outbox.borrow();
-                feed.report(outbox.len() as u64, outbox.oldest_at());
-            }
+            self.report(&feed);
             if self.journal.is_closing() || self.journal.is_failed() {
                 return;
             }
@@ -154,6 +159,7 @@ impl Store for EmbeddedStore {
             };
             while !submitted.is_done() {
                 glommio::timer::sleep(FEED_POLL).await;
+                self.report(&feed);
             }
             if self.journal.is_closing() {
                 // Too late to mark them: the next start publishes them again, and JetStream
