@@ -512,19 +512,18 @@ fn events_tail_filters_one_sku_and_refuses_a_missing_broker() {
 
 #[test]
 fn a_bad_events_url_is_refused_at_startup() {
-    let output = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--events",
-            "http://127.0.0.1:4222",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("SECKILL_TOKEN_SECRET", SECRET)
-        .output()
-        .expect("run serve");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("`events` must be nats://"), "{stderr}");
+    for bad in ["http://127.0.0.1:4222", "nats://", "127.0.0.1:4222"] {
+        let ran = common::process::run_serve(common::process::seckill_cmd(), &["--events", bad]);
+        assert!(!ran.output.status.success(), "--events {bad} was accepted");
+        assert!(
+            ran.stderr().contains("`events` must be nats://"),
+            "--events {bad}: {}",
+            ran.stderr()
+        );
+    }
+    let ran = common::process::run_serve(
+        common::process::seckill_cmd(),
+        &["--events", "nats://127.0.0.1:1", "--events-stream", "a.b"],
+    );
+    assert!(ran.stderr().contains("`events_stream`"), "{}", ran.stderr());
 }

@@ -366,3 +366,26 @@ fn payment_costs_are_printed() {
         per(refused)
     );
 }
+
+#[test]
+fn without_a_webhook_secret_the_webhook_is_off_and_says_so() {
+    let data_dir = ScratchDir::new();
+    let port = pick_port();
+    let mut cmd = common::process::seckill_cmd();
+    cmd.env_remove("SECKILL_WEBHOOK_SECRET")
+        .args(["serve", "--shards", "1", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir.path());
+    let mut server = common::process::Spawned::spawn(&mut cmd);
+    server.wait_ready(port);
+    let mut c = Client::connect(port);
+    let body = r#"{"order_id":"x","amount":0,"payment_ref":"pi_1"}"#;
+    let t = now_secs();
+    let r = webhook(&mut c, Some(&signature(WEBHOOK_SECRET, t, body)), body);
+    assert_error(&r, 404, "webhook_disabled");
+    // The payment-service token still pays.
+    c.create_sale("hook-off", &sale_spec(10, 1));
+    let id = order_id(&c.buy("hook-off", &tok("alice"), 1));
+    assert_status(&c.pay(&id), 200);
+}

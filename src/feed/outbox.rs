@@ -155,3 +155,92 @@ impl Outbox {
             .min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::FeedKind;
+
+    fn event(sku: &str, n: u32) -> FeedEvent {
+        FeedEvent {
+            id: format!("{sku}-{n}").into(),
+            sku: sku.into(),
+            kind: FeedKind::OrderCreated,
+            at: u64::from(n),
+            body: "{}".into(),
+        }
+    }
+
+    fn ids(events: &[FeedEvent]) -> Vec<&str> {
+        events.iter().map(|e| &*e.id).collect()
+    }
+
+    #[test]
+    fn only_durable_events_leave_and_each_sku_in_order() {
+        let mut outbox = Outbox::default();
+        outbox.push(event("a", 1), 1);
+        outbox.push(event("a", 2), 2);
+        outbox.push(event("b", 1), 3);
+        assert!(outbox.next_batch(0, 10).is_empty());
+        assert_eq!(ids(&outbox.next_batch(1, 10)), ["a-1"]);
+        let mut all = ids(&outbox.next_batch(3, 10))
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        all.sort();
+        assert_eq!(all, ["a-1", "a-2", "b-1"]);
+        assert_eq!(outbox.next_batch(3, 1).len(), 1, "the batch bound holds");
+        assert_eq!(outbox.oldest_at(), Some(1));
+    }
+
+    #[test]
+    fn confirming_drops_what_was_published_and_its_marks_replay_the_same() {
+        let mut live = Outbox::default();
+        let mut replayed = Outbox::default();
+        for n in 1..=3 {
+            live.push(event("a", n), 0);
+            replayed.push(event("a", n), 0);
+        }
+        let batch = live.next_batch(0, 2);
+        live.push(event("a", 4), 0);
+        replayed.push(event("a", 4), 0);
+        let marks = live.confirm(&batch);
+        assert_eq!(
+            marks,
+            [Event::FeedPublished {
+                sku: "a".into(),
+                through: "a-2".into()
+            }]
+        );
+        assert_eq!(ids(&live.next_batch(0, 10)), ["a-3", "a-4"]);
+        let book = Book::new(crate::sale::book::BookLimits {
+            closed_orders_per_sale: 1,
+        });
+        for mark in &marks {
+            replayed.replay(mark, &book, 0);
+            // A mark replayed twice (or for an event already gone) changes nothing.
+            replayed.replay(mark, &book, 0);
+        }
+        assert_eq!(ids(&replayed.next_batch(0, 10)), ["a-3", "a-4"]);
+        assert_eq!(replayed.len(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_brings_back_exactly_the_unpublished_events() {
+        let mut outbox = Outbox::default();
+        for n in 1..=3 {
+            outbox.push(event("a", n), 0);
+        }
+        let batch = outbox.next_batch(0, 1);
+        outbox.confirm(&batch);
+        let book = Book::new(crate::sale::book::BookLimits {
+            closed_orders_per_sale: 1,
+        });
+        let mut restored = Outbox::default();
+        for record in outbox.snapshot() {
+            restored.replay(&record, &book, 0);
+        }
+        assert_eq!(ids(&restored.next_batch(0, 10)), ["a-2", "a-3"]);
+        assert!(!restored.is_empty());
+    }
+}

@@ -16,8 +16,11 @@ use crate::sale::SaleError;
 
 /// Events offered to the publisher at once.
 const FEED_BATCH: usize = 256;
-/// How often the feed task looks for new durable events, or whether its batch was stored.
+/// How often the feed task checks whether its batch was stored.
 const FEED_POLL: Duration = Duration::from_millis(5);
+/// How often an idle feed task looks for new durable events: each look wakes the executor, and
+/// wakeups cost the shards (glommio's park), so idle looks are rarer than in-flight ones.
+const FEED_IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// The order feed as this store keeps it.
 #[derive(Debug, Clone, Copy)]
@@ -149,12 +152,12 @@ impl Store for EmbeddedStore {
                 .borrow()
                 .next_batch(self.journal.durable_records(), FEED_BATCH);
             if batch.is_empty() {
-                glommio::timer::sleep(FEED_POLL).await;
+                glommio::timer::sleep(FEED_IDLE_POLL).await;
                 continue;
             }
             let Ok(submitted) = feed.submit(batch.clone()) else {
                 // The publisher's queue is full: the broker is slow or away. Offer it later.
-                glommio::timer::sleep(FEED_POLL).await;
+                glommio::timer::sleep(FEED_IDLE_POLL).await;
                 continue;
             };
             while !submitted.is_done() {
