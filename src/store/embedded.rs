@@ -37,6 +37,8 @@ pub struct EmbeddedStore {
     journal: Rc<Journal>,
     outbox: RefCell<Outbox>,
     feed: FeedOptions,
+    /// The feed task's lane once it runs, so changes report the outbox at once.
+    lane: RefCell<Option<FeedLane>>,
 }
 
 impl EmbeddedStore {
@@ -47,6 +49,7 @@ impl EmbeddedStore {
             journal,
             outbox: RefCell::new(outbox),
             feed,
+            lane: RefCell::new(None),
         }
     }
 }
@@ -97,6 +100,9 @@ impl Store for EmbeddedStore {
                 self.journal.begin_snapshot(snapshot);
             }
         }
+        if let Some(lane) = &*self.lane.borrow() {
+            self.report(lane);
+        }
         // Every answer waits until everything it may have seen is durable, including reads and
         // idempotent replays of an order whose record is still in flight.
         if let Err(error) = self.journal.commit().await {
@@ -140,6 +146,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn run_feed(&self, feed: FeedLane) {
+        *self.lane.borrow_mut() = Some(feed.clone());
         loop {
             self.report(&feed);
             if self.journal.is_closing() || self.journal.is_failed() {
