@@ -48,6 +48,11 @@ const FILE_KEYS: &[&str] = &[
     "redis_unresponsive_ms",
     "redis_wait",
     "redis_wait_timeout_ms",
+    "events",
+    "events_stream",
+    "events_subject_prefix",
+    "events_dedup_window_secs",
+    "events_outbox_max",
 ];
 
 /// Keys that must be documented but never given a value in the example: secrets live in the env
@@ -90,6 +95,11 @@ fn file_keys_match_the_struct(file: FileConfig) -> usize {
         redis_unresponsive_ms: _,
         redis_wait: _,
         redis_wait_timeout_ms: _,
+        events: _,
+        events_stream: _,
+        events_subject_prefix: _,
+        events_dedup_window_secs: _,
+        events_outbox_max: _,
     } = file;
     FILE_KEYS.len()
 }

@@ -209,7 +209,7 @@ struct Run {
 }
 
 fn live_run(batches: &[Vec<Op>], crash: &Crash, segment_limit: u64, dir: &Path) -> Run {
-    let mut recovered = recovery::recover(dir, 1, LIMITS).expect("fresh recovery");
+    let mut recovered = recovery::recover(dir, 1, LIMITS, false).expect("fresh recovery");
     let (journal_dir, snapshot_bytes) = recovered.shard_dirs[0].clone();
     let mut book: Book = recovered.books.remove(0);
     let crash_after = crash
@@ -385,7 +385,7 @@ fn restore_cut(image: &[ImageFile], events: &[Event], cut: &Index, dir: &Path) -
 }
 
 fn recovered_state(dir: &Path, shards: usize) -> BookState {
-    let recovered = match recovery::recover(dir, shards, LIMITS) {
+    let recovered = match recovery::recover(dir, shards, LIMITS, false) {
         Ok(recovered) => recovered,
         Err(error) => panic!("recovery failed: {error}"),
     };
