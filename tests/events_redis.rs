@@ -73,22 +73,21 @@ fn ids(messages: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// `seckill_events_pending` of `node` now.
-fn events_pending(node: &Server) -> f64 {
+/// `/metrics` of `node` now; `None` when the scrape was refused (scrapes are rate-limited per
+/// shard), after a pause so a poll does not hammer it.
+fn scrape(node: &Server) -> Option<common::prometheus::Exposition> {
     let metrics = node.client().get("/metrics");
-    assert_status(&metrics, 200);
+    if metrics.status != 200 {
+        std::thread::sleep(Duration::from_millis(500));
+        return None;
+    }
     let text = metrics.text();
-    let parsed = common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    parsed.sum("seckill_events_pending", &[])
+    Some(common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}")))
 }
 
-/// `seckill_events_publish_failures_total` of `node` now.
-fn publish_failures(node: &Server) -> f64 {
-    let metrics = node.client().get("/metrics");
-    assert_status(&metrics, 200);
-    let text = metrics.text();
-    let parsed = common::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    parsed.sum("seckill_events_publish_failures_total", &[])
+/// `seckill_events_pending` of `node` now, if it could be scraped.
+fn events_pending(node: &Server) -> Option<f64> {
+    scrape(node).map(|metrics| metrics.sum("seckill_events_pending", &[]))
 }
 
 #[test]
@@ -159,7 +158,7 @@ fn the_feed_carries_every_change_of_a_redis_sale() {
     );
     assert_eq!(feed[5]["order"]["status"], "cancelled");
     // Published and trimmed: nothing waits, and Redis keeps only the cursor's entry.
-    let drained = poll(WAIT_BOUND, || (events_pending(&node) == 0.0).then_some(()));
+    let drained = poll(WAIT_BOUND, || (events_pending(&node)? == 0.0).then_some(()));
     assert!(
         drained.is_some(),
         "events still pending after the feed caught up"
@@ -261,7 +260,7 @@ fn nats_killed_mid_sale_loses_and_invents_nothing() {
         saw_pending = poll(WAIT_BOUND, || {
             nodes
                 .iter()
-                .any(|node| events_pending(node) > 0.0)
+                .any(|node| events_pending(node).is_some_and(|pending| pending > 0.0))
                 .then_some(())
         })
         .is_some();
@@ -385,7 +384,10 @@ fn a_node_killed_with_unpublished_events_delivers_them_once_after_restart() {
     // The pump has read them and handed them to the publisher, which is failing to reach the
     // broker: the node dies with a batch in flight.
     let waiting = poll(WAIT_BOUND, || {
-        (events_pending(&node) >= 40.0 && publish_failures(&node) > 0.0).then_some(())
+        let metrics = scrape(&node)?;
+        let pending = metrics.sum("seckill_events_pending", &[]);
+        let failures = metrics.sum("seckill_events_publish_failures_total", &[]);
+        (pending >= 40.0 && failures > 0.0).then_some(())
     });
     assert!(
         waiting.is_some(),
@@ -402,7 +404,7 @@ fn a_node_killed_with_unpublished_events_delivers_them_once_after_restart() {
         got, expected,
         "each order once, in order, after the restart"
     );
-    let drained = poll(WAIT_BOUND, || (events_pending(&node) == 0.0).then_some(()));
+    let drained = poll(WAIT_BOUND, || (events_pending(&node)? == 0.0).then_some(()));
     assert!(
         drained.is_some(),
         "events still pending after the feed caught up"
