@@ -410,3 +410,96 @@ fn a_node_killed_with_unpublished_events_delivers_them_once_after_restart() {
         "events still pending after the feed caught up"
     );
 }
+
+#[test]
+fn ghost_orders_of_a_redis_stall_are_never_announced() {
+    let redis = RedisServer::start(&["--enable-debug-command", "yes"]);
+    let proxy = common::proxy::Proxy::start(redis.port);
+    let nats = NatsServer::start();
+    let events = nats.url();
+    let node = Server::start(2, &["--redis", &proxy.url(), "--events", &events]);
+    let sku = "feedghost";
+    node.client().create_sale(sku, &sale_spec(100_000, 1));
+    common::edge::wait_until_open(&[&node], sku, WAIT_BOUND);
+    let given: Mutex<HashSet<String>> = Mutex::default();
+    let unavailable = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for thread in 0..16 {
+            let (node, given, unavailable, stop) = (&node, &given, &unavailable, &stop);
+            scope.spawn(move || {
+                let mut client = node.client();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let r = client.purchase(sku, &tok(&format!("g{thread}x{n}")), Some(1), None);
+                    match r.status {
+                        201 => {
+                            let id = r.json()["order_id"].as_str().unwrap_or_default().to_owned();
+                            given.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                        }
+                        503 => {
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("unexpected {other}: {r}"),
+                    }
+                }
+            });
+        }
+        let count = || given.lock().unwrap_or_else(|e| e.into_inner()).len();
+        assert!(poll(WAIT_BOUND, || (count() >= 200).then_some(())).is_some());
+        // Redis serves nothing for 2 s, longer than every attempt of a purchase: what the node
+        // sent meanwhile runs afterwards, after its callers were told 503 (ghosts).
+        redis
+            .query::<()>(&["DEBUG", "SLEEP", "2"])
+            .unwrap_or_else(|e| panic!("DEBUG SLEEP: {e}"));
+        let before = count();
+        assert!(poll(WAIT_BOUND, || (count() >= before + 200).then_some(())).is_some());
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(
+        unavailable.load(Ordering::Relaxed) > 0,
+        "the stall caused no 503"
+    );
+    let given = given.into_inner().unwrap_or_else(|e| e.into_inner());
+    // The stall really made ghosts: orders that existed although their callers saw 503.
+    let cancelled = poll(WAIT_BOUND, || {
+        let metrics = scrape(&node)?;
+        let pending = metrics.count("seckill_redis_ghosts_pending", &[]);
+        let cancelled = metrics.count(
+            "seckill_redis_ghosts_abandoned_total",
+            &[("outcome", "cancelled")],
+        );
+        (pending == 0).then_some(cancelled)
+    })
+    .unwrap_or_else(|| panic!("ghosts still waiting for their abandon"));
+    assert!(cancelled > 0, "the stall made no ghost order");
+
+    let feed = feed_until(&events, sku, "every order given", |feed| {
+        let created: HashSet<&str> = feed
+            .iter()
+            .filter(|m| m["type"] == "order.created")
+            .filter_map(|m| m["order"]["order_id"].as_str())
+            .collect();
+        given.iter().all(|id| created.contains(id.as_str()))
+    });
+    let all = ids(&feed);
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an event was stored twice");
+    let invented: Vec<&Value> = feed
+        .iter()
+        .filter(|m| m["type"] != "sale.upserted")
+        .filter(|m| !given.contains(m["order"]["order_id"].as_str().unwrap_or_default()))
+        .collect();
+    assert!(
+        invented.is_empty(),
+        "{} events of orders no shopper was given ({cancelled} ghosts cancelled), e.g. {:?}",
+        invented.len(),
+        invented.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        all.len(),
+        1 + given.len(),
+        "the sale and one creation per order"
+    );
+}

@@ -22,8 +22,8 @@
 //!
 //! **Never invent.** A purchase whose script ran but whose reply the node gave up on was answered
 //! 503; its order is a ghost, cancelled soon after by [`super::abandon`] (which marks it
-//! `abandoned`). The pump waits a grace period (twice `--redis-budget-ms` plus a second) past an
-//! entry's time before publishing it, so the abandon has normally run by then, and it skips the
+//! `abandoned`). The pump waits a grace period (twice `--redis-budget-ms`, plus the abandon
+//! retrier's longest pause, 4 s, plus a second: 5.6 s by default) past an entry's time before publishing it, so the abandon has normally run by then, and it skips the
 //! `created` entry of an order abandoned by then, records the skip (`events:skipped`), and skips
 //! that order's abandon-`cancelled` entry too. Residual window, stated in the README: an
 //! abandon that has not reached Redis within the grace period (Redis unreachable from the node
@@ -240,9 +240,12 @@ struct PumpState {
 
 impl RedisStore {
     /// The grace period before an entry is published: a purchase's caller has had its 201 or
-    /// its 503 by then, and the abandon of a 503 has had its first attempts.
+    /// its 503 by then (within the budget), and the abandon of a 503 has reached Redis if Redis
+    /// answers the node that owes it: the entry's time is when the purchase ran, which may be
+    /// after a stall that kept the abandon retrier backing off, so the retrier's longest pause
+    /// (its backoff plus as much again of jitter) is covered too.
     fn feed_grace(&self) -> Duration {
-        self.0.budget * 2 + Duration::from_secs(1)
+        self.0.budget * 2 + super::abandon::MAX_BACKOFF * 2 + Duration::from_secs(1)
     }
 
     /// The pump: publishes the streams of the SKUs this shard owns, forever. Redis or the
