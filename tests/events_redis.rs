@@ -503,3 +503,114 @@ fn ghost_orders_of_a_redis_stall_are_never_announced() {
         "the sale and one creation per order"
     );
 }
+
+/// A [`feed::FEED_READ`] reply: outcome, cursor, pending, lost, oldest_ms, first_id,
+/// entries `(id, kind, json, skip)`, more.
+type ReadReply = (
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    Vec<(String, String, String, i64)>,
+    i64,
+);
+
+/// Runs a feed script on `sku`'s keys, as the pump does.
+fn feed_eval<T: common::redis::FromRedisValue>(
+    redis: &RedisServer,
+    script: &str,
+    sku: &str,
+    args: &[&str],
+) -> T {
+    let keys = [
+        format!("seckill:{{{sku}}}:events"),
+        format!("seckill:{{{sku}}}:orders"),
+        format!("seckill:{{{sku}}}:abandoned"),
+        format!("seckill:{{{sku}}}:events:cursor"),
+        format!("seckill:{{{sku}}}:events:lease"),
+        format!("seckill:{{{sku}}}:events:skipped"),
+    ];
+    let count = keys.len().to_string();
+    let mut argv: Vec<&str> = vec!["EVAL", script, &count];
+    argv.extend(keys.iter().map(String::as_str));
+    argv.extend_from_slice(args);
+    redis
+        .query(&argv)
+        .unwrap_or_else(|e| panic!("EVAL feed script {args:?}: {e}"))
+}
+
+/// The cursor's lease, cursor and trim rules, and the report of entries trimmed unpublished,
+/// run directly against Redis: losing 100,000 events of one SKU through the node would take a
+/// broker outage of that many purchases.
+#[test]
+fn the_cursor_only_moves_forward_and_trimmed_entries_are_reported_lost() {
+    use seckill::store::redis::feed::{FEED_ADVANCE, FEED_READ};
+    let redis = RedisServer::start(&[]);
+    let stream = "seckill:{gap}:events";
+    for ms in 1..=10 {
+        let id = format!("{ms}-0");
+        redis
+            .query::<String>(&["XADD", stream, &id, "event", "sale", "sale", "{}"])
+            .unwrap_or_else(|e| panic!("XADD: {e}"));
+    }
+    let read = |holder: &str| -> ReadReply {
+        feed_eval(&redis, FEED_READ, "gap", &[holder, "5000", "4", "0"])
+    };
+    let advance = |holder: &str, to: &str, passed: &str, lost: &str| -> i64 {
+        feed_eval(
+            &redis,
+            FEED_ADVANCE,
+            "gap",
+            &[holder, "5000", to, passed, lost],
+        )
+    };
+    let first = read("a");
+    assert_eq!(
+        (first.2, first.3, first.4, first.7),
+        (10, 0, 1, 1),
+        "{first:?}"
+    );
+    let got: Vec<&str> = first.6.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(got, ["1-0", "2-0", "3-0", "4-0"]);
+    // Another pump is refused while the lease is held, and cannot move the cursor.
+    let busy: Vec<String> = feed_eval(&redis, FEED_READ, "gap", &["b", "5000", "4", "0"]);
+    assert_eq!(busy, ["busy"]);
+    assert_eq!(advance("b", "9-0", "9", "0"), 0);
+    assert_eq!(advance("a", "4-0", "4", "0"), 1);
+    // Only forward: a late advance to an older entry changes nothing.
+    assert_eq!(advance("a", "2-0", "2", "0"), 1);
+    let cursor: Option<String> = redis
+        .query(&["HGET", "seckill:{gap}:events:cursor", "id"])
+        .unwrap_or_else(|e| panic!("HGET: {e}"));
+    assert_eq!(cursor.as_deref(), Some("4-0"));
+    // Trimmed up to the cursor's entry, which is kept.
+    assert_eq!(redis.integer(&["XLEN", stream]), Some(7));
+    let second = read("a");
+    assert_eq!(
+        (second.1.as_str(), second.2, second.3),
+        ("4-0", 6, 0),
+        "{second:?}"
+    );
+    // The stream is trimmed past the cursor (as MAXLEN does while the broker is away):
+    // 5-0, 6-0 and 7-0 go unpublished.
+    redis
+        .query::<i64>(&["XTRIM", stream, "MINID", "8-0"])
+        .unwrap_or_else(|e| panic!("XTRIM: {e}"));
+    let third = read("a");
+    assert_eq!(
+        (third.2, third.3, third.5.as_str()),
+        (3, 3, "8-0"),
+        "{third:?}"
+    );
+    let got: Vec<&str> = third.6.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(got, ["8-0", "9-0", "10-0"]);
+    assert_eq!(advance("a", "10-0", "3", "3"), 1);
+    let last = read("a");
+    assert_eq!(
+        (last.2, last.3, last.6.len()),
+        (0, 0, 0),
+        "reported once: {last:?}"
+    );
+}

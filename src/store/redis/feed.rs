@@ -33,8 +33,8 @@
 //!
 //! **Bounded.** Each stream is capped at about 100,000 entries (`MAXLEN ~` in the scripts). If
 //! the broker stays away longer than that many changes of one SKU, the oldest unpublished
-//! entries are trimmed unpublished; the pump notices (Redis' `max-deleted-entry-id` passed the
-//! cursor), logs an error once per SKU with the count, and counts them in
+//! entries are trimmed unpublished; the pump notices (the stream starts past the cursor, and
+//! fewer entries are left than were added and not passed), logs an error once per SKU with the count, and counts them in
 //! `seckill_events_lost_total`.
 
 use std::collections::{HashMap, HashSet};
@@ -101,9 +101,10 @@ return 0
 
 /// Takes or renews the lease and reads what to publish next: `ARGV = [holder, ttl_ms, count,
 /// grace_ms]`. Returns `{'busy'}` while another pump holds the lease, else `{'ok', cursor,
-/// pending, lost, oldest_ms, max_deleted_id, entries, more}`: `pending` the entries past the
+/// pending, lost, oldest_ms, first_id, entries, more}`: `pending` the entries past the
 /// cursor, `lost` how many were trimmed before they were published (not yet acknowledged by
-/// [`FEED_ADVANCE`]), `oldest_ms` the time of the first unpublished entry (0: none), and
+/// [`FEED_ADVANCE`]), `oldest_ms` the time of the first unpublished entry (0: none), `first_id`
+/// the oldest entry the stream still holds, and
 /// `entries` up to `count` entries after the cursor older than the grace period, each `{id,
 /// kind, json, skip}` (`kind` the entry's `event`: `sale` or an order status; `json` the sale or
 /// order; `skip` 1 for a ghost's creation or abandon-cancel). `more` is 1 when ready entries were
@@ -123,11 +124,12 @@ for i = 1, #info, 2 do field[info[i]] = info[i + 1] end
 -- The advance trims everything before the cursor, so only the cursor's own entry can precede
 -- the unpublished ones.
 local pending = field['length'] - #redis.call('XRANGE', K.events, cursor, cursor)
-local deleted = field['max-deleted-entry-id'] or '0-0'
+local first = (field['first-entry'] and field['first-entry'][1]) or '0-0'
 local lost = 0
-if after(deleted, cursor) then
-  -- Entries past the cursor were trimmed (MAXLEN) unpublished: every entry ever added was
-  -- passed by the cursor, is still here, or is lost.
+if after(first, cursor) then
+  -- The stream starts past the cursor: entries may have been trimmed (MAXLEN) unpublished.
+  -- Every entry ever added was passed by the cursor, is still here, or is lost. (Redis 7.0's
+  -- `max-deleted-entry-id` would be simpler, but trimming does not move it.)
   lost = math.max(0, field['entries-added'] - passed - pending)
 end
 local raw = redis.call('XRANGE', K.events, '(' .. cursor, '+', 'COUNT', tonumber(ARGV[3]))
@@ -172,7 +174,7 @@ for _, entry in ipairs(raw) do
 end
 local more = 0
 if #out == #raw and #raw == tonumber(ARGV[3]) then more = 1 end
-return {'ok', cursor, pending, lost, oldest, deleted, out, more}
+return {'ok', cursor, pending, lost, oldest, first, out, more}
 "#
 );
 
@@ -222,7 +224,7 @@ struct Read {
     lost: u64,
     oldest_at: Option<u64>,
     cursor: String,
-    max_deleted: String,
+    first_kept: String,
     entries: Vec<Entry>,
     more: bool,
 }
@@ -447,7 +449,7 @@ impl RedisStore {
                 sku = %sku,
                 lost = read.lost,
                 cursor = %read.cursor,
-                trimmed_up_to = %read.max_deleted,
+                first_kept = %read.first_kept,
                 pending = read.pending,
                 "order feed: events were trimmed from the SKU's Redis stream before they were \
                  published (the broker was away for more than ~100,000 changes of this SKU); \
@@ -507,7 +509,7 @@ fn decode_read(reply: Value) -> Result<Option<Read>, RedisError> {
         pending: int(2)?,
         lost: int(3)?,
         oldest_at: (oldest > 0).then_some(oldest),
-        max_deleted: text(5)?,
+        first_kept: text(5)?,
         entries,
         more: int(7)? == 1,
     }))

@@ -29,7 +29,7 @@ pub mod budget;
 mod calls;
 mod commands;
 mod decode;
-mod feed;
+pub mod feed;
 pub mod keys;
 pub mod regression;
 mod replication;
