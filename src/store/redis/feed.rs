@@ -270,7 +270,8 @@ impl RedisStore {
         loop {
             let mut backlog = false;
             if let Some(skus) = self.feed_skus().await {
-                state.outbox.retain(|sku, _| skus.contains(sku));
+                let owned: HashSet<&str> = skus.iter().map(|sku| &**sku).collect();
+                state.outbox.retain(|sku, _| owned.contains(&**sku));
                 for sku in &skus {
                     if state.drained.contains(sku) {
                         continue;
@@ -308,11 +309,12 @@ impl RedisStore {
         ));
         let mut skus = read.await.ok()?;
         // A SKU the index lost (see `sync_owned`) still has its stream.
-        for sku in self.watched() {
-            if !skus.contains(&sku) {
-                skus.push(sku);
-            }
-        }
+        let indexed: HashSet<String> = skus.iter().cloned().collect();
+        skus.extend(
+            self.watched()
+                .into_iter()
+                .filter(|sku| !indexed.contains(sku)),
+        );
         Some(
             skus.into_iter()
                 .filter(|sku| self.owns(sku))
