@@ -614,3 +614,110 @@ fn the_cursor_only_moves_forward_and_trimmed_entries_are_reported_lost() {
         "reported once: {last:?}"
     );
 }
+
+/// Three empty cluster-enabled masters joined with `redis-cli --cluster create` (as in
+/// `cluster_expiry.rs`).
+fn redis_cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
+            let bus = pick_port().to_string();
+            RedisServer::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "30000",
+                "--cluster-port",
+                &bus,
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = common::process::run(
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"]),
+    );
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create {addrs:?} failed with {}",
+        out.status
+    );
+    for node in &nodes {
+        let ok = poll(common::process::READY_BOUND, || {
+            let info: String = node.query(&["CLUSTER", "INFO"]).ok()?;
+            info.contains("cluster_state:ok").then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "redis {} never reported cluster_state:ok",
+            node.port
+        );
+    }
+    nodes
+}
+
+/// On a Redis Cluster, every SKU's outbox, cursor and lease live in the SKU's own slot, so each
+/// SKU is published from whichever master serves it.
+#[test]
+fn a_redis_cluster_publishes_every_sku_from_its_own_master() {
+    let masters = redis_cluster();
+    let hosts: Vec<String> = masters
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let url = format!("redis-cluster://{}", hosts.join(","));
+    let nats = NatsServer::start();
+    let events = nats.url();
+    let node = Server::start(2, &["--redis", &url, "--events", &events]);
+    let skus: Vec<String> = (0..6).map(|i| format!("spread-{i}")).collect();
+    let served: HashSet<i64> = skus
+        .iter()
+        .map(|sku| {
+            let slot: i64 = masters[0]
+                .query(&["CLUSTER", "KEYSLOT", &format!("seckill:{{{sku}}}:events")])
+                .unwrap_or_else(|e| panic!("KEYSLOT: {e}"));
+            // Three equal ranges, as `--cluster create` assigns them.
+            slot * 3 / 16384
+        })
+        .collect();
+    assert!(served.len() >= 2, "the SKUs landed on one master");
+    let mut client = node.client();
+    let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+    for sku in &skus {
+        client.create_sale(sku, &sale_spec(10, 1));
+    }
+    common::edge::wait_until_open(&[&node], &skus[5], WAIT_BOUND);
+    for sku in &skus {
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let order = client.buy(sku, &tok(&format!("{sku}-{n}")), 1);
+            ids.push(format!(
+                "{}.created",
+                order["order_id"].as_str().unwrap_or_default()
+            ));
+        }
+        let first = ids[0].trim_end_matches(".created").to_owned();
+        assert_status(&client.pay(&first), 200);
+        ids.push(format!("{first}.paid"));
+        expected.insert(sku.clone(), ids);
+    }
+    let mut last = Vec::new();
+    let done = poll(FEED_BOUND, || {
+        last = read_feed(&events, STREAM, TAIL_IDLE);
+        (last.len() >= skus.len() * 5).then_some(())
+    });
+    assert!(done.is_some(), "the feed has only {} messages", last.len());
+    for sku in &skus {
+        let of_sku: Vec<Value> = last.iter().filter(|m| m["sku"] == **sku).cloned().collect();
+        let got = ids(&of_sku);
+        assert!(got[0].starts_with(&format!("{sku}.sale.")), "{got:?}");
+        assert_eq!(got[1..], expected[sku][..], "{sku}");
+    }
+}
