@@ -2,11 +2,11 @@
 //! in the same atomic step as the change it records) is the durable outbox, and a pump per shard
 //! publishes the SKUs that shard owns.
 //!
-//! Per SKU, every tick ([`TICK`]):
+//! Per SKU, every tick (`TICK`):
 //! 1. [`FEED_READ`] takes or renews the SKU's **lease** (`PREFIX:{sku}:events:lease`, this
-//!    pump's unique name, [`LEASE_TTL`]) and reads up to [`BATCH`] entries after the **cursor**
+//!    pump's unique name, `LEASE_TTL`) and reads up to `BATCH` entries after the **cursor**
 //!    (`PREFIX:{sku}:events:cursor`, field `id`: the last entry JetStream acknowledged).
-//! 2. Only entries older than the grace period ([`RedisStore::feed_grace`]) are taken, and the
+//! 2. Only entries older than the grace period (`RedisStore::feed_grace`) are taken, and the
 //!    creation (and the abandon's cancel) of an order abandoned as a ghost is skipped: see
 //!    "never invent" below.
 //! 3. The events go to the publisher in stream order; the pump polls until JetStream has
@@ -22,20 +22,22 @@
 //!
 //! **Never invent.** A purchase whose script ran but whose reply the node gave up on was answered
 //! 503; its order is a ghost, cancelled soon after by [`super::abandon`] (which marks it
-//! `abandoned`). The pump waits a grace period (twice `--redis-budget-ms`, plus the abandon
-//! retrier's longest pause, 4 s, plus a second: 5.6 s by default) past an entry's time before publishing it, so the abandon has normally run by then, and it skips the
-//! `created` entry of an order abandoned by then, records the skip (`events:skipped`), and skips
-//! that order's abandon-`cancelled` entry too. Residual window, stated in the README: an
-//! abandon that has not reached Redis within the grace period (Redis unreachable from the node
-//! that owes it, but reachable from the pump) lets the ghost's `created` be published, followed
-//! later by its `cancelled`; and an order kept because an idempotency replay claimed it is
-//! announced, and announced cancelled if every claim turns out to have been answered 503 too.
+//! `abandoned`). The pump waits a grace period past an entry's time before publishing it (twice
+//! `--redis-budget-ms`, plus the abandon retrier's longest pause, 4 s, plus a second: 5.6 s by
+//! default), so the abandon has normally run by then. It skips the `created` entry of an order
+//! abandoned by then, records the skip (`events:skipped`), and skips that order's
+//! abandon-`cancelled` entry too. Residual window, stated in the README: an abandon that has not
+//! reached Redis within the grace period (Redis unreachable from the node that owes it but
+//! reachable from the pump, or that node dead) lets the ghost's `created` be published, followed
+//! later by its `cancelled` or `expired`; and an order kept because an idempotency replay claimed
+//! it is announced, and announced cancelled if every claim turns out to have been answered 503.
 //!
 //! **Bounded.** Each stream is capped at about 100,000 entries (`MAXLEN ~` in the scripts). If
 //! the broker stays away longer than that many changes of one SKU, the oldest unpublished
 //! entries are trimmed unpublished; the pump notices (the stream starts past the cursor, and
-//! fewer entries are left than were added and not passed), logs an error once per SKU with the count, and counts them in
-//! `seckill_events_lost_total`.
+//! fewer entries are left than were added and not passed), logs an error once per SKU with the
+//! count, and counts them in `seckill_events_lost_total`. Purchases are not refused for the
+//! feed's sake in cluster mode (`events_outbox_max` is the embedded store's bound).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
