@@ -74,8 +74,10 @@ fn ledger(port: u16, sku: &str) -> Ledger {
     // XRANGE: [[entry id, [field, value, ...]], ...]
     let entries: Vec<(String, HashMap<String, String>)> =
         redis_ok(port, &["XRANGE", &key(sku, "events"), "-", "+"]);
+    // Sale entries (the order feed's `sale.upserted`) carry no order.
     let events = entries
         .iter()
+        .filter(|(_, fields)| fields.get("event").map(String::as_str) != Some("sale"))
         .map(|(entry, fields)| {
             let field = |name: &str| -> String {
                 fields

@@ -522,6 +522,13 @@ fn render_ghosts(out: &mut Text, redis: &[(usize, &crate::store::RedisStats)]) {
         &[],
         sum(|s| s.retries),
     );
+    out.family(
+        "seckill_events_lost_total",
+        "counter",
+        "Order feed events trimmed from a SKU's Redis stream before they were published.",
+    );
+    let lost = redis.iter().map(|(_, stats)| stats.events_lost).sum();
+    out.sample("seckill_events_lost_total", &[], lost);
 }
 
 /// Lost writes in a shared store: only in cluster mode, where a store can regress.

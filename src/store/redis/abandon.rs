@@ -49,7 +49,7 @@ const MAX_REFUSALS: u32 = 5;
 /// [`MAX_BACKOFF`], plus up to as much again of jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest pause between abandon calls while Redis does not answer.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A purchase attempt whose caller was answered 503 although it may have run.
 #[derive(Debug, Clone)]

@@ -276,8 +276,12 @@ impl RedisStore {
 }
 
 /// A sale's definition as the UPSERT and RESUME scripts take it: name, stock, starts_at,
-/// ends_at, per_user_limit, payment_timeout_ms, rate_limit_per_sec, price, currency.
+/// ends_at, per_user_limit, payment_timeout_ms, rate_limit_per_sec, price, currency, and the
+/// whole definition as JSON (the order feed's `sale.upserted`, see [`super::feed`]).
 pub(super) fn sale_args(sale: &Sale) -> Vec<String> {
+    // Serialising a struct of strings and integers cannot fail; an empty definition would only
+    // be skipped by the feed, with an error log.
+    let json = simd_json::to_string(sale).unwrap_or_default();
     vec![
         sale.name.to_string(),
         sale.stock.to_string(),
@@ -288,5 +292,6 @@ pub(super) fn sale_args(sale: &Sale) -> Vec<String> {
         sale.rate_limit_per_sec.to_string(),
         sale.price.to_string(),
         sale.currency.to_string(),
+        json,
     ]
 }

@@ -29,6 +29,7 @@ pub mod budget;
 mod calls;
 mod commands;
 mod decode;
+pub mod feed;
 pub mod keys;
 pub mod regression;
 mod replication;
@@ -139,6 +140,8 @@ pub struct RedisStats {
     pub masters: Vec<MasterStats>,
     /// Ghost orders: purchases answered 503 that may have run ([`abandon`]).
     pub abandon: abandon::AbandonStats,
+    /// Order feed events trimmed from a SKU's stream before they were published.
+    pub events_lost: u64,
 }
 
 /// One shard's view of one Redis node.
@@ -193,6 +196,8 @@ struct Inner {
     regression: RefCell<regression::Regression>,
     /// This node's name in regression reports.
     node: String,
+    /// Order feed events trimmed from a stream before they were published ([`feed`]).
+    feed_lost: std::cell::Cell<u64>,
 }
 
 /// One shard's view of the shared Redis.
@@ -236,6 +241,7 @@ impl RedisStore {
             settled: RefCell::new(std::collections::HashSet::new()),
             regression: RefCell::new(regression::Regression::default()),
             node: regression::node_name(),
+            feed_lost: std::cell::Cell::new(0),
         });
         watchdog::spawn(&inner, settings.unresponsive);
         Ok(Self(inner))
@@ -298,6 +304,7 @@ impl Store for RedisStore {
                 timeouts: metrics.timeouts,
                 masters,
                 abandon: self.0.abandon.borrow().stats(),
+                events_lost: self.0.feed_lost.get(),
             }),
             stock: self
                 .0
@@ -325,9 +332,8 @@ impl Store for RedisStore {
         true
     }
 
-    async fn run_feed(&self, _feed: crate::feed::FeedLane) {
-        // PLACEHOLDER for the cluster-mode feed (helper `redisfeed` replaces this).
-        tracing::error!("order feed: not implemented in cluster mode yet");
+    async fn run_feed(&self, feed: crate::feed::FeedLane) {
+        self.pump_feed(feed).await;
     }
 
     async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {

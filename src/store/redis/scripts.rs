@@ -22,9 +22,17 @@ end
 local function level()
   return tonumber(redis.call('GET', K.remaining) or '0'), tonumber(redis.call('GET', K.seq) or '0')
 end
-local function event(kind, o)
+-- One entry of the SKU's stream per change of order `o`, carrying `json`, the order exactly as
+-- just stored in K.orders (encoded once, by the caller), for the order feed (feed.rs). The other
+-- fields stay for readers of the stream that predate `order`.
+local function event(kind, o, json)
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', kind, 'order_id', o.order_id,
-             'user_id', o.user_id, 'quantity', o.quantity, 'status', o.status)
+             'user_id', o.user_id, 'quantity', o.quantity, 'status', o.status, 'order', json)
+end
+-- The stream's entry for a created or replaced sale: `json` is the definition the node sent (the
+-- serialised `Sale`), so the feed publishes the same `sale.upserted` as the embedded store.
+local function sale_event(json)
+  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'sale', 'sale', json)
 end
 -- Drops order `id` from `user`'s list in K.byuser (entries are ' ' .. id, all one length).
 local function unlist(user, id)
@@ -36,12 +44,14 @@ local function unlist(user, id)
 end
 -- Moves pending order `o` to `status`; stock and the user's holding come back unless paid.
 -- Closed orders beyond `retention` are forgotten oldest first, with their idempotency keys.
+-- Returns the order's JSON as stored.
 local function close(o, status, retention)
   o.status = status
-  redis.call('HSET', K.orders, o.order_id, cjson.encode(o))
+  local json = cjson.encode(o)
+  redis.call('HSET', K.orders, o.order_id, json)
   redis.call('ZREM', K.pending, o.order_id)
-  event(status, o)
-  if status == 'paid' then return end
+  event(status, o, json)
+  if status == 'paid' then return json end
   redis.call('INCRBY', K.remaining, o.quantity)
   redis.call('INCR', K.seq)
   if redis.call('HINCRBY', K.held, o.user_id, -o.quantity) <= 0 then
@@ -61,6 +71,7 @@ local function close(o, status, retention)
       unlist(gone.user_id, old)
     end
   end
+  return json
 end
 -- Expires every pending order due at `now`, at most `limit`; returns how many.
 local function expire_due(now, limit, retention)
@@ -207,7 +218,7 @@ for i = 0, n - 1 do
       redis.call('HSET', K.byuser, user, string.sub((redis.call('HGET', K.byuser, user) or '') .. ' ' .. id, -32 * (#id + 1)))
       redis.call('ZADD', K.pending, o.expires_at, id)
       redis.call('ZADD', K.ids, 0, id)
-      event('created', o)
+      event('created', o, json)
       answer('ok', json)
     end
   end
@@ -252,9 +263,9 @@ if o.status == 'pending' then
     if (o.amount or 0) ~= tonumber(ARGV[5]) then return {'err', 'amount_mismatch', remaining, seq} end
     o.payment_ref = ref
   end
-  close(o, target, retention)
+  local json = close(o, target, retention)
   remaining, seq = level()
-  return {'changed', cjson.encode(o), remaining, seq}
+  return {'changed', json, remaining, seq}
 end
 local codes = {paid = 'order_paid', cancelled = 'order_cancelled', expired = 'order_expired'}
 return {'err', codes[o.status] or 'unavailable', remaining, seq}
@@ -304,7 +315,9 @@ return sale
 );
 
 /// Creates or replaces a sale: `ARGV = [name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec, price, currency, blocked_user*]`. A sale that has started cannot be
+/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, blocked_user*]`, where
+/// `sale_json` is the definition serialised, added to the SKU's stream as a `sale` entry for the
+/// order feed. A sale that has started cannot be
 /// replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
 /// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
 /// seq, epoch}` (a replaced sale keeps its epoch).
@@ -320,16 +333,18 @@ redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[
            'price', ARGV[8], 'currency', ARGV[9])
 redis.call('SET', K.remaining, ARGV[2])
 local seq = redis.call('INCR', K.seq)
-for i = 10, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
+for i = 11, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
+sale_event(ARGV[10])
 return {'ok', tonumber(ARGV[2]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
 "#
 );
 
 /// Resumes a SKU whose store regressed, on an operator's order: `ARGV = [epoch, seq, remaining,
 /// starts_at, node, wanted_remaining, (name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec, price, currency)?]`: the calling node's last view, the remaining stock
+/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json)?]`: the calling node's last view, the remaining stock
 /// the operator set (empty: the lower of Redis's and the newest view's), and the node's copy of
-/// the sale, which re-creates it when Redis lost it. Seq and epoch move past every view any node
+/// the sale, which re-creates it when Redis lost it (and adds a `sale` entry to the stream for
+/// the order feed, as [`UPSERT`] does). Seq and epoch move past every view any node
 /// had, so no node mistakes the resumed state for a regression, and every node adopts it. Returns
 /// `{'ok', report_json}` or `{'err', code}`.
 pub const RESUME: &str = concat!(
@@ -357,6 +372,7 @@ else
   redis.call('HSET', K.sale, 'name', ARGV[7], 'stock', ARGV[8], 'starts_at', ARGV[9], 'ends_at', ARGV[10],
              'per_user_limit', ARGV[11], 'payment_timeout_ms', ARGV[12], 'rate_limit_per_sec', ARGV[13],
              'price', ARGV[14] or '0', 'currency', ARGV[15] or 'CNY')
+  if ARGV[16] then sale_event(ARGV[16]) end
 end
 local lost
 if exists and epoch == seen.epoch then
@@ -469,6 +485,9 @@ for i = 0, n - 1 do
     local free = not o.kept and gone(o.order_id)
     for _, c in ipairs(o.claims or {}) do free = free and gone(c) end
     if free then
+      -- Marked, so the order feed can tell this ghost's cancel from a shopper's (feed.rs): no
+      -- shopper saw the order, so neither its creation nor this cancel is announced.
+      o.abandoned = true
       close(o, 'cancelled', retention)
       if o.idem and redis.call('HGET', K.idem, o.idem) == o.order_id then
         redis.call('HDEL', K.idem, o.idem)
