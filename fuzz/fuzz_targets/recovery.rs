@@ -66,9 +66,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = fs::write(&path, content);
     }
     let shards = 1 + usize::from((packed.flags >> 1) & 3);
-    if let Ok(first) = recover(dir, shards, LIMITS) {
+    // With the order feed on, replayed changes also fill the outbox, which the new generation's
+    // snapshot must carry.
+    let feed = (packed.flags >> 3) & 1 == 1;
+    if let Ok(first) = recover(dir, shards, LIMITS, feed) {
         assert_eq!(first.books.len(), shards);
-        let again = match recover(dir, shards, LIMITS) {
+        let again = match recover(dir, shards, LIMITS, feed) {
             Ok(again) => again,
             Err(error) => panic!("recovery cannot read back what it wrote: {error}"),
         };
@@ -78,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
                 state(two),
                 "a second recovery changed the state"
             );
+        }
+        for (one, two) in first.outboxes.iter().zip(&again.outboxes) {
+            assert_eq!(one.len(), two.len(), "a second recovery changed the outbox");
         }
     }
     let _ = fs::remove_dir_all(dir);
