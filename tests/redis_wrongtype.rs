@@ -1,0 +1,134 @@
+//! A purchase script that fails halfway (an operator planted a key of the wrong type) must leave
+//! a SKU consistent: no order without its unit taken from stock, no unit gone without an order,
+//! no holding without its orders, and the shopper gets an error, never a 201 for an order that is
+//! not stored. Each key a purchase writes is replaced, one at a time, by a key of another type.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::redis::RedisServer;
+use common::*;
+
+const STOCK: u64 = 10;
+
+/// The per-SKU keys a purchase writes, and whether each holds a string (planted as a hash) or
+/// something else (planted as a string).
+const WRITTEN: [(&str, bool); 9] = [
+    ("remaining", true),
+    ("seq", true),
+    ("held", false),
+    ("orders", false),
+    ("idem", false),
+    ("byuser", false),
+    ("pending", false),
+    ("ids", false),
+    ("events", false),
+];
+
+fn key(sku: &str, name: &str) -> String {
+    format!("seckill:{{{sku}}}:{name}")
+}
+
+/// Asserts stock, orders, holdings and the pending index of `sku` agree; `context` names the
+/// step for the message.
+#[track_caller]
+fn assert_consistent(redis: &RedisServer, sku: &str, context: &str) {
+    let remaining = redis
+        .integer(&["GET", &key(sku, "remaining")])
+        .unwrap_or_else(|| panic!("{context}: no remaining"));
+    let orders: HashMap<String, String> = redis
+        .query(&["HGETALL", &key(sku, "orders")])
+        .unwrap_or_else(|e| panic!("{context}: HGETALL orders: {e}"));
+    let held: HashMap<String, i64> = redis
+        .query(&["HGETALL", &key(sku, "held")])
+        .unwrap_or_else(|e| panic!("{context}: HGETALL held: {e}"));
+    let pending: Vec<String> = redis
+        .query(&["ZRANGE", &key(sku, "pending"), "0", "-1"])
+        .unwrap_or_else(|e| panic!("{context}: ZRANGE pending: {e}"));
+    let mut live = 0;
+    let mut by_user: HashMap<String, i64> = HashMap::new();
+    let mut pending_orders = HashSet::new();
+    for (id, json) in &orders {
+        let order: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{context}: order {id}: {e}"));
+        let status = order["status"].as_str().unwrap_or_default();
+        let quantity = order["quantity"].as_i64().unwrap_or_default();
+        if status == "pending" || status == "paid" {
+            live += quantity;
+            let user = order["user_id"].as_str().unwrap_or_default().to_owned();
+            *by_user.entry(user).or_default() += quantity;
+        }
+        if status == "pending" {
+            pending_orders.insert(id.clone());
+        }
+    }
+    assert_eq!(
+        remaining + live,
+        STOCK as i64,
+        "{context}: remaining {remaining} + units in live orders {live} != stock {STOCK}; \
+         orders {orders:?}"
+    );
+    assert_eq!(
+        held, by_user,
+        "{context}: held counts disagree with the live orders"
+    );
+    let indexed: HashSet<String> = pending.into_iter().collect();
+    assert_eq!(
+        indexed, pending_orders,
+        "{context}: the pending index disagrees with the pending orders"
+    );
+}
+
+#[test]
+fn a_key_of_the_wrong_type_never_splits_an_order_from_its_unit() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let node = Server::start(1, &["--redis", &url]);
+    for (name, is_string) in WRITTEN {
+        let sku = format!("wt{name}");
+        node.open_sale(&sku, STOCK, 5);
+        let mut client = node.client();
+        // State before the fault: one order with an idempotency key, so every key exists.
+        let first = client.purchase(&sku, &tok("alice"), Some(1), Some("k-0"));
+        assert_eq!(first.status, 201, "{name}: the first purchase: {first}");
+        assert_consistent(&redis, &sku, &format!("{name}: before the fault"));
+
+        let planted = key(&sku, name);
+        let saved = key(&sku, &format!("{name}:saved"));
+        redis
+            .query::<()>(&["RENAME", &planted, &saved])
+            .unwrap_or_else(|e| panic!("{name}: RENAME: {e}"));
+        if is_string {
+            redis.query::<()>(&["HSET", &planted, "x", "1"])
+        } else {
+            redis.query::<()>(&["SET", &planted, "planted"])
+        }
+        .unwrap_or_else(|e| panic!("{name}: plant: {e}"));
+
+        let faulted = client.purchase(&sku, &tok("bob"), Some(2), Some("k-1"));
+        assert!(
+            faulted.status == 500 || faulted.status == 503,
+            "{name}: a purchase against a key of the wrong type must fail, got: {faulted}"
+        );
+        assert!(
+            faulted.error_code().is_some(),
+            "{name}: the failure must be a JSON error: {faulted}"
+        );
+
+        redis
+            .query::<()>(&["RENAME", &saved, &planted])
+            .unwrap_or_else(|e| panic!("{name}: restore: {e}"));
+        assert_consistent(&redis, &sku, &format!("{name}: after the fault"));
+
+        // Selling goes on, and the failed attempt's key buys afresh or replays a stored order.
+        let after = client.purchase(&sku, &tok("bob"), Some(2), Some("k-1"));
+        assert_eq!(after.status, 201, "{name}: a purchase after the fault: {after}");
+        let id = after.json()["order_id"].as_str().unwrap_or_default().to_owned();
+        let stored: Option<String> = redis
+            .query(&["HGET", &key(&sku, "orders"), &id])
+            .unwrap_or_else(|e| panic!("{name}: HGET: {e}"));
+        assert!(stored.is_some(), "{name}: a 201 for order {id} not stored");
+        assert_consistent(&redis, &sku, &format!("{name}: after selling again"));
+    }
+}
