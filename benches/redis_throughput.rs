@@ -201,13 +201,12 @@ fn gateway_benchmark(redis: &redis_server::RedisServer) -> Result<(f64, f64), St
     redis
         .query::<()>(&["SET", "gw:stock", "1000000000"])
         .map_err(failed)?;
-    let sha: String = redis
-        .query(&["SCRIPT", "LOAD", GATEWAY])
-        .map_err(failed)?;
+    let sha: String = redis.query(&["SCRIPT", "LOAD", GATEWAY]).map_err(failed)?;
     redis
         .query::<()>(&["CONFIG", "RESETSTAT"])
         .map_err(failed)?;
-    let order = r#"{"order_id":"__rand_int__","user_id":"u-__rand_int__","quantity":1,"status":"pending"}"#;
+    let order =
+        r#"{"order_id":"__rand_int__","user_id":"u-__rand_int__","quantity":1,"status":"pending"}"#;
     let args = [
         "EVALSHA",
         sha.trim(),
