@@ -85,15 +85,28 @@ fn ledger(port: u16, sku: &str) -> Ledger {
                     .cloned()
                     .unwrap_or_else(|| panic!("stream entry {entry} without {name:?}: {fields:?}"))
             };
+            // A purchase's `created` entry carries only the order (the fields below are in it);
+            // the entries of later changes carry them as fields too.
+            let order: Value = serde_json::from_str(&field("order"))
+                .unwrap_or_else(|e| panic!("order of {entry} is not JSON ({e}): {fields:?}"));
+            let of_order = |name: &str| -> String {
+                fields
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| match &order[name] {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    })
+            };
             StreamEvent {
                 id: entry.clone(),
                 event: field("event"),
                 order_id: field("order_id"),
-                user_id: field("user_id"),
-                quantity: field("quantity")
+                user_id: of_order("user_id"),
+                quantity: of_order("quantity")
                     .parse()
                     .unwrap_or_else(|e| panic!("quantity of {entry} {fields:?}: {e}")),
-                status: field("status"),
+                status: of_order("status"),
             }
         })
         .collect();

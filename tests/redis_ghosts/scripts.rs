@@ -30,6 +30,7 @@ fn a_late_copy_of_an_abandoned_purchase_creates_nothing() {
     let mut args: Vec<&str> = vec!["EVAL", scripts::PURCHASE, &count];
     args.extend(keys.iter().map(String::as_str));
     // No view of the SKU: the last five arguments are the node's, for regression checks.
+    let head = head(&tombstones[0], "late", "late-buyer", "Z");
     args.extend([
         "1000",
         "1",
@@ -37,6 +38,7 @@ fn a_late_copy_of_an_abandoned_purchase_creates_nothing() {
         "late-buyer",
         "1",
         "Z",
+        &head,
         "",
         "",
         "",
@@ -50,6 +52,13 @@ fn a_late_copy_of_an_abandoned_purchase_creates_nothing() {
         rig.redis.integer(&["GET", "seckill:{late}:remaining"]),
         Some(10)
     );
+}
+
+/// The start of an order's JSON as a node sends it to the purchase script (one unit, with key).
+fn head(id: &str, sku: &str, user: &str, key: &str) -> String {
+    format!(
+        r#"{{"order_id":"{id}","sku":"{sku}","user_id":"{user}","quantity":1,"idem":"{user}\u0000{key}""#
+    )
 }
 
 /// Runs `script` on `sku`'s keys with `args`, as a node would.
@@ -78,7 +87,20 @@ fn an_order_is_cancelled_only_once_every_attempt_answered_with_it_is_abandoned()
             scripts::PURCHASE,
             "rule",
             // No view of the SKU: the last five arguments are the node's, for regression checks.
-            &["1000", "1", id, "u", "1", "K", "", "", "", "", ""],
+            &[
+                "1000",
+                "1",
+                id,
+                "u",
+                "1",
+                "K",
+                &head(id, "rule", "u", "K"),
+                "",
+                "",
+                "",
+                "",
+                "",
+            ],
         )
     };
     let abandon = |id: &str| -> Vec<String> {
@@ -130,7 +152,20 @@ fn an_order_is_cancelled_only_once_every_attempt_answered_with_it_is_abandoned()
             &redis,
             scripts::PURCHASE,
             "rule",
-            &["1000", "1", id, "v", "1", "V", "", "", "", "", ""],
+            &[
+                "1000",
+                "1",
+                id,
+                "v",
+                "1",
+                "V",
+                &head(id, "rule", "v", "V"),
+                "",
+                "",
+                "",
+                "",
+                "",
+            ],
         )
     };
     let abandon_v = |id: &str| -> Vec<String> {

@@ -1,0 +1,210 @@
+//! A purchase script that fails halfway (an operator planted a key of the wrong type) must leave
+//! a SKU consistent: no order without its unit taken from stock, no unit gone without an order,
+//! no holding without its orders, and the shopper gets an error, never a 201 for an order that is
+//! not stored. Each key a purchase writes is replaced, one at a time, by a key of another type.
+//! Also: the purchases of one script call see each other (the script decides them all before
+//! writing any).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::redis::RedisServer;
+use common::*;
+
+const STOCK: u64 = 10;
+
+/// The per-SKU keys a purchase writes, and whether each holds a string (planted as a hash) or
+/// something else (planted as a string).
+const WRITTEN: [(&str, bool); 9] = [
+    ("remaining", true),
+    ("seq", true),
+    ("held", false),
+    ("orders", false),
+    ("idem", false),
+    ("byuser", false),
+    ("pending", false),
+    ("ids", false),
+    ("events", false),
+];
+
+fn key(sku: &str, name: &str) -> String {
+    format!("seckill:{{{sku}}}:{name}")
+}
+
+/// Asserts stock, orders, holdings and the pending index of `sku` agree; `context` names the
+/// step for the message.
+#[track_caller]
+fn assert_consistent(redis: &RedisServer, sku: &str, context: &str) {
+    let remaining = redis
+        .integer(&["GET", &key(sku, "remaining")])
+        .unwrap_or_else(|| panic!("{context}: no remaining"));
+    let orders: HashMap<String, String> = redis
+        .query(&["HGETALL", &key(sku, "orders")])
+        .unwrap_or_else(|e| panic!("{context}: HGETALL orders: {e}"));
+    let held: HashMap<String, i64> = redis
+        .query(&["HGETALL", &key(sku, "held")])
+        .unwrap_or_else(|e| panic!("{context}: HGETALL held: {e}"));
+    let pending: Vec<String> = redis
+        .query(&["ZRANGE", &key(sku, "pending"), "0", "-1"])
+        .unwrap_or_else(|e| panic!("{context}: ZRANGE pending: {e}"));
+    let mut live = 0;
+    let mut by_user: HashMap<String, i64> = HashMap::new();
+    let mut pending_orders = HashSet::new();
+    for (id, json) in &orders {
+        let order: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{context}: order {id}: {e}"));
+        let status = order["status"].as_str().unwrap_or_default();
+        let quantity = order["quantity"].as_i64().unwrap_or_default();
+        if status == "pending" || status == "paid" {
+            live += quantity;
+            let user = order["user_id"].as_str().unwrap_or_default().to_owned();
+            *by_user.entry(user).or_default() += quantity;
+        }
+        if status == "pending" {
+            pending_orders.insert(id.clone());
+        }
+    }
+    assert_eq!(
+        remaining + live,
+        STOCK as i64,
+        "{context}: remaining {remaining} + units in live orders {live} != stock {STOCK}; \
+         orders {orders:?}"
+    );
+    assert_eq!(
+        held, by_user,
+        "{context}: held counts disagree with the live orders"
+    );
+    let indexed: HashSet<String> = pending.into_iter().collect();
+    assert_eq!(
+        indexed, pending_orders,
+        "{context}: the pending index disagrees with the pending orders"
+    );
+}
+
+#[test]
+fn a_key_of_the_wrong_type_never_splits_an_order_from_its_unit() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let node = Server::start(1, &["--redis", &url]);
+    for (name, is_string) in WRITTEN {
+        let sku = format!("wt{name}");
+        node.open_sale(&sku, STOCK, 5);
+        let mut client = node.client();
+        // State before the fault: one order with an idempotency key, so every key exists.
+        let first = client.purchase(&sku, &tok("alice"), Some(1), Some("k-0"));
+        assert_eq!(first.status, 201, "{name}: the first purchase: {first}");
+        assert_consistent(&redis, &sku, &format!("{name}: before the fault"));
+
+        let planted = key(&sku, name);
+        let saved = key(&sku, &format!("{name}:saved"));
+        redis
+            .query::<()>(&["RENAME", &planted, &saved])
+            .unwrap_or_else(|e| panic!("{name}: RENAME: {e}"));
+        if is_string {
+            redis.query::<()>(&["HSET", &planted, "x", "1"])
+        } else {
+            redis.query::<()>(&["SET", &planted, "planted"])
+        }
+        .unwrap_or_else(|e| panic!("{name}: plant: {e}"));
+
+        let faulted = client.purchase(&sku, &tok("bob"), Some(2), Some("k-1"));
+        assert!(
+            faulted.status == 500 || faulted.status == 503,
+            "{name}: a purchase against a key of the wrong type must fail, got: {faulted}"
+        );
+        assert!(
+            faulted.error_code().is_some(),
+            "{name}: the failure must be a JSON error: {faulted}"
+        );
+
+        redis
+            .query::<()>(&["RENAME", &saved, &planted])
+            .unwrap_or_else(|e| panic!("{name}: restore: {e}"));
+        assert_consistent(&redis, &sku, &format!("{name}: after the fault"));
+
+        // Selling goes on, and the failed attempt's key buys afresh or replays a stored order.
+        let after = client.purchase(&sku, &tok("bob"), Some(2), Some("k-1"));
+        assert_eq!(
+            after.status, 201,
+            "{name}: a purchase after the fault: {after}"
+        );
+        let id = after.json()["order_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let stored: Option<String> = redis
+            .query(&["HGET", &key(&sku, "orders"), &id])
+            .unwrap_or_else(|e| panic!("{name}: HGET: {e}"));
+        assert!(stored.is_some(), "{name}: a 201 for order {id} not stored");
+        assert_consistent(&redis, &sku, &format!("{name}: after selling again"));
+    }
+}
+
+/// Purchases decided in one script call see each other as if run one by one: a second attempt
+/// with the same idempotency key replays (and claims) the order the first just made, and the
+/// per-user limit counts the units the batch already gave the user.
+#[test]
+fn purchases_of_one_batch_see_each_other() {
+    let redis = RedisServer::start(&[]);
+    let node = Server::start(1, &["--redis", &redis.url()]);
+    node.open_sale("onebatch", STOCK, 1);
+    let keys: Vec<String> = [
+        "sale",
+        "remaining",
+        "seq",
+        "held",
+        "idem",
+        "orders",
+        "pending",
+        "blocked",
+        "events",
+        "closed",
+        "abandoned",
+        "byuser",
+        "regressed",
+        "ids",
+    ]
+    .iter()
+    .map(|name| key("onebatch", name))
+    .collect();
+    let (a, b, c) = (
+        "01M8Y67NTD07C7P92B2AGC0J8Q.onebatch",
+        "01M8Y67NTD07C7P92B2AGC0J8R.onebatch",
+        "01M8Y67NTD07C7P92B2AGC0J8S.onebatch",
+    );
+    let head = |id: &str, key: Option<&str>| {
+        let idem = key
+            .map(|k| format!(r#","idem":"u\u0000{k}""#))
+            .unwrap_or_default();
+        format!(r#"{{"order_id":"{id}","sku":"onebatch","user_id":"u","quantity":1{idem}"#)
+    };
+    let (head_a, head_b, head_c) = (head(a, Some("K")), head(b, Some("K")), head(c, None));
+    let count = keys.len().to_string();
+    let mut command: Vec<&str> = vec!["EVAL", seckill::store::redis::scripts::PURCHASE, &count];
+    command.extend(keys.iter().map(String::as_str));
+    command.extend([
+        "1000", "3", a, "u", "1", "K", &head_a, b, "u", "1", "K", &head_b, c, "u", "1", "",
+        &head_c, "", "", "", "", "",
+    ]);
+    let reply: Vec<Vec<String>> = redis.query(&command).expect("EVAL purchase");
+    let outcomes: Vec<&str> = reply.iter().map(|row| row[0].as_str()).collect();
+    assert_eq!(outcomes, ["ok", "replay", "err"], "{reply:?}");
+    assert_eq!(reply[2][1], "limit_exceeded", "{reply:?}");
+    let stored: String = redis
+        .query(&["HGET", &key("onebatch", "orders"), a])
+        .expect("HGET");
+    let order: serde_json::Value = serde_json::from_str(&stored).expect("order JSON");
+    assert_eq!(order["claims"], serde_json::json!([b]), "{order}");
+    assert_eq!(order["idem"], "u\u{0}K", "{order}");
+    assert_consistent(&redis, "onebatch", "one batch");
+    let listed: String = redis
+        .query(&["HGET", &key("onebatch", "byuser"), "u"])
+        .expect("HGET byuser");
+    assert_eq!(listed, format!(" {a}"));
+    // The node reads the order back as the API shows it.
+    let mut client = node.client();
+    let shown = client.authed("GET", &format!("/v1/orders/{a}"), &tok("u"), None);
+    assert_eq!(shown.status, 200, "{shown}");
+    assert_eq!(shown.json()["status"], "pending", "{shown}");
+}
