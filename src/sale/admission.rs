@@ -90,15 +90,15 @@ impl TokenBucket {
 /// Seconds of a sale's rate one lease asks the cluster-wide bucket for: small, so that tokens a
 /// shard holds but does not use are few, and large enough that a busy sale costs a lease call
 /// per shard only every few tens of milliseconds.
-pub const BLOCK_SECS: f64 = 0.05;
+pub const BLOCK_SECS: f64 = 0.1;
 
 /// How long leased tokens stay usable. Short, so that a node whose shoppers left does not keep
 /// tokens another node could use; what it did not use is simply lost (the bucket errs on the
 /// side of admitting less).
-pub const LEASE_TTL: Duration = Duration::from_millis(200);
+pub const LEASE_TTL: Duration = Duration::from_millis(500);
 
 /// Seconds of a sale's rate the cluster-wide bucket may accumulate while nobody buys.
-pub const CLUSTER_BURST_SECS: f64 = 0.1;
+pub const CLUSTER_BURST_SECS: f64 = 0.25;
 
 /// Tokens a holder may owe: its first request after an idle spell is admitted at once and paid
 /// back from the next grant, so the long-run rate stays exact and no shopper is refused only
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn a_lease_spends_its_grant_owes_one_token_and_lapses() {
         let now = Instant::now();
-        let mut lease = Lease::new(1000);
+        let mut lease = Lease::new(500);
         assert_eq!(lease.wants(now), None, "nobody asked: no lease call");
         assert_eq!(lease.try_take(now), Ok(()), "the overdraft");
         assert!(lease.try_take(now).is_err());
@@ -368,7 +368,10 @@ mod tests {
         lease.settle(Some(grant), now);
         let admitted = (0..100).filter(|_| lease.try_take(now).is_ok()).count();
         assert_eq!(admitted, 50, "the grant, with the overdraft owed again");
-        assert!(lease.wants(now).is_some(), "asked for again ahead of running out");
+        assert!(
+            lease.wants(now).is_some(),
+            "asked for again ahead of running out"
+        );
         lease.sent();
         lease.settle(Some(grant), now);
         let later = now + LEASE_TTL;

@@ -172,7 +172,10 @@ impl Edge {
                             (None, true) => entry.bucket = Some(TokenBucket::new(share, now)),
                             (_, false) => entry.bucket = None,
                         }
-                        match (&mut entry.lease, sale.rate_limit_per_sec > 0 && self.leasing) {
+                        match (
+                            &mut entry.lease,
+                            sale.rate_limit_per_sec > 0 && self.leasing,
+                        ) {
                             (Some(lease), true) => lease.set_rate(sale.rate_limit_per_sec),
                             (None, true) => entry.lease = Some(Lease::new(sale.rate_limit_per_sec)),
                             (_, false) => entry.lease = None,
@@ -346,7 +349,10 @@ impl Edge {
                 }
                 None => bucket.try_take(now),
             };
-            if sale.lease.as_ref().is_some_and(|lease| lease.wants(now).is_some())
+            if sale
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.wants(now).is_some())
                 && !self.wanting.contains(sku)
             {
                 self.wanting.insert(sku.into());

@@ -118,10 +118,7 @@ fn decode_grant(reply: Value) -> Result<Grant, RedisError> {
         return Err(shape());
     };
     let number = |index: usize| -> Result<u64, RedisError> {
-        items
-            .get(index)
-            .and_then(Value::as_u64)
-            .ok_or_else(shape)
+        items.get(index).and_then(Value::as_u64).ok_or_else(shape)
     };
     Ok(Grant {
         tokens: u32::try_from(number(0)?).unwrap_or(u32::MAX),
@@ -155,7 +152,7 @@ mod tests {
     #[test]
     fn the_bucket_shares_the_sales_hash_tag_and_replies_decode() {
         assert_eq!(bucket_key("seckill", "moutai"), "seckill:{moutai}:rate");
-        assert_eq!(burst_for(1000), 100);
+        assert_eq!(burst_for(1000), 250);
         assert_eq!(burst_for(1), 1);
         let reply = Value::Array(vec![Value::Integer(7), Value::Integer(3)]);
         assert_eq!(
