@@ -147,6 +147,13 @@ fn three_nodes_with_uneven_load_admit_the_sales_rate_together() {
         "rate {RATE}/s over {window:?} on 3 nodes (admitted, 429, other per node): {per_node:?}; \
          {admitted} admitted of {attempts} attempts, {ratio:.3} of rate x window ({expected})"
     );
+    // Script calls of the whole run: purchases (at most one each) plus rate leases.
+    let stats: String = redis.query(&["INFO", "commandstats"]).unwrap_or_default();
+    let evalsha = stats
+        .lines()
+        .find(|line| line.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("cmdstat_evalsha: not reported");
+    println!("{created} orders in {RUN:?}; redis {evalsha}");
     assert_eq!(other, 0, "only 201 and 429 expected: {per_node:?}");
     assert!(
         per_node.iter().all(|(_, limited, _)| *limited > 0),
