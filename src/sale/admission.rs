@@ -8,6 +8,10 @@
 //! computing the whole split is what keeps the fractions in force adding up to at most 1: shards
 //! that each computed their own share from demand figures of different ages could together hand
 //! out more than the rate.
+//!
+//! In cluster mode a sale's rate is the whole cluster's: each shard leases blocks of tokens
+//! from a shared bucket through a [`TokenSource`] in the background and spends them here
+//! ([`Lease`]); the local share above only admits while that bucket cannot be reached.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +85,165 @@ impl TokenBucket {
         self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.capacity);
         self.refilled_at = now;
     }
+}
+
+/// Seconds of a sale's rate one lease asks the cluster-wide bucket for: small, so that tokens a
+/// shard holds but does not use are few, and large enough that a busy sale costs a lease call
+/// per shard only every few tens of milliseconds.
+pub const BLOCK_SECS: f64 = 0.1;
+
+/// How long leased tokens stay usable. Short, so that a node whose shoppers left does not keep
+/// tokens another node could use; what it did not use is simply lost (the bucket errs on the
+/// side of admitting less).
+pub const LEASE_TTL: Duration = Duration::from_millis(500);
+
+/// Seconds of a sale's rate the cluster-wide bucket may accumulate while nobody buys.
+pub const CLUSTER_BURST_SECS: f64 = 0.25;
+
+/// Tokens a holder may owe: its first request after an idle spell is admitted at once and paid
+/// back from the next grant, so the long-run rate stays exact and no shopper is refused only
+/// because this shard had not leased yet.
+const OVERDRAFT: i64 = 1;
+
+/// How soon a shard asks again after a lease call failed.
+const FAILED_LEASE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest wait between asks for an empty bucket: the bucket refills continuously, and
+/// other holders' unused tokens are not returned, so waiting longer only loses rate.
+const MAX_EMPTY_WAIT: Duration = Duration::from_millis(50);
+
+/// Tokens of a sale's cluster-wide bucket (see `store::redis::rate`) that one shard leased,
+/// spent on its own hot path without a round trip. A background task ([`Lease::wants`]) asks
+/// for the next block before these run out; when asking fails, the shard falls back to its
+/// local share ([`Lease::failing`]).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Tokens in hand; negative while an overdraft is owed.
+    tokens: i64,
+    /// When the tokens in hand lapse.
+    expires_at: Option<Instant>,
+    /// Tokens asked for per call.
+    block: u32,
+    /// The hot path found the lease low since the last call was sent.
+    wanted: bool,
+    /// A lease call for this sale is in flight on this shard.
+    in_flight: bool,
+    /// No call before this (the bucket was empty, or the last call failed).
+    not_before: Option<Instant>,
+    /// The last lease call failed: admission uses the local share until one succeeds.
+    failing: bool,
+}
+
+/// What one lease call got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Tokens granted, possibly fewer than asked (none when the bucket is empty).
+    pub tokens: u32,
+    /// When the bucket had too few, how long until it has one again.
+    pub retry_after: Duration,
+}
+
+impl Lease {
+    /// An empty lease for a sale limited to `rate_per_sec` across the cluster.
+    pub fn new(rate_per_sec: u32) -> Self {
+        Self {
+            tokens: 0,
+            expires_at: None,
+            block: Self::block_for(rate_per_sec),
+            wanted: false,
+            in_flight: false,
+            not_before: None,
+            failing: false,
+        }
+    }
+
+    /// Tokens one call asks for at `rate_per_sec`: [`BLOCK_SECS`] of it, at least one.
+    pub fn block_for(rate_per_sec: u32) -> u32 {
+        (f64::from(rate_per_sec) * BLOCK_SECS).ceil().max(1.0) as u32
+    }
+
+    /// Follows a changed rate.
+    pub fn set_rate(&mut self, rate_per_sec: u32) {
+        self.block = Self::block_for(rate_per_sec);
+    }
+
+    /// Whether the last lease call failed, so the shard admits by its local share.
+    pub fn failing(&self) -> bool {
+        self.failing
+    }
+
+    /// Notes a request while failing: keeps the lease asked for, so it recovers.
+    pub fn note_demand(&mut self) {
+        self.wanted = true;
+    }
+
+    /// Takes one token (or the overdraft), or says when to retry. Asks for the next block
+    /// once half a block is left.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.tokens > 0 && self.expires_at.is_some_and(|at| now >= at) {
+            self.tokens = 0;
+        }
+        if self.tokens <= i64::from(self.block / 2) {
+            self.wanted = true;
+        }
+        if self.tokens > -OVERDRAFT {
+            self.tokens -= 1;
+            return Ok(());
+        }
+        Err(self
+            .not_before
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+            .min(MAX_RETRY_AFTER))
+    }
+
+    /// Whether a lease call should be sent now, and for how many tokens.
+    pub fn wants(&self, now: Instant) -> Option<u32> {
+        let due = self.not_before.is_none_or(|at| now >= at);
+        (self.wanted && !self.in_flight && due).then_some(self.block)
+    }
+
+    /// Records that a lease call was sent.
+    pub fn sent(&mut self) {
+        self.in_flight = true;
+        self.wanted = false;
+    }
+
+    /// Records a lease call's outcome: `None` when it failed.
+    pub fn settle(&mut self, grant: Option<Grant>, now: Instant) {
+        self.in_flight = false;
+        let Some(grant) = grant else {
+            self.failing = true;
+            self.wanted = true;
+            self.not_before = Some(now + FAILED_LEASE_BACKOFF);
+            return;
+        };
+        self.failing = false;
+        if self.tokens > 0 && self.expires_at.is_some_and(|at| now >= at) {
+            self.tokens = 0;
+        }
+        self.tokens += i64::from(grant.tokens);
+        if grant.tokens > 0 {
+            self.expires_at = Some(now + LEASE_TTL);
+            self.not_before = None;
+        } else {
+            // Still wanted: the hot path found it low. Ask again once the bucket has refilled.
+            self.wanted = true;
+            self.not_before = Some(now + grant.retry_after.min(MAX_EMPTY_WAIT));
+        }
+    }
+}
+
+/// Where a shard leases a sale's cluster-wide tokens from: the shared store's bucket in cluster
+/// mode. Embedded mode has none, and each sale's rate is the node's, split between its shards.
+pub trait TokenSource {
+    /// Takes up to `want` tokens from `sku`'s bucket, which refills at `rate_per_sec`; `None`
+    /// when the bucket could not be reached. Runs off the request path.
+    fn lease<'a>(
+        &'a self,
+        sku: &'a str,
+        rate_per_sec: u32,
+        want: u32,
+    ) -> futures::future::LocalBoxFuture<'a, Option<Grant>>;
 }
 
 /// Each shard's fraction of a sale's rate, given every shard's demand (requests per second):
@@ -186,6 +349,39 @@ mod tests {
         let later = start + Duration::from_secs(1);
         let admitted = (0..1000).filter(|_| bucket.try_take(later).is_ok()).count();
         assert_eq!(admitted, 10, "refill is capped by the burst capacity");
+    }
+
+    #[test]
+    fn a_lease_spends_its_grant_owes_one_token_and_lapses() {
+        let now = Instant::now();
+        let mut lease = Lease::new(500);
+        assert_eq!(lease.wants(now), None, "nobody asked: no lease call");
+        assert_eq!(lease.try_take(now), Ok(()), "the overdraft");
+        assert!(lease.try_take(now).is_err());
+        assert_eq!(lease.wants(now), Some(50));
+        lease.sent();
+        assert_eq!(lease.wants(now), None, "one call in flight per sale");
+        let grant = Grant {
+            tokens: 50,
+            retry_after: Duration::ZERO,
+        };
+        lease.settle(Some(grant), now);
+        let admitted = (0..100).filter(|_| lease.try_take(now).is_ok()).count();
+        assert_eq!(admitted, 50, "the grant, with the overdraft owed again");
+        assert!(
+            lease.wants(now).is_some(),
+            "asked for again ahead of running out"
+        );
+        lease.sent();
+        lease.settle(Some(grant), now);
+        let later = now + LEASE_TTL;
+        assert!(lease.try_take(later).is_ok(), "the overdraft again");
+        assert!(lease.try_take(later).is_err(), "unused tokens lapsed");
+        lease.sent();
+        lease.settle(None, later);
+        assert!(lease.failing());
+        assert_eq!(lease.wants(later), None, "backs off after a failure");
+        assert!(lease.wants(later + FAILED_LEASE_BACKOFF).is_some());
     }
 
     #[test]

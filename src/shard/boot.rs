@@ -165,6 +165,13 @@ pub async fn start_shard(
     tracing::debug!(index, id, "shard joined the mesh");
     let (store, journal) = open_store(id, options, source).await?;
     tracing::debug!(id, "shard store open");
+    // Cluster mode: every sale's rate limit is the whole cluster's, leased from Redis.
+    let tokens: Option<Rc<dyn crate::sale::admission::TokenSource>> = match &store {
+        NodeStore::Redis(redis) => Some(Rc::new(crate::store::redis::rate::RateLeases::new(
+            redis.clone(),
+        ))),
+        NodeStore::Embedded(_) => None,
+    };
     let shard = Rc::new(Shard::new(
         id,
         options.shards,
@@ -172,6 +179,7 @@ pub async fn start_shard(
         store,
         Arc::clone(node),
         options.discovery,
+        tokens,
     ));
     for (_, receiver) in receivers.streams() {
         let shard = Rc::clone(&shard);

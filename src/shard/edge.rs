@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::message::Notice;
 use super::placement::owner_of;
-use crate::sale::admission::{fair_split, DemandMeter, TokenBucket};
+use crate::sale::admission::{fair_split, DemandMeter, Grant, Lease, TokenBucket};
 use crate::sale::SaleError;
 
 /// The smallest change of a shard's fraction worth telling the others about: sales whose demand
@@ -32,8 +32,12 @@ struct EdgeSale {
     rate_limit_per_sec: u32,
     /// This shard's fraction of the node-wide rate, as the SKU's owner last split it.
     fraction: f64,
-    /// This shard's share of the node-wide rate; `None` when unlimited.
+    /// This shard's share of the node-wide rate; `None` when unlimited. With a cluster-wide
+    /// bucket, it only admits while leasing from that bucket fails.
     bucket: Option<TokenBucket>,
+    /// Tokens leased from the sale's cluster-wide bucket, when the edge leases
+    /// ([`Edge::leasing`]) and the sale is limited.
+    lease: Option<Lease>,
     demand: DemandMeter,
     /// Latest smoothed demand of every shard, indexed by shard; only the owner splits by it.
     shard_demand: Vec<f64>,
@@ -60,6 +64,12 @@ pub struct Edge {
     regressed: HashSet<Box<str>>,
     /// When the last demand-measuring tick closed.
     last_tick: Option<Instant>,
+    /// Whether rate limits are cluster-wide: each limited sale's tokens are leased from a
+    /// shared bucket ([`Edge::lease_asks`]) instead of coming from the local share alone.
+    leasing: bool,
+    /// Sales whose lease the hot path found low since the lease task last looked; bounded by
+    /// the sales this edge knows.
+    wanting: HashSet<Box<str>>,
 }
 
 /// What a shard tells the others at the end of a tick.
@@ -83,6 +93,57 @@ impl Edge {
             blocked: HashSet::new(),
             regressed: HashSet::new(),
             last_tick: None,
+            leasing: false,
+            wanting: HashSet::new(),
+        }
+    }
+
+    /// Makes every limited sale's rate cluster-wide: tokens are leased in blocks from a
+    /// shared bucket by the shard's lease task, and the local share admits only while that
+    /// fails.
+    pub fn leasing(mut self, leasing: bool) -> Self {
+        self.leasing = leasing;
+        self
+    }
+
+    /// Up to `max` lease calls to send now: each sale whose lease ran low, and the tokens to
+    /// ask for at its rate. Marks them sent.
+    pub fn lease_asks(&mut self, now: Instant, max: usize) -> Vec<(Box<str>, u32, u32)> {
+        let mut asks = Vec::new();
+        let mut done = Vec::new();
+        for sku in &self.wanting {
+            if asks.len() >= max {
+                break;
+            }
+            let Some(sale) = self.sales.get_mut(sku) else {
+                done.push(sku.clone());
+                continue;
+            };
+            let Some(lease) = &mut sale.lease else {
+                done.push(sku.clone());
+                continue;
+            };
+            if let Some(want) = lease.wants(now) {
+                lease.sent();
+                asks.push((sku.clone(), sale.rate_limit_per_sec, want));
+                done.push(sku.clone());
+            }
+        }
+        for sku in done {
+            self.wanting.remove(&sku);
+        }
+        asks
+    }
+
+    /// Records a lease call's outcome (`None`: it failed).
+    pub fn lease_settled(&mut self, sku: &str, grant: Option<Grant>, now: Instant) {
+        let Some(lease) = self.sales.get_mut(sku).and_then(|sale| sale.lease.as_mut()) else {
+            return;
+        };
+        lease.settle(grant, now);
+        if lease.wants(now).is_some() || grant.is_none_or(|grant| grant.tokens == 0) {
+            // Asked for again by the lease task once due.
+            self.wanting.insert(sku.into());
         }
     }
 
@@ -111,6 +172,14 @@ impl Edge {
                             (None, true) => entry.bucket = Some(TokenBucket::new(share, now)),
                             (_, false) => entry.bucket = None,
                         }
+                        match (
+                            &mut entry.lease,
+                            sale.rate_limit_per_sec > 0 && self.leasing,
+                        ) {
+                            (Some(lease), true) => lease.set_rate(sale.rate_limit_per_sec),
+                            (None, true) => entry.lease = Some(Lease::new(sale.rate_limit_per_sec)),
+                            (_, false) => entry.lease = None,
+                        }
                     }
                     None => {
                         let entry = EdgeSale {
@@ -120,6 +189,8 @@ impl Edge {
                             fraction: even,
                             bucket: (sale.rate_limit_per_sec > 0)
                                 .then(|| TokenBucket::new(rate * even, now)),
+                            lease: (sale.rate_limit_per_sec > 0 && self.leasing)
+                                .then(|| Lease::new(sale.rate_limit_per_sec)),
                             demand: DemandMeter::default(),
                             shard_demand: vec![0.0; self.shards],
                             split: vec![even; self.shards],
@@ -268,7 +339,25 @@ impl Edge {
         }
         if let Some(bucket) = &mut sale.bucket {
             sale.demand.record();
-            bucket.try_take(now).map_err(Refusal::RateLimited)?;
+            let taken = match &mut sale.lease {
+                Some(lease) if !lease.failing() => lease.try_take(now),
+                Some(lease) => {
+                    // The shared bucket is out of reach: this shard's share of the node-wide
+                    // rate, as without a cluster-wide limit (see `store::redis::rate`).
+                    lease.note_demand();
+                    bucket.try_take(now)
+                }
+                None => bucket.try_take(now),
+            };
+            if sale
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.wants(now).is_some())
+                && !self.wanting.contains(sku)
+            {
+                self.wanting.insert(sku.into());
+            }
+            taken.map_err(Refusal::RateLimited)?;
         }
         if sale.sold_out && !may_be_replay {
             return Err(Refusal::Sale(SaleError::SoldOut));

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod drain;
 pub mod edge;
 pub mod fds;
+pub mod leases;
 pub mod message;
 mod negative;
 pub mod orders;
@@ -140,10 +141,13 @@ pub struct Shard<S> {
     pub node: std::sync::Arc<NodeStatus>,
     /// Lookups of SKUs this shard owns that some edge did not know (shared store only).
     discovery: discovery::Discovery,
+    /// Where cluster-wide rate limits lease their tokens ([`leases`]); `None` when rate limits
+    /// are the node's own (embedded mode).
+    tokens: Option<Rc<dyn crate::sale::admission::TokenSource>>,
 }
 
 impl<S: crate::store::Store + 'static> Shard<S> {
-    /// A shard with an empty edge and expiry queue.
+    /// A shard with an empty edge and expiry queue; `tokens` makes rate limits cluster-wide.
     pub fn new(
         id: usize,
         count: usize,
@@ -151,12 +155,13 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         store: S,
         node: std::sync::Arc<NodeStatus>,
         discovery: discovery::DiscoverySettings,
+        tokens: Option<Rc<dyn crate::sale::admission::TokenSource>>,
     ) -> Self {
         Self {
             id,
             count,
             peers,
-            edge: RefCell::new(Edge::new(id, count)),
+            edge: RefCell::new(Edge::new(id, count).leasing(tokens.is_some())),
             store,
             expiry: RefCell::new(ExpiryQueue::new()),
             announced: RefCell::new(HashMap::new()),
@@ -165,6 +170,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             metrics: ShardMetrics::new(),
             node,
             discovery: discovery::Discovery::new(discovery),
+            tokens,
         }
     }
 

@@ -230,6 +230,7 @@ async fn run_shard(
     let shard = started.shard;
     node.stores_down.fetch_add(1, Ordering::AcqRel);
     let ticks = glommio::spawn_local(Rc::clone(&shard).run_ticks()).detach();
+    glommio::spawn_local(Rc::clone(&shard).run_leases()).detach();
     node.ready_shards.fetch_add(1, Ordering::AcqRel);
     let _ = events.send(NodeEvent::Ready);
 

@@ -31,6 +31,7 @@ mod commands;
 mod decode;
 pub mod feed;
 pub mod keys;
+pub mod rate;
 pub mod regression;
 mod replication;
 pub mod scripts;
