@@ -413,6 +413,10 @@ impl Store for RedisStore {
                     .saturating_add(60_000);
                 if now > settled_at && pending == 0 && self.0.settled.borrow().len() < MAX_SETTLED {
                     self.0.settled.borrow_mut().insert(sale.sku.clone());
+                    // Never synced again: nothing to remember, and no lease to keep.
+                    let mut reclaim = self.0.reclaim.borrow_mut();
+                    reclaim.seen.remove(sku.as_str());
+                    reclaim.held.remove(sku.as_str());
                 }
             }
             owned.push(synced);

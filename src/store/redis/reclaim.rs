@@ -6,16 +6,17 @@
 //!   counter `PREFIX:{sku}:reclaim:fence`, so every holder has a higher number than the one
 //!   before (reported as `fence`, logged on takeover).
 //! - **Renew.** The holder's `SYNC` renews the lease (`PEXPIRE`, only if the token matches) and
-//!   sweeps in the same atomic script, every owner tick.
+//!   sweeps in the same atomic script, every third of [`LEASE_TTL`] and whenever an order is due.
 //! - **Release.** On drain, [`RELEASE`] deletes the lease only if it still holds this shard's
 //!   token (compare-and-delete), so another node takes over at its next tick, not after
 //!   [`LEASE_TTL`].
-//! - **Watchers.** A shard that does not hold the lease reads `remaining`, `seq`, the regression
-//!   marker and the lease with one `MGET` per tick. Only when one of them differs from the last
-//!   full read (a sale sold, was replaced or resumed, regressed, or the lease is free) does it run
-//!   `SYNC` (read-only, or to take the free lease), so stock changes still reach every node within
-//!   a tick and regressions are still detected against this shard's floor.
-//!
+//! - **Idle SKUs cost one `MGET` per node per tick.** Every shard reads `remaining`, `seq`, the
+//!   regression marker and the lease with one `MGET` per owned SKU per tick. Only when one of
+//!   them differs from its last full read (a sale sold, was replaced or resumed, regressed, or
+//!   the lease is free or changed hands), or as the holder when renewal or a sweep is due, does
+//!   it run `SYNC`. So stock changes still reach every node within a tick, and regressions are
+//!   still detected against each shard's floor: a lost write changes `seq` or removes it.
+
 //! **Why the lease cannot double-expire an order.** Safety never rested on it: expiring an order
 //! is one Lua script that reads the order's status and, only if it is `pending` and due by Redis
 //! `TIME`, closes it and returns its stock, atomically. Two sweepers (a holder paused past its
@@ -58,6 +59,21 @@ pub fn lease_keys(prefix: &str, sku: &str) -> [String; 2] {
 /// by `MGET` (absent keys are `None`).
 pub(super) type Watch = [Option<String>; 4];
 
+/// What a shard learnt from its last full `SYNC` of one SKU, reused while `MGET` shows nothing
+/// changed.
+#[derive(Debug, Clone)]
+pub(super) struct Seen {
+    /// `MGET`'s reading just before that `SYNC`.
+    pub watch: Watch,
+    /// The `SYNC`'s answer.
+    pub synced: crate::store::Synced,
+    /// Orders pending then.
+    pub pending: u64,
+    /// When the first of them is due (this node's monotonic clock: Redis sent a delay, so the
+    /// two clocks need not agree).
+    pub due_at: Option<Instant>,
+}
+
 /// One shard's lease state.
 #[derive(Debug)]
 pub(super) struct Reclaim {
@@ -67,9 +83,9 @@ pub(super) struct Reclaim {
     /// SKUs whose lease this shard held at its last `SYNC`, and when that call was sent: the
     /// lease is this shard's until at least then plus [`LEASE_TTL`].
     pub held: HashMap<Box<str>, Instant>,
-    /// Per watched SKU: what `MGET` read at the last full sync, and that sync's answer, reused
-    /// while nothing changed. Bounded by the SKUs this shard owns (sales are admin-made).
-    pub seen: HashMap<Box<str>, (Watch, crate::store::Synced, u64)>,
+    /// Per owned SKU, the last full read. Bounded by the SKUs this shard owns (sales are
+    /// admin-made).
+    pub seen: HashMap<Box<str>, Seen>,
 }
 
 impl Reclaim {
@@ -117,10 +133,12 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// One owner tick's sync of `sku`: the holder (or a shard finding the lease free) runs
-    /// `SYNC` with its token, renewing or taking the lease and sweeping; a watcher reads four
-    /// keys and reuses its last answer when none changed. Answers with the orders still
-    /// pending; `None` when Redis gave no answer.
+    /// One owner tick's sync of `sku`. Every shard first reads four keys (`MGET`); it runs
+    /// `SYNC` only when one of them changed since its last full read, when the lease is free
+    /// (to take it), or, as the holder, when the lease is due for renewal (every third of
+    /// [`LEASE_TTL`]) or an order is due (to sweep). Otherwise it reuses its last answer: an idle
+    /// SKU costs one `MGET` per node per tick. Answers with the orders still pending; `None` when
+    /// Redis gave no answer.
     pub(super) async fn sync_sku(&self, sku: &str) -> Option<(crate::store::Synced, u64)> {
         use fred::interfaces::KeysInterface;
 
@@ -129,36 +147,32 @@ impl RedisStore {
         let route = self.route(keys.first()?).ok()?;
         let started = Instant::now();
         let token = self.0.reclaim.borrow().token.clone();
-        let holding = self
-            .0
-            .reclaim
-            .borrow()
-            .held
-            .get(sku)
-            .is_some_and(|since| started.duration_since(*since) < LEASE_TTL);
-        let mut watch = None;
-        if !holding {
-            let names: Vec<String> = [&keys[1], &keys[2], &keys[12], &lease[0]]
-                .into_iter()
-                .cloned()
-                .collect();
-            let read = Box::pin(route.mget::<Value, _>(names));
-            let now = watch_of(
-                self.call(&route, super::BACKGROUND_TIMEOUT, read)
-                    .await
-                    .ok()?,
-            );
-            let free = now[3].is_none() || now[3].as_deref() == Some(token.as_str());
-            if !free {
-                if let Some((before, synced, pending)) = self.0.reclaim.borrow().seen.get(sku) {
-                    if *before == now {
-                        return Some((synced.clone(), *pending));
-                    }
+        let names: Vec<String> = [&keys[1], &keys[2], &keys[12], &lease[0]]
+            .into_iter()
+            .cloned()
+            .collect();
+        let read = Box::pin(route.mget::<Value, _>(names));
+        let watch = watch_of(
+            self.call(&route, super::BACKGROUND_TIMEOUT, read)
+                .await
+                .ok()?,
+        );
+        let free = watch[3].is_none();
+        let mine = watch[3].as_deref() == Some(token.as_str());
+        {
+            let reclaim = self.0.reclaim.borrow();
+            let renew = reclaim
+                .held
+                .get(sku)
+                .is_none_or(|at| started.duration_since(*at) >= LEASE_TTL / 3);
+            if let Some(seen) = reclaim.seen.get(sku) {
+                let due = seen.due_at.is_some_and(|at| started >= at);
+                if seen.watch == watch && !free && !(mine && (renew || due)) {
+                    return Some((seen.synced.clone(), seen.pending));
                 }
             }
-            watch = Some((now, free));
         }
-        let sweep = holding || watch.as_ref().is_some_and(|(_, free)| *free);
+        let sweep = free || mine;
         let mut args = vec![
             self.0.retention.to_string(),
             if sweep {
@@ -187,6 +201,7 @@ impl RedisStore {
                 self.evalsha(&route, sync, keys.clone(), args.clone()).await
             }
         };
+        let sent = Instant::now();
         let reply = self
             .call(&route, super::BACKGROUND_TIMEOUT, Box::pin(attempt))
             .await
@@ -196,25 +211,25 @@ impl RedisStore {
         let holder = super::decode::int_at(&fields, 14).is_ok_and(|flag| flag == 1);
         // A reply without the count (no sale) has nothing pending.
         let pending = super::decode::int_at(&fields, 16).unwrap_or(0);
+        let due_at = super::decode::int_at(&fields, 17)
+            .ok()
+            .map(|delay| sent + std::time::Duration::from_millis(delay));
         let mut reclaim = self.0.reclaim.borrow_mut();
         if holder {
-            if reclaim.held.insert(sku.into(), started).is_none() {
+            if reclaim.held.insert(sku.into(), sent).is_none() {
                 let fence = super::decode::int_at(&fields, 15).unwrap_or(0);
                 tracing::debug!(sku, fence, "reclaimer lease taken");
             }
         } else {
             reclaim.held.remove(sku);
         }
-        match watch {
-            Some((now, _)) if !holder => {
-                reclaim
-                    .seen
-                    .insert(sku.into(), (now, synced.clone(), pending));
-            }
-            _ => {
-                reclaim.seen.remove(sku);
-            }
-        }
+        let seen = Seen {
+            watch,
+            synced: synced.clone(),
+            pending,
+            due_at,
+        };
+        reclaim.seen.insert(sku.into(), seen);
         Some((synced, pending))
     }
 }

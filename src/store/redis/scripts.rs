@@ -286,9 +286,10 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 /// missed when a node dies. Returns `{}` for an unknown SKU, `{'', marker}` for a gone one with
 /// the regression marker, else `{name, stock, starts_at, ends_at, per_user_limit,
 /// payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch, marker_or_empty,
-/// price, currency, holder, fence, pending}` (price 0 and currency empty for a sale made before
-/// prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing number, `pending`
-/// the orders still awaiting payment). A node whose view is newer than the marker's `last_seen`
+/// price, currency, holder, fence, pending, next_due_in}` (price 0 and currency empty for a sale
+/// made before prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing
+/// number, `pending` the orders still awaiting payment, `next_due_in` milliseconds until the
+/// first of them is due, -1 for none). A node whose view is newer than the marker's `last_seen`
 /// (same epoch) widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(
     prelude!(),
@@ -337,6 +338,9 @@ local priced = redis.call('HMGET', K.sale, 'price', 'currency')
 sale[13], sale[14] = tonumber(priced[1] or '0'), priced[2] or ''
 sale[15], sale[16] = holder, tonumber((KEYS[16] and redis.call('GET', KEYS[16])) or '0')
 sale[17] = redis.call('ZCARD', K.pending)
+local first = redis.call('ZRANGE', K.pending, 0, 0, 'WITHSCORES')
+sale[18] = -1
+if first[2] then sale[18] = math.max(0, tonumber(first[2]) - now_ms()) end
 return sale
 "#
 );
