@@ -78,6 +78,7 @@ fn holder(port: u16, sku: &str, servers: &[&Server]) -> String {
 /// the checks do not depend on how fast the loaded machine ticks:
 /// - sweeps (`ZRANGEBYSCORE`, run only by `SYNC`'s sweep) per `MGET`: at most 1/3 with one
 ///   sweeper of three nodes, about 1 when every node sweeps every tick;
+/// - sweeps against the holder's renewals and takings of the lease (each sweep comes with one);
 /// - `EVALSHA` per `MGET`: about 1/15 (a renewal every 500 ms), about 1 when every node runs
 ///   `SYNC` every tick.
 ///
@@ -122,6 +123,14 @@ fn only_the_lease_holder_sweeps_among_three_nodes() {
         ratio(sweeps) <= 0.5,
         "more than one node per SKU sweeps: {sweeps} sweeps for {mget} MGETs (at most 1/3 with \
          one sweeper of three); all calls: {calls:?}"
+    );
+    // Inside `SYNC`, a holder's renewal is a PEXPIRE and a taking is a SET (no other script
+    // writes either on idle SKUs), and only those calls sweep.
+    let (renewals, takings) = (count("pexpire"), count("set"));
+    assert!(
+        sweeps <= renewals + takings,
+        "sweeps by callers that do not hold the lease: {sweeps} sweeps, {renewals} renewals, \
+         {takings} takings; all calls: {calls:?}"
     );
     assert!(
         ratio(evalsha) <= 0.5,
