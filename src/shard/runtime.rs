@@ -289,6 +289,8 @@ async fn run_shard(
         );
     }
     drain::settle(&shard, ticks, deadline).await;
+    // After the last tick, so no sync takes a lease again behind the release.
+    crate::store::Store::release(&shard.store).await;
     drain::close_journal(shard.id, started.journal).await;
     Ok(())
 }

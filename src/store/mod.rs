@@ -103,4 +103,9 @@ pub trait Store {
     /// stops: each SKU's events in order, each at least once, none before it is durable. Runs
     /// as its own task, off the request path; it never waits on the broker, only polls.
     async fn run_feed(&self, feed: FeedLane);
+
+    /// Called once when the shard drains, after its last tick: gives up what this shard holds in
+    /// a shared store on behalf of the others (work leases), so another node takes it over at
+    /// once rather than when the hold lapses.
+    async fn release(&self) {}
 }

@@ -72,4 +72,11 @@ impl Store for NodeStore {
             NodeStore::Redis(store) => Box::pin(store.run_feed(feed)).await,
         }
     }
+
+    async fn release(&self) {
+        match self {
+            NodeStore::Embedded(store) => store.release().await,
+            NodeStore::Redis(store) => Box::pin(store.release()).await,
+        }
+    }
 }

@@ -32,6 +32,7 @@ mod decode;
 pub mod feed;
 pub mod keys;
 pub mod rate;
+pub mod reclaim;
 pub mod regression;
 mod replication;
 pub mod scripts;
@@ -169,6 +170,7 @@ struct Scripts {
     sale_orders: Script,
     resume: Script,
     abandon: Script,
+    release: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -199,6 +201,9 @@ struct Inner {
     node: String,
     /// Order feed events trimmed from a stream before they were published ([`feed`]).
     feed_lost: std::cell::Cell<u64>,
+    /// This shard's reclaimer leases and what it last saw of the SKUs it only watches
+    /// ([`reclaim`]).
+    reclaim: RefCell<reclaim::Reclaim>,
 }
 
 /// One shard's view of the shared Redis.
@@ -215,6 +220,9 @@ impl RedisStore {
     ) -> Result<Self, RedisError> {
         let config = parse_url(&settings.url).map_err(RedisError::Failed)?;
         let topology = Topology::new(config)?;
+        let mut rng = SmallRng::from_entropy();
+        let node = regression::node_name();
+        let reclaim = reclaim::Reclaim::new(&node, shard, rand::Rng::gen(&mut rng));
         let inner = Rc::new(Inner {
             topology: RefCell::new(topology),
             budget: settings.budget,
@@ -233,16 +241,18 @@ impl RedisStore {
                 sale_orders: Script::from_lua(scripts::SALE_ORDERS),
                 resume: Script::from_lua(scripts::RESUME),
                 abandon: Script::from_lua(scripts::ABANDON),
+                release: Script::from_lua(reclaim::RELEASE),
             },
             batches: RefCell::new(HashMap::new()),
-            rng: RefCell::new(SmallRng::from_entropy()),
+            rng: RefCell::new(rng),
             metrics: RefCell::new(RedisMetrics::default()),
             abandon: RefCell::new(abandon::Abandon::default()),
             last_stock: RefCell::new(HashMap::new()),
             settled: RefCell::new(std::collections::HashSet::new()),
             regression: RefCell::new(regression::Regression::default()),
-            node: regression::node_name(),
+            node,
             feed_lost: std::cell::Cell::new(0),
+            reclaim: RefCell::new(reclaim),
         });
         watchdog::spawn(&inner, settings.unresponsive);
         Ok(Self(inner))
@@ -337,6 +347,10 @@ impl Store for RedisStore {
         self.pump_feed(feed).await;
     }
 
+    async fn release(&self) {
+        self.release_leases().await;
+    }
+
     async fn shared_blocklist(&self) -> Option<Vec<Box<str>>> {
         let key = keys::blocked(&self.0.prefix);
         let client = self.route(&key).ok()?;
@@ -376,31 +390,7 @@ impl Store for RedisStore {
             if self.0.settled.borrow().contains(sku.as_str()) {
                 continue;
             }
-            // The view is taken when the call is sent: a purchase answered while it is in flight
-            // must not make the older state it reads look like a regression.
-            let mut args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
-            args.extend(self.floor_args(sku));
-            let keys = self.keys(sku).0;
-            let Some(first) = keys.first() else { continue };
-            let Ok(route) = self.route(first) else {
-                continue;
-            };
-            // With `--redis-wait`, a level is trusted (as the floor a regression is judged
-            // against) only once the replicas have it: writes a failover lost before any of
-            // them was acknowledged are not a regression.
-            let wait = self.0.wait;
-            let sync = &self.0.scripts.sync;
-            let attempt = async {
-                if wait.replicas > 0 {
-                    let fence = self.fence_key(sku);
-                    self.script_then_wait(&route, sync, &keys, &args, &fence, wait)
-                        .await
-                } else {
-                    self.evalsha(&route, sync, keys.clone(), args.clone()).await
-                }
-            };
-            let reply = self.call(&route, BACKGROUND_TIMEOUT, attempt).await;
-            let Ok(synced) = reply.and_then(|reply| self.synced(sku, reply)) else {
+            let Some((synced, pending)) = Box::pin(self.sync_sku(sku)).await else {
                 continue;
             };
             if synced.regressed.is_some() && synced.sale.is_none() {
@@ -415,13 +405,19 @@ impl Store for RedisStore {
                     .await;
             }
             if let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) {
-                // A margin over the last deadline, for clocks that disagree with Redis `TIME`.
+                // A margin over the last deadline, for clocks that disagree with Redis `TIME`;
+                // and nothing left pending, or the lease's holder may not have swept it all yet
+                // (it died, or had more than one sweep's worth due).
                 let settled_at = sale
                     .ends_at
                     .saturating_add(sale.payment_timeout_ms)
                     .saturating_add(60_000);
-                if now > settled_at && self.0.settled.borrow().len() < MAX_SETTLED {
+                if now > settled_at && pending == 0 && self.0.settled.borrow().len() < MAX_SETTLED {
                     self.0.settled.borrow_mut().insert(sale.sku.clone());
+                    // Never synced again: nothing to remember, and no lease to keep.
+                    let mut reclaim = self.0.reclaim.borrow_mut();
+                    reclaim.seen.remove(sku.as_str());
+                    reclaim.held.remove(sku.as_str());
                 }
             }
             owned.push(synced);

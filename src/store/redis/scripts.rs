@@ -370,16 +370,25 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 "#
 );
 
-/// Reclaims due orders of one SKU and reads the sale: `ARGV = [retention, limit, epoch, seq,
-/// remaining, starts_at, node]`, the last five the node's last view of the SKU (empty when it
-/// has none, or for a plain read), against which the script detects a regression and writes the
-/// marker (`regressed_since`). Any node may run it for any SKU at any time: each order's state is
-/// checked and changed in the same atomic step, so every due order is expired exactly once however
-/// many nodes sweep, and none is missed when a node dies. Returns `{}` for an unknown SKU, `{'',
-/// marker}` for a gone one with the regression marker, else `{name, stock, starts_at, ends_at,
-/// per_user_limit, payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch,
-/// marker_or_empty, price, currency}` (price 0 and currency empty for a sale made before prices). A node whose view is newer than the marker's `last_seen` (same epoch)
-/// widens it, so the resume starts from the newest view any node had.
+/// Reads the sale and, for the holder of the SKU's reclaimer lease only, reclaims due orders:
+/// `KEYS` are the fourteen of every script plus the lease and its fencing counter
+/// ([`super::reclaim`]); `ARGV = [retention, limit, epoch, seq, remaining, starts_at, node,
+/// token, ttl_ms]`. The five after `limit` are the node's last view of the SKU (empty when it
+/// has none), against which the script detects a regression and writes the marker
+/// (`regressed_since`). With a `token`, the script takes the lease if it is free (`SET NX PX`,
+/// and `INCR` of the fencing counter) or renews it if `token` holds it, and sweeps (at most
+/// `limit` due orders) only then; with an empty token it only reads (and without the last two
+/// arguments it sweeps unconditionally, for an explicit expiry). The lease saves work, it
+/// does not make the sweep safe: each order's state is checked and changed in the same atomic
+/// step, so every due order is expired exactly once however many callers sweep, and none is
+/// missed when a node dies. Returns `{}` for an unknown SKU, `{'', marker}` for a gone one with
+/// the regression marker, else `{name, stock, starts_at, ends_at, per_user_limit,
+/// payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch, marker_or_empty,
+/// price, currency, holder, fence, pending, next_due_in}` (price 0 and currency empty for a sale
+/// made before prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing
+/// number, `pending` the orders still awaiting payment, `next_due_in` milliseconds until the
+/// first of them is due, -1 for none). A node whose view is newer than the marker's `last_seen`
+/// (same epoch) widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(
     prelude!(),
     r#"
@@ -400,14 +409,36 @@ if not sale[1] then
   if marker then return {'', marker} end
   return {}
 end
+-- The reclaimer lease (reclaim.rs): taken only when free, renewed only by its holder, both
+-- here, in the same atomic step as the sweep it guards.
+local holder, token = 0, ARGV[8] or ''
+if token ~= '' then
+  local current = redis.call('GET', KEYS[15])
+  if not current then
+    redis.call('INCR', KEYS[16])
+    redis.call('SET', KEYS[15], token, 'NX', 'PX', ARGV[9])
+    holder = 1
+  elseif current == token then
+    redis.call('PEXPIRE', KEYS[15], ARGV[9])
+    holder = 1
+  end
+end
 local expired = 0
-if ARGV[2] ~= '0' then expired = expire_due(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[1])) end
+-- No token at all (an explicit expiry, `Command::Expire`): sweeps unconditionally.
+if (holder == 1 or ARGV[8] == nil) and ARGV[2] ~= '0' then
+  expired = expire_due(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[1]))
+end
 local remaining, seq = level()
 local epoch = tonumber(sale[8] or '0')
 for i = 2, 7 do sale[i] = tonumber(sale[i]) end
 sale[8], sale[9], sale[10], sale[11], sale[12] = remaining, seq, expired, epoch, marker or ''
 local priced = redis.call('HMGET', K.sale, 'price', 'currency')
 sale[13], sale[14] = tonumber(priced[1] or '0'), priced[2] or ''
+sale[15], sale[16] = holder, tonumber((KEYS[16] and redis.call('GET', KEYS[16])) or '0')
+sale[17] = redis.call('ZCARD', K.pending)
+local first = redis.call('ZRANGE', K.pending, 0, 0, 'WITHSCORES')
+sale[18] = -1
+if first[2] then sale[18] = math.max(0, tonumber(first[2]) - now_ms()) end
 return sale
 "#
 );
