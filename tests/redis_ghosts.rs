@@ -334,7 +334,9 @@ fn keyed_order(redis: &RedisServer, sku: &str, user: &str, key: &str) -> Option<
 
 #[test]
 fn a_ghost_is_cancelled_and_its_key_buys_afresh() {
-    let rig = Rig::start(1);
+    // A budget well below the proxy's delay: with the harness's 2 s budget a 1 s delay each way
+    // was a coin toss on a starved machine (the deadline's timer can fire after the late reply).
+    let rig = Rig::start_with(1, &["--redis-budget-ms", "400"]);
     rig.node.client().create_sale("lost", &sale_spec(10, 1));
     let token = tok("lost-buyer");
     warm_up(&rig.node, "lost");
