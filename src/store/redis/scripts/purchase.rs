@@ -1,0 +1,189 @@
+//! The purchase script: the one every acknowledged order goes through, batched per SKU.
+
+/// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key,
+/// head)*n, epoch, seq, remaining, starts_at, node]` (an empty key means none; `head` is the
+/// order's JSON as the node encoded it, `{"order_id":…,"sku":…,"user_id":…,"quantity":…` and
+/// `,"idem":…` with a key, which the script closes with status, times and amount, so no order is
+/// encoded in Lua; the last five are the node's last view of the SKU, see `regressed_since`).
+/// Checks, in order: an abandoned order id (refused, see [`ABANDON`](super::ABANDON)), a retry of the same order
+/// id, an idempotency replay (which claims the order), a regressed store, the sale window, the
+/// blocklist, the per-user limit, the stock. Returns one `{outcome, order_json_or_code,
+/// remaining, seq}` per purchase, where outcome is `ok`, `retried`, `replay` or `err`.
+///
+/// Fail-safe: Redis does not roll a script back when a command fails halfway, so the script reads
+/// and checks everything (the type of every key it writes included) and decides every purchase
+/// before its first write; then the stock is written first. A key of the wrong type (planted by
+/// hand) therefore fails the batch before anything changed, and were a later write to fail anyway
+/// the units are already taken: the SKU would undersell, never oversell, and never hold an order
+/// without its unit. (The only earlier write is the regression marker, which is right either way.)
+///
+/// Cheap: each key is read or written with one variadic command per batch (HMGET, ZMSCORE,
+/// SMISMEMBER, HSET, ZADD), the holdings as absolute values in one HSET, and the only per-order
+/// command is the order's stream entry (one per order, as the order feed reads them).
+pub const PURCHASE: &str = concat!(
+    prelude!(),
+    claim!(),
+    r#"
+local n = tonumber(ARGV[2])
+-- The keys this script only writes, type-checked now (a wrong type fails these reads).
+redis.call('ZCARD', K.pending)
+redis.call('ZCARD', K.ids)
+redis.call('XLEN', K.events)
+local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms', 'price')
+-- The API bounds the price so that price * 100 units stays exact in a Lua number.
+local price = tonumber(sale[5] or '0')
+local now = now_ms()
+-- Stock is read once and written once per batch: the script runs atomically, so nothing else
+-- can change it in between.
+local remaining, seq = level()
+-- The node's last view of the SKU follows the purchases (`regressed_since`).
+local regressed = regressed_since(known_at(#ARGV - 4))
+local ids, users, idems, distinct, idem_list = {}, {}, {}, {}, {}
+for i = 1, n do
+  local at = 3 + (i - 1) * 5
+  ids[i], users[i] = ARGV[at], ARGV[at + 1]
+  if ARGV[at + 3] ~= '' then
+    idems[i] = users[i] .. '\0' .. ARGV[at + 3]
+    idem_list[#idem_list + 1] = idems[i]
+  end
+  if not distinct[users[i]] then
+    distinct[users[i]] = true
+    distinct[#distinct + 1] = users[i]
+  end
+end
+local user_list = {}
+for j = 1, #distinct do user_list[j] = distinct[j] end
+local stored = redis.call('HMGET', K.orders, unpack(ids))
+local gone = redis.call('ZMSCORE', K.abandoned, unpack(ids))
+local blocked_flags = redis.call('SMISMEMBER', K.blocked, unpack(user_list))
+local held_values = redis.call('HMGET', K.held, unpack(user_list))
+local listed_values = redis.call('HMGET', K.byuser, unpack(user_list))
+local blocked, held, listed = {}, {}, {}
+for j, user in ipairs(user_list) do
+  blocked[user] = blocked_flags[j] == 1
+  held[user] = tonumber(held_values[j] or '0')
+  listed[user] = listed_values[j] or ''
+end
+-- Idempotency keys: the order each names, and that order as stored.
+local earlier, earlier_raw = {}, {}
+if #idem_list > 0 then
+  local named = redis.call('HMGET', K.idem, unpack(idem_list))
+  local wanted = {}
+  for j, key in ipairs(idem_list) do
+    if named[j] then
+      earlier[key] = named[j]
+      wanted[#wanted + 1] = named[j]
+    end
+  end
+  if #wanted > 0 then
+    local raws = redis.call('HMGET', K.orders, unpack(wanted))
+    for j, id in ipairs(wanted) do earlier_raw[id] = raws[j] end
+  end
+end
+-- Decisions, in purchase order; what this batch writes is gathered, not written yet.
+local results = {}
+local written, written_ids = {}, {}
+local function put(id, json)
+  if not written[id] then written_ids[#written_ids + 1] = id end
+  written[id] = json
+end
+-- `made[k]` is the k-th order made and `made_json[k]` its JSON at creation (a later replay in the
+-- batch may add a claim to what is stored, not to the creation's stream entry).
+local made, made_json, keyed, touched, pending, by_id = {}, {}, {}, {}, {}, {}
+local now_text = string.format('%.0f', now)
+local expires = now + tonumber(sale[4] or '0')
+local tail = ',"status":"pending","created_at":' .. now_text .. ',"expires_at":' .. string.format('%.0f', expires) .. ',"amount":'
+for i = 1, n do
+  local at = 3 + (i - 1) * 5
+  local id, user, qty, idem = ids[i], users[i], tonumber(ARGV[at + 2]), idems[i]
+  local function answer(outcome, detail)
+    results[i] = {outcome, detail, remaining, seq}
+  end
+  local retried = written[id] or stored[i]
+  local prior = idem and earlier[idem]
+  local replayed = prior and (written[prior] or earlier_raw[prior])
+  if gone[i] then
+    -- A late copy of an attempt whose node gave up on it (see abandon.rs): nobody waits.
+    answer('err', 'unavailable')
+  elseif retried then
+    answer('retried', retried)
+  elseif replayed then
+    local raw, changed = claimed(replayed, id)
+    if changed then put(prior, raw) end
+    answer('replay', raw)
+  elseif regressed then
+    answer('err', 'store_regressed')
+  elseif not sale[1] then
+    answer('err', 'unknown_sale')
+  elseif now < tonumber(sale[1]) then
+    answer('err', 'not_started')
+  elseif now >= tonumber(sale[2]) then
+    answer('err', 'ended')
+  elseif blocked[user] then
+    answer('err', 'blocked')
+  elseif remaining == 0 and not idem then
+    answer('err', 'sold_out')
+  elseif held[user] + qty > tonumber(sale[3]) then
+    answer('err', 'limit_exceeded')
+  elseif remaining == 0 then
+    answer('err', 'sold_out')
+  elseif remaining < qty then
+    answer('err', 'insufficient_stock')
+  else
+    local json = ARGV[at + 4] .. tail .. string.format('%.0f', qty * price) .. '}'
+    remaining = remaining - qty
+    seq = seq + 1
+    held[user] = held[user] + qty
+    touched[user] = true
+    -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
+    listed[user] = string.sub(listed[user] .. ' ' .. id, -32 * (#id + 1))
+    put(id, json)
+    if idem then
+      earlier[idem] = id
+      keyed[#keyed + 1] = idem
+      keyed[#keyed + 1] = id
+    end
+    pending[#pending + 1] = expires
+    pending[#pending + 1] = id
+    by_id[#by_id + 1] = 0
+    by_id[#by_id + 1] = id
+    made[#made + 1] = id
+    made_json[#made] = json
+    answer('ok', json)
+  end
+end
+-- Writes: the stock first (see above).
+if #made > 0 then redis.call('MSET', K.remaining, remaining, K.seq, seq) end
+if #written_ids > 0 then
+  local fields = {}
+  for _, id in ipairs(written_ids) do
+    fields[#fields + 1] = id
+    fields[#fields + 1] = written[id]
+  end
+  redis.call('HSET', K.orders, unpack(fields))
+end
+if #made > 0 then
+  local holdings, lists = {}, {}
+  for _, user in ipairs(user_list) do
+    if touched[user] then
+      holdings[#holdings + 1] = user
+      holdings[#holdings + 1] = held[user]
+      lists[#lists + 1] = user
+      lists[#lists + 1] = listed[user]
+    end
+  end
+  redis.call('HSET', K.held, unpack(holdings))
+  redis.call('HSET', K.byuser, unpack(lists))
+  if #keyed > 0 then redis.call('HSET', K.idem, unpack(keyed)) end
+  redis.call('ZADD', K.pending, unpack(pending))
+  redis.call('ZADD', K.ids, unpack(by_id))
+  -- One entry per order: the order feed keys its ghost skips and its cursor on entries of one
+  -- order each (feed.rs).
+  for k, id in ipairs(made) do
+    redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'order_id', id,
+               'order', made_json[k])
+  end
+end
+return results
+"#
+);
