@@ -59,6 +59,9 @@ pub struct Edge {
     /// The same SKUs by start time, for `GET /v1/orders`, which reads the most recent ones.
     by_start: BTreeSet<(u64, Box<str>)>,
     blocked: HashSet<Box<str>>,
+    /// Blocklist changes applied here so far, so a blocklist sync can tell that its read of the
+    /// shared store may be older than what this copy already holds.
+    blocklist_changes: u64,
     /// SKUs whose shared store regressed: refused whether or not the sale is known here (Redis
     /// may have lost the sale itself). Bounded by the sales the owners know.
     regressed: HashSet<Box<str>>,
@@ -91,6 +94,7 @@ impl Edge {
             skus: BTreeSet::new(),
             by_start: BTreeSet::new(),
             blocked: HashSet::new(),
+            blocklist_changes: 0,
             regressed: HashSet::new(),
             last_tick: None,
             leasing: false,
@@ -216,6 +220,7 @@ impl Edge {
                 }
             }
             Notice::Blocked { user_id, blocked } => {
+                self.blocklist_changes += 1;
                 if *blocked {
                     self.blocked.insert(user_id.clone());
                 } else {
@@ -303,6 +308,11 @@ impl Edge {
     /// Whether `user_id` is on this replica's blocklist.
     pub fn is_blocked(&self, user_id: &str) -> bool {
         self.blocked.contains(user_id)
+    }
+
+    /// How many blocklist changes this copy has applied (see [`Edge::blocked_users`]).
+    pub fn blocklist_changes(&self) -> u64 {
+        self.blocklist_changes
     }
 
     /// Every user on this replica's blocklist.

@@ -173,11 +173,17 @@ impl<S: Store + 'static> Shard<S> {
     /// block or unblock made on another node is seen here within a tick. One shard per node
     /// does it.
     async fn sync_blocklist(self: &Rc<Self>) {
+        let before = self.edge.borrow().blocklist_changes();
         let Some(shared) = self.store.shared_blocklist().await else {
             return;
         };
         let changes: Vec<(Box<str>, bool)> = {
             let edge = self.edge.borrow();
+            if edge.blocklist_changes() != before {
+                // A block or unblock reached this copy while the read was in flight, so the
+                // read may predate it: reconciling now could undo it. The next tick reads again.
+                return;
+            }
             let added = shared
                 .iter()
                 .filter(|user| !edge.is_blocked(user))
