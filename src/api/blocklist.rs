@@ -62,7 +62,9 @@ fn parse_query(query: &str) -> Result<(Option<&str>, usize), ApiError> {
     let mut limit = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let Some((name, value)) = pair.split_once('=') else {
-            return Err(invalid("query parameters take a value: `after=`, `limit=`"));
+            return Err(ApiError::invalid_query(
+                "query parameters take a value: `after=`, `limit=`",
+            ));
         };
         match name {
             "after" if after.is_none() && is_valid_id(value) => after = Some(value),
@@ -74,23 +76,18 @@ fn parse_query(query: &str) -> Result<(Option<&str>, usize), ApiError> {
                     .flatten()
                     .filter(|n| (1..=MAX_LIMIT).contains(n));
                 let Some(parsed) = parsed else {
-                    return Err(invalid(format!(
+                    return Err(ApiError::invalid_query(format!(
                         "`limit` must be an integer from 1 to {MAX_LIMIT}"
                     )));
                 };
                 limit = Some(parsed);
             }
             _ => {
-                return Err(invalid(
+                return Err(ApiError::invalid_query(
                     "this listing takes `after` (a user id) and `limit`, each once",
                 ))
             }
         }
     }
     Ok((after, limit.unwrap_or(DEFAULT_LIMIT)))
-}
-
-/// 400 `invalid_query`.
-fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::new(400, "invalid_query", message)
 }

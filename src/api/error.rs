@@ -51,6 +51,11 @@ impl ApiError {
         Self::new(400, "bad_request", message)
     }
 
+    /// 400 `invalid_query`: a listing's query string is malformed.
+    pub fn invalid_query(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(400, "invalid_query", message)
+    }
+
     /// 401 `unauthorized`.
     pub fn unauthorized() -> Self {
         Self::new(401, "unauthorized", "a valid bearer token is required")

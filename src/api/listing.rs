@@ -59,7 +59,7 @@ fn parse_query(query: &str) -> Result<PageQuery<'_>, ApiError> {
     let mut limit = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let Some((name, value)) = pair.split_once('=') else {
-            return Err(invalid(
+            return Err(ApiError::invalid_query(
                 "query parameters take a value: `after=<sku>`, `limit=<n>`",
             ));
         };
@@ -67,7 +67,7 @@ fn parse_query(query: &str) -> Result<PageQuery<'_>, ApiError> {
             "after" if after.is_none() => {
                 // SKUs never need escaping, so neither does a cursor.
                 if !is_valid_id(value) {
-                    return Err(invalid(
+                    return Err(ApiError::invalid_query(
                         "`after` must be a SKU: 1 to 64 characters from [A-Za-z0-9_-]",
                     ));
                 }
@@ -81,17 +81,19 @@ fn parse_query(query: &str) -> Result<PageQuery<'_>, ApiError> {
                     .flatten()
                     .filter(|n| (1..=MAX_LIMIT).contains(n));
                 let Some(parsed) = parsed else {
-                    return Err(invalid(format!(
+                    return Err(ApiError::invalid_query(format!(
                         "`limit` must be an integer from 1 to {MAX_LIMIT}"
                     )));
                 };
                 limit = Some(parsed);
             }
             "after" | "limit" => {
-                return Err(invalid(format!("`{name}` is given more than once")));
+                return Err(ApiError::invalid_query(format!(
+                    "`{name}` is given more than once"
+                )));
             }
             _ => {
-                return Err(invalid(
+                return Err(ApiError::invalid_query(
                     "unknown query parameter; `GET /v1/sales` takes `after` and `limit`",
                 ))
             }
@@ -101,11 +103,6 @@ fn parse_query(query: &str) -> Result<PageQuery<'_>, ApiError> {
         after,
         limit: limit.unwrap_or(DEFAULT_LIMIT),
     })
-}
-
-/// 400 `invalid_query`.
-fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::new(400, "invalid_query", message)
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ fn parse_query(query: &str) -> Result<ListQuery<'_>, ApiError> {
     let mut limit = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let Some((name, value)) = pair.split_once('=') else {
-            return Err(invalid(
+            return Err(ApiError::invalid_query(
                 "query parameters take a value: `limit=<n>`, `user=<id>`",
             ));
         };
@@ -100,7 +100,7 @@ fn parse_query(query: &str) -> Result<ListQuery<'_>, ApiError> {
             "user" if user.is_none() => {
                 // User ids never need escaping.
                 if !is_valid_id(value) {
-                    return Err(invalid(
+                    return Err(ApiError::invalid_query(
                         "`user` must be a user id: 1 to 64 characters from [A-Za-z0-9_-]",
                     ));
                 }
@@ -114,17 +114,17 @@ fn parse_query(query: &str) -> Result<ListQuery<'_>, ApiError> {
                     .flatten()
                     .filter(|n| (1..=MAX_LIMIT).contains(n));
                 let Some(parsed) = parsed else {
-                    return Err(invalid(format!(
+                    return Err(ApiError::invalid_query(format!(
                         "`limit` must be an integer from 1 to {MAX_LIMIT}"
                     )));
                 };
                 limit = Some(parsed);
             }
             "user" | "limit" => {
-                return Err(invalid(format!("`{name}` is given more than once")));
+                return Err(ApiError::invalid_query(format!("`{name}` is given more than once")));
             }
             _ => {
-                return Err(invalid(
+                return Err(ApiError::invalid_query(
                     "unknown query parameter; `GET /v1/orders` takes `limit` (and `user` for the admin)",
                 ))
             }
@@ -134,11 +134,6 @@ fn parse_query(query: &str) -> Result<ListQuery<'_>, ApiError> {
         user,
         limit: limit.unwrap_or(DEFAULT_LIMIT),
     })
-}
-
-/// 400 `invalid_query`.
-fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::new(400, "invalid_query", message)
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ fn parse_query(sku: &str, query: &str) -> Result<SaleOrdersQuery, ApiError> {
     let mut limit = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let Some((name, value)) = pair.split_once('=') else {
-            return Err(invalid(
+            return Err(ApiError::invalid_query(
                 "query parameters take a value: `status=`, `after=`, `limit=`",
             ));
         };
@@ -89,7 +89,7 @@ fn parse_query(sku: &str, query: &str) -> Result<SaleOrdersQuery, ApiError> {
                     .into_iter()
                     .find(|status| status.label() == value);
                 let Some(parsed) = parsed else {
-                    return Err(invalid(
+                    return Err(ApiError::invalid_query(
                         "`status` must be one of pending, paid, cancelled, expired",
                     ));
                 };
@@ -99,7 +99,9 @@ fn parse_query(sku: &str, query: &str) -> Result<SaleOrdersQuery, ApiError> {
                 // Order ids never need escaping.
                 let parsed = OrderId::parse(value).filter(|id| *id.sku == *sku);
                 let Some(parsed) = parsed else {
-                    return Err(invalid("`after` must be an order id of this sale"));
+                    return Err(ApiError::invalid_query(
+                        "`after` must be an order id of this sale",
+                    ));
                 };
                 after = Some(parsed);
             }
@@ -111,17 +113,19 @@ fn parse_query(sku: &str, query: &str) -> Result<SaleOrdersQuery, ApiError> {
                     .flatten()
                     .filter(|n| (1..=MAX_LIMIT).contains(n));
                 let Some(parsed) = parsed else {
-                    return Err(invalid(format!(
+                    return Err(ApiError::invalid_query(format!(
                         "`limit` must be an integer from 1 to {MAX_LIMIT}"
                     )));
                 };
                 limit = Some(parsed);
             }
             "status" | "after" | "limit" => {
-                return Err(invalid(format!("`{name}` is given more than once")));
+                return Err(ApiError::invalid_query(format!(
+                    "`{name}` is given more than once"
+                )));
             }
             _ => {
-                return Err(invalid(
+                return Err(ApiError::invalid_query(
                     "unknown query parameter; this listing takes `status`, `after` and `limit`",
                 ))
             }
@@ -133,11 +137,6 @@ fn parse_query(sku: &str, query: &str) -> Result<SaleOrdersQuery, ApiError> {
         after,
         limit: limit.unwrap_or(DEFAULT_LIMIT),
     })
-}
-
-/// 400 `invalid_query`.
-fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
-    ApiError::new(400, "invalid_query", message)
 }
 
 #[cfg(test)]
