@@ -14,6 +14,9 @@
 //! The ratios show what coalescing concurrent purchases into one script call buys. Needs `wrk` and
 //! `redis-benchmark` (`apt-get install wrk redis-tools`). Loopback only; stops what it starts.
 
+/// The OpenResty-style gateway, driven by the same wrk flags in the same run.
+#[path = "gateway.rs"]
+mod gateway;
 #[path = "../tests/common/ports.rs"]
 mod ports;
 /// The tests' Redis launcher and client (the `redis` crate), shared so there is one of each.
@@ -43,6 +46,16 @@ fn run() -> Result<(), String> {
     let unbatched = run_server("1")?;
     let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let (gateway_rps, gateway_us) = gateway_benchmark(&redis)?;
+    let openresty = {
+        let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
+        let query = |args: &[&str]| redis.query::<String>(args).map_err(|e| e.to_string());
+        gateway::run_gateway(
+            query,
+            redis.port,
+            ports::pick_port(),
+            &["-t1", "-c64", "-d8s"],
+        )?
+    };
     for (label, m) in [("64", &batched), ("1, ", &unbatched)] {
         println!(
             "cluster mode, --redis-batch {label} wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call; {:.2} us of Redis per purchase)",
@@ -51,6 +64,14 @@ fn run() -> Result<(), String> {
     }
     println!(
         "gateway script, redis-benchmark -c 64 -P 1 EVALSHA:    {gateway_rps:>8.0} purchases/s  (one purchase per call; {gateway_us:.2} us of Redis per purchase)"
+    );
+    println!(
+        "OpenResty-style gateway, one EVALSHA per purchase, wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({})",
+        openresty.rps, openresty.p99
+    );
+    println!(
+        "seckill --redis-batch 64 reached {:.2}x the OpenResty-style gateway",
+        batched.rps / openresty.rps
     );
     println!(
         "batching bought {:.2}x over --redis-batch 1; seckill reached {:.2}x the gateway script's Redis-side ceiling",
@@ -178,21 +199,6 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, Str
     })
 }
 
-/// The industry gateway's script: one `EVALSHA` per purchase that takes a unit, counts the
-/// user's units against the limit and stores the order in a hash (no expiry index, no stream, no
-/// idempotency). `KEYS = [stock, per-user counts, orders]`, `ARGV = [user, limit, order_id, order]`.
-const GATEWAY: &str = r#"
-local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
-if stock <= 0 then return 0 end
-if redis.call('HINCRBY', KEYS[2], ARGV[1], 1) > tonumber(ARGV[2]) then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], -1)
-  return -1
-end
-redis.call('DECR', KEYS[1])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
-return 1
-"#;
-
 /// `redis-benchmark -c 64 -P 1` calling the gateway's script, one purchase per call: what a
 /// gateway with one round trip per purchase gets from Redis at best. Returns calls/s and the
 /// Redis usec per call.
@@ -201,7 +207,9 @@ fn gateway_benchmark(redis: &redis_server::RedisServer) -> Result<(f64, f64), St
     redis
         .query::<()>(&["SET", "gw:stock", "1000000000"])
         .map_err(failed)?;
-    let sha: String = redis.query(&["SCRIPT", "LOAD", GATEWAY]).map_err(failed)?;
+    let sha: String = redis
+        .query(&["SCRIPT", "LOAD", gateway::GATEWAY_SCRIPT])
+        .map_err(failed)?;
     redis
         .query::<()>(&["CONFIG", "RESETSTAT"])
         .map_err(failed)?;
