@@ -11,7 +11,6 @@ use common::redis::{FromRedisValue, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Command;
 use std::time::Duration;
 
 /// The key prefix the nodes use (the `--redis-prefix` default).
@@ -457,84 +456,6 @@ fn a_late_payment_and_the_expiry_never_both_win() {
 // 3. Redis Cluster
 // ---------------------------------------------------------------------------
 
-/// Three empty cluster-enabled masters joined with `redis-cli --cluster create`.
-fn redis_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
-            let bus = pick_port().to_string();
-            RedisServer::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                // Generous, so a loaded machine's late heartbeats never mark a master as failing
-                // (no replicas here: a failing master would take the cluster down mid-test).
-                "--cluster-node-timeout",
-                "30000",
-                "--cluster-port",
-                &bus,
-            ])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    // Needs redis-cli (Debian/Ubuntu: redis-tools, which redis-server depends on); its output is
-    // printed if this fails.
-    let out = common::process::run(
-        Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"]),
-    );
-    assert!(
-        out.status.success(),
-        "redis-cli --cluster create {addrs:?} failed with {}",
-        out.status
-    );
-    for node in &nodes {
-        let mut last = String::new();
-        let ok = poll(common::process::READY_BOUND, || {
-            last = redis_ok(node.port, &["CLUSTER", "INFO"]);
-            last.contains("cluster_state:ok").then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "redis {} never reported cluster_state:ok; CLUSTER INFO:\n{last}",
-            node.port
-        );
-    }
-    nodes
-}
-
-/// The master port serving `slot`, from `CLUSTER SLOTS` on `port`.
-fn slot_owner(port: u16, slot: i64) -> u16 {
-    // [[start, end, [host, port, id, ...], replicas...], ...]
-    let slots: Vec<Vec<common::redis::Value>> = redis_ok(port, &["CLUSTER", "SLOTS"]);
-    for range in &slots {
-        let (start, end, master): (i64, i64, Vec<common::redis::Value>) = (
-            FromRedisValue::from_redis_value(&range[0]).expect("slot range start"),
-            FromRedisValue::from_redis_value(&range[1]).expect("slot range end"),
-            FromRedisValue::from_redis_value(&range[2]).expect("slot range master"),
-        );
-        if start <= slot && slot <= end {
-            return FromRedisValue::from_redis_value(&master[1]).expect("master port");
-        }
-    }
-    panic!("slot {slot} is not served: {slots:?}");
-}
-
-/// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,...`, the form the README documents.
-fn cluster_url(nodes: &[RedisServer]) -> String {
-    let hosts: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    format!("redis-cluster://{}", hosts.join(","))
-}
-
 /// Two nodes on a three-master Redis Cluster, SKUs spread over the masters, 16 shoppers. Per
 /// SKU exactly `stock` purchases succeed, Redis ends with nothing left and `stock` orders, and
 /// no shopper holds more than the limit of 1 although each also retries on the other node.
@@ -547,7 +468,7 @@ fn cluster_url(nodes: &[RedisServer]) -> String {
 fn a_redis_cluster_of_three_masters_never_oversells() {
     const STOCK: usize = 40;
     const THREADS: usize = 16;
-    let nodes = redis_cluster();
+    let nodes = common::redis_cluster::three_masters();
     let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
 
     // One SKU per master (at least two masters must be used).
@@ -555,7 +476,7 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
     for i in 0..200 {
         let sku = format!("spread-{i}");
         let slot: i64 = redis_ok(ports[0], &["CLUSTER", "KEYSLOT", &key(&sku, "sale")]);
-        let owner = slot_owner(ports[0], slot);
+        let owner = common::redis_cluster::slot_owner(ports[0], slot);
         if !skus.iter().any(|(_, o)| *o == owner) {
             skus.push((sku, owner));
         }
@@ -567,7 +488,7 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
     assert!(masters.len() >= 2, "SKUs landed on one master: {skus:?}");
     eprintln!("SKU -> master port: {skus:?}");
 
-    let url = cluster_url(&nodes);
+    let url = common::redis_cluster::url(&nodes);
     let a = Server::start(1, &["--redis", &url]);
     let b = Server::start(2, &["--redis", &url]);
     let servers = [&a, &b];

@@ -615,59 +615,11 @@ fn the_cursor_only_moves_forward_and_trimmed_entries_are_reported_lost() {
     );
 }
 
-/// Three empty cluster-enabled masters joined with `redis-cli --cluster create` (as in
-/// `cluster_expiry.rs`).
-fn redis_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
-            let bus = pick_port().to_string();
-            RedisServer::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "30000",
-                "--cluster-port",
-                &bus,
-            ])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = common::process::run(
-        std::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"]),
-    );
-    assert!(
-        out.status.success(),
-        "redis-cli --cluster create {addrs:?} failed with {}",
-        out.status
-    );
-    for node in &nodes {
-        let ok = poll(common::process::READY_BOUND, || {
-            let info: String = node.query(&["CLUSTER", "INFO"]).ok()?;
-            info.contains("cluster_state:ok").then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "redis {} never reported cluster_state:ok",
-            node.port
-        );
-    }
-    nodes
-}
-
 /// On a Redis Cluster, every SKU's outbox, cursor and lease live in the SKU's own slot, so each
 /// SKU is published from whichever master serves it.
 #[test]
 fn a_redis_cluster_publishes_every_sku_from_its_own_master() {
-    let masters = redis_cluster();
+    let masters = common::redis_cluster::three_masters();
     let hosts: Vec<String> = masters
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ports::pick_port;
-use common::redis::{FromRedisValue, RedisServer, Value};
+use common::redis::FromRedisValue;
 use common::*;
 
 /// Only "gave up" bounds: a loaded machine may be slow, never this slow.
@@ -25,71 +23,6 @@ fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
         .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
 }
 
-/// Three cluster-enabled masters, no replicas, serving whatever slots they still have when one
-/// dies (`cluster-require-full-coverage no`), and marking a dead master failed after 1 s.
-fn redis_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            // The bus port defaults to port + 10000, which may not be free.
-            let bus = pick_port().to_string();
-            RedisServer::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-require-full-coverage",
-                "no",
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-port",
-                &bus,
-            ])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = common::process::run(
-        Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"]),
-    );
-    assert!(
-        out.status.success(),
-        "redis-cli --cluster create {addrs:?} failed with {}",
-        out.status
-    );
-    for node in &nodes {
-        let mut last = String::new();
-        let ok = poll(BOUND, || {
-            last = redis_ok(node.port, &["CLUSTER", "INFO"]);
-            last.contains("cluster_state:ok").then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "{} never got cluster_state:ok:\n{last}",
-            node.port
-        );
-    }
-    nodes
-}
-
-/// The port of the master serving `slot`, from `CLUSTER SLOTS` on `port`.
-fn slot_owner(port: u16, slot: i64) -> u16 {
-    let slots: Vec<Vec<Value>> = redis_ok(port, &["CLUSTER", "SLOTS"]);
-    for range in &slots {
-        let start: i64 = FromRedisValue::from_redis_value(&range[0]).expect("range start");
-        let end: i64 = FromRedisValue::from_redis_value(&range[1]).expect("range end");
-        let master: Vec<Value> = FromRedisValue::from_redis_value(&range[2]).expect("master");
-        if start <= slot && slot <= end {
-            return FromRedisValue::from_redis_value(&master[1]).expect("master port");
-        }
-    }
-    panic!("slot {slot} is not served: {slots:?}");
-}
-
 /// One SKU per master: every SKU key carries the `{sku}` hash tag, so the SKU's slot is the
 /// slot of its name.
 fn one_sku_per_master(port: u16, masters: &[u16]) -> Vec<(String, u16)> {
@@ -97,7 +30,7 @@ fn one_sku_per_master(port: u16, masters: &[u16]) -> Vec<(String, u16)> {
     for n in 0.. {
         let sku = format!("sku-{n}");
         let slot: i64 = redis_ok(port, &["CLUSTER", "KEYSLOT", &sku]);
-        let owner = slot_owner(port, slot);
+        let owner = common::redis_cluster::slot_owner(port, slot);
         if !chosen.iter().any(|(_, master)| *master == owner) {
             chosen.push((sku, owner));
         }
@@ -128,7 +61,13 @@ fn master_up(server: &Server, master: u16) -> Option<f64> {
 
 #[test]
 fn a_dead_master_stops_only_its_own_skus() {
-    let mut redis = redis_cluster();
+    let mut redis = common::redis_cluster::start(&common::redis_cluster::ClusterSpec {
+        // Serving whatever slots they still have when one dies, and marking a dead master
+        // failed after 1 s.
+        full_coverage: false,
+        node_timeout_ms: 1000,
+        ..Default::default()
+    });
     let ports: Vec<u16> = redis.iter().map(|r| r.port).collect();
     let skus = one_sku_per_master(ports[0], &ports);
     let url = format!(

@@ -147,77 +147,22 @@ fn doctor_warns_when_redis_wait_is_0_and_the_master_has_replicas() {
     );
 }
 
-/// Three masters with a replica each, joined with `redis-cli --cluster create`; `None` (skipped)
-/// without redis-cli.
+/// Three masters with a replica each; `None` (skipped) without redis-cli.
 fn cluster_with_replicas() -> Option<Vec<RedisServer>> {
-    let nodes: Vec<RedisServer> = (0..6)
-        .map(|_| {
-            // The bus port defaults to port + 10000, which may not exist for an ephemeral port.
-            let bus = pick_port().to_string();
-            RedisServer::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "30000",
-                "--cluster-port",
-                &bus,
-                "--enable-debug-command",
-                "yes",
-            ])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let created = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "1", "--cluster-yes"])
-        .output();
-    match created {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        ),
-        Err(e) => {
+    use common::redis_cluster::{try_start, ClusterError, ClusterSpec};
+    let spec = ClusterSpec {
+        replicas: 1,
+        extra: vec!["--enable-debug-command", "yes"],
+        ..ClusterSpec::default()
+    };
+    match try_start(&spec) {
+        Ok(nodes) => Some(nodes),
+        Err(ClusterError::NoRedisCli(e)) => {
             skip(&format!("redis-cli cannot run: {e}"));
-            return None;
+            None
         }
+        Err(ClusterError::Failed(e)) => panic!("{e}"),
     }
-    let ready = poll(BOUND, || {
-        nodes
-            .iter()
-            .all(|node| {
-                let info: String = node.query(&["CLUSTER", "INFO"]).unwrap_or_default();
-                let replication: String = node.query(&["INFO", "replication"]).unwrap_or_default();
-                info.contains("cluster_state:ok")
-                    && (replication.contains("state=online")
-                        || replication.contains("master_link_status:up"))
-            })
-            .then_some(())
-    });
-    assert!(ready.is_some(), "the cluster never became ready");
-    Some(nodes)
-}
-
-/// The port of the master serving `slot`, from `CLUSTER SLOTS` on `node`.
-fn slot_owner(node: &RedisServer, slot: i64) -> u16 {
-    use common::redis::{FromRedisValue, Value};
-    // [[start, end, [host, port, id], replicas...], ...]
-    let ranges: Vec<Vec<Value>> = node.query(&["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS");
-    for range in &ranges {
-        let start = i64::from_redis_value(&range[0]).expect("start");
-        let end = i64::from_redis_value(&range[1]).expect("end");
-        if (start..=end).contains(&slot) {
-            let master = Vec::<Value>::from_redis_value(&range[2]).expect("master");
-            return u16::from_redis_value(&master[1]).expect("port");
-        }
-    }
-    panic!("slot {slot} is not served: {ranges:?}");
 }
 
 /// `INFO replication` field `name` of `node`.
@@ -250,7 +195,7 @@ fn on_redis_cluster_the_wait_goes_to_the_skus_master() {
         let slot: i64 = masters[0]
             .query(&["CLUSTER", "KEYSLOT", &sku])
             .expect("KEYSLOT");
-        let owner_port = slot_owner(masters[0], slot);
+        let owner_port = common::redis_cluster::slot_owner(masters[0].port, slot);
         let owner = masters.iter().position(|master| master.port == owner_port);
         if let Some(owner) = owner {
             sku_of_master[owner].get_or_insert(sku);

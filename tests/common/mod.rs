@@ -9,6 +9,7 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod skip;
 
