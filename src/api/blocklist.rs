@@ -8,10 +8,10 @@
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::query;
 use super::sale_orders::require_admin;
 use super::{json, Api};
 use crate::http::{Request, Response};
-use crate::sale::model::is_valid_id;
 use crate::store::Store;
 
 /// Users on a page when the request does not say.
@@ -57,37 +57,15 @@ pub(super) fn list<S: Store + 'static>(
     )
 }
 
+/// Parses `after` (a user id) and `limit` ([`super::query`]).
 fn parse_query(query: &str) -> Result<(Option<&str>, usize), ApiError> {
-    let mut after = None;
-    let mut limit = None;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let Some((name, value)) = pair.split_once('=') else {
-            return Err(ApiError::invalid_query(
-                "query parameters take a value: `after=`, `limit=`",
-            ));
-        };
-        match name {
-            "after" if after.is_none() && is_valid_id(value) => after = Some(value),
-            "limit" if limit.is_none() => {
-                let parsed = value
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| value.parse::<usize>().ok())
-                    .flatten()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n));
-                let Some(parsed) = parsed else {
-                    return Err(ApiError::invalid_query(format!(
-                        "`limit` must be an integer from 1 to {MAX_LIMIT}"
-                    )));
-                };
-                limit = Some(parsed);
-            }
-            _ => {
-                return Err(ApiError::invalid_query(
-                    "this listing takes `after` (a user id) and `limit`, each once",
-                ))
-            }
-        }
-    }
-    Ok((after, limit.unwrap_or(DEFAULT_LIMIT)))
+    let [after, limit] = query::params(
+        query,
+        ["after", "limit"],
+        "this listing takes `after` (a user id) and `limit`",
+    )?;
+    Ok((
+        query::id("after", after, "a user id")?,
+        query::limit(limit, MAX_LIMIT, DEFAULT_LIMIT)?,
+    ))
 }

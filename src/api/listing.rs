@@ -10,9 +10,9 @@
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::query;
 use super::{json, Api};
 use crate::http::{Request, Response};
-use crate::sale::model::is_valid_id;
 use crate::sale::SaleView;
 use crate::store::Store;
 
@@ -52,56 +52,17 @@ pub(super) async fn list<S: Store + 'static>(
     )
 }
 
-/// Parses `after` and `limit`; anything else in the query, a repeated parameter or a bad value
-/// is refused, so that a typo does not silently list the wrong page.
+/// Parses `after` and `limit` ([`super::query`]).
 fn parse_query(query: &str) -> Result<PageQuery<'_>, ApiError> {
-    let mut after = None;
-    let mut limit = None;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let Some((name, value)) = pair.split_once('=') else {
-            return Err(ApiError::invalid_query(
-                "query parameters take a value: `after=<sku>`, `limit=<n>`",
-            ));
-        };
-        match name {
-            "after" if after.is_none() => {
-                // SKUs never need escaping, so neither does a cursor.
-                if !is_valid_id(value) {
-                    return Err(ApiError::invalid_query(
-                        "`after` must be a SKU: 1 to 64 characters from [A-Za-z0-9_-]",
-                    ));
-                }
-                after = Some(value);
-            }
-            "limit" if limit.is_none() => {
-                let parsed = value
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| value.parse::<usize>().ok())
-                    .flatten()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n));
-                let Some(parsed) = parsed else {
-                    return Err(ApiError::invalid_query(format!(
-                        "`limit` must be an integer from 1 to {MAX_LIMIT}"
-                    )));
-                };
-                limit = Some(parsed);
-            }
-            "after" | "limit" => {
-                return Err(ApiError::invalid_query(format!(
-                    "`{name}` is given more than once"
-                )));
-            }
-            _ => {
-                return Err(ApiError::invalid_query(
-                    "unknown query parameter; `GET /v1/sales` takes `after` and `limit`",
-                ))
-            }
-        }
-    }
+    let [after, limit] = query::params(
+        query,
+        ["after", "limit"],
+        "`GET /v1/sales` takes `after` and `limit`",
+    )?;
     Ok(PageQuery {
-        after,
-        limit: limit.unwrap_or(DEFAULT_LIMIT),
+        // SKUs never need escaping, so neither does a cursor.
+        after: query::id("after", after, "a SKU")?,
+        limit: query::limit(limit, MAX_LIMIT, DEFAULT_LIMIT)?,
     })
 }
 

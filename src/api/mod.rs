@@ -10,6 +10,7 @@ mod listing;
 mod my_orders;
 mod orders;
 mod payments;
+mod query;
 mod resume;
 mod sale_orders;
 mod sales;

@@ -15,10 +15,10 @@
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::query;
 use super::{json, Api};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
-use crate::sale::model::is_valid_id;
 use crate::sale::Order;
 use crate::store::Store;
 
@@ -85,54 +85,16 @@ pub(super) async fn list<S: Store + 'static>(
     )
 }
 
-/// Parses `limit` and `user`; anything else in the query, a repeated parameter or a bad value is
-/// refused, so that a typo does not silently list something else.
+/// Parses `limit` and `user` ([`super::query`]).
 fn parse_query(query: &str) -> Result<ListQuery<'_>, ApiError> {
-    let mut user = None;
-    let mut limit = None;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let Some((name, value)) = pair.split_once('=') else {
-            return Err(ApiError::invalid_query(
-                "query parameters take a value: `limit=<n>`, `user=<id>`",
-            ));
-        };
-        match name {
-            "user" if user.is_none() => {
-                // User ids never need escaping.
-                if !is_valid_id(value) {
-                    return Err(ApiError::invalid_query(
-                        "`user` must be a user id: 1 to 64 characters from [A-Za-z0-9_-]",
-                    ));
-                }
-                user = Some(value);
-            }
-            "limit" if limit.is_none() => {
-                let parsed = value
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| value.parse::<usize>().ok())
-                    .flatten()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n));
-                let Some(parsed) = parsed else {
-                    return Err(ApiError::invalid_query(format!(
-                        "`limit` must be an integer from 1 to {MAX_LIMIT}"
-                    )));
-                };
-                limit = Some(parsed);
-            }
-            "user" | "limit" => {
-                return Err(ApiError::invalid_query(format!("`{name}` is given more than once")));
-            }
-            _ => {
-                return Err(ApiError::invalid_query(
-                    "unknown query parameter; `GET /v1/orders` takes `limit` (and `user` for the admin)",
-                ))
-            }
-        }
-    }
+    let [user, limit] = query::params(
+        query,
+        ["user", "limit"],
+        "`GET /v1/orders` takes `limit` (and `user` for the admin)",
+    )?;
     Ok(ListQuery {
-        user,
-        limit: limit.unwrap_or(DEFAULT_LIMIT),
+        user: query::id("user", user, "a user id")?,
+        limit: query::limit(limit, MAX_LIMIT, DEFAULT_LIMIT)?,
     })
 }
 

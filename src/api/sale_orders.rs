@@ -11,6 +11,7 @@
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::query;
 use super::{json, Api};
 use crate::auth::Principal;
 use crate::http::{Request, Response};
@@ -72,70 +73,41 @@ pub(super) async fn list<S: Store + 'static>(
     }
 }
 
-/// Parses `status`, `after` and `limit`; anything else, a repeat or a bad value is refused.
+/// Parses `status`, `after` and `limit` ([`super::query`]).
 fn parse_query(sku: &str, query: &str) -> Result<SaleOrdersQuery, ApiError> {
-    let mut status = None;
-    let mut after = None;
-    let mut limit = None;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let Some((name, value)) = pair.split_once('=') else {
-            return Err(ApiError::invalid_query(
-                "query parameters take a value: `status=`, `after=`, `limit=`",
-            ));
-        };
-        match name {
-            "status" if status.is_none() => {
-                let parsed = OrderStatus::ALL
-                    .into_iter()
-                    .find(|status| status.label() == value);
-                let Some(parsed) = parsed else {
-                    return Err(ApiError::invalid_query(
+    let [status, after, limit] = query::params(
+        query,
+        ["status", "after", "limit"],
+        "this listing takes `status`, `after` and `limit`",
+    )?;
+    let status = match status {
+        None => None,
+        Some(value) => Some(
+            OrderStatus::ALL
+                .into_iter()
+                .find(|status| status.label() == value)
+                .ok_or_else(|| {
+                    ApiError::invalid_query(
                         "`status` must be one of pending, paid, cancelled, expired",
-                    ));
-                };
-                status = Some(parsed);
-            }
-            "after" if after.is_none() => {
-                // Order ids never need escaping.
-                let parsed = OrderId::parse(value).filter(|id| *id.sku == *sku);
-                let Some(parsed) = parsed else {
-                    return Err(ApiError::invalid_query(
-                        "`after` must be an order id of this sale",
-                    ));
-                };
-                after = Some(parsed);
-            }
-            "limit" if limit.is_none() => {
-                let parsed = value
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| value.parse::<usize>().ok())
-                    .flatten()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n));
-                let Some(parsed) = parsed else {
-                    return Err(ApiError::invalid_query(format!(
-                        "`limit` must be an integer from 1 to {MAX_LIMIT}"
-                    )));
-                };
-                limit = Some(parsed);
-            }
-            "status" | "after" | "limit" => {
-                return Err(ApiError::invalid_query(format!(
-                    "`{name}` is given more than once"
-                )));
-            }
-            _ => {
-                return Err(ApiError::invalid_query(
-                    "unknown query parameter; this listing takes `status`, `after` and `limit`",
-                ))
-            }
-        }
-    }
+                    )
+                })?,
+        ),
+    };
+    let after = match after {
+        None => None,
+        Some(value) => Some(
+            OrderId::parse(value)
+                .filter(|id| *id.sku == *sku)
+                .ok_or_else(|| {
+                    ApiError::invalid_query("`after` must be an order id of this sale")
+                })?,
+        ),
+    };
     Ok(SaleOrdersQuery {
         sku: sku.into(),
         status,
         after,
-        limit: limit.unwrap_or(DEFAULT_LIMIT),
+        limit: query::limit(limit, MAX_LIMIT, DEFAULT_LIMIT)?,
     })
 }
 
