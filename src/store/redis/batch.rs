@@ -1,9 +1,12 @@
 //! Coalescing a SKU's concurrent purchases into one script call.
 //!
 //! The first purchase of an idle SKU starts a flusher at once, so light traffic waits for
-//! nothing. While its call is in flight, later purchases queue; the flusher then takes up to
-//! `--redis-batch` (default 64) of them in the next call. Throughput is then bounded by Redis' script execution,
-//! not by one round trip per purchase.
+//! nothing. While its call is in flight, later purchases queue and start further flushers, up
+//! to `--redis-pipeline` (default 4) per SKU; each takes up to `--redis-batch` (default 64)
+//! queued purchases per call. Several calls of one SKU are thus in flight at once and their
+//! round trips overlap, while each call still runs atomically in Redis, deciding every purchase
+//! on the stock as Redis has it at that moment (never on the node's view of it). Throughput is
+//! then bounded by Redis' script execution, not by one round trip per purchase.
 //!
 //! A purchase answered 503 after one of its attempts went to Redis may have run there anyway
 //! (a lost reply, a stall past the deadline): its order id is handed to [`super::abandon`], which
@@ -29,10 +32,14 @@ pub const QUEUED_CALLS: usize = 16;
 /// concurrent shoppers per shard without refusing any.
 pub const MIN_QUEUE: usize = 1024;
 
-/// A SKU's queue.
+/// A SKU's queue and its flushers.
 #[derive(Debug, Default)]
 pub struct Batch {
     queue: VecDeque<Waiting>,
+    /// Flushers running for the SKU, at most `--redis-pipeline`.
+    flushers: usize,
+    /// Of those, the ones whose script call is in flight.
+    sending: usize,
 }
 
 #[derive(Debug)]
@@ -50,7 +57,6 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
     let (reply, answer) = oneshot::channel();
     let start_flusher = {
         let mut batches = store.0.batches.borrow_mut();
-        let idle = !batches.contains_key(&sku);
         let batch = batches.entry(sku.clone()).or_default();
         if batch.queue.len() >= (QUEUED_CALLS * store.0.max_batch).max(MIN_QUEUE) {
             return Err(SaleError::Unavailable);
@@ -60,7 +66,12 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
             request,
             reply,
         });
-        idle
+        // Another call may start while the others are in flight, up to the pipeline's depth.
+        let more = batch.flushers < store.0.pipeline;
+        if more {
+            batch.flushers += 1;
+        }
+        more
     };
     if start_flusher {
         glommio::spawn_local(flush(store.clone(), sku)).detach();
@@ -75,8 +86,8 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
     }
 }
 
-/// Sends `sku`'s queue in batches until it is empty, then forgets the SKU (the next purchase
-/// starts a new flusher).
+/// Sends `sku`'s queue in batches until it is empty, then leaves; the last flusher to leave
+/// forgets the SKU. Up to `--redis-pipeline` of these run per SKU, each with one call in flight.
 async fn flush(store: RedisStore, sku: Box<str>) {
     loop {
         let group: Vec<Waiting> = {
@@ -84,19 +95,24 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             let Some(batch) = batches.get_mut(&sku) else {
                 return;
             };
-            if batch.queue.is_empty() {
-                batches.remove(&sku);
-                return;
-            }
             // Purchases whose shopper stopped waiting (past the budget) are not sent at all.
             batch.queue.retain(|waiting| !waiting.reply.is_canceled());
+            if batch.queue.is_empty() {
+                batch.flushers = batch.flushers.saturating_sub(1);
+                if batch.flushers == 0 {
+                    batches.remove(&sku);
+                }
+                return;
+            }
             // Bounded, because Redis serves nothing else while a script runs.
             let take = batch.queue.len().min(store.0.max_batch);
+            batch.sending += 1;
+            let sending = batch.sending as u64;
+            let mut metrics = store.0.metrics.borrow_mut();
+            metrics.inflight.record(sending);
+            metrics.inflight_max = metrics.inflight_max.max(sending);
             batch.queue.drain(..take).collect()
         };
-        if group.is_empty() {
-            continue;
-        }
         store
             .0
             .metrics
@@ -121,6 +137,9 @@ async fn flush(store: RedisStore, sku: Box<str>) {
         let sent = Cell::new(false);
         let purchase = &store.0.scripts.purchase;
         let result = store.acknowledged_script(purchase, &sku, args, &sent).await;
+        if let Some(batch) = store.0.batches.borrow_mut().get_mut(&sku) {
+            batch.sending = batch.sending.saturating_sub(1);
+        }
         let replies = match result {
             Ok(value) => decode(value, group.len()),
             Err(error) => vec![Err(error.into()); group.len()],
