@@ -23,7 +23,7 @@ use super::RedisStore;
 use crate::clock::now_ms;
 use crate::sale::command::{Outcome, PurchaseRequest, Reply, StockLevel};
 use crate::sale::ids::OrderId;
-use crate::sale::SaleError;
+use crate::sale::{Order, OrderStatus, SaleError};
 
 /// Script calls' worth of purchases one SKU may have waiting; more are refused with 503 rather
 /// than queued without bound (in time as well as memory: each waits for the calls ahead of it).
@@ -141,7 +141,7 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             batch.sending = batch.sending.saturating_sub(1);
         }
         let replies = match result {
-            Ok(value) => decode(value, group.len()),
+            Ok(value) => decode(value, &group),
             Err(error) => vec![Err(error.into()); group.len()],
         };
         // A 503 for a purchase that may have run, or an order whose shopper stopped waiting
@@ -206,41 +206,74 @@ fn json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// One reply per purchase from the script's `{outcome, order_or_code, remaining, seq}` rows.
-fn decode(value: Value, expected: usize) -> Vec<Reply> {
-    let rows = value.into_array();
-    if rows.len() != expected {
+/// One reply per purchase from the script's `{remaining, seq, created_at, expires_at, price,
+/// row*}` (see [`super::scripts::PURCHASE`]): an `ok` row is an order made just now, built here
+/// from the request and the call's shared fields; the stock level after each purchase follows
+/// from the level before the call, each `ok` taking its quantity and one seq.
+fn decode(value: Value, group: &[Waiting]) -> Vec<Reply> {
+    let fields = value.into_array();
+    let expected = group.len();
+    let header = (0..5)
+        .map(|index| super::decode::int_at(&fields, index))
+        .collect::<Result<Vec<u64>, _>>();
+    let (Ok(header), true) = (header, fields.len() == 5 + expected) else {
         tracing::error!(
-            rows = rows.len(),
+            fields = fields.len(),
             expected,
-            "purchase script replied with the wrong row count"
+            "purchase script replied in the wrong shape"
         );
         return vec![Err(SaleError::Unavailable); expected];
+    };
+    let (mut remaining, mut seq) = (header[0], header[1]);
+    let (created_at, expires_at, price) = (header[2], header[3], header[4]);
+    let mut replies = Vec::with_capacity(expected);
+    for (waiting, row) in group.iter().zip(fields.into_iter().skip(5)) {
+        let request = &waiting.request;
+        let reply = match row {
+            Value::Array(parts) => decode_earlier(&parts, StockLevel { remaining, seq }),
+            row => match row.as_string().as_deref() {
+                Some("ok") => {
+                    remaining = remaining.saturating_sub(u64::from(request.quantity));
+                    seq += 1;
+                    Ok(Outcome::Order {
+                        order: Order {
+                            order_id: waiting.order_id.clone(),
+                            sku: request.sku.clone(),
+                            user_id: request.user_id.clone(),
+                            quantity: request.quantity,
+                            status: OrderStatus::Pending,
+                            created_at,
+                            expires_at,
+                            amount: price.saturating_mul(u64::from(request.quantity)),
+                            payment_ref: None,
+                        },
+                        stock: Some(StockLevel { remaining, seq }),
+                        replayed: false,
+                    })
+                }
+                _ => Err(super::decode::refusal_at(&[row], 0)),
+            },
+        };
+        replies.push(reply);
     }
-    rows.into_iter().map(decode_row).collect()
+    replies
 }
 
-fn decode_row(row: Value) -> Reply {
-    let fields = row.into_array();
-    let outcome = fields.first().and_then(Value::as_string);
-    let level = || -> Result<StockLevel, SaleError> {
-        Ok(StockLevel {
-            remaining: super::decode::int_at(&fields, 2)?,
-            seq: super::decode::int_at(&fields, 3)?,
-        })
-    };
-    match outcome.as_deref() {
-        Some("ok") | Some("retried") => Ok(Outcome::Order {
-            order: super::decode::decode_order(&super::decode::str_at(&fields, 1)?)?,
-            stock: Some(level()?),
+/// A `{retried|replay, order_json}` row: an order an earlier attempt (or an earlier purchase
+/// with the same idempotency key) made.
+fn decode_earlier(parts: &[Value], level: StockLevel) -> Reply {
+    let order = super::decode::decode_order(&super::decode::str_at(parts, 1)?)?;
+    match parts.first().and_then(Value::as_string).as_deref() {
+        Some("retried") => Ok(Outcome::Order {
+            order,
+            stock: Some(level),
             replayed: false,
         }),
         Some("replay") => Ok(Outcome::Order {
-            order: super::decode::decode_order(&super::decode::str_at(&fields, 1)?)?,
+            order,
             stock: None,
             replayed: true,
         }),
-        Some("err") => Err(super::decode::refusal_at(&fields, 1)),
         _ => Err(SaleError::Unavailable),
     }
 }
