@@ -66,8 +66,13 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
             request,
             reply,
         });
-        // Another call may start while the others are in flight, up to the pipeline's depth.
-        let more = batch.flushers < store.0.pipeline;
+        // The first call starts at once (light traffic waits for nothing). Another may start
+        // while others are in flight, up to the pipeline's depth, once a quarter batch waits:
+        // each call costs Redis a fixed part (reading the sale, the level, the regression
+        // check), worth paying again only for a batch that is not tiny.
+        let waiting = batch.queue.len();
+        let more = batch.flushers == 0
+            || (batch.flushers < store.0.pipeline && waiting >= (store.0.max_batch / 4).max(1));
         if more {
             batch.flushers += 1;
         }
