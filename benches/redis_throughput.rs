@@ -1,18 +1,25 @@
 //! `cargo bench --bench redis_throughput`: purchases per second in cluster mode, against what
 //! one Redis round trip per purchase allows, measured in the same run on the same Redis.
 //!
-//! 1. Starts a `redis-server` and `seckill serve --redis` on it, twice: with the default batching
-//!    (`--redis-batch 64`) and with batching off (`--redis-batch 1`).
+//! 1. Starts a `redis-server` and `seckill serve --redis` on it, once per [`Setup`]: the defaults
+//!    (`--redis-batch 64 --redis-pipeline 4`), one call in flight per SKU (`--redis-pipeline 1`)
+//!    and batching off (`--redis-batch 1 --redis-pipeline 1`).
 //! 2. Each time runs `wrk -t1 -c64 -d8s` at the purchase endpoint (one shopper with a huge limit,
-//!    so every request creates an order).
+//!    so every request creates an order), and reads Redis' `used_memory` before and after: the
+//!    bytes of Redis memory per order (every key a purchase writes, stream entry included; no
+//!    broker runs, so the stream is never trimmed).
 //! 3. Runs `redis-benchmark -c 64 -P 1` with `EVALSHA` of a gateway-style script (take a unit,
 //!    count the user, store the order), one purchase per call: what an industry gateway with one
 //!    round trip per purchase gets from Redis at best (no HTTP in front of it).
+//! 4. Runs the same script behind an OpenResty-style gateway (nginx + lua-nginx-module, one
+//!    `EVALSHA` per purchase over pooled connections, [`gateway`]) with the same wrk flags: the
+//!    baseline each setup's purchases/s is divided by.
 //!
 //! For each, Redis CPU per purchase comes from `INFO commandstats` (EVALSHA usec over purchases).
 //!
-//! The ratios show what coalescing concurrent purchases into one script call buys. Needs `wrk` and
-//! `redis-benchmark` (`apt-get install wrk redis-tools`). Loopback only; stops what it starts.
+//! The ratios show what coalescing concurrent purchases into one script call buys. Needs `wrk`,
+//! `redis-benchmark` and the gateway's nginx (`apt-get install wrk redis-tools nginx-light
+//! libnginx-mod-http-lua`). Loopback only; stops what it starts.
 
 /// The OpenResty-style gateway, driven by the same wrk flags in the same run.
 #[path = "gateway.rs"]
@@ -41,9 +48,33 @@ fn main() {
     }
 }
 
+/// One cluster-mode configuration to measure.
+struct Setup {
+    batch: &'static str,
+    pipeline: &'static str,
+}
+
+/// What `run` measures, first to last; the first is the default configuration.
+const SETUPS: [Setup; 3] = [
+    Setup {
+        batch: "64",
+        pipeline: "4",
+    },
+    Setup {
+        batch: "64",
+        pipeline: "1",
+    },
+    Setup {
+        batch: "1",
+        pipeline: "1",
+    },
+];
+
 fn run() -> Result<(), String> {
-    let batched = run_server("64")?;
-    let unbatched = run_server("1")?;
+    let mut measured = Vec::new();
+    for setup in &SETUPS {
+        measured.push((setup, run_server(setup)?));
+    }
     let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let (gateway_rps, gateway_us) = gateway_benchmark(&redis)?;
     let openresty = {
@@ -56,28 +87,27 @@ fn run() -> Result<(), String> {
             &["-t1", "-c64", "-d8s"],
         )?
     };
-    for (label, m) in [("64", &batched), ("1, ", &unbatched)] {
+    for (setup, m) in &measured {
         println!(
-            "cluster mode, --redis-batch {label} wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call; {:.2} us of Redis per purchase)",
-            m.rps, m.p99, m.per_call, m.redis_us
+            "cluster mode, --redis-batch {:>2} --redis-pipeline {}, wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call; {:.2} us of Redis per purchase; {:.0} B of Redis per order over {:.0} orders; {:.2}x the OpenResty-style gateway)",
+            setup.batch, setup.pipeline, m.rps, m.p99, m.per_call, m.redis_us, m.bytes_per_order, m.orders, m.rps / openresty.rps
         );
     }
     println!(
         "gateway script, redis-benchmark -c 64 -P 1 EVALSHA:    {gateway_rps:>8.0} purchases/s  (one purchase per call; {gateway_us:.2} us of Redis per purchase)"
     );
     println!(
-        "OpenResty-style gateway, one EVALSHA per purchase, wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({})",
+        "OpenResty-style gateway (nginx + lua, one EVALSHA per purchase), wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({})",
         openresty.rps, openresty.p99
     );
-    println!(
-        "seckill --redis-batch 64 reached {:.2}x the OpenResty-style gateway",
-        batched.rps / openresty.rps
-    );
-    println!(
-        "batching bought {:.2}x over --redis-batch 1; seckill reached {:.2}x the gateway script's Redis-side ceiling",
-        batched.rps / unbatched.rps,
-        batched.rps / gateway_rps
-    );
+    if let [(_, default), (_, serial), (_, unbatched), ..] = measured.as_slice() {
+        println!(
+            "batching bought {:.2}x over --redis-batch 1, pipelining {:.2}x over --redis-pipeline 1; seckill (defaults) reached {:.2}x the gateway script's Redis-side ceiling",
+            serial.rps / unbatched.rps,
+            default.rps / serial.rps,
+            default.rps / gateway_rps
+        );
+    }
     Ok(())
 }
 
@@ -88,9 +118,13 @@ struct Measured {
     per_call: f64,
     /// Redis CPU per purchase: `INFO commandstats` usec of EVALSHA over the purchases it ran.
     redis_us: f64,
+    /// Orders made.
+    orders: f64,
+    /// Growth of Redis' `used_memory` per order made.
+    bytes_per_order: f64,
 }
 
-fn run_server(batch: &str) -> Result<Measured, String> {
+fn run_server(setup: &Setup) -> Result<Measured, String> {
     let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -105,7 +139,8 @@ fn run_server(batch: &str) -> Result<Measured, String> {
             "--shards",
             &shards,
         ])
-        .args(["--redis", &redis.url(), "--redis-batch", batch])
+        .args(["--redis", &redis.url(), "--redis-batch", setup.batch])
+        .args(["--redis-pipeline", setup.pipeline])
         .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET)
         .env("RUST_LOG", "warn")
@@ -161,6 +196,7 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, Str
     redis
         .query::<()>(&["CONFIG", "RESETSTAT"])
         .map_err(|e| e.to_string())?;
+    let memory_before = used_memory(redis)?;
     let lua = std::env::temp_dir().join(format!("seckill-redis-bench-{}.lua", std::process::id()));
     std::fs::write(
         &lua,
@@ -183,6 +219,7 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, Str
     let batches = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
     let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
     let (script_usec, _) = evalsha_usec(redis)?;
+    let memory_after = used_memory(redis)?;
 
     let p99 = wrk
         .lines()
@@ -196,6 +233,8 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, Str
         // Background syncs run EVALSHA too; they are counted against the purchases, so the
         // figure is an upper bound.
         redis_us: script_usec / batches.max(1.0),
+        orders: batches,
+        bytes_per_order: (memory_after - memory_before) / batches.max(1.0),
     })
 }
 
@@ -251,6 +290,17 @@ fn gateway_benchmark(redis: &redis_server::RedisServer) -> Result<(f64, f64), St
         .ok_or_else(|| format!("no redis-benchmark figure in {bench:?}"))?;
     let (usec, calls) = evalsha_usec(redis)?;
     Ok((rps, usec / calls.max(1.0)))
+}
+
+/// Redis' `used_memory` (`INFO memory`), in bytes.
+fn used_memory(redis: &redis_server::RedisServer) -> Result<f64, String> {
+    let info: String = redis
+        .query(&["INFO", "memory"])
+        .map_err(|e| e.to_string())?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| "no used_memory in INFO memory".to_owned())
 }
 
 /// `cmdstat_evalsha`'s total usec and calls from `INFO commandstats`.

@@ -178,6 +178,10 @@ pub struct ServeArgs {
     /// Most purchases of one SKU coalesced into one Redis script call, 1..=1024 [default: 64].
     #[arg(long, env = "SECKILL_REDIS_BATCH")]
     pub redis_batch: Option<usize>,
+    /// Script calls of one SKU in flight at once, 1..=32: round trips overlap while each call
+    /// stays atomic in Redis [default: 4].
+    #[arg(long, env = "SECKILL_REDIS_PIPELINE")]
+    pub redis_pipeline: Option<usize>,
     /// Redis reads per second and shard for SKUs this node has not heard of yet (created
     /// through another node since the last sync), 0..=100000; 0 never asks [default: 200].
     #[arg(long, env = "SECKILL_REDIS_LOOKUPS_PER_SEC")]

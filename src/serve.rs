@@ -51,6 +51,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             prefix: config.redis_prefix.clone(),
             closed_orders_per_sale: config.closed_orders_per_sale,
             max_batch: config.redis_batch,
+            pipeline: config.redis_pipeline,
             budget: config.redis_budget,
             unresponsive: config.redis_unresponsive,
             wait: config.redis_wait,

@@ -61,54 +61,76 @@ struct StreamEvent {
 fn ledger(port: u16, sku: &str) -> Ledger {
     let remaining = redis_ok::<Option<i64>>(port, &["GET", &key(sku, "remaining")]).unwrap_or(0);
     let held: BTreeMap<String, i64> = redis_ok(port, &["HGETALL", &key(sku, "held")]);
-    let pending: i64 = redis_ok(port, &["ZCARD", &key(sku, "pending")]);
-    let orders = redis_ok::<BTreeMap<String, String>>(port, &["HGETALL", &key(sku, "orders")])
-        .into_iter()
-        .map(|(id, raw)| {
-            let order: Value = serde_json::from_str(&raw)
-                .unwrap_or_else(|e| panic!("order {id} is not JSON ({e}): {raw}"));
-            (id, order)
-        })
-        .collect();
+    // A member of `pending` names the orders of one purchase call, space-separated.
+    let pending = redis_ok::<Vec<String>>(port, &["ZRANGE", &key(sku, "pending"), "0", "-1"])
+        .iter()
+        .map(|member| member.split_whitespace().count() as i64)
+        .sum();
+    let orders: BTreeMap<String, Value> =
+        redis_ok::<BTreeMap<String, String>>(port, &["HGETALL", &key(sku, "orders")])
+            .into_iter()
+            .map(|(id, raw)| {
+                let order: Value = serde_json::from_str(&raw)
+                    .unwrap_or_else(|e| panic!("order {id} is not JSON ({e}): {raw}"));
+                (id, order)
+            })
+            .collect();
     // XRANGE: [[entry id, [field, value, ...]], ...]
     let entries: Vec<(String, HashMap<String, String>)> =
         redis_ok(port, &["XRANGE", &key(sku, "events"), "-", "+"]);
     // Sale entries (the order feed's `sale.upserted`) carry no order.
-    let events = entries
-        .iter()
-        .filter(|(_, fields)| fields.get("event").map(String::as_str) != Some("sale"))
-        .map(|(entry, fields)| {
-            let field = |name: &str| -> String {
-                fields
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("stream entry {entry} without {name:?}: {fields:?}"))
-            };
-            // A purchase's `created` entry carries only the order (the fields below are in it);
-            // the entries of later changes carry them as fields too.
-            let order: Value = serde_json::from_str(&field("order"))
-                .unwrap_or_else(|e| panic!("order of {entry} is not JSON ({e}): {fields:?}"));
-            let of_order = |name: &str| -> String {
-                fields
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| match &order[name] {
-                        Value::String(text) => text.clone(),
-                        other => other.to_string(),
-                    })
-            };
-            StreamEvent {
-                id: entry.clone(),
-                event: field("event"),
-                order_id: field("order_id"),
-                user_id: of_order("user_id"),
-                quantity: of_order("quantity")
-                    .parse()
-                    .unwrap_or_else(|e| panic!("quantity of {entry} {fields:?}: {e}")),
-                status: of_order("status"),
+    let mut events = Vec::new();
+    for (entry, fields) in &entries {
+        let field = |name: &str| -> String {
+            fields
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("stream entry {entry} without {name:?}: {fields:?}"))
+        };
+        match fields.get("event").map(String::as_str) {
+            Some("sale") => continue,
+            // A purchase call's `created` entry names its orders; each is read as stored.
+            Some("created") => {
+                for id in field("ids").split_whitespace() {
+                    let order = orders
+                        .get(id)
+                        .unwrap_or_else(|| panic!("entry {entry} names unknown order {id}"));
+                    events.push(StreamEvent {
+                        id: entry.clone(),
+                        event: "created".into(),
+                        order_id: id.to_owned(),
+                        user_id: order["user_id"].as_str().unwrap_or_default().to_owned(),
+                        quantity: order["quantity"].as_i64().unwrap_or_default(),
+                        status: "pending".into(),
+                    });
+                }
+                continue;
             }
-        })
-        .collect();
+            _ => {}
+        }
+        // Later changes carry the order and its fields.
+        let order: Value = serde_json::from_str(&field("order"))
+            .unwrap_or_else(|e| panic!("order of {entry} is not JSON ({e}): {fields:?}"));
+        let of_order = |name: &str| -> String {
+            fields
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| match &order[name] {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                })
+        };
+        events.push(StreamEvent {
+            id: entry.clone(),
+            event: field("event"),
+            order_id: field("order_id"),
+            user_id: of_order("user_id"),
+            quantity: of_order("quantity")
+                .parse()
+                .unwrap_or_else(|e| panic!("quantity of {entry} {fields:?}: {e}")),
+            status: of_order("status"),
+        });
+    }
     Ledger {
         remaining,
         held,

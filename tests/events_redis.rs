@@ -505,7 +505,7 @@ fn ghost_orders_of_a_redis_stall_are_never_announced() {
 }
 
 /// A [`feed::FEED_READ`] reply: outcome, cursor, pending, lost, oldest_ms, first_id,
-/// entries `(id, kind, json, skip)`, more.
+/// entries `(id, kind, json, skip)`, more, stream entries taken, the last one's id.
 type ReadReply = (
     String,
     String,
@@ -515,6 +515,8 @@ type ReadReply = (
     String,
     Vec<(String, String, String, i64)>,
     i64,
+    i64,
+    String,
 );
 
 /// Runs a feed script on `sku`'s keys, as the pump does.

@@ -71,6 +71,8 @@ pub struct FileConfig {
     pub redis_prefix: Option<String>,
     /// See [`ServeArgs::redis_batch`].
     pub redis_batch: Option<usize>,
+    /// See [`ServeArgs::redis_pipeline`].
+    pub redis_pipeline: Option<usize>,
     /// See [`ServeArgs::redis_lookups_per_sec`].
     pub redis_lookups_per_sec: Option<u32>,
     /// See [`ServeArgs::redis_negative_ttl_ms`].
@@ -165,6 +167,8 @@ pub struct ServeConfig {
     pub redis_prefix: String,
     /// Most purchases of one SKU per Redis script call.
     pub redis_batch: usize,
+    /// Script calls of one SKU in flight at once.
+    pub redis_pipeline: usize,
     /// Redis reads per second and shard for SKUs no edge knew; 0 never asks.
     pub redis_lookups_per_sec: u32,
     /// How long a SKU Redis did not know is answered 404 without asking again.
@@ -427,6 +431,8 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
     }
     let redis_batch = args.redis_batch.or(file.redis_batch).unwrap_or(64);
     let redis_batch = in_range("redis_batch", redis_batch, 1, 1024)?;
+    let redis_pipeline = args.redis_pipeline.or(file.redis_pipeline).unwrap_or(4);
+    let redis_pipeline = in_range("redis_pipeline", redis_pipeline, 1, 32)?;
     let lookups = args
         .redis_lookups_per_sec
         .or(file.redis_lookups_per_sec)
@@ -488,6 +494,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis,
         redis_prefix,
         redis_batch,
+        redis_pipeline,
         redis_lookups_per_sec,
         redis_negative_ttl: Duration::from_millis(negative_ttl_ms),
         redis_budget: Duration::from_millis(redis_budget_ms),

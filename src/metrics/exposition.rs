@@ -363,9 +363,11 @@ fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
     }
     let mut latency = DistributionSnapshot::default();
     let mut batches = DistributionSnapshot::default();
+    let mut inflight = DistributionSnapshot::default();
     for (_, stats) in &redis {
         latency.merge(&stats.call_latency);
         batches.merge(&stats.batch_size);
+        inflight.merge(&stats.inflight);
     }
     out.family(
         "seckill_redis_call_duration_seconds",
@@ -391,6 +393,30 @@ fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {
         &GROUP_BUCKETS,
         1,
     );
+    out.family(
+        "seckill_redis_purchase_inflight",
+        "histogram",
+        "Purchase-script calls of the same SKU in flight when one is sent, itself included \
+         (`--redis-pipeline` bounds it).",
+    );
+    out.histogram(
+        "seckill_redis_purchase_inflight",
+        &[],
+        &inflight,
+        &GROUP_BUCKETS,
+        1,
+    );
+    out.family(
+        "seckill_redis_purchase_inflight_max",
+        "gauge",
+        "Most purchase-script calls of one SKU seen in flight at once on one shard since start.",
+    );
+    let most = redis
+        .iter()
+        .map(|(_, stats)| stats.inflight_max)
+        .max()
+        .unwrap_or(0);
+    out.sample("seckill_redis_purchase_inflight_max", &[], most);
     out.family(
         "seckill_redis_errors_total",
         "counter",

@@ -1,9 +1,12 @@
 //! Coalescing a SKU's concurrent purchases into one script call.
 //!
 //! The first purchase of an idle SKU starts a flusher at once, so light traffic waits for
-//! nothing. While its call is in flight, later purchases queue; the flusher then takes up to
-//! `--redis-batch` (default 64) of them in the next call. Throughput is then bounded by Redis' script execution,
-//! not by one round trip per purchase.
+//! nothing. While its call is in flight, later purchases queue and start further flushers, up
+//! to `--redis-pipeline` (default 4) per SKU; each takes up to `--redis-batch` (default 64)
+//! queued purchases per call. Several calls of one SKU are thus in flight at once and their
+//! round trips overlap, while each call still runs atomically in Redis, deciding every purchase
+//! on the stock as Redis has it at that moment (never on the node's view of it). Throughput is
+//! then bounded by Redis' script execution, not by one round trip per purchase.
 //!
 //! A purchase answered 503 after one of its attempts went to Redis may have run there anyway
 //! (a lost reply, a stall past the deadline): its order id is handed to [`super::abandon`], which
@@ -20,7 +23,7 @@ use super::RedisStore;
 use crate::clock::now_ms;
 use crate::sale::command::{Outcome, PurchaseRequest, Reply, StockLevel};
 use crate::sale::ids::OrderId;
-use crate::sale::SaleError;
+use crate::sale::{Order, OrderStatus, SaleError};
 
 /// Script calls' worth of purchases one SKU may have waiting; more are refused with 503 rather
 /// than queued without bound (in time as well as memory: each waits for the calls ahead of it).
@@ -29,10 +32,14 @@ pub const QUEUED_CALLS: usize = 16;
 /// concurrent shoppers per shard without refusing any.
 pub const MIN_QUEUE: usize = 1024;
 
-/// A SKU's queue.
+/// A SKU's queue and its flushers.
 #[derive(Debug, Default)]
 pub struct Batch {
     queue: VecDeque<Waiting>,
+    /// Flushers running for the SKU, at most `--redis-pipeline`.
+    flushers: usize,
+    /// Of those, the ones whose script call is in flight.
+    sending: usize,
 }
 
 #[derive(Debug)]
@@ -50,7 +57,6 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
     let (reply, answer) = oneshot::channel();
     let start_flusher = {
         let mut batches = store.0.batches.borrow_mut();
-        let idle = !batches.contains_key(&sku);
         let batch = batches.entry(sku.clone()).or_default();
         if batch.queue.len() >= (QUEUED_CALLS * store.0.max_batch).max(MIN_QUEUE) {
             return Err(SaleError::Unavailable);
@@ -60,7 +66,17 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
             request,
             reply,
         });
-        idle
+        // The first call starts at once (light traffic waits for nothing). Another may start
+        // while others are in flight, up to the pipeline's depth, once a quarter batch waits:
+        // each call costs Redis a fixed part (reading the sale, the level, the regression
+        // check), worth paying again only for a batch that is not tiny.
+        let waiting = batch.queue.len();
+        let more = batch.flushers == 0
+            || (batch.flushers < store.0.pipeline && waiting >= (store.0.max_batch / 4).max(1));
+        if more {
+            batch.flushers += 1;
+        }
+        more
     };
     if start_flusher {
         glommio::spawn_local(flush(store.clone(), sku)).detach();
@@ -75,8 +91,8 @@ pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
     }
 }
 
-/// Sends `sku`'s queue in batches until it is empty, then forgets the SKU (the next purchase
-/// starts a new flusher).
+/// Sends `sku`'s queue in batches until it is empty, then leaves; the last flusher to leave
+/// forgets the SKU. Up to `--redis-pipeline` of these run per SKU, each with one call in flight.
 async fn flush(store: RedisStore, sku: Box<str>) {
     loop {
         let group: Vec<Waiting> = {
@@ -84,19 +100,24 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             let Some(batch) = batches.get_mut(&sku) else {
                 return;
             };
-            if batch.queue.is_empty() {
-                batches.remove(&sku);
-                return;
-            }
             // Purchases whose shopper stopped waiting (past the budget) are not sent at all.
             batch.queue.retain(|waiting| !waiting.reply.is_canceled());
+            if batch.queue.is_empty() {
+                batch.flushers = batch.flushers.saturating_sub(1);
+                if batch.flushers == 0 {
+                    batches.remove(&sku);
+                }
+                return;
+            }
             // Bounded, because Redis serves nothing else while a script runs.
             let take = batch.queue.len().min(store.0.max_batch);
+            batch.sending += 1;
+            let sending = batch.sending as u64;
+            let mut metrics = store.0.metrics.borrow_mut();
+            metrics.inflight.record(sending);
+            metrics.inflight_max = metrics.inflight_max.max(sending);
             batch.queue.drain(..take).collect()
         };
-        if group.is_empty() {
-            continue;
-        }
         store
             .0
             .metrics
@@ -121,8 +142,11 @@ async fn flush(store: RedisStore, sku: Box<str>) {
         let sent = Cell::new(false);
         let purchase = &store.0.scripts.purchase;
         let result = store.acknowledged_script(purchase, &sku, args, &sent).await;
+        if let Some(batch) = store.0.batches.borrow_mut().get_mut(&sku) {
+            batch.sending = batch.sending.saturating_sub(1);
+        }
         let replies = match result {
-            Ok(value) => decode(value, group.len()),
+            Ok(value) => decode(value, &group),
             Err(error) => vec![Err(error.into()); group.len()],
         };
         // A 503 for a purchase that may have run, or an order whose shopper stopped waiting
@@ -187,41 +211,74 @@ fn json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// One reply per purchase from the script's `{outcome, order_or_code, remaining, seq}` rows.
-fn decode(value: Value, expected: usize) -> Vec<Reply> {
-    let rows = value.into_array();
-    if rows.len() != expected {
+/// One reply per purchase from the script's `{remaining, seq, created_at, expires_at, price,
+/// row*}` (see [`super::scripts::PURCHASE`]): an `ok` row is an order made just now, built here
+/// from the request and the call's shared fields; the stock level after each purchase follows
+/// from the level before the call, each `ok` taking its quantity and one seq.
+fn decode(value: Value, group: &[Waiting]) -> Vec<Reply> {
+    let fields = value.into_array();
+    let expected = group.len();
+    let header = (0..5)
+        .map(|index| super::decode::int_at(&fields, index))
+        .collect::<Result<Vec<u64>, _>>();
+    let (Ok(header), true) = (header, fields.len() == 5 + expected) else {
         tracing::error!(
-            rows = rows.len(),
+            fields = fields.len(),
             expected,
-            "purchase script replied with the wrong row count"
+            "purchase script replied in the wrong shape"
         );
         return vec![Err(SaleError::Unavailable); expected];
+    };
+    let (mut remaining, mut seq) = (header[0], header[1]);
+    let (created_at, expires_at, price) = (header[2], header[3], header[4]);
+    let mut replies = Vec::with_capacity(expected);
+    for (waiting, row) in group.iter().zip(fields.into_iter().skip(5)) {
+        let request = &waiting.request;
+        let reply = match row {
+            Value::Array(parts) => decode_earlier(&parts, StockLevel { remaining, seq }),
+            row => match row.as_string().as_deref() {
+                Some("ok") => {
+                    remaining = remaining.saturating_sub(u64::from(request.quantity));
+                    seq += 1;
+                    Ok(Outcome::Order {
+                        order: Order {
+                            order_id: waiting.order_id.clone(),
+                            sku: request.sku.clone(),
+                            user_id: request.user_id.clone(),
+                            quantity: request.quantity,
+                            status: OrderStatus::Pending,
+                            created_at,
+                            expires_at,
+                            amount: price.saturating_mul(u64::from(request.quantity)),
+                            payment_ref: None,
+                        },
+                        stock: Some(StockLevel { remaining, seq }),
+                        replayed: false,
+                    })
+                }
+                _ => Err(super::decode::refusal_at(&[row], 0)),
+            },
+        };
+        replies.push(reply);
     }
-    rows.into_iter().map(decode_row).collect()
+    replies
 }
 
-fn decode_row(row: Value) -> Reply {
-    let fields = row.into_array();
-    let outcome = fields.first().and_then(Value::as_string);
-    let level = || -> Result<StockLevel, SaleError> {
-        Ok(StockLevel {
-            remaining: super::decode::int_at(&fields, 2)?,
-            seq: super::decode::int_at(&fields, 3)?,
-        })
-    };
-    match outcome.as_deref() {
-        Some("ok") | Some("retried") => Ok(Outcome::Order {
-            order: super::decode::decode_order(&super::decode::str_at(&fields, 1)?)?,
-            stock: Some(level()?),
+/// A `{retried|replay, order_json}` row: an order an earlier attempt (or an earlier purchase
+/// with the same idempotency key) made.
+fn decode_earlier(parts: &[Value], level: StockLevel) -> Reply {
+    let order = super::decode::decode_order(&super::decode::str_at(parts, 1)?)?;
+    match parts.first().and_then(Value::as_string).as_deref() {
+        Some("retried") => Ok(Outcome::Order {
+            order,
+            stock: Some(level),
             replayed: false,
         }),
         Some("replay") => Ok(Outcome::Order {
-            order: super::decode::decode_order(&super::decode::str_at(&fields, 1)?)?,
+            order,
             stock: None,
             replayed: true,
         }),
-        Some("err") => Err(super::decode::refusal_at(&fields, 1)),
         _ => Err(SaleError::Unavailable),
     }
 }

@@ -107,10 +107,12 @@ return 0
 /// cursor, `lost` how many were trimmed before they were published (not yet acknowledged by
 /// [`FEED_ADVANCE`]), `oldest_ms` the time of the first unpublished entry (0: none), `first_id`
 /// the oldest entry the stream still holds, and
-/// `entries` up to `count` entries after the cursor older than the grace period, each `{id,
-/// kind, json, skip}` (`kind` the entry's `event`: `sale` or an order status; `json` the sale or
-/// order; `skip` 1 for a ghost's creation or abandon-cancel). `more` is 1 when ready entries were
-/// left for the next read.
+/// `entries` the events of up to `count` stream entries after the cursor older than the grace
+/// period, each `{id, kind, json, skip}` (`id` the stream entry's; `kind` the entry's `event`:
+/// `sale` or an order status; `json` the sale or order; `skip` 1 for a ghost's creation or
+/// abandon-cancel). A purchase call's `created` entry gives one event per order it names. `more`
+/// is 1 when ready entries were left for the next read, `taken` the stream entries read and
+/// `last` the id of the last of them (the cursor's next position).
 pub const FEED_READ: &str = concat!(
     feed_prelude!(),
     r#"
@@ -139,15 +141,41 @@ local oldest = 0
 if raw[1] then oldest = parse_id(raw[1][1]) end
 local ready_before = now - tonumber(ARGV[4])
 local out = {}
+local taken, last = 0, ''
+-- The creation of order `order_id` (an entry of one purchase call names its orders in `ids`):
+-- the order as stored, back in its state at creation; skipped when it was abandoned as a ghost,
+-- and left out when it is gone (forgotten past the retention of closed orders, long after).
+local function created(stream_id, order_id)
+  local current = redis.call('HGET', K.orders, order_id)
+  local ghost
+  if current then
+    local o = cjson.decode(current)
+    ghost = o.abandoned == true
+    o.status, o.payment_ref = 'pending', nil
+    current = cjson.encode(o)
+  else
+    ghost = redis.call('ZSCORE', K.abandoned, order_id) ~= false
+  end
+  if ghost then
+    redis.call('ZADD', K.skipped, now, order_id)
+    out[#out + 1] = {stream_id, 'created', current or '', 1}
+  elseif current then
+    out[#out + 1] = {stream_id, 'created', current, 0}
+  end
+end
 for _, entry in ipairs(raw) do
   local id, fields = entry[1], entry[2]
   if parse_id(id) > ready_before then break end
+  taken, last = taken + 1, id
   local e = {}
   for i = 1, #fields, 2 do e[fields[i]] = fields[i + 1] end
   local kind = e.event or ''
   local json = e.sale or e.order or ''
   local skip = 0
-  if kind ~= 'sale' and e.order_id then
+  if kind == 'created' and e.ids then
+    for order_id in string.gmatch(e.ids, '%S+') do created(id, order_id) end
+    kind = nil
+  elseif kind ~= 'sale' and e.order_id then
     local current = redis.call('HGET', K.orders, e.order_id)
     if json == '' and current then
       -- An entry written before entries carried the order: rebuilt from the order as stored now.
@@ -172,11 +200,11 @@ for _, entry in ipairs(raw) do
       if redis.call('ZSCORE', K.skipped, e.order_id) then skip = 1 end
     end
   end
-  out[#out + 1] = {id, kind, json, skip}
+  if kind then out[#out + 1] = {id, kind, json, skip} end
 end
 local more = 0
-if #out == #raw and #raw == tonumber(ARGV[3]) then more = 1 end
-return {'ok', cursor, pending, lost, oldest, first, out, more}
+if taken == #raw and #raw == tonumber(ARGV[3]) then more = 1 end
+return {'ok', cursor, pending, lost, oldest, first, out, more, taken, last}
 "#
 );
 
@@ -229,6 +257,10 @@ struct Read {
     first_kept: String,
     entries: Vec<Entry>,
     more: bool,
+    /// Stream entries read (one may give several events).
+    taken: u64,
+    /// The id of the last of them.
+    last: String,
 }
 
 /// What the pump remembers between ticks.
@@ -418,7 +450,7 @@ impl RedisStore {
                 }
             }
         }
-        let last = read.entries.last().map(|entry| entry.id.clone());
+        let last = (read.taken > 0).then(|| read.last.clone());
         if last.is_none() && read.lost == 0 {
             if read.pending == 0 && self.0.settled.borrow().contains(sku) {
                 state.drained.insert(sku.into());
@@ -429,7 +461,7 @@ impl RedisStore {
             holder.to_owned(),
             ttl,
             last.unwrap_or_default(),
-            read.entries.len().to_string(),
+            read.taken.to_string(),
             read.lost.to_string(),
         ];
         args.extend(forget.into_iter().filter(|id| !id.is_empty()));
@@ -438,7 +470,7 @@ impl RedisStore {
             if read.lost > 0 {
                 self.0.feed_lost.set(self.0.feed_lost.get() + read.lost);
             }
-            let left = read.pending.saturating_sub(read.entries.len() as u64);
+            let left = read.pending.saturating_sub(read.taken);
             let oldest = if left == 0 { None } else { read.oldest_at };
             state.outbox.insert(sku.into(), (left, oldest));
         }
@@ -516,6 +548,8 @@ fn decode_read(reply: Value) -> Result<Option<Read>, RedisError> {
         first_kept: text(5)?,
         entries,
         more: int(7)? == 1,
+        taken: int(8)?,
+        last: text(9)?,
     }))
 }
 

@@ -86,6 +86,8 @@ pub struct RedisSettings {
     pub closed_orders_per_sale: usize,
     /// Most purchases of one SKU per script call.
     pub max_batch: usize,
+    /// Most purchase-script calls of one SKU in flight at once (`--redis-pipeline`).
+    pub pipeline: usize,
     /// Longest one operation waits on Redis, its retry included (`--redis-budget-ms`).
     pub budget: Duration,
     /// Silence after which a connection with calls waiting is replaced
@@ -123,6 +125,10 @@ struct RedisMetrics {
     call_latency: Distribution,
     /// Purchases per purchase-script call.
     batch_size: Distribution,
+    /// Purchase-script calls of the SKU in flight as each is sent, itself included.
+    inflight: Distribution,
+    /// The most of those ever seen.
+    inflight_max: u64,
     errors: u64,
     timeouts: u64,
 }
@@ -134,6 +140,10 @@ pub struct RedisStats {
     pub call_latency: DistributionSnapshot,
     /// Purchases per purchase-script call.
     pub batch_size: DistributionSnapshot,
+    /// Purchase-script calls of one SKU in flight as each is sent, itself included.
+    pub inflight: DistributionSnapshot,
+    /// The most purchase-script calls of one SKU seen in flight at once.
+    pub inflight_max: u64,
     /// Calls that failed (errors, not timeouts).
     pub errors: u64,
     /// Calls that timed out.
@@ -180,6 +190,7 @@ struct Inner {
     prefix: String,
     retention: usize,
     max_batch: usize,
+    pipeline: usize,
     wait: ReplicaWait,
     shard: usize,
     shards: usize,
@@ -229,6 +240,7 @@ impl RedisStore {
             prefix: settings.prefix.clone(),
             retention: settings.closed_orders_per_sale,
             max_batch: settings.max_batch.max(1),
+            pipeline: settings.pipeline.max(1),
             wait: settings.wait,
             shard,
             shards,
@@ -311,6 +323,8 @@ impl Store for RedisStore {
             redis: Some(RedisStats {
                 call_latency: metrics.call_latency.snapshot(),
                 batch_size: metrics.batch_size.snapshot(),
+                inflight: metrics.inflight.snapshot(),
+                inflight_max: metrics.inflight_max,
                 errors: metrics.errors,
                 timeouts: metrics.timeouts,
                 masters,

@@ -38,6 +38,24 @@ pub struct Floor {
     pub sale: Sale,
 }
 
+impl Floor {
+    /// Moves the view up to `level` if it is newer; never down. With several purchase calls of
+    /// a SKU in flight (`--redis-pipeline`), replies can come back in another order than the
+    /// calls ran (a retry, a reply that waited on `WAIT`): an older call's reply carries a
+    /// lower seq, and taking it would lower the floor below what Redis was already seen to
+    /// hold, hiding a regression back to between the two. Seq only grows in Redis within an
+    /// epoch (a resume moves it past every view), so the highest seen is the newest.
+    pub fn raise(&mut self, level: StockLevel) -> bool {
+        if level.seq > self.seq {
+            self.seq = level.seq;
+            self.remaining = level.remaining;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What one shard's store knows about regressions.
 #[derive(Debug, Default)]
 pub struct Regression {
@@ -84,10 +102,7 @@ impl RedisStore {
     /// Raises `sku`'s view to `level` (a purchase's reply), if it is newer.
     pub(super) fn saw_level(&self, sku: &str, level: StockLevel) {
         if let Some(floor) = self.0.regression.borrow_mut().floors.get_mut(sku) {
-            if level.seq > floor.seq {
-                floor.seq = level.seq;
-                floor.remaining = level.remaining;
-            }
+            floor.raise(level);
         }
     }
 
@@ -216,5 +231,44 @@ impl RedisStore {
             Some("err") => Err(refusal_at(&fields, 1)),
             _ => Err(SaleError::Unavailable),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn floor(seq: u64, remaining: u64) -> Floor {
+        let sale: Sale = crate::json::parse(
+            br#"{"sku":"s","name":"n","stock":10,"starts_at":0,"ends_at":1,"per_user_limit":1,"payment_timeout_ms":1,"rate_limit_per_sec":0}"#,
+        )
+        .expect("a sale");
+        Floor {
+            epoch: 1,
+            seq,
+            remaining,
+            sale,
+        }
+    }
+
+    #[test]
+    fn an_older_calls_reply_never_lowers_the_view() {
+        // Calls A (ran first: seq 11) and B (ran second: seq 12) in flight together; B's reply
+        // comes back first.
+        let mut view = floor(10, 90);
+        assert!(view.raise(StockLevel {
+            remaining: 88,
+            seq: 12
+        }));
+        assert!(!view.raise(StockLevel {
+            remaining: 89,
+            seq: 11
+        }));
+        assert_eq!((view.seq, view.remaining), (12, 88));
+        // The same level again changes nothing either.
+        assert!(!view.raise(StockLevel {
+            remaining: 88,
+            seq: 12
+        }));
     }
 }

@@ -49,6 +49,8 @@ local function close(o, status, retention)
   o.status = status
   local json = cjson.encode(o)
   redis.call('HSET', K.orders, o.order_id, json)
+  -- Only a member of this order alone; a purchase call's member (all its orders) stays until
+  -- its deadline, when `expire_due` passes over the orders no longer pending.
   redis.call('ZREM', K.pending, o.order_id)
   event(status, o, json)
   if status == 'paid' then return json end
@@ -73,19 +75,24 @@ local function close(o, status, retention)
   end
   return json
 end
--- Expires every pending order due at `now`, at most `limit`; returns how many.
+-- Expires the pending orders due at `now`, about `limit` of them (a member is never split); returns
+-- how many orders it looked at. A member is the space-separated ids of the orders one purchase call made
+-- (they share its deadline), or one id; each order is expired only if still pending (paid,
+-- cancelled or forgotten ones are passed over), and the member goes once all are handled.
 local function expire_due(now, limit, retention)
   local due = redis.call('ZRANGEBYSCORE', K.pending, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(due) do
-    local raw = redis.call('HGET', K.orders, id)
-    local o = raw and cjson.decode(raw)
-    if o and o.status == 'pending' then
-      close(o, 'expired', retention)
-    else
-      redis.call('ZREM', K.pending, id)
+  local handled = 0
+  for _, member in ipairs(due) do
+    if handled >= limit then break end
+    for id in string.gmatch(member, '%S+') do
+      handled = handled + 1
+      local raw = redis.call('HGET', K.orders, id)
+      local o = raw and cjson.decode(raw)
+      if o and o.status == 'pending' then close(o, 'expired', retention) end
     end
+    redis.call('ZREM', K.pending, member)
   end
-  return #due
+  return handled
 end
 -- The calling node's last view of this SKU, from ARGV[at..at+4]: epoch, seq, remaining, starts_at
 -- and the node's name; nil when the node knows nothing of it (an empty epoch).
@@ -202,7 +209,8 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 /// payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch, marker_or_empty,
 /// price, currency, holder, fence, pending, next_due_in}` (price 0 and currency empty for a sale
 /// made before prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing
-/// number, `pending` the orders still awaiting payment, `next_due_in` milliseconds until the
+/// number, `pending` the members of `pending` not yet swept (one per purchase call, holding
+/// the orders it made; each order's own status says whether it still awaits payment), `next_due_in` milliseconds until the
 /// first of them is due, -1 for none). A node whose view is newer than the marker's `last_seen`
 /// (same epoch) widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(

@@ -7,8 +7,14 @@
 /// encoded in Lua; the last five are the node's last view of the SKU, see `regressed_since`).
 /// Checks, in order: an abandoned order id (refused, see [`ABANDON`](super::ABANDON)), a retry of the same order
 /// id, an idempotency replay (which claims the order), a regressed store, the sale window, the
-/// blocklist, the per-user limit, the stock. Returns one `{outcome, order_json_or_code,
-/// remaining, seq}` per purchase, where outcome is `ok`, `retried`, `replay` or `err`.
+/// blocklist, the per-user limit, the stock.
+///
+/// Returns `{remaining, seq, created_at, expires_at, price, row*}`: the stock level before the
+/// batch, what every order made by this call shares (Redis' clock, the deadline, the unit
+/// price), then one row per purchase: `ok` for an order made (the node knows the rest of it, so
+/// nothing of it is echoed), a refusal code, or `{retried|replay, order_json}` for an order
+/// made earlier. The level after each purchase follows from the rows: each `ok` takes its
+/// quantity and one seq, nothing else changes the stock.
 ///
 /// Fail-safe: Redis does not roll a script back when a command fails halfway, so the script reads
 /// and checks everything (the type of every key it writes included) and decides every purchase
@@ -18,8 +24,11 @@
 /// without its unit. (The only earlier write is the regression marker, which is right either way.)
 ///
 /// Cheap: each key is read or written with one variadic command per batch (HMGET, ZMSCORE,
-/// SMISMEMBER, HSET, ZADD), the holdings as absolute values in one HSET, and the only per-order
-/// command is the order's stream entry (one per order, as the order feed reads them).
+/// SMISMEMBER, HSET, ZADD, XADD), the holdings and each user's order list as absolute values in
+/// one HSET each, and no order is echoed back. Every order a call makes shares Redis' clock and
+/// so its deadline: the call adds one member to `pending` (score the deadline, member the ids,
+/// space-separated; [`expire_due`](super) checks each order's own status) and one `created`
+/// entry to the stream (field `ids`; the order feed reads each order from `orders`, feed.rs).
 pub const PURCHASE: &str = concat!(
     prelude!(),
     claim!(),
@@ -36,6 +45,7 @@ local now = now_ms()
 -- Stock is read once and written once per batch: the script runs atomically, so nothing else
 -- can change it in between.
 local remaining, seq = level()
+local results = {remaining, seq}
 -- The node's last view of the SKU follows the purchases (`regressed_since`).
 local regressed = regressed_since(known_at(#ARGV - 4))
 local ids, users, idems, distinct, idem_list = {}, {}, {}, {}, {}
@@ -81,23 +91,27 @@ if #idem_list > 0 then
   end
 end
 -- Decisions, in purchase order; what this batch writes is gathered, not written yet.
-local results = {}
 local written, written_ids = {}, {}
 local function put(id, json)
   if not written[id] then written_ids[#written_ids + 1] = id end
   written[id] = json
 end
--- `made[k]` is the k-th order made and `made_json[k]` its JSON at creation (a later replay in the
--- batch may add a claim to what is stored, not to the creation's stream entry).
-local made, made_json, keyed, touched, pending, by_id = {}, {}, {}, {}, {}, {}
+-- `made[k]` is the k-th order made.
+local made, keyed, touched, by_id = {}, {}, {}, {}
 local now_text = string.format('%.0f', now)
 local expires = now + tonumber(sale[4] or '0')
+results[3], results[4], results[5] = now, expires, price
+-- Order ids each user gained, appended to their list once per batch (one shopper with many
+-- orders in a batch would otherwise copy a growing list per order).
+local gained = {}
 local tail = ',"status":"pending","created_at":' .. now_text .. ',"expires_at":' .. string.format('%.0f', expires) .. ',"amount":'
 for i = 1, n do
   local at = 3 + (i - 1) * 5
   local id, user, qty, idem = ids[i], users[i], tonumber(ARGV[at + 2]), idems[i]
   local function answer(outcome, detail)
-    results[i] = {outcome, detail, remaining, seq}
+    if outcome == 'err' then results[5 + i] = detail
+    elseif outcome == 'ok' then results[5 + i] = 'ok'
+    else results[5 + i] = {outcome, detail} end
   end
   local retried = written[id] or stored[i]
   local prior = idem and earlier[idem]
@@ -134,22 +148,21 @@ for i = 1, n do
     remaining = remaining - qty
     seq = seq + 1
     held[user] = held[user] + qty
-    touched[user] = true
-    -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
-    listed[user] = string.sub(listed[user] .. ' ' .. id, -32 * (#id + 1))
+    if not touched[user] then
+      touched[user] = true
+      gained[user] = {}
+    end
+    gained[user][#gained[user] + 1] = ' ' .. id
     put(id, json)
     if idem then
       earlier[idem] = id
       keyed[#keyed + 1] = idem
       keyed[#keyed + 1] = id
     end
-    pending[#pending + 1] = expires
-    pending[#pending + 1] = id
     by_id[#by_id + 1] = 0
     by_id[#by_id + 1] = id
     made[#made + 1] = id
-    made_json[#made] = json
-    answer('ok', json)
+    answer('ok')
   end
 end
 -- Writes: the stock first (see above).
@@ -164,8 +177,11 @@ if #written_ids > 0 then
 end
 if #made > 0 then
   local holdings, lists = {}, {}
+  -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
+  local keep = -32 * (#made[1] + 1)
   for _, user in ipairs(user_list) do
     if touched[user] then
+      listed[user] = string.sub(listed[user] .. table.concat(gained[user]), keep)
       holdings[#holdings + 1] = user
       holdings[#holdings + 1] = held[user]
       lists[#lists + 1] = user
@@ -175,14 +191,12 @@ if #made > 0 then
   redis.call('HSET', K.held, unpack(holdings))
   redis.call('HSET', K.byuser, unpack(lists))
   if #keyed > 0 then redis.call('HSET', K.idem, unpack(keyed)) end
-  redis.call('ZADD', K.pending, unpack(pending))
+  local batch = table.concat(made, ' ')
+  redis.call('ZADD', K.pending, expires, batch)
   redis.call('ZADD', K.ids, unpack(by_id))
-  -- One entry per order: the order feed keys its ghost skips and its cursor on entries of one
-  -- order each (feed.rs).
-  for k, id in ipairs(made) do
-    redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'order_id', id,
-               'order', made_json[k])
-  end
+  -- One entry per call, not per order: one command instead of n, and the ids instead of n
+  -- copies of the orders (the feed reads each from `orders`, and skips ghosts per order).
+  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'ids', batch)
 end
 return results
 "#
