@@ -23,6 +23,8 @@ for i in range(2):
                           "--shards", "2", "--data-dir", f"{d}/node{i}"], env=env,
                          stdout=open(f"{d}/node{i}.log", "w"), stderr=subprocess.STDOUT)
     nodes.append((p, port))
+import atexit
+atexit.register(lambda: [p.kill() for p, _ in nodes] + [redis.kill()])
 def req(port, method, path, body=None, auth=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     h = {"Content-Type": "application/json"}
