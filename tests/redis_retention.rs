@@ -120,7 +120,10 @@ fn settled_sales_expire_leave_the_index_and_answer_unknown() {
         );
     }
     let marker: i64 = redis_ok(redis.port, &["EXISTS", &key("over", "regressed")]);
-    assert_eq!(marker, 0, "an expired settled sale was taken for lost writes");
+    assert_eq!(
+        marker, 0,
+        "an expired settled sale was taken for lost writes"
+    );
 }
 
 /// With retention 0 the keys of a settled sale are kept for ever, but it still leaves the index:
@@ -161,5 +164,9 @@ fn a_settled_sale_costs_a_node_started_later_nothing() {
         "a node started after the sale settled still reads it; commandstats:\n{info}"
     );
     let sale = later.client().get_sale("kept");
-    assert_eq!(sale["remaining"], json!(3), "the kept sale still answers: {sale}");
+    assert_eq!(
+        sale["remaining"],
+        json!(3),
+        "the kept sale still answers: {sale}"
+    );
 }

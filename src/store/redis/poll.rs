@@ -42,12 +42,7 @@ pub(super) struct Polled {
 pub(super) fn watch_names(prefix: &str, sku: &str) -> Vec<String> {
     let keys = super::keys::SkuKeys::new(prefix, sku).0;
     let [lease, _] = lease_keys(prefix, sku);
-    vec![
-        keys[1].clone(),
-        keys[2].clone(),
-        keys[12].clone(),
-        lease,
-    ]
+    vec![keys[1].clone(), keys[2].clone(), keys[12].clone(), lease]
 }
 
 impl RedisStore {
@@ -95,7 +90,9 @@ impl RedisStore {
             let args = vec![token.to_owned(), ttl.as_millis().to_string()];
             let sent = Instant::now();
             let attempt = self.evalsha(route, &self.0.scripts.renew, vec![lease], args);
-            let reply = self.call(route, BACKGROUND_TIMEOUT, Box::pin(attempt)).await;
+            let reply = self
+                .call(route, BACKGROUND_TIMEOUT, Box::pin(attempt))
+                .await;
             let mut reclaim = self.0.reclaim.borrow_mut();
             if matches!(reply.map(|value| value.as_i64()), Ok(Some(1))) {
                 reclaim.held.insert(sku.clone(), sent);

@@ -62,10 +62,7 @@ impl RedisStore {
             .ends_at
             .saturating_add(sale.payment_timeout_ms)
             .saturating_add(SETTLE_MARGIN_MS);
-        if now_ms() <= settled_at
-            || pending != 0
-            || self.0.settled.borrow().len() >= MAX_SETTLED
-        {
+        if now_ms() <= settled_at || pending != 0 || self.0.settled.borrow().len() >= MAX_SETTLED {
             return;
         }
         let sku = &*sale.sku;
