@@ -10,8 +10,9 @@
 //! - **Release.** On drain, [`RELEASE`] deletes the lease only if it still holds this shard's
 //!   token (compare-and-delete), so another node takes over at its next tick, not after
 //!   [`LEASE_TTL`].
-//! - **Idle SKUs cost one `MGET` per node per tick.** Every shard reads `remaining`, `seq`, the
-//!   regression marker and the lease with one `MGET` per owned SKU per tick. Only when one of
+//! - **Idle SKUs cost almost nothing.** A shard reads an owned SKU when a change notice names
+//!   it, else on a backing-off poll ([`super::schedule`]): `remaining`, `seq`, the regression
+//!   marker and the lease, with one `MGET`. Only when one of
 //!   them differs from its last full read (a sale sold, was replaced or resumed, regressed, or
 //!   the lease is free or changed hands), or as the holder when renewal or a sweep is due, does
 //!   it run `SYNC`. So stock changes still reach every node within a tick, and regressions are
