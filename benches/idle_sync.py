@@ -7,22 +7,39 @@ N = int(os.environ.get("SKUS", "2000"))
 ADMIN, SECRET = "bench-admin-token-0123456789", "bench-token-secret-0123456789"
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-rport = free_port()
+# CLUSTER=1: a local 3-master Redis Cluster instead of one redis-server (figures summed over masters).
+CLUSTER = os.environ.get("CLUSTER") == "1"
 d = f"/tmp/idle_sync/{TAG}"; os.makedirs(d, exist_ok=True)
-redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no", "--dir", d],
-                         stdout=subprocess.DEVNULL)
-def rc(*args):
-    return subprocess.run(["redis-cli", "-p", str(rport), *args], capture_output=True, text=True).stdout
+rports = [free_port() for _ in range(3 if CLUSTER else 1)]
+rport = rports[0]
+servers = []
+for p in rports:
+    extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"{d}/nodes-{p}.conf"] if CLUSTER else []
+    servers.append(subprocess.Popen(["redis-server", "--port", str(p), "--save", "", "--appendonly", "no", "--dir", d, *extra],
+                                    stdout=subprocess.DEVNULL))
+class Servers:
+    def kill(self):
+        for s in servers: s.kill()
+redis = Servers()
+def rc(*args, port=None):
+    return subprocess.run(["redis-cli", "-p", str(port or rport), *args], capture_output=True, text=True).stdout
 time.sleep(0.5)
+if CLUSTER:
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in rports], "--cluster-yes"],
+                   capture_output=True, check=True)
+    time.sleep(2)
+url = (f"redis-cluster://" + ",".join(f"127.0.0.1:{p}" for p in rports)) if CLUSTER else f"redis://127.0.0.1:{rport}"
 env = dict(os.environ, SECKILL_ADMIN_TOKEN=ADMIN, SECKILL_TOKEN_SECRET=SECRET, RUST_LOG="warn",
            SECKILL_PAYMENT_TOKEN="bench-payment-token-0123456789", SECKILL_WEBHOOK_SECRET="bench-webhook-secret-0123456789")
 nodes = []
 for i in range(2):
     port = free_port()
-    p = subprocess.Popen([BIN, "serve", "--redis", f"redis://127.0.0.1:{rport}", "--listen", f"127.0.0.1:{port}",
+    p = subprocess.Popen([BIN, "serve", "--redis", url, "--listen", f"127.0.0.1:{port}",
                           "--shards", "2", "--data-dir", f"{d}/node{i}"], env=env,
                          stdout=open(f"{d}/node{i}.log", "w"), stderr=subprocess.STDOUT)
     nodes.append((p, port))
+import atexit
+atexit.register(lambda: [p.kill() for p, _ in nodes] + [redis.kill()])
 def req(port, method, path, body=None, auth=None):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     h = {"Content-Type": "application/json"}
@@ -40,17 +57,22 @@ for i in range(N):
     st, _ = req(nodes[0][1], "PUT", f"/v1/sales/idle-{i:05d}", spec, ADMIN)
     assert st in (200, 201), st
 time.sleep(8)
-def cpu():
-    info = rc("INFO", "cpu")
+def cpu(port=None):
+    info = rc("INFO", "cpu", port=port)
     return sum(float(re.search(k + r":([\d.]+)", info).group(1)) for k in ("used_cpu_sys", "used_cpu_user"))
-rc("CONFIG", "RESETSTAT"); c0 = cpu(); t0 = time.time()
+def cpu_all(): return sum(cpu(p) for p in rports)
+for p in rports: rc("CONFIG", "RESETSTAT", port=p)
+c0 = cpu_all(); t0 = time.time()
 ops = []
 for _ in range(5):
-    time.sleep(2); ops.append(int(re.search(r"instantaneous_ops_per_sec:(\d+)", rc("INFO", "stats")).group(1)))
-secs = time.time() - t0; c1 = cpu()
-stats = {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_([\w|]+):calls=(\d+)", rc("INFO", "commandstats"))}
+    time.sleep(2); ops.append(sum(int(re.search(r"instantaneous_ops_per_sec:(\d+)", rc("INFO", "stats", port=p)).group(1)) for p in rports))
+secs = time.time() - t0; c1 = cpu_all()
+stats = {}
+for p in rports:
+    for m in re.finditer(r"cmdstat_([\w|]+):calls=(\d+)", rc("INFO", "commandstats", port=p)):
+        stats[m.group(1)] = stats.get(m.group(1), 0) + int(m.group(2))
 top = {k: round(v / secs) for k, v in sorted(stats.items(), key=lambda kv: -kv[1]) if v / secs >= 1}
-print(f"[{TAG}] {N} idle SKUs, 2 nodes x 2 shards, {secs:.1f} s: redis CPU {100*(c1-c0)/secs:.1f}% of a core; "
+print(f"[{TAG}] {N} idle SKUs, 2 nodes x 2 shards, {len(rports)} redis master(s), {secs:.1f} s: redis CPU {100*(c1-c0)/secs:.1f}% of a core; "
       f"commands/s {sum(stats.values())/secs:.0f} (evalsha {stats.get('evalsha',0)/secs:.0f}/s); "
       f"instantaneous_ops_per_sec samples {ops}; per command/s {top}")
 # Propagation: buy one unit of a SKU on A, poll B's /metrics for its stock.

@@ -198,6 +198,11 @@ pub struct ServeArgs {
     /// torn down and replaced [default: 2000].
     #[arg(long, env = "SECKILL_REDIS_UNRESPONSIVE_MS")]
     pub redis_unresponsive_ms: Option<u64>,
+    /// How long the keys of a settled sale (ended, past its last payment deadline, nothing
+    /// pending) are kept in Redis, in seconds, 0..=315360000; 0 keeps them for ever. Settled
+    /// sales leave the index of sales either way [default: 604800, a week].
+    #[arg(long, env = "SECKILL_REDIS_RETENTION_SECS")]
+    pub redis_retention_secs: Option<u64>,
     /// Replicas that must confirm each purchase, payment and cancellation (Redis `WAIT`) before
     /// it is acknowledged, 0..=16; fewer in time answers 503. 0 risks losing acknowledged orders
     /// in a failover [default: 0].

@@ -55,6 +55,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
             budget: config.redis_budget,
             unresponsive: config.redis_unresponsive,
             wait: config.redis_wait,
+            retention: config.redis_retention,
         };
         tracing::info!(redis = %url, prefix = %config.redis_prefix, redis_wait = config.redis_wait.replicas, "cluster mode: state lives in redis");
         run_node(node_options(config, feed), NodeStores::Redis(settings))?;

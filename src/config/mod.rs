@@ -81,6 +81,8 @@ pub struct FileConfig {
     pub redis_budget_ms: Option<u64>,
     /// See [`ServeArgs::redis_unresponsive_ms`].
     pub redis_unresponsive_ms: Option<u64>,
+    /// See [`ServeArgs::redis_retention_secs`].
+    pub redis_retention_secs: Option<u64>,
     /// See [`ServeArgs::redis_wait`].
     pub redis_wait: Option<u32>,
     /// See [`ServeArgs::redis_wait_timeout_ms`].
@@ -177,6 +179,8 @@ pub struct ServeConfig {
     pub redis_budget: Duration,
     /// Silence after which a Redis connection with calls waiting is replaced.
     pub redis_unresponsive: Duration,
+    /// How long a settled sale's keys are kept; `None`: for ever.
+    pub redis_retention: Option<Duration>,
     /// Replicas that must confirm each acknowledged write, and for how long to wait.
     pub redis_wait: crate::store::redis::ReplicaWait,
     /// The order feed, if `--events` is set.
@@ -451,6 +455,12 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .unwrap_or(2_000);
     let redis_unresponsive_ms =
         in_range("redis_unresponsive_ms", redis_unresponsive_ms, 100, 600_000)?;
+    let redis_retention_secs = args
+        .redis_retention_secs
+        .or(file.redis_retention_secs)
+        .unwrap_or(crate::store::redis::retention::DEFAULT_RETENTION_SECS);
+    let redis_retention_secs =
+        in_range("redis_retention_secs", redis_retention_secs, 0, 315_360_000)?;
     let redis_wait = args.redis_wait.or(file.redis_wait).unwrap_or(0);
     let redis_wait = in_range("redis_wait", redis_wait, 0, 16)?;
     let redis_wait_timeout_ms = args
@@ -499,6 +509,8 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         redis_negative_ttl: Duration::from_millis(negative_ttl_ms),
         redis_budget: Duration::from_millis(redis_budget_ms),
         redis_unresponsive: Duration::from_millis(redis_unresponsive_ms),
+        redis_retention: (redis_retention_secs > 0)
+            .then(|| Duration::from_secs(redis_retention_secs)),
         redis_wait: crate::store::redis::ReplicaWait {
             replicas: redis_wait,
             timeout: Duration::from_millis(redis_wait_timeout_ms),

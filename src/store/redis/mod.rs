@@ -31,10 +31,14 @@ mod commands;
 mod decode;
 pub mod feed;
 pub mod keys;
+pub mod notify;
+mod poll;
 pub mod rate;
 pub mod reclaim;
 pub mod regression;
 mod replication;
+pub mod retention;
+mod schedule;
 pub mod scripts;
 pub mod topology;
 pub mod url;
@@ -55,7 +59,6 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use super::{BootState, Store, StoreStats, Synced};
-use crate::clock::now_ms;
 use crate::metrics::{Distribution, DistributionSnapshot};
 use crate::sale::command::{Command, Reply};
 use crate::sale::SaleError;
@@ -70,6 +73,7 @@ pub const DEFAULT_UNRESPONSIVE: Duration = Duration::from_secs(2);
 /// Backoff before the retry, plus up to as much again of jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// Settled sales remembered per shard (skipped by the sync); past this, they are synced again.
+/// Settled sales also leave the index ([`retention`]), so this only bounds one run's worth.
 const MAX_SETTLED: usize = 100_000;
 /// Due orders one sweep of one SKU expires at most; the next tick continues.
 const EXPIRE_PER_SWEEP: u32 = 1000;
@@ -95,6 +99,9 @@ pub struct RedisSettings {
     pub unresponsive: Duration,
     /// Replicas that must confirm a purchase or transition before it is acknowledged.
     pub wait: ReplicaWait,
+    /// How long the keys of a settled sale are kept (`--redis-retention-secs`); `None`: for
+    /// ever ([`retention`]).
+    pub retention: Option<Duration>,
 }
 
 /// Why a Redis call gave no answer.
@@ -181,6 +188,8 @@ struct Scripts {
     resume: Script,
     abandon: Script,
     release: Script,
+    settle: Script,
+    renew: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -215,6 +224,12 @@ struct Inner {
     /// This shard's reclaimer leases and what it last saw of the SKUs it only watches
     /// ([`reclaim`]).
     reclaim: RefCell<reclaim::Reclaim>,
+    /// What the change-notice subscription heard ([`notify`]).
+    notices: RefCell<notify::Notices>,
+    /// When each owned SKU is read next ([`schedule`]).
+    schedule: RefCell<schedule::Schedule>,
+    /// How long a settled sale's keys are kept; `None`: for ever ([`retention`]).
+    settle_retention: Option<Duration>,
 }
 
 /// One shard's view of the shared Redis.
@@ -254,6 +269,8 @@ impl RedisStore {
                 resume: Script::from_lua(scripts::RESUME),
                 abandon: Script::from_lua(scripts::ABANDON),
                 release: Script::from_lua(reclaim::RELEASE),
+                settle: Script::from_lua(retention::SETTLE),
+                renew: Script::from_lua(schedule::RENEW),
             },
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(rng),
@@ -265,8 +282,12 @@ impl RedisStore {
             node,
             feed_lost: std::cell::Cell::new(0),
             reclaim: RefCell::new(reclaim),
+            notices: RefCell::new(notify::Notices::default()),
+            schedule: RefCell::new(schedule::Schedule::default()),
+            settle_retention: settings.retention,
         });
         watchdog::spawn(&inner, settings.unresponsive);
+        notify::spawn(&inner);
         Ok(Self(inner))
     }
 
@@ -375,72 +396,9 @@ impl Store for RedisStore {
         Some(users.into_iter().map(Into::into).collect())
     }
 
+    /// Reads the owned SKUs that changed or are due a poll ([`schedule`]); settled sales
+    /// are not read at all ([`retention`]).
     async fn sync_owned(&self) -> Vec<Synced> {
-        let prefix = &self.0.prefix;
-        let key = keys::sales(prefix);
-        let Ok(client) = self.route(&key) else {
-            return Vec::new();
-        };
-        let Ok(mut skus) = self
-            .call(
-                &client,
-                BACKGROUND_TIMEOUT,
-                client.smembers::<Vec<String>, _>(key.as_str()),
-            )
-            .await
-        else {
-            return Vec::new();
-        };
-        // A sale this shard has seen is asked about even when the index lost it (FLUSHALL).
-        let indexed: std::collections::HashSet<String> = skus.iter().cloned().collect();
-        skus.extend(
-            self.watched()
-                .into_iter()
-                .filter(|sku| !indexed.contains(sku)),
-        );
-        let mut owned = Vec::new();
-        let now = now_ms();
-        for sku in skus.iter().filter(|sku| self.owns(sku)) {
-            if self.0.settled.borrow().contains(sku.as_str()) {
-                continue;
-            }
-            let Some((synced, pending)) = Box::pin(self.sync_sku(sku)).await else {
-                continue;
-            };
-            if synced.regressed.is_some() && synced.sale.is_none() {
-                // Put a lost sale back in the index, so nodes started later find its marker too.
-                let index = keys::sales(prefix);
-                let _ = self
-                    .call(
-                        &client,
-                        BACKGROUND_TIMEOUT,
-                        client.sadd::<i64, _, _>(index.as_str(), sku.as_str()),
-                    )
-                    .await;
-            }
-            if let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) {
-                // A margin over the last deadline, for clocks that disagree with Redis `TIME`;
-                // and nothing left pending, or the lease's holder may not have swept it all yet
-                // (it died, or had more than one sweep's worth due).
-                let settled_at = sale
-                    .ends_at
-                    .saturating_add(sale.payment_timeout_ms)
-                    .saturating_add(60_000);
-                if now > settled_at && pending == 0 && self.0.settled.borrow().len() < MAX_SETTLED {
-                    self.0.settled.borrow_mut().insert(sale.sku.clone());
-                    // Never synced again: nothing to remember, and no lease to keep.
-                    let mut reclaim = self.0.reclaim.borrow_mut();
-                    reclaim.seen.remove(sku.as_str());
-                    reclaim.held.remove(sku.as_str());
-                }
-            }
-            owned.push(synced);
-        }
-        *self.0.last_stock.borrow_mut() = owned
-            .iter()
-            .filter_map(|synced| synced.sale.as_ref())
-            .map(|(sale, level, _)| (sale.sku.clone(), level.remaining))
-            .collect();
-        owned
+        Box::pin(self.sync_scheduled()).await
     }
 }

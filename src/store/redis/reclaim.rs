@@ -10,8 +10,9 @@
 //! - **Release.** On drain, [`RELEASE`] deletes the lease only if it still holds this shard's
 //!   token (compare-and-delete), so another node takes over at its next tick, not after
 //!   [`LEASE_TTL`].
-//! - **Idle SKUs cost one `MGET` per node per tick.** Every shard reads `remaining`, `seq`, the
-//!   regression marker and the lease with one `MGET` per owned SKU per tick. Only when one of
+//! - **Idle SKUs cost almost nothing.** A shard reads an owned SKU when a change notice names
+//!   it, else on a backing-off poll ([`super::schedule`]): `remaining`, `seq`, the regression
+//!   marker and the lease, with one `MGET`. Only when one of
 //!   them differs from its last full read (a sale sold, was replaced or resumed, regressed, or
 //!   the lease is free or changed hands), or as the holder when renewal or a sweep is due, does
 //!   it run `SYNC`. So stock changes still reach every node within a tick, and regressions are
@@ -147,10 +148,7 @@ impl RedisStore {
         let route = self.route(keys.first()?).ok()?;
         let started = Instant::now();
         let token = self.0.reclaim.borrow().token.clone();
-        let names: Vec<String> = [&keys[1], &keys[2], &keys[12], &lease[0]]
-            .into_iter()
-            .cloned()
-            .collect();
+        let names = super::poll::watch_names(&self.0.prefix, sku);
         let read = Box::pin(route.mget::<Value, _>(names));
         let watch = watch_of(
             self.call(&route, super::BACKGROUND_TIMEOUT, read)
@@ -159,12 +157,15 @@ impl RedisStore {
         );
         let free = watch[3].is_none();
         let mine = watch[3].as_deref() == Some(token.as_str());
+        // The lease's TTL and renewal period follow the SKU's activity (schedule.rs).
+        let renew_every = self.0.schedule.borrow().lease_ttl(sku) / 3;
+        let ttl = super::schedule::next_lease_ttl(self.0.reclaim.borrow().seen.get(sku), &watch);
         {
             let reclaim = self.0.reclaim.borrow();
             let renew = reclaim
                 .held
                 .get(sku)
-                .is_none_or(|at| started.duration_since(*at) >= LEASE_TTL / 3);
+                .is_none_or(|at| started.duration_since(*at) >= renew_every);
             if let Some(seen) = reclaim.seen.get(sku) {
                 let due = seen.due_at.is_some_and(|at| started >= at);
                 if seen.watch == watch && !free && !(mine && (renew || due)) {
@@ -185,7 +186,7 @@ impl RedisStore {
         // must not make the older state it reads look like a regression.
         args.extend(self.floor_args(sku));
         args.push(if sweep { token } else { String::new() });
-        args.push(LEASE_TTL.as_millis().to_string());
+        args.push(ttl.as_millis().to_string());
         keys.extend(lease);
         // With `--redis-wait`, a level is trusted (as the floor a regression is judged against)
         // only once the replicas have it: writes a failover lost before any of them was
@@ -216,6 +217,7 @@ impl RedisStore {
             .map(|delay| sent + std::time::Duration::from_millis(delay));
         let mut reclaim = self.0.reclaim.borrow_mut();
         if holder {
+            self.0.schedule.borrow_mut().set_lease_ttl(sku, ttl);
             if reclaim.held.insert(sku.into(), sent).is_none() {
                 let fence = super::decode::int_at(&fields, 15).unwrap_or(0);
                 tracing::debug!(sku, fence, "reclaimer lease taken");

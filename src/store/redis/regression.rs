@@ -142,6 +142,11 @@ impl RedisStore {
         self.saw_sale(sale, level, epoch);
     }
 
+    /// Drops `sku`'s view: its sale settled, and its keys expire ([`super::retention`]).
+    pub(super) fn forget_floor(&self, sku: &str) {
+        self.0.regression.borrow_mut().floors.remove(sku);
+    }
+
     /// Every SKU this shard has a view of; the sync asks about them even when Redis' index of
     /// sales lost them.
     pub(super) fn watched(&self) -> Vec<String> {

@@ -121,6 +121,12 @@ impl Node {
         })
     }
 
+    /// How this node is reached, for a second client of its own (the change-notice
+    /// subscription).
+    pub fn config(&self) -> Config {
+        self.config.clone()
+    }
+
     /// This node's client.
     pub fn client(&self) -> Client {
         self.link.borrow().client.clone()
@@ -153,7 +159,7 @@ impl Node {
 
 /// A fred client for one node. Under glommio every fred timeout must be zero (its timers need
 /// tokio); deadlines are enforced around each call instead.
-fn build_client(mut config: Config) -> Result<Client, RedisError> {
+pub(super) fn build_client(mut config: Config) -> Result<Client, RedisError> {
     // Keep trying when Redis is down at startup too: a node must come up by itself once Redis
     // does, not stay disconnected until restarted.
     config.fail_fast = false;

@@ -34,6 +34,17 @@ end
 local function sale_event(json)
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'sale', 'sale', json)
 end
+-- Tells every node this SKU changed (notify.rs): one PUBLISH per script call at most, on
+-- `PREFIX:changed`, carrying the SKU's hash tag. Nodes sync the SKU at their next tick instead of
+-- polling every SKU every tick. A notice lost (no subscriber, a reconnect) costs only latency:
+-- nodes still poll each SKU now and then.
+local notified = false
+local function notify()
+  if notified then return end
+  notified = true
+  local prefix, tag = string.match(K.sale, '^(.*):{([^{}]*)}:[^{}]*$')
+  if prefix then redis.call('PUBLISH', prefix .. ':changed', tag) end
+end
 -- Drops order `id` from `user`'s list in K.byuser (entries are ' ' .. id, all one length).
 local function unlist(user, id)
   local ids = redis.call('HGET', K.byuser, user)
@@ -47,6 +58,7 @@ end
 -- Returns the order's JSON as stored.
 local function close(o, status, retention)
   o.status = status
+  notify()
   local json = cjson.encode(o)
   redis.call('HSET', K.orders, o.order_id, json)
   -- Only a member of this order alone; a purchase call's member (all its orders) stays until
@@ -123,6 +135,7 @@ local function regressed_since(known)
   marker = cjson.encode({reason = reason, detected_at = now, detected_by = known.node,
     last_seen = {epoch = known.epoch, seq = known.seq, remaining = known.remaining}, redis = found})
   redis.call('SET', K.regressed, marker)
+  notify()
   return marker
 end
 "#
@@ -288,6 +301,7 @@ redis.call('SET', K.remaining, ARGV[2])
 local seq = redis.call('INCR', K.seq)
 for i = 11, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
 sale_event(ARGV[10])
+notify()
 return {'ok', tonumber(ARGV[2]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
 "#
 );
@@ -349,6 +363,7 @@ redis.call('SET', K.remaining, wanted)
 redis.call('SET', K.seq, new_seq)
 redis.call('HSET', K.sale, 'epoch', new_epoch)
 redis.call('DEL', K.regressed)
+notify()
 return {'ok', cjson.encode({regression = report, last_seen = seen, redis_before = before,
   units_possibly_lost = lost, resumed = {epoch = new_epoch, seq = new_seq, remaining = wanted},
   resumed_at = now_ms()})}

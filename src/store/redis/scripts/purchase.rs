@@ -166,7 +166,7 @@ for i = 1, n do
   end
 end
 -- Writes: the stock first (see above).
-if #made > 0 then redis.call('MSET', K.remaining, remaining, K.seq, seq) end
+if #made > 0 then redis.call('MSET', K.remaining, remaining, K.seq, seq); notify() end
 if #written_ids > 0 then
   local fields = {}
   for _, id in ipairs(written_ids) do

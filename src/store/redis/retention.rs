@@ -1,0 +1,111 @@
+//! Settled sales: over for good, so they leave the index and their keys expire.
+//!
+//! A sale is *settled* once it has ended, the last payment deadline any of its orders can have
+//! is past (plus a margin for clocks that disagree with Redis `TIME`), nothing is pending, and
+//! its store has not regressed. Nothing can change it any more: a started sale cannot be
+//! replaced. When a shard finds an owned sale settled it
+//! 1. gives every key of the SKU a TTL of `--redis-retention-secs` (unless 0: kept for ever),
+//!    with [`SETTLE`], which checks again, atomically, that nothing is pending;
+//! 2. removes the SKU from `PREFIX:sales`, so no node (nor one started later) syncs it again:
+//!    the index only holds live sales, and settled ones cost no background work anywhere;
+//! 3. forgets it locally (lease, last read, regression floor, schedule).
+//!
+//! Until its keys expire the sale still answers `GET /v1/sales/{sku}` and its orders' reads
+//! (a node that does not know it asks Redis, see [`crate::shard::discovery`]); afterwards it is
+//! an unknown sale (404), and the SKU may be used for a new sale.
+
+use fred::interfaces::SetsInterface;
+
+use super::reclaim::lease_keys;
+use super::{keys, RedisStore, BACKGROUND_TIMEOUT, MAX_SETTLED};
+use crate::clock::now_ms;
+use crate::store::Synced;
+
+/// Margin past the last payment deadline before a sale counts as settled, for node clocks that
+/// disagree with Redis `TIME`.
+pub const SETTLE_MARGIN_MS: u64 = 60_000;
+/// Default of `--redis-retention-secs`: a week.
+pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+/// Gives every key of a settled SKU a TTL: `KEYS` = every key of the SKU (its fourteen first),
+/// `ARGV = [ttl_ms]`. Refuses (returns -1) when an order is pending or the store regressed, and
+/// does nothing (0) for a SKU without a sale; `NX` keeps a TTL set before, so settling again
+/// does not push the expiry back. Returns 1 when done.
+pub const SETTLE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('ZCARD', KEYS[7]) > 0 or redis.call('EXISTS', KEYS[13]) == 1 then return -1 end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1], 'NX') end
+return 1
+"#;
+
+impl RedisStore {
+    /// Every key `sku` can have: the fourteen of every script, the lease's two, the order
+    /// feed's three, the rate bucket and the replication fence.
+    fn all_keys(&self, sku: &str) -> Vec<String> {
+        let prefix = &self.0.prefix;
+        let mut all = self.keys(sku).0;
+        all.extend(lease_keys(prefix, sku));
+        let events = format!("{prefix}:{{{sku}}}:events");
+        all.extend(["cursor", "lease", "skipped"].map(|part| format!("{events}:{part}")));
+        all.push(super::rate::bucket_key(prefix, sku));
+        all.push(self.fence_key(sku));
+        all
+    }
+
+    /// Settles `synced`'s sale if it is over for good (see the module doc); a failed step is
+    /// tried again at the next tick.
+    pub(super) async fn settle_if_over(&self, synced: &Synced, pending: u64) {
+        let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) else {
+            return;
+        };
+        let settled_at = sale
+            .ends_at
+            .saturating_add(sale.payment_timeout_ms)
+            .saturating_add(SETTLE_MARGIN_MS);
+        if now_ms() <= settled_at || pending != 0 || self.0.settled.borrow().len() >= MAX_SETTLED {
+            return;
+        }
+        let sku = &*sale.sku;
+        if let Some(retention) = self.0.settle_retention {
+            let keys = self.all_keys(sku);
+            let Ok(route) = self.route(&keys[0]) else {
+                return;
+            };
+            let ttl = retention.as_millis().to_string();
+            let attempt = self.evalsha(&route, &self.0.scripts.settle, keys, vec![ttl]);
+            let done = self
+                .call(&route, BACKGROUND_TIMEOUT, Box::pin(attempt))
+                .await;
+            match done.map(|reply| reply.as_i64()) {
+                Ok(Some(0 | 1)) => {}
+                outcome => {
+                    tracing::debug!(sku, ?outcome, "settling a sale failed; retrying");
+                    return;
+                }
+            }
+        }
+        let index = keys::sales(&self.0.prefix);
+        let Ok(client) = self.route(&index) else {
+            return;
+        };
+        let removed = self
+            .call(
+                &client,
+                BACKGROUND_TIMEOUT,
+                client.srem::<i64, _, _>(index.as_str(), sku),
+            )
+            .await;
+        if removed.is_err() {
+            return;
+        }
+        tracing::debug!(sku, retention = ?self.0.settle_retention, "sale settled");
+        self.0.settled.borrow_mut().insert(sku.into());
+        // Never synced again: nothing to remember, no lease to keep, and no floor to judge a
+        // regression by (its keys are about to expire; a new sale may take the SKU).
+        let mut reclaim = self.0.reclaim.borrow_mut();
+        reclaim.seen.remove(sku);
+        reclaim.held.remove(sku);
+        self.0.schedule.borrow_mut().forget(sku);
+        self.forget_floor(sku);
+    }
+}

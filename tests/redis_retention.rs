@@ -1,0 +1,172 @@
+//! Settled sales in cluster mode (`src/store/redis/retention.rs`): their keys expire after
+//! `--redis-retention-secs`, they leave the index of sales `PREFIX:sales`, a node started later
+//! spends nothing on them, and the API then answers for them as for any unknown SKU, while live sales list as before.
+//!
+//! Real `seckill` processes, real HTTP, one real `redis-server`. Time bounds are only "gave up"
+//! limits; the assertions are on what Redis and the API hold.
+
+mod common;
+
+use common::redis::{FromRedisValue, RedisServer};
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The key prefix the nodes use (the `--redis-prefix` default).
+const PREFIX: &str = "seckill";
+/// "Gave up" bound for what should take a few owner ticks and one retention.
+const WAIT: Duration = Duration::from_secs(60);
+
+#[track_caller]
+fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
+    common::redis::query(port, args)
+        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
+}
+
+/// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs`.
+fn key(sku: &str, name: &str) -> String {
+    format!("{PREFIX}:{{{sku}}}:{name}")
+}
+
+fn indexed(port: u16, sku: &str) -> bool {
+    redis_ok::<i64>(port, &["SISMEMBER", &format!("{PREFIX}:sales"), sku]) == 1
+}
+
+/// A sale that ended long ago (past its payment deadline and the settling margin): settled as
+/// soon as a node reads it.
+fn over_spec(stock: u64) -> Value {
+    let now = now_ms();
+    json!({
+        "name": "long over",
+        "stock": stock,
+        "starts_at": now - 400_000,
+        "ends_at": now - 300_000,
+        "per_user_limit": 1,
+        "payment_timeout_ms": 1000,
+    })
+}
+
+/// `GET /v1/sales` on `client`: SKU → remaining.
+fn listing(client: &mut Client) -> HashMap<String, i64> {
+    let r = client.get("/v1/sales?limit=1000");
+    assert_status(&r, 200);
+    let body = r.json();
+    assert!(body.get("next").is_none(), "one page expected: {body}");
+    body["sales"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sales array: {body}"))
+        .iter()
+        .map(|sale| {
+            (
+                sale["sku"].as_str().unwrap_or_default().to_owned(),
+                sale["remaining"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+/// With a 2 s retention: the settled sale's keys get a TTL and vanish, it leaves the index, both
+/// nodes then answer 404 for it and list only the live sale (with its right remaining), no node
+/// mistakes the expiry for lost writes.
+#[test]
+fn settled_sales_expire_leave_the_index_and_answer_unknown() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--redis-retention-secs", "2"];
+    let nodes: Vec<Server> = (0..2).map(|_| Server::start(2, &args)).collect();
+    let (mut a, mut b) = (nodes[0].client(), nodes[1].client());
+    a.create_sale("live", &sale_spec(10, 5));
+    a.create_sale("over", &over_spec(3));
+    a.buy("live", &tok("buyer"), 2);
+
+    let ttl = poll(WAIT, || {
+        let ttl: i64 = redis_ok(redis.port, &["PTTL", &key("over", "sale")]);
+        (ttl > 0 || ttl == -2).then_some(ttl)
+    });
+    assert!(
+        ttl.is_some(),
+        "the settled sale's keys never got a TTL; logs:\n{}\n{}",
+        nodes[0].log(),
+        nodes[1].log()
+    );
+    let gone = poll(WAIT, || {
+        let left: i64 = redis_ok(
+            redis.port,
+            &[
+                "EXISTS",
+                &key("over", "sale"),
+                &key("over", "remaining"),
+                &key("over", "seq"),
+                &key("over", "events"),
+                &key("over", "reclaim:fence"),
+            ],
+        );
+        (left == 0).then_some(())
+    });
+    assert!(gone.is_some(), "the settled sale's keys never expired");
+    assert!(!indexed(redis.port, "over"), "a settled sale stays indexed");
+    assert!(indexed(redis.port, "live"), "the live sale left the index");
+    let live_ttl: i64 = redis_ok(redis.port, &["PTTL", &key("live", "sale")]);
+    assert_eq!(live_ttl, -1, "a live sale's keys must not expire");
+
+    for (name, client) in [("A", &mut a), ("B", &mut b)] {
+        assert_error(&client.get("/v1/sales/over"), 404, "unknown_sale");
+        let listed = listing(client);
+        assert_eq!(
+            listed,
+            HashMap::from([("live".to_owned(), 8)]),
+            "node {name} lists the live sale with its remaining, and not the expired one"
+        );
+    }
+    let marker: i64 = redis_ok(redis.port, &["EXISTS", &key("over", "regressed")]);
+    assert_eq!(
+        marker, 0,
+        "an expired settled sale was taken for lost writes"
+    );
+}
+
+/// With retention 0 the keys of a settled sale are kept for ever, but it still leaves the index:
+/// a node started afterwards reads nothing of it (no `SYNC`, no `MGET`), though it still answers
+/// for it on request.
+#[test]
+fn a_settled_sale_costs_a_node_started_later_nothing() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--redis-retention-secs", "0"];
+    let first = Server::start(1, &args);
+    first.client().create_sale("kept", &over_spec(3));
+    let left = poll(WAIT, || (!indexed(redis.port, "kept")).then_some(()));
+    assert!(
+        left.is_some(),
+        "the settled sale never left the index; log:\n{}",
+        first.log()
+    );
+    let ttl: i64 = redis_ok(redis.port, &["PTTL", &key("kept", "sale")]);
+    assert_eq!(ttl, -1, "retention 0 keeps a settled sale's keys");
+    drop(first);
+
+    let _: String = redis_ok(redis.port, &["CONFIG", "RESETSTAT"]);
+    let later = Server::start(2, &args);
+    // Long enough for many owner ticks and a read of the index.
+    std::thread::sleep(Duration::from_secs(3));
+    let info: String = redis_ok(redis.port, &["INFO", "commandstats"]);
+    let calls = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (calls("evalsha"), calls("mget")),
+        (0, 0),
+        "a node started after the sale settled still reads it; commandstats:\n{info}"
+    );
+    let sale = later.client().get_sale("kept");
+    assert_eq!(
+        sale["remaining"],
+        json!(3),
+        "the kept sale still answers: {sale}"
+    );
+}
