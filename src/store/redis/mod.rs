@@ -25,12 +25,14 @@
 pub mod abandon;
 pub mod batch;
 pub mod breaker;
+pub mod buckets;
 pub mod budget;
 mod calls;
 mod commands;
 mod decode;
 pub mod feed;
 pub mod keys;
+mod parts;
 pub mod rate;
 pub mod reclaim;
 pub mod regression;
@@ -171,6 +173,8 @@ struct Scripts {
     resume: Script,
     abandon: Script,
     release: Script,
+    take: Script,
+    give: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -204,6 +208,8 @@ struct Inner {
     /// This shard's reclaimer leases and what it last saw of the SKUs it only watches
     /// ([`reclaim`]).
     reclaim: RefCell<reclaim::Reclaim>,
+    /// Split sales' bucket counts, part levels and refills ([`buckets`]).
+    buckets: RefCell<buckets::Buckets>,
 }
 
 /// One shard's view of the shared Redis.
@@ -242,6 +248,8 @@ impl RedisStore {
                 resume: Script::from_lua(scripts::RESUME),
                 abandon: Script::from_lua(scripts::ABANDON),
                 release: Script::from_lua(reclaim::RELEASE),
+                take: Script::from_lua(buckets::TAKE),
+                give: Script::from_lua(buckets::GIVE),
             },
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(rng),
@@ -253,6 +261,7 @@ impl RedisStore {
             node,
             feed_lost: std::cell::Cell::new(0),
             reclaim: RefCell::new(reclaim),
+            buckets: RefCell::new(buckets::Buckets::default()),
         });
         watchdog::spawn(&inner, settings.unresponsive);
         Ok(Self(inner))
