@@ -406,3 +406,43 @@ fn slot_owner(port: u16, slot: i64) -> i64 {
     }
     panic!("slot {slot} is not served");
 }
+
+/// The order feed pumps every bucket's stream: each order of a split sale is announced once,
+/// and the sale once (by bucket 0's stream, not by each bucket's).
+#[test]
+fn the_feed_announces_every_bucket_s_orders_once() {
+    use common::nats::{read_feed, NatsServer};
+    let nats = NatsServer::start();
+    let redis = RedisServer::start(&[]);
+    let node = Server::start(2, &["--redis", &redis.url(), "--events", &nats.url()]);
+    let mut client = node.client();
+    client.create_sale("fed", &split_sale(30, 3));
+    let mut ids = Vec::new();
+    for n in 0..9 {
+        ids.push(order_id(&client.buy("fed", &tok(&format!("f-{n}")), 1)));
+    }
+    let buckets: std::collections::HashSet<u64> =
+        (0..9).map(|n| home_bucket(&format!("f-{n}"), 3)).collect();
+    assert_eq!(buckets.len(), 3, "the buyers cover every bucket");
+    let mut last = Vec::new();
+    let done = poll(Duration::from_secs(120), || {
+        last = read_feed(&nats.url(), "SECKILL_EVENTS", Duration::from_millis(1_500))
+            .into_iter()
+            .filter(|message| message["sku"] == "fed")
+            .collect();
+        (last.len() > ids.len()).then_some(())
+    });
+    let got: Vec<String> = last
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(done.is_some(), "the feed never caught up: {got:?}");
+    let sales = got.iter().filter(|id| id.starts_with("fed.sale.")).count();
+    assert_eq!(sales, 1, "the sale announced once: {got:?}");
+    for id in &ids {
+        let created = format!("{id}.created");
+        let times = got.iter().filter(|got| **got == created).count();
+        assert_eq!(times, 1, "{id} announced {times} times: {got:?}");
+    }
+    assert_eq!(got.len(), ids.len() + 1, "nothing else: {got:?}");
+}
