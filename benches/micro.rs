@@ -351,6 +351,7 @@ fn sale(stock: u64, per_user_limit: u32) -> Sale {
         rate_limit_per_sec: 0,
         price: 149_900,
         currency: "CNY".into(),
+        stock_buckets: 1,
     }
 }
 

@@ -502,6 +502,7 @@ impl Harness {
                     rate_limit_per_sec: 0,
                     price: 0,
                     currency: "CNY".into(),
+                    stock_buckets: 1,
                 };
                 let reply = self.run(Command::UpsertSale(sale.clone()));
                 assert_eq!(reply, self.model.upsert(sale), "{op:?}");
@@ -688,6 +689,7 @@ fn sale_at(starts_at: u64, stock: u64, payment_timeout_ms: u64) -> Sale {
         rate_limit_per_sec: 0,
         price: 0,
         currency: "CNY".into(),
+        stock_buckets: 1,
     }
 }
 

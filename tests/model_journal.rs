@@ -110,6 +110,7 @@ fn sale(sku: &str, stock: u64, starts_at: u64) -> Sale {
         rate_limit_per_sec: 0,
         price: 0,
         currency: "CNY".into(),
+        stock_buckets: 1,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::sale::command::{Command, Outcome, PurchaseRequest};
-use crate::sale::model::{is_valid_currency, is_valid_id, DEFAULT_CURRENCY};
+use crate::sale::model::{is_valid_currency, is_valid_id, DEFAULT_CURRENCY, MAX_STOCK_BUCKETS};
 use crate::sale::{Sale, SaleError};
 use crate::shard::edge::Refusal;
 use crate::store::Store;
@@ -90,6 +90,10 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let currency = fields
         .str("currency", 3..=3)?
         .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
+    // Accepted in both modes; only the Redis store splits the stock (see `Sale::stock_buckets`).
+    let stock_buckets = fields
+        .u64("stock_buckets", 1..=u64::from(MAX_STOCK_BUCKETS))?
+        .unwrap_or(1);
     fields.finish()?;
     if !is_valid_currency(&currency) {
         return Err(ApiError::bad_request(
@@ -113,6 +117,8 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
         rate_limit_per_sec: u32::try_from(rate_limit_per_sec).unwrap_or(u32::MAX),
         price,
         currency: currency.into(),
+        // Bounded by the range checked above.
+        stock_buckets: u32::try_from(stock_buckets).unwrap_or(1),
     })
 }
 

@@ -625,6 +625,7 @@ mod tests {
             rate_limit_per_sec: 0,
             price: 0,
             currency: "CNY".into(),
+            stock_buckets: 1,
         }
     }
 

@@ -13,6 +13,8 @@ use super::model::is_valid_id;
 
 /// Length of the ULID part of an order id.
 const ULID_LEN: usize = 26;
+/// The random bits that name an order's stock bucket: six, for up to 64 buckets.
+const BUCKET_MASK: u128 = 0x3f;
 
 /// A parsed order id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,6 +35,23 @@ impl OrderId {
             unique: ulid.0,
             sku: sku.into(),
         }
+    }
+
+    /// Mints a fresh id for an order kept in stock bucket `bucket` (below
+    /// [`super::model::MAX_STOCK_BUCKETS`]) of a sale split into several: the low six of the 80
+    /// random bits name the bucket, so a payment or cancel by anyone (who need not know the
+    /// buyer) finds the order's bucket from its id alone. The wire form is unchanged.
+    pub fn mint_in_bucket(sku: &str, now_ms: u64, rng: &mut impl RngCore, bucket: u32) -> Self {
+        let mut id = Self::mint(sku, now_ms, rng);
+        id.unique = (id.unique & !BUCKET_MASK) | (u128::from(bucket) & BUCKET_MASK);
+        id
+    }
+
+    /// The stock bucket this id names, for a sale split into several (see
+    /// [`OrderId::mint_in_bucket`]); meaningless for a sale with one bucket.
+    pub fn bucket(&self) -> u32 {
+        // Masked to six bits: cannot truncate.
+        (self.unique & BUCKET_MASK) as u32
     }
 
     /// Parses the wire form; `None` for anything that is not an id this server could have minted.
@@ -90,6 +109,18 @@ mod tests {
         assert_eq!(OrderId::parse("nope"), None);
         assert_eq!(OrderId::parse(&text.replace('.', "/")), None);
         assert_eq!(OrderId::parse(&format!("{}.", &text[..26])), None);
+    }
+
+    #[test]
+    fn an_id_names_its_bucket_and_keeps_its_form() {
+        let mut rng = rand::thread_rng();
+        for bucket in [0, 1, 17, 63] {
+            let id = OrderId::mint_in_bucket("hot", 1_700_000_000_000, &mut rng, bucket);
+            assert_eq!(id.bucket(), bucket);
+            let parsed = OrderId::parse(&id.to_string()).unwrap();
+            assert_eq!(parsed.bucket(), bucket);
+            assert_eq!(parsed, id);
+        }
     }
 
     #[test]

@@ -41,6 +41,20 @@ pub struct Sale {
     /// ISO 4217 code of the price's currency: three uppercase letters.
     #[serde(default = "default_currency")]
     pub currency: Box<str>,
+    /// Buckets the stock is split into ([`MAX_STOCK_BUCKETS`] at most). In cluster mode each
+    /// bucket has its own Redis hash tag, so on a Redis Cluster a hot SKU's purchases spread
+    /// over several masters; the embedded store keeps one book and only shows the field.
+    #[serde(default = "one_bucket")]
+    pub stock_buckets: u32,
+}
+
+/// Most buckets a sale's stock may be split into: an order id names its bucket in 6 bits
+/// ([`super::ids::OrderId::bucket`]).
+pub const MAX_STOCK_BUCKETS: u32 = 64;
+
+/// The default of [`Sale::stock_buckets`], for serde: the whole stock in one bucket.
+pub fn one_bucket() -> u32 {
+    1
 }
 
 /// The currency of a sale whose definition names none.
@@ -112,6 +126,8 @@ pub struct SaleView {
     pub price: u64,
     /// See [`Sale::currency`].
     pub currency: Box<str>,
+    /// See [`Sale::stock_buckets`].
+    pub stock_buckets: u32,
     /// Derived from the window and `remaining` at the time of the view.
     pub state: SaleState,
     /// The sale's stock-change counter at the time of the view (internal, not serialised).
@@ -143,6 +159,7 @@ impl SaleView {
             rate_limit_per_sec: sale.rate_limit_per_sec,
             price: sale.price,
             currency: sale.currency.clone(),
+            stock_buckets: sale.stock_buckets,
             state,
             stock_seq,
         }

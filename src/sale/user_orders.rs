@@ -91,6 +91,7 @@ mod tests {
             rate_limit_per_sec: 0,
             price: 0,
             currency: "CNY".into(),
+            stock_buckets: 1,
         };
         book.execute(Command::UpsertSale(sale), T0 - 20)
             .0

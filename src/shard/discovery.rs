@@ -268,5 +268,6 @@ fn sale_of(view: &SaleView) -> Sale {
         rate_limit_per_sec: view.rate_limit_per_sec,
         price: view.price,
         currency: view.currency.clone(),
+        stock_buckets: view.stock_buckets,
     }
 }

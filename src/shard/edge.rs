@@ -432,6 +432,7 @@ mod tests {
                 rate_limit_per_sec: rate,
                 price: 0,
                 currency: "CNY".into(),
+                stock_buckets: 1,
             },
             version: 1,
         }

@@ -86,6 +86,7 @@ impl From<EventV1> for Event {
                 rate_limit_per_sec: s.rate_limit_per_sec,
                 price: 0,
                 currency: default_currency(),
+                stock_buckets: 1,
             }),
             EventV1::OrderCreated {
                 order: o,

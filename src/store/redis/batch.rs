@@ -49,11 +49,25 @@ struct Waiting {
     reply: oneshot::Sender<Reply>,
 }
 
-/// Queues one purchase and waits for its reply.
-pub async fn purchase(store: &RedisStore, request: PurchaseRequest) -> Reply {
+/// Queues one purchase and waits for its reply. `sku` is the part of the SKU's keys it runs on
+/// (the SKU itself, or one of its stock buckets, see [`super::buckets`]); with `bucket`, the
+/// order id names that bucket.
+pub async fn purchase(
+    store: &RedisStore,
+    request: PurchaseRequest,
+    sku: Box<str>,
+    bucket: Option<u32>,
+) -> Reply {
     // Minted before the first attempt, so every retry of this purchase names the same order.
-    let order_id = OrderId::mint(&request.sku, now_ms(), &mut *store.0.rng.borrow_mut());
-    let sku = request.sku.clone();
+    let order_id = match bucket {
+        Some(bucket) => OrderId::mint_in_bucket(
+            &request.sku,
+            now_ms(),
+            &mut *store.0.rng.borrow_mut(),
+            bucket,
+        ),
+        None => OrderId::mint(&request.sku, now_ms(), &mut *store.0.rng.borrow_mut()),
+    };
     let (reply, answer) = oneshot::channel();
     let start_flusher = {
         let mut batches = store.0.batches.borrow_mut();

@@ -253,7 +253,7 @@ impl RedisStore {
         sku: &str,
         args: Vec<String>,
     ) -> Result<Value, RedisError> {
-        self.run_script(script, sku, args, &Cell::new(false), false)
+        self.run_script(script, sku, Vec::new(), args, &Cell::new(false), false)
             .await
     }
 
@@ -269,13 +269,28 @@ impl RedisStore {
         args: Vec<String>,
         sent: &Cell<bool>,
     ) -> Result<Value, RedisError> {
-        self.run_script(script, sku, args, sent, true).await
+        self.run_script(script, sku, Vec::new(), args, sent, true)
+            .await
+    }
+
+    /// [`RedisStore::acknowledged_script`] with `extra` keys (of the same slot) after the
+    /// fourteen of `sku`.
+    pub(super) async fn acknowledged_script_with(
+        &self,
+        script: &Script,
+        sku: &str,
+        extra: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, RedisError> {
+        self.run_script(script, sku, extra, args, &Cell::new(false), true)
+            .await
     }
 
     async fn run_script(
         &self,
         script: &Script,
         sku: &str,
+        extra: Vec<String>,
         args: Vec<String>,
         sent: &Cell<bool>,
         acknowledged: bool,
@@ -283,7 +298,8 @@ impl RedisStore {
         let wait = self.0.wait;
         let acknowledged = acknowledged && wait.replicas > 0;
         let fence = self.fence_key(sku);
-        let keys = self.keys(sku).0;
+        let mut keys = self.keys(sku).0;
+        keys.extend(extra);
         let key = keys.first().cloned().unwrap_or_default();
         let budget = Budget::new(Instant::now(), self.0.budget);
         let mut attempt = 1;

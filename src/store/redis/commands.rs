@@ -7,7 +7,7 @@ use fred::interfaces::{HashesInterface, SetsInterface};
 use fred::types::Value;
 
 use super::decode::{decode_order, decode_sale, int_at, refusal_at, str_at};
-use super::{batch, keys, RedisError, RedisStore, EXPIRE_PER_SWEEP};
+use super::{keys, RedisError, RedisStore, EXPIRE_PER_SWEEP};
 use crate::clock::now_ms;
 use crate::sale::command::{
     Command, Outcome, Payment, Reply, Requester, SaleOrdersQuery, StockLevel,
@@ -16,8 +16,9 @@ use crate::sale::ids::OrderId;
 use crate::sale::{Sale, SaleError, SaleView};
 
 impl RedisStore {
-    /// The sale and its stock, read by the `SYNC` script without expiring anything.
-    pub(super) async fn get_sale(
+    /// The sale and the stock of one part of it (the SKU itself, or one of its buckets), read
+    /// by the `SYNC` script without expiring anything.
+    pub(super) async fn get_part_sale(
         &self,
         sku: &str,
     ) -> Result<Option<(Sale, StockLevel)>, RedisError> {
@@ -26,6 +27,11 @@ impl RedisStore {
         decode_sale(sku, reply)
     }
 
+    /// Creates or replaces a sale: one `UPSERT` per part ([`super::buckets`]), part 0 last.
+    /// The parts are written one script at a time, not atomically across slots; the order keeps
+    /// a half-made sale from being sold from (a node learns a sale's buckets from part 0, and
+    /// before part 0 says `K` buckets no purchase goes to the others), and running the same
+    /// upsert again repairs one left half-made.
     async fn upsert(&self, sale: Sale) -> Reply {
         let prefix = &self.0.prefix;
         let (sales, home) = (keys::sales(prefix), keys::blocked(prefix));
@@ -38,32 +44,51 @@ impl RedisStore {
         let blocked: Vec<String> = self
             .retrying(&to_home, || to_home.smembers(home.as_str()))
             .await?;
-        let mut args = sale_args(&sale);
-        args.extend(blocked.iter().cloned());
-        // Acknowledged like a purchase: a sale only the master had would vanish in a failover.
-        let upsert = &self.0.scripts.upsert;
-        let reply = self
-            .acknowledged_script(upsert, &sale.sku, args, &Cell::new(false))
-            .await?;
-        let fields = reply.into_array();
-        match fields.first().and_then(Value::as_str).as_deref() {
-            Some("ok") => {
-                self.reconcile_blocklist(&sale.sku, &blocked).await?;
-                let level = StockLevel {
-                    remaining: int_at(&fields, 1)?,
-                    seq: int_at(&fields, 2)?,
-                };
-                self.created(&sale, level, int_at(&fields, 3).unwrap_or(0));
-                Ok(Outcome::Sale(SaleView::new(
-                    &sale,
-                    level.remaining,
-                    level.seq,
-                    now_ms(),
-                )))
+        let buckets = sale.stock_buckets.max(1);
+        let mut total = StockLevel {
+            remaining: 0,
+            seq: 0,
+        };
+        for bucket in (0..buckets).rev() {
+            let part = keys::part(&sale.sku, bucket);
+            let share = sale.stock / u64::from(buckets)
+                + u64::from(u64::from(bucket) < sale.stock % u64::from(buckets));
+            let mut args = sale_args(&sale);
+            args.extend([buckets.to_string(), share.to_string()]);
+            args.extend(blocked.iter().cloned());
+            let moves = keys::move_keys(prefix, &part).to_vec();
+            // Acknowledged like a purchase: a sale only the master had would vanish in a
+            // failover.
+            let upsert = &self.0.scripts.upsert;
+            let reply = self
+                .acknowledged_script_with(upsert, &part, moves, args)
+                .await?;
+            let fields = reply.into_array();
+            match fields.first().and_then(Value::as_str).as_deref() {
+                Some("ok") => {
+                    self.reconcile_blocklist(&part, &blocked).await?;
+                    let level = StockLevel {
+                        remaining: int_at(&fields, 1)?,
+                        seq: int_at(&fields, 2)?,
+                    };
+                    let epoch = int_at(&fields, 3).unwrap_or(0);
+                    let mut copy = sale.clone();
+                    copy.sku = part.clone();
+                    self.created(&copy, level, epoch);
+                    total.remaining += level.remaining;
+                    total.seq += level.seq;
+                }
+                Some("err") => return Err(refusal_at(&fields, 1)),
+                _ => return Err(SaleError::Unavailable),
             }
-            Some("err") => Err(refusal_at(&fields, 1)),
-            _ => Err(SaleError::Unavailable),
         }
+        self.0.buckets.borrow_mut().learn(&sale.sku, buckets);
+        Ok(Outcome::Sale(SaleView::new(
+            &sale,
+            total.remaining,
+            total.seq,
+            now_ms(),
+        )))
     }
 
     /// A block or unblock made while a sale was being created may have written the sale's copy
@@ -93,7 +118,7 @@ impl RedisStore {
     }
 
     async fn get_order(&self, id: &OrderId, requester: &Requester) -> Reply {
-        let keys = self.keys(&id.sku);
+        let keys = self.keys(&self.order_part(id).await?);
         let client = &self.route(keys.orders())?;
         let field = id.to_string();
         let raw: Option<String> = self
@@ -133,8 +158,10 @@ impl RedisStore {
         if let Some(payment) = payment {
             args.extend([payment.amount.to_string(), payment.payment_ref.into()]);
         }
+        let part = self.order_part(id).await?;
+        let split = keys::is_part(&part) || self.buckets_of(&id.sku).await? > 1;
         let reply = self
-            .acknowledged_script(&self.0.scripts.transition, &id.sku, args, &Cell::new(false))
+            .acknowledged_script(&self.0.scripts.transition, &part, args, &Cell::new(false))
             .await?;
         let fields = reply.into_array();
         let level = StockLevel {
@@ -149,7 +176,8 @@ impl RedisStore {
             }),
             Some("changed") => Ok(Outcome::Order {
                 order: decode_order(&str_at(&fields, 1)?)?,
-                stock: Some(level),
+                // A part's level is not the sale's: the sync sums the parts.
+                stock: (!split).then_some(level),
                 replayed: false,
             }),
             Some("err") => Err(refusal_at(&fields, 1)),
@@ -174,7 +202,11 @@ impl RedisStore {
         let skus: Vec<String> = self
             .retrying(client, || client.smembers(sales.as_str()))
             .await?;
+        let mut parts = Vec::with_capacity(skus.len());
         for sku in skus {
+            parts.extend(self.parts(&sku).await?);
+        }
+        for sku in parts {
             let keys = self.keys(&sku);
             let set = keys.blocked().to_owned();
             let client = &self.route(&set)?;
@@ -191,8 +223,10 @@ impl RedisStore {
 
     /// `user`'s orders of `sku` still held, newest first (the `USER_ORDERS` script).
     async fn list_orders(&self, sku: &str, user: &str) -> Reply {
+        // All of a user's orders live in their home bucket.
+        let part = self.user_part(sku, user).await?;
         let reply = self
-            .script(&self.0.scripts.user_orders, sku, vec![user.to_owned()])
+            .script(&self.0.scripts.user_orders, &part, vec![user.to_owned()])
             .await?;
         let mut orders = Vec::new();
         for raw in reply.into_array() {
@@ -202,10 +236,19 @@ impl RedisStore {
         Ok(Outcome::Orders(orders))
     }
 
-    /// A page of a SKU's orders in id order (the `SALE_ORDERS` script).
-    async fn sale_orders(&self, query: SaleOrdersQuery) -> Reply {
+    /// A page of one part's orders in id order (the `SALE_ORDERS` script): the orders and the
+    /// last id looked at when more follow.
+    pub(super) async fn part_orders(
+        &self,
+        part: &str,
+        query: &SaleOrdersQuery,
+    ) -> Result<(Vec<crate::sale::Order>, Option<OrderId>), SaleError> {
         let args = vec![
-            query.after.map(|id| id.to_string()).unwrap_or_default(),
+            query
+                .after
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
             query
                 .status
                 .map(|status| status.label().to_owned())
@@ -213,9 +256,7 @@ impl RedisStore {
             query.limit.to_string(),
             crate::sale::sale_orders::MAX_SCANNED.to_string(),
         ];
-        let reply = self
-            .script(&self.0.scripts.sale_orders, &query.sku, args)
-            .await?;
+        let reply = self.script(&self.0.scripts.sale_orders, part, args).await?;
         let fields = reply.into_array();
         match fields.first().and_then(Value::as_str).as_deref() {
             Some("ok") => {}
@@ -237,7 +278,7 @@ impl RedisStore {
             let json = raw.as_str().ok_or(SaleError::Unavailable)?;
             orders.push(decode_order(&json)?);
         }
-        Ok(Outcome::OrderPage { orders, next })
+        Ok((orders, next))
     }
 
     /// Runs one command against Redis.
@@ -253,7 +294,7 @@ impl RedisStore {
                 ))),
                 None => Err(SaleError::UnknownSale),
             },
-            Command::Purchase(request) => batch::purchase(self, request).await,
+            Command::Purchase(request) => self.purchase(request).await,
             Command::GetOrder(id, requester) => self.get_order(&id, &requester).await,
             Command::Pay(id, payment) => {
                 self.transition(&id, &Requester::Admin, "paid", Some(payment))
@@ -264,7 +305,8 @@ impl RedisStore {
             }
             Command::Expire(id) => {
                 let args = vec![self.0.retention.to_string(), EXPIRE_PER_SWEEP.to_string()];
-                self.script(&self.0.scripts.sync, &id.sku, args).await?;
+                let part = self.order_part(&id).await?;
+                self.script(&self.0.scripts.sync, &part, args).await?;
                 Ok(Outcome::Done)
             }
             Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,

@@ -37,6 +37,12 @@ pub(super) fn decode_sale(
             .ok()
             .filter(|code| is_valid_currency(code))
             .map_or_else(default_currency, Into::into),
+        // A sale written before buckets has one.
+        stock_buckets: int_at(&fields, 18)
+            .ok()
+            .and_then(|k| u32::try_from(k).ok())
+            .filter(|k| (1..=crate::sale::model::MAX_STOCK_BUCKETS).contains(k))
+            .unwrap_or(1),
     };
     let level = StockLevel {
         remaining: int(7)?,

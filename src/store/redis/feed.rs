@@ -349,10 +349,11 @@ impl RedisStore {
                 .into_iter()
                 .filter(|sku| !indexed.contains(sku)),
         );
+        // A split sale's every part has its own stream (`buckets`).
         Some(
             skus.into_iter()
-                .filter(|sku| self.owns(sku))
-                .map(Into::into)
+                .filter(|sku| !super::keys::is_part(sku) && self.owns(sku))
+                .flat_map(|sku| self.known_parts(&sku))
                 .collect(),
         )
     }
@@ -562,8 +563,14 @@ fn entry_ms(id: &str) -> u64 {
 }
 
 /// The feed event an entry records; `None` if it does not decode (or names another SKU).
-fn to_event(sku: &str, entry: &Entry) -> Option<FeedEvent> {
+fn to_event(part: &str, entry: &Entry) -> Option<FeedEvent> {
     let at = entry_ms(&entry.id);
+    // A stream of a split sale's bucket (`buckets`) carries its SKU's orders; the sale itself is
+    // announced by bucket 0's stream alone.
+    let (sku, bucket) = super::keys::split_part(part);
+    if entry.kind == "sale" && bucket > 0 {
+        return None;
+    }
     if entry.kind == "sale" {
         let sale = crate::json::parse::<Sale>(entry.json.as_bytes()).ok()?;
         return (&*sale.sku == sku).then(|| FeedEvent::sale(&sale, at));

@@ -25,6 +25,7 @@
 pub mod abandon;
 pub mod batch;
 pub mod breaker;
+pub mod buckets;
 pub mod budget;
 mod calls;
 mod commands;
@@ -33,6 +34,7 @@ pub mod feed;
 pub mod keys;
 pub mod notify;
 mod poll;
+mod parts;
 pub mod rate;
 pub mod reclaim;
 pub mod regression;
@@ -190,6 +192,8 @@ struct Scripts {
     release: Script,
     settle: Script,
     renew: Script,
+    take: Script,
+    give: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -230,6 +234,8 @@ struct Inner {
     schedule: RefCell<schedule::Schedule>,
     /// How long a settled sale's keys are kept; `None`: for ever ([`retention`]).
     settle_retention: Option<Duration>,
+    /// Split sales' bucket counts, part levels and refills ([`buckets`]).
+    buckets: RefCell<buckets::Buckets>,
 }
 
 /// One shard's view of the shared Redis.
@@ -271,6 +277,8 @@ impl RedisStore {
                 release: Script::from_lua(reclaim::RELEASE),
                 settle: Script::from_lua(retention::SETTLE),
                 renew: Script::from_lua(schedule::RENEW),
+                take: Script::from_lua(buckets::TAKE),
+                give: Script::from_lua(buckets::GIVE),
             },
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(rng),
@@ -285,6 +293,7 @@ impl RedisStore {
             notices: RefCell::new(notify::Notices::default()),
             schedule: RefCell::new(schedule::Schedule::default()),
             settle_retention: settings.retention,
+            buckets: RefCell::new(buckets::Buckets::default()),
         });
         watchdog::spawn(&inner, settings.unresponsive);
         notify::spawn(&inner);

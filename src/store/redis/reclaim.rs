@@ -134,13 +134,14 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// One owner tick's sync of `sku`. Every shard first reads four keys (`MGET`); it runs
+    /// One owner tick's sync of `sku` (or of one part of a split sale, see [`super::buckets`]:
+    /// each part has its own lease, watch and regression floor). Every shard first reads four keys (`MGET`); it runs
     /// `SYNC` only when one of them changed since its last full read, when the lease is free
     /// (to take it), or, as the holder, when the lease is due for renewal (every third of
     /// [`LEASE_TTL`]) or an order is due (to sweep). Otherwise it reuses its last answer: an idle
     /// SKU costs one `MGET` per node per tick. Answers with the orders still pending; `None` when
     /// Redis gave no answer.
-    pub(super) async fn sync_sku(&self, sku: &str) -> Option<(crate::store::Synced, u64)> {
+    pub(super) async fn sync_part(&self, sku: &str) -> Option<(crate::store::Synced, u64)> {
         use fred::interfaces::KeysInterface;
 
         let mut keys = self.keys(sku).0;

@@ -154,6 +154,8 @@ impl RedisStore {
         regression
             .floors
             .keys()
+            // Parts of split sales are synced with their SKU (`buckets`).
+            .filter(|sku| !super::keys::is_part(sku))
             .map(|sku| sku.to_string())
             .collect()
     }

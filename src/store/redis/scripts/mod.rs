@@ -220,7 +220,7 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 /// missed when a node dies. Returns `{}` for an unknown SKU, `{'', marker}` for a gone one with
 /// the regression marker, else `{name, stock, starts_at, ends_at, per_user_limit,
 /// payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch, marker_or_empty,
-/// price, currency, holder, fence, pending, next_due_in}` (price 0 and currency empty for a sale
+/// price, currency, holder, fence, pending, next_due_in, stock_buckets}` (price 0 and currency empty for a sale
 /// made before prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing
 /// number, `pending` the members of `pending` not yet swept (one per purchase call, holding
 /// the orders it made; each order's own status says whether it still awaits payment), `next_due_in` milliseconds until the
@@ -276,14 +276,17 @@ sale[17] = redis.call('ZCARD', K.pending)
 local first = redis.call('ZRANGE', K.pending, 0, 0, 'WITHSCORES')
 sale[18] = -1
 if first[2] then sale[18] = math.max(0, tonumber(first[2]) - now_ms()) end
+sale[19] = tonumber(redis.call('HGET', K.sale, 'buckets') or '1')
 return sale
 "#
 );
 
 /// Creates or replaces a sale: `ARGV = [name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, blocked_user*]`, where
-/// `sale_json` is the definition serialised, added to the SKU's stream as a `sale` entry for the
-/// order feed. A sale that has started cannot be
+/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, stock_buckets, share,
+/// blocked_user*]`, where `sale_json` is the definition serialised, added to the SKU's stream as
+/// a `sale` entry for the order feed, and `share` the units of this bucket of the stock (all of
+/// it with one bucket; see [`super::buckets`]). `KEYS` may carry two more, the bucket's move
+/// records, cleared with the rest of a replaced sale. A sale that has started cannot be
 /// replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
 /// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
 /// seq, epoch}` (a replaced sale keeps its epoch).
@@ -294,15 +297,16 @@ if redis.call('EXISTS', K.regressed) == 1 then return {'err', 'store_regressed'}
 local starts = redis.call('HGET', K.sale, 'starts_at')
 if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
 redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser, K.ids)
+if KEYS[16] then redis.call('DEL', KEYS[15], KEYS[16]) end
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
            'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7],
-           'price', ARGV[8], 'currency', ARGV[9])
-redis.call('SET', K.remaining, ARGV[2])
+           'price', ARGV[8], 'currency', ARGV[9], 'buckets', ARGV[11])
+redis.call('SET', K.remaining, ARGV[12])
 local seq = redis.call('INCR', K.seq)
-for i = 11, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
+for i = 13, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
 sale_event(ARGV[10])
 notify()
-return {'ok', tonumber(ARGV[2]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
+return {'ok', tonumber(ARGV[12]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
 "#
 );
 
