@@ -149,8 +149,11 @@ async fn listen(
         let next = glommio::timer::timeout(CHECK_EVERY, async { Ok(messages.recv().await) }).await;
         match next {
             Ok(Ok(message)) => {
-                if let Some(sku) = message.value.as_str() {
-                    if !with_notices(store, |notices| notices.note(&sku)) {
+                if let Some(tag) = message.value.as_str() {
+                    // A bucket's scripts name their part (`sku~b`); the sync reads a split
+                    // sale's parts together, under its SKU.
+                    let (sku, _) = super::keys::split_part(&tag);
+                    if !with_notices(store, |notices| notices.note(sku)) {
                         return Ok(());
                     }
                 }

@@ -39,8 +39,8 @@ return 1
 "#;
 
 impl RedisStore {
-    /// Every key `sku` can have: the fourteen of every script, the lease's two, the order
-    /// feed's three, the rate bucket and the replication fence.
+    /// Every key `sku` (or one bucket's part of it) can have: the fourteen of every script, the
+    /// lease's two, the order feed's three, the rate bucket and the replication fence.
     fn all_keys(&self, sku: &str) -> Vec<String> {
         let prefix = &self.0.prefix;
         let mut all = self.keys(sku).0;
@@ -67,20 +67,27 @@ impl RedisStore {
         }
         let sku = &*sale.sku;
         if let Some(retention) = self.0.settle_retention {
-            let keys = self.all_keys(sku);
-            let Ok(route) = self.route(&keys[0]) else {
-                return;
-            };
+            // Every bucket's part is a slot of its own: one script each, part 0 (the sale's
+            // definition) last, so a settle cut short is found and finished at the next tick.
             let ttl = retention.as_millis().to_string();
-            let attempt = self.evalsha(&route, &self.0.scripts.settle, keys, vec![ttl]);
-            let done = self
-                .call(&route, BACKGROUND_TIMEOUT, Box::pin(attempt))
-                .await;
-            match done.map(|reply| reply.as_i64()) {
-                Ok(Some(0 | 1)) => {}
-                outcome => {
-                    tracing::debug!(sku, ?outcome, "settling a sale failed; retrying");
+            for bucket in (0..sale.stock_buckets.max(1)).rev() {
+                let part = keys::part(sku, bucket);
+                let mut part_keys = self.all_keys(&part);
+                part_keys.extend(keys::move_keys(&self.0.prefix, &part));
+                let Ok(route) = self.route(&part_keys[0]) else {
                     return;
+                };
+                let attempt =
+                    self.evalsha(&route, &self.0.scripts.settle, part_keys, vec![ttl.clone()]);
+                let done = self
+                    .call(&route, BACKGROUND_TIMEOUT, Box::pin(attempt))
+                    .await;
+                match done.map(|reply| reply.as_i64()) {
+                    Ok(Some(0 | 1)) => {}
+                    outcome => {
+                        tracing::debug!(sku, bucket, ?outcome, "settling a sale failed; retrying");
+                        return;
+                    }
                 }
             }
         }
