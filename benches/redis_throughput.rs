@@ -15,12 +15,18 @@
 //!    `EVALSHA` per purchase over pooled connections, [`gateway`]) with the same wrk flags: the
 //!    baseline each setup's purchases/s is divided by.
 //!
+//! 5. On a local 3-master Redis Cluster, one hot SKU with `stock_buckets` 1 against 3
+//!    ([`cluster_buckets`]; `BUCKETS_BENCH_ROUNDS` rounds, default 3, and their medians).
+//!
 //! For each, Redis CPU per purchase comes from `INFO commandstats` (EVALSHA usec over purchases).
 //!
 //! The ratios show what coalescing concurrent purchases into one script call buys. Needs `wrk`,
 //! `redis-benchmark` and the gateway's nginx (`apt-get install wrk redis-tools nginx-light
 //! libnginx-mod-http-lua`). Loopback only; stops what it starts.
 
+/// One hot SKU on a 3-master Redis Cluster, `stock_buckets` 1 against 3.
+#[path = "cluster_buckets.rs"]
+mod cluster_buckets;
 /// The OpenResty-style gateway, driven by the same wrk flags in the same run.
 #[path = "gateway.rs"]
 mod gateway;
@@ -108,7 +114,7 @@ fn run() -> Result<(), String> {
             default.rps / gateway_rps
         );
     }
-    Ok(())
+    cluster_buckets::run()
 }
 
 /// One cluster-mode measurement.
@@ -303,15 +309,18 @@ fn used_memory(redis: &redis_server::RedisServer) -> Result<f64, String> {
         .ok_or_else(|| "no used_memory in INFO memory".to_owned())
 }
 
-/// `cmdstat_evalsha`'s total usec and calls from `INFO commandstats`.
+/// `cmdstat_evalsha`'s total usec and calls from `INFO commandstats`; zeros for a Redis that ran
+/// no script (a cluster master that serves none of the bench's keys).
 fn evalsha_usec(redis: &redis_server::RedisServer) -> Result<(f64, f64), String> {
     let info: String = redis
         .query(&["INFO", "commandstats"])
         .map_err(|e| e.to_string())?;
-    let line = info
+    let Some(line) = info
         .lines()
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
-        .ok_or("no cmdstat_evalsha")?;
+    else {
+        return Ok((0.0, 0.0));
+    };
     let value = |name: &str| {
         line.split(',')
             .find_map(|part| part.strip_prefix(name))

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::process::{seckill_cmd, Spawned};
@@ -312,7 +311,7 @@ fn stock_buckets_is_validated_and_shown() {
 /// whole stock sells through them to users of every home bucket.
 #[test]
 fn three_buckets_on_three_masters_sell_the_whole_stock() {
-    let cluster = redis_cluster();
+    let cluster = common::redis_cluster::three_masters();
     let seed = format!("redis-cluster://127.0.0.1:{}", cluster[0].port);
     let data = ScratchDir::new();
     let (_node, port) = node(&seed, None, &data);
@@ -320,16 +319,13 @@ fn three_buckets_on_three_masters_sell_the_whole_stock() {
     const STOCK: u64 = 30;
     // A SKU whose three buckets hash to three different masters (most do).
     let master_of = |sku: &str, b: u64| {
-        let slot: i64 = redis_ok(
-            cluster[0].port,
-            &["CLUSTER", "KEYSLOT", &key(sku, b, "sale")],
-        );
-        slot_owner(cluster[0].port, slot)
+        let slot = common::redis_cluster::key_slot(cluster[0].port, &key(sku, b, "sale"));
+        common::redis_cluster::slot_owner(cluster[0].port, slot)
     };
     let sku = (0..100)
         .map(|n| format!("spread-{n}"))
         .find(|sku| {
-            let masters: std::collections::HashSet<i64> =
+            let masters: std::collections::HashSet<u16> =
                 (0..3).map(|b| master_of(sku, b)).collect();
             masters.len() == 3
         })
@@ -337,7 +333,7 @@ fn three_buckets_on_three_masters_sell_the_whole_stock() {
     let sku = sku.as_str();
     client.create_sale(sku, &split_sale(STOCK, 3));
     for b in 0..3 {
-        let master = u16::try_from(master_of(sku, b)).expect("a port");
+        let master = master_of(sku, b);
         let remaining: u64 = redis_ok(master, &["GET", &key(sku, b, "remaining")]);
         assert_eq!(remaining, STOCK / 3, "bucket {b}'s share on its master");
     }
@@ -354,57 +350,6 @@ fn three_buckets_on_three_masters_sell_the_whole_stock() {
     let r = client.purchase(sku, &tok("s-last"), Some(1), None);
     assert_error(&r, 409, "sold_out");
     wait_remaining(&mut client, sku, 0);
-}
-
-/// Three cluster-enabled masters, no replicas (as `tests/redis_cluster_outage.rs`).
-fn redis_cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            let bus = pick_port().to_string();
-            RedisServer::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-port",
-                &bus,
-            ])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = common::process::run(
-        Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"]),
-    );
-    assert!(out.status.success(), "redis-cli --cluster create failed");
-    for node in &nodes {
-        let ok = poll(WAIT, || {
-            let info: String = redis_ok(node.port, &["CLUSTER", "INFO"]);
-            info.contains("cluster_state:ok").then_some(())
-        });
-        assert!(ok.is_some(), "{} never got cluster_state:ok", node.port);
-    }
-    nodes
-}
-
-/// The port of the master serving `slot`.
-fn slot_owner(port: u16, slot: i64) -> i64 {
-    use common::redis::Value;
-    let slots: Vec<Vec<Value>> = redis_ok(port, &["CLUSTER", "SLOTS"]);
-    for range in &slots {
-        let start: i64 = FromRedisValue::from_redis_value(&range[0]).expect("range start");
-        let end: i64 = FromRedisValue::from_redis_value(&range[1]).expect("range end");
-        let master: Vec<Value> = FromRedisValue::from_redis_value(&range[2]).expect("master");
-        if start <= slot && slot <= end {
-            return FromRedisValue::from_redis_value(&master[1]).expect("master port");
-        }
-    }
-    panic!("slot {slot} is not served");
 }
 
 /// The order feed pumps every bucket's stream: each order of a split sale is announced once,

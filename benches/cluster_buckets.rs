@@ -1,4 +1,4 @@
-//! `cargo bench --bench redis_cluster_buckets`: one hot SKU on a local 3-master Redis Cluster,
+//! Part of `cargo bench --bench redis_throughput`: one hot SKU on a local 3-master Redis Cluster,
 //! with its stock in one bucket (`"stock_buckets": 1`, one master serves every purchase) against
 //! three (`3`, one bucket per master), measured in the same run.
 //!
@@ -15,31 +15,16 @@
 //! Needs `wrk` and `redis-cli` (`apt-get install wrk redis-tools`). Loopback only; stops what it
 //! starts.
 
-#[path = "../tests/common/ports.rs"]
-mod ports;
-/// The tests' Redis launcher and client, shared so there is one of each.
-#[path = "../tests/common/redis.rs"]
-mod redis_server;
-
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
+use super::redis_server::RedisServer;
 use seckill::auth::Auth;
 
-const BIN: &str = env!("CARGO_BIN_EXE_seckill");
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
-const TOKEN_SECRET: &str = "bench-token-secret-0123456789";
+use super::{curl, evalsha_usec, field, ADMIN_TOKEN, BIN, TOKEN_SECRET};
 /// Shoppers the load cycles over.
 const SHOPPERS: usize = 256;
-
-fn main() {
-    if let Err(error) = run() {
-        eprintln!("redis_cluster_buckets: {error}");
-        std::process::exit(1);
-    }
-}
 
 /// Runs the comparison and prints it: `BUCKETS_BENCH_ROUNDS` rounds (default 3), each K = 1 then
 /// K = 3, and the medians, so a neighbour's burst of CPU on a shared machine skews one round, not
@@ -88,7 +73,7 @@ struct Measured {
 fn start_cluster() -> Result<Vec<RedisServer>, String> {
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let bus = ports::pick_port().to_string();
+        let bus = super::ports::pick_port().to_string();
         nodes.push(RedisServer::try_start(&[
             "--appendonly",
             "no",
@@ -181,18 +166,9 @@ fn spread_sku(cluster: &[RedisServer], k: u32, round: usize) -> Result<String, S
     Err("no SKU with its buckets on three masters".into())
 }
 
-fn curl(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("curl")
-        .arg("-s")
-        .args(args)
-        .output()
-        .map_err(|e| format!("curl: {e}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn measure_k(cluster: &[RedisServer], k: u32, round: usize) -> Result<Measured, String> {
     let sku = spread_sku(cluster, k, round)?;
-    let port = ports::pick_port();
+    let port = super::ports::pick_port();
     let shards = std::env::var("REDIS_BENCH_SHARDS").unwrap_or_else(|_| "2".into());
     let url = format!("redis-cluster://127.0.0.1:{}", cluster[0].port);
     let mut server = Command::new(BIN)
@@ -295,7 +271,7 @@ fn load(cluster: &[RedisServer], port: u16, sku: &str, k: u32) -> Result<Measure
     let mut usec = 0.0;
     let mut calls_per_master = Vec::new();
     for node in cluster {
-        let (u, c) = evalsha(node)?;
+        let (u, c) = evalsha_usec(node)?;
         usec += u;
         calls_per_master.push(c as u64);
     }
@@ -312,31 +288,4 @@ fn load(cluster: &[RedisServer], port: u16, sku: &str, k: u32) -> Result<Measure
         redis_us: usec / purchases.max(1.0),
         calls_per_master,
     })
-}
-
-/// `cmdstat_evalsha`'s usec and calls on `node`.
-fn evalsha(node: &RedisServer) -> Result<(f64, f64), String> {
-    let info: String = node
-        .query(&["INFO", "commandstats"])
-        .map_err(|e| e.to_string())?;
-    let Some(line) = info
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
-    else {
-        return Ok((0.0, 0.0));
-    };
-    let value = |name: &str| {
-        line.split(',')
-            .find_map(|part| part.strip_prefix(name))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Ok((value("usec="), value("calls=")))
-}
-
-fn field(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.trim().strip_prefix(name))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|rest| rest.trim().parse().ok())
 }
