@@ -7,33 +7,19 @@
 
 mod common;
 
-use common::redis::{FromRedisValue, RedisServer};
+use common::redis::RedisServer;
+use common::redis::{query_ok, sku_key};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// The key prefix the nodes use (the `--redis-prefix` default).
-const PREFIX: &str = "seckill";
 /// Bound for anything that should happen within a few sweep ticks (100 ms each): only a "gave
 /// up" limit, generous for a loaded machine.
 const WAIT: Duration = Duration::from_secs(60);
 /// The payment timeout of the orders node A sells before it dies: long enough that the
 /// purchases are all made, and checked pending, before any deadline even on a loaded machine.
 const SURVIVOR_TIMEOUT_MS: u64 = 4000;
-
-/// One command to `127.0.0.1:port` (following cluster redirections), its reply as `T`; an error
-/// reply or I/O failure panics with the command.
-#[track_caller]
-fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
-    common::redis::query(port, args)
-        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
-}
-
-/// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs`.
-fn key(sku: &str, name: &str) -> String {
-    format!("{PREFIX}:{{{sku}}}:{name}")
-}
 
 /// What Redis holds for one SKU.
 struct Ledger {
@@ -59,15 +45,16 @@ struct StreamEvent {
 
 #[track_caller]
 fn ledger(port: u16, sku: &str) -> Ledger {
-    let remaining = redis_ok::<Option<i64>>(port, &["GET", &key(sku, "remaining")]).unwrap_or(0);
-    let held: BTreeMap<String, i64> = redis_ok(port, &["HGETALL", &key(sku, "held")]);
+    let remaining =
+        query_ok::<Option<i64>>(port, &["GET", &sku_key(sku, "remaining")]).unwrap_or(0);
+    let held: BTreeMap<String, i64> = query_ok(port, &["HGETALL", &sku_key(sku, "held")]);
     // A member of `pending` names the orders of one purchase call, space-separated.
-    let pending = redis_ok::<Vec<String>>(port, &["ZRANGE", &key(sku, "pending"), "0", "-1"])
+    let pending = query_ok::<Vec<String>>(port, &["ZRANGE", &sku_key(sku, "pending"), "0", "-1"])
         .iter()
         .map(|member| member.split_whitespace().count() as i64)
         .sum();
     let orders: BTreeMap<String, Value> =
-        redis_ok::<BTreeMap<String, String>>(port, &["HGETALL", &key(sku, "orders")])
+        query_ok::<BTreeMap<String, String>>(port, &["HGETALL", &sku_key(sku, "orders")])
             .into_iter()
             .map(|(id, raw)| {
                 let order: Value = serde_json::from_str(&raw)
@@ -77,7 +64,7 @@ fn ledger(port: u16, sku: &str) -> Ledger {
             .collect();
     // XRANGE: [[entry id, [field, value, ...]], ...]
     let entries: Vec<(String, HashMap<String, String>)> =
-        redis_ok(port, &["XRANGE", &key(sku, "events"), "-", "+"]);
+        query_ok(port, &["XRANGE", &sku_key(sku, "events"), "-", "+"]);
     // Sale entries (the order feed's `sale.upserted`) carry no order.
     let mut events = Vec::new();
     for (entry, fields) in &entries {
@@ -246,7 +233,7 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
         expired.len(),
         N,
         "expected exactly {N} `expired` events in {}, got {}; events by order: {by_order:?}",
-        key(sku, "events"),
+        sku_key(sku, "events"),
         expired.len(),
     );
     // A deadline may pass between the precondition read and the kill, and A could expire an
@@ -404,7 +391,7 @@ fn a_late_payment_and_the_expiry_never_both_win() {
 
     let mut last = None;
     let swept = poll(WAIT, || {
-        let pending: i64 = redis_ok(redis.port, &["ZCARD", &key(sku, "pending")]);
+        let pending: i64 = query_ok(redis.port, &["ZCARD", &sku_key(sku, "pending")]);
         last = Some(pending);
         (pending == 0).then_some(())
     });
@@ -425,7 +412,8 @@ fn a_late_payment_and_the_expiry_never_both_win() {
         let stored = &ledger
             .orders
             .get(id)
-            .unwrap_or_else(|| panic!("order {id} missing from {}", key(sku, "orders")))["status"];
+            .unwrap_or_else(|| panic!("order {id} missing from {}", sku_key(sku, "orders")))
+            ["status"];
         assert_eq!(
             *stored,
             json!(want),
@@ -497,7 +485,7 @@ fn a_redis_cluster_of_three_masters_never_oversells() {
     let mut skus: Vec<(String, u16)> = Vec::new();
     for i in 0..200 {
         let sku = format!("spread-{i}");
-        let slot: i64 = redis_ok(ports[0], &["CLUSTER", "KEYSLOT", &key(&sku, "sale")]);
+        let slot: i64 = query_ok(ports[0], &["CLUSTER", "KEYSLOT", &sku_key(&sku, "sale")]);
         let owner = common::redis_cluster::slot_owner(ports[0], slot);
         if !skus.iter().any(|(_, o)| *o == owner) {
             skus.push((sku, owner));

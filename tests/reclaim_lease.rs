@@ -7,31 +7,19 @@
 
 mod common;
 
-use common::redis::{FromRedisValue, RedisServer};
+use common::redis::RedisServer;
+use common::redis::{query_ok, sku_key};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// The key prefix the nodes use (the `--redis-prefix` default).
-const PREFIX: &str = "seckill";
 /// "Gave up" bound for anything that should take a few owner ticks and one lease lifetime.
 const WAIT: Duration = Duration::from_secs(60);
 
-#[track_caller]
-fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
-    common::redis::query(port, args)
-        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
-}
-
-/// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs` and `reclaim.rs`.
-fn key(sku: &str, name: &str) -> String {
-    format!("{PREFIX}:{{{sku}}}:{name}")
-}
-
 /// The lease's value (the holder's token: `host/pid N shard S #random`), if any.
 fn lease(port: u16, sku: &str) -> Option<String> {
-    redis_ok(port, &["GET", &key(sku, "reclaim:lease")])
+    query_ok(port, &["GET", &sku_key(sku, "reclaim:lease")])
 }
 
 /// The pid named in a lease token.
@@ -47,7 +35,7 @@ fn pid_of(token: &str) -> u32 {
 
 /// `calls` of each command in `INFO commandstats`.
 fn command_calls(port: u16) -> HashMap<String, u64> {
-    let info: String = redis_ok(port, &["INFO", "commandstats"]);
+    let info: String = query_ok(port, &["INFO", "commandstats"]);
     info.lines()
         .filter_map(|line| {
             let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -102,7 +90,7 @@ fn only_the_lease_holder_sweeps_among_three_nodes() {
     }
     // Every node has seen every SKU once (its first, full read) before the window opens.
     std::thread::sleep(Duration::from_secs(1));
-    let _: String = redis_ok(redis.port, &["CONFIG", "RESETSTAT"]);
+    let _: String = query_ok(redis.port, &["CONFIG", "RESETSTAT"]);
     let started = Instant::now();
     std::thread::sleep(WINDOW);
     let calls = command_calls(redis.port);
@@ -170,14 +158,14 @@ fn the_lease_passes_on_when_its_holder_dies_and_orders_expire_once() {
         .position(|node| node.pid() == pid_of(&first))
         .unwrap_or_else(|| panic!("lease {first:?} names none of the three nodes"));
     let survivor = (dead + 1) % 3;
-    let fence_before: i64 = redis_ok(redis.port, &["GET", &key(sku, "reclaim:fence")]);
+    let fence_before: i64 = query_ok(redis.port, &["GET", &sku_key(sku, "reclaim:fence")]);
 
     let mut client = nodes[survivor].client();
     for i in 0..N {
         let order = client.buy(sku, &tok(&format!("buyer-{i}")), 1);
         assert_eq!(order["status"], json!("pending"), "new order: {order}");
     }
-    let pending: i64 = redis_ok(redis.port, &["ZCARD", &key(sku, "pending")]);
+    let pending: i64 = query_ok(redis.port, &["ZCARD", &sku_key(sku, "pending")]);
     assert_eq!(
         pending, N as i64,
         "precondition: all {N} orders pending just before the holder is killed"
@@ -195,14 +183,14 @@ fn the_lease_passes_on_when_its_holder_dies_and_orders_expire_once() {
             nodes[survivor].log()
         );
     };
-    let fence_after: i64 = redis_ok(redis.port, &["GET", &key(sku, "reclaim:fence")]);
+    let fence_after: i64 = query_ok(redis.port, &["GET", &sku_key(sku, "reclaim:fence")]);
     assert!(
         fence_after > fence_before,
         "the new holder {next:?} did not take a higher fencing number ({fence_before} -> {fence_after})"
     );
 
     let back = poll(WAIT, || {
-        let remaining: Option<i64> = redis_ok(redis.port, &["GET", &key(sku, "remaining")]);
+        let remaining: Option<i64> = query_ok(redis.port, &["GET", &sku_key(sku, "remaining")]);
         (remaining.unwrap_or(0) >= STOCK as i64).then_some(())
     });
     assert!(
@@ -213,13 +201,13 @@ fn the_lease_passes_on_when_its_holder_dies_and_orders_expire_once() {
     // Room for a second sweeper to expire something again.
     std::thread::sleep(Duration::from_millis(600));
     let entries: Vec<(String, HashMap<String, String>)> =
-        redis_ok(redis.port, &["XRANGE", &key(sku, "events"), "-", "+"]);
+        query_ok(redis.port, &["XRANGE", &sku_key(sku, "events"), "-", "+"]);
     let expired = entries
         .iter()
         .filter(|(_, fields)| fields.get("event").map(String::as_str) == Some("expired"))
         .count();
     assert_eq!(expired, N, "`expired` stream entries, one per order");
-    let remaining: i64 = redis_ok(redis.port, &["GET", &key(sku, "remaining")]);
+    let remaining: i64 = query_ok(redis.port, &["GET", &sku_key(sku, "remaining")]);
     assert_eq!(remaining, STOCK as i64, "stock returned once per order");
     assert_eq!(
         client.remaining(sku),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::FromRedisValue;
+use common::redis::query_ok;
 use common::*;
 
 /// Only "gave up" bounds: a loaded machine may be slow, never this slow.
@@ -18,18 +18,13 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// How long the sale is watched after the kill.
 const WATCH: Duration = Duration::from_secs(14);
 
-fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
-    common::redis::query(port, args)
-        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
-}
-
 /// One SKU per master: every SKU key carries the `{sku}` hash tag, so the SKU's slot is the
 /// slot of its name.
 fn one_sku_per_master(port: u16, masters: &[u16]) -> Vec<(String, u16)> {
     let mut chosen: Vec<(String, u16)> = Vec::new();
     for n in 0.. {
         let sku = format!("sku-{n}");
-        let slot: i64 = redis_ok(port, &["CLUSTER", "KEYSLOT", &sku]);
+        let slot: i64 = query_ok(port, &["CLUSTER", "KEYSLOT", &sku]);
         let owner = common::redis_cluster::slot_owner(port, slot);
         if !chosen.iter().any(|(_, master)| *master == owner) {
             chosen.push((sku, owner));

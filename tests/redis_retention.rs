@@ -7,30 +7,18 @@
 
 mod common;
 
-use common::redis::{FromRedisValue, RedisServer};
+use common::redis::RedisServer;
+use common::redis::{query_ok, sku_key, PREFIX};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// The key prefix the nodes use (the `--redis-prefix` default).
-const PREFIX: &str = "seckill";
 /// "Gave up" bound for what should take a few owner ticks and one retention.
 const WAIT: Duration = Duration::from_secs(60);
 
-#[track_caller]
-fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
-    common::redis::query(port, args)
-        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
-}
-
-/// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs`.
-fn key(sku: &str, name: &str) -> String {
-    format!("{PREFIX}:{{{sku}}}:{name}")
-}
-
 fn indexed(port: u16, sku: &str) -> bool {
-    redis_ok::<i64>(port, &["SISMEMBER", &format!("{PREFIX}:sales"), sku]) == 1
+    query_ok::<i64>(port, &["SISMEMBER", &format!("{PREFIX}:sales"), sku]) == 1
 }
 
 /// A sale that ended long ago (past its payment deadline and the settling margin): settled as
@@ -81,7 +69,7 @@ fn settled_sales_expire_leave_the_index_and_answer_unknown() {
     a.buy("live", &tok("buyer"), 2);
 
     let ttl = poll(WAIT, || {
-        let ttl: i64 = redis_ok(redis.port, &["PTTL", &key("over", "sale")]);
+        let ttl: i64 = query_ok(redis.port, &["PTTL", &sku_key("over", "sale")]);
         (ttl > 0 || ttl == -2).then_some(ttl)
     });
     assert!(
@@ -91,15 +79,15 @@ fn settled_sales_expire_leave_the_index_and_answer_unknown() {
         nodes[1].log()
     );
     let gone = poll(WAIT, || {
-        let left: i64 = redis_ok(
+        let left: i64 = query_ok(
             redis.port,
             &[
                 "EXISTS",
-                &key("over", "sale"),
-                &key("over", "remaining"),
-                &key("over", "seq"),
-                &key("over", "events"),
-                &key("over", "reclaim:fence"),
+                &sku_key("over", "sale"),
+                &sku_key("over", "remaining"),
+                &sku_key("over", "seq"),
+                &sku_key("over", "events"),
+                &sku_key("over", "reclaim:fence"),
             ],
         );
         (left == 0).then_some(())
@@ -107,7 +95,7 @@ fn settled_sales_expire_leave_the_index_and_answer_unknown() {
     assert!(gone.is_some(), "the settled sale's keys never expired");
     assert!(!indexed(redis.port, "over"), "a settled sale stays indexed");
     assert!(indexed(redis.port, "live"), "the live sale left the index");
-    let live_ttl: i64 = redis_ok(redis.port, &["PTTL", &key("live", "sale")]);
+    let live_ttl: i64 = query_ok(redis.port, &["PTTL", &sku_key("live", "sale")]);
     assert_eq!(live_ttl, -1, "a live sale's keys must not expire");
 
     for (name, client) in [("A", &mut a), ("B", &mut b)] {
@@ -119,7 +107,7 @@ fn settled_sales_expire_leave_the_index_and_answer_unknown() {
             "node {name} lists the live sale with its remaining, and not the expired one"
         );
     }
-    let marker: i64 = redis_ok(redis.port, &["EXISTS", &key("over", "regressed")]);
+    let marker: i64 = query_ok(redis.port, &["EXISTS", &sku_key("over", "regressed")]);
     assert_eq!(
         marker, 0,
         "an expired settled sale was taken for lost writes"
@@ -142,15 +130,15 @@ fn a_settled_sale_costs_a_node_started_later_nothing() {
         "the settled sale never left the index; log:\n{}",
         first.log()
     );
-    let ttl: i64 = redis_ok(redis.port, &["PTTL", &key("kept", "sale")]);
+    let ttl: i64 = query_ok(redis.port, &["PTTL", &sku_key("kept", "sale")]);
     assert_eq!(ttl, -1, "retention 0 keeps a settled sale's keys");
     drop(first);
 
-    let _: String = redis_ok(redis.port, &["CONFIG", "RESETSTAT"]);
+    let _: String = query_ok(redis.port, &["CONFIG", "RESETSTAT"]);
     let later = Server::start(2, &args);
     // Long enough for many owner ticks and a read of the index.
     std::thread::sleep(Duration::from_secs(3));
-    let info: String = redis_ok(redis.port, &["INFO", "commandstats"]);
+    let info: String = query_ok(redis.port, &["INFO", "commandstats"]);
     let calls = |name: &str| {
         info.lines()
             .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))

@@ -12,28 +12,21 @@ mod common;
 use std::time::Duration;
 
 use common::process::{seckill_cmd, Spawned};
-use common::redis::{FromRedisValue, RedisServer};
+use common::redis::RedisServer;
+use common::redis::{query_ok, sku_key};
 use common::*;
 use serde_json::json;
 
-/// The key prefix the nodes use (the `--redis-prefix` default).
-const PREFIX: &str = "seckill";
 /// "Gave up" bound for what a node does at its next ticks.
 const WAIT: Duration = Duration::from_secs(60);
-
-#[track_caller]
-fn redis_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
-    common::redis::query(port, args)
-        .unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
-}
 
 /// `PREFIX:{part}:name`, the layout of `src/store/redis/keys.rs`: bucket 0 is `{sku}`, bucket
 /// b is `{sku~b}`.
 fn key(sku: &str, bucket: u64, name: &str) -> String {
     if bucket == 0 {
-        format!("{PREFIX}:{{{sku}}}:{name}")
+        sku_key(sku, name)
     } else {
-        format!("{PREFIX}:{{{sku}~{bucket}}}:{name}")
+        sku_key(&format!("{sku}~{bucket}"), name)
     }
 }
 
@@ -55,10 +48,10 @@ fn units(port: u16, sku: &str, buckets: u64) -> Units {
         moves: 0,
     };
     for b in 0..buckets {
-        let remaining: Option<u64> = redis_ok(port, &["GET", &key(sku, b, "remaining")]);
-        let held: Vec<u64> = redis_ok(port, &["HVALS", &key(sku, b, "held")]);
-        let orders: u64 = redis_ok(port, &["HLEN", &key(sku, b, "orders")]);
-        let moves: u64 = redis_ok(port, &["HLEN", &key(sku, b, "moves")]);
+        let remaining: Option<u64> = query_ok(port, &["GET", &key(sku, b, "remaining")]);
+        let held: Vec<u64> = query_ok(port, &["HVALS", &key(sku, b, "held")]);
+        let orders: u64 = query_ok(port, &["HLEN", &key(sku, b, "orders")]);
+        let moves: u64 = query_ok(port, &["HLEN", &key(sku, b, "moves")]);
         units.remaining += remaining.unwrap_or(0);
         units.held += held.iter().sum::<u64>();
         units.orders += orders;
@@ -334,7 +327,7 @@ fn three_buckets_on_three_masters_sell_the_whole_stock() {
     client.create_sale(sku, &split_sale(STOCK, 3));
     for b in 0..3 {
         let master = master_of(sku, b);
-        let remaining: u64 = redis_ok(master, &["GET", &key(sku, b, "remaining")]);
+        let remaining: u64 = query_ok(master, &["GET", &key(sku, b, "remaining")]);
         assert_eq!(remaining, STOCK / 3, "bucket {b}'s share on its master");
     }
     let mut sold = 0;

@@ -264,6 +264,21 @@ fn probe(port: u16, args: &[&str]) -> RedisResult<String> {
     command.query(&mut connect_within(port, Duration::from_secs(2))?)
 }
 
+/// The key prefix test nodes use (the `--redis-prefix` default).
+pub const PREFIX: &str = "seckill";
+
+/// `PREFIX:{sku}:name`, the key layout of `src/store/redis/keys.rs` (`sku` may be a bucket's
+/// part name, `sku~b`).
+pub fn sku_key(sku: &str, name: &str) -> String {
+    format!("{PREFIX}:{{{sku}}}:{name}")
+}
+
+/// [`query`], panicking with the command on an error reply or an I/O failure.
+#[track_caller]
+pub fn query_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
+    query(port, args).unwrap_or_else(|e| panic!("redis 127.0.0.1:{port} {args:?}: {e}"))
+}
+
 /// One command to `127.0.0.1:port` on a fresh connection. Redis Cluster `MOVED` redirections
 /// are followed, so any master of a cluster answers for any key.
 pub fn query<T: FromRedisValue>(port: u16, args: &[&str]) -> RedisResult<T> {
