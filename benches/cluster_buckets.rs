@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::redis_server::RedisServer;
 use seckill::auth::Auth;
 
-use super::{curl, evalsha_usec, field, ADMIN_TOKEN, BIN, TOKEN_SECRET};
+use super::{curl, evalsha_usec, field, wait_ready, ADMIN_TOKEN, BIN, TOKEN_SECRET};
 /// Shoppers the load cycles over.
 const SHOPPERS: usize = 256;
 
@@ -270,13 +270,7 @@ fn measure_k(cluster: &[RedisServer], k: u32, round: usize) -> Result<Measured, 
 
 fn load(cluster: &[RedisServer], port: u16, sku: &str, k: u32) -> Result<Measured, String> {
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !curl(&[&format!("{base}/readyz")])?.contains(r#""status":"ready""#) {
-        if Instant::now() > deadline {
-            return Err("server not ready".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&base, Duration::from_secs(30))?;
     let now = seckill::clock::now_ms();
     let sale = format!(
         r#"{{"name":"bench","stock":1000000000,"starts_at":{},"ends_at":{},"per_user_limit":1000000,"stock_buckets":{k}}}"#,

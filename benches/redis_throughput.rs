@@ -168,15 +168,21 @@ fn curl(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, String> {
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Waits until the node at `base` answers `/readyz` ready, at most `bound`.
+fn wait_ready(base: &str, bound: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + bound;
     while !curl(&[&format!("{base}/readyz")])?.contains(r#""status":"ready""#) {
         if Instant::now() > deadline {
             return Err("server not ready".into());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, String> {
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(20))?;
     let now = seckill::clock::now_ms();
     let sale = format!(
         r#"{{"name":"bench","stock":1000000000,"starts_at":{},"ends_at":{},"per_user_limit":1000000}}"#,
