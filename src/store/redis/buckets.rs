@@ -287,13 +287,7 @@ impl RedisStore {
             format!("{:016x}{:016x}", rng.gen::<u64>(), rng.gen::<u64>())
         };
         let [moves, _] = keys::move_keys(&self.0.prefix, donor);
-        let donor_keys = self.keys(donor).0;
-        let take_keys = vec![
-            donor_keys[1].clone(),
-            donor_keys[2].clone(),
-            moves.clone(),
-            donor_keys[12].clone(),
-        ];
+        let take_keys = self.move_script_keys(donor, &moves);
         let args = vec![id.clone(), to.to_string(), needed.to_string()];
         let route = self.route(&moves)?;
         let take = &self.0.scripts.take;
@@ -317,17 +311,23 @@ impl RedisStore {
         Ok(0)
     }
 
+    /// The `KEYS` of [`TAKE`] and [`GIVE`] on `part`: its `remaining`, `seq`, move record
+    /// (`moves` for a take, `given` for a give) and regression marker.
+    fn move_script_keys(&self, part: &str, record: &str) -> Vec<String> {
+        let mut part_keys = self.keys(part).0;
+        vec![
+            std::mem::take(&mut part_keys[1]),
+            std::mem::take(&mut part_keys[2]),
+            record.to_owned(),
+            std::mem::take(&mut part_keys[12]),
+        ]
+    }
+
     /// Runs [`GIVE`] of move `id` (`amount` units) on `part`. Whether the units are there now
     /// (given by this call or an earlier one).
     async fn give(&self, part: &str, id: &str, amount: u64) -> Result<bool, RedisError> {
         let [_, given] = keys::move_keys(&self.0.prefix, part);
-        let part_keys = self.keys(part).0;
-        let give_keys = vec![
-            part_keys[1].clone(),
-            part_keys[2].clone(),
-            given.clone(),
-            part_keys[12].clone(),
-        ];
+        let give_keys = self.move_script_keys(part, &given);
         let args = vec![id.to_owned(), amount.to_string()];
         let route = self.route(&given)?;
         let script = &self.0.scripts.give;
