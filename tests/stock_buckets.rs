@@ -324,6 +324,23 @@ fn three_buckets_on_three_masters_sell_the_whole_stock() {
         })
         .expect("no SKU among 100 with its buckets on three masters");
     let sku = sku.as_str();
+    // `/readyz` is ready once one master serves; a master the node has not reached yet answers
+    // 503 for its slots, which is not what this test is about: wait until all three are up.
+    let every_master_up = poll(WAIT, || {
+        let r = client.get("/metrics");
+        let text = (r.status == 200).then(|| r.text())?;
+        let parsed = common::prometheus::parse(&text).ok()?;
+        let up = parsed
+            .samples("seckill_redis_master_up")
+            .into_iter()
+            .filter(|sample| sample.value == 1.0)
+            .count();
+        (up == 3).then_some(())
+    });
+    assert!(
+        every_master_up.is_some(),
+        "the node never reached all three masters"
+    );
     client.create_sale(sku, &split_sale(STOCK, 3));
     for b in 0..3 {
         let master = master_of(sku, b);
