@@ -8,7 +8,7 @@
 mod common;
 
 use common::redis::RedisServer;
-use common::redis::{query_ok, sku_key};
+use common::redis::{query_ok, sku_key, stored_order};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -57,8 +57,7 @@ fn ledger(port: u16, sku: &str) -> Ledger {
         query_ok::<BTreeMap<String, String>>(port, &["HGETALL", &sku_key(sku, "orders")])
             .into_iter()
             .map(|(id, raw)| {
-                let order: Value = serde_json::from_str(&raw)
-                    .unwrap_or_else(|e| panic!("order {id} is not JSON ({e}): {raw}"));
+                let order = stored_order(&raw);
                 (id, order)
             })
             .collect();

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::redis::{query, RedisServer};
+use common::redis::{query, stored_order, RedisServer};
 use common::sentinel::{Sentinel, SentinelTimings};
 use common::*;
 
@@ -198,7 +198,8 @@ fn audit(master_port: u16, answers: &[Answer], stock: i64) -> Audit {
         query(master_port, &["HGETALL", &orders_key]).expect("HGETALL orders");
     let held_by_orders = all
         .values()
-        .map(|json| serde_json::from_str::<serde_json::Value>(json).expect("order json"))
+        .map(String::as_str)
+        .map(stored_order)
         .filter(|order| matches!(order["status"].as_str(), Some("pending" | "paid")))
         .map(|order| order["quantity"].as_i64().expect("quantity"))
         .sum();

@@ -113,7 +113,7 @@ fn orders_in_redis(redis: &RedisServer, sku: &str) -> HashMap<String, serde_json
         .query(&["HGETALL", &format!("seckill:{{{sku}}}:orders")])
         .expect("HGETALL orders");
     all.into_iter()
-        .map(|(id, json)| (id, serde_json::from_str(&json).expect("order json")))
+        .map(|(id, raw)| (id, common::redis::stored_order(&raw)))
         .collect()
 }
 

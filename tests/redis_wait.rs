@@ -34,7 +34,7 @@ fn order_on(redis: &RedisServer, sku: &str, id: &str) -> Option<serde_json::Valu
     let raw: Option<String> = redis
         .query(&["HGET", &format!("seckill:{{{sku}}}:orders"), id])
         .expect("HGET");
-    raw.map(|json| serde_json::from_str(&json).expect("order json"))
+    raw.map(|raw| common::redis::stored_order(&raw))
 }
 
 #[test]

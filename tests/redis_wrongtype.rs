@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::redis::RedisServer;
+use common::redis::{sku_key as key, RedisServer};
 use common::*;
 
 const STOCK: u64 = 10;
@@ -27,10 +27,6 @@ const WRITTEN: [(&str, bool); 9] = [
     ("ids", false),
     ("events", false),
 ];
-
-fn key(sku: &str, name: &str) -> String {
-    format!("seckill:{{{sku}}}:{name}")
-}
 
 /// Asserts stock, orders, holdings and the pending index of `sku` agree; `context` names the
 /// step for the message.
@@ -51,9 +47,8 @@ fn assert_consistent(redis: &RedisServer, sku: &str, context: &str) {
     let mut live = 0;
     let mut by_user: HashMap<String, i64> = HashMap::new();
     let mut pending_orders = HashSet::new();
-    for (id, json) in &orders {
-        let order: serde_json::Value =
-            serde_json::from_str(json).unwrap_or_else(|e| panic!("{context}: order {id}: {e}"));
+    for (id, raw) in &orders {
+        let order = common::redis::stored_order(raw);
         let status = order["status"].as_str().unwrap_or_default();
         let quantity = order["quantity"].as_i64().unwrap_or_default();
         if status == "pending" || status == "paid" {
@@ -154,43 +149,17 @@ fn purchases_of_one_batch_see_each_other() {
     let redis = RedisServer::start(&[]);
     let node = Server::start(1, &["--redis", &redis.url()]);
     node.open_sale("onebatch", STOCK, 1);
-    let keys: Vec<String> = [
-        "sale",
-        "remaining",
-        "seq",
-        "held",
-        "idem",
-        "orders",
-        "pending",
-        "blocked",
-        "events",
-        "closed",
-        "abandoned",
-        "byuser",
-        "regressed",
-        "ids",
-    ]
-    .iter()
-    .map(|name| key("onebatch", name))
-    .collect();
+    let keys = common::redis::script_keys("onebatch");
     let (a, b, c) = (
         "01M8Y67NTD07C7P92B2AGC0J8Q.onebatch",
         "01M8Y67NTD07C7P92B2AGC0J8R.onebatch",
         "01M8Y67NTD07C7P92B2AGC0J8S.onebatch",
     );
-    let head = |id: &str, key: Option<&str>| {
-        let idem = key
-            .map(|k| format!(r#","idem":"u\u0000{k}""#))
-            .unwrap_or_default();
-        format!(r#"{{"order_id":"{id}","sku":"onebatch","user_id":"u","quantity":1{idem}"#)
-    };
-    let (head_a, head_b, head_c) = (head(a, Some("K")), head(b, Some("K")), head(c, None));
     let count = keys.len().to_string();
     let mut command: Vec<&str> = vec!["EVAL", seckill::store::redis::scripts::PURCHASE, &count];
     command.extend(keys.iter().map(String::as_str));
     command.extend([
-        "1000", "3", a, "u", "1", "K", &head_a, b, "u", "1", "K", &head_b, c, "u", "1", "",
-        &head_c, "", "", "", "", "",
+        "1000", "3", a, "u", "1", "K", b, "u", "1", "K", c, "u", "1", "", "", "", "", "", "",
     ]);
     // `{remaining, seq, created_at, expires_at, price, row*}`: `ok`, `{replay, order}`, a code.
     let reply: Vec<common::redis::Value> = redis.query(&command).expect("EVAL purchase");

@@ -273,6 +273,30 @@ pub fn sku_key(sku: &str, name: &str) -> String {
     format!("{PREFIX}:{{{sku}}}:{name}")
 }
 
+/// The KEYS every per-SKU script takes, in the order its prelude names them
+/// (src/store/redis/scripts/mod.rs), for tests that run a script by hand.
+pub fn script_keys(sku: &str) -> Vec<String> {
+    [
+        "sale",
+        "remaining",
+        "seq",
+        "held",
+        "idem",
+        "orders",
+        "pending",
+        "blocked",
+        "events",
+        "closed",
+        "abandoned",
+        "byuser",
+        "regressed",
+        "ids",
+    ]
+    .iter()
+    .map(|name| sku_key(sku, name))
+    .collect()
+}
+
 /// [`query`], panicking with the command on an error reply or an I/O failure.
 #[track_caller]
 pub fn query_ok<T: FromRedisValue>(port: u16, args: &[&str]) -> T {
@@ -327,4 +351,36 @@ fn resp_text(value: &Value) -> String {
         }
         other => format!("+{other:?}\r\n"),
     }
+}
+
+/// An order as `PREFIX:{sku}:orders` stores it, as JSON: stored JSON as is, a packed record
+/// (`status quantity created_at ttl amount user_id [idem]`, src/store/redis/record.rs) spelled
+/// out. Written apart from the node's decoder so that a test reading Redis checks that one.
+#[track_caller]
+pub fn stored_order(raw: &str) -> serde_json::Value {
+    if raw.starts_with('{') {
+        return serde_json::from_str(raw).unwrap_or_else(|e| panic!("order JSON ({e}): {raw}"));
+    }
+    let fields: Vec<&str> = raw.splitn(7, ' ').collect();
+    let number = |at: usize| -> u64 {
+        fields
+            .get(at)
+            .and_then(|field| field.parse().ok())
+            .unwrap_or_else(|| panic!("packed order field {at}: {raw:?}"))
+    };
+    let status = match fields[0] {
+        "p" => "pending",
+        "y" => "paid",
+        "c" => "cancelled",
+        "e" => "expired",
+        other => panic!("packed order status {other:?}: {raw:?}"),
+    };
+    serde_json::json!({
+        "status": status,
+        "quantity": number(1),
+        "created_at": number(2),
+        "expires_at": number(2) + number(3),
+        "amount": number(4),
+        "user_id": fields.get(5).unwrap_or_else(|| panic!("packed order user: {raw:?}")),
+    })
 }

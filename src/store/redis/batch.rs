@@ -138,18 +138,16 @@ async fn flush(store: RedisStore, sku: Box<str>) {
             .borrow_mut()
             .batch_size
             .record(group.len() as u64);
-        let mut args = Vec::with_capacity(2 + 5 * group.len() + 5);
+        let mut args = Vec::with_capacity(2 + 4 * group.len() + 5);
         args.push(store.0.retention.to_string());
         args.push(group.len().to_string());
         for waiting in &group {
             let (id, request) = (waiting.order_id.to_string(), &waiting.request);
             let key = request.idempotency_key.as_deref().unwrap_or("");
-            let head = order_head(&id, request, key);
             args.push(id);
             args.push(request.user_id.to_string());
             args.push(request.quantity.to_string());
             args.push(key.to_owned());
-            args.push(head);
         }
         // The shard's view of the SKU, for the script to notice Redis having lost writes.
         args.extend(store.floor_args(&sku));
@@ -189,40 +187,6 @@ async fn flush(store: RedisStore, sku: Box<str>) {
         }
         store.abandon_later(ghosts);
     }
-}
-
-/// The start of a new order's JSON, as the `PURCHASE` script stores it after adding status,
-/// times and amount (Redis's clock and the sale's price): encoded here, so Redis spends no CPU
-/// on it. `idem` (user, NUL, key) names the idempotency entry that points at the order.
-fn order_head(id: &str, request: &PurchaseRequest, key: &str) -> String {
-    let mut head = String::with_capacity(96 + id.len() + 2 * request.user_id.len() + key.len());
-    head.push_str("{\"order_id\":");
-    json_string(&mut head, id);
-    head.push_str(",\"sku\":");
-    json_string(&mut head, &request.sku);
-    head.push_str(",\"user_id\":");
-    json_string(&mut head, &request.user_id);
-    head.push_str(",\"quantity\":");
-    head.push_str(&request.quantity.to_string());
-    if !key.is_empty() {
-        head.push_str(",\"idem\":");
-        json_string(&mut head, &format!("{}\0{key}", request.user_id));
-    }
-    head
-}
-
-/// Appends `text` as a JSON string.
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// One reply per purchase from the script's `{remaining, seq, created_at, expires_at, price,

@@ -127,7 +127,7 @@ impl RedisStore {
             })
             .await?;
         let order = raw
-            .map(|json| decode_order(&json))
+            .map(|raw| super::record::decode(id, &raw))
             .transpose()?
             .filter(|order| requester.may_see(&order.user_id))
             .ok_or(SaleError::UnknownOrder)?;

@@ -22,6 +22,11 @@
 //! - With `--redis-wait N`, nothing is acknowledged before N replicas confirmed having it
 //!   ([`replication`]).
 
+// First: the macros it defines are for the modules declared after it.
+/// How an order is stored; its Lua side is a macro the scripts below include.
+#[macro_use]
+mod record;
+
 pub mod abandon;
 pub mod batch;
 pub mod breaker;

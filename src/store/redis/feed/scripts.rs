@@ -5,9 +5,13 @@
 /// its abandon tombstones, the cursor, the lease, and the orders whose creation was skipped.
 macro_rules! feed_prelude {
     () => {
-        r#"
+        concat!(
+            r#"
 local K = {events = KEYS[1], orders = KEYS[2], abandoned = KEYS[3], cursor = KEYS[4], lease = KEYS[5],
            skipped = KEYS[6]}
+"#,
+            order_record!(),
+            r#"
 -- Takes or renews the lease for `holder`; false while another holder has it.
 local function lease(holder, ttl)
   local current = redis.call('GET', K.lease)
@@ -26,6 +30,7 @@ local function after(a, b)
   return am > bm or (am == bm and as > bs)
 end
 "#
+        )
     };
 }
 
@@ -83,13 +88,12 @@ local taken, last = 0, ''
 -- the order as stored, back in its state at creation; skipped when it was abandoned as a ghost,
 -- and left out when it is gone (forgotten past the retention of closed orders, long after).
 local function created(stream_id, order_id)
-  local current = redis.call('HGET', K.orders, order_id)
-  local ghost
-  if current then
-    local o = cjson.decode(current)
+  local o = order_load(order_id)
+  local current, ghost
+  if o then
     ghost = o.abandoned == true
     o.status, o.payment_ref = 'pending', nil
-    current = cjson.encode(o)
+    current = order_json(o)
   else
     ghost = redis.call('ZSCORE', K.abandoned, order_id) ~= false
   end
@@ -113,18 +117,18 @@ for _, entry in ipairs(raw) do
     for order_id in string.gmatch(e.ids, '%S+') do created(id, order_id) end
     kind = nil
   elseif kind ~= 'sale' and e.order_id then
-    local current = redis.call('HGET', K.orders, e.order_id)
+    local current = order_load(e.order_id)
     if json == '' and current then
       -- An entry written before entries carried the order: rebuilt from the order as stored now.
-      local o = cjson.decode(current)
+      local o = current
       o.status = e.status
       if e.status ~= 'paid' then o.payment_ref = nil end
-      json = cjson.encode(o)
+      json = order_json(o)
     end
     if kind == 'created' then
       local ghost
       if current then
-        ghost = cjson.decode(current).abandoned == true
+        ghost = current.abandoned == true
       else
         ghost = redis.call('ZSCORE', K.abandoned, e.order_id) ~= false
       end

@@ -5,13 +5,19 @@
 //! Redis `TIME`, so nodes with drifting clocks still agree on windows and deadlines. Scripts are
 //! run with `EVALSHA` and loaded again on `NOSCRIPT` ([`super::RedisStore`]).
 //!
-//! Orders are stored as JSON in the shape [`crate::sale::Order`] deserialises, plus `idem`, the
-//! idempotency field that points at them, so forgetting an order also forgets its key.
+//! Orders are stored packed, or as JSON in the shape [`crate::sale::Order`] deserialises
+//! ([`super::record`]), with `idem`, the idempotency field that points at them, so forgetting an
+//! order also forgets its key. Scripts answer the node with JSON.
+
+/// The admin's listing of a SKU's orders in id order: `K.ids`, chunked. First: the prelude
+/// includes its macro.
+#[macro_use]
+pub mod index;
 
 /// Helpers every script starts with. `K` names the keys by role.
 macro_rules! prelude {
     () => {
-        r#"
+        concat!(r#"
 local K = {sale = KEYS[1], remaining = KEYS[2], seq = KEYS[3], held = KEYS[4], idem = KEYS[5],
            orders = KEYS[6], pending = KEYS[7], blocked = KEYS[8], events = KEYS[9], closed = KEYS[10],
            abandoned = KEYS[11], byuser = KEYS[12], regressed = KEYS[13], ids = KEYS[14]}
@@ -53,14 +59,18 @@ local function unlist(user, id)
   ids = string.sub(ids, 1, at - 1) .. string.sub(ids, at + #id + 1)
   if ids == '' then redis.call('HDEL', K.byuser, user) else redis.call('HSET', K.byuser, user, ids) end
 end
+"#,
+        order_record!(),
+        order_index!(),
+        r#"
 -- Moves pending order `o` to `status`; stock and the user's holding come back unless paid.
 -- Closed orders beyond `retention` are forgotten oldest first, with their idempotency keys.
 -- Returns the order's JSON as stored.
 local function close(o, status, retention)
   o.status = status
   notify()
-  local json = cjson.encode(o)
-  redis.call('HSET', K.orders, o.order_id, json)
+  order_store(o)
+  local json = order_json(o)
   -- Only a member of this order alone; a purchase call's member (all its orders) stays until
   -- its deadline, when `expire_due` passes over the orders no longer pending.
   redis.call('ZREM', K.pending, o.order_id)
@@ -74,14 +84,13 @@ local function close(o, status, retention)
   redis.call('LPUSH', K.closed, o.order_id)
   while redis.call('LLEN', K.closed) > retention do
     local old = redis.call('RPOP', K.closed)
-    local raw = redis.call('HGET', K.orders, old)
-    if raw then
-      local gone = cjson.decode(raw)
+    local gone = order_load(old)
+    if gone then
       if gone.idem and redis.call('HGET', K.idem, gone.idem) == old then
         redis.call('HDEL', K.idem, gone.idem)
       end
       redis.call('HDEL', K.orders, old)
-      redis.call('ZREM', K.ids, old)
+      index_remove(old)
       unlist(gone.user_id, old)
     end
   end
@@ -98,8 +107,7 @@ local function expire_due(now, limit, retention)
     if handled >= limit then break end
     for id in string.gmatch(member, '%S+') do
       handled = handled + 1
-      local raw = redis.call('HGET', K.orders, id)
-      local o = raw and cjson.decode(raw)
+      local o = order_load(id)
       if o and o.status == 'pending' then close(o, 'expired', retention) end
     end
     redis.call('ZREM', K.pending, member)
@@ -139,23 +147,23 @@ local function regressed_since(known)
   return marker
 end
 "#
+        )
     };
 }
 
-/// `claimed(raw, by)`: an idempotency replay answers attempt `by` with the pending order `raw`,
-/// so `by`'s caller may now hold a 201 for it; the claim is remembered in the order (`claims`, at
-/// most 8, then `kept`), and [`ABANDON`] leaves a claimed order alone. Returns the order JSON and
-/// whether it changed; writes nothing (the caller stores it, after every check of its batch).
+/// `claimed(o, by)`: an idempotency replay answers attempt `by` with the pending order `o`, so
+/// `by`'s caller may now hold a 201 for it; the claim is remembered in the order (`claims`, at
+/// most 8, then `kept`), and [`ABANDON`] leaves a claimed order alone. Returns whether `o`
+/// changed; writes nothing (the caller stores it, after every check of its batch).
 macro_rules! claim {
     () => {
         r#"
-local function claimed(raw, by)
-  local o = cjson.decode(raw)
-  if o.status ~= 'pending' or o.kept then return raw, false end
+local function claimed(o, by)
+  if o.status ~= 'pending' or o.kept then return false end
   o.claims = o.claims or {}
-  for _, c in ipairs(o.claims) do if c == by then return raw, false end end
+  for _, c in ipairs(o.claims) do if c == by then return false end end
   if #o.claims >= 8 then o.kept = true else o.claims[#o.claims + 1] = by end
-  return cjson.encode(o), true
+  return true
 end
 "#
     };
@@ -177,15 +185,14 @@ pub const TRANSITION: &str = concat!(
     prelude!(),
     r#"
 local retention, id, requester, target = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local raw = redis.call('HGET', K.orders, id)
-local o = raw and cjson.decode(raw)
+local o = order_load(id)
 local remaining, seq = level()
 if not o or (requester ~= '*' and o.user_id ~= requester) then
   return {'err', 'unknown_order', remaining, seq}
 end
 local paying, ref = target == 'paid', ARGV[6]
 if o.status == target and not (paying and o.payment_ref ~= ref) then
-  return {'ok', raw, remaining, seq}
+  return {'ok', order_json(o), remaining, seq}
 end
 if o.status == 'pending' then
   if now_ms() >= o.expires_at then
@@ -383,40 +390,39 @@ local ids = redis.call('HGET', K.byuser, ARGV[1])
 local out = {}
 if not ids then return out end
 for id in string.gmatch(ids, '%S+') do
-  local raw = redis.call('HGET', K.orders, id)
-  if raw then table.insert(out, 1, raw) end
+  local o = order_load(id)
+  if o then table.insert(out, 1, order_json(o)) end
 end
 return out
 "#
 );
 
 /// A page of the SKU's orders in id order, for the admin: `ARGV = [after, status, limit,
-/// max_scanned]` (`after` and `status` empty for none). `K.ids` holds every retained order id
-/// with score 0, so `ZRANGEBYLEX` walks them in id order (ids of one SKU are all one length and
-/// ULIDs sort by time). At most `max_scanned` ids are looked at, read `limit` at a time. Returns
+/// max_scanned]` (`after` and `status` empty for none). `K.ids` holds every retained order id in
+/// id order ([`index`]; ULIDs sort by time). At most `max_scanned` ids are looked at. Returns
 /// `{'ok', next, {order_json*}}`, `next` the last id looked at when more follow, else empty; or
 /// `{'err', 'unknown_sale'}`.
 pub const SALE_ORDERS: &str = concat!(
     prelude!(),
     r#"
 if redis.call('EXISTS', K.sale) == 0 then return {'err', 'unknown_sale'} end
-local status, limit, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local cursor = '-'
-if ARGV[1] ~= '' then cursor = '(' .. ARGV[1] end
-local out, last, scanned = {}, nil, 0
-while true do
-  local want = math.min(limit - #out, budget - scanned)
-  local ids = redis.call('ZRANGEBYLEX', K.ids, cursor, '+', 'LIMIT', 0, want + 1)
-  for i = 1, math.min(#ids, want) do
-    local id = ids[i]
-    scanned, last = scanned + 1, id
-    local raw = redis.call('HGET', K.orders, id)
-    if raw and (status == '' or cjson.decode(raw).status == status) then out[#out + 1] = raw end
+local after, status, limit, budget = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local member
+if after ~= '' then member = index_chunk(after) end
+if not member then member = index_next(nil) end
+local out, last, scanned = {}, '', 0
+while member do
+  for id in string.gmatch(member, '%S+') do
+    if id > after then
+      if #out >= limit or scanned >= budget then return {'ok', last, out} end
+      scanned, last = scanned + 1, id
+      local o = order_load(id)
+      if o and (status == '' or o.status == status) then out[#out + 1] = order_json(o) end
+    end
   end
-  if #ids <= want then return {'ok', '', out} end
-  if #out >= limit or scanned >= budget then return {'ok', last, out} end
-  cursor = '(' .. last
+  member = index_next(member)
 end
+return {'ok', '', out}
 "#
 );
 
@@ -440,14 +446,12 @@ local results = {}
 for i = 0, n - 1 do
   local id, user, key = ARGV[3 + i * 3], ARGV[4 + i * 3], ARGV[5 + i * 3]
   redis.call('ZADD', K.abandoned, now, id)
-  local raw = redis.call('HGET', K.orders, id)
-  local o = raw and cjson.decode(raw)
+  local o = order_load(id)
   if not o and key ~= '' then
     -- The attempt may have been a replay of an earlier order: that order is its business only
     -- if the replay really ran (it left its claim).
     local earlier = redis.call('HGET', K.idem, user .. '\0' .. key)
-    local other = earlier and redis.call('HGET', K.orders, earlier)
-    local x = other and cjson.decode(other)
+    local x = earlier and order_load(earlier)
     for _, c in ipairs((x and x.claims) or {}) do if c == id then o = x end end
   end
   local outcome = 'absent'

@@ -1,10 +1,9 @@
 //! The purchase script: the one every acknowledged order goes through, batched per SKU.
 
-/// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity, idempotency_key,
-/// head)*n, epoch, seq, remaining, starts_at, node]` (an empty key means none; `head` is the
-/// order's JSON as the node encoded it, `{"order_id":…,"sku":…,"user_id":…,"quantity":…` and
-/// `,"idem":…` with a key, which the script closes with status, times and amount, so no order is
-/// encoded in Lua; the last five are the node's last view of the SKU, see `regressed_since`).
+/// Purchases, batched: `ARGV = [retention, n, (order_id, user_id, quantity,
+/// idempotency_key)*n, epoch, seq, remaining, starts_at, node]` (an empty key means none; the
+/// last five are the node's last view of the SKU, see `regressed_since`). A new order is stored
+/// packed ([`crate::store::redis::record`]), a string put together without a table or cjson.
 /// Checks, in order: an abandoned order id (refused, see [`ABANDON`](super::ABANDON)), a retry of the same order
 /// id, an idempotency replay (which claims the order), a regressed store, the sale window, the
 /// blocklist, the per-user limit, the stock.
@@ -24,8 +23,9 @@
 /// without its unit. (The only earlier write is the regression marker, which is right either way.)
 ///
 /// Cheap: each key is read or written with one variadic command per batch (HMGET, ZMSCORE,
-/// SMISMEMBER, HSET, ZADD, XADD), the holdings and each user's order list as absolute values in
-/// one HSET each, and no order is echoed back. Every order a call makes shares Redis' clock and
+/// SMISMEMBER, HSET, ZADD, XADD; the id index is one chunk rewritten, see
+/// [`super::index`]), the holdings and each user's order list as absolute values in one HSET
+/// each, and no order is echoed back. Every order a call makes shares Redis' clock and
 /// so its deadline: the call adds one member to `pending` (score the deadline, member the ids,
 /// space-separated; [`expire_due`](super) checks each order's own status) and one `created`
 /// entry to the stream (field `ids`; the order feed reads each order from `orders`, feed.rs).
@@ -50,7 +50,7 @@ local results = {remaining, seq}
 local regressed = regressed_since(known_at(#ARGV - 4))
 local ids, users, idems, distinct, idem_list = {}, {}, {}, {}, {}
 for i = 1, n do
-  local at = 3 + (i - 1) * 5
+  local at = 3 + (i - 1) * 4
   ids[i], users[i] = ARGV[at], ARGV[at + 1]
   if ARGV[at + 3] ~= '' then
     idems[i] = users[i] .. '\0' .. ARGV[at + 3]
@@ -90,23 +90,24 @@ if #idem_list > 0 then
     for j, id in ipairs(wanted) do earlier_raw[id] = raws[j] end
   end
 end
--- Decisions, in purchase order; what this batch writes is gathered, not written yet.
+-- Decisions, in purchase order; what this batch writes is gathered (as stored), not written yet.
 local written, written_ids = {}, {}
-local function put(id, json)
+local function put(id, stored)
   if not written[id] then written_ids[#written_ids + 1] = id end
-  written[id] = json
+  written[id] = stored
 end
 -- `made[k]` is the k-th order made.
-local made, keyed, touched, by_id = {}, {}, {}, {}
-local now_text = string.format('%.0f', now)
-local expires = now + tonumber(sale[4] or '0')
+local made, keyed, touched = {}, {}, {}
+local ttl = tonumber(sale[4] or '0')
+local expires = now + ttl
 results[3], results[4], results[5] = now, expires, price
 -- Order ids each user gained, appended to their list once per batch (one shopper with many
 -- orders in a batch would otherwise copy a growing list per order).
 local gained = {}
-local tail = ',"status":"pending","created_at":' .. now_text .. ',"expires_at":' .. string.format('%.0f', expires) .. ',"amount":'
+-- A new order packed (record.rs): `p quantity created_at ttl amount user_id [idem]`.
+local times = ' ' .. string.format('%.0f %.0f', now, ttl) .. ' '
 for i = 1, n do
-  local at = 3 + (i - 1) * 5
+  local at = 3 + (i - 1) * 4
   local id, user, qty, idem = ids[i], users[i], tonumber(ARGV[at + 2]), idems[i]
   local function answer(outcome, detail)
     if outcome == 'err' then results[5 + i] = detail
@@ -120,11 +121,11 @@ for i = 1, n do
     -- A late copy of an attempt whose node gave up on it (see abandon.rs): nobody waits.
     answer('err', 'unavailable')
   elseif retried then
-    answer('retried', retried)
+    answer('retried', order_json(order_decode(id, retried)))
   elseif replayed then
-    local raw, changed = claimed(replayed, id)
-    if changed then put(prior, raw) end
-    answer('replay', raw)
+    local o = order_decode(prior, replayed)
+    if claimed(o, id) then put(prior, cjson.encode(o)) end
+    answer('replay', order_json(o))
   elseif regressed then
     answer('err', 'store_regressed')
   elseif not sale[1] then
@@ -144,7 +145,8 @@ for i = 1, n do
   elseif remaining < qty then
     answer('err', 'insufficient_stock')
   else
-    local json = ARGV[at + 4] .. tail .. string.format('%.0f', qty * price) .. '}'
+    local stored = 'p ' .. ARGV[at + 2] .. times .. string.format('%.0f', qty * price) .. ' ' .. user
+    if idem then stored = stored .. ' ' .. idem end
     remaining = remaining - qty
     seq = seq + 1
     held[user] = held[user] + qty
@@ -153,14 +155,12 @@ for i = 1, n do
       gained[user] = {}
     end
     gained[user][#gained[user] + 1] = ' ' .. id
-    put(id, json)
+    put(id, stored)
     if idem then
       earlier[idem] = id
       keyed[#keyed + 1] = idem
       keyed[#keyed + 1] = id
     end
-    by_id[#by_id + 1] = 0
-    by_id[#by_id + 1] = id
     made[#made + 1] = id
     answer('ok')
   end
@@ -193,7 +193,9 @@ if #made > 0 then
   if #keyed > 0 then redis.call('HSET', K.idem, unpack(keyed)) end
   local batch = table.concat(made, ' ')
   redis.call('ZADD', K.pending, expires, batch)
-  redis.call('ZADD', K.ids, unpack(by_id))
+  local sorted = {}
+  for k, id in ipairs(made) do sorted[k] = id end
+  index_add(sorted)
   -- One entry per call, not per order: one command instead of n, and the ids instead of n
   -- copies of the orders (the feed reads each from `orders`, and skips ghosts per order).
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'ids', batch)

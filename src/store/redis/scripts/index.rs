@@ -1,0 +1,83 @@
+//! The SKU's orders in id order, for the admin's listing ([`super::SALE_ORDERS`]): `K.ids`.
+//!
+//! A zset member per order cost about 140 bytes of Redis per order, as much as the order
+//! itself. `K.ids` is still a zset (every score 0, so `ZRANGEBYLEX` orders it), but each member
+//! is a chunk: up to 64 ids, sorted, joined by spaces. Chunks hold disjoint ranges, so they
+//! sort as their first ids do, and the chunk that holds an id (or would) is the last one whose
+//! first id is not above it. About 33 bytes per order. Every id of a SKU is one length (the ULID
+//! and the SKU), which the helpers rely on to find a chunk's last id without a scan.
+//!
+//! 64 ids a chunk: enough that a chunk's own cost (a skiplist node and a dict entry, about 80
+//! bytes) is small per order, few enough that rewriting one (each purchase call rewrites the
+//! newest) costs little.
+//!
+//! A purchase call adds its orders to the chunk they fall in (the newest, nearly always: ids
+//! start with the time), and forgetting a closed order past the retention removes it from its
+//! chunk.
+
+/// The Lua side, part of every script's prelude.
+macro_rules! order_index {
+    () => {
+        r#"
+-- The chunk holding `id`, or the one it would go in; nil when `id` is below every chunk. `~`
+-- sorts after every character of an id, the separator before them all.
+local function index_chunk(id)
+  return redis.call('ZREVRANGEBYLEX', K.ids, '[' .. id .. '~', '-', 'LIMIT', 0, 1)[1]
+end
+-- The chunk after `member` (nil for the last), or the first chunk when `member` is nil.
+local function index_next(member)
+  local from = '-'
+  if member then from = '(' .. member end
+  return redis.call('ZRANGEBYLEX', K.ids, from, '+', 'LIMIT', 0, 1)[1]
+end
+-- Writes the sorted ids of `text` (ids of length `len` joined by spaces) as chunks.
+local function index_write(text, len)
+  local count = (#text + 1) / (len + 1)
+  for first = 0, count - 1, 64 do
+    local last = math.min(count, first + 64)
+    redis.call('ZADD', K.ids, 0, string.sub(text, first * (len + 1) + 1, last * (len + 1) - 1))
+  end
+end
+-- Adds the ids of table `ids` (any order; sorted in place).
+local function index_add(ids)
+  table.sort(ids)
+  local len, i = #ids[1], 1
+  while i <= #ids do
+    local member = index_chunk(ids[i])
+    if not member then member = index_next(nil) end
+    local after = member and index_next(member)
+    local bound = after and string.sub(after, 1, len)
+    local j = i
+    while j <= #ids and (not bound or ids[j] < bound) do j = j + 1 end
+    local text = table.concat(ids, ' ', i, j - 1)
+    if member then
+      redis.call('ZREM', K.ids, member)
+      if ids[i] > string.sub(member, -len) then
+        text = member .. ' ' .. text
+      else
+        local all = {}
+        for id in string.gmatch(member, '%S+') do all[#all + 1] = id end
+        for k = i, j - 1 do all[#all + 1] = ids[k] end
+        table.sort(all)
+        text = table.concat(all, ' ')
+      end
+    end
+    index_write(text, len)
+    i = j
+  end
+end
+-- Removes `id`.
+local function index_remove(id)
+  local member = index_chunk(id)
+  local at = member and string.find(member, id, 1, true)
+  if not at then return end
+  redis.call('ZREM', K.ids, member)
+  local rest
+  if at == 1 then rest = string.sub(member, #id + 2) else
+    rest = string.sub(member, 1, at - 2) .. string.sub(member, at + #id)
+  end
+  if rest ~= '' then redis.call('ZADD', K.ids, 0, rest) end
+end
+"#
+    };
+}
