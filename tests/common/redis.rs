@@ -273,28 +273,10 @@ pub fn sku_key(sku: &str, name: &str) -> String {
     format!("{PREFIX}:{{{sku}}}:{name}")
 }
 
-/// The KEYS every per-SKU script takes, in the order its prelude names them
-/// (src/store/redis/scripts/mod.rs), for tests that run a script by hand.
+/// The KEYS every per-SKU script takes, in the order its prelude names them: the node's own
+/// list (`seckill::store::redis::keys`), for tests that run a script by hand.
 pub fn script_keys(sku: &str) -> Vec<String> {
-    [
-        "sale",
-        "remaining",
-        "seq",
-        "held",
-        "idem",
-        "orders",
-        "pending",
-        "blocked",
-        "events",
-        "closed",
-        "abandoned",
-        "byuser",
-        "regressed",
-        "ids",
-    ]
-    .iter()
-    .map(|name| sku_key(sku, name))
-    .collect()
+    seckill::store::redis::keys::SkuKeys::new(PREFIX, sku).0
 }
 
 /// [`query`], panicking with the command on an error reply or an I/O failure.

@@ -33,7 +33,7 @@ impl SkuKeys {
         )
     }
 
-    /// The hash of orders (order id → JSON).
+    /// The hash of orders (order id → the order, packed or JSON: `super::record`).
     pub fn orders(&self) -> &str {
         &self.0[5]
     }
