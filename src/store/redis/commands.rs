@@ -312,7 +312,7 @@ impl RedisStore {
             Command::SetBlocked(user_id, blocked) => self.set_blocked(&user_id, blocked).await,
             Command::ListOrders(sku, user) => self.list_orders(&sku, &user).await,
             Command::ListSaleOrders(query) => self.sale_orders(query).await,
-            Command::Resume(sku, remaining) => self.resume(&sku, remaining).await,
+            Command::Resume(sku, remaining) => self.resume_sale(&sku, remaining).await,
         }
     }
 }

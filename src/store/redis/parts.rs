@@ -1,5 +1,5 @@
-//! A split sale seen whole: the sync, the sale's read and the admin's order listing over every
-//! part of a sale with several stock buckets ([`super::buckets`]). A sale with one bucket goes
+//! A split sale seen whole: the sync, the sale's read, the admin's order listing and the
+//! operator's resume over every part of a sale with several stock buckets ([`super::buckets`]). A sale with one bucket goes
 //! through each unchanged, with no extra call.
 
 use super::{keys, RedisError, RedisStore};
@@ -115,5 +115,37 @@ impl RedisStore {
             });
         }
         Ok(Outcome::OrderPage { orders, next })
+    }
+
+    /// An operator's resume of `sku` ([`RedisStore::resume_part`]). With several stock buckets,
+    /// every bucket whose store regressed is resumed, each from this shard's last view of it;
+    /// `remaining` is for bucket 0 (the others keep the lower of Redis' and the view's). Answers
+    /// the report of the one part, or `{"buckets": [{"bucket": b, "report": …}, …]}` for a split
+    /// sale; `not_regressed` when no part had regressed.
+    pub(super) async fn resume_sale(&self, sku: &str, remaining: Option<u64>) -> Reply {
+        let buckets = self.buckets_of(sku).await?;
+        if buckets <= 1 {
+            return self.resume_part(sku, remaining).await;
+        }
+        let mut reports = Vec::new();
+        for bucket in 0..buckets {
+            let wanted = if bucket == 0 { remaining } else { None };
+            match self.resume_part(&keys::part(sku, bucket), wanted).await {
+                Ok(Outcome::Resumed(report)) => {
+                    reports.push(format!(r#"{{"bucket":{bucket},"report":{report}}}"#));
+                }
+                // A part that did not regress is left as it is.
+                Err(SaleError::NotRegressed) => {}
+                // Parts resumed so far stay resumed; running it again resumes the rest.
+                Err(error) => return Err(error),
+                Ok(_) => return Err(SaleError::Unavailable),
+            }
+        }
+        if reports.is_empty() {
+            return Err(SaleError::NotRegressed);
+        }
+        Ok(Outcome::Resumed(
+            format!(r#"{{"buckets":[{}]}}"#, reports.join(",")).into(),
+        ))
     }
 }

@@ -199,40 +199,54 @@ impl RedisStore {
         })
     }
 
-    /// Runs `RESUME` for `sku`: clears its regression marker, re-creating the sale from this
-    /// shard's copy if Redis lost it, with `remaining` units left (default: the lower of Redis'
-    /// and the newest view's). Answers the report of what was lost.
-    pub(super) async fn resume(&self, sku: &str, remaining: Option<u64>) -> Reply {
-        let mut args = self.floor_args(sku);
+    /// Runs `RESUME` for `part` (a SKU, or one of its stock buckets): clears its regression
+    /// marker, re-creating the part's sale from this shard's copy if Redis lost it, with
+    /// `remaining` units left (default: the lower of Redis' and the newest view's). Answers the
+    /// report of what was lost. [`RedisStore::resume_sale`] calls it for each regressed part.
+    pub(super) async fn resume_part(&self, part: &str, remaining: Option<u64>) -> Reply {
+        let mut args = self.floor_args(part);
         args.push(remaining.map(|units| units.to_string()).unwrap_or_default());
         let copy = self
             .0
             .regression
             .borrow()
             .floors
-            .get(sku)
+            .get(part)
             .map(|floor| floor.sale.clone());
         if let Some(sale) = &copy {
-            args.extend(super::commands::sale_args(sale));
+            let mut definition = super::commands::sale_args(sale);
+            if keys::is_part(part) {
+                // A bucket's copy is not the sale the order feed announces; the stream gets no
+                // `sale` entry for it.
+                if let Some(json) = definition.last_mut() {
+                    json.clear();
+                }
+            }
+            args.extend(definition);
+            // Bucket 0 holds the bucket count every node reads.
+            args.push(sale.stock_buckets.to_string());
+            args.push(if keys::is_part(part) { "1" } else { "0" }.to_owned());
+        }
+        if copy.is_some() && !keys::is_part(part) {
             // The index of sales may be gone too; the sync finds sales through it.
             let index = keys::sales(&self.0.prefix);
             let route = self.route(&index)?;
-            self.retrying(&route, || route.sadd::<i64, _, _>(index.as_str(), sku))
+            self.retrying(&route, || route.sadd::<i64, _, _>(index.as_str(), part))
                 .await?;
         }
         let resume = &self.0.scripts.resume;
         let reply = self
-            .acknowledged_script(resume, sku, args, &std::cell::Cell::new(false))
+            .acknowledged_script(resume, part, args, &std::cell::Cell::new(false))
             .await?;
         let fields = reply.into_array();
         match fields.first().and_then(Value::as_str).as_deref() {
             Some("ok") => {
                 // A sale Redis lost lost its copy of the blocklist too; the purchase script
                 // checks that copy.
-                self.reconcile_blocklist(sku, &[]).await?;
+                self.reconcile_blocklist(part, &[]).await?;
                 let report = str_at(&fields, 1)?;
-                tracing::warn!(sku, report = %report, "sale resumed after its store regressed");
-                self.0.regression.borrow_mut().regressed.remove(sku);
+                tracing::warn!(part, report = %report, "sale resumed after its store regressed");
+                self.0.regression.borrow_mut().regressed.remove(part);
                 Ok(Outcome::Resumed(report.into()))
             }
             Some("err") => Err(refusal_at(&fields, 1)),

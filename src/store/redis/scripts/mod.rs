@@ -319,10 +319,12 @@ return {'ok', tonumber(ARGV[12]), seq, tonumber(redis.call('HGET', K.sale, 'epoc
 
 /// Resumes a SKU whose store regressed, on an operator's order: `ARGV = [epoch, seq, remaining,
 /// starts_at, node, wanted_remaining, (name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json)?]`: the calling node's last view, the remaining stock
-/// the operator set (empty: the lower of Redis's and the newest view's), and the node's copy of
-/// the sale, which re-creates it when Redis lost it (and adds a `sale` entry to the stream for
-/// the order feed, as [`UPSERT`] does). Seq and epoch move past every view any node
+/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, stock_buckets, bucket)?]`:
+/// the calling node's last view, the remaining stock the operator set (empty: the lower of
+/// Redis's and the newest view's), and the node's copy of the sale, which re-creates it when
+/// Redis lost it (and, unless `sale_json` is empty, adds a `sale` entry to the stream for the
+/// order feed, as [`UPSERT`] does). `bucket` is `1` when the keys are a stock bucket other than
+/// the first: its share of the stock is not known, so neither are the units lost with it. Seq and epoch move past every view any node
 /// had, so no node mistakes the resumed state for a regression, and every node adopts it. Returns
 /// `{'ok', report_json}` or `{'err', code}`.
 pub const RESUME: &str = concat!(
@@ -349,14 +351,16 @@ else
   stock = tonumber(ARGV[8])
   redis.call('HSET', K.sale, 'name', ARGV[7], 'stock', ARGV[8], 'starts_at', ARGV[9], 'ends_at', ARGV[10],
              'per_user_limit', ARGV[11], 'payment_timeout_ms', ARGV[12], 'rate_limit_per_sec', ARGV[13],
-             'price', ARGV[14] or '0', 'currency', ARGV[15] or 'CNY')
-  if ARGV[16] then sale_event(ARGV[16]) end
+             'price', ARGV[14] or '0', 'currency', ARGV[15] or 'CNY', 'buckets', ARGV[17] or '1')
+  if ARGV[16] and ARGV[16] ~= '' then sale_event(ARGV[16]) end
 end
 local lost
 if exists and epoch == seen.epoch then
   lost = math.max(0, remaining - seen.remaining)
 elseif exists then
   lost = math.max(0, math.min(remaining, stock) - seen.remaining)
+elseif ARGV[18] == '1' then
+  lost = cjson.null
 else
   lost = stock - seen.remaining
 end
