@@ -402,23 +402,24 @@ fn the_feed_announces_every_bucket_s_orders_once() {
     assert_eq!(got.len(), ids.len() + 1, "nothing else: {got:?}");
 }
 
-/// A bucket other than the first loses its data (its master came back empty): its users are
+/// One bucket of two, `lost`, loses its data (its master came back empty): its users are
 /// refused `503 store_regressed` while the other bucket sells on, and `POST .../resume` resumes
 /// that bucket from the node's last view of it. Every unit acknowledged before the loss stays
-/// sold (never sold again), and the rest sells to exactly the stock.
+/// sold (never sold again), and the rest sells to exactly the stock. A re-created bucket 0
+/// holds the bucket count again, which nodes read from it.
 ///
 /// Able to fail: before resumes reached buckets past the first, the resume answered `409
 /// not_regressed` (bucket 0 had not regressed) and bucket 1 stayed stopped.
-#[test]
-fn a_regressed_bucket_is_resumed_on_its_own() {
-    const SKU: &str = "rb";
+fn lose_bucket(lost_bucket: u64) {
+    let sku = format!("rb{lost_bucket}");
+    let sku = sku.as_str();
     const STOCK: u64 = 20;
     const BUCKETS: u64 = 2;
     let redis = RedisServer::start(&[]);
     let data = ScratchDir::new();
     let (mut server, port) = node(&redis.url(), None, &data);
     let mut client = Client::connect(port);
-    client.create_sale(SKU, &split_sale(STOCK, BUCKETS));
+    client.create_sale(sku, &split_sale(STOCK, BUCKETS));
     let mut users = (0..).map(|n| format!("r-{n}"));
     let mut user_of = |bucket: u64| {
         users
@@ -427,24 +428,32 @@ fn a_regressed_bucket_is_resumed_on_its_own() {
             .unwrap_or_default()
     };
     let mut sold = 0;
-    for bucket in [1, 1, 1, 1, 0, 0] {
+    let other_bucket = 1 - lost_bucket;
+    for bucket in [
+        lost_bucket,
+        lost_bucket,
+        lost_bucket,
+        lost_bucket,
+        other_bucket,
+        other_bucket,
+    ] {
         let user = user_of(bucket);
-        match try_buy(port, SKU, &user) {
+        match try_buy(port, sku, &user) {
             Some((201, _)) => sold += 1,
             other => server.fail(&format!("{user}: {other:?} before the loss")),
         }
     }
     // The node's view of each bucket is as of a sync after these purchases.
-    wait_remaining(&mut client, SKU, (STOCK - sold) as i64);
+    wait_remaining(&mut client, sku, (STOCK - sold) as i64);
 
-    let lost: Vec<String> = query_ok(redis.port, &["KEYS", &key(SKU, 1, "*")]);
-    assert!(lost.len() > 3, "bucket 1's keys: {lost:?}");
+    let lost: Vec<String> = query_ok(redis.port, &["KEYS", &key(sku, lost_bucket, "*")]);
+    assert!(lost.len() > 3, "bucket {lost_bucket}'s keys: {lost:?}");
     for name in &lost {
         let _: i64 = query_ok(redis.port, &["DEL", name]);
     }
     let refused = poll(WAIT, || {
-        let user = user_of(1);
-        match try_buy(port, SKU, &user) {
+        let user = user_of(lost_bucket);
+        match try_buy(port, sku, &user) {
             Some((503, Some(code))) if code == "store_regressed" => Some(()),
             Some((201, _)) => {
                 sold += 1;
@@ -454,36 +463,43 @@ fn a_regressed_bucket_is_resumed_on_its_own() {
         }
     });
     if refused.is_none() {
-        server.fail("bucket 1's loss was never detected");
+        server.fail(&format!("bucket {lost_bucket}'s loss was never detected"));
     }
-    match try_buy(port, SKU, &user_of(0)) {
+    match try_buy(port, sku, &user_of(other_bucket)) {
         Some((201, _)) => sold += 1,
-        other => server.fail(&format!("bucket 0 stopped with bucket 1: {other:?}")),
+        other => server.fail(&format!("the other bucket stopped too: {other:?}")),
     }
 
-    let resumed = client.admin("POST", &format!("/v1/sales/{SKU}/resume"), None);
+    let resumed = client.admin("POST", &format!("/v1/sales/{sku}/resume"), None);
     assert_status(&resumed, 200);
     let report = resumed.json();
     eprintln!("{sold} sold when resumed: {report}");
     let buckets = report["buckets"].as_array().cloned().unwrap_or_default();
-    assert_eq!(buckets.len(), 1, "only bucket 1 regressed: {report}");
-    assert_eq!(buckets[0]["bucket"], json!(1), "{report}");
+    assert_eq!(buckets.len(), 1, "one bucket regressed: {report}");
+    assert_eq!(buckets[0]["bucket"], json!(lost_bucket), "{report}");
     let bucket = &buckets[0]["report"];
     assert_eq!(
         bucket["resumed"]["remaining"], bucket["last_seen"]["remaining"],
-        "bucket 1 resumes with what the node last saw it hold: {report}"
+        "the bucket resumes with what the node last saw it hold: {report}"
     );
     assert_eq!(bucket["redis_before"], json!(null), "{report}");
-    let again = client.admin("POST", &format!("/v1/sales/{SKU}/resume"), None);
+    assert_eq!(bucket["units_possibly_lost"], json!(null), "{report}");
+    let count: Option<String> = query_ok(redis.port, &["HGET", &key(sku, 0, "sale"), "buckets"]);
+    assert_eq!(
+        count.as_deref(),
+        Some("2"),
+        "bucket 0 holds the bucket count"
+    );
+    let again = client.admin("POST", &format!("/v1/sales/{sku}/resume"), None);
     assert_error(&again, 409, "not_regressed");
 
-    // Bucket 1's users buy again, and the rest sells out at exactly the stock.
+    // The lost bucket's users buy again, and the rest sells out at exactly the stock.
     let mut attempts = 0;
     loop {
         attempts += 1;
         assert!(attempts < 200, "never sold out: {sold} sold");
         let user = user_of(attempts % 2);
-        match try_buy(port, SKU, &user) {
+        match try_buy(port, sku, &user) {
             Some((201, _)) => sold += 1,
             Some((409, Some(code))) if code == "sold_out" => break,
             // The other nodes' views (here: this node's other ticks) adopt the resume.
@@ -497,4 +513,14 @@ fn a_regressed_bucket_is_resumed_on_its_own() {
         sold, STOCK,
         "acknowledged units: none sold twice, none stranded"
     );
+}
+
+#[test]
+fn a_regressed_bucket_is_resumed_on_its_own() {
+    lose_bucket(1);
+}
+
+#[test]
+fn a_regressed_first_bucket_is_resumed_with_the_bucket_count() {
+    lose_bucket(0);
 }

@@ -323,8 +323,8 @@ return {'ok', tonumber(ARGV[12]), seq, tonumber(redis.call('HGET', K.sale, 'epoc
 /// the calling node's last view, the remaining stock the operator set (empty: the lower of
 /// Redis's and the newest view's), and the node's copy of the sale, which re-creates it when
 /// Redis lost it (and, unless `sale_json` is empty, adds a `sale` entry to the stream for the
-/// order feed, as [`UPSERT`] does). `bucket` is `1` when the keys are a stock bucket other than
-/// the first: its share of the stock is not known, so neither are the units lost with it. Seq and epoch move past every view any node
+/// order feed, as [`UPSERT`] does). `bucket` is `1` when the keys are one stock bucket of several:
+/// its share of the stock is not known, so neither are the units lost with it. Seq and epoch move past every view any node
 /// had, so no node mistakes the resumed state for a regression, and every node adopts it. Returns
 /// `{'ok', report_json}` or `{'err', code}`.
 pub const RESUME: &str = concat!(
