@@ -1,6 +1,6 @@
 //! A split sale seen whole: the sync, the sale's read, the admin's order listing and the
-//! operator's resume over every part of a sale with several stock buckets ([`super::buckets`]). A sale with one bucket goes
-//! through each unchanged, with no extra call.
+//! operator's resume over every part of a sale with several stock buckets
+//! ([`super::buckets`]). A sale with one bucket goes through each unchanged, with no extra call.
 
 use super::{keys, RedisError, RedisStore};
 use crate::sale::command::{Outcome, Reply, SaleOrdersQuery, StockLevel};

@@ -57,8 +57,12 @@ local function order_load(id)
   local raw = redis.call('HGET', K.orders, id)
   return raw and order_decode(id, raw)
 end
+-- Order `o` as `K.orders` stores it.
+local function order_encode(o)
+  return order_packed(o) or cjson.encode(o)
+end
 local function order_store(o)
-  redis.call('HSET', K.orders, o.order_id, order_packed(o) or cjson.encode(o))
+  redis.call('HSET', K.orders, o.order_id, order_encode(o))
 end
 -- Order `o` as JSON for the node (`crate::sale::Order` plus `idem`); numbers in full, where
 -- cjson would round past 14 digits.

@@ -225,7 +225,6 @@ impl RedisStore {
             args.extend(definition);
             // Bucket 0 holds the bucket count every node reads.
             args.push(sale.stock_buckets.to_string());
-            args.push(if sale.stock_buckets > 1 { "1" } else { "0" }.to_owned());
         }
         if copy.is_some() && !keys::is_part(part) {
             // The index of sales may be gone too; the sync finds sales through it.

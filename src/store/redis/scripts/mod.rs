@@ -319,13 +319,14 @@ return {'ok', tonumber(ARGV[12]), seq, tonumber(redis.call('HGET', K.sale, 'epoc
 
 /// Resumes a SKU whose store regressed, on an operator's order: `ARGV = [epoch, seq, remaining,
 /// starts_at, node, wanted_remaining, (name, stock, starts_at, ends_at, per_user_limit,
-/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, stock_buckets, bucket)?]`:
+/// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, stock_buckets)?]`:
 /// the calling node's last view, the remaining stock the operator set (empty: the lower of
 /// Redis's and the newest view's), and the node's copy of the sale, which re-creates it when
 /// Redis lost it (and, unless `sale_json` is empty, adds a `sale` entry to the stream for the
-/// order feed, as [`UPSERT`] does). `bucket` is `1` when the keys are one stock bucket of several:
-/// its share of the stock is not known, so neither are the units lost with it. Seq and epoch move past every view any node
-/// had, so no node mistakes the resumed state for a regression, and every node adopts it. Returns
+/// order feed, as [`UPSERT`] does). With more than one stock bucket the keys are one bucket of
+/// several: its share of the stock is not known, so neither are the units lost with it. Seq and
+/// epoch move past every view any node had, so no node mistakes the resumed state for a
+/// regression, and every node adopts it. Returns
 /// `{'ok', report_json}` or `{'err', code}`.
 pub const RESUME: &str = concat!(
     prelude!(),
@@ -359,7 +360,7 @@ if exists and epoch == seen.epoch then
   lost = math.max(0, remaining - seen.remaining)
 elseif exists then
   lost = math.max(0, math.min(remaining, stock) - seen.remaining)
-elseif ARGV[18] == '1' then
+elseif tonumber(ARGV[17] or '1') > 1 then
   lost = cjson.null
 else
   lost = stock - seen.remaining

@@ -124,7 +124,7 @@ for i = 1, n do
     answer('retried', order_json(order_decode(id, retried)))
   elseif replayed then
     local o = order_decode(prior, replayed)
-    if claimed(o, id) then put(prior, cjson.encode(o)) end
+    if claimed(o, id) then put(prior, order_encode(o)) end
     answer('replay', order_json(o))
   elseif regressed then
     answer('err', 'store_regressed')
@@ -193,9 +193,8 @@ if #made > 0 then
   if #keyed > 0 then redis.call('HSET', K.idem, unpack(keyed)) end
   local batch = table.concat(made, ' ')
   redis.call('ZADD', K.pending, expires, batch)
-  local sorted = {}
-  for k, id in ipairs(made) do sorted[k] = id end
-  index_add(sorted)
+  -- `made` is not read again: the index may sort it in place.
+  index_add(made)
   -- One entry per call, not per order: one command instead of n, and the ids instead of n
   -- copies of the orders (the feed reads each from `orders`, and skips ghosts per order).
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'ids', batch)
