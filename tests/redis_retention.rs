@@ -112,6 +112,31 @@ fn settled_sales_expire_leave_the_index_and_answer_unknown() {
         marker, 0,
         "an expired settled sale was taken for lost writes"
     );
+
+    // The SKU is free again, although both nodes once synced its old sale: node A, which made
+    // it, makes a new one, and both nodes sell it.
+    let again = a.put_sale("over", &sale_spec(4, 2));
+    assert_eq!(
+        again.status,
+        201,
+        "a new sale of an expired SKU was refused: {again}; logs:\n{}\n{}",
+        nodes[0].log(),
+        nodes[1].log()
+    );
+    a.buy("over", &tok("again-a"), 1);
+    // Node B learns of the new sale as of any other sale made on another node.
+    let sold = poll(WAIT, || {
+        let r = b.purchase("over", &tok("again-b"), Some(1), None);
+        (r.status == 201).then_some(())
+    });
+    assert!(
+        sold.is_some(),
+        "node B never sold the new sale; logs:\n{}\n{}",
+        nodes[0].log(),
+        nodes[1].log()
+    );
+    assert_eq!(b.get_sale("over")["remaining"], json!(2));
+    assert_eq!(b.get_sale("over")["remaining"], json!(2));
 }
 
 /// With retention 0 the keys of a settled sale are kept for ever, but it still leaves the index:

@@ -85,7 +85,22 @@ impl Sale {
     pub fn has_ended(&self, now_ms: u64) -> bool {
         now_ms >= self.ends_at
     }
+
+    /// Whether nothing can change this sale any more at `now_ms`: it has ended and the last
+    /// payment deadline any of its orders can have is [`SETTLE_MARGIN_MS`] behind. A shared
+    /// store may then let its keys expire, and the SKU be used for a new sale.
+    pub fn is_over_for_good(&self, now_ms: u64) -> bool {
+        let settled_at = self
+            .ends_at
+            .saturating_add(self.payment_timeout_ms)
+            .saturating_add(SETTLE_MARGIN_MS);
+        now_ms > settled_at
+    }
 }
+
+/// Margin past a sale's last payment deadline before it counts as over for good, for node
+/// clocks that disagree with the shared store's.
+pub const SETTLE_MARGIN_MS: u64 = 60_000;
 
 /// The lifecycle phase of a sale, as shoppers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -297,7 +297,9 @@ impl<S: Store + 'static> Shard<S> {
 
     /// Refuses to replace a sale this node knows has started, or whose store regressed, before
     /// the store is asked: the store's own check is lost with its data (the regression this
-    /// guards against), and a re-created sale would sell its whole stock again.
+    /// guards against), and a re-created sale would sell its whole stock again. A sale over for
+    /// good is the store's to judge: its keys expire after the retention, and then the SKU is
+    /// free for a new sale, which this node must not refuse from what it remembers.
     fn may_replace(&self, sku: &str) -> Result<(), SaleError> {
         if !self.store.shared() {
             return Ok(());
@@ -306,11 +308,14 @@ impl<S: Store + 'static> Shard<S> {
         let Some(entry) = announced.get(sku) else {
             return Ok(());
         };
+        let now = now_ms();
         if entry.regressed {
             return Err(SaleError::StoreRegressed);
         }
         match &entry.sale {
-            Some(sale) if sale.has_started(now_ms()) => Err(SaleError::SaleExists),
+            Some(sale) if sale.has_started(now) && !sale.is_over_for_good(now) => {
+                Err(SaleError::SaleExists)
+            }
             _ => Ok(()),
         }
     }

@@ -1,7 +1,7 @@
 //! Settled sales: over for good, so they leave the index and their keys expire.
 //!
-//! A sale is *settled* once it has ended, the last payment deadline any of its orders can have
-//! is past (plus a margin for clocks that disagree with Redis `TIME`), nothing is pending, and
+//! A sale is *settled* once it is over for good ([`crate::sale::Sale::is_over_for_good`]: ended,
+//! its last payment deadline past plus a margin for clocks), nothing is pending, and
 //! its store has not regressed. Nothing can change it any more: a started sale cannot be
 //! replaced. When a shard finds an owned sale settled it
 //! 1. gives every key of the SKU a TTL of `--redis-retention-secs` (unless 0: kept for ever),
@@ -21,9 +21,6 @@ use super::{keys, RedisStore, BACKGROUND_TIMEOUT, MAX_SETTLED};
 use crate::clock::now_ms;
 use crate::store::Synced;
 
-/// Margin past the last payment deadline before a sale counts as settled, for node clocks that
-/// disagree with Redis `TIME`.
-pub const SETTLE_MARGIN_MS: u64 = 60_000;
 /// Default of `--redis-retention-secs`: a week.
 pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
@@ -58,11 +55,10 @@ impl RedisStore {
         let (Some((sale, _, _)), None) = (&synced.sale, &synced.regressed) else {
             return;
         };
-        let settled_at = sale
-            .ends_at
-            .saturating_add(sale.payment_timeout_ms)
-            .saturating_add(SETTLE_MARGIN_MS);
-        if now_ms() <= settled_at || pending != 0 || self.0.settled.borrow().len() >= MAX_SETTLED {
+        if !sale.is_over_for_good(now_ms())
+            || pending != 0
+            || self.0.settled.borrow().len() >= MAX_SETTLED
+        {
             return;
         }
         let sku = &*sale.sku;
