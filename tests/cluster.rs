@@ -319,6 +319,38 @@ fn a_node_started_before_redis_comes_up_by_itself() {
         ));
     }
     redis.restart();
+    // The connection that comes up closes the breaker startup's failures opened: in the first
+    // scrape that shows it connected, the breaker is closed and the node serves, not a pause
+    // later (a node beside a cluster would otherwise be ready with one master still refused).
+    let first_connected = poll(process::READY_BOUND, || {
+        let mut client = Client::from_stream(
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?,
+            port,
+        );
+        let text = client
+            .try_request("GET", "/metrics", &[], None)
+            .ok()?
+            .text();
+        let parsed = common::prometheus::parse(&text).ok()?;
+        let connected = parsed.sum("seckill_redis_master_connected", &[]);
+        if connected < 1.0 {
+            std::thread::sleep(Duration::from_millis(5));
+            return None;
+        }
+        Some((
+            parsed.sum("seckill_redis_breaker_state", &[]),
+            parsed.sum("seckill_redis_master_up", &[]),
+            text,
+        ))
+    });
+    let Some((breakers, up, text)) = first_connected else {
+        node.fail("the node never reconnected to the restarted Redis");
+    };
+    if (breakers, up) != (0.0, 1.0) {
+        node.fail(&format!(
+            "connected again, but breaker state {breakers} and up {up}:\n{text}"
+        ));
+    }
     node.wait_ready(port);
     let mut client = Client::connect(port);
     client.create_sale("late", &sale_spec(3, 1));

@@ -439,6 +439,7 @@ fn render_redis_masters(out: &mut Text, redis: &[(usize, &crate::store::RedisSta
     #[derive(Default)]
     struct Master {
         up: bool,
+        connected: bool,
         opened: u64,
         replaced: u64,
     }
@@ -447,9 +448,11 @@ fn render_redis_masters(out: &mut Text, redis: &[(usize, &crate::store::RedisSta
         for node in &stats.masters {
             let entry = masters.entry(&node.server).or_insert(Master {
                 up: true,
+                connected: true,
                 ..Master::default()
             });
             entry.up &= node.up;
+            entry.connected &= node.connected;
             entry.opened += node.breaker_opened;
             entry.replaced += node.replaced;
         }
@@ -464,6 +467,18 @@ fn render_redis_masters(out: &mut Text, redis: &[(usize, &crate::store::RedisSta
             "seckill_redis_master_up",
             &[("master", server)],
             u64::from(master.up),
+        );
+    }
+    out.family(
+        "seckill_redis_master_connected",
+        "gauge",
+        "1 while every shard has a connection to this Redis node, whatever its breakers say (0 with master_up 0: unreachable; 1 with master_up 0: reached but failing).",
+    );
+    for (server, master) in &masters {
+        out.sample(
+            "seckill_redis_master_connected",
+            &[("master", server)],
+            u64::from(master.connected),
         );
     }
     out.family(

@@ -115,7 +115,7 @@ impl RedisStore {
         F: std::future::Future<Output = Result<T, fred::error::Error>>,
     {
         let node = &route.node;
-        if !node.breaker.borrow_mut().admit(Instant::now()) {
+        if !node.breaker().borrow_mut().admit(Instant::now()) {
             return Err(RedisError::Open);
         }
         let started = Instant::now();
@@ -171,7 +171,7 @@ impl RedisStore {
             Err(_) => metrics.errors += 1,
             Ok(_) => {}
         }
-        let mut breaker = node.breaker.borrow_mut();
+        let mut breaker = node.breaker().borrow_mut();
         let was_open = matches!(breaker.state(), BreakerState::Open(_));
         // Redis answered a rejection: it is up, so the breaker counts it as a success.
         let answered = !matches!(result, Err(RedisError::Failed(_) | RedisError::Timeout));

@@ -177,6 +177,8 @@ pub struct MasterStats {
     pub server: Box<str>,
     /// Connected, and its breaker not open.
     pub up: bool,
+    /// Connected, whatever its breaker says.
+    pub connected: bool,
     /// Its breaker: 0 closed, 1 open, 2 half-open.
     pub breaker_state: u64,
     /// Times its breaker opened.
@@ -347,7 +349,8 @@ impl Store for RedisStore {
             .map(|node| MasterStats {
                 server: node.server.as_ref().into(),
                 up: node.up(),
-                breaker_state: node.breaker.borrow().state().gauge(),
+                connected: node.connected(),
+                breaker_state: node.breaker().borrow().state().gauge(),
                 breaker_opened: node.breaker_opened.get(),
                 replaced: node.replaced.get(),
             })

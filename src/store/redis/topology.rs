@@ -14,7 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ struct Link {
     /// waits in its queue, unread while it reconnects, to be sent once Redis is back: long
     /// after its caller was told 503. Calls are refused while this is set.
     lost: Arc<AtomicBool>,
+    /// Times fred reported the connection made (first or again): a new one closes the breaker.
+    connections: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -57,9 +59,12 @@ impl Link {
                 async { Ok(()) }
             })
         };
+        let connections = Arc::new(AtomicU64::new(0));
         let on_reconnect = {
             let lost = Arc::clone(&lost);
+            let connections = Arc::clone(&connections);
             client.on_reconnect(move |_| {
+                connections.fetch_add(1, Ordering::AcqRel);
                 lost.store(false, Ordering::Release);
                 async { Ok(()) }
             })
@@ -69,6 +74,7 @@ impl Link {
             client,
             tasks: vec![router, on_error, on_reconnect],
             lost,
+            connections,
         })
     }
 
@@ -93,8 +99,11 @@ pub struct Node {
     pub server: Rc<str>,
     config: Config,
     link: RefCell<Link>,
-    /// Its own breaker: one failing node never opens another's.
-    pub breaker: RefCell<Breaker>,
+    /// Its own breaker: one failing node never opens another's. Read it through
+    /// [`Node::breaker`], which closes it first when a connection came up since.
+    breaker: RefCell<Breaker>,
+    /// The link's connection count when the breaker last saw it.
+    connections_seen: Cell<u64>,
     /// When it last answered, for the watchdog.
     pub watch: RefCell<Watch>,
     /// Times its breaker opened.
@@ -114,6 +123,7 @@ impl Node {
             config,
             link: RefCell::new(link),
             breaker: RefCell::new(Breaker::default()),
+            connections_seen: Cell::new(0),
             watch: RefCell::new(Watch::default()),
             breaker_opened: Cell::new(0),
             replaced: Cell::new(0),
@@ -140,7 +150,20 @@ impl Node {
 
     /// Whether it serves now: connected, and its breaker not refusing calls.
     pub fn up(&self) -> bool {
-        self.connected() && !self.breaker.borrow().refusing(Instant::now())
+        self.connected() && !self.breaker().borrow().refusing(Instant::now())
+    }
+
+    /// Its breaker, closed first if a connection came up since the breaker last looked: calls
+    /// that failed while there was none (a node starting before its Redis, a master restarting)
+    /// say nothing about the connection that now answers, which deserves calls at once rather
+    /// than after the rest of a pause. (Without this, a node could be ready, one master serving,
+    /// while another master's breaker, opened by startup's failures, refused its SKUs.)
+    pub fn breaker(&self) -> &RefCell<Breaker> {
+        let connections = self.link.borrow().connections.load(Ordering::Acquire);
+        if connections != self.connections_seen.replace(connections) {
+            self.breaker.borrow_mut().reset();
+        }
+        &self.breaker
     }
 
     /// Drops the connection and its router task and starts a new client. The breaker closes:
@@ -150,6 +173,7 @@ impl Node {
         // The old link is dropped here, aborting its tasks.
         *self.link.borrow_mut() = link;
         self.breaker.borrow_mut().reset();
+        self.connections_seen.set(0);
         *self.watch.borrow_mut() = Watch::default();
         self.down_since.set(None);
         self.replaced.set(self.replaced.get() + 1);
