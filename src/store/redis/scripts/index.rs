@@ -42,6 +42,18 @@ end
 local function index_add(ids)
   table.sort(ids)
   local len, i = #ids[1], 1
+  -- The usual case, one read: every id is newer than the last indexed (ids begin with their
+  -- time), so they extend the last chunk, or start new ones after a full one.
+  local last = redis.call('ZREVRANGEBYLEX', K.ids, '+', '-', 'LIMIT', 0, 1)[1]
+  if not last or ids[1] > string.sub(last, -len) then
+    local text = table.concat(ids, ' ')
+    if last and (#last + 1) / (len + 1) < 64 then
+      redis.call('ZREM', K.ids, last)
+      text = last .. ' ' .. text
+    end
+    index_write(text, len)
+    return
+  end
   while i <= #ids do
     local member = index_chunk(ids[i])
     if not member then member = index_next(nil) end

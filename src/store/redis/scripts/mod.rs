@@ -25,6 +25,8 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- (Two GETs, not one MGET: MGET reads a key of the wrong type as nil, a stock of 0, where GET
+-- fails the script.)
 local function level()
   return tonumber(redis.call('GET', K.remaining) or '0'), tonumber(redis.call('GET', K.seq) or '0')
 end
@@ -125,16 +127,24 @@ end
 -- calling node `known` saw (lost writes: FLUSHALL, a restart without persistence, an older
 -- snapshot): the started sale is gone, its epoch is lower, or its seq is lower in the same epoch.
 -- While the marker exists no node sells the SKU; only the RESUME script clears it.
-local function regressed_since(known)
+--
+-- `seen` is what the caller read already, to save reading it again: `{now, starts_at, epoch,
+-- remaining, seq}` with `starts_at` and `epoch` as `K.sale` holds them (nil when absent).
+local function regressed_since(known, seen)
   local marker = redis.call('GET', K.regressed)
   if marker or not known then return marker end
-  local now = now_ms()
+  if not seen then
+    local sale = redis.call('HMGET', K.sale, 'starts_at', 'epoch')
+    local remaining, seq = level()
+    seen = {now = now_ms(), starts_at = sale[1], epoch = sale[2], remaining = remaining, seq = seq}
+  end
+  local now = seen.now
   local reason, found = nil, cjson.null
-  if not redis.call('HGET', K.sale, 'starts_at') then
+  if not seen.starts_at then
     if now >= known.starts_at then reason = 'gone' end
   else
-    local remaining, seq = level()
-    local epoch = tonumber(redis.call('HGET', K.sale, 'epoch') or '0')
+    local remaining, seq = seen.remaining, seen.seq
+    local epoch = tonumber(seen.epoch or '0')
     found = {epoch = epoch, seq = seq, remaining = remaining}
     if epoch < known.epoch then reason = 'epoch'
     elseif epoch == known.epoch and seq < known.seq then reason = 'seq' end

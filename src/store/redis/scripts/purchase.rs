@@ -38,7 +38,7 @@ local n = tonumber(ARGV[2])
 redis.call('ZCARD', K.pending)
 redis.call('ZCARD', K.ids)
 redis.call('XLEN', K.events)
-local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms', 'price')
+local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms', 'price', 'epoch')
 -- The API bounds the price so that price * 100 units stays exact in a Lua number.
 local price = tonumber(sale[5] or '0')
 local now = now_ms()
@@ -47,7 +47,8 @@ local now = now_ms()
 local remaining, seq = level()
 local results = {remaining, seq}
 -- The node's last view of the SKU follows the purchases (`regressed_since`).
-local regressed = regressed_since(known_at(#ARGV - 4))
+local regressed = regressed_since(known_at(#ARGV - 4),
+  {now = now, starts_at = sale[1], epoch = sale[6], remaining = remaining, seq = seq})
 local ids, users, idems, distinct, idem_list = {}, {}, {}, {}, {}
 for i = 1, n do
   local at = 3 + (i - 1) * 4
@@ -97,23 +98,29 @@ local function put(id, stored)
   written[id] = stored
 end
 -- `made[k]` is the k-th order made.
-local made, keyed, touched = {}, {}, {}
+local made, keyed = {}, {}
 local ttl = tonumber(sale[4] or '0')
 local expires = now + ttl
 results[3], results[4], results[5] = now, expires, price
--- Order ids each user gained, appended to their list once per batch (one shopper with many
+-- Order ids each user gained, appended to their list once per batch: one entry (a string, no
+-- table, for the usual shopper with one order), or a table of them (one shopper with many
 -- orders in a batch would otherwise copy a growing list per order).
 local gained = {}
 -- A new order packed (record.rs): `p quantity created_at ttl amount user_id [idem]`.
 local times = ' ' .. string.format('%.0f %.0f', now, ttl) .. ' '
-for i = 1, n do
+-- The window and the limit, read once for the batch (nil with no sale: `unknown_sale` first).
+local starts_at, ends_at, limit = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
+local free = price == 0
+local i
+local function answer(outcome, detail)
+  if outcome == 'err' then results[5 + i] = detail
+  elseif outcome == 'ok' then results[5 + i] = 'ok'
+  else results[5 + i] = {outcome, detail} end
+end
+for purchase = 1, n do
+  i = purchase
   local at = 3 + (i - 1) * 4
   local id, user, qty, idem = ids[i], users[i], tonumber(ARGV[at + 2]), idems[i]
-  local function answer(outcome, detail)
-    if outcome == 'err' then results[5 + i] = detail
-    elseif outcome == 'ok' then results[5 + i] = 'ok'
-    else results[5 + i] = {outcome, detail} end
-  end
   local retried = written[id] or stored[i]
   local prior = idem and earlier[idem]
   local replayed = prior and (written[prior] or earlier_raw[prior])
@@ -128,33 +135,33 @@ for i = 1, n do
     answer('replay', order_json(o))
   elseif regressed then
     answer('err', 'store_regressed')
-  elseif not sale[1] then
+  elseif not starts_at then
     answer('err', 'unknown_sale')
-  elseif now < tonumber(sale[1]) then
+  elseif now < starts_at then
     answer('err', 'not_started')
-  elseif now >= tonumber(sale[2]) then
+  elseif now >= ends_at then
     answer('err', 'ended')
   elseif blocked[user] then
     answer('err', 'blocked')
   elseif remaining == 0 and not idem then
     answer('err', 'sold_out')
-  elseif held[user] + qty > tonumber(sale[3]) then
+  elseif held[user] + qty > limit then
     answer('err', 'limit_exceeded')
   elseif remaining == 0 then
     answer('err', 'sold_out')
   elseif remaining < qty then
     answer('err', 'insufficient_stock')
   else
-    local stored = 'p ' .. ARGV[at + 2] .. times .. string.format('%.0f', qty * price) .. ' ' .. user
+    local amount = free and '0' or string.format('%.0f', qty * price)
+    local stored = 'p ' .. ARGV[at + 2] .. times .. amount .. ' ' .. user
     if idem then stored = stored .. ' ' .. idem end
     remaining = remaining - qty
     seq = seq + 1
     held[user] = held[user] + qty
-    if not touched[user] then
-      touched[user] = true
-      gained[user] = {}
-    end
-    gained[user][#gained[user] + 1] = ' ' .. id
+    local entry, had = ' ' .. id, gained[user]
+    if not had then gained[user] = entry
+    elseif type(had) == 'string' then gained[user] = {had, entry}
+    else had[#had + 1] = entry end
     put(id, stored)
     if idem then
       earlier[idem] = id
@@ -180,8 +187,10 @@ if #made > 0 then
   -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
   local keep = -32 * (#made[1] + 1)
   for _, user in ipairs(user_list) do
-    if touched[user] then
-      listed[user] = string.sub(listed[user] .. table.concat(gained[user]), keep)
+    if gained[user] then
+      local entries = gained[user]
+      if type(entries) == 'table' then entries = table.concat(entries) end
+      listed[user] = string.sub(listed[user] .. entries, keep)
       holdings[#holdings + 1] = user
       holdings[#holdings + 1] = held[user]
       lists[#lists + 1] = user
