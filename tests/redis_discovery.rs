@@ -346,3 +346,64 @@ fn an_unknown_sku_is_unavailable_while_redis_is_down() {
         "B sells the sale once Redis is back: {bought}"
     );
 }
+
+/// A page of `GET /v1/sales` is served from what the owners keep in sync, not read from Redis
+/// sale by sale (a page of 1,000 sales would otherwise cost 1,000 scripts). With Redis gone, node
+/// A still lists every sale made on node B, with the remaining last synced (a purchase on B
+/// included), while `GET /v1/sales/{sku}`, which reads Redis, answers 503.
+#[test]
+fn a_page_of_sales_is_served_from_the_synced_view() {
+    let mut redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let a = Server::start(2, &["--redis", &url]);
+    let b = Server::start(2, &["--redis", &url]);
+    let skus: Vec<String> = (0..20).map(|n| format!("page-{n:02}")).collect();
+    for sku in &skus {
+        b.client().create_sale(sku, &sale_spec(10, 5));
+    }
+    b.client().buy("page-07", &tok("buyer"), 3);
+    let remaining_on_a = |client: &mut Client| -> Option<Vec<(String, u64)>> {
+        let r = client.get("/v1/sales?limit=1000");
+        if r.status != 200 {
+            return None;
+        }
+        let body = r.json();
+        let sales = body["sales"].as_array()?;
+        Some(
+            sales
+                .iter()
+                .map(|sale| {
+                    (
+                        sale["sku"].as_str().unwrap_or_default().to_owned(),
+                        sale["remaining"].as_u64().unwrap_or(u64::MAX),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let expected: Vec<(String, u64)> = skus
+        .iter()
+        .map(|sku| (sku.clone(), if sku == "page-07" { 7 } else { 10 }))
+        .collect();
+    let synced = poll(std::time::Duration::from_secs(30), || {
+        let listed = remaining_on_a(&mut a.client())?;
+        (listed == expected).then_some(())
+    });
+    assert!(
+        synced.is_some(),
+        "node A never listed B's sales with the purchase; logs:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+
+    redis.kill9();
+    let mut client = a.client();
+    let listed = remaining_on_a(&mut client);
+    assert_eq!(
+        listed.as_ref(),
+        Some(&expected),
+        "with Redis gone, the page must still come from the synced view; log:\n{}",
+        a.log()
+    );
+    assert_error(&client.get("/v1/sales/page-07"), 503, "unavailable");
+}

@@ -226,12 +226,14 @@ impl<S: Store + 'static> Shard<S> {
                 *entry = super::owner::Announced {
                     sold_out: level.remaining == 0,
                     seq: level.seq,
+                    remaining: Some(level.remaining),
                     sale: Some(sale.clone()),
                     epoch: entry.epoch,
                     regressed: entry.regressed,
                 };
             } else if level.seq >= entry.seq {
                 entry.seq = level.seq;
+                entry.remaining = Some(level.remaining);
                 entry.sold_out = level.remaining == 0;
             }
         }

@@ -5,6 +5,7 @@
 //! store and answers back the same way ([`owner`]). [`runtime`] runs the node: [`boot`] starts
 //! the executors, [`signals`] and [`watchdog`] serve the main thread, [`accept`] takes
 //! connections within the descriptor budget of [`fds`], and [`drain`] stops it all in order.
+//! [`listing`] pages through the node's sales.
 
 pub mod accept;
 pub mod boot;
@@ -13,6 +14,7 @@ pub mod drain;
 pub mod edge;
 pub mod fds;
 pub mod leases;
+pub mod listing;
 pub mod message;
 mod negative;
 pub mod orders;
@@ -32,9 +34,9 @@ use futures::channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
 use crate::metrics::{MessageKind, ShardMetrics, ShardSnapshot};
-use crate::sale::command::{Command, Outcome, Reply};
+use crate::sale::command::{Command, Reply};
 use crate::sale::expiry::ExpiryQueue;
-use crate::sale::{SaleError, SaleView};
+use crate::sale::SaleError;
 use edge::Edge;
 use message::{Notice, ShardMsg};
 
@@ -106,15 +108,6 @@ impl NodeStatus {
             && !self.draining.load(Ordering::Acquire)
             && self.stores_down.load(Ordering::Acquire) == 0
     }
-}
-
-/// One page of `GET /v1/sales`.
-#[derive(Debug)]
-pub struct SalesPage {
-    /// The sales on the page, in SKU order.
-    pub sales: Vec<SaleView>,
-    /// The last SKU on the page when more follow: pass it as `after` for the next page.
-    pub next: Option<Box<str>>,
 }
 
 /// One shard: its edge replica, the partition it owns, and its links to the other shards.
@@ -258,91 +251,6 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             connections_open: self.connections.get() as u64,
             store: self.store.stats(),
         }
-    }
-
-    /// One page of the node's sales in SKU order: up to `limit` of those after `after` (from the
-    /// first without it), and the SKU to continue after when more follow. The SKUs come from
-    /// this shard's edge index; only the sales on the page are read, each from its owner, so a
-    /// page costs the same however many sales the node has.
-    pub async fn list_sales(
-        self: &Rc<Self>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<SalesPage, SaleError> {
-        let mut skus = self
-            .edge
-            .borrow()
-            .skus_after(after, limit.saturating_add(1));
-        let next = if skus.len() > limit {
-            skus.truncate(limit);
-            skus.last().cloned()
-        } else {
-            None
-        };
-        let mut by_owner: Vec<Vec<Box<str>>> = vec![Vec::new(); self.count];
-        for sku in skus {
-            if let Some(owned) = by_owner.get_mut(self.owner_of(&sku)) {
-                owned.push(sku);
-            }
-        }
-        let reads = by_owner
-            .into_iter()
-            .enumerate()
-            .filter(|(_, skus)| !skus.is_empty())
-            .map(|(owner, skus)| self.read_sales_on(owner, skus));
-        let mut sales = Vec::new();
-        for part in futures::future::join_all(reads).await {
-            sales.extend(part?);
-        }
-        sales.sort_by(|a, b| a.sku.cmp(&b.sku));
-        Ok(SalesPage { sales, next })
-    }
-
-    /// The current views of `skus`, all owned by shard `owner`.
-    async fn read_sales_on(
-        self: &Rc<Self>,
-        owner: usize,
-        skus: Vec<Box<str>>,
-    ) -> Result<Vec<SaleView>, SaleError> {
-        if owner == self.id {
-            return self.read_owned_sales(skus).await;
-        }
-        let (reply, answer) = oneshot::channel();
-        if self
-            .send(owner, ShardMsg::ReadSales { skus, reply })
-            .await
-            .is_err()
-        {
-            return Err(SaleError::Unavailable);
-        }
-        answer.await.unwrap_or(Err(SaleError::Unavailable))
-    }
-
-    /// The current views of `skus`, which this shard owns. A sale the store does not know (it
-    /// was in the index but the shared store lost it) is left out.
-    async fn read_owned_sales(&self, skus: Vec<Box<str>>) -> Result<Vec<SaleView>, SaleError> {
-        let reads: Vec<Command> = skus.into_iter().map(Command::GetSale).collect();
-        let replies = if self.store.shared() {
-            // The shared store runs a batch one round trip after another; reads need no order.
-            let singles = reads.into_iter().map(|read| self.store.execute(vec![read]));
-            futures::future::join_all(singles)
-                .await
-                .into_iter()
-                .flatten()
-                .collect()
-        } else {
-            self.store.execute(reads).await
-        };
-        let mut views = Vec::with_capacity(replies.len());
-        for reply in replies {
-            match reply {
-                Ok(Outcome::Sale(view)) => views.push(view),
-                Err(SaleError::UnknownSale) => {}
-                Err(error) => return Err(error),
-                Ok(_) => return Err(SaleError::Unavailable),
-            }
-        }
-        Ok(views)
     }
 
     /// Handles a message from another shard.

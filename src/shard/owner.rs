@@ -29,6 +29,8 @@ pub struct Announced {
     pub sold_out: bool,
     /// The newest stock level seen; older replies are ignored.
     pub seq: u64,
+    /// Units left at that level; `None` until a level was seen.
+    pub remaining: Option<u64>,
     /// The definition last announced, for a shared store whose sales other nodes create.
     pub sale: Option<crate::sale::Sale>,
     /// The sale's epoch in a shared store, bumped by every resume: a newer one starts `seq`
@@ -143,6 +145,7 @@ impl<S: Store + 'static> Shard<S> {
                 return;
             }
             entry.seq = level.seq;
+            entry.remaining = Some(level.remaining);
             std::mem::replace(&mut entry.sold_out, sold_out) != sold_out
         };
         if changed {
@@ -384,6 +387,7 @@ impl<S: Store + 'static> Shard<S> {
                 Announced {
                     sold_out,
                     seq: level.seq,
+                    remaining: Some(level.remaining),
                     sale: Some(sale.clone()),
                     ..Announced::default()
                 },
