@@ -47,7 +47,9 @@ struct StreamEvent {
 fn ledger(port: u16, sku: &str) -> Ledger {
     let remaining =
         query_ok::<Option<i64>>(port, &["GET", &sku_key(sku, "remaining")]).unwrap_or(0);
-    let held: BTreeMap<String, i64> = query_ok(port, &["HGETALL", &sku_key(sku, "held")]);
+    let held: BTreeMap<String, i64> = common::redis::holdings(
+        query_ok::<BTreeMap<String, String>>(port, &["HGETALL", &sku_key(sku, "held")]),
+    );
     // A member of `pending` names the orders of one purchase call, space-separated.
     let pending = query_ok::<Vec<String>>(port, &["ZRANGE", &sku_key(sku, "pending"), "0", "-1"])
         .iter()

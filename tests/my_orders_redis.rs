@@ -152,13 +152,13 @@ fn forgotten_orders_leave_the_redis_index() {
         [kept.clone(), made[4].clone(), made[3].clone()]
     );
     let index: Option<String> = redis
-        .query(&["HGET", "seckill:{forgetful}:byuser", "fred"])
-        .expect("HGET byuser");
-    let index = index.expect("fred has an index entry");
-    let indexed: Vec<&str> = index.split_whitespace().collect();
+        .query(&["HGET", "seckill:{forgetful}:held", "fred"])
+        .expect("HGET held");
+    let index = index.expect("fred has an entry");
+    let indexed = my_orders::common::redis::held_list(&index);
     assert_eq!(
         indexed,
-        [&made[3], &made[4], &kept],
+        [made[3].clone(), made[4].clone(), kept],
         "oldest first in Redis"
     );
 }
@@ -189,4 +189,61 @@ fn a_listing_that_can_read_no_sale_is_503() {
         started.elapsed()
     );
     assert_error(&r, 503, "unavailable");
+}
+
+/// A sale an older build sold from keeps working: its `held` entries are units alone and its
+/// order lists are in `byuser`. The old list is still read and trimmed, a holding still comes
+/// back on cancel, and a new order joins the shopper's one entry in `held`.
+#[test]
+fn an_older_builds_holdings_and_lists_carry_on() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let s = Server::start(1, &["--redis", &url, "--closed-orders-per-sale", "1"]);
+    s.open_sale("legacy", 100, 2);
+    edge::wait_until_open(&[&s], "legacy", WAIT_BOUND);
+    let mut c = s.client();
+    let ann = tok("ann");
+    let old = order_id(&c.buy("legacy", &ann, 1));
+    // What an older build would have written for that purchase.
+    let held = "seckill:{legacy}:held";
+    let byuser = "seckill:{legacy}:byuser";
+    let _: i64 = redis.query(&["HSET", held, "ann", "1"]).expect("HSET held");
+    let _: i64 = redis
+        .query(&["HSET", byuser, "ann", &format!(" {old}")])
+        .expect("HSET byuser");
+
+    std::thread::sleep(Duration::from_millis(3));
+    let new = order_id(&c.buy("legacy", &ann, 1));
+    assert_eq!(
+        ids(&list_orders(&mut c, &ann, "")),
+        [new.clone(), old.clone()]
+    );
+    let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
+    assert_eq!(
+        entry,
+        format!("2 {new}"),
+        "units of both orders, the new one listed"
+    );
+    assert_error(
+        &c.purchase("legacy", &ann, Some(1), None),
+        403,
+        "limit_exceeded",
+    );
+
+    // Cancelling the old order gives its unit back; retention (1 closed order kept) forgets it
+    // once a second order closes, and takes it out of the old list.
+    assert_status(&c.cancel(&old, &ann), 200);
+    let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
+    assert_eq!(entry, format!("1 {new}"));
+    assert_status(&c.cancel(&new, &ann), 200);
+    let old_list: Option<String> = redis.query(&["HGET", byuser, "ann"]).expect("HGET byuser");
+    assert_eq!(old_list, None, "the forgotten old order left the old list");
+    assert_eq!(ids(&list_orders(&mut c, &ann, "")), std::slice::from_ref(&new));
+    let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
+    assert_eq!(
+        entry,
+        format!("0 {new}"),
+        "nothing held, the kept order still listed"
+    );
+    c.buy("legacy", &ann, 2);
 }

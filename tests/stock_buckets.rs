@@ -49,7 +49,10 @@ fn units(port: u16, sku: &str, buckets: u64) -> Units {
     };
     for b in 0..buckets {
         let remaining: Option<u64> = query_ok(port, &["GET", &key(sku, b, "remaining")]);
-        let held: Vec<u64> = query_ok(port, &["HVALS", &key(sku, b, "held")]);
+        let held: Vec<u64> = query_ok::<Vec<String>>(port, &["HVALS", &key(sku, b, "held")])
+            .iter()
+            .map(|raw| common::redis::held_units(raw) as u64)
+            .collect();
         let orders: u64 = query_ok(port, &["HLEN", &key(sku, b, "orders")]);
         let moves: u64 = query_ok(port, &["HLEN", &key(sku, b, "moves")]);
         units.remaining += remaining.unwrap_or(0);

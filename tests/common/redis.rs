@@ -366,3 +366,35 @@ pub fn stored_order(raw: &str) -> serde_json::Value {
         "user_id": fields.get(5).unwrap_or_else(|| panic!("packed order user: {raw:?}")),
     })
 }
+
+/// The units of one shopper's entry in `PREFIX:{sku}:held`: `<units>[ <order id>...]`, the units
+/// their pending and paid orders hold, then their last order ids. Written apart from the scripts
+/// so that a test reading Redis checks them.
+#[track_caller]
+pub fn held_units(raw: &str) -> i64 {
+    raw.split(' ')
+        .next()
+        .and_then(|units| units.parse().ok())
+        .unwrap_or_else(|| panic!("a holding that is not `<units> <id>...`: {raw:?}"))
+}
+
+/// The order ids one shopper's entry in `PREFIX:{sku}:held` lists, oldest first.
+pub fn held_list(raw: &str) -> Vec<String> {
+    raw.split_whitespace().skip(1).map(str::to_owned).collect()
+}
+
+/// Every shopper who holds units, and how many, from `HGETALL PREFIX:{sku}:held` (an entry of no
+/// units stays while it lists orders; it holds nothing).
+#[track_caller]
+pub fn holdings<M: FromIterator<(String, i64)>>(
+    entries: impl IntoIterator<Item = (String, String)>,
+) -> M {
+    entries
+        .into_iter()
+        .map(|(user, raw)| {
+            let units = held_units(&raw);
+            (user, units)
+        })
+        .filter(|(_, units)| *units != 0)
+        .collect()
+}

@@ -39,12 +39,17 @@ local function index_write(text, len)
   end
 end
 -- Adds the ids of table `ids` (any order; sorted in place).
-local function index_add(ids)
+-- `tail`, when given, is what `index_tail()` answered earlier in the same script, with nothing
+-- written to the index since.
+local function index_tail()
+  return redis.call('ZREVRANGEBYLEX', K.ids, '+', '-', 'LIMIT', 0, 1)
+end
+local function index_add(ids, tail)
   table.sort(ids)
   local len, i = #ids[1], 1
   -- The usual case, one read: every id is newer than the last indexed (ids begin with their
   -- time), so they extend the last chunk, or start new ones after a full one.
-  local last = redis.call('ZREVRANGEBYLEX', K.ids, '+', '-', 'LIMIT', 0, 1)[1]
+  local last = (tail or index_tail())[1]
   if not last or ids[1] > string.sub(last, -len) then
     local text = table.concat(ids, ' ')
     if last and (#last + 1) / (len + 1) < 64 then

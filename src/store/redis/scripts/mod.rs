@@ -53,13 +53,35 @@ local function notify()
   local prefix, tag = string.match(K.sale, '^(.*):{([^{}]*)}:[^{}]*$')
   if prefix then redis.call('PUBLISH', prefix .. ':changed', tag) end
 end
--- Drops order `id` from `user`'s list in K.byuser (entries are ' ' .. id, all one length).
+-- A shopper's entry in K.held, one per shopper: the units their pending and paid orders hold,
+-- then their last order ids, ' ' .. id each (all one length), oldest first. `raw` as stored (nil
+-- for none); returns the units and the list. An entry of units alone is also what builds before
+-- this one wrote; their lists are in K.byuser, read as well. Anything else fails the script.
+local function holding(raw)
+  if not raw then return 0, '' end
+  local units, list = string.match(raw, '^(%d+)(.*)$')
+  if not units then error('a holding is stored corrupt') end
+  return tonumber(units), list
+end
+-- Writes `user`'s entry, or deletes it when it holds nothing and lists nothing.
+local function hold(user, units, list)
+  if units <= 0 and list == '' then redis.call('HDEL', K.held, user)
+  else redis.call('HSET', K.held, user, string.format('%.0f', math.max(units, 0)) .. list) end
+end
+-- `list` without the entry of order `id`, or nil when it has none.
+local function without(list, id)
+  local at = list and string.find(list, ' ' .. id, 1, true)
+  if not at then return nil end
+  return string.sub(list, 1, at - 1) .. string.sub(list, at + #id + 1)
+end
+-- Drops order `id` from `user`'s list: in their entry, or in an older build's K.byuser.
 local function unlist(user, id)
-  local ids = redis.call('HGET', K.byuser, user)
-  local at = ids and string.find(ids, ' ' .. id, 1, true)
-  if not at then return end
-  ids = string.sub(ids, 1, at - 1) .. string.sub(ids, at + #id + 1)
-  if ids == '' then redis.call('HDEL', K.byuser, user) else redis.call('HSET', K.byuser, user, ids) end
+  local units, list = holding(redis.call('HGET', K.held, user))
+  local rest = without(list, id)
+  if rest then return hold(user, units, rest) end
+  rest = without(redis.call('HGET', K.byuser, user), id)
+  if not rest then return end
+  if rest == '' then redis.call('HDEL', K.byuser, user) else redis.call('HSET', K.byuser, user, rest) end
 end
 "#,
         order_record!(),
@@ -80,9 +102,8 @@ local function close(o, status, retention)
   if status == 'paid' then return json end
   redis.call('INCRBY', K.remaining, o.quantity)
   redis.call('INCR', K.seq)
-  if redis.call('HINCRBY', K.held, o.user_id, -o.quantity) <= 0 then
-    redis.call('HDEL', K.held, o.user_id)
-  end
+  local units, list = holding(redis.call('HGET', K.held, o.user_id))
+  hold(o.user_id, units - o.quantity, list)
   redis.call('LPUSH', K.closed, o.order_id)
   while redis.call('LLEN', K.closed) > retention do
     local old = redis.call('RPOP', K.closed)
@@ -397,13 +418,14 @@ return {'ok', cjson.encode({regression = report, last_seen = seen, redis_before 
 );
 
 /// A user's orders of one SKU, newest first: `ARGV = [user_id]`. Reads the ids `PURCHASE` keeps
-/// in `byuser` (the last 32 of that user) and returns the JSON of each order still held.
+/// in the user's entry of `held` (the last 32 of that user; an older build's `byuser` list
+/// first) and returns the JSON of each order still held.
 pub const USER_ORDERS: &str = concat!(
     prelude!(),
     r#"
-local ids = redis.call('HGET', K.byuser, ARGV[1])
+local _, list = holding(redis.call('HGET', K.held, ARGV[1]))
+local ids = (redis.call('HGET', K.byuser, ARGV[1]) or '') .. list
 local out = {}
-if not ids then return out end
 for id in string.gmatch(ids, '%S+') do
   local o = order_load(id)
   if o then table.insert(out, 1, order_json(o)) end

@@ -24,8 +24,8 @@
 ///
 /// Cheap: each key is read or written with one variadic command per batch (HMGET, ZMSCORE,
 /// SMISMEMBER, HSET, ZADD, XADD; the id index is one chunk rewritten, see
-/// [`super::index`]), the holdings and each user's order list as absolute values in one HSET
-/// each, and no order is echoed back. Every order a call makes shares Redis' clock and
+/// [`super::index`]), each user's one entry in `held` (units, then their last order ids)
+/// written whole in one HSET, and no order is echoed back. Every order a call makes shares Redis' clock and
 /// so its deadline: the call adds one member to `pending` (score the deadline, member the ids,
 /// space-separated; [`expire_due`](super) checks each order's own status) and one `created`
 /// entry to the stream (field `ids`; the order feed reads each order from `orders`, feed.rs).
@@ -34,9 +34,10 @@ pub const PURCHASE: &str = concat!(
     claim!(),
     r#"
 local n = tonumber(ARGV[2])
--- The keys this script only writes, type-checked now (a wrong type fails these reads).
+-- The keys this script only writes, type-checked now (a wrong type fails these reads); the id
+-- index's last chunk is read for `index_add` at the same time.
 redis.call('ZCARD', K.pending)
-redis.call('ZCARD', K.ids)
+local index_before = index_tail()
 redis.call('XLEN', K.events)
 local sale = redis.call('HMGET', K.sale, 'starts_at', 'ends_at', 'per_user_limit', 'payment_timeout_ms', 'price', 'epoch')
 -- The API bounds the price so that price * 100 units stays exact in a Lua number.
@@ -68,12 +69,10 @@ local stored = redis.call('HMGET', K.orders, unpack(ids))
 local gone = redis.call('ZMSCORE', K.abandoned, unpack(ids))
 local blocked_flags = redis.call('SMISMEMBER', K.blocked, unpack(user_list))
 local held_values = redis.call('HMGET', K.held, unpack(user_list))
-local listed_values = redis.call('HMGET', K.byuser, unpack(user_list))
 local blocked, held, listed = {}, {}, {}
 for j, user in ipairs(user_list) do
   blocked[user] = blocked_flags[j] == 1
-  held[user] = tonumber(held_values[j] or '0')
-  listed[user] = listed_values[j] or ''
+  held[user], listed[user] = holding(held_values[j])
 end
 -- Idempotency keys: the order each names, and that order as stored.
 local earlier, earlier_raw = {}, {}
@@ -183,27 +182,24 @@ if #written_ids > 0 then
   redis.call('HSET', K.orders, unpack(fields))
 end
 if #made > 0 then
-  local holdings, lists = {}, {}
+  local holdings = {}
   -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
   local keep = -32 * (#made[1] + 1)
   for _, user in ipairs(user_list) do
     if gained[user] then
       local entries = gained[user]
       if type(entries) == 'table' then entries = table.concat(entries) end
-      listed[user] = string.sub(listed[user] .. entries, keep)
       holdings[#holdings + 1] = user
-      holdings[#holdings + 1] = held[user]
-      lists[#lists + 1] = user
-      lists[#lists + 1] = listed[user]
+      holdings[#holdings + 1] = string.format('%.0f', held[user])
+                                .. string.sub(listed[user] .. entries, keep)
     end
   end
   redis.call('HSET', K.held, unpack(holdings))
-  redis.call('HSET', K.byuser, unpack(lists))
   if #keyed > 0 then redis.call('HSET', K.idem, unpack(keyed)) end
   local batch = table.concat(made, ' ')
   redis.call('ZADD', K.pending, expires, batch)
   -- `made` is not read again: the index may sort it in place.
-  index_add(made)
+  index_add(made, index_before)
   -- One entry per call, not per order: one command instead of n, and the ids instead of n
   -- copies of the orders (the feed reads each from `orders`, and skips ghosts per order).
   redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'ids', batch)
