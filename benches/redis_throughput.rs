@@ -8,6 +8,9 @@
 //!    so every request creates an order), and reads Redis' `used_memory` before and after: the
 //!    bytes of Redis memory per order (every key a purchase writes, stream entry included; no
 //!    broker runs, so the stream is never trimmed).
+//!    Then the defaults once more with `seckill load` and a million shoppers, each limited to
+//!    one unit: nearly every order is a different shopper's, as in a real flash sale, and each
+//!    shopper costs Redis an entry of their own.
 //! 3. Runs `redis-benchmark -c 64 -P 1` with `EVALSHA` of a gateway-style script (take a unit,
 //!    count the user, store the order), one purchase per call: what an industry gateway with one
 //!    round trip per purchase gets from Redis at best (no HTTP in front of it).
@@ -79,8 +82,9 @@ const SETUPS: [Setup; 3] = [
 fn run() -> Result<(), String> {
     let mut measured = Vec::new();
     for setup in &SETUPS {
-        measured.push((setup, run_server(setup)?));
+        measured.push((setup, run_server(setup, Shoppers::One)?));
     }
+    let distinct = run_server(&SETUPS[0], Shoppers::Distinct)?;
     let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let (gateway_rps, gateway_us) = gateway_benchmark(&redis)?;
     let openresty = {
@@ -99,6 +103,10 @@ fn run() -> Result<(), String> {
             setup.batch, setup.pipeline, m.rps, m.p99, m.per_call, m.redis_us, m.bytes_per_order, m.orders, m.rps / openresty.rps
         );
     }
+    println!(
+        "cluster mode defaults, a different shopper per order (seckill load --users 1000000 --rate 25000 --duration 6s --connections 64): {:.0} orders, {:.1} per script call, {:.2} us of Redis per purchase, {:.0} B of Redis per order",
+        distinct.orders, distinct.per_call, distinct.redis_us, distinct.bytes_per_order
+    );
     println!(
         "gateway script, redis-benchmark -c 64 -P 1 EVALSHA:    {gateway_rps:>8.0} purchases/s  (one purchase per call; {gateway_us:.2} us of Redis per purchase)"
     );
@@ -130,7 +138,17 @@ struct Measured {
     bytes_per_order: f64,
 }
 
-fn run_server(setup: &Setup) -> Result<Measured, String> {
+/// What the shoppers of one measurement do.
+#[derive(Clone, Copy)]
+enum Shoppers {
+    /// `wrk` with one shopper with a huge limit: every request makes an order.
+    One,
+    /// `seckill load` with a million shoppers and a limit of one: nearly every order is a
+    /// different shopper's, as in a real flash sale.
+    Distinct,
+}
+
+fn run_server(setup: &Setup, shoppers: Shoppers) -> Result<Measured, String> {
     let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -153,7 +171,10 @@ fn run_server(setup: &Setup) -> Result<Measured, String> {
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("spawn {BIN}: {e}"))?;
-    let result = measure(port, &redis);
+    let result = match shoppers {
+        Shoppers::One => measure(port, &redis),
+        Shoppers::Distinct => measure_distinct(port, &redis),
+    };
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     result
@@ -180,12 +201,13 @@ fn wait_ready(base: &str, bound: Duration) -> Result<(), String> {
     Ok(())
 }
 
-fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, String> {
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base, Duration::from_secs(20))?;
+/// Waits for the node at `base`, then opens the bench's sale on it with `per_user_limit`;
+/// returns the time it was made.
+fn open_sale(base: &str, per_user_limit: u32) -> Result<u64, String> {
+    wait_ready(base, Duration::from_secs(20))?;
     let now = seckill::clock::now_ms();
     let sale = format!(
-        r#"{{"name":"bench","stock":1000000000,"starts_at":{},"ends_at":{},"per_user_limit":1000000}}"#,
+        r#"{{"name":"bench","stock":1000000000,"starts_at":{},"ends_at":{},"per_user_limit":{per_user_limit}}}"#,
         now - 1000,
         now + 3_600_000
     );
@@ -203,6 +225,51 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, Str
     if !created.contains(r#""state":"open""#) {
         return Err(format!("could not create the sale: {created}"));
     }
+    Ok(now)
+}
+
+/// A million shoppers, a limit of one each: Redis memory and CPU per order when nearly every
+/// order is a different shopper's (each costs an entry of its own in `held`).
+fn measure_distinct(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, String> {
+    let base = format!("http://127.0.0.1:{port}");
+    open_sale(&base, 1)?;
+    redis
+        .query::<()>(&["CONFIG", "RESETSTAT"])
+        .map_err(|e| e.to_string())?;
+    let memory_before = used_memory(redis)?;
+    let load = Command::new(BIN)
+        .args(["load", "--url", &base, "--sku", SKU, "--users", "1000000"])
+        .args(["--rate", "25000", "--duration", "6s", "--connections", "64"])
+        .env("SECKILL_TOKEN_SECRET", TOKEN_SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("seckill load: {e}"))?;
+    if !load.success() {
+        return Err(format!("seckill load failed: {load}"));
+    }
+    let metrics = curl(&[&format!("{base}/metrics")])?;
+    let made = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
+    let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
+    let (script_usec, _) = evalsha_usec(redis)?;
+    let orders: f64 = redis
+        .query::<i64>(&["HLEN", &format!("seckill:{{{SKU}}}:orders")])
+        .map_err(|e| e.to_string())? as f64;
+    let memory_after = used_memory(redis)?;
+    Ok(Measured {
+        rps: 0.0,
+        p99: String::new(),
+        per_call: made / calls.max(1.0),
+        // Per order made, refusals (a shopper drawn twice) included in the cost.
+        redis_us: script_usec / orders.max(1.0),
+        orders,
+        bytes_per_order: (memory_after - memory_before) / orders.max(1.0),
+    })
+}
+
+fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, String> {
+    let base = format!("http://127.0.0.1:{port}");
+    let now = open_sale(&base, 1_000_000)?;
     let token = Auth::new("", TOKEN_SECRET).mint("bench-shopper", now / 1000 + 3600);
     // Only the purchases' scripts count: the sale's creation and the warm-up syncs are reset.
     redis

@@ -238,7 +238,10 @@ fn an_older_builds_holdings_and_lists_carry_on() {
     assert_status(&c.cancel(&new, &ann), 200);
     let old_list: Option<String> = redis.query(&["HGET", byuser, "ann"]).expect("HGET byuser");
     assert_eq!(old_list, None, "the forgotten old order left the old list");
-    assert_eq!(ids(&list_orders(&mut c, &ann, "")), std::slice::from_ref(&new));
+    assert_eq!(
+        ids(&list_orders(&mut c, &ann, "")),
+        std::slice::from_ref(&new)
+    );
     let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
     assert_eq!(
         entry,
