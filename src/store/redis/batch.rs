@@ -123,6 +123,14 @@ async fn flush(store: RedisStore, sku: Box<str>) {
                 }
                 return;
             }
+            // The rule that starts a further flusher holds for every call it sends: while
+            // another call is in flight, this one leaves rather than send less than a quarter
+            // batch, and the call in flight takes the rest when it returns. Otherwise flushers
+            // once started split the queue into small calls, each paying Redis' fixed part.
+            if batch.sending > 0 && batch.queue.len() < (store.0.max_batch / 4).max(1) {
+                batch.flushers = batch.flushers.saturating_sub(1);
+                return;
+            }
             // Bounded, because Redis serves nothing else while a script runs.
             let take = batch.queue.len().min(store.0.max_batch);
             batch.sending += 1;
