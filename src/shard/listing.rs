@@ -46,16 +46,8 @@ impl<S: Store + 'static> Shard<S> {
         } else {
             None
         };
-        let mut by_owner: Vec<Vec<Box<str>>> = vec![Vec::new(); self.count];
-        for sku in skus {
-            if let Some(owned) = by_owner.get_mut(self.owner_of(&sku)) {
-                owned.push(sku);
-            }
-        }
-        let reads = by_owner
-            .into_iter()
-            .enumerate()
-            .filter(|(_, skus)| !skus.is_empty())
+        let reads = self
+            .skus_by_owner(skus)
             .map(|(owner, skus)| self.read_sales_on(owner, skus));
         let mut sales = Vec::new();
         for part in futures::future::join_all(reads).await {

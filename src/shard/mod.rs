@@ -177,6 +177,24 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         placement::owner_of(key, self.count)
     }
 
+    /// `skus` grouped by their owner shard: each owner that has any, with its SKUs in the order
+    /// given.
+    pub fn skus_by_owner(
+        &self,
+        skus: impl IntoIterator<Item = Box<str>>,
+    ) -> impl Iterator<Item = (usize, Vec<Box<str>>)> {
+        let mut by_owner: Vec<Vec<Box<str>>> = vec![Vec::new(); self.count];
+        for sku in skus {
+            if let Some(owned) = by_owner.get_mut(self.owner_of(&sku)) {
+                owned.push(sku);
+            }
+        }
+        by_owner
+            .into_iter()
+            .enumerate()
+            .filter(|(_, skus)| !skus.is_empty())
+    }
+
     /// Runs `command` on the shard that owns it, here or over the mesh.
     pub async fn call(self: &Rc<Self>, command: Command) -> Reply {
         let target = match (&command, command.sku()) {

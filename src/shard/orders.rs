@@ -54,16 +54,8 @@ impl<S: Store + 'static> Shard<S> {
             .edge
             .borrow()
             .started_skus(now_ms().saturating_add(CLOCK_MARGIN_MS), MAX_SALES_SCANNED);
-        let mut by_owner: Vec<Vec<Box<str>>> = vec![Vec::new(); self.count];
-        for sku in skus {
-            if let Some(owned) = by_owner.get_mut(self.owner_of(&sku)) {
-                owned.push(sku);
-            }
-        }
-        let reads = by_owner
-            .into_iter()
-            .enumerate()
-            .filter(|(_, skus)| !skus.is_empty())
+        let reads = self
+            .skus_by_owner(skus)
             .map(|(owner, skus)| self.read_orders_on(owner, user_id.into(), skus, limit));
         let mut merged = OrdersRead::default();
         for part in futures::future::join_all(reads).await {
