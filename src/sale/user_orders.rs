@@ -3,8 +3,8 @@
 //!
 //! The index is bounded per user and sale ([`RECENT_PER_SALE`]), so a buy-then-cancel loop
 //! cannot grow it; an order still retained but pushed out by newer ones of the same user is no
-//! longer listed (it is still found by its id). The Redis store keeps the same bound in its
-//! `byuser` hash.
+//! longer listed (it is still found by its id). The Redis store keeps the same bound in each
+//! user's entry of its `held` hash.
 
 use super::model::Order;
 
