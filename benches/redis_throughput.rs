@@ -4,7 +4,8 @@
 //! 1. Starts a `redis-server` and `seckill serve --redis` on it, once per [`Setup`]: the defaults
 //!    (`--redis-batch 64 --redis-pipeline 4`), one call in flight per SKU (`--redis-pipeline 1`)
 //!    and batching off (`--redis-batch 1 --redis-pipeline 1`).
-//! 2. Each time runs `wrk -t1 -c64 -d8s` at the purchase endpoint (one shopper with a huge limit,
+//! 2. Each time runs `wrk -t1 -c64 -d8s` (the defaults also with `-c1000`, a flash sale's
+//!    concurrency, where batches fill) at the purchase endpoint (one shopper with a huge limit,
 //!    so every request creates an order), and reads Redis' `used_memory` before and after: the
 //!    bytes of Redis memory per order (every key a purchase writes, stream entry included; no
 //!    broker runs, so the stream is never trimmed).
@@ -61,21 +62,31 @@ fn main() {
 struct Setup {
     batch: &'static str,
     pipeline: &'static str,
+    /// wrk's connections: 64 as the gateway gets, or a flash sale's thousand.
+    connections: &'static str,
 }
 
 /// What `run` measures, first to last; the first is the default configuration.
-const SETUPS: [Setup; 3] = [
+const SETUPS: [Setup; 4] = [
     Setup {
         batch: "64",
         pipeline: "4",
+        connections: "64",
     },
     Setup {
         batch: "64",
         pipeline: "1",
+        connections: "64",
     },
     Setup {
         batch: "1",
         pipeline: "1",
+        connections: "64",
+    },
+    Setup {
+        batch: "64",
+        pipeline: "4",
+        connections: "1000",
     },
 ];
 
@@ -99,8 +110,8 @@ fn run() -> Result<(), String> {
     };
     for (setup, m) in &measured {
         println!(
-            "cluster mode, --redis-batch {:>2} --redis-pipeline {}, wrk -t1 -c64 -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call; {:.2} us of Redis per purchase; {:.0} B of Redis per order over {:.0} orders; {:.2}x the OpenResty-style gateway)",
-            setup.batch, setup.pipeline, m.rps, m.p99, m.per_call, m.redis_us, m.bytes_per_order, m.orders, m.rps / openresty.rps
+            "cluster mode, --redis-batch {:>2} --redis-pipeline {}, wrk -t1 -c{} -d8s: {:>8.0} purchases/s  ({}; {:.1} per script call; {:.2} us of Redis per purchase; {:.0} B of Redis per order over {:.0} orders; {:.2}x the OpenResty-style gateway at -c64)",
+            setup.batch, setup.pipeline, setup.connections, m.rps, m.p99, m.per_call, m.redis_us, m.bytes_per_order, m.orders, m.rps / openresty.rps
         );
     }
     println!(
@@ -172,7 +183,7 @@ fn run_server(setup: &Setup, shoppers: Shoppers) -> Result<Measured, String> {
         .spawn()
         .map_err(|e| format!("spawn {BIN}: {e}"))?;
     let result = match shoppers {
-        Shoppers::One => measure(port, &redis),
+        Shoppers::One => measure(port, &redis, setup.connections),
         Shoppers::Distinct => measure_distinct(port, &redis),
     };
     let _ = Command::new("kill").arg(server.id().to_string()).status();
@@ -267,7 +278,11 @@ fn measure_distinct(port: u16, redis: &redis_server::RedisServer) -> Result<Meas
     })
 }
 
-fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, String> {
+fn measure(
+    port: u16,
+    redis: &redis_server::RedisServer,
+    connections: &str,
+) -> Result<Measured, String> {
     let base = format!("http://127.0.0.1:{port}");
     let now = open_sale(&base, 1_000_000)?;
     let token = Auth::new("", TOKEN_SECRET).mint("bench-shopper", now / 1000 + 3600);
@@ -283,7 +298,13 @@ fn measure(port: u16, redis: &redis_server::RedisServer) -> Result<Measured, Str
     )
     .map_err(|e| e.to_string())?;
     let wrk = Command::new("wrk")
-        .args(["-t1", "-c64", "-d8s", "--latency", "-s"])
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            "-d8s",
+            "--latency",
+            "-s",
+        ])
         .arg(&lua)
         .arg(format!("{base}/v1/sales/{SKU}/purchase"))
         .output()
