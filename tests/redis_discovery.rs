@@ -407,3 +407,61 @@ fn a_page_of_sales_is_served_from_the_synced_view() {
     );
     assert_error(&client.get("/v1/sales/page-07"), 503, "unavailable");
 }
+
+/// The synced view never outlives the sale: when Redis loses a sale before it starts (no
+/// regression can be told then: nothing was sold), the page stops listing it at the next sync,
+/// as `GET /v1/sales/{sku}` answers 404, instead of showing what was synced before.
+#[test]
+fn a_sale_lost_before_its_start_leaves_the_page() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let a = Server::start(2, &["--redis", &url]);
+    let b = Server::start(2, &["--redis", &url]);
+    let now = now_ms();
+    let upcoming = json!({
+        "name": "later",
+        "stock": 10,
+        "starts_at": now + 3_600_000,
+        "ends_at": now + 7_200_000,
+        "per_user_limit": 1,
+    });
+    b.client().create_sale("later", &upcoming);
+    let listed = |client: &mut Client| -> Option<Vec<String>> {
+        let r = client.get("/v1/sales?limit=1000");
+        if r.status != 200 {
+            return None;
+        }
+        let body = r.json();
+        Some(
+            body["sales"]
+                .as_array()?
+                .iter()
+                .filter_map(|sale| sale["sku"].as_str().map(str::to_owned))
+                .collect(),
+        )
+    };
+    let bound = std::time::Duration::from_secs(30);
+    let seen = poll(bound, || {
+        (listed(&mut a.client())? == ["later"]).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "node A never listed the sale; log:\n{}",
+        a.log()
+    );
+    // A synced view of it exists on A now; let a few syncs refresh it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let _: String = redis.query(&["FLUSHALL"]).expect("FLUSHALL");
+    let gone = poll(bound, || {
+        let page = listed(&mut a.client())?;
+        page.is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "node A still lists a sale Redis lost: {:?}; log:\n{}",
+        listed(&mut a.client()),
+        a.log()
+    );
+    assert_error(&a.client().get("/v1/sales/later"), 404, "unknown_sale");
+}

@@ -251,8 +251,13 @@ impl<S: Store + 'static> Shard<S> {
                         entry.seq = 0;
                     }
                     if entry.sale.as_ref() != Some(&sale) {
+                        // A new definition (a sale made again after its keys expired, or
+                        // replaced before its start) brings its own stock level, which may be
+                        // below the old one's.
                         entry.sale = Some(sale.clone());
                         entry.sold_out = false;
+                        entry.seq = 0;
+                        entry.remaining = None;
                         true
                     } else {
                         false
@@ -265,6 +270,10 @@ impl<S: Store + 'static> Shard<S> {
                         .await;
                 }
                 self.announce_stock(&sku, level, false).await;
+            } else if let Some(entry) = self.announced.borrow_mut().get_mut(&synced.sku) {
+                // The store has no such sale (lost before it started, or its keys expired): the
+                // listing asks the store rather than show what was synced before.
+                entry.remaining = None;
             }
             self.mirror_regression(&synced.sku, synced.regressed).await;
         }
@@ -277,6 +286,11 @@ impl<S: Store + 'static> Shard<S> {
         let changed = {
             let mut announced = self.announced.borrow_mut();
             let entry = announced.entry(sku.into()).or_default();
+            if entry.regressed && !regressed {
+                // Resumed: the level before the regression is no longer the sale's; the next
+                // sync brings the resumed one.
+                entry.remaining = None;
+            }
             std::mem::replace(&mut entry.regressed, regressed) != regressed
         };
         if !changed {

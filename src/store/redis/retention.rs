@@ -109,6 +109,10 @@ impl RedisStore {
         reclaim.seen.remove(sku);
         reclaim.held.remove(sku);
         self.0.schedule.borrow_mut().forget(sku);
-        self.forget_floor(sku);
+        // Every part's view: a new sale of the SKU with several buckets starts their seqs afresh,
+        // which an old part's floor would take for lost writes.
+        for bucket in 0..sale.stock_buckets.max(1) {
+            self.forget_floor(&keys::part(sku, bucket));
+        }
     }
 }
