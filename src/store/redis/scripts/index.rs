@@ -38,12 +38,12 @@ local function index_write(text, len)
     redis.call('ZADD', K.ids, 0, string.sub(text, first * (len + 1) + 1, last * (len + 1) - 1))
   end
 end
--- Adds the ids of table `ids` (any order; sorted in place).
--- `tail`, when given, is what `index_tail()` answered earlier in the same script, with nothing
--- written to the index since.
+-- The last chunk, as a reply of at most one member.
 local function index_tail()
   return redis.call('ZREVRANGEBYLEX', K.ids, '+', '-', 'LIMIT', 0, 1)
 end
+-- Adds the ids of table `ids` (any order; sorted in place). `tail`, when given, is what
+-- `index_tail()` answered earlier in the same script, with nothing written to the index since.
 local function index_add(ids, tail)
   table.sort(ids)
   local len, i = #ids[1], 1

@@ -25,8 +25,8 @@
 /// Cheap: each key is read or written with one variadic command per batch (HMGET, ZMSCORE,
 /// SMISMEMBER, HSET, ZADD, XADD; the id index is one chunk rewritten, see
 /// [`super::index`]), each user's one entry in `held` (units, then their last order ids)
-/// written whole in one HSET, and no order is echoed back. Every order a call makes shares Redis' clock and
-/// so its deadline: the call adds one member to `pending` (score the deadline, member the ids,
+/// written whole in one HSET, and no order is echoed back. Every order a call makes shares
+/// Redis' clock and so its deadline: the call adds one member to `pending` (score the deadline, member the ids,
 /// space-separated; [`expire_due`](super) checks each order's own status) and one `created`
 /// entry to the stream (field `ids`; the order feed reads each order from `orders`, feed.rs).
 pub const PURCHASE: &str = concat!(
@@ -110,14 +110,13 @@ local times = ' ' .. string.format('%.0f %.0f', now, ttl) .. ' '
 -- The window and the limit, read once for the batch (nil with no sale: `unknown_sale` first).
 local starts_at, ends_at, limit = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
 local free = price == 0
-local i
-local function answer(outcome, detail)
+-- Purchase `i`'s row of the reply.
+local function answer(i, outcome, detail)
   if outcome == 'err' then results[5 + i] = detail
   elseif outcome == 'ok' then results[5 + i] = 'ok'
   else results[5 + i] = {outcome, detail} end
 end
-for purchase = 1, n do
-  i = purchase
+for i = 1, n do
   local at = 3 + (i - 1) * 4
   local id, user, qty, idem = ids[i], users[i], tonumber(ARGV[at + 2]), idems[i]
   local retried = written[id] or stored[i]
@@ -125,31 +124,31 @@ for purchase = 1, n do
   local replayed = prior and (written[prior] or earlier_raw[prior])
   if gone[i] then
     -- A late copy of an attempt whose node gave up on it (see abandon.rs): nobody waits.
-    answer('err', 'unavailable')
+    answer(i, 'err', 'unavailable')
   elseif retried then
-    answer('retried', order_json(order_decode(id, retried)))
+    answer(i, 'retried', order_json(order_decode(id, retried)))
   elseif replayed then
     local o = order_decode(prior, replayed)
     if claimed(o, id) then put(prior, order_encode(o)) end
-    answer('replay', order_json(o))
+    answer(i, 'replay', order_json(o))
   elseif regressed then
-    answer('err', 'store_regressed')
+    answer(i, 'err', 'store_regressed')
   elseif not starts_at then
-    answer('err', 'unknown_sale')
+    answer(i, 'err', 'unknown_sale')
   elseif now < starts_at then
-    answer('err', 'not_started')
+    answer(i, 'err', 'not_started')
   elseif now >= ends_at then
-    answer('err', 'ended')
+    answer(i, 'err', 'ended')
   elseif blocked[user] then
-    answer('err', 'blocked')
+    answer(i, 'err', 'blocked')
   elseif remaining == 0 and not idem then
-    answer('err', 'sold_out')
+    answer(i, 'err', 'sold_out')
   elseif held[user] + qty > limit then
-    answer('err', 'limit_exceeded')
+    answer(i, 'err', 'limit_exceeded')
   elseif remaining == 0 then
-    answer('err', 'sold_out')
+    answer(i, 'err', 'sold_out')
   elseif remaining < qty then
-    answer('err', 'insufficient_stock')
+    answer(i, 'err', 'insufficient_stock')
   else
     local amount = free and '0' or string.format('%.0f', qty * price)
     local stored = 'p ' .. ARGV[at + 2] .. times .. amount .. ' ' .. user
@@ -168,7 +167,7 @@ for purchase = 1, n do
       keyed[#keyed + 1] = id
     end
     made[#made + 1] = id
-    answer('ok')
+    answer(i, 'ok')
   end
 end
 -- Writes: the stock first (see above).
