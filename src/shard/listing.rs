@@ -86,32 +86,26 @@ impl<S: Store + 'static> Shard<S> {
         skus: Vec<Box<str>>,
     ) -> Result<Vec<SaleView>, SaleError> {
         let mut views = Vec::with_capacity(skus.len());
-        let reads: Vec<Command> = if self.store.shared() {
+        let replies = if self.store.shared() {
             let now = now_ms();
-            skus.into_iter()
+            // The shared store runs a batch one round trip after another; reads need no order.
+            let singles = skus
+                .into_iter()
                 .filter_map(|sku| match self.synced_view(&sku, now) {
                     Some(view) => {
                         views.push(view);
                         None
                     }
-                    None => Some(Command::GetSale(sku)),
+                    None => Some(self.store.execute(vec![Command::GetSale(sku)])),
                 })
-                .collect()
-        } else {
-            skus.into_iter().map(Command::GetSale).collect()
-        };
-        if reads.is_empty() {
-            return Ok(views);
-        }
-        let replies = if self.store.shared() {
-            // The shared store runs a batch one round trip after another; reads need no order.
-            let singles = reads.into_iter().map(|read| self.store.execute(vec![read]));
+                .collect::<Vec<_>>();
             futures::future::join_all(singles)
                 .await
                 .into_iter()
                 .flatten()
                 .collect()
         } else {
+            let reads = skus.into_iter().map(Command::GetSale).collect();
             self.store.execute(reads).await
         };
         for reply in replies {
