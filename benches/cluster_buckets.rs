@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::redis_server::RedisServer;
 use seckill::auth::Auth;
 
-use super::{curl, evalsha_usec, field, wait_ready, ADMIN_TOKEN, BIN, TOKEN_SECRET};
+use super::{curl, field, wait_ready, ADMIN_TOKEN, BIN, TOKEN_SECRET};
 /// Shoppers the load cycles over.
 const SHOPPERS: usize = 256;
 
@@ -347,7 +347,7 @@ fn load(cluster: &[RedisServer], port: u16, sku: &str, k: u32) -> Result<Measure
     let mut usec = 0.0;
     let mut calls_per_master = Vec::new();
     for node in cluster {
-        let (u, c) = evalsha_usec(node)?;
+        let (u, c) = node.evalsha_usec()?;
         usec += u;
         calls_per_master.push(c as u64);
     }

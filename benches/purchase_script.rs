@@ -111,19 +111,8 @@ fn run() -> Result<(), String> {
                     CALLS * size
                 ));
             }
-            let info: String = ::redis::cmd("INFO")
-                .arg("commandstats")
-                .query(&mut conn)
-                .map_err(failed)?;
-            let usec = info
-                .lines()
-                .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
-                .and_then(|line| {
-                    line.split(',')
-                        .find_map(|part| part.strip_prefix("usec_per_call="))
-                })
-                .and_then(|value| value.parse::<f64>().ok())
-                .ok_or("no cmdstat_evalsha in INFO commandstats")?;
+            let (usec, calls) = redis.evalsha_usec()?;
+            let usec = usec / calls.max(1.0);
             best = best.min(usec);
         }
         println!(

@@ -262,7 +262,7 @@ fn measure_distinct(port: u16, redis: &redis_server::RedisServer) -> Result<Meas
     let metrics = curl(&[&format!("{base}/metrics")])?;
     let made = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
     let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
-    let (script_usec, _) = evalsha_usec(redis)?;
+    let (script_usec, _) = redis.evalsha_usec()?;
     let orders: f64 = redis
         .query::<i64>(&["HLEN", &format!("seckill:{{{SKU}}}:orders")])
         .map_err(|e| e.to_string())? as f64;
@@ -318,7 +318,7 @@ fn measure(
     let metrics = curl(&[&format!("{base}/metrics")])?;
     let batches = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
     let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
-    let (script_usec, _) = evalsha_usec(redis)?;
+    let (script_usec, _) = redis.evalsha_usec()?;
     let memory_after = used_memory(redis)?;
 
     let p99 = wrk
@@ -388,7 +388,7 @@ fn gateway_benchmark(redis: &redis_server::RedisServer) -> Result<(f64, f64), St
         .find(|(_, unit)| unit.starts_with("requests"))
         .and_then(|(value, _)| value.parse::<f64>().ok())
         .ok_or_else(|| format!("no redis-benchmark figure in {bench:?}"))?;
-    let (usec, calls) = evalsha_usec(redis)?;
+    let (usec, calls) = redis.evalsha_usec()?;
     Ok((rps, usec / calls.max(1.0)))
 }
 
@@ -401,27 +401,6 @@ fn used_memory(redis: &redis_server::RedisServer) -> Result<f64, String> {
         .find_map(|line| line.strip_prefix("used_memory:"))
         .and_then(|value| value.trim().parse().ok())
         .ok_or_else(|| "no used_memory in INFO memory".to_owned())
-}
-
-/// `cmdstat_evalsha`'s total usec and calls from `INFO commandstats`; zeros for a Redis that ran
-/// no script (a cluster master that serves none of the bench's keys).
-fn evalsha_usec(redis: &redis_server::RedisServer) -> Result<(f64, f64), String> {
-    let info: String = redis
-        .query(&["INFO", "commandstats"])
-        .map_err(|e| e.to_string())?;
-    let Some(line) = info
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
-    else {
-        return Ok((0.0, 0.0));
-    };
-    let value = |name: &str| {
-        line.split(',')
-            .find_map(|part| part.strip_prefix(name))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Ok((value("usec="), value("calls=")))
 }
 
 fn field(text: &str, name: &str) -> Option<f64> {

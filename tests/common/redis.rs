@@ -186,6 +186,27 @@ impl RedisServer {
         query(self.port, args)
     }
 
+    /// `cmdstat_evalsha`'s total usec and calls from `INFO commandstats`; zeros for a Redis that
+    /// ran no script (a cluster master that serves none of a bench's keys).
+    pub fn evalsha_usec(&self) -> Result<(f64, f64), String> {
+        let info: String = self
+            .query(&["INFO", "commandstats"])
+            .map_err(|e| e.to_string())?;
+        let Some(line) = info
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+        else {
+            return Ok((0.0, 0.0));
+        };
+        let value = |name: &str| {
+            line.split(',')
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((value("usec="), value("calls=")))
+    }
+
     /// An integer reply, or the integer in a bulk string; `None` for nil or if Redis does not
     /// answer.
     pub fn integer(&self, args: &[&str]) -> Option<i64> {
