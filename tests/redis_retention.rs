@@ -183,3 +183,114 @@ fn a_settled_sale_costs_a_node_started_later_nothing() {
         "the kept sale still answers: {sale}"
     );
 }
+
+/// A SKU whose sale sold, settled and expired, made again: a node that synced the old sale (its
+/// stock seq far ahead of the new sale's, one floor per stock bucket) takes the new definition's
+/// level, sells it, and does not take the new, lower seqs for lost writes. Waits out the
+/// settling margin (about a minute): the old sale must have sold while both nodes watched.
+#[test]
+fn a_sale_made_again_after_its_keys_expired_starts_afresh_on_every_node() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let args = ["--redis", url.as_str(), "--redis-retention-secs", "1"];
+    let nodes: Vec<Server> = (0..2).map(|_| Server::start(2, &args)).collect();
+    let (mut a, mut b) = (nodes[0].client(), nodes[1].client());
+    let logs = || format!("A:\n{}\nB:\n{}", nodes[0].log(), nodes[1].log());
+    let now = now_ms();
+    let mut old = json!({
+        "name": "short",
+        "stock": 10,
+        "starts_at": now - 1_000,
+        "ends_at": now + 4_000,
+        "per_user_limit": 1,
+        "payment_timeout_ms": 1000,
+        "stock_buckets": 2,
+    });
+    a.create_sale("again", &old);
+    for shopper in 0..6 {
+        b.buy("again", &tok(&format!("old-{shopper}")), 1);
+    }
+    let both_saw = poll(WAIT, || {
+        let seen = [listing(&mut a), listing(&mut b)];
+        seen.iter()
+            .all(|page| page.get("again") == Some(&4))
+            .then_some(())
+    });
+    assert!(
+        both_saw.is_some(),
+        "the nodes never listed 4 left; {}",
+        logs()
+    );
+
+    // Over for good a minute after its last payment deadline, then gone a retention later.
+    let gone = poll(Duration::from_secs(150), || {
+        let left: i64 = query_ok(redis.port, &["EXISTS", &sku_key("again", "sale")]);
+        (left == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the settled sale's keys never expired; {}",
+        logs()
+    );
+
+    // The old connections idled out while the sale settled.
+    let (mut a, mut b) = (nodes[0].client(), nodes[1].client());
+    let now = now_ms();
+    old["stock"] = json!(7);
+    old["starts_at"] = json!(now - 1_000);
+    old["ends_at"] = json!(now + 3_600_000);
+    let made = a.put_sale("again", &old);
+    assert_eq!(
+        made.status,
+        201,
+        "the new sale was refused: {made}; {}",
+        logs()
+    );
+    let listed_new = poll(WAIT, || {
+        (listing(&mut b).get("again") == Some(&7)).then_some(())
+    });
+    assert!(
+        listed_new.is_some(),
+        "node B lists {:?} instead of the new sale's 7; {}",
+        listing(&mut b).get("again"),
+        logs()
+    );
+    // Node B may still hold the old definition for a sync tick (its listing then reads Redis).
+    let mut last = None;
+    let sold = poll(WAIT, || {
+        let r = b.purchase("again", &tok("new-b"), Some(1), None);
+        let ok = r.status == 201;
+        last = Some(r);
+        ok.then_some(())
+    });
+    assert!(
+        sold.is_some(),
+        "node B never sold the new sale: {last:?}; {}",
+        logs()
+    );
+    let r = a.purchase("again", &tok("new-a"), Some(1), None);
+    assert_eq!(
+        r.status,
+        201,
+        "node A did not sell the new sale: {r}; {}",
+        logs()
+    );
+    let settled = poll(WAIT, || {
+        let seen = [listing(&mut a), listing(&mut b)];
+        seen.iter()
+            .all(|page| page.get("again") == Some(&5))
+            .then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the nodes never listed 5 left; {}",
+        logs()
+    );
+    let marker: i64 = query_ok(redis.port, &["EXISTS", &sku_key("again", "regressed")]);
+    assert_eq!(
+        marker,
+        0,
+        "the new sale was taken for lost writes; {}",
+        logs()
+    );
+}
