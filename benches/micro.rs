@@ -11,15 +11,22 @@
 //!   shards, with demand above the rate so the sort path runs).
 //! - `routing/owner_of`: hashing a SKU to its owner shard (xxh3), done for every SKU-bound
 //!   request; measured over a set of realistic SKUs.
+//! - `reply/*`: the round trip of a routed call's answer: a `futures` oneshot (allocated per
+//!   call) against a pooled slot (`seckill::shard::reply`, a `sharded_slab::Pool`), on one
+//!   thread (the bookkeeping alone) and from an owner thread to a caller thread spinning on
+//!   both sides (no futex in the way). Before the groups run, the allocations per round trip
+//!   of each are counted by this binary's counting allocator and printed.
 //! - `auth/verify_shopper_token`: checking the HMAC-signed bearer token every purchase carries,
 //!   before anything else is looked at.
 //! - `http/*`: parsing a realistic purchase request (`POST /v1/sales/moutai-2026/purchase` with
 //!   Host, User-Agent, Accept, a real signed bearer token, Content-Type, Idempotency-Key,
 //!   Content-Length and a small JSON body), alone and as a pipelined batch of 16 walked the way
 //!   the connection loop walks its read buffer.
-//! - `json/*`: reading a purchase body (`{"quantity":1}`) and an admin sale definition the way
-//!   the handlers do: `json_fields` (which copies the body, since simd-json parses in place),
-//!   typed field reads, then `finish` to reject unknown fields.
+//! - `json/*`: reading a purchase body (`{"quantity":1}`) the way the handler does
+//!   (`purchase_body`: a tape in reused buffers, no allocation) and the way every other body is
+//!   read (`purchase_body_tree`: `json_fields` copies the body, since simd-json parses in place,
+//!   builds a value tree, then typed field reads and `finish` to reject unknown fields), and an
+//!   admin sale definition the latter way.
 //! - `owner/*`: one `Book::execute(Command::Purchase(..))` on the owner shard, the serialised
 //!   step every successful purchase of a SKU goes through: by a user who holds nothing yet (new
 //!   holder entry), by a user who already holds units (existing entry), and refused because the
@@ -33,18 +40,23 @@
 //! The journal benchmarks need a directory that supports O_DIRECT (not tmpfs): they use
 //! `$SECKILL_BENCH_DIR` if set, else the system temporary directory, and remove what they create.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use futures::channel::oneshot;
 use glommio::{LocalExecutor, LocalExecutorBuilder};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use seckill::api::body::json_fields;
-use seckill::api::parse_sale;
+use seckill::api::{parse_purchase, parse_sale};
 use seckill::auth::{Auth, Principal};
 use seckill::http::request::{parse, Parsed};
 use seckill::http::{Method, Request};
@@ -54,6 +66,7 @@ use seckill::sale::command::{Command, Event, PurchaseRequest};
 use seckill::sale::ids::OrderId;
 use seckill::sale::{Order, OrderStatus, Sale, SaleError};
 use seckill::shard::placement::owner_of;
+use seckill::shard::reply::{self, Slots};
 use seckill::store::journal::recovery::check_direct_io;
 use seckill::store::journal::{Durability, Journal};
 
@@ -307,7 +320,13 @@ fn time_purchases(book: &mut Book, commands: Vec<Command>) -> Duration {
     elapsed
 }
 
-fn read_quantity(request: &Request<'_>) -> Result<u64, seckill::api::error::ApiError> {
+/// The purchase body as the handler reads it: from a reused tape, no value tree.
+fn read_quantity(request: &Request<'_>) -> Result<u32, seckill::api::error::ApiError> {
+    parse_purchase(request)
+}
+
+/// The same body read into a value tree, as every other body is (and purchases were before).
+fn read_quantity_tree(request: &Request<'_>) -> Result<u64, seckill::api::error::ApiError> {
     let mut fields = json_fields(request)?;
     let quantity = fields.u64("quantity", 1..=100)?.unwrap_or(1);
     fields.finish()?;
@@ -328,6 +347,9 @@ fn json(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(PURCHASE_BODY.len() as u64));
     group.bench_function("purchase_body", |b| {
         b.iter(|| black_box(read_quantity(black_box(&purchase)).is_ok()))
+    });
+    group.bench_function("purchase_body_tree", |b| {
+        b.iter(|| black_box(read_quantity_tree(black_box(&purchase)).is_ok()))
     });
     group.throughput(Throughput::Bytes(SALE_BODY.len() as u64));
     group.bench_function("sale_body", |b| {
@@ -563,9 +585,166 @@ fn journal(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// reply
+
+/// Counts every allocation of this process, so a bench can say how many a step makes.
+struct CountingAllocator;
+
+/// Allocations since the process started.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed straight to the system allocator; counting adds no state the
+// allocator relies on.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, AtomicOrdering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, AtomicOrdering::Relaxed);
+        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAllocator = CountingAllocator;
+
+/// The answer every call in the `reply` group carries.
+const ANSWER: u64 = 42;
+
+/// The pool the `reply` group's slots come from.
+static SLOTS: LazyLock<Slots<u64>> = LazyLock::new(Slots::new);
+
+/// A call as the owner thread receives it.
+enum Call {
+    Oneshot(oneshot::Sender<u64>),
+    Slot(reply::ReplyTo<u64>),
+}
+
+/// Polls `answer` on this thread until it resolves, without parking: the owner thread spins
+/// too, so the round trip measures the hand-off, not futex wake-ups.
+fn spin_on<F: std::future::Future>(answer: F) -> F::Output {
+    let mut answer = std::pin::pin!(answer);
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    loop {
+        if let std::task::Poll::Ready(value) = answer.as_mut().poll(&mut cx) {
+            return value;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// An owner thread answering calls, spinning on a preallocated channel while idle.
+struct Owner {
+    calls: Option<SyncSender<Call>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Owner {
+    fn start() -> Self {
+        let (calls, incoming) = sync_channel::<Call>(1);
+        let thread = std::thread::spawn(move || loop {
+            match incoming.try_recv() {
+                Ok(Call::Oneshot(reply)) => {
+                    let _ = reply.send(ANSWER);
+                }
+                Ok(Call::Slot(reply)) => reply.send(ANSWER),
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(TryRecvError::Disconnected) => return,
+            }
+        });
+        Self {
+            calls: Some(calls),
+            thread: Some(thread),
+        }
+    }
+
+    fn oneshot_round_trip(&self) -> u64 {
+        let (reply, answer) = oneshot::channel();
+        self.send(Call::Oneshot(reply));
+        spin_on(answer).unwrap_or(0)
+    }
+
+    fn slot_round_trip(&self) -> u64 {
+        let (reply, answer) = reply::slot(&SLOTS).expect("a free slot");
+        self.send(Call::Slot(reply));
+        spin_on(answer).unwrap_or(0)
+    }
+
+    fn send(&self, call: Call) {
+        if let Some(calls) = &self.calls {
+            calls.send(call).expect("the owner thread runs");
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.calls = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn oneshot_local() -> u64 {
+    let (reply, answer) = oneshot::channel();
+    let _ = reply.send(ANSWER);
+    spin_on(answer).unwrap_or(0)
+}
+
+fn slot_local() -> u64 {
+    let (reply, answer) = reply::slot(&SLOTS).expect("a free slot");
+    reply.send(ANSWER);
+    spin_on(answer).unwrap_or(0)
+}
+
+/// Allocations per call of `round_trip`, after a warm-up that fills any pool.
+fn allocations_per_call(mut round_trip: impl FnMut() -> u64) -> f64 {
+    const CALLS: u64 = 10_000;
+    for _ in 0..CALLS {
+        assert_eq!(round_trip(), ANSWER);
+    }
+    let before = ALLOCATIONS.load(AtomicOrdering::Relaxed);
+    for _ in 0..CALLS {
+        black_box(round_trip());
+    }
+    (ALLOCATIONS.load(AtomicOrdering::Relaxed) - before) as f64 / CALLS as f64
+}
+
+fn replies(c: &mut Criterion) {
+    let owner = Owner::start();
+    println!(
+        "reply allocations per call: oneshot {:.2} (one thread) {:.2} (across threads); \
+         pooled slot {:.2} (one thread) {:.2} (across threads)",
+        allocations_per_call(oneshot_local),
+        allocations_per_call(|| owner.oneshot_round_trip()),
+        allocations_per_call(slot_local),
+        allocations_per_call(|| owner.slot_round_trip()),
+    );
+    let mut group = c.benchmark_group("reply");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("oneshot_local", |b| b.iter(oneshot_local));
+    group.bench_function("slot_local", |b| b.iter(slot_local));
+    group.bench_function("oneshot_cross_thread", |b| {
+        b.iter(|| owner.oneshot_round_trip())
+    });
+    group.bench_function("slot_cross_thread", |b| b.iter(|| owner.slot_round_trip()));
+    group.finish();
+}
+
 criterion_group! {
     name = micro;
     config = config();
-    targets = admission, routing, auth, http, json, owner, journal
+    targets = admission, routing, replies, auth, http, json, owner, journal
 }
 criterion_main!(micro);

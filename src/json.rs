@@ -8,7 +8,9 @@
 //! than [`MAX_DEPTH`], and any control byte other than JSON's own whitespace (no valid JSON text
 //! has one: inside strings they must be escaped).
 
-use simd_json::OwnedValue;
+use std::cell::RefCell;
+
+use simd_json::{Buffers, Node, OwnedValue, Tape};
 
 /// Deepest nesting accepted. Our documents are flat objects; this leaves room for clients that
 /// wrap them, and keeps the parser's recursion far from any stack limit.
@@ -69,6 +71,53 @@ pub fn check_shape(bytes: &[u8]) -> Result<(), JsonError> {
 /// Parses `bytes` into a value tree after [`check_shape`].
 pub fn parse_value(bytes: &[u8]) -> Result<OwnedValue, JsonError> {
     checked(bytes, simd_json::to_owned_value)
+}
+
+/// Largest text [`with_tape`] parses with its thread's reused buffers; a larger one gets buffers
+/// of its own, so a shard never keeps more than this much scratch per buffer.
+pub const REUSED_UP_TO: usize = 4096;
+
+/// One thread's parse buffers, kept between calls so a small body costs no allocation.
+#[derive(Default)]
+struct Scratch {
+    /// The bytes simd-json parses in place.
+    copy: Vec<u8>,
+    /// simd-json's own working buffers.
+    buffers: Buffers,
+    /// The tape's storage, empty between calls.
+    tape: Vec<Node<'static>>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Parses `bytes` after [`check_shape`] into a tape, which `read` walks without building a value
+/// tree. Texts up to [`REUSED_UP_TO`] bytes reuse this thread's buffers: after the first call,
+/// parsing allocates nothing. `read` must not parse JSON itself.
+pub fn with_tape<R>(
+    bytes: &[u8],
+    read: impl FnOnce(simd_json::tape::Value<'_, '_>) -> R,
+) -> Result<R, JsonError> {
+    check_shape(bytes)?;
+    let syntax = |error: simd_json::Error| JsonError::Syntax(error.to_string());
+    if bytes.len() > REUSED_UP_TO {
+        let mut copy = bytes.to_vec();
+        let tape = simd_json::to_tape(&mut copy).map_err(syntax)?;
+        return Ok(read(tape.as_value()));
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut copy = std::mem::take(&mut scratch.copy);
+        copy.clear();
+        copy.extend_from_slice(bytes);
+        let mut tape = Tape(std::mem::take(&mut scratch.tape)).reset();
+        let read = simd_json::fill_tape(&mut copy, &mut scratch.buffers, &mut tape)
+            .map(|()| read(tape.as_value()))
+            .map_err(syntax);
+        scratch.tape = tape.reset().0;
+        scratch.copy = copy;
+        read
+    })
 }
 
 /// Deserialises `bytes` into `T` after [`check_shape`].

@@ -564,6 +564,46 @@ fn purchase_success_shape_quantity_and_order_visibility() {
         44,
         "invalid purchases must not take stock"
     );
+    let carol = tok("carol");
+    // The purchase body is read from a reused tape, field by field: the same rules as every
+    // other body (unknown fields refused, a field's own error first, the last repeat wins).
+    let r = c.authed(
+        "POST",
+        "/v1/sales/shape/purchase",
+        &carol,
+        Some(r#"{"quantity":1,"colour":"red"}"#),
+    );
+    assert_error(&r, 400, "bad_request");
+    assert!(r.text().contains("unknown field `colour`"), "{r}");
+    let r = c.authed(
+        "POST",
+        "/v1/sales/shape/purchase",
+        &carol,
+        Some(r#"{"colour":"red","quantity":0}"#),
+    );
+    assert!(r.text().contains("field `quantity` must be"), "{r}");
+    let r = c.authed(
+        "POST",
+        "/v1/sales/shape/purchase",
+        &carol,
+        Some(r#"{"quantity":3,"quantity":2}"#),
+    );
+    assert_status(&r, 201);
+    assert_eq!(r.json()["quantity"], json!(2), "{r}");
+    // Larger than the reused buffers take (parsed with buffers of its own), then small again.
+    let padded = format!("{{\"quantity\":{}2}}", " ".repeat(5000));
+    let r = c.authed("POST", "/v1/sales/shape/purchase", &carol, Some(&padded));
+    assert_status(&r, 201);
+    assert_eq!(r.json()["quantity"], json!(2), "{r}");
+    let r = c.authed(
+        "POST",
+        "/v1/sales/shape/purchase",
+        &carol,
+        Some(r#"{"quantity":1}"#),
+    );
+    assert_status(&r, 201);
+    assert_eq!(r.json()["quantity"], json!(1), "{r}");
+    assert_eq!(c.remaining("shape"), 39);
 
     s.open_sale("bulk", 1000, 100);
     let big = c.buy("bulk", &alice, 100);

@@ -21,21 +21,69 @@ pub fn json_fields(request: &Request<'_>) -> Result<Fields, ApiError> {
     if request.body.is_empty() {
         return Ok(Fields::default());
     }
-    if let Some(content_type) = request.content_type {
-        if !is_json(content_type) {
-            return Err(ApiError::new(
-                415,
-                "unsupported_media_type",
-                "the body must be JSON (Content-Type: application/json)",
-            ));
-        }
-    }
+    check_media_type(request)?;
     match crate::json::parse_value(request.body) {
         Ok(OwnedValue::Object(object)) => Ok(Fields { object: *object }),
         Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
-        Err(error) => Err(ApiError::bad_request(format!(
-            "the body is not valid JSON: {error}"
-        ))),
+        Err(error) => Err(not_json(&error)),
+    }
+}
+
+/// Reads a JSON object body field by field from a tape, without building a value tree, for the
+/// purchase path: `field` gets each name and value in order (so the last of a repeated name
+/// wins, as in [`json_fields`]) and answers whether it knew the name. A field's own error comes before any
+/// unknown field's, as with [`Fields::finish`]. An empty body has no fields.
+pub fn for_each_field(
+    request: &Request<'_>,
+    mut field: impl FnMut(&str, simd_json::tape::Value<'_, '_>) -> Result<bool, ApiError>,
+) -> Result<(), ApiError> {
+    if request.body.is_empty() {
+        return Ok(());
+    }
+    check_media_type(request)?;
+    let walked = crate::json::with_tape(request.body, |value| {
+        let Some(object) = value.as_object() else {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        };
+        let mut unknown = None;
+        for (name, value) in &object {
+            if !field(name, value)? && unknown.is_none() {
+                unknown = Some(unknown_field(name));
+            }
+        }
+        unknown.map_or(Ok(()), Err)
+    });
+    match walked {
+        Ok(read) => read,
+        Err(error) => Err(not_json(&error)),
+    }
+}
+
+/// The answer to a field value outside `range`.
+pub fn out_of_range(name: &str, range: &RangeInclusive<u64>) -> ApiError {
+    ApiError::bad_request(format!(
+        "field `{name}` must be an integer from {} to {}",
+        range.start(),
+        range.end()
+    ))
+}
+
+fn unknown_field(name: &str) -> ApiError {
+    ApiError::bad_request(format!("unknown field `{name}`"))
+}
+
+fn not_json(error: &crate::json::JsonError) -> ApiError {
+    ApiError::bad_request(format!("the body is not valid JSON: {error}"))
+}
+
+fn check_media_type(request: &Request<'_>) -> Result<(), ApiError> {
+    match request.content_type {
+        Some(content_type) if !is_json(content_type) => Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -55,14 +103,7 @@ impl Fields {
             return Ok(None);
         };
         let number = value.as_u64().filter(|n| range.contains(n));
-        match number {
-            Some(number) => Ok(Some(number)),
-            None => Err(ApiError::bad_request(format!(
-                "field `{name}` must be an integer from {} to {}",
-                range.start(),
-                range.end()
-            ))),
-        }
+        number.map(Some).ok_or_else(|| out_of_range(name, &range))
     }
 
     /// A required unsigned integer within `range`.
@@ -114,7 +155,7 @@ impl Fields {
     /// Fails on the first field nobody asked for, so typos are not silently ignored.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.object.keys().next() {
-            Some(unknown) => Err(ApiError::bad_request(format!("unknown field `{unknown}`"))),
+            Some(unknown) => Err(unknown_field(unknown)),
             None => Ok(()),
         }
     }

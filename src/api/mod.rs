@@ -84,7 +84,7 @@ impl<S: Store + 'static> Api<S> {
         }
     }
 
-    fn principal(&self, request: &Request<'_>) -> Option<Principal> {
+    fn principal<'r>(&self, request: &Request<'r>) -> Option<Principal<'r>> {
         self.auth
             .authenticate(request.authorization, crate::clock::now_ms() / 1000)
     }

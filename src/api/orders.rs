@@ -15,7 +15,7 @@ fn requester<S: Store + 'static>(
 ) -> Result<Requester, ApiError> {
     match api.principal(request) {
         Some(Principal::Admin) => Ok(Requester::Admin),
-        Some(Principal::Shopper(user_id)) => Ok(Requester::Shopper(user_id)),
+        Some(Principal::Shopper(user_id)) => Ok(Requester::Shopper(user_id.into())),
         Some(Principal::Payment) => Err(ApiError::new(
             403,
             "forbidden",

@@ -13,8 +13,8 @@ pub enum ShardMsg {
     Call {
         /// The command, already past the edge checks.
         command: Command,
-        /// Where the caller waits.
-        reply: oneshot::Sender<Reply>,
+        /// Where the caller waits: a pooled slot, as routed purchases are the hot path.
+        reply: super::reply::ReplyTo<Reply>,
     },
     /// Read these sales as their owner and send back the views found, in any order.
     ReadSales {

@@ -20,6 +20,7 @@ mod negative;
 pub mod orders;
 pub mod owner;
 pub mod placement;
+pub mod reply;
 pub mod runtime;
 pub mod signals;
 pub mod watchdog;
@@ -28,6 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use futures::channel::oneshot;
@@ -39,6 +41,9 @@ use crate::sale::expiry::ExpiryQueue;
 use crate::sale::SaleError;
 use edge::Edge;
 use message::{Notice, ShardMsg};
+
+/// Where routed calls wait for their owner's reply; shared by every shard of the process.
+static CALL_REPLIES: LazyLock<reply::Slots<Reply>> = LazyLock::new(reply::Slots::new);
 
 /// How long a scrape waits for each peer shard's metrics.
 pub const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -210,7 +215,9 @@ impl<S: crate::store::Store + 'static> Shard<S> {
         if target == self.id {
             return self.execute_owned(command).await;
         }
-        let (reply, answer) = oneshot::channel();
+        let Some((reply, answer)) = reply::slot(&CALL_REPLIES) else {
+            return Err(SaleError::Unavailable);
+        };
         let message = ShardMsg::Call { command, reply };
         if self.send(target, message).await.is_err() {
             return Err(SaleError::Unavailable);
@@ -278,8 +285,8 @@ impl<S: crate::store::Store + 'static> Shard<S> {
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {
                     let answer = shard.execute_owned(command).await;
-                    // The caller may have gone away (connection closed); nothing to do then.
-                    let _ = reply.send(answer);
+                    // The caller may have gone away (connection closed); the slot drops it then.
+                    reply.send(answer);
                 })
                 .detach();
             }

@@ -1,0 +1,141 @@
+//! Allocations on the request path, counted by a counting global allocator on the test's own
+//! thread: in a flash sale nearly every request is a refusal, and an admitted purchase's body is
+//! read on every one of them, so neither may allocate once warm.
+//!
+//! What is counted is seckill's own work on a request already read: parsing the head, checking
+//! the shopper token, the edge's checks up to the sold-out refusal, and reading the purchase body.
+//! glommio's own per-read bookkeeping (a reactor source per socket read) is outside this test;
+//! the README's performance section reports it from a heaptrack run of the real server.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Instant;
+
+use seckill::api::parse_purchase;
+use seckill::auth::{Auth, Principal};
+use seckill::http::request::{parse, Parsed};
+use seckill::sale::{Sale, SaleError};
+use seckill::shard::edge::{Edge, Refusal};
+use seckill::shard::message::Notice;
+
+/// Counts allocations made by the current thread, so tests running beside it do not count.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call goes straight to the system allocator; the count is a thread-local cell
+// with a const initialiser, which never allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
+        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAllocator = CountingAllocator;
+
+/// Allocations `step` makes on this thread.
+fn allocations_of(step: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    step();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+const NOW_MS: u64 = 1_767_225_600_000;
+const SKU: &str = "moutai-2026";
+
+fn purchase_request(auth: &Auth) -> Vec<u8> {
+    let token = auth.mint("u-20250917-84213", NOW_MS / 1000 + 3600);
+    let body = r#"{"quantity":1}"#;
+    format!(
+        "POST /v1/sales/{SKU}/purchase HTTP/1.1\r\nHost: shop.example.com\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn sold_out_edge() -> Edge {
+    let mut edge = Edge::new(0, 2);
+    let sale = Sale {
+        sku: SKU.into(),
+        name: "Kweichow Moutai".into(),
+        stock: 1000,
+        starts_at: NOW_MS - 60_000,
+        ends_at: NOW_MS + 3_600_000,
+        per_user_limit: 1,
+        payment_timeout_ms: 900_000,
+        rate_limit_per_sec: 0,
+        price: 149_900,
+        currency: "CNY".into(),
+        stock_buckets: 1,
+    };
+    let now = Instant::now();
+    edge.apply(&Notice::SaleUpserted { sale, version: 1 }, now);
+    let flag = Notice::StockFlag {
+        sku: SKU.into(),
+        sold_out: true,
+        version: 2,
+    };
+    edge.apply(&flag, now);
+    edge
+}
+
+/// The sold-out refusal, from the request bytes to the edge's answer.
+fn refuse(auth: &Auth, edge: &mut Edge, bytes: &[u8]) {
+    let Ok(Parsed::Complete(request, _)) = parse(bytes) else {
+        panic!("the request must parse");
+    };
+    let Some(Principal::Shopper(user_id)) = auth.authenticate(request.authorization, NOW_MS / 1000)
+    else {
+        panic!("the token must verify");
+    };
+    let refused = edge.admit_purchase(SKU, user_id, false, NOW_MS, Instant::now());
+    assert_eq!(refused, Err(Refusal::Sale(SaleError::SoldOut)));
+}
+
+#[test]
+fn a_sold_out_refusal_allocates_nothing() {
+    let auth = Auth::new("admin-token-0123456789", "secret-0123456789abcdef");
+    let bytes = purchase_request(&auth);
+    let mut edge = sold_out_edge();
+    refuse(&auth, &mut edge, &bytes);
+    let counted = allocations_of(|| {
+        for _ in 0..100 {
+            refuse(&auth, &mut edge, &bytes);
+        }
+    });
+    assert_eq!(counted, 0, "allocations in 100 sold-out refusals");
+}
+
+#[test]
+fn reading_a_purchase_body_allocates_nothing_once_warm() {
+    let auth = Auth::new("admin-token-0123456789", "secret-0123456789abcdef");
+    let bytes = purchase_request(&auth);
+    let Ok(Parsed::Complete(request, _)) = parse(&bytes) else {
+        panic!("the request must parse");
+    };
+    assert_eq!(parse_purchase(&request).ok(), Some(1));
+    let counted = allocations_of(|| {
+        for _ in 0..100 {
+            assert_eq!(parse_purchase(&request).ok(), Some(1));
+        }
+    });
+    assert_eq!(counted, 0, "allocations in reading 100 purchase bodies");
+}
