@@ -3,7 +3,8 @@
 //! read on every one of them, so neither may allocate once warm.
 //!
 //! What is counted is seckill's own work on a request already read: parsing the head, checking
-//! the shopper token, the edge's checks up to the sold-out refusal, and reading the purchase body.
+//! the shopper token, the edge's checks up to the sold-out refusal, reading the purchase body,
+//! and the owner's step of a purchase (which may only grow its containers now and then).
 //! glommio's own per-read bookkeeping (a reactor source per socket read) is outside this test;
 //! the README's performance section reports it from a heaptrack run of the real server.
 
@@ -71,9 +72,8 @@ fn purchase_request(auth: &Auth) -> Vec<u8> {
     .into_bytes()
 }
 
-fn sold_out_edge() -> Edge {
-    let mut edge = Edge::new(0, 2);
-    let sale = Sale {
+fn sold_out_edge_sale() -> Sale {
+    Sale {
         sku: SKU.into(),
         name: "Kweichow Moutai".into(),
         stock: 1000,
@@ -85,7 +85,12 @@ fn sold_out_edge() -> Edge {
         price: 149_900,
         currency: "CNY".into(),
         stock_buckets: 1,
-    };
+    }
+}
+
+fn sold_out_edge() -> Edge {
+    let mut edge = Edge::new(0, 2);
+    let sale = sold_out_edge_sale();
     let now = Instant::now();
     edge.apply(&Notice::SaleUpserted { sale, version: 1 }, now);
     let flag = Notice::StockFlag {
@@ -138,4 +143,49 @@ fn reading_a_purchase_body_allocates_nothing_once_warm() {
         }
     });
     assert_eq!(counted, 0, "allocations in reading 100 purchase bodies");
+}
+
+/// The owner's step of a purchase by a shopper who already holds units: the order, its id, its
+/// journal event and the reply share the sale's SKU and the shopper's id instead of copying them,
+/// so only the growth of the book's containers allocates, far less than once per order.
+#[test]
+fn the_owners_purchase_step_copies_no_string() {
+    use seckill::sale::book::{Book, BookLimits};
+    use seckill::sale::command::{Command, PurchaseRequest};
+    use std::sync::Arc;
+
+    let mut book = Book::new(BookLimits::default());
+    let mut sale = sold_out_edge_sale();
+    sale.stock = 1_000_000;
+    sale.per_user_limit = 1_000_000;
+    let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
+    assert!(made.is_ok(), "{made:?}");
+    let user: Arc<str> = Arc::from("u-20250917-84213");
+    let purchase = |user: &Arc<str>| {
+        Command::Purchase(PurchaseRequest {
+            sku: SKU.into(),
+            user_id: Arc::clone(user),
+            quantity: 1,
+            idempotency_key: None,
+        })
+    };
+    // Warm: the holder exists and the maps have room.
+    for _ in 0..10_000 {
+        let (reply, _) = book.execute(purchase(&user), NOW_MS);
+        assert!(reply.is_ok(), "{reply:?}");
+    }
+    let commands: Vec<Command> = (0..100).map(|_| purchase(&user)).collect();
+    let mut results = Vec::with_capacity(100);
+    let counted = allocations_of(|| {
+        for command in commands {
+            results.push(book.execute(command, NOW_MS));
+        }
+    });
+    assert!(results.iter().all(|(reply, _)| reply.is_ok()));
+    // The maps and per-sale lists still grow now and then (amortised); a string copied per
+    // order would be 100 or more on its own.
+    assert!(
+        counted < 100,
+        "{counted} allocations in 100 purchases on the owner: a string is copied per order"
+    );
 }

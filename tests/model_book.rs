@@ -237,7 +237,7 @@ impl Model {
         }
         let order_id = minted.unwrap_or(OrderId {
             unique: 0,
-            sku: request.sku.clone(),
+            sku: request.sku.clone().into(),
         });
         assert_eq!(*order_id.sku, *sku, "a new order's id names its SKU");
         assert!(
@@ -247,7 +247,7 @@ impl Model {
         );
         let order = Order {
             order_id: order_id.clone(),
-            sku: request.sku.clone(),
+            sku: request.sku.clone().into(),
             user_id: request.user_id.clone(),
             quantity: request.quantity,
             status: OrderStatus::Pending,
@@ -459,7 +459,7 @@ impl Harness {
         self.model
             .orders
             .get(&id.unique)
-            .map_or_else(|| USERS[0].into(), |o| o.user_id.clone())
+            .map_or_else(|| USERS[0].into(), |o| Box::from(&*o.user_id))
     }
 
     /// What the owner does with the expiry queue after a shopper's or admin's command.

@@ -260,7 +260,7 @@ fn live_run(batches: &[Vec<Op>], crash: &Crash, segment_limit: u64, dir: &Path) 
                     if !driver.known.iter().any(|(id, _)| *id == order.order_id) {
                         driver
                             .known
-                            .push((order.order_id.clone(), order.user_id.clone()));
+                            .push((order.order_id.clone(), Box::from(&*order.user_id)));
                     }
                 }
                 if let Some(event) = event {

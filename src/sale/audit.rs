@@ -86,7 +86,7 @@ impl Book {
                         held: holder.held,
                         keys,
                     };
-                    holders.insert(user.clone(), state);
+                    holders.insert(Box::from(&**user), state);
                 }
                 let state = LedgerState {
                     sale: ledger.sale.clone(),
@@ -127,7 +127,7 @@ impl Book {
                     order.order_id, order.sku
                 ));
             }
-            if !self.sales.contains_key(&order.sku) {
+            if !self.sales.contains_key(&*order.sku) {
                 return fail(format!("order {} of a sale the book lacks", order.order_id));
             }
             if order.status.holds_stock() {

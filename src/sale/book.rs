@@ -5,6 +5,7 @@
 //! and when a durable store replays its log, so the two can never disagree.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -50,10 +51,12 @@ pub(super) struct Holder {
 #[derive(Debug, Clone)]
 pub(super) struct SaleLedger {
     pub(super) sale: Sale,
+    /// The SKU once, shared by every order of the sale (and its id) instead of copied into each.
+    pub(super) sku: Arc<str>,
     pub(super) remaining: u64,
     /// Counts stock changes; see [`StockLevel::seq`].
     pub(super) stock_seq: u64,
-    pub(super) holders: SegmentedMap<Box<str>, Holder>,
+    pub(super) holders: SegmentedMap<Arc<str>, Holder>,
     /// Closed (cancelled or expired) orders, oldest first, for bounded retention.
     pub(super) closed: VecDeque<u128>,
     /// Retained orders in id order, for the admin's listing.
@@ -82,6 +85,7 @@ impl SaleLedger {
         Self {
             remaining: sale.stock,
             stock_seq: 0,
+            sku: Arc::from(&*sale.sku),
             sale,
             holders: SegmentedMap::new(),
             closed: VecDeque::new(),
@@ -201,7 +205,7 @@ impl Book {
                 });
             }
             Event::OrderCreated { order, .. } if order.status.holds_stock() => {
-                let Some(ledger) = self.sales.get(&order.sku) else {
+                let Some(ledger) = self.sales.get(&*order.sku) else {
                     return Ok(());
                 };
                 if ledger.remaining < u64::from(order.quantity) {
@@ -218,7 +222,7 @@ impl Book {
                 let Some(order) = self.orders.get(&order_id.unique) else {
                     return Ok(());
                 };
-                let Some(ledger) = self.sales.get(&order_id.sku) else {
+                let Some(ledger) = self.sales.get(&*order_id.sku) else {
                     return Ok(());
                 };
                 let returned = ledger.remaining.saturating_add(u64::from(order.quantity));
@@ -247,7 +251,7 @@ impl Book {
                 order,
                 idempotency_key,
             } => {
-                let Some(ledger) = self.sales.get_mut(&order.sku) else {
+                let Some(ledger) = self.sales.get_mut(&*order.sku) else {
                     return;
                 };
                 let holder = ledger.holders.get_or_default(order.user_id.clone());
@@ -379,7 +383,7 @@ impl Book {
         if sale.has_ended(now_ms) {
             return (Err(SaleError::Ended), None);
         }
-        let holder = ledger.holders.get(&request.user_id);
+        let holder = ledger.holders.get(&*request.user_id);
         if let (Some(key), Some(holder)) = (&request.idempotency_key, holder) {
             let earlier = holder.keys.get(key);
             if let Some(order) = earlier.and_then(|unique| self.orders.get(unique)) {
@@ -411,8 +415,8 @@ impl Book {
             return (Err(SaleError::AmountOverflow), None);
         };
         let order = Order {
-            order_id: OrderId::mint(&request.sku, now_ms, &mut self.rng),
-            sku: request.sku,
+            order_id: OrderId::mint(Arc::clone(&ledger.sku), now_ms, &mut self.rng),
+            sku: Arc::clone(&ledger.sku),
             user_id: request.user_id,
             quantity: request.quantity,
             status: OrderStatus::Pending,
@@ -426,7 +430,7 @@ impl Book {
             idempotency_key: request.idempotency_key,
         };
         self.apply(&event);
-        let stock = self.sales.get(&order.sku).map(SaleLedger::stock);
+        let stock = self.sales.get(&*order.sku).map(SaleLedger::stock);
         let outcome = Outcome::Order {
             order,
             stock,
@@ -537,7 +541,7 @@ impl Book {
             payment_ref,
         };
         self.apply(&event);
-        let stock = self.sales.get(&id.sku).map(SaleLedger::stock);
+        let stock = self.sales.get(&*id.sku).map(SaleLedger::stock);
         let reply = match self.orders.get(&id.unique) {
             Some(order) => Ok(order_outcome(order.clone(), stock)),
             None => Ok(Outcome::Done),
@@ -560,7 +564,7 @@ impl Book {
             return;
         }
         let (quantity, user_id) = (order.quantity, order.user_id.clone());
-        let Some(ledger) = self.sales.get_mut(&id.sku) else {
+        let Some(ledger) = self.sales.get_mut(&*id.sku) else {
             return;
         };
         debug_assert!(ledger.remaining + u64::from(quantity) <= ledger.sale.stock);
@@ -569,7 +573,7 @@ impl Book {
             .saturating_add(u64::from(quantity))
             .min(ledger.sale.stock);
         ledger.stock_seq += 1;
-        if let Some(holder) = ledger.holders.get_mut(&user_id) {
+        if let Some(holder) = ledger.holders.get_mut(&*user_id) {
             holder.held = holder.held.saturating_sub(quantity);
         }
         ledger.closed.push_back(id.unique);
@@ -580,11 +584,11 @@ impl Book {
             if let Some(forgotten) = self.orders.remove(&oldest) {
                 self.order_counts.remove(forgotten.status);
                 ledger.ids.forget(oldest);
-                if let Some(holder) = ledger.holders.get_mut(&forgotten.user_id) {
+                if let Some(holder) = ledger.holders.get_mut(&*forgotten.user_id) {
                     holder.keys.retain(|_, unique| *unique != oldest);
                     holder.recent.forget(oldest);
                     if holder.held == 0 && holder.keys.is_empty() && holder.recent.is_empty() {
-                        ledger.holders.remove(&forgotten.user_id);
+                        ledger.holders.remove(&*forgotten.user_id);
                     }
                 }
             }

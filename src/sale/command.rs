@@ -3,6 +3,8 @@
 //!
 //! Commands and events cross shard boundaries, so they own their data (`Box<str>`, no `Rc`).
 
+use std::sync::Arc;
+
 use super::ids::OrderId;
 use super::model::{Order, OrderStatus, Sale, SaleView};
 use super::SaleError;
@@ -32,7 +34,7 @@ pub struct PurchaseRequest {
     /// The SKU to buy.
     pub sku: Box<str>,
     /// The authenticated buyer.
-    pub user_id: Box<str>,
+    pub user_id: Arc<str>,
     /// Units wanted, 1..=100.
     pub quantity: u32,
     /// Makes retries safe: the same user and key get the original order back.

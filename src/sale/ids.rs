@@ -5,11 +5,12 @@
 //! cluster mode any node, find the order's owner without a lookup table.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rand::RngCore;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::model::is_valid_id;
+use super::model::{is_valid_id, MAX_ID_LEN};
 
 /// Length of the ULID part of an order id.
 const ULID_LEN: usize = 26;
@@ -21,13 +22,13 @@ const BUCKET_MASK: u128 = 0x3f;
 pub struct OrderId {
     /// The unique part; the key orders are stored under.
     pub unique: u128,
-    /// The SKU the order belongs to.
-    pub sku: Box<str>,
+    /// The SKU the order belongs to (shared with the order and its sale's ledger).
+    pub sku: Arc<str>,
 }
 
 impl OrderId {
     /// Mints a fresh id for an order on `sku` created at `now_ms`.
-    pub fn mint(sku: &str, now_ms: u64, rng: &mut impl RngCore) -> Self {
+    pub fn mint(sku: impl Into<Arc<str>>, now_ms: u64, rng: &mut impl RngCore) -> Self {
         let random =
             (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())) & ((1 << 80) - 1);
         let ulid = ulid::Ulid::from_parts(now_ms, random);
@@ -41,7 +42,12 @@ impl OrderId {
     /// [`super::model::MAX_STOCK_BUCKETS`]) of a sale split into several: the low six of the 80
     /// random bits name the bucket, so a payment or cancel by anyone (who need not know the
     /// buyer) finds the order's bucket from its id alone. The wire form is unchanged.
-    pub fn mint_in_bucket(sku: &str, now_ms: u64, rng: &mut impl RngCore, bucket: u32) -> Self {
+    pub fn mint_in_bucket(
+        sku: impl Into<Arc<str>>,
+        now_ms: u64,
+        rng: &mut impl RngCore,
+        bucket: u32,
+    ) -> Self {
         let mut id = Self::mint(sku, now_ms, rng);
         id.unique = (id.unique & !BUCKET_MASK) | (u128::from(bucket) & BUCKET_MASK);
         id
@@ -76,15 +82,40 @@ impl OrderId {
     }
 }
 
+/// The longest wire form: the ULID, the dot and the longest SKU.
+const MAX_WIRE_LEN: usize = ULID_LEN + 1 + MAX_ID_LEN;
+
+impl OrderId {
+    /// The wire form spelled into `buf`, without allocating (every order's journal record and
+    /// every response carries it). `None` for a SKU longer than a valid one, which only a value
+    /// built by hand can have.
+    fn spell<'b>(&self, buf: &'b mut [u8; MAX_WIRE_LEN]) -> Option<&'b str> {
+        let sku = self.sku.as_bytes();
+        let len = ULID_LEN + 1 + sku.len();
+        let (ulid, rest) = buf.get_mut(..len)?.split_at_mut(ULID_LEN);
+        let ulid: &mut [u8; ULID_LEN] = ulid.try_into().ok()?;
+        ulid::Ulid(self.unique).array_to_str(ulid);
+        rest[0] = b'.';
+        rest[1..].copy_from_slice(sku);
+        std::str::from_utf8(&buf[..len]).ok()
+    }
+}
+
 impl fmt::Display for OrderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", ulid::Ulid(self.unique), self.sku)
+        match self.spell(&mut [0; MAX_WIRE_LEN]) {
+            Some(text) => f.write_str(text),
+            None => write!(f, "{}.{}", ulid::Ulid(self.unique), self.sku),
+        }
     }
 }
 
 impl Serialize for OrderId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.spell(&mut [0; MAX_WIRE_LEN]) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -109,6 +140,20 @@ mod tests {
         assert_eq!(OrderId::parse("nope"), None);
         assert_eq!(OrderId::parse(&text.replace('.', "/")), None);
         assert_eq!(OrderId::parse(&format!("{}.", &text[..26])), None);
+    }
+
+    #[test]
+    fn the_longest_sku_spells_in_place_and_a_longer_one_still_prints() {
+        let sku = "s".repeat(MAX_ID_LEN);
+        let id = OrderId::mint(sku.as_str(), 1_700_000_000_000, &mut rand::thread_rng());
+        let text = id.to_string();
+        assert_eq!(text.len(), MAX_WIRE_LEN);
+        assert_eq!(OrderId::parse(&text), Some(id.clone()));
+        let longer = OrderId {
+            unique: id.unique,
+            sku: "s".repeat(MAX_ID_LEN + 1).into(),
+        };
+        assert_eq!(longer.to_string(), format!("{}s", text));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The nouns of a flash sale: a sale's definition, its public view, and an order.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::ids::OrderId;
@@ -254,10 +256,10 @@ impl OrderCounts {
 pub struct Order {
     /// Opaque, globally unique id; it also names the SKU so it can be routed to its owner shard.
     pub order_id: OrderId,
-    /// The SKU bought.
-    pub sku: Box<str>,
-    /// The buyer.
-    pub user_id: Box<str>,
+    /// The SKU bought; shared with the sale's ledger and the id, so an order copies no SKU.
+    pub sku: Arc<str>,
+    /// The buyer; shared, so the copies an order makes (journal event, reply) copy no string.
+    pub user_id: Arc<str>,
     /// Units held.
     pub quantity: u32,
     /// Current lifecycle state.

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::book::Book;
 use super::command::{Outcome, Reply, SaleOrdersQuery};
@@ -51,7 +52,7 @@ impl Book {
                 // More follow: the next page starts after the last id looked at.
                 let next = last.map(|unique| OrderId {
                     unique,
-                    sku: query.sku.clone(),
+                    sku: Arc::from(&*query.sku),
                 });
                 return Ok(Outcome::OrderPage { orders, next });
             }

@@ -123,7 +123,7 @@ impl<S: Store + 'static> Shard<S> {
                 // A late payment or cancel may have expired the order itself, returning stock.
                 if let Some(order_id) = expired_by_request {
                     self.expiry.borrow_mut().forget(order_id.unique);
-                    self.refresh_stock_flag(order_id.sku).await;
+                    self.refresh_stock_flag(Box::from(&*order_id.sku)).await;
                 }
             }
             _ => {}

@@ -94,8 +94,8 @@ impl From<EventV1> for Event {
             } => Event::OrderCreated {
                 order: Order {
                     order_id: o.order_id,
-                    sku: o.sku,
-                    user_id: o.user_id,
+                    sku: o.sku.into(),
+                    user_id: o.user_id.into(),
                     quantity: o.quantity,
                     status: o.status,
                     created_at: o.created_at,

@@ -56,10 +56,16 @@ struct Roll {
     snapshot: Option<(Vec<Event>, u64)>,
 }
 
+/// Largest group buffer kept for reuse; a burst's larger one is freed once written.
+const KEPT_GROUP_BYTES: usize = 1 << 20;
+
 #[derive(Default)]
 struct State {
     /// Encoded records not yet handed to the writer.
     pending: Vec<u8>,
+    /// The buffer of the last group written, emptied, to be the next `pending`: records are
+    /// encoded into capacity already there instead of growing a fresh buffer every group.
+    spare: Vec<u8>,
     /// Records appended so far.
     appended: u64,
     /// Records known durable (or written, without sync).
@@ -255,7 +261,8 @@ impl Journal {
                 if state.pending.is_empty() && state.roll.is_none() {
                     return Ok(());
                 }
-                let bytes = std::mem::take(&mut state.pending);
+                let spare = std::mem::take(&mut state.spare);
+                let bytes = std::mem::replace(&mut state.pending, spare);
                 let roll = state.roll.take();
                 if let Some(roll) = &roll {
                     // The new segment starts with what follows the roll point; appends made while
@@ -279,7 +286,14 @@ impl Journal {
             metrics.bytes_written += bytes.len() as u64;
             drop(metrics);
             *self.writer.borrow_mut() = Some(writer);
-            self.state.borrow_mut().durable = target;
+            let mut state = self.state.borrow_mut();
+            state.durable = target;
+            if bytes.capacity() <= KEPT_GROUP_BYTES {
+                let mut bytes = bytes;
+                bytes.clear();
+                state.spare = bytes;
+            }
+            drop(state);
             self.wake_up_to(target);
         }
     }

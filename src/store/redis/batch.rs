@@ -14,6 +14,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use fred::types::Value;
 use futures::channel::oneshot;
@@ -61,12 +62,12 @@ pub async fn purchase(
     // Minted before the first attempt, so every retry of this purchase names the same order.
     let order_id = match bucket {
         Some(bucket) => OrderId::mint_in_bucket(
-            &request.sku,
+            &*request.sku,
             now_ms(),
             &mut *store.0.rng.borrow_mut(),
             bucket,
         ),
-        None => OrderId::mint(&request.sku, now_ms(), &mut *store.0.rng.borrow_mut()),
+        None => OrderId::mint(&*request.sku, now_ms(), &mut *store.0.rng.borrow_mut()),
     };
     let (reply, answer) = oneshot::channel();
     let start_flusher = {
@@ -229,8 +230,8 @@ fn decode(value: Value, group: &[Waiting]) -> Vec<Reply> {
                     Ok(Outcome::Order {
                         order: Order {
                             order_id: waiting.order_id.clone(),
-                            sku: request.sku.clone(),
-                            user_id: request.user_id.clone(),
+                            sku: Arc::from(&*request.sku),
+                            user_id: Arc::clone(&request.user_id),
                             quantity: request.quantity,
                             status: OrderStatus::Pending,
                             created_at,

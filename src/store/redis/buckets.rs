@@ -166,7 +166,7 @@ impl RedisStore {
     pub(super) async fn order_part(&self, id: &OrderId) -> Result<Box<str>, SaleError> {
         let buckets = self.buckets_of(&id.sku).await?;
         if buckets <= 1 {
-            return Ok(id.sku.clone());
+            return Ok(Box::from(&*id.sku));
         }
         if id.bucket() >= buckets {
             return Err(SaleError::UnknownOrder);
