@@ -54,6 +54,17 @@ fn listing(client: &mut Client) -> HashMap<String, i64> {
         .collect()
 }
 
+/// Whether both nodes come to list `sku` with `left` remaining within [`WAIT`].
+fn both_list(a: &mut Client, b: &mut Client, sku: &str, left: i64) -> bool {
+    let listed = poll(WAIT, || {
+        let seen = [listing(a), listing(b)];
+        seen.iter()
+            .all(|page| page.get(sku) == Some(&left))
+            .then_some(())
+    });
+    listed.is_some()
+}
+
 /// With a 2 s retention: the settled sale's keys get a TTL and vanish, it leaves the index, both
 /// nodes then answer 404 for it and list only the live sale (with its right remaining), no node
 /// mistakes the expiry for lost writes.
@@ -210,14 +221,8 @@ fn a_sale_made_again_after_its_keys_expired_starts_afresh_on_every_node() {
     for shopper in 0..6 {
         b.buy("again", &tok(&format!("old-{shopper}")), 1);
     }
-    let both_saw = poll(WAIT, || {
-        let seen = [listing(&mut a), listing(&mut b)];
-        seen.iter()
-            .all(|page| page.get("again") == Some(&4))
-            .then_some(())
-    });
     assert!(
-        both_saw.is_some(),
+        both_list(&mut a, &mut b, "again", 4),
         "the nodes never listed 4 left; {}",
         logs()
     );
@@ -275,14 +280,8 @@ fn a_sale_made_again_after_its_keys_expired_starts_afresh_on_every_node() {
         "node A did not sell the new sale: {r}; {}",
         logs()
     );
-    let settled = poll(WAIT, || {
-        let seen = [listing(&mut a), listing(&mut b)];
-        seen.iter()
-            .all(|page| page.get("again") == Some(&5))
-            .then_some(())
-    });
     assert!(
-        settled.is_some(),
+        both_list(&mut a, &mut b, "again", 5),
         "the nodes never listed 5 left; {}",
         logs()
     );
