@@ -4,12 +4,19 @@
 //! A `HashMap` doubles all at once, so one purchase can stall its shard while every entry is
 //! rehashed into freshly faulted memory; segments grow one at a time. The figure that matters is
 //! the worst insert (a stall every connection of the shard waits out), not the mean.
+//!
+//! It then times `Book::snapshot` on a book of a million orders: the journal takes one inline,
+//! on the owner shard, when the bytes since the last snapshot cross the threshold, so that time
+//! is a stall of the shard (compaction is not yet off the request path).
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
 
+use seckill::sale::book::{Book, BookLimits};
+use seckill::sale::command::{Command, PurchaseRequest};
 use seckill::sale::segmented::SegmentedMap;
+use seckill::sale::Sale;
 
 /// Roughly the size of an order record.
 #[derive(Clone)]
@@ -45,7 +52,55 @@ fn measure(mut insert: impl FnMut(u128, OrderLike)) -> (u128, u128) {
     (started.elapsed().as_millis(), worst)
 }
 
+/// Orders in the book whose snapshot is timed.
+const BOOK_ORDERS: u64 = 1_000_000;
+
+/// A book of `BOOK_ORDERS` pending orders, 1,000 shoppers of 1,000 orders each.
+fn book_of_orders() -> Book {
+    const NOW_MS: u64 = 1_767_225_600_000;
+    let mut book = Book::new(BookLimits::default());
+    let sale = Sale {
+        sku: "moutai-2026".into(),
+        name: "Kweichow Moutai".into(),
+        stock: BOOK_ORDERS,
+        starts_at: NOW_MS - 60_000,
+        ends_at: NOW_MS + 3_600_000,
+        per_user_limit: 1_000,
+        payment_timeout_ms: 900_000,
+        rate_limit_per_sec: 0,
+        price: 149_900,
+        currency: "CNY".into(),
+        stock_buckets: 1,
+    };
+    let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
+    assert!(made.is_ok(), "the sale: {made:?}");
+    let users: Vec<std::sync::Arc<str>> = (0..1_000).map(|u| format!("u-{u}").into()).collect();
+    for n in 0..BOOK_ORDERS {
+        let request = PurchaseRequest {
+            sku: "moutai-2026".into(),
+            user_id: std::sync::Arc::clone(&users[(n % 1_000) as usize]),
+            quantity: 1,
+            idempotency_key: None,
+        };
+        let (reply, _) = book.execute(Command::Purchase(request), NOW_MS);
+        assert!(reply.is_ok(), "purchase {n}: {reply:?}");
+    }
+    book
+}
+
 fn main() {
+    let book = book_of_orders();
+    for round in 1..=3 {
+        let started = Instant::now();
+        let events = book.snapshot();
+        let took = started.elapsed().as_millis();
+        println!(
+            "round {round}  Book::snapshot of {BOOK_ORDERS} orders: {took} ms ({} events)",
+            events.len()
+        );
+        drop(black_box(events));
+    }
+    drop(book);
     println!("inserting {ENTRIES} order-sized entries");
     for round in 1..=2 {
         let mut plain = HashMap::new();
