@@ -31,8 +31,8 @@ pub fn json_fields(request: &Request<'_>) -> Result<Fields, ApiError> {
 
 /// Reads a JSON object body field by field from a tape, without building a value tree, for the
 /// purchase path: `field` gets each name and value in order (so the last of a repeated name
-/// wins, as in [`json_fields`]) and answers whether it knew the name. A field's own error comes before any
-/// unknown field's, as with [`Fields::finish`]. An empty body has no fields.
+/// wins, as in [`json_fields`]) and answers whether it knew the name. A field's own error comes
+/// before any unknown field's, as with [`Fields::finish`]. An empty body has no fields.
 pub fn for_each_field(
     request: &Request<'_>,
     mut field: impl FnMut(&str, simd_json::tape::Value<'_, '_>) -> Result<bool, ApiError>,
