@@ -15,7 +15,8 @@
 //!   call) against a pooled slot (`seckill::shard::reply`, a `sharded_slab::Pool`), on one
 //!   thread (the bookkeeping alone) and from an owner thread to a caller thread spinning on
 //!   both sides (no futex in the way). Before the groups run, the allocations per round trip
-//!   of each are counted by this binary's counting allocator and printed.
+//!   of each are counted by this binary's counting allocator
+//!   (`tests/support/counting_allocator.rs`) and printed.
 //! - `auth/verify_shopper_token`: checking the HMAC-signed bearer token every purchase carries,
 //!   before anything else is looked at.
 //! - `http/*`: parsing a realistic purchase request (`POST /v1/sales/moutai-2026/purchase` with
@@ -40,11 +41,12 @@
 //! The journal benchmarks need a directory that supports O_DIRECT (not tmpfs): they use
 //! `$SECKILL_BENCH_DIR` if set, else the system temporary directory, and remove what they create.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "../tests/support/counting_allocator.rs"]
+mod counting_allocator;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -69,6 +71,8 @@ use seckill::shard::placement::owner_of;
 use seckill::shard::reply::{self, Slots};
 use seckill::store::journal::recovery::check_direct_io;
 use seckill::store::journal::{Durability, Journal};
+
+use counting_allocator::{process_allocations, CountingAllocator};
 
 /// A fixed "now" in the middle of the sale window, in milliseconds since the epoch.
 const NOW_MS: u64 = 1_767_225_600_000;
@@ -588,33 +592,6 @@ fn journal(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // reply
 
-/// Counts every allocation of this process, so a bench can say how many a step makes.
-struct CountingAllocator;
-
-/// Allocations since the process started.
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is passed straight to the system allocator; counting adds no state the
-// allocator relies on.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, AtomicOrdering::Relaxed);
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, AtomicOrdering::Relaxed);
-        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static COUNTING: CountingAllocator = CountingAllocator;
 
@@ -714,11 +691,11 @@ fn allocations_per_call(mut round_trip: impl FnMut() -> u64) -> f64 {
     for _ in 0..CALLS {
         assert_eq!(round_trip(), ANSWER);
     }
-    let before = ALLOCATIONS.load(AtomicOrdering::Relaxed);
+    let before = process_allocations();
     for _ in 0..CALLS {
         black_box(round_trip());
     }
-    (ALLOCATIONS.load(AtomicOrdering::Relaxed) - before) as f64 / CALLS as f64
+    (process_allocations() - before) as f64 / CALLS as f64
 }
 
 fn replies(c: &mut Criterion) {

@@ -8,8 +8,6 @@
 //! glommio's own per-read bookkeeping (a reactor source per socket read) is outside this test;
 //! the README's performance section reports it from a heaptrack run of the real server.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Instant;
 
 use seckill::api::parse_purchase;
@@ -19,42 +17,19 @@ use seckill::sale::{Sale, SaleError};
 use seckill::shard::edge::{Edge, Refusal};
 use seckill::shard::message::Notice;
 
-/// Counts allocations made by the current thread, so tests running beside it do not count.
-struct CountingAllocator;
+#[path = "support/counting_allocator.rs"]
+mod counting_allocator;
 
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call goes straight to the system allocator; the count is a thread-local cell
-// with a const initialiser, which never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_allocator::{thread_allocations, CountingAllocator};
 
 #[global_allocator]
 static COUNTING: CountingAllocator = CountingAllocator;
 
 /// Allocations `step` makes on this thread.
 fn allocations_of(step: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = thread_allocations();
     step();
-    ALLOCATIONS.with(Cell::get) - before
+    thread_allocations() - before
 }
 
 const NOW_MS: u64 = 1_767_225_600_000;
