@@ -1,7 +1,8 @@
 //! The language between the edge and the owner shard: commands in, outcomes out, and the events
 //! a successful change leaves behind for the store to persist.
 //!
-//! Commands and events cross shard boundaries, so they own their data (`Box<str>`, no `Rc`).
+//! Commands and events cross shard boundaries, so they own their data (`Box<str>`, or `Arc<str>`
+//! where an order's copies share a string; no `Rc`).
 
 use std::sync::Arc;
 

@@ -14,6 +14,8 @@ use super::model::{is_valid_id, MAX_ID_LEN};
 
 /// Length of the ULID part of an order id.
 const ULID_LEN: usize = 26;
+/// The longest wire form: the ULID, the dot and the longest SKU.
+const MAX_WIRE_LEN: usize = ULID_LEN + 1 + MAX_ID_LEN;
 /// The random bits that name an order's stock bucket: six, for up to 64 buckets.
 const BUCKET_MASK: u128 = 0x3f;
 
@@ -71,7 +73,7 @@ impl OrderId {
         // The decoder also takes lower case and lets a first character above `7` overflow (26
         // characters carry 130 bits), so many spellings name one id. Only the one this server
         // writes is an id; otherwise two paths would reach the same order.
-        if parsed.to_string() != unique {
+        if parsed.array_to_str(&mut [0; ULID_LEN]) != unique {
             return None;
         }
         let unique = parsed;
@@ -80,12 +82,7 @@ impl OrderId {
             sku: sku.into(),
         })
     }
-}
 
-/// The longest wire form: the ULID, the dot and the longest SKU.
-const MAX_WIRE_LEN: usize = ULID_LEN + 1 + MAX_ID_LEN;
-
-impl OrderId {
     /// The wire form spelled into `buf`, without allocating (every order's journal record and
     /// every response carries it). `None` for a SKU longer than a valid one, which only a value
     /// built by hand can have.

@@ -230,7 +230,8 @@ fn decode(value: Value, group: &[Waiting]) -> Vec<Reply> {
                     Ok(Outcome::Order {
                         order: Order {
                             order_id: waiting.order_id.clone(),
-                            sku: Arc::from(&*request.sku),
+                            // The id was minted from this SKU: share its copy.
+                            sku: Arc::clone(&waiting.order_id.sku),
                             user_id: Arc::clone(&request.user_id),
                             quantity: request.quantity,
                             status: OrderStatus::Pending,

@@ -26,9 +26,10 @@
 /// SMISMEMBER, HSET, ZADD, XADD; the id index is one chunk rewritten, see
 /// [`super::index`]), each user's one entry in `held` (units, then their last order ids)
 /// written whole in one HSET, and no order is echoed back. Every order a call makes shares
-/// Redis' clock and so its deadline: the call adds one member to `pending` (score the deadline, member the ids,
-/// space-separated; [`expire_due`](super) checks each order's own status) and one `created`
-/// entry to the stream (field `ids`; the order feed reads each order from `orders`, feed.rs).
+/// Redis' clock and so its deadline: the call adds one member to `pending` (score the deadline,
+/// member the ids, space-separated; [`expire_due`](super) checks each order's own status) and one
+/// `created` entry to the stream (field `ids`; the order feed reads each order from `orders`,
+/// feed.rs).
 pub const PURCHASE: &str = concat!(
     prelude!(),
     claim!(),
