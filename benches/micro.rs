@@ -69,6 +69,7 @@ use seckill::sale::ids::OrderId;
 use seckill::sale::{Order, OrderStatus, Sale, SaleError};
 use seckill::shard::placement::owner_of;
 use seckill::shard::reply::{self, Slots};
+use seckill::store::journal::compaction::Rebuild;
 use seckill::store::journal::recovery::check_direct_io;
 use seckill::store::journal::{Durability, Journal};
 
@@ -513,7 +514,11 @@ impl Drop for ScratchDir {
 }
 
 async fn open(dir: &Path, durability: Durability) -> Rc<Journal> {
-    Journal::create(dir, 1, 0, durability, SEGMENT_BYTES)
+    let rebuild = Rebuild {
+        limits: BookLimits::default(),
+        feed: false,
+    };
+    Journal::create(dir, 1, 0, durability, SEGMENT_BYTES, rebuild)
         .await
         .expect("create the journal (needs O_DIRECT)")
 }

@@ -13,6 +13,7 @@ use crate::shard::boot::{NodeOptions, NodeStores, ShardStart};
 use crate::shard::discovery::DiscoverySettings;
 use crate::shard::fds;
 use crate::shard::runtime::{run_node, NodeError};
+use crate::store::journal::compaction::Rebuild;
 use crate::store::journal::recovery::{self, RecoveryError};
 use crate::store::RedisSettings;
 
@@ -101,6 +102,10 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
                 outbox,
                 journal_dir,
                 snapshot_bytes,
+                rebuild: Rebuild {
+                    limits,
+                    feed: config.events.is_some(),
+                },
             },
         )
         .collect();

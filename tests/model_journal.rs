@@ -3,11 +3,11 @@
 //!
 //! The live side is the embedded store's own loop (`Book::execute`, `Journal::append`, a snapshot
 //! when the journal asks for one, `Journal::commit` per batch) with the real `Journal` writer,
-//! run on a glommio `LocalExecutor` in this test: the writer's segment rolls, background
-//! snapshots (and the deletion of what they cover) and DMA padding are where replay can go wrong,
-//! and writing records with `format.rs` by hand would test none of them. Durability is `sync`, as
-//! in production. The clock is the test's, so sales open, orders expire and the clock can step
-//! back at will.
+//! run on a glommio `LocalExecutor` in this test: the writer's segment rolls, snapshots built from
+//! closed segments on a thread of their own (and the deletion of what they cover) and DMA padding
+//! are where replay can go wrong, and writing records with `format.rs` by hand would test none of
+//! them. Durability is `sync`, as in production. The clock is the test's, so sales open, orders
+//! expire and the clock can step back at will.
 //!
 //! A crash is modelled as a copy of the data directory taken after a random batch committed
 //! (possibly while a background snapshot is half done), whose newest segment is then cut at a
@@ -30,6 +30,7 @@ use seckill::sale::book::{Book, BookLimits};
 use seckill::sale::command::{Command, Event, Outcome, Payment, PurchaseRequest, Requester};
 use seckill::sale::ids::OrderId;
 use seckill::sale::Sale;
+use seckill::store::journal::compaction::Rebuild;
 use seckill::store::journal::format::{self, Entry, FileKind, SNAPSHOT_MAGIC};
 use seckill::store::journal::{recovery, Durability, Journal};
 
@@ -227,6 +228,10 @@ fn live_run(batches: &[Vec<Op>], crash: &Crash, segment_limit: u64, dir: &Path) 
             snapshot_bytes,
             Durability::Sync,
             segment_limit,
+            Rebuild {
+                limits: LIMITS,
+                feed: false,
+            },
         )
         .await
         .expect("journal");
@@ -270,7 +275,7 @@ fn live_run(batches: &[Vec<Op>], crash: &Crash, segment_limit: u64, dir: &Path) 
                 }
             }
             if journal.wants_snapshot() {
-                journal.begin_snapshot(book.snapshot());
+                journal.begin_snapshot();
             }
             journal.commit().await.expect("commit");
             if number == crash_after {

@@ -351,6 +351,32 @@ fn render_journal(out: &mut Text, shards: &[ShardSnapshot]) {
     );
     let failed = journals.iter().filter(|journal| journal.failed).count();
     out.sample("seckill_journal_failed_shards", &[], failed as u64);
+    let mut compactions = DistributionSnapshot::default();
+    for journal in &journals {
+        compactions.merge(&journal.compaction_latency);
+    }
+    out.family(
+        "seckill_journal_compaction_duration_seconds",
+        "histogram",
+        "Time to build one snapshot from a shard's closed segments, on a thread off the shards.",
+    );
+    out.histogram(
+        "seckill_journal_compaction_duration_seconds",
+        &[],
+        &compactions,
+        &LATENCY_BUCKETS,
+        NANOS_PER_SECOND,
+    );
+    out.family(
+        "seckill_journal_compaction_failures_total",
+        "counter",
+        "Snapshots that could not be built; their segments are kept and the snapshot is retried.",
+    );
+    let failures = journals
+        .iter()
+        .map(|journal| journal.compaction_failures)
+        .sum();
+    out.sample("seckill_journal_compaction_failures_total", &[], failures);
 }
 
 fn render_redis(out: &mut Text, shards: &[ShardSnapshot]) {

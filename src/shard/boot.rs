@@ -79,6 +79,8 @@ pub struct ShardStart {
     pub journal_dir: std::path::PathBuf,
     /// Size of the snapshot already in `journal_dir`.
     pub snapshot_bytes: u64,
+    /// How the journal's snapshots rebuild this state: as recovery did.
+    pub rebuild: crate::store::journal::compaction::Rebuild,
 }
 
 /// Where the node's state lives.
@@ -228,6 +230,7 @@ async fn open_store(
                 start.snapshot_bytes,
                 options.durability,
                 options.segment_bytes,
+                start.rebuild,
             )
             .await
             .map_err(|error| io::Error::other(error.to_string()))?;

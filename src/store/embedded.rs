@@ -95,9 +95,7 @@ impl Store for EmbeddedStore {
                 replies.push(reply);
             }
             if self.journal.wants_snapshot() {
-                let mut snapshot = book.snapshot();
-                snapshot.extend(outbox.snapshot());
-                self.journal.begin_snapshot(snapshot);
+                self.journal.begin_snapshot();
             }
         }
         if let Some(lane) = &*self.lane.borrow() {

@@ -1,7 +1,8 @@
 //! The embedded store's durable journal: one append-only log per shard, group-committed with
-//! glommio DMA writes and `fdatasync`, compacted by snapshots, recovered and re-partitioned on
-//! start.
+//! glommio DMA writes and `fdatasync`, compacted by snapshots built on a thread of their own,
+//! recovered and re-partitioned on start.
 
+pub mod compaction;
 pub mod format;
 pub mod legacy;
 pub mod recovery;

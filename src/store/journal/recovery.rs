@@ -203,22 +203,43 @@ pub fn read_generation(generation: &Path) -> Result<GenerationContents, Recovery
         .collect();
     shard_dirs.sort();
     for dir in shard_dirs {
-        let (events, snapshot_len) = read_shard(&dir, &mut contents)?;
+        let read = read_shard(&dir, Segments::All, &mut contents)?;
         contents.shards.push(ShardLog {
             dir,
-            events,
-            snapshot_len,
+            events: read.events,
+            snapshot_len: read.snapshot_len,
         });
     }
     Ok(contents)
 }
 
-/// Reads one shard's newest complete snapshot and the segments after it: their events, and how
-/// many of them the snapshot held.
-fn read_shard(
+/// Which of a shard's segments to read after its snapshot.
+#[derive(Debug, Clone, Copy)]
+pub enum Segments {
+    /// All of them, at start: the newest may end in a torn tail (a crash mid-write).
+    All,
+    /// Those numbered below this one: closed and synced, so none may be torn (compaction, while
+    /// the shard writes this one).
+    Before(u64),
+}
+
+/// One shard directory's newest snapshot and the segments after it, read and checked.
+#[derive(Debug)]
+pub struct ShardRead {
+    /// The snapshot's events, then the segments'.
+    pub events: Vec<Event>,
+    /// How many of `events` came from the snapshot.
+    pub snapshot_len: usize,
+    /// The LSN of the last record read: what a snapshot of these events covers.
+    pub last_lsn: u64,
+}
+
+/// Reads one shard's newest complete snapshot and the chosen segments after it.
+pub fn read_shard(
     dir: &Path,
+    segments_wanted: Segments,
     contents: &mut GenerationContents,
-) -> Result<(Vec<Event>, usize), RecoveryError> {
+) -> Result<ShardRead, RecoveryError> {
     let mut snapshots = Vec::new();
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
@@ -269,6 +290,10 @@ fn read_shard(
     let live: Vec<&(u64, PathBuf)> = segments
         .iter()
         .filter(|(seq, _)| *seq >= snapshot_seq)
+        .filter(|(seq, _)| match segments_wanted {
+            Segments::All => true,
+            Segments::Before(end) => *seq < end,
+        })
         .collect();
     let mut next_lsn = covers_lsn + 1;
     for (index, (seq, path)) in live.iter().enumerate() {
@@ -280,7 +305,7 @@ fn read_shard(
                 path.display()
             )));
         }
-        let newest = index + 1 == live.len();
+        let newest = index + 1 == live.len() && matches!(segments_wanted, Segments::All);
         let file = format::read_file(path, SEGMENT_MAGIC, newest, next_lsn)
             .map_err(RecoveryError::Corrupt)?;
         contents.files += 1;
@@ -294,7 +319,11 @@ fn read_shard(
             Entry::SnapshotEnd { .. } => None,
         }));
     }
-    Ok((events, snapshot_len))
+    Ok(ShardRead {
+        events,
+        snapshot_len,
+        last_lsn: next_lsn - 1,
+    })
 }
 
 /// The shard that owns an event under `shards` shards.
@@ -329,16 +358,15 @@ pub fn recover(
     for log in &contents.shards {
         for (index, event) in log.events.iter().enumerate() {
             let owner = owner_of_event(event, shards);
-            books[owner]
-                .replay(event)
-                .map_err(RecoveryError::Inconsistent)?;
-            let outbox_record = matches!(
+            let restored = index < log.snapshot_len;
+            replay_event(
+                &mut books[owner],
+                &mut outboxes[owner],
                 event,
-                Event::FeedPublished { .. } | Event::FeedUnpublished(_)
-            );
-            if outbox_record || (feed && index >= log.snapshot_len) {
-                outboxes[owner].replay(event, &books[owner], now);
-            }
+                restored,
+                feed,
+                now,
+            )?;
             replayed += 1;
         }
     }
@@ -378,11 +406,44 @@ pub fn recover(
     })
 }
 
-/// Writes snapshot 1 of a new generation's shard with plain buffered I/O (recovery runs before
-/// the executors start) and syncs it.
+/// Applies one journal event to a shard's book and outbox, as a restart does. With `feed`, a
+/// change from a segment (not `restored` from a snapshot) goes into the outbox: it may not have
+/// been published. The outbox's own records apply either way.
+pub fn replay_event(
+    book: &mut Book,
+    outbox: &mut Outbox,
+    event: &Event,
+    restored: bool,
+    feed: bool,
+    now: u64,
+) -> Result<(), RecoveryError> {
+    book.replay(event).map_err(RecoveryError::Inconsistent)?;
+    let outbox_record = matches!(
+        event,
+        Event::FeedPublished { .. } | Event::FeedUnpublished(_)
+    );
+    if outbox_record || (feed && !restored) {
+        outbox.replay(event, book, now);
+    }
+    Ok(())
+}
+
+/// Writes snapshot 1 of a new generation's shard.
 fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryError> {
-    let bytes = format::encode_snapshot(1, 0, events);
-    let path = dir.join(format::snapshot_name(1));
+    write_snapshot(dir, 1, 0, events)
+}
+
+/// Writes snapshot `seq` of `dir`, covering records up to `covers_lsn`, with plain buffered I/O
+/// (recovery runs before the executors start; compaction on a thread of its own): under a
+/// temporary name, synced, then renamed into place and the rename synced. Returns its size.
+pub fn write_snapshot(
+    dir: &Path,
+    seq: u64,
+    covers_lsn: u64,
+    events: &[Event],
+) -> Result<u64, RecoveryError> {
+    let bytes = format::encode_snapshot(seq, covers_lsn, events);
+    let path = dir.join(format::snapshot_name(seq));
     let temporary = path.with_extension("tmp");
     let mut file = File::create(&temporary).map_err(io_error(&temporary))?;
     file.write_all(&bytes).map_err(io_error(&temporary))?;
@@ -392,7 +453,8 @@ fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryE
     Ok(bytes.len() as u64)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), RecoveryError> {
+/// Makes file creations, renames and deletions in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), RecoveryError> {
     File::open(dir)
         .and_then(|file| file.sync_all())
         .map_err(io_error(dir))

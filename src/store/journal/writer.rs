@@ -1,7 +1,7 @@
 //! One shard's journal writer: appends encoded events to the current segment with glommio DMA
 //! writes, group-committing every record appended while a write is in flight into the next
-//! write and `fdatasync`. Rolls segments at a size limit, and writes snapshots so that old
-//! segments can be deleted.
+//! write and `fdatasync`. Rolls segments at a size limit, and has snapshots built from the closed
+//! ones (see [`super::compaction`]) so that they can be deleted.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use futures::channel::oneshot;
 use futures::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder};
 
+use super::compaction::{Compaction, Rebuild};
 use super::format::{self, Entry, SEGMENT_MAGIC};
 use crate::metrics::{Distribution, DistributionSnapshot};
 use crate::sale::command::Event;
@@ -48,12 +49,12 @@ const WRITE_BUFFER: usize = 128 << 10;
 /// recovery would have to call corruption).
 const WRITE_BEHIND: usize = 1;
 
-/// A pending segment roll: where in the pending bytes the old segment ends, and the snapshot (if
-/// any) of the state at exactly that point.
+/// A pending segment roll: where in the pending bytes the old segment ends, and whether a
+/// snapshot of the state at exactly that point is to be built once the segment is closed.
 struct Roll {
     at: usize,
-    /// The snapshot's events, and the last LSN they cover.
-    snapshot: Option<(Vec<Event>, u64)>,
+    /// For a snapshot: the last LSN the closed segments hold.
+    snapshot_covers: Option<u64>,
 }
 
 /// Largest group buffer kept for reuse; a burst's larger one is freed once written.
@@ -93,10 +94,12 @@ pub struct Journal {
     writer: RefCell<Option<DmaStreamWriter>>,
     /// Committers waiting for a record count to become durable.
     waiters: RefCell<Vec<Waiter>>,
-    /// Group sizes and write latencies, for `/metrics`.
+    /// Group sizes, write latencies and compactions, for `/metrics`.
     metrics: RefCell<JournalMetrics>,
     /// Set when closing starts, so background appenders (the order feed's marks) stop.
     closing: Cell<bool>,
+    /// How a snapshot rebuilds this shard's state from its files.
+    rebuild: Rebuild,
 }
 
 /// How the journal's group commit performs.
@@ -107,6 +110,10 @@ struct JournalMetrics {
     /// Records per group.
     group_records: Distribution,
     bytes_written: u64,
+    /// Wall time of each snapshot built off the shard, in nanoseconds.
+    compaction_latency: Distribution,
+    /// Snapshots that could not be built; their segments are kept and it is tried again.
+    compaction_failures: u64,
 }
 
 /// A copy of the journal's figures for a scrape.
@@ -118,19 +125,24 @@ pub struct JournalStats {
     pub group_records: DistributionSnapshot,
     /// Record bytes written.
     pub bytes_written: u64,
+    /// Wall time of each snapshot built (its count is the number of compactions).
+    pub compaction_latency: DistributionSnapshot,
+    /// Snapshots that failed.
+    pub compaction_failures: u64,
     /// Whether the journal has failed and the store refuses changes.
     pub failed: bool,
 }
 
 impl Journal {
     /// Opens a new journal in `dir` whose first segment is `first_seq` (the state before it is
-    /// in snapshot `first_seq`, written by recovery).
+    /// in snapshot `first_seq`, written by recovery). Snapshots rebuild the state with `rebuild`.
     pub async fn create(
         dir: &Path,
         first_seq: u64,
         snapshot_bytes: u64,
         durability: Durability,
         segment_limit: u64,
+        rebuild: Rebuild,
     ) -> Result<Rc<Self>, JournalError> {
         let writer = open_segment(dir, first_seq).await?;
         let state = State {
@@ -147,6 +159,7 @@ impl Journal {
             waiters: RefCell::new(Vec::new()),
             metrics: RefCell::new(JournalMetrics::default()),
             closing: Cell::new(false),
+            rebuild,
         }))
     }
 
@@ -164,7 +177,7 @@ impl Journal {
         if state.roll.is_none() && state.segment_bytes >= self.segment_limit {
             state.roll = Some(Roll {
                 at: state.pending.len(),
-                snapshot: None,
+                snapshot_covers: None,
             });
         }
         state.appended
@@ -190,8 +203,10 @@ impl Journal {
     }
 
     /// Starts a snapshot of the state as of everything appended so far: the current segment ends
-    /// here, the snapshot is written beside the next one, and older files go once it is durable.
-    pub fn begin_snapshot(&self, events: Vec<Event>) {
+    /// here, and once it is closed a thread of its own rebuilds the state from the files and
+    /// writes the snapshot beside the next segment; older files go once it is durable. The
+    /// caller copies nothing.
+    pub fn begin_snapshot(&self) {
         let mut state = self.state.borrow_mut();
         state.snapshotting = true;
         state.bytes_since_snapshot = 0;
@@ -199,7 +214,7 @@ impl Journal {
         let covers_lsn = state.appended;
         state.roll = Some(Roll {
             at,
-            snapshot: Some((events, covers_lsn)),
+            snapshot_covers: Some(covers_lsn),
         });
     }
 
@@ -305,7 +320,11 @@ impl Journal {
         bytes: &[u8],
         roll: Option<Roll>,
     ) -> Result<DmaStreamWriter, JournalError> {
-        let Some(Roll { at, snapshot }) = roll else {
+        let Some(Roll {
+            at,
+            snapshot_covers,
+        }) = roll
+        else {
             writer.write_all(bytes).await?;
             self.persist(&writer).await?;
             return Ok(writer);
@@ -323,22 +342,42 @@ impl Journal {
         let mut next = open_segment(&self.dir, next_seq).await?;
         next.write_all(new).await?;
         self.persist(&next).await?;
-        if let Some((events, covers_lsn)) = snapshot {
-            let journal = Rc::clone(self);
-            glommio::spawn_local(async move {
-                let result = write_snapshot(&journal.dir, next_seq, covers_lsn, &events).await;
-                let mut state = journal.state.borrow_mut();
-                state.snapshotting = false;
-                match result {
-                    Ok(size) => state.last_snapshot_bytes = size,
-                    Err(error) => {
-                        tracing::warn!(%error, "snapshot failed; segments are kept and it will be retried")
-                    }
-                }
-            })
-            .detach();
+        if let Some(covers_lsn) = snapshot_covers {
+            self.compact(next_seq, covers_lsn);
         }
         Ok(next)
+    }
+
+    /// Has snapshot `seq` built from the closed segments before it, off the executor, and
+    /// records the outcome when it arrives.
+    fn compact(self: &Rc<Self>, seq: u64, covers_lsn: u64) {
+        let outcome = Compaction {
+            dir: self.dir.clone(),
+            seq,
+            covers_lsn,
+            rebuild: self.rebuild,
+        }
+        .spawn();
+        let journal = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let result = outcome.await;
+            journal.state.borrow_mut().snapshotting = false;
+            match result {
+                Ok(Ok(compacted)) => {
+                    journal.state.borrow_mut().last_snapshot_bytes = compacted.snapshot_bytes;
+                    let mut metrics = journal.metrics.borrow_mut();
+                    metrics.compaction_latency.record(compacted.elapsed_nanos);
+                }
+                Ok(Err(error)) => journal.compaction_failed(&error.to_string()),
+                Err(_) => journal.compaction_failed("the compaction thread stopped"),
+            }
+        })
+        .detach();
+    }
+
+    fn compaction_failed(&self, error: &str) {
+        self.metrics.borrow_mut().compaction_failures += 1;
+        tracing::warn!(%error, dir = %self.dir.display(), "snapshot failed; segments are kept and it will be retried");
     }
 
     async fn persist(&self, writer: &DmaStreamWriter) -> Result<(), JournalError> {
@@ -374,6 +413,8 @@ impl Journal {
             sync_latency: metrics.sync_latency.snapshot(),
             group_records: metrics.group_records.snapshot(),
             bytes_written: metrics.bytes_written,
+            compaction_latency: metrics.compaction_latency.snapshot(),
+            compaction_failures: metrics.compaction_failures,
             failed: self.is_failed(),
         }
     }
@@ -432,46 +473,5 @@ async fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     let directory = glommio::io::Directory::open(dir).await?;
     directory.sync().await?;
     directory.close().await?;
-    Ok(())
-}
-
-/// Writes snapshot `seq` (the state before segment `seq`) under a temporary name, syncs it,
-/// renames it into place, then deletes every older segment and snapshot. Returns its size.
-async fn write_snapshot(
-    dir: &Path,
-    seq: u64,
-    covers_lsn: u64,
-    events: &[Event],
-) -> Result<u64, JournalError> {
-    let bytes = format::encode_snapshot(seq, covers_lsn, events);
-    let path = dir.join(format::snapshot_name(seq));
-    let temporary = path.with_extension("tmp");
-    let file = DmaFile::create(&temporary).await?;
-    let mut writer = DmaStreamWriterBuilder::new(file)
-        .with_buffer_size(WRITE_BUFFER)
-        .with_write_behind(WRITE_BEHIND)
-        .build();
-    writer.write_all(&bytes).await?;
-    writer.close().await?;
-    sync_file(&temporary).await?;
-    std::fs::rename(&temporary, &path)?;
-    sync_dir(dir).await?;
-    remove_older_than(dir, seq)?;
-    sync_dir(dir).await?;
-    Ok(bytes.len() as u64)
-}
-
-/// Deletes segments and snapshots numbered below `seq`: snapshot `seq` now covers them.
-fn remove_older_than(dir: &Path, seq: u64) -> Result<(), JournalError> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some((_, file_seq)) = name.to_str().and_then(format::parse_name) else {
-            continue;
-        };
-        if file_seq < seq {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
     Ok(())
 }
