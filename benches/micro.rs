@@ -71,7 +71,7 @@ use seckill::shard::placement::owner_of;
 use seckill::shard::reply::{self, Slots};
 use seckill::store::journal::compaction::Rebuild;
 use seckill::store::journal::recovery::check_direct_io;
-use seckill::store::journal::{Durability, Journal};
+use seckill::store::journal::{Durability, Journal, JournalStart};
 
 use counting_allocator::{process_allocations, CountingAllocator};
 
@@ -518,9 +518,15 @@ async fn open(dir: &Path, durability: Durability) -> Rc<Journal> {
         limits: BookLimits::default(),
         feed: false,
     };
-    Journal::create(dir, 1, 0, durability, SEGMENT_BYTES, rebuild)
-        .await
-        .expect("create the journal (needs O_DIRECT)")
+    Journal::create(
+        dir,
+        JournalStart::fresh(0),
+        durability,
+        SEGMENT_BYTES,
+        rebuild,
+    )
+    .await
+    .expect("create the journal (needs O_DIRECT)")
 }
 
 async fn close(journal: Rc<Journal>, dir: &Path) {

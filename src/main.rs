@@ -10,7 +10,7 @@ use seckill::cli::{
     TailArgs, TokenArgs,
 };
 use seckill::sale::model::is_valid_id;
-use seckill::store::journal::recovery;
+use seckill::store::journal::read;
 use seckill::{clock, config, load, logging, serve};
 
 fn main() -> ExitCode {
@@ -140,7 +140,7 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
 }
 
 fn verify_journal(data_dir: &std::path::Path) -> ExitCode {
-    match recovery::read_newest(data_dir) {
+    match read::read_newest(data_dir) {
         Ok((None, _)) => {
             println!("{}: no journal yet (nothing to verify)", data_dir.display());
             ExitCode::SUCCESS

@@ -82,6 +82,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         data_dir = %data_dir.display(),
         events = recovered.events_replayed,
         elapsed_ms = started.elapsed().as_millis() as u64,
+        read_ms = recovered.timings.read_ms,
+        replay_ms = recovered.timings.replay_ms,
+        write_ms = recovered.timings.write_ms,
         "journal recovered"
     );
     let unpublished: usize = recovered.outboxes.iter().map(|outbox| outbox.len()).sum();
@@ -97,11 +100,11 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         .zip(recovered.outboxes)
         .zip(recovered.shard_dirs)
         .map(
-            |((book, outbox), (journal_dir, snapshot_bytes))| ShardStart {
+            |((book, outbox), (journal_dir, journal_start))| ShardStart {
                 book,
                 outbox,
                 journal_dir,
-                snapshot_bytes,
+                journal_start,
                 rebuild: Rebuild {
                     limits,
                     feed: config.events.is_some(),

@@ -222,6 +222,7 @@ struct WorkerLog {
 }
 
 const LOAD_SKU: &str = "crashy";
+/// Stock of the plain crash round.
 const LOAD_STOCK: usize = 2000;
 
 /// One worker of the crash round: buys with a new user and key per attempt until the connection
@@ -230,12 +231,13 @@ fn crash_worker(
     mut c: Client,
     round: usize,
     t: usize,
+    stock: usize,
     acked_count: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) -> WorkerLog {
     let mut log = WorkerLog::default();
     let mut rng = SmallRng::from_entropy();
-    for n in 0..LOAD_STOCK {
+    for n in 0..stock {
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -328,6 +330,8 @@ fn compactions(server: &Server) -> Option<u64> {
 struct CrashSetup {
     /// Extra `serve` arguments, for the first start and the restart.
     args: &'static [&'static str],
+    /// Units on sale; the kill comes before they sell out.
+    stock: usize,
     /// Acknowledged purchases the kill point is drawn from, one third per round.
     kill_range: (usize, usize),
     /// Snapshots that must have been built before the kill, so it lands on a journal that
@@ -339,6 +343,7 @@ struct CrashSetup {
 /// early, midway and late (past the first 128 KiB of journal).
 const PLAIN_CRASH: CrashSetup = CrashSetup {
     args: &[],
+    stock: LOAD_STOCK,
     kill_range: (100, 1500),
     compactions_before_kill: 0,
 };
@@ -352,7 +357,7 @@ fn crash_round(round: usize, setup: &CrashSetup) {
     let mut server = Server::start_in(&dir, 2, setup.args);
     server
         .client()
-        .create_sale(LOAD_SKU, &sale_spec(LOAD_STOCK as u64, 1));
+        .create_sale(LOAD_SKU, &sale_spec(setup.stock as u64, 1));
 
     let acked_count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -362,7 +367,8 @@ fn crash_round(round: usize, setup: &CrashSetup) {
         .enumerate()
         .map(|(t, c)| {
             let (acked_count, stop) = (acked_count.clone(), stop.clone());
-            thread::spawn(move || crash_worker(c, round, t, acked_count, stop))
+            let stock = setup.stock;
+            thread::spawn(move || crash_worker(c, round, t, stock, acked_count, stop))
         })
         .collect();
 
@@ -427,7 +433,7 @@ fn crash_round(round: usize, setup: &CrashSetup) {
     );
     assert!(
         unexpected.is_empty(),
-        "round {round}: unexpected answers before the crash: {unexpected:#?}"
+        "round {round}: unexpected answers before the crash: {unexpected:#?}\nserver output:\n{server_log}"
     );
 
     // ---- restart on the same directory ----
@@ -537,7 +543,7 @@ fn crash_round(round: usize, setup: &CrashSetup) {
     let remaining = c.remaining(LOAD_SKU);
     assert_eq!(
         remaining,
-        LOAD_STOCK as i64 - distinct.len() as i64,
+        setup.stock as i64 - distinct.len() as i64,
         "round {round}: remaining after the crash must be stock - {} known orders (acknowledged {}, re-sent 201 {resent_orders})",
         distinct.len(),
         acked.len()
@@ -551,6 +557,7 @@ fn crash_round(round: usize, setup: &CrashSetup) {
 
     // Buying resumes until sold out.
     let resume_clients: Vec<Client> = (0..8).map(|_| server.client()).collect();
+    let stock = setup.stock;
     let resume: Vec<_> = resume_clients
         .into_iter()
         .enumerate()
@@ -558,7 +565,7 @@ fn crash_round(round: usize, setup: &CrashSetup) {
             thread::spawn(move || {
                 let mut ids = Vec::new();
                 let mut unexpected = Vec::new();
-                for n in 0..=LOAD_STOCK {
+                for n in 0..=stock {
                     let user = format!("r{round}-resume-t{t}-u{n}");
                     match c.try_request(
                         "POST",
@@ -616,7 +623,7 @@ fn crash_round(round: usize, setup: &CrashSetup) {
     );
     assert_eq!(
         distinct.len(),
-        LOAD_STOCK,
+        setup.stock,
         "round {round}: total distinct orders must be exactly the stock (acknowledged {}, re-sent {resent_orders}, resumed {resumed})",
         acked.len()
     );
@@ -645,14 +652,110 @@ fn crash_under_load_loses_no_acknowledged_order() {
 fn crash_while_compacting_loses_no_acknowledged_order() {
     let setup = CrashSetup {
         // The smallest segment: the first snapshot is due after about 1,000 orders (65 bytes
-        // of journal each), well before the stock of 2,000 runs out.
+        // of journal each, and payments); on a busy machine the kill may wait for a scrape
+        // that sees it done until twice that, well before a stock of 6,000 runs out.
         args: &["--segment-bytes", "65536"],
-        kill_range: (700, 1600),
+        stock: 6000,
+        kill_range: (1000, 4000),
         compactions_before_kill: 1,
     };
     for round in 0..3 {
         crash_round(round, &setup);
     }
+}
+
+/// The inode of shard `shard`'s newest snapshot in the newest generation, and how many segments
+/// that shard directory holds.
+fn newest_snapshot_and_segments(dir: &Path, shard: usize) -> (u64, usize) {
+    use std::os::unix::fs::MetadataExt;
+    let (_, gen_dir) = newest_gen(dir);
+    let shard_dir = shard_dirs(&gen_dir).remove(shard);
+    let (snapshots, segments) = journal_files(&shard_dir);
+    let (_, snapshot) = snapshots.last().cloned().expect("a snapshot");
+    let inode = std::fs::metadata(&snapshot).expect("stat snapshot").ino();
+    (inode, segments.len())
+}
+
+/// A restart with the same shard count carries the old generation's files into the new one by
+/// hard link instead of writing every order into a new snapshot, and each start adds a segment,
+/// so a crash loop must not pile them up: past the bound, a start writes a fresh snapshot. Every
+/// order survives either way.
+#[test]
+fn restarts_carry_the_journal_and_a_crash_loop_cannot_pile_up_segments() {
+    const RESTARTS: usize = 70;
+    let dir = fresh_data_dir();
+    let mut server = Server::start_in(&dir, 1, &[]);
+    let mut c = server.client();
+    c.create_sale("loop", &sale_spec(1000, 1));
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        orders.push(order_id(&c.buy("loop", &tok(&format!("looper{i}")), 1)));
+    }
+    drop(c);
+    server.kill9();
+    drop(server);
+    let (first_snapshot, _) = newest_snapshot_and_segments(&dir, 0);
+
+    let mut carried = 0;
+    let mut rewritten = 0;
+    let mut most_segments = 0;
+    let mut previous = first_snapshot;
+    for round in 0..RESTARTS {
+        let mut server = Server::start_in(&dir, 1, &[]);
+        if round % 10 == 0 {
+            let mut c = server.client();
+            orders.push(order_id(&c.buy(
+                "loop",
+                &tok(&format!("looper-r{round}")),
+                1,
+            )));
+        }
+        server.kill9();
+        drop(server);
+        let (snapshot, segments) = newest_snapshot_and_segments(&dir, 0);
+        if snapshot == previous {
+            carried += 1;
+        } else {
+            rewritten += 1;
+        }
+        most_segments = most_segments.max(segments);
+        previous = snapshot;
+    }
+    eprintln!(
+        "{RESTARTS} crash restarts: {carried} carried the snapshot, {rewritten} wrote a new one; at most {most_segments} segments"
+    );
+    assert!(
+        carried >= RESTARTS - 2,
+        "restarts with the same shard count must carry the snapshot ({carried} of {RESTARTS} did):\n{}",
+        listing(&dir)
+    );
+    assert!(
+        rewritten >= 1,
+        "{RESTARTS} restarts never wrote a fresh snapshot, so segments pile up (at most {most_segments}):\n{}",
+        listing(&dir)
+    );
+    assert!(
+        most_segments <= 64,
+        "a crash loop piled up {most_segments} segments"
+    );
+
+    let server = Server::start_in(&dir, 1, &[]);
+    let mut c = server.client();
+    let missing: Vec<&String> = orders
+        .iter()
+        .filter(|id| admin_order(&mut c, id).is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "orders lost across {RESTARTS} restarts: {missing:?}\n{}",
+        server.log()
+    );
+    assert_eq!(c.remaining("loop"), 1000 - orders.len() as i64);
+    let (code, out) = journal_verify(&dir);
+    assert_eq!(code, Some(0), "verify after the restarts: {out}");
+    drop(c);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------

@@ -184,7 +184,33 @@ struct ImageFile {
     bytes: Vec<u8>,
 }
 
+/// A point-in-time copy of the data directory. The compaction thread may rename or delete files
+/// while it is read, which no crash image shows, so the copy is taken again until the listing is
+/// the same before and after it and no file vanished in between.
 fn take_image(root: &Path) -> Vec<ImageFile> {
+    loop {
+        let before = listing(root);
+        let files: Option<Vec<ImageFile>> = before
+            .iter()
+            .map(|relative| match std::fs::read(root.join(relative)) {
+                Ok(bytes) => Some(ImageFile {
+                    relative: relative.clone(),
+                    bytes,
+                }),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) => panic!("read {}: {error}", relative.display()),
+            })
+            .collect();
+        if let Some(files) = files {
+            if listing(root) == before {
+                return files;
+            }
+        }
+    }
+}
+
+/// Every file under `root` but the lock, relative to it, sorted.
+fn listing(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -194,12 +220,11 @@ fn take_image(root: &Path) -> Vec<ImageFile> {
             if entry.file_type().expect("file type").is_dir() {
                 dirs.push(path);
             } else if entry.file_name() != "LOCK" {
-                let relative = path.strip_prefix(root).expect("inside").to_path_buf();
-                let bytes = std::fs::read(&path).expect("read file");
-                files.push(ImageFile { relative, bytes });
+                files.push(path.strip_prefix(root).expect("inside").to_path_buf());
             }
         }
     }
+    files.sort();
     files
 }
 
@@ -212,7 +237,7 @@ struct Run {
 
 fn live_run(batches: &[Vec<Op>], crash: &Crash, segment_limit: u64, dir: &Path) -> Run {
     let mut recovered = recovery::recover(dir, 1, LIMITS, false).expect("fresh recovery");
-    let (journal_dir, snapshot_bytes) = recovered.shard_dirs[0].clone();
+    let (journal_dir, journal_start) = recovered.shard_dirs[0].clone();
     let mut book: Book = recovered.books.remove(0);
     let crash_after = crash
         .after_batch
@@ -224,8 +249,7 @@ fn live_run(batches: &[Vec<Op>], crash: &Crash, segment_limit: u64, dir: &Path) 
     executor.run(async move {
         let journal: Rc<Journal> = Journal::create(
             &journal_dir,
-            1,
-            snapshot_bytes,
+            journal_start,
             Durability::Sync,
             segment_limit,
             Rebuild {

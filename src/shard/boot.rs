@@ -77,8 +77,8 @@ pub struct ShardStart {
     pub outbox: crate::feed::outbox::Outbox,
     /// Where the shard's journal lives.
     pub journal_dir: std::path::PathBuf,
-    /// Size of the snapshot already in `journal_dir`.
-    pub snapshot_bytes: u64,
+    /// Where the journal in `journal_dir` continues.
+    pub journal_start: crate::store::journal::JournalStart,
     /// How the journal's snapshots rebuild this state: as recovery did.
     pub rebuild: crate::store::journal::compaction::Rebuild,
 }
@@ -226,8 +226,7 @@ async fn open_store(
                 .ok_or_else(|| io::Error::other(format!("no recovered state for shard {id}")))?;
             let journal = Journal::create(
                 &start.journal_dir,
-                1,
-                start.snapshot_bytes,
+                start.journal_start,
                 options.durability,
                 options.segment_bytes,
                 start.rebuild,

@@ -11,7 +11,8 @@ use std::time::Instant;
 use futures::channel::oneshot;
 
 use super::format;
-use super::recovery::{self, GenerationContents, RecoveryError, Segments};
+use super::read::{self, GenerationContents, Segments};
+use super::recovery::{self, RecoveryError};
 use crate::clock::now_ms;
 use crate::feed::outbox::Outbox;
 use crate::sale::book::{Book, BookLimits};
@@ -72,7 +73,7 @@ impl Compaction {
     pub fn run(&self) -> Result<Compacted, RecoveryError> {
         let started = Instant::now();
         let mut contents = GenerationContents::default();
-        let read = recovery::read_shard(&self.dir, Segments::Before(self.seq), &mut contents)?;
+        let read = read::read_shard(&self.dir, Segments::Before(self.seq), &mut contents)?;
         if read.last_lsn != self.covers_lsn {
             // Writing it anyway would drop records or cover some twice on the next start.
             return Err(RecoveryError::Gap(format!(

@@ -1,6 +1,8 @@
 //! Recovery at start: read the newest complete generation of every shard's snapshot and
-//! segments, rebuild each new shard's book (re-partitioning by the current shard count), write
-//! them as the snapshots of a fresh generation, and only then delete the old one.
+//! segments, rebuild each new shard's book (re-partitioning by the current shard count), make a
+//! fresh generation of them, and only then delete the old one. With the shard count unchanged,
+//! the fresh generation carries the old files by hard link (see [`super::carry`]); otherwise it
+//! starts from new snapshots.
 //!
 //! Layout of a data directory:
 //! ```text
@@ -9,23 +11,25 @@
 //! DIR/gen-000007/shard-000/snap-000000000001.snap
 //! DIR/gen-000007/shard-000/seg-000000000001.log ...
 //! ```
-//! Starting fresh on every start keeps restart time and disk use bounded by live state, makes a
-//! change of `--shards` trivial, and never writes into files another generation depends on.
+//! A fresh generation on every start makes a change of `--shards` trivial and never writes into
+//! files another generation depends on (carried files are linked, and the one that may have a
+//! torn tail is copied); compaction keeps restart time and disk use bounded by live state.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use super::format::{self, Entry, FileKind, FormatError, SEGMENT_MAGIC, SNAPSHOT_MAGIC};
+use super::carry;
+use super::format::{self, FormatError};
+use super::read::{generations, join, read_newest, GenerationContents, COMPLETE};
+use super::writer::JournalStart;
 use crate::clock::now_ms;
 use crate::feed::outbox::Outbox;
 use crate::sale::book::{Book, BookLimits};
 use crate::sale::command::Event;
 use crate::shard::placement::owner_of;
-
-/// Marks a generation whose snapshots are all durable.
-const COMPLETE: &str = "COMPLETE";
 
 /// Why recovery refused to start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +62,7 @@ pub enum RecoveryError {
     Gap(String),
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
+pub(super) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
     move |source| RecoveryError::Io {
         path: path.into(),
         source,
@@ -130,200 +134,26 @@ pub struct Recovered {
     pub books: Vec<Book>,
     /// Each shard's unpublished order feed events.
     pub outboxes: Vec<Outbox>,
-    /// Per shard: its journal directory in the new generation, and its snapshot's size.
-    pub shard_dirs: Vec<(PathBuf, u64)>,
+    /// Per shard: its journal directory in the new generation, and where its journal continues.
+    pub shard_dirs: Vec<(PathBuf, JournalStart)>,
     /// Events replayed, for the startup log.
     pub events_replayed: u64,
     /// Torn tails cut off, by file.
     pub torn_tails: Vec<PathBuf>,
+    /// Where the time went, for the startup log.
+    pub timings: RecoveryTimings,
 }
 
-/// One old shard's journal, read and checked.
-#[derive(Debug)]
-pub struct ShardLog {
-    /// The shard's directory.
-    pub dir: PathBuf,
-    /// Its events in order: its snapshot's, then its segments'.
-    pub events: Vec<Event>,
-    /// How many of `events` came from the snapshot (restored state rather than changes, which
-    /// the order feed must not report again).
-    pub snapshot_len: usize,
-}
-
-/// What one generation holds, read and checked but not yet applied.
-#[derive(Debug, Default)]
-pub struct GenerationContents {
-    /// Each old shard's events.
-    pub shards: Vec<ShardLog>,
-    /// Files whose torn tail was ignored.
-    pub torn_tails: Vec<PathBuf>,
-    /// Files read.
-    pub files: usize,
-}
-
-fn generation_number(name: &str) -> Option<u64> {
-    name.strip_prefix("gen-")?.parse().ok()
-}
-
-/// Generations in `data_dir`, newest first, each with whether it is complete.
-fn generations(data_dir: &Path) -> Result<Vec<(u64, PathBuf, bool)>, RecoveryError> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(data_dir).map_err(io_error(data_dir))? {
-        let entry = entry.map_err(io_error(data_dir))?;
-        let name = entry.file_name();
-        if let Some(number) = name.to_str().and_then(generation_number) {
-            let path = entry.path();
-            let complete = path.join(COMPLETE).exists();
-            found.push((number, path, complete));
-        }
-    }
-    found.sort_by_key(|(number, _, _)| std::cmp::Reverse(*number));
-    Ok(found)
-}
-
-/// Reads the newest complete generation (empty if there is none).
-pub fn read_newest(data_dir: &Path) -> Result<(Option<u64>, GenerationContents), RecoveryError> {
-    let newest = generations(data_dir)?
-        .into_iter()
-        .find(|(_, _, complete)| *complete);
-    let Some((number, path, _)) = newest else {
-        return Ok((None, GenerationContents::default()));
-    };
-    Ok((Some(number), read_generation(&path)?))
-}
-
-/// Reads every shard of one generation.
-pub fn read_generation(generation: &Path) -> Result<GenerationContents, RecoveryError> {
-    let mut contents = GenerationContents::default();
-    let mut shard_dirs: Vec<PathBuf> = fs::read_dir(generation)
-        .map_err(io_error(generation))?
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("shard-"))
-        .map(|entry| entry.path())
-        .collect();
-    shard_dirs.sort();
-    for dir in shard_dirs {
-        let read = read_shard(&dir, Segments::All, &mut contents)?;
-        contents.shards.push(ShardLog {
-            dir,
-            events: read.events,
-            snapshot_len: read.snapshot_len,
-        });
-    }
-    Ok(contents)
-}
-
-/// Which of a shard's segments to read after its snapshot.
+/// Milliseconds of each phase of a recovery.
 #[derive(Debug, Clone, Copy)]
-pub enum Segments {
-    /// All of them, at start: the newest may end in a torn tail (a crash mid-write).
-    All,
-    /// Those numbered below this one: closed and synced, so none may be torn (compaction, while
-    /// the shard writes this one).
-    Before(u64),
-}
-
-/// One shard directory's newest snapshot and the segments after it, read and checked.
-#[derive(Debug)]
-pub struct ShardRead {
-    /// The snapshot's events, then the segments'.
-    pub events: Vec<Event>,
-    /// How many of `events` came from the snapshot.
-    pub snapshot_len: usize,
-    /// The LSN of the last record read: what a snapshot of these events covers.
-    pub last_lsn: u64,
-}
-
-/// Reads one shard's newest complete snapshot and the chosen segments after it.
-pub fn read_shard(
-    dir: &Path,
-    segments_wanted: Segments,
-    contents: &mut GenerationContents,
-) -> Result<ShardRead, RecoveryError> {
-    let mut snapshots = Vec::new();
-    let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        match entry.file_name().to_str().and_then(format::parse_name) {
-            Some((FileKind::Snapshot, seq)) => snapshots.push((seq, entry.path())),
-            Some((FileKind::Segment, seq)) => segments.push((seq, entry.path())),
-            None => {}
-        }
-    }
-    snapshots.sort();
-    segments.sort();
-    // The newest complete snapshot. A snapshot is written under a temporary name and renamed
-    // only once synced, so an incomplete one under its final name is damage, not a crash.
-    let Some((snapshot_seq, path)) = snapshots.pop() else {
-        return Err(RecoveryError::Gap(format!(
-            "{}: no snapshot; every shard directory starts with one",
-            dir.display()
-        )));
-    };
-    let file =
-        format::read_file(&path, SNAPSHOT_MAGIC, false, 1).map_err(RecoveryError::Corrupt)?;
-    contents.files += 1;
-    let mut events = Vec::with_capacity(file.entries.len());
-    let mut covered = None;
-    for entry in file.entries {
-        match entry {
-            Entry::Event(event) => events.push(event),
-            Entry::EventV1(old) => events.push(old.into()),
-            Entry::SnapshotEnd {
-                events: count,
-                covers_lsn,
-            } if count as usize == events.len() => {
-                covered = Some(covers_lsn);
-            }
-            Entry::SnapshotEnd { .. } => {}
-        }
-    }
-    let Some(covers_lsn) = covered else {
-        return Err(RecoveryError::Corrupt(FormatError::Corrupt {
-            path,
-            offset: file.valid_len,
-            reason: "the snapshot does not end with a valid end record".into(),
-        }));
-    };
-    let snapshot_len = events.len();
-    // Segments from the snapshot on, numbered without gaps, each continuing the LSN sequence.
-    let live: Vec<&(u64, PathBuf)> = segments
-        .iter()
-        .filter(|(seq, _)| *seq >= snapshot_seq)
-        .filter(|(seq, _)| match segments_wanted {
-            Segments::All => true,
-            Segments::Before(end) => *seq < end,
-        })
-        .collect();
-    let mut next_lsn = covers_lsn + 1;
-    for (index, (seq, path)) in live.iter().enumerate() {
-        let expected = snapshot_seq + index as u64;
-        if *seq != expected {
-            return Err(RecoveryError::Gap(format!(
-                "{}: segment {expected} is missing before {}",
-                dir.display(),
-                path.display()
-            )));
-        }
-        let newest = index + 1 == live.len() && matches!(segments_wanted, Segments::All);
-        let file = format::read_file(path, SEGMENT_MAGIC, newest, next_lsn)
-            .map_err(RecoveryError::Corrupt)?;
-        contents.files += 1;
-        if file.torn_tail {
-            contents.torn_tails.push(path.clone());
-        }
-        next_lsn = file.last_lsn + 1;
-        events.extend(file.entries.into_iter().filter_map(|entry| match entry {
-            Entry::Event(event) => Some(event),
-            Entry::EventV1(old) => Some(old.into()),
-            Entry::SnapshotEnd { .. } => None,
-        }));
-    }
-    Ok(ShardRead {
-        events,
-        snapshot_len,
-        last_lsn: next_lsn - 1,
-    })
+pub struct RecoveryTimings {
+    /// Reading and checking the files (a thread per old shard).
+    pub read_ms: u64,
+    /// Replaying the events into the new shards' books (a thread per new shard).
+    pub replay_ms: u64,
+    /// Making the new generation: carrying the old files into it, or writing and syncing fresh
+    /// snapshots (a thread per new shard), and the directory work around them.
+    pub write_ms: u64,
 }
 
 /// The shard that owns an event under `shards` shards.
@@ -348,42 +178,54 @@ pub fn recover(
     limits: BookLimits,
     feed: bool,
 ) -> Result<Recovered, RecoveryError> {
+    let started = Instant::now();
     let (number, contents) = read_newest(data_dir)?;
-    let mut books: Vec<Book> = (0..shards).map(|_| Book::new(limits)).collect();
-    let mut outboxes: Vec<Outbox> = (0..shards).map(|_| Outbox::default()).collect();
-    let mut replayed = 0u64;
-    let now = now_ms();
-    // Within one old shard, events are in order, and all of a SKU's events are in one old shard,
-    // so routing each stream to the new owners keeps every SKU's history in order.
-    for log in &contents.shards {
-        for (index, event) in log.events.iter().enumerate() {
-            let owner = owner_of_event(event, shards);
-            let restored = index < log.snapshot_len;
-            replay_event(
-                &mut books[owner],
-                &mut outboxes[owner],
-                event,
-                restored,
-                feed,
-                now,
-            )?;
-            replayed += 1;
-        }
-    }
+    let read_ms = started.elapsed().as_millis() as u64;
+    let replayed: u64 = contents
+        .shards
+        .iter()
+        .map(|log| log.events.len() as u64)
+        .sum();
+    let rebuilt = rebuild_shards(&contents, shards, limits, feed)?;
+    let replay_ms = started.elapsed().as_millis() as u64 - read_ms;
     let next = number.map_or(1, |n| n + 1);
     let generation = data_dir.join(format!("gen-{next:06}"));
     if generation.exists() {
         fs::remove_dir_all(&generation).map_err(io_error(&generation))?;
     }
-    let mut shard_dirs = Vec::with_capacity(shards);
-    for (id, (book, outbox)) in books.iter().zip(&outboxes).enumerate() {
-        let dir = generation.join(format!("shard-{id:03}"));
-        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let mut snapshot = book.snapshot();
-        snapshot.extend(outbox.snapshot());
-        let size = write_initial_snapshot(&dir, &snapshot)?;
-        shard_dirs.push((dir, size));
-    }
+    let shard_dir = |id: usize| generation.join(format!("shard-{id:03}"));
+    // Feed events replayed from segments are derived again only by a start with `--events`; a
+    // fresh snapshot keeps them whatever the next start does, so they are never carried.
+    let unpublished = rebuilt.iter().any(|(_, outbox)| !outbox.is_empty());
+    let carried = number.is_some() && carry::can_carry(&contents, shards) && !(feed && unpublished);
+    let shard_dirs: Vec<(PathBuf, JournalStart)> = if carried {
+        let mut dirs = Vec::with_capacity(shards);
+        for (id, log) in contents.shards.iter().enumerate() {
+            let dir = shard_dir(id);
+            let start = carry::carry_shard(log, &dir)?;
+            dirs.push((dir, start));
+        }
+        dirs
+    } else {
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = rebuilt
+                .iter()
+                .enumerate()
+                .map(|(id, (book, outbox))| {
+                    let dir = shard_dir(id);
+                    scope.spawn(move || {
+                        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+                        let mut snapshot = book.snapshot();
+                        snapshot.extend(outbox.snapshot());
+                        let size = write_snapshot(&dir, 1, 0, &snapshot)?;
+                        Ok((dir, JournalStart::fresh(size)))
+                    })
+                })
+                .collect();
+            writers.into_iter().map(join).collect::<Result<_, _>>()
+        })?
+    };
+    drop(contents.shards);
     let marker = generation.join(COMPLETE);
     File::create(&marker)
         .and_then(|file| file.sync_all())
@@ -397,12 +239,52 @@ pub fn recover(
         }
     }
     sync_dir(data_dir)?;
+    let (books, outboxes) = rebuilt.into_iter().unzip();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(Recovered {
         books,
         outboxes,
         shard_dirs,
         events_replayed: replayed,
         torn_tails: contents.torn_tails,
+        timings: RecoveryTimings {
+            read_ms,
+            replay_ms,
+            write_ms: elapsed_ms - read_ms - replay_ms,
+        },
+    })
+}
+
+/// Rebuilds each new shard's book and outbox on a thread of its own. Each takes, from every old
+/// shard's events in order, those it owns now: within one old shard events are in order, and all
+/// of a SKU's events are in one old shard, so every SKU's history keeps its order.
+fn rebuild_shards(
+    contents: &GenerationContents,
+    shards: usize,
+    limits: BookLimits,
+    feed: bool,
+) -> Result<Vec<(Book, Outbox)>, RecoveryError> {
+    let now = now_ms();
+    std::thread::scope(|scope| {
+        let builders: Vec<_> = (0..shards)
+            .map(|shard| {
+                scope.spawn(move || {
+                    let mut book = Book::new(limits);
+                    let mut outbox = Outbox::default();
+                    for log in &contents.shards {
+                        for (index, event) in log.events.iter().enumerate() {
+                            if owner_of_event(event, shards) != shard {
+                                continue;
+                            }
+                            let restored = index < log.snapshot_len;
+                            replay_event(&mut book, &mut outbox, event, restored, feed, now)?;
+                        }
+                    }
+                    Ok((book, outbox))
+                })
+            })
+            .collect();
+        builders.into_iter().map(join).collect()
     })
 }
 
@@ -426,11 +308,6 @@ pub fn replay_event(
         outbox.replay(event, book, now);
     }
     Ok(())
-}
-
-/// Writes snapshot 1 of a new generation's shard.
-fn write_initial_snapshot(dir: &Path, events: &[Event]) -> Result<u64, RecoveryError> {
-    write_snapshot(dir, 1, 0, events)
 }
 
 /// Writes snapshot `seq` of `dir`, covering records up to `covers_lsn`, with plain buffered I/O

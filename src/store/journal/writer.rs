@@ -81,6 +81,31 @@ struct State {
     snapshotting: bool,
 }
 
+/// Where a shard's journal continues from: what recovery left in its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStart {
+    /// The number of the first segment to write.
+    pub first_seq: u64,
+    /// Records already in the directory's segments after the snapshot: LSNs continue from here.
+    pub records: u64,
+    /// Size of the newest snapshot, which sets when the next one is due.
+    pub snapshot_bytes: u64,
+    /// Segment bytes after that snapshot, which count toward the next one.
+    pub log_bytes: u64,
+}
+
+impl JournalStart {
+    /// A directory holding only snapshot 1, of `snapshot_bytes`: a generation recovery wrote.
+    pub fn fresh(snapshot_bytes: u64) -> Self {
+        Self {
+            first_seq: 1,
+            records: 0,
+            snapshot_bytes,
+            log_bytes: 0,
+        }
+    }
+}
+
 /// A committer waiting until this many records are durable.
 type Waiter = (u64, oneshot::Sender<Result<(), JournalError>>);
 
@@ -134,20 +159,22 @@ pub struct JournalStats {
 }
 
 impl Journal {
-    /// Opens a new journal in `dir` whose first segment is `first_seq` (the state before it is
-    /// in snapshot `first_seq`, written by recovery). Snapshots rebuild the state with `rebuild`.
+    /// Opens a new segment in `dir`, continuing what recovery left there (`start`). Snapshots
+    /// rebuild the state with `rebuild`.
     pub async fn create(
         dir: &Path,
-        first_seq: u64,
-        snapshot_bytes: u64,
+        start: JournalStart,
         durability: Durability,
         segment_limit: u64,
         rebuild: Rebuild,
     ) -> Result<Rc<Self>, JournalError> {
-        let writer = open_segment(dir, first_seq).await?;
+        let writer = open_segment(dir, start.first_seq).await?;
         let state = State {
-            segment_seq: first_seq,
-            last_snapshot_bytes: snapshot_bytes,
+            segment_seq: start.first_seq,
+            appended: start.records,
+            durable: start.records,
+            last_snapshot_bytes: start.snapshot_bytes,
+            bytes_since_snapshot: start.log_bytes,
             ..State::default()
         };
         Ok(Rc::new(Self {
