@@ -15,8 +15,12 @@ DURATION=${2:-8s}
 CONNECTIONS=${CONNECTIONS:-64 1000 10000}
 PORT=18061
 BASELINE=../shared/bench/nginx-baseline.sh
-# wrk, nginx and seckill each hold one descriptor per connection; nginx inherits this limit.
-ulimit -n 65536 || { echo "cannot raise the open-file limit to 65536 (run as root)" >&2; exit 1; }
+# wrk, nginx and seckill each hold one descriptor per connection (each process its own limit);
+# nginx inherits this one.
+most=$(printf '%s\n' $CONNECTIONS | sort -n | tail -1)
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((most + 1024)) ] || {
+  echo "the open-file limit $(ulimit -n) cannot hold $most connections; raise the hard limit" >&2; exit 1; }
 
 # "<req/s> <p99> <non-2xx responses> <socket errors>" from wrk output.
 summary() {
