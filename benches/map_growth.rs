@@ -5,9 +5,10 @@
 //! rehashed into freshly faulted memory; segments grow one at a time. The figure that matters is
 //! the worst insert (a stall every connection of the shard waits out), not the mean.
 //!
-//! It then times `Book::snapshot` on a book of a million orders: the journal takes one inline,
-//! on the owner shard, when the bytes since the last snapshot cross the threshold, so that time
-//! is a stall of the shard (compaction is not yet off the request path).
+//! First it measures memory per order: the bytes a book of a million pending orders holds, and
+//! the owner's expiry queue for them, counted by the allocator as live bytes. Then it times
+//! `Book::snapshot` on that book: CPU the compaction thread and recovery spend (the shard itself
+//! no longer builds snapshots).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -15,8 +16,16 @@ use std::time::Instant;
 
 use seckill::sale::book::{Book, BookLimits};
 use seckill::sale::command::{Command, PurchaseRequest};
+use seckill::sale::expiry::ExpiryQueue;
 use seckill::sale::segmented::SegmentedMap;
 use seckill::sale::Sale;
+
+#[path = "../tests/support/counting_allocator.rs"]
+mod counting_allocator;
+use counting_allocator::{live_bytes, CountingAllocator};
+
+#[global_allocator]
+static COUNTING: CountingAllocator = CountingAllocator;
 
 /// Roughly the size of an order record.
 #[derive(Clone)]
@@ -55,8 +64,8 @@ fn measure(mut insert: impl FnMut(u128, OrderLike)) -> (u128, u128) {
 /// Orders in the book whose snapshot is timed.
 const BOOK_ORDERS: u64 = 1_000_000;
 
-/// A book of `BOOK_ORDERS` pending orders, 1,000 shoppers of 1,000 orders each.
-fn book_of_orders() -> Book {
+/// A book of `BOOK_ORDERS` pending orders from `shoppers` shoppers (each with an equal share).
+fn book_of_orders(shoppers: u64) -> Book {
     const NOW_MS: u64 = 1_767_225_600_000;
     let mut book = Book::new(BookLimits::default());
     let sale = Sale {
@@ -65,7 +74,7 @@ fn book_of_orders() -> Book {
         stock: BOOK_ORDERS,
         starts_at: NOW_MS - 60_000,
         ends_at: NOW_MS + 3_600_000,
-        per_user_limit: 1_000,
+        per_user_limit: BOOK_ORDERS.div_ceil(shoppers) as u32,
         payment_timeout_ms: 900_000,
         rate_limit_per_sec: 0,
         price: 149_900,
@@ -74,11 +83,10 @@ fn book_of_orders() -> Book {
     };
     let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
     assert!(made.is_ok(), "the sale: {made:?}");
-    let users: Vec<std::sync::Arc<str>> = (0..1_000).map(|u| format!("u-{u}").into()).collect();
     for n in 0..BOOK_ORDERS {
         let request = PurchaseRequest {
             sku: "moutai-2026".into(),
-            user_id: std::sync::Arc::clone(&users[(n % 1_000) as usize]),
+            user_id: format!("u-{}", n % shoppers).into(),
             quantity: 1,
             idempotency_key: None,
         };
@@ -88,8 +96,33 @@ fn book_of_orders() -> Book {
     book
 }
 
+/// Live bytes per order of a book of `BOOK_ORDERS` pending orders from `shoppers` shoppers, and
+/// of the expiry queue holding their deadlines.
+fn memory_per_order(shoppers: u64) -> Book {
+    let before = live_bytes();
+    let book = book_of_orders(shoppers);
+    let book_bytes = live_bytes() - before;
+    let before = live_bytes();
+    let mut expiry = ExpiryQueue::new();
+    for (order_id, deadline) in book.pending_deadlines() {
+        expiry.schedule(order_id, deadline);
+    }
+    let expiry_bytes = live_bytes() - before;
+    let per = |bytes: i64| bytes as f64 / BOOK_ORDERS as f64;
+    println!(
+        "{BOOK_ORDERS} pending orders from {shoppers} shopper(s): book {:.0} B/order, expiry queue {:.0} B/order, together {:.0} B/order",
+        per(book_bytes),
+        per(expiry_bytes),
+        per(book_bytes + expiry_bytes)
+    );
+    drop(black_box(expiry));
+    book
+}
+
 fn main() {
-    let book = book_of_orders();
+    drop(memory_per_order(BOOK_ORDERS));
+    drop(memory_per_order(1));
+    let book = memory_per_order(1_000);
     for round in 1..=3 {
         let started = Instant::now();
         let events = book.snapshot();

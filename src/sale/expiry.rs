@@ -21,14 +21,26 @@ pub const BUCKET_MS: u64 = 100;
 /// Stale slots tolerated before a compaction, on top of one per live entry.
 const COMPACT_SLACK: usize = 1024;
 
+/// An order's unique part as two words. As a `u128` it would align every map entry to 16 bytes,
+/// padding a (key, bucket) entry from 24 bytes to 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Unique([u64; 2]);
+
+impl From<u128> for Unique {
+    fn from(unique: u128) -> Self {
+        Self([(unique >> 64) as u64, unique as u64])
+    }
+}
+
 /// Pending orders by deadline bucket.
 #[derive(Debug, Default)]
 pub struct ExpiryQueue {
-    /// Bucket number → order keys scheduled in it (possibly stale).
-    buckets: BTreeMap<u64, Vec<u128>>,
-    /// Live entries: order key → (bucket, full id). Segmented, like the book's orders, so that
-    /// growing it never stalls the shard.
-    live: SegmentedMap<u128, (u64, OrderId)>,
+    /// Bucket number → the orders scheduled in it (possibly stale). The slot holds the whole id,
+    /// so the live map needs only the bucket.
+    buckets: BTreeMap<u64, Vec<OrderId>>,
+    /// Live entries: order key → its bucket. Segmented, like the book's orders, so that growing
+    /// it never stalls the shard.
+    live: SegmentedMap<Unique, u64>,
     /// Slots in `buckets`, live or stale.
     slots: usize,
 }
@@ -42,17 +54,20 @@ impl ExpiryQueue {
     /// Remembers that `order_id` must be expired once `deadline_ms` has passed.
     pub fn schedule(&mut self, order_id: OrderId, deadline_ms: u64) {
         let bucket = deadline_ms / BUCKET_MS;
-        let unique = order_id.unique;
-        if self.live.insert(unique, (bucket, order_id)).is_some() {
+        if self.live.insert(order_id.unique.into(), bucket) == Some(bucket) {
             return;
         }
-        self.buckets.entry(bucket).or_default().push(unique);
+        // A new deadline leaves a stale slot in the old bucket, which no longer matches `live`:
+        // sweeps skip it and compaction drops it.
+        self.buckets.entry(bucket).or_default().push(order_id);
         self.slots += 1;
     }
 
     /// Drops an order that is no longer pending.
     pub fn forget(&mut self, unique: u128) {
-        if self.live.remove(&unique).is_some() && self.slots > 2 * self.live.len() + COMPACT_SLACK {
+        if self.live.remove(&Unique::from(unique)).is_some()
+            && self.slots > 2 * self.live.len() + COMPACT_SLACK
+        {
             self.compact();
         }
     }
@@ -60,7 +75,7 @@ impl ExpiryQueue {
     fn compact(&mut self) {
         let live = &self.live;
         self.buckets.retain(|bucket, slots| {
-            slots.retain(|unique| live.get(unique).is_some_and(|(b, _)| b == bucket));
+            slots.retain(|order_id| live.get(&Unique::from(order_id.unique)) == Some(bucket));
             !slots.is_empty()
         });
         self.slots = self.live.len();
@@ -73,10 +88,14 @@ impl ExpiryQueue {
         let later = self.buckets.split_off(&first_not_due);
         let due = std::mem::replace(&mut self.buckets, later);
         let mut taken = Vec::new();
-        for unique in due.into_values().flatten() {
-            self.slots -= 1;
-            if let Some((_, order_id)) = self.live.remove(&unique) {
-                taken.push(order_id);
+        for (bucket, slots) in due {
+            for order_id in slots {
+                self.slots -= 1;
+                let unique = Unique::from(order_id.unique);
+                if self.live.get(&unique) == Some(&bucket) {
+                    self.live.remove(&unique);
+                    taken.push(order_id);
+                }
             }
         }
         taken
@@ -159,6 +178,21 @@ mod tests {
         queue.reschedule_if_pending(&reply(OrderStatus::Pending));
         assert!(queue.take_due(2_098).is_empty(), "under its own deadline");
         assert_eq!(queue.take_due(2_099), vec![id(7)]);
+    }
+
+    #[test]
+    fn a_new_deadline_replaces_the_old_one() {
+        let mut queue = ExpiryQueue::new();
+        queue.schedule(id(1), 1_050);
+        queue.schedule(id(1), 1_050);
+        queue.schedule(id(1), 3_050);
+        assert_eq!(queue.len(), 1);
+        assert!(
+            queue.take_due(1_099).is_empty(),
+            "not under its old deadline"
+        );
+        assert_eq!(queue.take_due(3_099), vec![id(1)]);
+        assert!(queue.is_empty());
     }
 
     #[test]
