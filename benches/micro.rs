@@ -60,6 +60,7 @@ use rand::SeedableRng;
 use seckill::api::body::json_fields;
 use seckill::api::{parse_purchase, parse_sale};
 use seckill::auth::{Auth, Principal};
+use seckill::feed::outbox::Outbox;
 use seckill::http::request::{parse, Parsed};
 use seckill::http::{Method, Request};
 use seckill::sale::admission::{fair_share, TokenBucket};
@@ -69,9 +70,11 @@ use seckill::sale::ids::OrderId;
 use seckill::sale::{Order, OrderStatus, Sale, SaleError};
 use seckill::shard::placement::owner_of;
 use seckill::shard::reply::{self, Slots};
+use seckill::store::embedded::FeedOptions;
 use seckill::store::journal::compaction::Rebuild;
 use seckill::store::journal::recovery::check_direct_io;
 use seckill::store::journal::{Durability, Journal, JournalStart};
+use seckill::store::{EmbeddedStore, Store};
 
 use counting_allocator::{process_allocations, CountingAllocator};
 
@@ -572,6 +575,54 @@ async fn group_commit_sample(dir: PathBuf, event: &Event, records: u64, iters: u
     measured
 }
 
+/// Allocations per purchase through the embedded store (`Durability::None`), as a batch of one
+/// (`execute`, two vectors) and as one command (`execute_one`, what the owner sends).
+async fn store_allocations(dir: PathBuf) -> (f64, f64) {
+    const PURCHASES: u64 = 10_000;
+    let journal = open(&dir, Durability::None).await;
+    let now = seckill::clock::now_ms();
+    let mut open_sale = sale(u64::MAX / 2, u32::MAX);
+    open_sale.starts_at = now - 60_000;
+    open_sale.ends_at = now + 3_600_000;
+    let mut book = Book::new(BookLimits::default());
+    let (made, _) = book.execute(Command::UpsertSale(open_sale), now - 120_000);
+    made.expect("an open sale");
+    let feed = FeedOptions {
+        record: false,
+        outbox_max: 0,
+    };
+    let store = EmbeddedStore::new(book, Outbox::default(), Rc::clone(&journal), feed);
+    let user: std::sync::Arc<str> = "store-shopper".into();
+    let command = || {
+        Command::Purchase(PurchaseRequest {
+            sku: SKU.into(),
+            user_id: std::sync::Arc::clone(&user),
+            quantity: 1,
+            idempotency_key: None,
+        })
+    };
+    let mut per_purchase = [0.0; 2];
+    for (round, one) in [false, true].into_iter().enumerate() {
+        // The first half warms the maps and buffers up; the second is counted.
+        let mut before = 0;
+        for n in 0..2 * PURCHASES {
+            if n == PURCHASES {
+                before = process_allocations();
+            }
+            let reply = if one {
+                store.execute_one(command()).await
+            } else {
+                store.execute(vec![command()]).await.remove(0)
+            };
+            reply.expect("a purchase");
+        }
+        per_purchase[round] = (process_allocations() - before) as f64 / PURCHASES as f64;
+    }
+    drop(store);
+    close(journal, &dir).await;
+    (per_purchase[0], per_purchase[1])
+}
+
 fn journal(c: &mut Criterion) {
     let executor: LocalExecutor = LocalExecutorBuilder::default()
         .io_memory(IO_MEMORY)
@@ -579,6 +630,11 @@ fn journal(c: &mut Criterion) {
         .expect("start a glommio executor (io_uring)");
     let mut scratch = ScratchDir::new();
     let event = order_created();
+    let (batch, one) = executor.run(store_allocations(scratch.fresh()));
+    println!(
+        "embedded store allocations per purchase (whole process, durability none): \
+         execute(vec![command]) {batch:.2}, execute_one(command) {one:.2}"
+    );
 
     let mut group = c.benchmark_group("journal");
     group.throughput(Throughput::Elements(1));

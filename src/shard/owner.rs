@@ -67,12 +67,7 @@ impl<S: Store + 'static> Shard<S> {
             Command::Pay(id, _) | Command::Cancel(id, _) => Some(id.clone()),
             _ => None,
         };
-        let reply = self
-            .store
-            .execute(vec![command])
-            .await
-            .pop()
-            .unwrap_or(Err(SaleError::Unavailable));
+        let reply = self.store.execute_one(command).await;
         match (&reply, announce) {
             (Ok(_), Some(Notice::SaleUpserted { sale, .. })) => {
                 let epoch = self

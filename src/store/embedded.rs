@@ -62,6 +62,61 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Decides one command against the book and queues its change in the journal (and the
+    /// outbox); the caller commits before answering.
+    fn decide(&self, command: Command, book: &mut Book, outbox: &mut Outbox) -> Reply {
+        if matches!(command, Command::Purchase(_))
+            && self.feed.record
+            && outbox.len() >= self.feed.outbox_max
+        {
+            // The feed promises every order; past the bound, taking more would mean dropping
+            // some of their events, or memory without end.
+            return Err(SaleError::Unavailable);
+        }
+        let now = now_ms();
+        let (reply, event) = book.execute(command, now);
+        if let Some(event) = &event {
+            let record = self.journal.append(event);
+            if self.feed.record {
+                if let Some(feed_event) = Outbox::derive(event, book, now) {
+                    outbox.push(feed_event, record);
+                }
+            }
+        }
+        reply
+    }
+
+    /// Decides every command in order, then lets the journal start a snapshot if one is due.
+    fn decide_all(
+        &self,
+        commands: impl IntoIterator<Item = Command>,
+        mut reply: impl FnMut(Reply),
+    ) {
+        let mut book = self.book.borrow_mut();
+        let mut outbox = self.outbox.borrow_mut();
+        for command in commands {
+            reply(self.decide(command, &mut book, &mut outbox));
+        }
+        if self.journal.wants_snapshot() {
+            self.journal.begin_snapshot();
+        }
+        drop((book, outbox));
+        if let Some(lane) = &*self.lane.borrow() {
+            self.report(lane);
+        }
+    }
+
+    /// Every answer waits until everything it may have seen is durable, including reads and
+    /// idempotent replays of an order whose record is still in flight.
+    async fn commit(&self) -> Result<(), SaleError> {
+        self.journal.commit().await.map_err(|error| {
+            tracing::error!(%error, "not acknowledging: the journal cannot persist");
+            SaleError::Unavailable
+        })
+    }
+}
+
 impl Store for EmbeddedStore {
     async fn execute(&self, batch: Vec<Command>) -> Vec<Reply> {
         if self.journal.is_failed() {
@@ -69,45 +124,20 @@ impl Store for EmbeddedStore {
             return vec![Err(SaleError::Unavailable); batch.len()];
         }
         let mut replies = Vec::with_capacity(batch.len());
-        {
-            let mut book = self.book.borrow_mut();
-            let mut outbox = self.outbox.borrow_mut();
-            for command in batch {
-                if matches!(command, Command::Purchase(_))
-                    && self.feed.record
-                    && outbox.len() >= self.feed.outbox_max
-                {
-                    // The feed promises every order; past the bound, taking more would mean
-                    // dropping some of their events, or memory without end.
-                    replies.push(Err(SaleError::Unavailable));
-                    continue;
-                }
-                let now = now_ms();
-                let (reply, event) = book.execute(command, now);
-                if let Some(event) = &event {
-                    let record = self.journal.append(event);
-                    if self.feed.record {
-                        if let Some(feed_event) = Outbox::derive(event, &book, now) {
-                            outbox.push(feed_event, record);
-                        }
-                    }
-                }
-                replies.push(reply);
-            }
-            if self.journal.wants_snapshot() {
-                self.journal.begin_snapshot();
-            }
-        }
-        if let Some(lane) = &*self.lane.borrow() {
-            self.report(lane);
-        }
-        // Every answer waits until everything it may have seen is durable, including reads and
-        // idempotent replays of an order whose record is still in flight.
-        if let Err(error) = self.journal.commit().await {
-            tracing::error!(%error, "not acknowledging: the journal cannot persist");
-            replies.fill(Err(SaleError::Unavailable));
+        self.decide_all(batch, |reply| replies.push(reply));
+        if let Err(error) = self.commit().await {
+            replies.fill(Err(error));
         }
         replies
+    }
+
+    async fn execute_one(&self, command: Command) -> Reply {
+        if self.journal.is_failed() {
+            return Err(SaleError::Unavailable);
+        }
+        let mut answer = Err(SaleError::Unavailable);
+        self.decide_all([command], |reply| answer = reply);
+        self.commit().await.and(answer)
     }
 
     async fn boot_state(&self) -> BootState {

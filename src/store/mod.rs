@@ -70,6 +70,15 @@ pub trait Store {
     /// Decides and persists `batch` in order, returning one reply per command.
     async fn execute(&self, batch: Vec<Command>) -> Vec<Reply>;
 
+    /// Decides and persists one command: what a routed purchase is, so a store may answer it
+    /// without the two vectors of a batch.
+    async fn execute_one(&self, command: Command) -> Reply {
+        self.execute(vec![command])
+            .await
+            .pop()
+            .unwrap_or(Err(crate::sale::SaleError::Unavailable))
+    }
+
     /// The state the shard starts with, to republish to every shard's edge.
     async fn boot_state(&self) -> BootState;
 

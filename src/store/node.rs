@@ -24,6 +24,13 @@ impl Store for NodeStore {
         }
     }
 
+    async fn execute_one(&self, command: Command) -> Reply {
+        match self {
+            NodeStore::Embedded(store) => store.execute_one(command).await,
+            NodeStore::Redis(store) => Box::pin(store.execute_one(command)).await,
+        }
+    }
+
     async fn boot_state(&self) -> BootState {
         match self {
             NodeStore::Embedded(store) => store.boot_state().await,

@@ -332,6 +332,10 @@ impl Store for RedisStore {
         replies
     }
 
+    async fn execute_one(&self, command: Command) -> Reply {
+        self.run(command).await
+    }
+
     async fn boot_state(&self) -> BootState {
         // Sales are found by the first sync tick, which also runs whenever Redis comes back.
         BootState::default()
