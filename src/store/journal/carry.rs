@@ -7,11 +7,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::format;
 use super::read::{GenerationContents, ShardLog};
-use super::recovery::RecoveryError;
+use super::recovery::{io_error, RecoveryError};
 use super::writer::JournalStart;
 
 /// Most segments a shard may carry. Each start adds one, so past this (a crash loop, or many
@@ -96,9 +96,4 @@ fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(), RecoveryError> {
     }
     target.flush().map_err(io_error(to))?;
     target.sync_all().map_err(io_error(to))
-}
-
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError {
-    let path: PathBuf = path.into();
-    move |source| RecoveryError::Io { path, source }
 }
