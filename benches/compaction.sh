@@ -5,7 +5,8 @@
 # instead of slowing the sender down), `--durability none` so fdatasync does not hide it.
 # Prints the load report's latency lines and the server's compaction histogram.
 #   benches/compaction.sh [BINARY ...]   each binary in turn (default: this tree's release build)
-# Optional env: RATE (default 15000), SECONDS_LOADED (default 70).
+# Optional env: RATE (default 15000), SECONDS_LOADED (default 70), SEGMENT_BYTES (the server's
+# --segment-bytes; smaller segments mean more compactions in the run).
 set -u
 . "$(dirname "$0")/lib.sh"
 RATE=${RATE:-15000}
@@ -13,7 +14,8 @@ SECONDS_LOADED=${SECONDS_LOADED:-70}
 PORT=18062
 for bin in "${@:-$BIN}"; do
   dir=$(mktemp -d target/bench-data.XXXX)
-  "$bin" serve --listen 127.0.0.1:$PORT --shards 2 --data-dir "$dir" --durability none > target/bench-server.log 2>&1 & P=$!
+  "$bin" serve --listen 127.0.0.1:$PORT --shards 2 --data-dir "$dir" --durability none \
+    ${SEGMENT_BYTES:+--segment-bytes "$SEGMENT_BYTES"} > target/bench-server.log 2>&1 & P=$!
   for i in $(seq 100); do curl -sf localhost:$PORT/readyz >/dev/null && break; sleep 0.1; done
   NOW=$(($(date +%s%3N)-1000))
   curl -s -o /dev/null -X PUT localhost:$PORT/v1/sales/c -H "$A" -H 'Content-Type: application/json' -d "{\"name\":\"C\",\"stock\":1000000000,\"starts_at\":$NOW,\"ends_at\":$((NOW+3600000)),\"per_user_limit\":1000000}"
