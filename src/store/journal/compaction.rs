@@ -12,7 +12,7 @@ use futures::channel::oneshot;
 
 use super::format;
 use super::read::{self, GenerationContents, Segments};
-use super::recovery::{self, RecoveryError};
+use super::recovery::{self, io_error, RecoveryError};
 use crate::clock::now_ms;
 use crate::feed::outbox::Outbox;
 use crate::sale::book::{Book, BookLimits};
@@ -86,18 +86,15 @@ impl Compaction {
         }
         let mut book = Book::new(self.rebuild.limits);
         let mut outbox = Outbox::default();
-        let now = now_ms();
-        for (index, event) in read.events.iter().enumerate() {
-            let restored = index < read.snapshot_len;
-            recovery::replay_event(
-                &mut book,
-                &mut outbox,
-                event,
-                restored,
-                self.rebuild.feed,
-                now,
-            )?;
-        }
+        recovery::replay_log(
+            &mut book,
+            &mut outbox,
+            &read.events,
+            read.snapshot_len,
+            self.rebuild.feed,
+            now_ms(),
+            |_| true,
+        )?;
         drop(read);
         let mut events = book.snapshot();
         events.extend(outbox.snapshot());
@@ -125,18 +122,14 @@ fn lower_priority() {
 /// Deletes segments and snapshots numbered below `seq`: snapshot `seq` now covers them. A crash
 /// part-way leaves only files that the next start ignores (it reads from the newest snapshot).
 fn remove_older_than(dir: &Path, seq: u64) -> Result<(), RecoveryError> {
-    let io = |source| RecoveryError::Io {
-        path: dir.into(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
         let name = entry.file_name();
         let Some((_, file_seq)) = name.to_str().and_then(format::parse_name) else {
             continue;
         };
         if file_seq < seq {
-            std::fs::remove_file(entry.path()).map_err(io)?;
+            std::fs::remove_file(entry.path()).map_err(io_error(dir))?;
         }
     }
     Ok(())

@@ -272,13 +272,16 @@ fn rebuild_shards(
                     let mut book = Book::new(limits);
                     let mut outbox = Outbox::default();
                     for log in &contents.shards {
-                        for (index, event) in log.events.iter().enumerate() {
-                            if owner_of_event(event, shards) != shard {
-                                continue;
-                            }
-                            let restored = index < log.snapshot_len;
-                            replay_event(&mut book, &mut outbox, event, restored, feed, now)?;
-                        }
+                        let owned = |event: &Event| owner_of_event(event, shards) == shard;
+                        replay_log(
+                            &mut book,
+                            &mut outbox,
+                            &log.events,
+                            log.snapshot_len,
+                            feed,
+                            now,
+                            owned,
+                        )?;
                     }
                     Ok((book, outbox))
                 })
@@ -288,10 +291,30 @@ fn rebuild_shards(
     })
 }
 
-/// Applies one journal event to a shard's book and outbox, as a restart does. With `feed`, a
-/// change from a segment (not `restored` from a snapshot) goes into the outbox: it may not have
-/// been published. The outbox's own records apply either way.
-pub fn replay_event(
+/// Replays the events of one shard's log that `owned` picks (its first `snapshot_len` restored
+/// from a snapshot, the rest changes from segments) into a book and its outbox, as a restart
+/// does.
+pub fn replay_log(
+    book: &mut Book,
+    outbox: &mut Outbox,
+    events: &[Event],
+    snapshot_len: usize,
+    feed: bool,
+    now: u64,
+    owned: impl Fn(&Event) -> bool,
+) -> Result<(), RecoveryError> {
+    for (index, event) in events.iter().enumerate() {
+        if owned(event) {
+            replay_event(book, outbox, event, index < snapshot_len, feed, now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies one journal event to a shard's book and outbox. With `feed`, a change from a segment
+/// (not `restored` from a snapshot) goes into the outbox: it may not have been published. The
+/// outbox's own records apply either way.
+fn replay_event(
     book: &mut Book,
     outbox: &mut Outbox,
     event: &Event,
