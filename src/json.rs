@@ -99,13 +99,13 @@ pub fn with_tape<R>(
     bytes: &[u8],
     read: impl FnOnce(simd_json::tape::Value<'_, '_>) -> R,
 ) -> Result<R, JsonError> {
+    if bytes.len() > REUSED_UP_TO {
+        return checked(bytes, |copy| {
+            simd_json::to_tape(copy).map(|tape| read(tape.as_value()))
+        });
+    }
     check_shape(bytes)?;
     let syntax = |error: simd_json::Error| JsonError::Syntax(error.to_string());
-    if bytes.len() > REUSED_UP_TO {
-        let mut copy = bytes.to_vec();
-        let tape = simd_json::to_tape(&mut copy).map_err(syntax)?;
-        return Ok(read(tape.as_value()));
-    }
     SCRATCH.with_borrow_mut(|scratch| {
         let mut copy = std::mem::take(&mut scratch.copy);
         copy.clear();
