@@ -225,7 +225,11 @@ fn each_sale_lists_at_most_the_users_32_newest_orders() {
         made.push(id);
     }
     let listed = list_orders(&mut c, &hal, "?limit=100");
-    let newest: Vec<String> = made.iter().rev().take(32).cloned().collect();
+    // "Newest" is by (creation time, id), which is how ids sort: of orders made in the same
+    // millisecond, the one with the larger id counts as newer, whichever was made last.
+    let mut by_id = made.clone();
+    by_id.sort();
+    let newest: Vec<String> = by_id.iter().rev().take(32).cloned().collect();
     assert_eq!(listed.len(), 32);
     let mut listed_ids = ids(&listed);
     let mut want = newest.clone();

@@ -38,7 +38,7 @@ impl Outbox {
             Event::OrderCreated { order, .. } => Some(FeedEvent::order(order, at)),
             Event::OrderClosed { order_id, .. } => book
                 .order(order_id)
-                .map(|order| FeedEvent::order(order, at)),
+                .map(|order| FeedEvent::order(&order, at)),
             Event::UserBlocked(..) | Event::FeedPublished { .. } | Event::FeedUnpublished(_) => {
                 None
             }

@@ -81,7 +81,7 @@ impl Book {
                     if holder.held == 0 && holder.keys.is_empty() {
                         continue;
                     }
-                    let keys = holder.keys.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    let keys = holder.keys.iter().map(|(k, v)| (k.clone(), v)).collect();
                     let state = HolderState {
                         held: holder.held,
                         keys,
@@ -101,8 +101,8 @@ impl Book {
             sales,
             orders: self
                 .orders
-                .values()
-                .map(|order| (order.order_id.unique, order.clone()))
+                .iter()
+                .map(|order| (order.unique(), order.to_order()))
                 .collect(),
             blocked: self.blocked.iter().cloned().collect(),
             order_counts: self.order_counts,
@@ -119,25 +119,20 @@ impl Book {
         let mut held: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         let mut taken: BTreeMap<&str, u64> = BTreeMap::new();
         let mut closed_orders: BTreeMap<&str, BTreeSet<u128>> = BTreeMap::new();
-        for order in self.orders.values() {
-            counts.add(order.status);
-            if order.order_id.sku != order.sku {
+        for order in self.orders.iter() {
+            let (sku, user_id) = (order.sku(), order.user_id());
+            counts.add(order.status());
+            if !self.sales.contains_key(&**sku) {
                 return fail(format!(
-                    "order {} filed under {}",
-                    order.order_id, order.sku
+                    "order {} of a sale the book lacks",
+                    order.order_id()
                 ));
             }
-            if !self.sales.contains_key(&*order.sku) {
-                return fail(format!("order {} of a sale the book lacks", order.order_id));
-            }
-            if order.status.holds_stock() {
-                *held.entry((&order.sku, &order.user_id)).or_default() += u64::from(order.quantity);
-                *taken.entry(&order.sku).or_default() += u64::from(order.quantity);
+            if order.status().holds_stock() {
+                *held.entry((sku, user_id)).or_default() += u64::from(order.quantity());
+                *taken.entry(sku).or_default() += u64::from(order.quantity());
             } else {
-                closed_orders
-                    .entry(&order.sku)
-                    .or_default()
-                    .insert(order.order_id.unique);
+                closed_orders.entry(sku).or_default().insert(order.unique());
             }
         }
         if counts != self.order_counts {
@@ -169,11 +164,11 @@ impl Book {
                         holder.held, sale.per_user_limit
                     ));
                 }
-                for (key, unique) in &holder.keys {
+                for (key, unique) in holder.keys.iter() {
                     let own = self
                         .orders
                         .get(unique)
-                        .is_some_and(|order| *order.sku == **sku && *order.user_id == **user);
+                        .is_some_and(|order| **order.sku() == **sku && **order.user_id() == **user);
                     if !own {
                         return fail(format!("{sku}/{user}: key {key} points at no own order"));
                     }

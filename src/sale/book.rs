@@ -13,11 +13,12 @@ use rand::SeedableRng;
 use super::command::{
     Command, Event, Outcome, Payment, PurchaseRequest, Reply, Requester, StockLevel,
 };
+use super::holder::Holder;
 use super::ids::OrderId;
 use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
+use super::order_table::{fits, OrderRef, OrderTable, MAX_PAYMENT_WINDOW_MS};
 use super::sale_orders::SaleOrderIds;
 use super::segmented::SegmentedMap;
-use super::user_orders::RecentOrders;
 use super::SaleError;
 
 /// How much closed history the book keeps; everything else it holds is bounded by live stock.
@@ -34,17 +35,6 @@ impl Default for BookLimits {
             closed_orders_per_sale: 1_000_000,
         }
     }
-}
-
-/// What one user holds in one sale.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Holder {
-    /// Units in pending and paid orders; checked against the per-user limit.
-    pub(super) held: u32,
-    /// Idempotency keys this user bought with, and the order each produced.
-    pub(super) keys: HashMap<Box<str>, u128>,
-    /// This user's newest orders in the sale, for `GET /v1/orders`.
-    pub(super) recent: RecentOrders,
 }
 
 /// One sale and its live state.
@@ -81,11 +71,11 @@ impl SaleLedger {
         !self.holders.is_empty() || !self.closed.is_empty()
     }
 
-    fn new(sale: Sale) -> Self {
+    fn new(sale: Sale, sku: Arc<str>) -> Self {
         Self {
             remaining: sale.stock,
             stock_seq: 0,
-            sku: Arc::from(&*sale.sku),
+            sku,
             sale,
             holders: SegmentedMap::new(),
             closed: VecDeque::new(),
@@ -99,7 +89,7 @@ impl SaleLedger {
 #[derive(Debug, Clone)]
 pub struct Book {
     pub(super) sales: HashMap<Box<str>, SaleLedger>,
-    pub(super) orders: SegmentedMap<u128, Order>,
+    pub(super) orders: OrderTable,
     pub(super) blocked: HashSet<Box<str>>,
     /// Orders in `orders` by status, kept in step with every change for metrics.
     pub(super) order_counts: OrderCounts,
@@ -126,6 +116,13 @@ pub enum InconsistentEvent {
         /// The order.
         order_id: String,
     },
+    /// An order whose deadline is before its creation, or further after it than any payment
+    /// window (see [`crate::sale::order_table::fits`]).
+    #[error("order {order_id} has a deadline outside any payment window")]
+    DeadlineOutOfRange {
+        /// The order.
+        order_id: String,
+    },
     /// A cancellation or expiry that would return more units than the sale's stock.
     #[error("closing order {order_id} returns {quantity} units to {remaining} left of a stock of {stock}")]
     ReturnsTooMuch {
@@ -145,7 +142,7 @@ impl Book {
     pub fn new(limits: BookLimits) -> Self {
         Self {
             sales: HashMap::new(),
-            orders: SegmentedMap::new(),
+            orders: OrderTable::new(),
             blocked: HashSet::new(),
             order_counts: OrderCounts::default(),
             rng: SmallRng::from_entropy(),
@@ -163,7 +160,7 @@ impl Book {
             Command::GetOrder(id, requester) => {
                 let reply = self
                     .visible_order(&id, &requester)
-                    .map(|order| order_outcome(order.clone(), None));
+                    .map(|order| order_outcome(order.to_order(), None));
                 (reply, None)
             }
             Command::Pay(id, payment) => self.pay(&id, payment, now_ms),
@@ -198,9 +195,14 @@ impl Book {
     fn check_replay(&self, event: &Event) -> Result<(), InconsistentEvent> {
         match event {
             Event::OrderCreated { order, .. }
-                if self.orders.get(&order.order_id.unique).is_some() =>
+                if self.orders.get(order.order_id.unique).is_some() =>
             {
                 return Err(InconsistentEvent::DuplicateOrder {
+                    order_id: order.order_id.to_string(),
+                });
+            }
+            Event::OrderCreated { order, .. } if !fits(order) => {
+                return Err(InconsistentEvent::DeadlineOutOfRange {
                     order_id: order.order_id.to_string(),
                 });
             }
@@ -219,17 +221,17 @@ impl Book {
             Event::OrderClosed {
                 order_id, status, ..
             } if status.returns_stock() => {
-                let Some(order) = self.orders.get(&order_id.unique) else {
+                let Some(order) = self.orders.get(order_id.unique) else {
                     return Ok(());
                 };
                 let Some(ledger) = self.sales.get(&*order_id.sku) else {
                     return Ok(());
                 };
-                let returned = ledger.remaining.saturating_add(u64::from(order.quantity));
-                if order.status == OrderStatus::Pending && returned > ledger.sale.stock {
+                let returned = ledger.remaining.saturating_add(u64::from(order.quantity()));
+                if order.status() == OrderStatus::Pending && returned > ledger.sale.stock {
                     return Err(InconsistentEvent::ReturnsTooMuch {
                         order_id: order_id.to_string(),
-                        quantity: order.quantity,
+                        quantity: order.quantity(),
                         remaining: ledger.remaining,
                         stock: ledger.sale.stock,
                     });
@@ -244,8 +246,9 @@ impl Book {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::SaleUpserted(sale) => {
+                let sku = self.orders.intern_sku(&sale.sku);
                 self.sales
-                    .insert(sale.sku.clone(), SaleLedger::new(sale.clone()));
+                    .insert(sale.sku.clone(), SaleLedger::new(sale.clone(), sku));
             }
             Event::OrderCreated {
                 order,
@@ -254,7 +257,12 @@ impl Book {
                 let Some(ledger) = self.sales.get_mut(&*order.sku) else {
                     return;
                 };
-                let holder = ledger.holders.get_or_default(order.user_id.clone());
+                // The holder's copy of the id, so that each order does not keep its own.
+                let user_id = match ledger.holders.get_key_value(&*order.user_id) {
+                    Some((shared, _)) => Arc::clone(shared),
+                    None => Arc::clone(&order.user_id),
+                };
+                let holder = ledger.holders.get_or_default(Arc::clone(&user_id));
                 if let Some(key) = idempotency_key {
                     holder.keys.insert(key.clone(), order.order_id.unique);
                 }
@@ -271,8 +279,8 @@ impl Book {
                     ledger.closed.push_back(order.order_id.unique);
                 }
                 self.order_counts.add(order.status);
-                if let Some(replaced) = self.orders.insert(order.order_id.unique, order.clone()) {
-                    self.order_counts.remove(replaced.status);
+                if let Some(replaced) = self.orders.insert(order, user_id) {
+                    self.order_counts.remove(replaced);
                 }
             }
             Event::OrderClosed {
@@ -294,9 +302,9 @@ impl Book {
     /// Pending orders and their deadlines, for rebuilding the expiry queue after recovery.
     pub fn pending_deadlines(&self) -> impl Iterator<Item = (OrderId, u64)> + '_ {
         self.orders
-            .values()
-            .filter(|order| order.status == OrderStatus::Pending)
-            .map(|order| (order.order_id.clone(), order.expires_at))
+            .iter()
+            .filter(|order| order.status() == OrderStatus::Pending)
+            .map(|order| (order.order_id(), order.expires_at()))
     }
 
     /// Users on the blocklist whose home is this book.
@@ -345,7 +353,7 @@ impl Book {
         holder
             .recent
             .newest_first()
-            .filter_map(|unique| self.orders.get(&unique).cloned())
+            .filter_map(|unique| self.orders.get(unique).map(|order| order.to_order()))
             .collect()
     }
 
@@ -388,7 +396,7 @@ impl Book {
             let earlier = holder.keys.get(key);
             if let Some(order) = earlier.and_then(|unique| self.orders.get(unique)) {
                 let outcome = Outcome::Order {
-                    order: order.clone(),
+                    order: order.to_order(),
                     stock: None,
                     replayed: true,
                 };
@@ -421,7 +429,8 @@ impl Book {
             quantity: request.quantity,
             status: OrderStatus::Pending,
             created_at: now_ms,
-            expires_at: now_ms.saturating_add(sale.payment_timeout_ms),
+            // Sales accept at most a week; a longer window could not be stored (see `fits`).
+            expires_at: now_ms.saturating_add(sale.payment_timeout_ms.min(MAX_PAYMENT_WINDOW_MS)),
             amount,
             payment_ref: None,
         };
@@ -440,16 +449,21 @@ impl Book {
     }
 
     /// The order `id`, if this book still holds it.
-    pub fn order(&self, id: &OrderId) -> Option<&Order> {
+    pub fn order(&self, id: &OrderId) -> Option<Order> {
         self.orders
-            .get(&id.unique)
-            .filter(|order| order.sku == id.sku)
+            .get(id.unique)
+            .filter(|order| *order.sku() == id.sku)
+            .map(|order| order.to_order())
     }
 
-    fn visible_order(&self, id: &OrderId, requester: &Requester) -> Result<&Order, SaleError> {
+    fn visible_order(
+        &self,
+        id: &OrderId,
+        requester: &Requester,
+    ) -> Result<OrderRef<'_>, SaleError> {
         self.orders
-            .get(&id.unique)
-            .filter(|order| order.sku == id.sku && requester.may_see(&order.user_id))
+            .get(id.unique)
+            .filter(|order| *order.sku() == id.sku && requester.may_see(order.user_id()))
             .ok_or(SaleError::UnknownOrder)
     }
 
@@ -461,14 +475,16 @@ impl Book {
             Ok(order) => order,
             Err(refusal) => return (Err(refusal), None),
         };
-        match order.status {
-            OrderStatus::Paid if order.payment_ref.as_deref() == Some(&*payment.payment_ref) => {
-                (Ok(order_outcome(order.clone(), None)), None)
+        match order.status() {
+            OrderStatus::Paid if order.payment_ref() == Some(&*payment.payment_ref) => {
+                (Ok(order_outcome(order.to_order(), None)), None)
             }
-            OrderStatus::Pending if now_ms < order.expires_at && order.amount != payment.amount => {
+            OrderStatus::Pending
+                if now_ms < order.expires_at() && order.amount() != payment.amount =>
+            {
                 (Err(SaleError::AmountMismatch), None)
             }
-            OrderStatus::Pending if now_ms < order.expires_at => {
+            OrderStatus::Pending if now_ms < order.expires_at() => {
                 self.close_with_event(id, OrderStatus::Paid, Some(payment.payment_ref))
             }
             _ => self.transition(id, &Requester::Admin, now_ms, OrderStatus::Paid),
@@ -498,11 +514,11 @@ impl Book {
             Ok(order) => order,
             Err(refusal) => return (Err(refusal), None),
         };
-        match order.status {
+        match order.status() {
             status if status == target && target != OrderStatus::Paid => {
-                (Ok(order_outcome(order.clone(), None)), None)
+                (Ok(order_outcome(order.to_order(), None)), None)
             }
-            OrderStatus::Pending if now_ms >= order.expires_at => {
+            OrderStatus::Pending if now_ms >= order.expires_at() => {
                 let (_, event) = self.close_with_event(id, OrderStatus::Expired, None);
                 (Err(SaleError::OrderExpired), event)
             }
@@ -518,12 +534,14 @@ impl Book {
     /// a wall clock stepped back in between must not leave the order outside the expiry queue
     /// (see [`super::expiry::ExpiryQueue::reschedule_if_pending`]).
     fn expire_if_due(&mut self, id: &OrderId, now_ms: u64) -> (Reply, Option<Event>) {
-        match self.orders.get(&id.unique) {
-            Some(order) if order.status == OrderStatus::Pending && now_ms >= order.expires_at => {
+        match self.orders.get(id.unique) {
+            Some(order)
+                if order.status() == OrderStatus::Pending && now_ms >= order.expires_at() =>
+            {
                 self.close_with_event(id, OrderStatus::Expired, None)
             }
-            Some(order) if order.status == OrderStatus::Pending => {
-                (Ok(order_outcome(order.clone(), None)), None)
+            Some(order) if order.status() == OrderStatus::Pending => {
+                (Ok(order_outcome(order.to_order(), None)), None)
             }
             _ => (Ok(Outcome::Done), None),
         }
@@ -542,28 +560,27 @@ impl Book {
         };
         self.apply(&event);
         let stock = self.sales.get(&*id.sku).map(SaleLedger::stock);
-        let reply = match self.orders.get(&id.unique) {
-            Some(order) => Ok(order_outcome(order.clone(), stock)),
+        let reply = match self.orders.get(id.unique) {
+            Some(order) => Ok(order_outcome(order.to_order(), stock)),
             None => Ok(Outcome::Done),
         };
         (reply, Some(event))
     }
 
     fn close(&mut self, id: &OrderId, status: OrderStatus, payment_ref: Option<&str>) {
-        let Some(order) = self.orders.get_mut(&id.unique) else {
+        let Some(order) = self.orders.get(id.unique) else {
             return;
         };
-        if order.status != OrderStatus::Pending || status == OrderStatus::Pending {
+        if order.status() != OrderStatus::Pending || status == OrderStatus::Pending {
             return;
         }
-        order.status = status;
-        order.payment_ref = payment_ref.map(Box::from);
+        let (quantity, user_id) = (order.quantity(), Arc::clone(order.user_id()));
+        self.orders.set_status(id.unique, status, payment_ref);
         self.order_counts.remove(OrderStatus::Pending);
         self.order_counts.add(status);
         if status == OrderStatus::Paid {
             return;
         }
-        let (quantity, user_id) = (order.quantity, order.user_id.clone());
         let Some(ledger) = self.sales.get_mut(&*id.sku) else {
             return;
         };
@@ -581,14 +598,14 @@ impl Book {
             let Some(oldest) = ledger.closed.pop_front() else {
                 break;
             };
-            if let Some(forgotten) = self.orders.remove(&oldest) {
-                self.order_counts.remove(forgotten.status);
+            if let Some((forgotten, user_id)) = self.orders.remove(oldest) {
+                self.order_counts.remove(forgotten);
                 ledger.ids.forget(oldest);
-                if let Some(holder) = ledger.holders.get_mut(&*forgotten.user_id) {
-                    holder.keys.retain(|_, unique| *unique != oldest);
+                if let Some(holder) = ledger.holders.get_mut(&*user_id) {
+                    holder.keys.forget(oldest);
                     holder.recent.forget(oldest);
-                    if holder.held == 0 && holder.keys.is_empty() && holder.recent.is_empty() {
-                        ledger.holders.remove(&*forgotten.user_id);
+                    if holder.is_idle() {
+                        ledger.holders.remove(&*user_id);
                     }
                 }
             }
@@ -796,6 +813,18 @@ mod tests {
         assert!(matches!(
             replayed.replay(&created),
             Err(InconsistentEvent::DuplicateOrder { .. })
+        ));
+        // A deadline before its creation fits no payment window.
+        let mut backwards = created.clone();
+        if let Event::OrderCreated { order, .. } = &mut backwards {
+            order.order_id = OrderId::mint("sku", T0 + 2, &mut SmallRng::seed_from_u64(8));
+            order.expires_at = order.created_at - 1;
+        }
+        let mut fresh = Book::new(BookLimits::default());
+        fresh.replay(&upsert).expect("the sale fits");
+        assert!(matches!(
+            fresh.replay(&backwards),
+            Err(InconsistentEvent::DeadlineOutOfRange { .. })
         ));
         // Another order for the same units would take two the sale no longer has.
         let mut twice = created.clone();

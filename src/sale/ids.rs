@@ -19,6 +19,23 @@ const MAX_WIRE_LEN: usize = ULID_LEN + 1 + MAX_ID_LEN;
 /// The random bits that name an order's stock bucket: six, for up to 64 buckets.
 const BUCKET_MASK: u128 = 0x3f;
 
+/// An order's unique part as two words, the form maps store it in. As a `u128` it would align
+/// every map entry to 16 bytes: an expiry entry (key, bucket) would pad from 24 bytes to 32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Unique([u64; 2]);
+
+impl From<u128> for Unique {
+    fn from(unique: u128) -> Self {
+        Self([(unique >> 64) as u64, unique as u64])
+    }
+}
+
+impl From<Unique> for u128 {
+    fn from(Unique([high, low]): Unique) -> Self {
+        u128::from(high) << 64 | u128::from(low)
+    }
+}
+
 /// A parsed order id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OrderId {

@@ -57,11 +57,11 @@ impl Book {
                 return Ok(Outcome::OrderPage { orders, next });
             }
             last = Some(unique);
-            let Some(order) = self.orders.get(&unique) else {
+            let Some(order) = self.orders.get(unique) else {
                 continue;
             };
-            if query.status.is_none_or(|status| status == order.status) {
-                orders.push(order.clone());
+            if query.status.is_none_or(|status| status == order.status()) {
+                orders.push(order.to_order());
             }
         }
         Ok(Outcome::OrderPage { orders, next: None })

@@ -80,6 +80,15 @@ impl<K: Hash + Eq, V> SegmentedMap<K, V> {
         self.segment(key).get(key)
     }
 
+    /// The stored key equal to `key`, and its value.
+    pub fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.segment(key).get_key_value(key)
+    }
+
     /// The value for `key`, mutably.
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where

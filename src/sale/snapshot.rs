@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::book::Book;
 use super::command::Event;
-use super::model::Order;
+use super::order_table::OrderRef;
 
 impl Book {
     /// Every event needed to rebuild this book from nothing; what a snapshot holds. Orders are
@@ -28,22 +28,22 @@ impl Book {
             .sales
             .values()
             .flat_map(|ledger| ledger.holders.values())
-            .flat_map(|holder| holder.keys.iter().map(|(key, unique)| (*unique, key)))
+            .flat_map(|holder| holder.keys.iter().map(|(key, unique)| (unique, key)))
             .collect();
         // Orders that hold stock first, in any order; then each sale's closed orders in the
         // order they closed, which is the order retention forgets them in, so a restart evicts
         // the same orders the live book would have. (Sorting by id is creation order at best,
         // and ids minted in the same millisecond are in random order.)
-        let mut orders: Vec<&Order> = self
+        let mut orders: Vec<OrderRef<'_>> = self
             .orders
-            .values()
-            .filter(|order| order.status.holds_stock())
+            .iter()
+            .filter(|order| order.status().holds_stock())
             .collect();
-        orders.sort_by_key(|order| order.order_id.unique);
+        orders.sort_by_key(OrderRef::unique);
         let mut listed: HashSet<u128> = HashSet::new();
         for ledger in self.sales.values() {
             for unique in &ledger.closed {
-                if let Some(order) = self.orders.get(unique) {
+                if let Some(order) = self.orders.get(*unique) {
                     if listed.insert(*unique) {
                         orders.push(order);
                     }
@@ -51,16 +51,16 @@ impl Book {
             }
         }
         // Closed orders no retention queue lists (none, unless older code left some): last.
-        let mut unlisted: Vec<&Order> = self
+        let mut unlisted: Vec<OrderRef<'_>> = self
             .orders
-            .values()
-            .filter(|order| !order.status.holds_stock() && !listed.contains(&order.order_id.unique))
+            .iter()
+            .filter(|order| !order.status().holds_stock() && !listed.contains(&order.unique()))
             .collect();
-        unlisted.sort_by_key(|order| order.order_id.unique);
+        unlisted.sort_by_key(OrderRef::unique);
         orders.extend(unlisted);
         events.extend(orders.into_iter().map(|order| Event::OrderCreated {
-            order: order.clone(),
-            idempotency_key: keys.get(&order.order_id.unique).map(|key| (*key).clone()),
+            order: order.to_order(),
+            idempotency_key: keys.get(&order.unique()).map(|key| (*key).clone()),
         }));
         events
     }

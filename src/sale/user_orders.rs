@@ -6,21 +6,27 @@
 //! longer listed (it is still found by its id). The Redis store keeps the same bound in each
 //! user's entry of its `held` hash.
 
+use super::ids::Unique;
 use super::model::Order;
 
 /// Most orders of one user in one sale that the index keeps, newest kept.
 pub const RECENT_PER_SALE: usize = 32;
 
-/// One user's newest orders in one sale, as `(created_at, unique id)` in ascending order.
+/// One user's newest orders in one sale, as `(created_at, unique id)` in ascending order. The id
+/// is kept as two words, so an entry is 24 bytes, not 32; most shoppers have one order, so the
+/// list starts with room for exactly one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecentOrders(Vec<(u64, u128)>);
+pub struct RecentOrders(Vec<(u64, Unique)>);
 
 impl RecentOrders {
     /// Adds an order, dropping the oldest beyond [`RECENT_PER_SALE`]. Sorted insertion rather
     /// than a push, because a snapshot replays orders in an order that is not creation order.
     pub fn record(&mut self, created_at: u64, unique: u128) {
-        let entry = (created_at, unique);
+        let entry = (created_at, Unique::from(unique));
         if let Err(at) = self.0.binary_search(&entry) {
+            if self.0.capacity() == 0 {
+                self.0.reserve_exact(1);
+            }
             self.0.insert(at, entry);
         }
         if self.0.len() > RECENT_PER_SALE {
@@ -30,7 +36,7 @@ impl RecentOrders {
 
     /// Drops an order the book forgot (retention), so the index never points at nothing.
     pub fn forget(&mut self, unique: u128) {
-        self.0.retain(|(_, listed)| *listed != unique);
+        self.0.retain(|(_, listed)| u128::from(*listed) != unique);
     }
 
     /// Whether no order is indexed.
@@ -40,7 +46,7 @@ impl RecentOrders {
 
     /// The indexed orders' unique ids, newest first.
     pub fn newest_first(&self) -> impl Iterator<Item = u128> + '_ {
-        self.0.iter().rev().map(|(_, unique)| *unique)
+        self.0.iter().rev().map(|(_, unique)| u128::from(*unique))
     }
 }
 
