@@ -87,6 +87,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), ServeError> {
         write_ms = recovered.timings.write_ms,
         "journal recovered"
     );
+    release_freed_heap();
     let unpublished: usize = recovered.outboxes.iter().map(|outbox| outbox.len()).sum();
     if unpublished > 0 && config.events.is_none() {
         tracing::warn!(
@@ -200,4 +201,16 @@ fn print_dev_credentials(config: &ServeConfig) {
         admin = config.admin_token,
         secret = config.token_secret,
     );
+}
+
+/// Hands the heap's free pages back to the system. Recovery's read and replay buffers are freed
+/// by now, but glibc keeps freed memory in its arenas: after a million orders that was about a
+/// third of the process (`benches/restart.sh`: 287 MiB resident, 201 MiB after the trim). Called
+/// once at boot, before any connection: the trim locks each arena while it walks it.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer and only walks the allocator's own free lists.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
