@@ -442,7 +442,14 @@ fn no_such_path() -> ApiError {
 
 /// A JSON response with a serialised body.
 fn json<T: Serialize>(status: u16, value: &T) -> Result<Response, ApiError> {
-    simd_json::to_vec(value)
-        .map(|body| Response::json(status, body))
-        .map_err(|_| ApiError::new(500, "internal", "could not encode the response"))
+    // Into a spare body: this runs for every purchase (see `body_pool`).
+    let mut body = crate::http::body_pool::take();
+    match simd_json::to_writer(&mut body, value) {
+        Ok(()) => Ok(Response::json(status, body)),
+        Err(_) => Err(ApiError::new(
+            500,
+            "internal",
+            "could not encode the response",
+        )),
+    }
 }

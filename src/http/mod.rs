@@ -2,6 +2,7 @@
 //! socket and the per-connection loop. Knows nothing about sales; the API plugs in as a
 //! [`Handler`].
 
+pub mod body_pool;
 pub mod conn;
 pub mod listener;
 pub mod request;

@@ -101,6 +101,15 @@ impl Response {
     }
 }
 
+impl Drop for Response {
+    /// A body serialised for this response goes back to the thread's spares once written.
+    fn drop(&mut self) {
+        if let Cow::Owned(body) = std::mem::take(&mut self.body) {
+            super::body_pool::give_back(body);
+        }
+    }
+}
+
 /// The interim answer to `Expect: 100-continue` once the head has been accepted.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
