@@ -84,12 +84,8 @@ fn book_of_orders(shoppers: u64) -> Book {
     let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
     assert!(made.is_ok(), "the sale: {made:?}");
     for n in 0..BOOK_ORDERS {
-        let request = PurchaseRequest {
-            sku: "moutai-2026".into(),
-            user_id: format!("u-{}", n % shoppers).into(),
-            quantity: 1,
-            idempotency_key: None,
-        };
+        let request = PurchaseRequest::new("moutai-2026", &format!("u-{}", n % shoppers), 1, None)
+            .expect("ids fit");
         let (reply, _) = book.execute(Command::Purchase(request), NOW_MS);
         assert!(reply.is_ok(), "purchase {n}: {reply:?}");
     }

@@ -393,12 +393,7 @@ fn book_with(sale: Sale) -> Book {
 }
 
 fn purchase(user_id: &str) -> Command {
-    Command::Purchase(PurchaseRequest {
-        sku: SKU.into(),
-        user_id: user_id.into(),
-        quantity: 1,
-        idempotency_key: None,
-    })
+    Command::Purchase(PurchaseRequest::new(SKU, user_id, 1, None).expect("ids fit"))
 }
 
 /// Users who already hold units in `owner/purchase_existing_holder`.
@@ -593,14 +588,7 @@ async fn store_allocations(dir: PathBuf) -> (f64, f64) {
     };
     let store = EmbeddedStore::new(book, Outbox::default(), Rc::clone(&journal), feed);
     let user: std::sync::Arc<str> = "store-shopper".into();
-    let command = || {
-        Command::Purchase(PurchaseRequest {
-            sku: SKU.into(),
-            user_id: std::sync::Arc::clone(&user),
-            quantity: 1,
-            idempotency_key: None,
-        })
-    };
+    let command = || Command::Purchase(PurchaseRequest::new(SKU, &user, 1, None).expect("ids fit"));
     let mut per_purchase = [0.0; 2];
     for (round, one) in [false, true].into_iter().enumerate() {
         // The first half warms the maps and buffers up; the second is counted.

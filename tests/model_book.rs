@@ -237,7 +237,7 @@ impl Model {
         }
         let order_id = minted.unwrap_or(OrderId {
             unique: 0,
-            sku: request.sku.clone().into(),
+            sku: request.sku.as_str().into(),
         });
         assert_eq!(*order_id.sku, *sku, "a new order's id names its SKU");
         assert!(
@@ -247,8 +247,8 @@ impl Model {
         );
         let order = Order {
             order_id: order_id.clone(),
-            sku: request.sku.clone().into(),
-            user_id: request.user_id.clone(),
+            sku: request.sku.as_str().into(),
+            user_id: request.user_id.as_str().into(),
             quantity: request.quantity,
             status: OrderStatus::Pending,
             created_at: now,
@@ -513,12 +513,13 @@ impl Harness {
                 quantity,
                 key,
             } => {
-                let request = PurchaseRequest {
-                    sku: SKUS[*sku].into(),
-                    user_id: USERS[*user].into(),
-                    quantity: *quantity,
-                    idempotency_key: key.map(|k| KEYS[k].into()),
-                };
+                let request = PurchaseRequest::new(
+                    SKUS[*sku],
+                    USERS[*user],
+                    *quantity,
+                    key.map(|k| KEYS[k].into()),
+                )
+                .expect("ids fit");
                 let reply = self.run(Command::Purchase(request.clone()));
                 let minted = match &reply {
                     Ok(Outcome::Order {
@@ -694,12 +695,7 @@ fn sale_at(starts_at: u64, stock: u64, payment_timeout_ms: u64) -> Sale {
 }
 
 fn buy(book: &mut Book, user: &str, now: u64) -> Order {
-    let request = PurchaseRequest {
-        sku: "a".into(),
-        user_id: user.into(),
-        quantity: 1,
-        idempotency_key: None,
-    };
+    let request = PurchaseRequest::new("a", user, 1, None).expect("ids fit");
     match book.execute(Command::Purchase(request), now).0 {
         Ok(Outcome::Order { order, .. }) => order,
         other => panic!("expected an order, got {other:?}"),

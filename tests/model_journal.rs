@@ -151,12 +151,15 @@ impl Driver {
                 user,
                 quantity,
                 key,
-            } => Command::Purchase(PurchaseRequest {
-                sku: SKUS[*sku].into(),
-                user_id: USERS[*user].into(),
-                quantity: *quantity,
-                idempotency_key: key.map(|k| KEYS[k].into()),
-            }),
+            } => Command::Purchase(
+                PurchaseRequest::new(
+                    SKUS[*sku],
+                    USERS[*user],
+                    *quantity,
+                    key.map(|k| KEYS[k].into()),
+                )
+                .expect("ids fit"),
+            ),
             Op::Pay(order) => {
                 let (id, _) = self.pick(order);
                 Command::Pay(

@@ -169,12 +169,10 @@ pub(super) async fn purchase<S: Store + 'static>(
         }
     }
     let quantity = parse_purchase(request)?;
-    let command = Command::Purchase(PurchaseRequest {
-        sku: sku.into(),
-        user_id: user_id.into(),
-        quantity,
-        idempotency_key: idempotency_key.map(Box::from),
-    });
+    // Both ids passed the edge's checks, so both fit; the fallback is for completeness.
+    let purchase = PurchaseRequest::new(sku, user_id, quantity, idempotency_key.map(Box::from))
+        .ok_or(SaleError::UnknownSale)?;
+    let command = Command::Purchase(purchase);
     match api.shard.call(command).await? {
         Outcome::Order {
             order, replayed, ..

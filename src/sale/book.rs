@@ -381,7 +381,7 @@ impl Book {
     }
 
     fn purchase(&mut self, request: PurchaseRequest, now_ms: u64) -> (Reply, Option<Event>) {
-        let Some(ledger) = self.sales.get(&request.sku) else {
+        let Some(ledger) = self.sales.get(request.sku.as_str()) else {
             return (Err(SaleError::UnknownSale), None);
         };
         let sale = &ledger.sale;
@@ -391,7 +391,8 @@ impl Book {
         if sale.has_ended(now_ms) {
             return (Err(SaleError::Ended), None);
         }
-        let holder = ledger.holders.get(&*request.user_id);
+        let known = ledger.holders.get_key_value(request.user_id.as_str());
+        let holder = known.map(|(_, holder)| holder);
         if let (Some(key), Some(holder)) = (&request.idempotency_key, holder) {
             let earlier = holder.keys.get(key);
             if let Some(order) = earlier.and_then(|unique| self.orders.get(unique)) {
@@ -425,7 +426,11 @@ impl Book {
         let order = Order {
             order_id: OrderId::mint(Arc::clone(&ledger.sku), now_ms, &mut self.rng),
             sku: Arc::clone(&ledger.sku),
-            user_id: request.user_id,
+            // A returning shopper's stored id; a new shopper's becomes the stored one.
+            user_id: known.map_or_else(
+                || Arc::from(request.user_id.as_str()),
+                |(shared, _)| Arc::clone(shared),
+            ),
             quantity: request.quantity,
             status: OrderStatus::Pending,
             created_at: now_ms,
@@ -651,12 +656,8 @@ mod tests {
     }
 
     fn buy(book: &mut Book, user: &str, quantity: u32, key: Option<&str>) -> Reply {
-        let request = PurchaseRequest {
-            sku: "sku".into(),
-            user_id: user.into(),
-            quantity,
-            idempotency_key: key.map(Into::into),
-        };
+        let request =
+            PurchaseRequest::new("sku", user, quantity, key.map(Into::into)).expect("ids fit");
         book.execute(Command::Purchase(request), T0 + 1).0
     }
 
@@ -796,12 +797,7 @@ mod tests {
         let mut live = Book::new(BookLimits::default());
         let (_, upsert) = live.execute(Command::UpsertSale(sale(2, 5)), T0 - 10);
         let upsert = upsert.expect("an upsert event");
-        let request = PurchaseRequest {
-            sku: "sku".into(),
-            user_id: "alice".into(),
-            quantity: 2,
-            idempotency_key: None,
-        };
+        let request = PurchaseRequest::new("sku", "alice", 2, None).expect("ids fit");
         let (reply, created) = live.execute(Command::Purchase(request), T0 + 1);
         let order = order_of(reply);
         let created = created.expect("an order event");

@@ -1,13 +1,11 @@
 //! The language between the edge and the owner shard: commands in, outcomes out, and the events
 //! a successful change leaves behind for the store to persist.
 //!
-//! Commands and events cross shard boundaries, so they own their data (`Box<str>`, or `Arc<str>`
-//! where an order's copies share a string; no `Rc`).
-
-use std::sync::Arc;
+//! Commands and events cross shard boundaries, so they own their data (`Box<str>`, `Arc<str>`
+//! where an order's copies share a string, or an [`InlineId`] on the purchase path; no `Rc`).
 
 use super::ids::OrderId;
-use super::model::{Order, OrderStatus, Sale, SaleView};
+use super::model::{Order, OrderStatus, Sale, SaleView, MAX_ID_LEN};
 use super::SaleError;
 
 /// Who is asking, as far as order visibility is concerned.
@@ -29,17 +27,40 @@ impl Requester {
     }
 }
 
+/// A SKU or user id held in place. Valid ids are at most [`MAX_ID_LEN`] bytes, so a purchase
+/// carries both to the owner shard without allocating; the owner shares the shopper's stored id
+/// (or makes it, for a new shopper).
+pub type InlineId = arrayvec::ArrayString<MAX_ID_LEN>;
+
 /// A purchase attempt that passed the edge checks (auth, window, blocklist, rate, sold-out flag).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurchaseRequest {
     /// The SKU to buy.
-    pub sku: Box<str>,
+    pub sku: InlineId,
     /// The authenticated buyer.
-    pub user_id: Arc<str>,
+    pub user_id: InlineId,
     /// Units wanted, 1..=100.
     pub quantity: u32,
     /// Makes retries safe: the same user and key get the original order back.
     pub idempotency_key: Option<Box<str>>,
+}
+
+impl PurchaseRequest {
+    /// A purchase of `quantity` units of `sku` by `user_id`; `None` if either id is longer than
+    /// any valid id.
+    pub fn new(
+        sku: &str,
+        user_id: &str,
+        quantity: u32,
+        idempotency_key: Option<Box<str>>,
+    ) -> Option<Self> {
+        Some(Self {
+            sku: InlineId::from(sku).ok()?,
+            user_id: InlineId::from(user_id).ok()?,
+            quantity,
+            idempotency_key,
+        })
+    }
 }
 
 /// A payment confirmed by the payment side (its credential or its signed webhook).

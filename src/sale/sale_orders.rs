@@ -106,12 +106,7 @@ mod tests {
     }
 
     fn buy(book: &mut Book, user: &str) -> OrderId {
-        let request = PurchaseRequest {
-            sku: "s".into(),
-            user_id: user.into(),
-            quantity: 1,
-            idempotency_key: None,
-        };
+        let request = PurchaseRequest::new("s", user, 1, None).expect("ids fit");
         match book.execute(Command::Purchase(request), T0).0 {
             Ok(Outcome::Order { order, .. }) => order.order_id,
             other => panic!("expected an order, got {other:?}"),

@@ -104,12 +104,7 @@ mod tests {
             .expect("sale");
         let mut made = Vec::new();
         for n in 0..5 {
-            let request = PurchaseRequest {
-                sku: "s".into(),
-                user_id: "u".into(),
-                quantity: 1,
-                idempotency_key: None,
-            };
+            let request = PurchaseRequest::new("s", "u", 1, None).expect("ids fit");
             let order = match book.execute(Command::Purchase(request), T0 + n).0 {
                 Ok(Outcome::Order { order, .. }) => order,
                 other => panic!("expected an order, got {other:?}"),

@@ -232,7 +232,7 @@ fn decode(value: Value, group: &[Waiting]) -> Vec<Reply> {
                             order_id: waiting.order_id.clone(),
                             // The id was minted from this SKU: share its copy.
                             sku: Arc::clone(&waiting.order_id.sku),
-                            user_id: Arc::clone(&request.user_id),
+                            user_id: Arc::from(request.user_id.as_str()),
                             quantity: request.quantity,
                             status: OrderStatus::Pending,
                             created_at,

@@ -191,7 +191,7 @@ impl RedisStore {
     pub(super) async fn purchase(&self, request: PurchaseRequest) -> Reply {
         let buckets = self.buckets_of(&request.sku).await?;
         if buckets <= 1 {
-            let sku = request.sku.clone();
+            let sku = Box::from(request.sku.as_str());
             return batch::purchase(self, request, sku, None).await;
         }
         let bucket = keys::home_bucket(&request.user_id, buckets);
