@@ -7,13 +7,14 @@
 //! time and compacted away whenever they outnumber the live entries, so memory follows the
 //! number of pending orders even under buy-then-cancel loops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::command::{Outcome, Reply};
 use super::ids::{OrderId, Unique};
 use super::model::OrderStatus;
 use super::segmented::SegmentedMap;
+use super::sku_slots::SkuSlots;
 
 /// Width of one deadline bucket. Together with the sweep interval this bounds how late an expiry
 /// can be: at most two buckets.
@@ -23,7 +24,7 @@ pub const BUCKET_MS: u64 = 100;
 const COMPACT_SLACK: usize = 1024;
 
 /// Where a live order waits: its bucket (relative to [`ExpiryQueue::base`]) and its SKU (a
-/// position in [`ExpiryQueue::skus`]). Two 32-bit halves keep a live entry at 24 bytes, and let
+/// number in [`ExpiryQueue::skus`]). Two 32-bit halves keep a live entry at 24 bytes, and let
 /// a bucket's slot hold only the order's unique part (16 bytes, not a 32-byte [`OrderId`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
@@ -45,9 +46,7 @@ pub struct ExpiryQueue {
     /// (about 6.8 years) before it, so every deadline of a payment window (49 days at most) fits.
     base: Option<u64>,
     /// Each SKU an order was scheduled for, once.
-    skus: Vec<Arc<str>>,
-    /// Position of each SKU in `skus`.
-    sku_slots: HashMap<Arc<str>, u32>,
+    skus: SkuSlots,
 }
 
 impl ExpiryQueue {
@@ -68,23 +67,12 @@ impl ExpiryQueue {
         (base + u64::from(relative), relative)
     }
 
-    fn sku_slot(&mut self, sku: &Arc<str>) -> u32 {
-        if let Some(slot) = self.sku_slots.get(sku) {
-            return *slot;
-        }
-        // Four billion SKUs on one shard would have run out of memory first.
-        let slot = u32::try_from(self.skus.len()).unwrap_or(u32::MAX);
-        self.skus.push(Arc::clone(sku));
-        self.sku_slots.insert(Arc::clone(sku), slot);
-        slot
-    }
-
     /// Remembers that `order_id` must be expired once `deadline_ms` has passed.
     pub fn schedule(&mut self, order_id: OrderId, deadline_ms: u64) {
         let (bucket, relative) = self.bucket_of(deadline_ms);
         let slot = Slot {
             bucket: relative,
-            sku: self.sku_slot(&order_id.sku),
+            sku: self.skus.slot_of(&order_id.sku),
         };
         let unique = Unique::from(order_id.unique);
         if self.live.insert(unique, slot) == Some(slot) {
@@ -134,8 +122,7 @@ impl ExpiryQueue {
                 self.slots -= 1;
                 if let Some(slot) = self.is_live_in(&unique, bucket) {
                     self.live.remove(&unique);
-                    // Positions are only handed out by `sku_slot`, which pushed the SKU first.
-                    let sku = Arc::clone(&self.skus[slot.sku as usize]);
+                    let sku = Arc::clone(self.skus.sku(slot.sku));
                     taken.push(OrderId {
                         unique: unique.into(),
                         sku,

@@ -16,6 +16,7 @@ pub mod model;
 pub mod order_table;
 pub mod sale_orders;
 pub mod segmented;
+pub mod sku_slots;
 pub mod snapshot;
 pub mod user_orders;
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::ids::{OrderId, Unique};
 use super::model::{Order, OrderStatus};
 use super::segmented::SegmentedMap;
+use super::sku_slots::SkuSlots;
 
 /// The longest payment window an order can be stored with: its deadline is kept as a 32-bit
 /// offset from its creation (about 49 days; sales accept at most 7).
@@ -32,7 +33,7 @@ struct StoredOrder {
     /// `expires_at - created_at`.
     payment_window_ms: u32,
     quantity: u32,
-    /// Index into [`OrderTable::skus`].
+    /// The SKU's number in [`OrderTable::skus`].
     sku_slot: u32,
     status: OrderStatus,
 }
@@ -41,10 +42,8 @@ struct StoredOrder {
 #[derive(Debug, Clone, Default)]
 pub struct OrderTable {
     orders: SegmentedMap<Unique, StoredOrder>,
-    /// Each SKU an order was ever stored under, once; an order names its SKU by position.
-    skus: Vec<Arc<str>>,
-    /// Position of each SKU in `skus`.
-    sku_slots: HashMap<Arc<str>, u32>,
+    /// Each SKU an order was ever stored under, once; an order names its SKU by number.
+    skus: SkuSlots,
     /// The payment reference of each paid order that has one.
     payment_refs: HashMap<u128, Box<str>>,
 }
@@ -89,19 +88,7 @@ impl OrderTable {
 
     /// The table's shared copy of `sku`, so a sale's ledger and its orders' ids share one string.
     pub fn intern_sku(&mut self, sku: &str) -> Arc<str> {
-        self.slot_of(sku).1
-    }
-
-    fn slot_of(&mut self, sku: &str) -> (u32, Arc<str>) {
-        if let Some((shared, slot)) = self.sku_slots.get_key_value(sku) {
-            return (*slot, Arc::clone(shared));
-        }
-        // A shard holding four billion SKUs has run out of memory long before this saturates.
-        let slot = u32::try_from(self.skus.len()).unwrap_or(u32::MAX);
-        let shared: Arc<str> = Arc::from(sku);
-        self.skus.push(Arc::clone(&shared));
-        self.sku_slots.insert(Arc::clone(&shared), slot);
-        (slot, shared)
+        Arc::clone(self.skus.intern(sku))
     }
 
     /// The order stored under `unique`.
@@ -118,7 +105,7 @@ impl OrderTable {
     /// Returns the status of the order it replaced, if any. An order that does not [`fits`] is
     /// stored with its deadline clamped; recovery never lets one through.
     pub fn insert(&mut self, order: &Order, user_id: Arc<str>) -> Option<OrderStatus> {
-        let (sku_slot, _) = self.slot_of(&order.sku);
+        let sku_slot = self.skus.slot_of(&order.sku);
         let window = order.expires_at.saturating_sub(order.created_at);
         let stored = StoredOrder {
             user_id,
@@ -198,8 +185,7 @@ impl<'a> OrderRef<'a> {
 
     /// The SKU bought.
     pub fn sku(&self) -> &'a Arc<str> {
-        // Slots are only handed out by `slot_of`, which pushed the SKU first.
-        &self.table.skus[self.stored.sku_slot as usize]
+        self.table.skus.sku(self.stored.sku_slot)
     }
 
     /// The buyer.
