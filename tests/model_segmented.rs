@@ -74,7 +74,7 @@ proptest! {
                 }
                 Op::Bump(k) => {
                     let got = {
-                        let slot = real.get_or_default(*k);
+                        let (_, slot) = real.get_or_default(*k);
                         *slot = slot.wrapping_add(1);
                         *slot
                     };

@@ -258,11 +258,7 @@ impl Book {
                     return;
                 };
                 // The holder's copy of the id, so that each order does not keep its own.
-                let user_id = match ledger.holders.get_key_value(&*order.user_id) {
-                    Some((shared, _)) => Arc::clone(shared),
-                    None => Arc::clone(&order.user_id),
-                };
-                let holder = ledger.holders.get_or_default(Arc::clone(&user_id));
+                let (user_id, holder) = ledger.holders.get_or_default(Arc::clone(&order.user_id));
                 if let Some(key) = idempotency_key {
                     holder.keys.insert(key.clone(), order.order_id.unique);
                 }

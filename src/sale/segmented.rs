@@ -9,6 +9,7 @@
 //! time.
 
 use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
@@ -120,16 +121,21 @@ impl<K: Hash + Eq, V> SegmentedMap<K, V> {
         removed
     }
 
-    /// The value for `key`, inserting `V::default()` first if there is none.
-    pub fn get_or_default(&mut self, key: K) -> &mut V
+    /// The value for `key`, inserting `V::default()` first if there is none, with a copy of the
+    /// key as stored: an equal key inserted earlier, which the caller can share instead of its own.
+    pub fn get_or_default(&mut self, key: K) -> (K, &mut V)
     where
+        K: Clone,
         V: Default,
     {
         let map = &mut self.segments[Self::segment_of(&key)];
-        if !map.contains_key(&key) {
-            self.len += 1;
+        match map.entry(key) {
+            Entry::Occupied(entry) => (entry.key().clone(), entry.into_mut()),
+            Entry::Vacant(entry) => {
+                self.len += 1;
+                (entry.key().clone(), entry.insert(V::default()))
+            }
         }
-        map.entry(key).or_default()
     }
 
     /// Every value, in no particular order.
@@ -166,8 +172,8 @@ mod tests {
         assert_eq!(map.remove(&8), Some(17));
         assert_eq!(map.remove(&8), None);
         assert_eq!(map.len(), 999);
-        *map.get_or_default(5000) += 3;
-        *map.get_or_default(5000) += 3;
+        *map.get_or_default(5000).1 += 3;
+        *map.get_or_default(5000).1 += 3;
         assert_eq!(map.get(&5000), Some(&6));
         assert_eq!(map.len(), 1000);
         assert_eq!(map.values().count(), 1000);
