@@ -326,3 +326,47 @@ fn sold_out_is_answered_at_every_edge_until_stock_returns() {
         "sold_out",
     );
 }
+
+/// Routed purchases run side by side on their owner: while one waits for its group's
+/// `fdatasync`, the next ones join the following group. With every purchase routed (all clients
+/// on the shard that does not own the SKU), the owner's journal must therefore write fewer groups
+/// than records. An owner that ran routed calls one at a time would write one record per group.
+#[test]
+fn routed_purchases_share_the_owners_group_commits() {
+    const CLIENTS: usize = 32;
+    const EACH: usize = 20;
+    let server = Server::start(2, &[]);
+    let sku = "grouped";
+    let router = 1 - seckill::shard::placement::owner_of(sku, 2);
+    server.open_sale(sku, 100_000, 100);
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let mut client = server.client_on_shard(router);
+            std::thread::spawn(move || {
+                for k in 0..EACH {
+                    let r = client.purchase(sku, &tok(&format!("group-{n}-{k}")), Some(1), None);
+                    assert_eq!(r.status, 201, "{r}");
+                    assert_eq!(r.shard(), Some(router), "{r}");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a buyer failed");
+    }
+    let figures = loop {
+        let r = server.client().get("/metrics");
+        if r.status == 200 {
+            break prometheus::parse(&r.text()).expect("exposition");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let records = figures.count("seckill_journal_group_records_sum", &[]);
+    let groups = figures.count("seckill_journal_group_records_count", &[]);
+    // The sale is a record of its own; every purchase was routed.
+    assert_eq!(records, (CLIENTS * EACH + 1) as u64, "{}", server.log());
+    assert!(
+        groups * 2 <= records,
+        "{records} records in {groups} groups: routed purchases did not share group commits"
+    );
+}

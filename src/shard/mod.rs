@@ -5,7 +5,8 @@
 //! store and answers back the same way ([`owner`]). [`runtime`] runs the node: [`boot`] starts
 //! the executors, [`signals`] and [`watchdog`] serve the main thread, [`accept`] takes
 //! connections within the descriptor budget of [`fds`], and [`drain`] stops it all in order.
-//! [`listing`] pages through the node's sales.
+//! [`runners`] run the calls other shards route here, and [`listing`] pages through the node's
+//! sales.
 
 pub mod accept;
 pub mod boot;
@@ -21,6 +22,7 @@ pub mod orders;
 pub mod owner;
 pub mod placement;
 pub mod reply;
+pub mod runners;
 pub mod runtime;
 pub mod signals;
 pub mod watchdog;
@@ -139,6 +141,8 @@ pub struct Shard<S> {
     pub node: std::sync::Arc<NodeStatus>,
     /// Lookups of SKUs this shard owns that some edge did not know (shared store only).
     discovery: discovery::Discovery,
+    /// Commands other shards routed here, and the tasks that run them.
+    calls: runners::CallQueue,
     /// Where cluster-wide rate limits lease their tokens ([`leases`]); `None` when rate limits
     /// are the node's own (embedded mode).
     tokens: Option<Rc<dyn crate::sale::admission::TokenSource>>,
@@ -168,6 +172,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
             metrics: ShardMetrics::new(),
             node,
             discovery: discovery::Discovery::new(discovery),
+            calls: runners::CallQueue::default(),
             tokens,
         }
     }
@@ -281,15 +286,7 @@ impl<S: crate::store::Store + 'static> Shard<S> {
     /// Handles a message from another shard.
     pub fn on_message(self: &Rc<Self>, message: ShardMsg) {
         match message {
-            ShardMsg::Call { command, reply } => {
-                let shard = Rc::clone(self);
-                glommio::spawn_local(async move {
-                    let answer = shard.execute_owned(command).await;
-                    // The caller may have gone away (connection closed); the slot drops it then.
-                    reply.send(answer);
-                })
-                .detach();
-            }
+            ShardMsg::Call { command, reply } => self.take_call(command, reply),
             ShardMsg::ReadSales { skus, reply } => {
                 let shard = Rc::clone(self);
                 glommio::spawn_local(async move {

@@ -4,8 +4,10 @@
 //! ones (see [`super::compaction`]) so that they can be deleted.
 
 use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 use futures::channel::oneshot;
 use futures::AsyncWriteExt;
@@ -123,6 +125,11 @@ pub struct Journal {
     metrics: RefCell<JournalMetrics>,
     /// Set when closing starts, so background appenders (the order feed's marks) stop.
     closing: Cell<bool>,
+    /// With `Durability::None`: set by a commit that found no write in progress, so the
+    /// write-behind task (see [`Journal::write_behind`]) writes what it left pending.
+    write_requested: Cell<bool>,
+    /// The write-behind task's waker while it waits for a request or for closing.
+    write_behind_waker: RefCell<Option<Waker>>,
     /// How a snapshot rebuilds this shard's state from its files.
     rebuild: Rebuild,
 }
@@ -177,7 +184,7 @@ impl Journal {
             bytes_since_snapshot: start.log_bytes,
             ..State::default()
         };
-        Ok(Rc::new(Self {
+        let journal = Rc::new(Self {
             dir: dir.into(),
             durability,
             segment_limit,
@@ -186,8 +193,46 @@ impl Journal {
             waiters: RefCell::new(Vec::new()),
             metrics: RefCell::new(JournalMetrics::default()),
             closing: Cell::new(false),
+            write_requested: Cell::new(false),
+            write_behind_waker: RefCell::new(None),
             rebuild,
-        }))
+        });
+        if durability == Durability::None {
+            glommio::spawn_local(Rc::clone(&journal).write_behind()).detach();
+        }
+        Ok(journal)
+    }
+
+    /// With `Durability::None`, the one task that writes what commits leave pending, so that
+    /// no commit waits for the disk. It lives as long as the journal is open: spawning a task
+    /// per commit instead cost an allocation per purchase (`benches/allocations.sh`). Ends once
+    /// [`Journal::close`] begins and no request is left; close writes the rest itself.
+    async fn write_behind(self: Rc<Self>) {
+        loop {
+            let requested = poll_fn(|cx| {
+                if self.write_requested.replace(false) {
+                    Poll::Ready(true)
+                } else if self.closing.get() {
+                    Poll::Ready(false)
+                } else {
+                    *self.write_behind_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            if !requested {
+                return;
+            }
+            // A failure is recorded in the state and refuses every later commit.
+            let _ = self.flush().await;
+        }
+    }
+
+    /// Wakes the write-behind task, if it is waiting.
+    fn wake_write_behind(&self) {
+        if let Some(waker) = self.write_behind_waker.borrow_mut().take() {
+            waker.wake();
+        }
     }
 
     /// Queues one event; it is durable once a later [`Journal::commit`] returns, or once
@@ -259,15 +304,10 @@ impl Journal {
             (state.appended, state.flushing)
         };
         if self.durability == Durability::None {
+            // A write in progress takes whatever is pending when it finishes its group.
             if !flushing {
-                // Claim the flush now: a second commit before the task runs must not start
-                // another flusher.
-                self.state.borrow_mut().flushing = true;
-                let journal = Rc::clone(self);
-                glommio::spawn_local(async move {
-                    let _ = journal.flush().await;
-                })
-                .detach();
+                self.write_requested.set(true);
+                self.wake_write_behind();
             }
             return Ok(());
         }
@@ -454,9 +494,10 @@ impl Journal {
     /// Flushes and closes the current segment (clean shutdown).
     pub async fn close(self: &Rc<Self>) -> Result<(), JournalError> {
         self.closing.set(true);
-        // With `Durability::None` a background flusher may hold the writer: let it finish, then
-        // write whatever is left.
-        while self.state.borrow().flushing {
+        self.wake_write_behind();
+        // With `Durability::None` the write-behind task may hold the writer or have a request
+        // to serve: let it finish, then write whatever is left.
+        while self.state.borrow().flushing || self.write_requested.get() {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         if self.state.borrow().durable < self.state.borrow().appended {
