@@ -17,6 +17,12 @@
 //!   both sides (no futex in the way). Before the groups run, the allocations per round trip
 //!   of each are counted by this binary's counting allocator
 //!   (`tests/support/counting_allocator.rs`) and printed.
+//! - `feed/*`: handing a batch of 256 order events (the embedded store's batch) from a shard to
+//!   the order feed's publisher thread, which reads each and lets it go: cloning the events
+//!   (`handoff_clone`, what the shards did) against copying them into pooled slots that the
+//!   publisher gives back (`handoff_pooled`, `seckill::feed::handoff`, a `sharded_slab::Pool`).
+//!   Each batch ends when the publisher has let it go, so both sides' costs count. Allocations
+//!   per event are counted first and printed.
 //! - `auth/verify_shopper_token`: checking the HMAC-signed bearer token every purchase carries,
 //!   before anything else is looked at.
 //! - `http/*`: parsing a realistic purchase request (`POST /v1/sales/moutai-2026/purchase` with
@@ -60,7 +66,9 @@ use rand::SeedableRng;
 use seckill::api::body::json_fields;
 use seckill::api::{parse_purchase, parse_sale};
 use seckill::auth::{Auth, Principal};
+use seckill::feed::handoff;
 use seckill::feed::outbox::Outbox;
+use seckill::feed::FeedEvent;
 use seckill::http::request::{parse, Parsed};
 use seckill::http::{Method, Request};
 use seckill::sale::admission::{fair_share, TokenBucket};
@@ -774,9 +782,127 @@ fn replies(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// feed
+
+/// Events per hand-off, as the embedded store batches them for the publisher.
+const FEED_EVENTS: usize = 256;
+
+/// What the stand-in publisher thread receives.
+enum FeedBatch {
+    /// Events cloned for it, freed on its side.
+    Cloned(Vec<FeedEvent>),
+    /// Keys of events staged in the pool, given back on its side.
+    Staged(Vec<usize>),
+    /// Answer once everything before is handled.
+    Flush(SyncSender<()>),
+}
+
+/// A thread that reads every event it is handed and lets it go, as the feed's publisher does
+/// (without the broker).
+struct FeedPublisher {
+    batches: Option<SyncSender<FeedBatch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FeedPublisher {
+    fn start() -> Self {
+        let (batches, incoming) = sync_channel::<FeedBatch>(4);
+        let thread = std::thread::spawn(move || {
+            while let Ok(batch) = incoming.recv() {
+                match batch {
+                    FeedBatch::Cloned(events) => {
+                        for event in &events {
+                            black_box(event.body.len());
+                        }
+                    }
+                    FeedBatch::Staged(keys) => {
+                        for key in &keys {
+                            black_box(handoff::with_staged(*key, |event| event.body.len()));
+                        }
+                        handoff::release(&keys);
+                    }
+                    FeedBatch::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Self {
+            batches: Some(batches),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, batch: FeedBatch) {
+        if let Some(batches) = &self.batches {
+            batches.send(batch).expect("the publisher thread runs");
+        }
+    }
+
+    /// Hands `iterations` batches made by `batch` over and waits until all are let go.
+    fn hand_off(&self, iterations: u64, batch: impl Fn() -> FeedBatch) -> Duration {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            self.send(batch());
+        }
+        let (done, flushed) = sync_channel(1);
+        self.send(FeedBatch::Flush(done));
+        let _ = flushed.recv();
+        started.elapsed()
+    }
+}
+
+impl Drop for FeedPublisher {
+    fn drop(&mut self) {
+        self.batches = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A batch of order events as an outbox holds them.
+fn feed_batch() -> Vec<FeedEvent> {
+    let Event::OrderCreated { order, .. } = order_created() else {
+        unreachable!("order_created makes an OrderCreated event");
+    };
+    (0..FEED_EVENTS as u64)
+        .map(|n| FeedEvent::order(&order, NOW_MS + n))
+        .collect()
+}
+
+fn feed(c: &mut Criterion) {
+    let publisher = FeedPublisher::start();
+    let events = feed_batch();
+    let cloned = || FeedBatch::Cloned(events.clone());
+    let staged = || FeedBatch::Staged(handoff::stage(&events).expect("room in the pool"));
+    let per_event = |batch: &dyn Fn() -> FeedBatch| {
+        const BATCHES: u64 = 200;
+        publisher.hand_off(BATCHES, batch);
+        let before = process_allocations();
+        publisher.hand_off(BATCHES, batch);
+        (process_allocations() - before) as f64 / (BATCHES as usize * FEED_EVENTS) as f64
+    };
+    println!(
+        "feed hand-off allocations per event: clone {:.2}, pooled {:.2}",
+        per_event(&cloned),
+        per_event(&staged)
+    );
+    let mut group = c.benchmark_group("feed");
+    group.throughput(Throughput::Elements(FEED_EVENTS as u64));
+    group.bench_function("handoff_clone", |b| {
+        b.iter_custom(|iterations| publisher.hand_off(iterations, cloned))
+    });
+    group.bench_function("handoff_pooled", |b| {
+        b.iter_custom(|iterations| publisher.hand_off(iterations, staged))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = micro;
     config = config();
-    targets = admission, routing, replies, auth, http, json, owner, journal
+    targets = admission, routing, replies, feed, auth, http, json, owner, journal
 }
 criterion_main!(micro);

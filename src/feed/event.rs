@@ -140,6 +140,11 @@ impl FeedEvent {
     /// The subject it is published on: `<prefix>.<sku>.<type>`. SKUs are `[A-Za-z0-9_-]`, so
     /// each is one subject token, and a consumer can filter one SKU with `<prefix>.<sku>.>`.
     pub fn subject(&self, prefix: &str) -> String {
-        format!("{prefix}.{}.{}", self.sku, self.kind.name())
+        subject_of(prefix, &self.sku, self.kind)
     }
+}
+
+/// The subject an event of `kind` for `sku` is published on: `<prefix>.<sku>.<type>`.
+pub fn subject_of(prefix: &str, sku: &str, kind: FeedKind) -> String {
+    format!("{prefix}.{sku}.{}", kind.name())
 }

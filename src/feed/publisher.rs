@@ -18,6 +18,7 @@ use async_nats::jetstream::{self, context::Publish, stream};
 use tokio::sync::mpsc;
 
 use super::event::FeedEvent;
+use super::handoff;
 
 /// Batches queued for the publisher thread before shards are told to try again later.
 const QUEUE_CAPACITY: usize = 64;
@@ -86,7 +87,8 @@ impl PublisherStats {
 
 /// A batch handed to the publisher, and the flag it sets once every event is stored.
 struct Batch {
-    events: Vec<FeedEvent>,
+    /// The events' slots in [`handoff`], in publishing order.
+    staged: Vec<usize>,
     done: Arc<AtomicBool>,
 }
 
@@ -118,19 +120,23 @@ pub struct FeedLane {
 }
 
 impl FeedLane {
-    /// Queues `events` for publication in order. Never waits: when the queue is full (the
-    /// broker is slow or away) the events come back, to be offered again later.
-    pub fn submit(&self, events: Vec<FeedEvent>) -> Result<Submitted, Vec<FeedEvent>> {
+    /// Queues a copy of `events` for publication in order. Never waits: when the queue is full
+    /// (the broker is slow or away) it refuses, and the caller offers them again later.
+    pub fn submit(&self, events: &[FeedEvent]) -> Result<Submitted, QueueFull> {
+        let staged = handoff::stage(events).ok_or(QueueFull)?;
         let done = Arc::new(AtomicBool::new(false));
         let batch = Batch {
-            events,
+            staged,
             done: Arc::clone(&done),
         };
         match self.handle.queue.try_send(batch) {
             Ok(()) => Ok(Submitted(done)),
             Err(
                 mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
-            ) => Err(batch.events),
+            ) => {
+                handoff::release(&batch.staged);
+                Err(QueueFull)
+            }
         }
     }
 
@@ -144,10 +150,14 @@ impl FeedLane {
     }
 }
 
+/// The publisher cannot take a batch now (its queue is full, or it has stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
 impl std::fmt::Debug for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batch")
-            .field("events", &self.events.len())
+            .field("events", &self.staged.len())
             .finish()
     }
 }
@@ -250,13 +260,25 @@ async fn run(
     // Created up front, so `events tail` and consumers find the stream before the first event.
     let mut stream_ready = ensure_stream(&context, &settings).await;
     while let Some(batch) = batches.recv().await {
-        for event in &batch.events {
+        for key in &batch.staged {
+            // Only this thread releases a batch's slots, after its events are stored.
+            let Some((subject, message, id)) = handoff::with_staged(*key, |event| {
+                (
+                    event.subject(&settings.subject_prefix),
+                    Publish::build()
+                        .message_id(&event.id)
+                        .payload(event.body.as_bytes().to_vec().into()),
+                    event.id.clone(),
+                )
+            }) else {
+                continue;
+            };
             let mut backoff = MIN_BACKOFF;
             loop {
                 if !stream_ready {
                     stream_ready = ensure_stream(&context, &settings).await;
                 }
-                if stream_ready && publish(&context, &settings, event).await {
+                if stream_ready && publish(&context, &subject, message.clone(), &id).await {
                     counters.published.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -267,6 +289,7 @@ async fn run(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+        handoff::release(&batch.staged);
         batch.done.store(true, Ordering::Release);
     }
 }
@@ -290,25 +313,21 @@ async fn ensure_stream(context: &jetstream::Context, settings: &FeedSettings) ->
     }
 }
 
-/// Publishes one event and waits for JetStream's acknowledgement. False on any failure.
-async fn publish(context: &jetstream::Context, settings: &FeedSettings, event: &FeedEvent) -> bool {
-    let message = Publish::build()
-        .message_id(&*event.id)
-        .payload(event.body.as_bytes().to_vec().into());
-    let sent = context
-        .send_publish(event.subject(&settings.subject_prefix), message)
-        .await;
+/// Publishes one event (`id`, for the logs) and waits for JetStream's acknowledgement. False on
+/// any failure.
+async fn publish(context: &jetstream::Context, subject: &str, message: Publish, id: &str) -> bool {
+    let sent = context.send_publish(subject.to_owned(), message).await;
     let acknowledged = match sent {
         Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack).await,
         Err(error) => {
-            tracing::debug!(%error, id = %event.id, "order feed: publish not sent");
+            tracing::debug!(%error, id, "order feed: publish not sent");
             return false;
         }
     };
     match acknowledged {
         Ok(Ok(_)) => true,
         Ok(Err(error)) => {
-            tracing::debug!(%error, id = %event.id, "order feed: publish not acknowledged");
+            tracing::debug!(%error, id, "order feed: publish not acknowledged");
             false
         }
         Err(_) => false,

@@ -190,7 +190,7 @@ impl Store for EmbeddedStore {
                 glommio::timer::sleep(FEED_IDLE_POLL).await;
                 continue;
             }
-            let Ok(submitted) = feed.submit(batch.clone()) else {
+            let Ok(submitted) = feed.submit(&batch) else {
                 // The publisher's queue is full: the broker is slow or away. Offer it later.
                 glommio::timer::sleep(FEED_IDLE_POLL).await;
                 continue;

@@ -269,7 +269,7 @@ impl RedisStore {
             }
         }
         if !events.is_empty() {
-            let Ok(submitted) = lane.submit(events) else {
+            let Ok(submitted) = lane.submit(&events) else {
                 // The publisher's queue is full: the broker is slow or away. Next tick.
                 return Ok(false);
             };
