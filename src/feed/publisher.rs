@@ -271,6 +271,12 @@ async fn run(
                     event.id.clone(),
                 )
             }) else {
+                // Unreachable: only this loop releases a batch's slots, after the batch. Said
+                // out loud rather than skipped silently, since the batch still counts as stored.
+                tracing::error!(
+                    key,
+                    "order feed: a staged event is missing; it is not published"
+                );
                 continue;
             };
             let mut backoff = MIN_BACKOFF;
