@@ -37,80 +37,24 @@ fn main() {
 fn run() -> Result<(), String> {
     let redis = redis_server::RedisServer::try_start(&["--appendonly", "no"])?;
     let mut conn = redis_server::connect(redis.port).map_err(|e| e.to_string())?;
-    let failed = |e: ::redis::RedisError| e.to_string();
     let sha: String = ::redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(PURCHASE)
         .query(&mut conn)
         .map_err(failed)?;
-    let keys = redis_server::script_keys(SKU);
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
-    let mut shopper = 0u64;
+    let mut sale = Sale::new(sha);
     for size in SIZES {
         let mut best = f64::INFINITY;
         for _ in 0..ROUNDS {
-            let now = seckill::clock::now_ms();
-            ::redis::cmd("FLUSHALL").exec(&mut conn).map_err(failed)?;
-            // The fields the script reads, as the node's UPSERT writes them.
-            ::redis::cmd("HSET")
-                .arg(&keys[0])
-                .arg(&[
-                    ("starts_at", (now - 1000).to_string()),
-                    ("ends_at", (now + 3_600_000).to_string()),
-                    ("per_user_limit", "1".to_owned()),
-                    ("payment_timeout_ms", "900000".to_owned()),
-                    ("price", "0".to_owned()),
-                    ("epoch", "1".to_owned()),
-                ])
-                .exec(&mut conn)
-                .map_err(failed)?;
-            let stock = 1_000_000_000u64;
-            ::redis::cmd("MSET")
-                .arg(&keys[1])
-                .arg(stock)
-                .arg(&keys[2])
-                .arg(0)
-                .exec(&mut conn)
-                .map_err(failed)?;
+            sale.open(&mut conn, 1)?;
             ::redis::cmd("CONFIG")
                 .arg("RESETSTAT")
                 .exec(&mut conn)
                 .map_err(failed)?;
-            let mut seq = 0u64;
-            let mut at = now;
             for _ in 0..CALLS {
-                let mut call = ::redis::cmd("EVALSHA");
-                call.arg(&sha).arg(keys.len()).arg(&keys);
-                call.arg(1000).arg(size);
-                for _ in 0..size {
-                    at += 1;
-                    shopper += 1;
-                    let id = OrderId::mint(SKU, at, &mut rng);
-                    call.arg(id.to_string())
-                        .arg(format!("shopper-{shopper}"))
-                        .arg(1)
-                        .arg("");
-                }
-                // The node's last view: this epoch, the seq it saw, the level, the start.
-                call.arg(1)
-                    .arg(seq)
-                    .arg(stock - seq)
-                    .arg(now - 1000)
-                    .arg("bench");
-                let _: ::redis::Value = call.query(&mut conn).map_err(failed)?;
-                seq += size as u64;
+                sale.purchase(&mut conn, size, Shoppers::OnePerOrder)?;
             }
-            // Every purchase must have made an order, or the figure is of refusals.
-            let orders: usize = ::redis::cmd("HLEN")
-                .arg(&keys[5])
-                .query(&mut conn)
-                .map_err(failed)?;
-            if orders != CALLS * size {
-                return Err(format!(
-                    "{orders} orders made by {} purchases: the script refused some",
-                    CALLS * size
-                ));
-            }
+            sale.check_every_purchase_made_an_order(&mut conn)?;
             let (usec, calls) = redis.evalsha_usec()?;
             let usec = usec / calls.max(1.0);
             best = best.min(usec);
@@ -120,5 +64,199 @@ fn run() -> Result<(), String> {
             best / size as f64
         );
     }
+    for shoppers in [Shoppers::OnePerOrder, Shoppers::One] {
+        sale.open(&mut conn, MEMORY_ORDERS as u64)?;
+        let before = used_memory(&mut conn)?;
+        for _ in 0..MEMORY_ORDERS / MEMORY_BATCH {
+            sale.purchase(&mut conn, MEMORY_BATCH, shoppers)?;
+        }
+        sale.check_every_purchase_made_an_order(&mut conn)?;
+        let after = used_memory(&mut conn)?;
+        let mut per_key = Vec::new();
+        for (name, key) in KEY_NAMES.iter().zip(&sale.keys) {
+            let bytes: Option<u64> = ::redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query(&mut conn)
+                .map_err(failed)?;
+            if let Some(bytes) = bytes.filter(|&b| b > 1000) {
+                per_key.push(format!("{name} {:.0}", bytes as f64 / MEMORY_ORDERS as f64));
+            }
+        }
+        println!(
+            "Redis memory per order, {MEMORY_ORDERS} orders by {MEMORY_BATCH} per call, {}: {:.0} B (used_memory); by key: {}",
+            shoppers.label(),
+            after.saturating_sub(before) as f64 / MEMORY_ORDERS as f64,
+            per_key.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// Orders made for the memory figure: the "measured over 100k orders".
+const MEMORY_ORDERS: usize = 100_000;
+/// Purchases per call for the memory figure: about what a node batches under `wrk -c64`.
+const MEMORY_BATCH: usize = 16;
+/// The names of [`Sale::keys`], in order, for the memory report.
+const KEY_NAMES: [&str; 14] = [
+    "sale",
+    "remaining",
+    "seq",
+    "held",
+    "idem",
+    "orders",
+    "pending",
+    "blocked",
+    "events",
+    "closed",
+    "abandoned",
+    "byuser",
+    "regressed",
+    "ids",
+];
+
+/// Who buys.
+#[derive(Clone, Copy)]
+enum Shoppers {
+    /// A different shopper per order, as in a real flash sale with a limit of one.
+    OnePerOrder,
+    /// One shopper for every order (the per-user limit lifted), as `wrk` with one token does.
+    One,
+}
+
+impl Shoppers {
+    fn label(self) -> &'static str {
+        match self {
+            Self::OnePerOrder => "a different shopper per order",
+            Self::One => "one shopper",
+        }
+    }
+}
+
+/// One sale the bench buys from, and the node's view of it that every call carries.
+struct Sale {
+    sha: String,
+    keys: Vec<String>,
+    rng: rand::rngs::SmallRng,
+    /// Shoppers used so far, so that every round's shoppers are new.
+    shopper: u64,
+    /// The node's view: the start, the stock, the seq it saw, the last id's millisecond.
+    starts_at: u64,
+    stock: u64,
+    seq: u64,
+    at: u64,
+}
+
+impl Sale {
+    fn new(sha: String) -> Self {
+        Self {
+            sha,
+            keys: redis_server::script_keys(SKU),
+            rng: rand::rngs::SmallRng::seed_from_u64(1),
+            shopper: 0,
+            starts_at: 0,
+            stock: 0,
+            seq: 0,
+            at: 0,
+        }
+    }
+
+    /// Empties Redis and opens the sale as the node's UPSERT writes it, with a per-user limit of
+    /// `limit`.
+    fn open(&mut self, conn: &mut ::redis::Connection, limit: u64) -> Result<(), String> {
+        let now = seckill::clock::now_ms();
+        ::redis::cmd("FLUSHALL").exec(conn).map_err(failed)?;
+        ::redis::cmd("HSET")
+            .arg(&self.keys[0])
+            .arg(&[
+                ("starts_at", (now - 1000).to_string()),
+                ("ends_at", (now + 3_600_000).to_string()),
+                ("per_user_limit", limit.to_string()),
+                ("payment_timeout_ms", "900000".to_owned()),
+                ("price", "0".to_owned()),
+                ("epoch", "1".to_owned()),
+            ])
+            .exec(conn)
+            .map_err(failed)?;
+        self.stock = 1_000_000_000;
+        ::redis::cmd("MSET")
+            .arg(&self.keys[1])
+            .arg(self.stock)
+            .arg(&self.keys[2])
+            .arg(0)
+            .exec(conn)
+            .map_err(failed)?;
+        (self.starts_at, self.seq, self.at) = (now - 1000, 0, now);
+        Ok(())
+    }
+
+    /// One call of `size` purchases of one unit, as a node sends them under load: the ids of a
+    /// call are minted in one millisecond, the next call's in the next.
+    fn purchase(
+        &mut self,
+        conn: &mut ::redis::Connection,
+        size: usize,
+        shoppers: Shoppers,
+    ) -> Result<(), String> {
+        let mut call = ::redis::cmd("EVALSHA");
+        call.arg(&self.sha).arg(self.keys.len()).arg(&self.keys);
+        call.arg(1000).arg(size);
+        self.at += 1;
+        for _ in 0..size {
+            if let Shoppers::OnePerOrder = shoppers {
+                self.shopper += 1;
+            }
+            let id = OrderId::mint(SKU, self.at, &mut self.rng);
+            call.arg(id.to_string())
+                .arg(format!("shopper-{}", self.shopper))
+                .arg(1)
+                .arg("");
+        }
+        // The node's last view: this epoch, the seq it saw, the level, the start.
+        call.arg(1)
+            .arg(self.seq)
+            .arg(self.stock - self.seq)
+            .arg(self.starts_at)
+            .arg("bench");
+        let _: ::redis::Value = call.query(conn).map_err(failed)?;
+        self.seq += size as u64;
+        Ok(())
+    }
+
+    /// Every purchase must have made an order, or the figures are of refusals.
+    fn check_every_purchase_made_an_order(
+        &self,
+        conn: &mut ::redis::Connection,
+    ) -> Result<(), String> {
+        let remaining: u64 = ::redis::cmd("GET")
+            .arg(&self.keys[1])
+            .query(conn)
+            .map_err(failed)?;
+        let orders = self.stock - remaining;
+        if orders != self.seq {
+            return Err(format!(
+                "{orders} orders made by {} purchases: the script refused some",
+                self.seq
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn failed(error: ::redis::RedisError) -> String {
+    error.to_string()
+}
+
+/// Redis' `used_memory`, in bytes.
+fn used_memory(conn: &mut ::redis::Connection) -> Result<u64, String> {
+    let info: String = ::redis::cmd("INFO")
+        .arg("memory")
+        .query(conn)
+        .map_err(failed)?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| "INFO memory has no used_memory".to_owned())
 }

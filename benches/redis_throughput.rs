@@ -50,6 +50,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_seckill");
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const TOKEN_SECRET: &str = "bench-token-secret-0123456789";
 const SKU: &str = "bench";
+/// The stock of every sale the bench opens: more than it can sell.
+const STOCK: i64 = 1_000_000_000;
 
 fn main() {
     if let Err(error) = run() {
@@ -218,7 +220,7 @@ fn open_sale(base: &str, per_user_limit: u32) -> Result<u64, String> {
     wait_ready(base, Duration::from_secs(20))?;
     let now = seckill::clock::now_ms();
     let sale = format!(
-        r#"{{"name":"bench","stock":1000000000,"starts_at":{},"ends_at":{},"per_user_limit":{per_user_limit}}}"#,
+        r#"{{"name":"bench","stock":{STOCK},"starts_at":{},"ends_at":{},"per_user_limit":{per_user_limit}}}"#,
         now - 1000,
         now + 3_600_000
     );
@@ -263,9 +265,11 @@ fn measure_distinct(port: u16, redis: &redis_server::RedisServer) -> Result<Meas
     let made = sample(&metrics, "seckill_redis_batch_purchases_sum").unwrap_or(0.0);
     let calls = sample(&metrics, "seckill_redis_batch_purchases_count").unwrap_or(1.0);
     let (script_usec, _) = redis.evalsha_usec()?;
-    let orders: f64 = redis
-        .query::<i64>(&["HLEN", &format!("seckill:{{{SKU}}}:orders")])
-        .map_err(|e| e.to_string())? as f64;
+    // Orders made, from the stock taken (the orders hash holds pages, not one field per order).
+    let remaining = redis
+        .query::<i64>(&["GET", &format!("seckill:{{{SKU}}}:remaining")])
+        .map_err(|e| e.to_string())?;
+    let orders = (STOCK - remaining) as f64;
     let memory_after = used_memory(redis)?;
     Ok(Measured {
         rps: 0.0,

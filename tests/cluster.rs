@@ -100,15 +100,10 @@ fn three_nodes_on_one_redis_sell_exactly_the_stock() {
 
     // Redis's own state agrees.
     assert_eq!(redis.integer(&["GET", "seckill:{hot}:remaining"]), Some(0));
-    assert_eq!(
-        redis.integer(&["HLEN", "seckill:{hot}:orders"]),
-        Some(STOCK as i64)
-    );
+    let orders = redis.orders("hot");
+    assert_eq!(orders.len(), STOCK as usize);
     for (user, id) in &created {
-        let stored: String = redis
-            .query::<Option<String>>(&["HGET", "seckill:{hot}:orders", id])
-            .expect("HGET")
-            .unwrap_or_default();
+        let stored = orders.get(id).cloned().unwrap_or_default();
         assert!(
             stored.contains(user.as_str()),
             "order {id} of {user} in redis: {stored}"
@@ -208,11 +203,9 @@ fn a_redis_outage_mid_sale_gives_fast_503s_and_loses_nothing() {
         redis.integer(&["GET", "seckill:{outage}:remaining"]),
         Some(0)
     );
+    let orders = redis.orders("outage");
     for id in &created {
-        let stored: bool = redis
-            .query(&["HEXISTS", "seckill:{outage}:orders", id])
-            .expect("HEXISTS");
-        assert!(stored, "201'd order {id} is in redis");
+        assert!(orders.contains_key(id), "201'd order {id} is in redis");
     }
 }
 
@@ -229,10 +222,7 @@ fn scripts_flushed_from_redis_are_reloaded() {
         .expect("SCRIPT FLUSH");
     client.buy("flushed", &tok("f-2"), 1);
     assert_eq!(client.remaining("flushed"), 8);
-    assert_eq!(
-        redis.integer(&["HLEN", "seckill:{flushed}:orders"]),
-        Some(2)
-    );
+    assert_eq!(redis.orders("flushed").len(), 2);
 }
 
 #[test]

@@ -26,7 +26,10 @@ struct Ledger {
     remaining: i64,
     /// user → units held (pending + paid).
     held: BTreeMap<String, i64>,
+    /// Orders stored as pending.
     pending: i64,
+    /// Members of the `pending` zset: each names the pages one purchase call wrote its orders to.
+    pending_members: i64,
     /// order id → stored order JSON.
     orders: BTreeMap<String, Value>,
     events: Vec<StreamEvent>,
@@ -50,19 +53,22 @@ fn ledger(port: u16, sku: &str) -> Ledger {
     let held: BTreeMap<String, i64> = common::redis::holdings(
         query_ok::<BTreeMap<String, String>>(port, &["HGETALL", &sku_key(sku, "held")]),
     );
-    // A member of `pending` names the orders of one purchase call, space-separated.
-    let pending = query_ok::<Vec<String>>(port, &["ZRANGE", &sku_key(sku, "pending"), "0", "-1"])
-        .iter()
-        .map(|member| member.split_whitespace().count() as i64)
-        .sum();
+    let pending_members = query_ok::<i64>(port, &["ZCARD", &sku_key(sku, "pending")]);
     let orders: BTreeMap<String, Value> =
-        query_ok::<BTreeMap<String, String>>(port, &["HGETALL", &sku_key(sku, "orders")])
-            .into_iter()
-            .map(|(id, raw)| {
-                let order = stored_order(&raw);
-                (id, order)
-            })
-            .collect();
+        common::redis::stored_orders(query_ok::<Vec<(String, String)>>(
+            port,
+            &["HGETALL", &sku_key(sku, "orders")],
+        ))
+        .into_iter()
+        .map(|(id, raw)| {
+            let order = stored_order(&raw);
+            (id, order)
+        })
+        .collect();
+    let pending = orders
+        .values()
+        .filter(|order| order["status"] == "pending")
+        .count() as i64;
     // XRANGE: [[entry id, [field, value, ...]], ...]
     let entries: Vec<(String, HashMap<String, String>)> =
         query_ok(port, &["XRANGE", &sku_key(sku, "events"), "-", "+"]);
@@ -79,7 +85,8 @@ fn ledger(port: u16, sku: &str) -> Ledger {
             Some("sale") => continue,
             // A purchase call's `created` entry names its orders; each is read as stored.
             Some("created") => {
-                for id in field("ids").split_whitespace() {
+                for id in common::redis::created_ids(&field("pages")) {
+                    let id = id.as_str();
                     let order = orders
                         .get(id)
                         .unwrap_or_else(|| panic!("entry {entry} names unknown order {id}"));
@@ -123,6 +130,7 @@ fn ledger(port: u16, sku: &str) -> Ledger {
         remaining,
         held,
         pending,
+        pending_members,
         orders,
         events,
     }
@@ -279,7 +287,8 @@ fn expiry_survives_the_death_of_the_node_that_sold() {
         "held hash not empty: {:?}",
         after.held
     );
-    assert_eq!(after.pending, 0, "pending zset not empty");
+    assert_eq!(after.pending, 0, "orders still pending");
+    assert_eq!(after.pending_members, 0, "pending zset not empty");
     assert_eq!(cb.remaining(sku), STOCK as i64, "remaining via B");
 }
 

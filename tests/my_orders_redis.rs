@@ -159,10 +159,11 @@ fn forgotten_orders_leave_the_redis_index() {
         .expect("HGET held");
     let index = index.expect("fred has an entry");
     let indexed = my_orders::common::redis::held_list(&index);
+    let ulid = |id: &String| id[..26].to_owned();
     assert_eq!(
         indexed,
-        [made[3].clone(), made[4].clone(), kept],
-        "oldest first in Redis"
+        [ulid(&made[3]), ulid(&made[4]), ulid(&kept)],
+        "oldest first in Redis, by ULID"
     );
 }
 
@@ -196,7 +197,9 @@ fn a_listing_that_can_read_no_sale_is_503() {
 
 /// A sale an older build sold from keeps working: its `held` entries are units alone and its
 /// order lists are in `byuser`. The old list is still read and trimmed, a holding still comes
-/// back on cancel, and a new order joins the shopper's one entry in `held`.
+/// back on cancel, and a new order joins the shopper's one entry in `held`. An entry of the
+/// build just before this one lists whole ids, where this one lists their ULIDs: it is read,
+/// and written back in this build's form.
 #[test]
 fn an_older_builds_holdings_and_lists_carry_on() {
     let redis = RedisServer::start(&[]);
@@ -221,10 +224,11 @@ fn an_older_builds_holdings_and_lists_carry_on() {
         ids(&list_orders(&mut c, &ann, "")),
         [new.clone(), old.clone()]
     );
+    let ulid = |id: &String| id[..26].to_owned();
     let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
     assert_eq!(
         entry,
-        format!("2 {new}"),
+        format!("2 {}", ulid(&new)),
         "units of both orders, the new one listed"
     );
     assert_error(
@@ -237,7 +241,7 @@ fn an_older_builds_holdings_and_lists_carry_on() {
     // once a second order closes, and takes it out of the old list.
     assert_status(&c.cancel(&old, &ann), 200);
     let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
-    assert_eq!(entry, format!("1 {new}"));
+    assert_eq!(entry, format!("1 {}", ulid(&new)));
     assert_status(&c.cancel(&new, &ann), 200);
     let old_list: Option<String> = redis.query(&["HGET", byuser, "ann"]).expect("HGET byuser");
     assert_eq!(old_list, None, "the forgotten old order left the old list");
@@ -248,8 +252,34 @@ fn an_older_builds_holdings_and_lists_carry_on() {
     let entry: String = redis.query(&["HGET", held, "ann"]).expect("HGET held");
     assert_eq!(
         entry,
-        format!("0 {new}"),
+        format!("0 {}", ulid(&new)),
         "nothing held, the kept order still listed"
     );
     c.buy("legacy", &ann, 2);
+
+    // The build before this one: whole ids in the entry.
+    let bea = tok("bea");
+    let first = order_id(&c.buy("legacy", &bea, 1));
+    let _: i64 = redis
+        .query(&["HSET", held, "bea", &format!("1 {first}")])
+        .expect("HSET held");
+    assert_eq!(
+        ids(&list_orders(&mut c, &bea, "")),
+        std::slice::from_ref(&first)
+    );
+    std::thread::sleep(Duration::from_millis(3));
+    let second = order_id(&c.buy("legacy", &bea, 1));
+    assert_eq!(
+        ids(&list_orders(&mut c, &bea, "")),
+        [second.clone(), first.clone()]
+    );
+    let entry: String = redis.query(&["HGET", held, "bea"]).expect("HGET held");
+    assert_eq!(
+        entry,
+        format!("2 {} {}", ulid(&first), ulid(&second)),
+        "the entry written back with ULIDs"
+    );
+    assert_status(&c.cancel(&first, &bea), 200);
+    let entry: String = redis.query(&["HGET", held, "bea"]).expect("HGET held");
+    assert_eq!(entry, format!("1 {} {}", ulid(&first), ulid(&second)));
 }

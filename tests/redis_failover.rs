@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -179,13 +178,12 @@ struct Audit {
 fn audit(master_port: u16, answers: &[Answer], stock: i64) -> Audit {
     let orders_key = format!("seckill:{{{SKU}}}:orders");
     let acked: Vec<&String> = answers.iter().filter_map(|a| a.order.as_ref()).collect();
+    let fields: Vec<(String, String)> =
+        query(master_port, &["HGETALL", &orders_key]).expect("HGETALL orders");
+    let all = common::redis::stored_orders(fields);
     let missing = acked
         .iter()
-        .filter(|id| {
-            let found: Option<String> = query(master_port, &["HGET", &orders_key, id.as_str()])
-                .expect("HGET on the new master");
-            found.is_none()
-        })
+        .filter(|id| !all.contains_key(id.as_str()))
         .map(|id| id.to_string())
         .collect();
     let remaining: i64 = query::<Option<i64>>(
@@ -194,8 +192,6 @@ fn audit(master_port: u16, answers: &[Answer], stock: i64) -> Audit {
     )
     .expect("GET remaining")
     .unwrap_or(stock);
-    let all: HashMap<String, String> =
-        query(master_port, &["HGETALL", &orders_key]).expect("HGETALL orders");
     let held_by_orders = all
         .values()
         .map(String::as_str)

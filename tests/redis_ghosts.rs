@@ -109,10 +109,9 @@ fn settle(node: &Server, done: impl Fn(&Ghosts) -> bool) -> Ghosts {
 
 /// Every order of `sku` in Redis, by id: (user, status, quantity).
 fn orders_in_redis(redis: &RedisServer, sku: &str) -> HashMap<String, serde_json::Value> {
-    let all: HashMap<String, String> = redis
-        .query(&["HGETALL", &format!("seckill:{{{sku}}}:orders")])
-        .expect("HGETALL orders");
-    all.into_iter()
+    redis
+        .orders(sku)
+        .into_iter()
         .map(|(id, raw)| (id, common::redis::stored_order(&raw)))
         .collect()
 }

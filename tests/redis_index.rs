@@ -1,10 +1,12 @@
-//! The id index of a SKU in Redis (`PREFIX:{sku}:ids`, src/store/redis/scripts/index.rs) keeps
-//! its orders in id order however the ids arrive: each member is a chunk of at most 64 sorted
-//! ids, and the chunks in turn hold the ids sorted. Ids arrive out of order in real life (nodes
-//! mint them with their own clocks, and batches of many nodes interleave); here the purchase
-//! script runs by hand with batches of shuffled ids, some below every id stored, so every path
-//! of the chunk merge runs. Then forgetting closed orders (retention) takes ids out of chunks in
-//! the middle, and the admin's listing pages through it all over HTTP.
+//! The index of a SKU's orders in Redis (`PREFIX:{sku}:ids`, src/store/redis/scripts/index.rs)
+//! keeps their pages (the milliseconds order ids begin with, record.rs) in order however the ids
+//! arrive: each member is a chunk of at most 64 sorted pages, and the chunks in turn hold the
+//! pages sorted. Ids arrive out of order in real life (nodes mint them with their own clocks,
+//! and batches of many nodes interleave); here the purchase script runs by hand with batches of
+//! shuffled ids, many sharing a page and some below every page stored, so every path of the
+//! chunk merge runs. Then forgetting closed orders (retention) takes orders out of pages and
+//! emptied pages out of chunks in the middle, and the admin's listing pages through it all over
+//! HTTP.
 
 mod common;
 
@@ -19,22 +21,29 @@ const SKU: &str = "idx";
 const ORDERS: usize = 1500;
 const CHUNK: usize = 64;
 
-/// The index's chunks, each split into its ids; fails unless each chunk is sorted and at most
+/// The index's chunks, each split into its pages; fails unless each chunk is sorted and at most
 /// [`CHUNK`] long.
 #[track_caller]
-fn chunks(redis: &RedisServer) -> Vec<Vec<String>> {
+fn chunks(redis: &RedisServer, sku: &str) -> Vec<Vec<String>> {
     let members: Vec<String> = redis
-        .query(&["ZRANGE", &sku_key(SKU, "ids"), "0", "-1"])
+        .query(&["ZRANGE", &sku_key(sku, "ids"), "0", "-1"])
         .expect("ZRANGE ids");
     let chunks: Vec<Vec<String>> = members
         .iter()
         .map(|member| member.split(' ').map(str::to_owned).collect())
         .collect();
     for chunk in &chunks {
-        assert!(chunk.len() <= CHUNK, "a chunk of {} ids", chunk.len());
+        assert!(chunk.len() <= CHUNK, "a chunk of {} pages", chunk.len());
         assert!(chunk.is_sorted(), "an unsorted chunk: {chunk:?}");
     }
     chunks
+}
+
+/// The distinct pages of sorted `ids`, in order.
+fn pages(ids: &[String]) -> Vec<String> {
+    let mut pages: Vec<String> = ids.iter().map(|id| id[..10].to_owned()).collect();
+    pages.dedup();
+    pages
 }
 
 /// Every order id of the admin's listing, `limit` a page.
@@ -76,7 +85,7 @@ fn the_id_index_stays_sorted_in_chunks_whatever_order_ids_arrive_in() {
     let mut rng = SmallRng::seed_from_u64(7);
     let now = seckill::clock::now_ms();
     let mut ids: Vec<String> = (0..ORDERS)
-        .map(|_| OrderId::mint(SKU, now - rng.gen_range(0..60_000), &mut rng).to_string())
+        .map(|_| OrderId::mint(SKU, now - rng.gen_range(0..2_000), &mut rng).to_string())
         .collect();
     // The first third arrives in id order (a chunk appended to), the rest shuffled (merged into
     // chunks in the middle, and below the first).
@@ -110,12 +119,27 @@ fn the_id_index_stays_sorted_in_chunks_whatever_order_ids_arrive_in() {
     }
     let mut sorted = ids.clone();
     sorted.sort();
-    let indexed = chunks(&redis);
-    assert!(indexed.len() >= ORDERS / CHUNK, "{} chunks", indexed.len());
+    let indexed = chunks(&redis, SKU);
+    let all_pages = pages(&sorted);
+    assert!(
+        all_pages.len() < ORDERS * 9 / 10,
+        "few pages hold several orders: {} pages",
+        all_pages.len()
+    );
+    assert!(
+        indexed.len() >= all_pages.len() / CHUNK,
+        "{} chunks",
+        indexed.len()
+    );
     assert_eq!(
         indexed.concat(),
-        sorted,
-        "the chunks hold every id, in order"
+        all_pages,
+        "the chunks hold every page, in order"
+    );
+    assert_eq!(
+        redis.orders(SKU).len(),
+        ORDERS,
+        "the pages hold every order"
     );
 
     // Retention forgets all but 3 of the closed orders: their ids leave their chunks.
@@ -132,13 +156,97 @@ fn the_id_index_stays_sorted_in_chunks_whatever_order_ids_arrive_in() {
         .cloned()
         .collect();
     assert_eq!(
-        chunks(&redis).concat(),
-        retained,
-        "forgotten ids leave the index"
+        chunks(&redis, SKU).concat(),
+        pages(&retained),
+        "pages emptied leave the index, the others stay"
     );
+    let mut stored: Vec<String> = redis.orders(SKU).into_keys().collect();
+    stored.sort();
+    assert_eq!(stored, retained, "forgotten orders leave their pages");
     assert_eq!(
         listed(&mut admin, 150),
         retained,
         "the listing walks the chunks, a page ending inside one"
     );
+}
+
+/// A sale an older build began, before pages: each order in a field of its own (its id), the
+/// index listing ids, a deadline member naming the id. This build reads such an order (the
+/// node's own read and the scripts'), pays it where it is stored, keeps indexing ids for that
+/// sale, and lists old and new orders together in id order.
+#[test]
+fn a_sale_an_older_build_began_carries_on() {
+    let sku = "before";
+    let redis = RedisServer::start(&[]);
+    let node = Server::start(1, &["--redis", &redis.url()]);
+    node.open_sale(sku, 10, 1);
+    let now = seckill::clock::now_ms();
+    let old = OrderId::mint(sku, now - 5, &mut SmallRng::seed_from_u64(3)).to_string();
+    // What the older build's purchase wrote: one unit gone, the order, its listing.
+    let writes: [&[&str]; 6] = [
+        &["DECR", &sku_key(sku, "remaining")],
+        &["INCR", &sku_key(sku, "seq")],
+        &[
+            "HSET",
+            &sku_key(sku, "orders"),
+            &old,
+            &format!("p 1 {now} 900000 0 olduser"),
+        ],
+        &["ZADD", &sku_key(sku, "ids"), "0", &old],
+        &[
+            "ZADD",
+            &sku_key(sku, "pending"),
+            &(now + 900_000).to_string(),
+            &old,
+        ],
+        &[
+            "HSET",
+            &sku_key(sku, "held"),
+            "olduser",
+            &format!("1 {old}"),
+        ],
+    ];
+    for write in writes {
+        redis
+            .query::<i64>(write)
+            .unwrap_or_else(|e| panic!("{write:?}: {e}"));
+    }
+    let mut c = node.client();
+    let seen = c.get_order(&old, &tok("olduser"));
+    assert_status(&seen, 200);
+    assert_eq!(seen.json()["status"], "pending", "{seen}");
+
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let new = order_id(&c.buy(sku, &tok("newuser"), 1));
+    let indexed = chunks(&redis, sku).concat();
+    assert_eq!(
+        indexed,
+        [old.clone(), new.clone()],
+        "the sale keeps indexing ids"
+    );
+    let mut listed_ids = Vec::new();
+    let page = c.admin("GET", &format!("/v1/sales/{sku}/orders"), None);
+    assert_status(&page, 200);
+    for order in page.json()["orders"].as_array().expect("orders") {
+        listed_ids.push(order["order_id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        listed_ids,
+        [old.clone(), new.clone()],
+        "old and new, in id order"
+    );
+
+    assert_status(&c.pay(&old), 200);
+    let own: Option<String> = redis
+        .query(&["HGET", &sku_key(sku, "orders"), &old])
+        .expect("HGET");
+    let own = own.expect("the old order stays in its own field");
+    assert!(own.contains("\"paid\"") || own.starts_with("y "), "{own}");
+    let stored = redis.orders(sku);
+    assert_eq!(
+        stored.len(),
+        2,
+        "no copy of the old order in a page: {stored:?}"
+    );
+    assert_eq!(c.remaining(sku), 8);
 }

@@ -53,7 +53,8 @@ fn units(port: u16, sku: &str, buckets: u64) -> Units {
             .iter()
             .map(|raw| common::redis::held_units(raw) as u64)
             .collect();
-        let orders: u64 = query_ok(port, &["HLEN", &key(sku, b, "orders")]);
+        let stored: Vec<(String, String)> = query_ok(port, &["HGETALL", &key(sku, b, "orders")]);
+        let orders = common::redis::stored_orders(stored).len() as u64;
         let moves: u64 = query_ok(port, &["HLEN", &key(sku, b, "moves")]);
         units.remaining += remaining.unwrap_or(0);
         units.held += held.iter().sum::<u64>();

@@ -356,6 +356,109 @@ fn resp_text(value: &Value) -> String {
     }
 }
 
+/// Every order `PREFIX:{sku}:orders` holds, by order id, as stored (packed or JSON), from its
+/// `HGETALL`. A field of ten characters is a page: the millisecond its orders' ids begin with,
+/// holding `.sku` then a line `\n<rest of the ULID> <order>` per order; any other field is an
+/// order id of its own (as builds before pages stored orders). Written apart from the scripts
+/// (src/store/redis/record.rs) so that a test reading Redis checks them.
+#[track_caller]
+pub fn stored_orders(
+    fields: impl IntoIterator<Item = (String, String)>,
+) -> std::collections::HashMap<String, String> {
+    let mut orders = std::collections::HashMap::new();
+    for (field, value) in fields {
+        if field.len() != 10 {
+            orders.insert(field, value);
+            continue;
+        }
+        let mut lines = value.split('\n');
+        let suffix = lines.next().unwrap_or_default();
+        for line in lines {
+            let (rest, raw) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("page {field} has an entry without an order: {line:?}"));
+            assert_eq!(rest.len(), 16, "page {field}: entry {line:?}");
+            orders.insert(format!("{field}{rest}{suffix}"), raw.to_owned());
+        }
+    }
+    orders
+}
+
+/// The order ids of a purchase call's `created` stream entry, from its field `pages`: the SKU's
+/// id suffix (`.sku`), then each page the call wrote to followed by the rest of the ids of the
+/// orders it made there. Written apart from the scripts, as [`stored_orders`] is.
+#[track_caller]
+pub fn created_ids(pages: &str) -> Vec<String> {
+    let mut tokens = pages.split(' ');
+    let suffix = tokens.next().unwrap_or_default();
+    assert!(
+        suffix.starts_with('.'),
+        "`pages` without its suffix: {pages:?}"
+    );
+    let mut page = None;
+    let mut ids = Vec::new();
+    for token in tokens {
+        match token.len() {
+            10 => page = Some(token),
+            16 => {
+                let page = page.unwrap_or_else(|| panic!("an id before its page: {pages:?}"));
+                ids.push(format!("{page}{token}{suffix}"));
+            }
+            _ => panic!("`pages` with a token {token:?}: {pages:?}"),
+        }
+    }
+    ids
+}
+
+impl RedisServer {
+    /// Every order of `sku` as stored, by id ([`stored_orders`]).
+    #[track_caller]
+    pub fn orders(&self, sku: &str) -> std::collections::HashMap<String, String> {
+        let fields: Vec<(String, String)> = self
+            .query(&["HGETALL", &format!("seckill:{{{sku}}}:orders")])
+            .unwrap_or_else(|e| panic!("HGETALL orders of {sku}: {e}"));
+        stored_orders(fields)
+    }
+
+    /// Order `id` of `sku` as stored, if Redis holds it.
+    #[track_caller]
+    pub fn order(&self, sku: &str, id: &str) -> Option<String> {
+        self.orders(sku).remove(id)
+    }
+
+    /// Replaces what Redis stores for order `id` of `sku` with `raw`, where the order is stored
+    /// (its page's entry, or its own field); false when Redis holds no such order.
+    #[track_caller]
+    pub fn overwrite_order(&self, sku: &str, id: &str, raw: &str) -> bool {
+        let key = format!("seckill:{{{sku}}}:orders");
+        let page = &id[..10];
+        let text: Option<String> = self
+            .query(&["HGET", &key, page])
+            .unwrap_or_else(|e| panic!("HGET {key} {page}: {e}"));
+        let entry = format!("\n{} ", &id[10..26]);
+        let (field, value) = match text {
+            Some(text) if text.contains(&entry) => {
+                let at = text.find(&entry).unwrap_or_default() + entry.len();
+                let end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+                (
+                    page.to_owned(),
+                    format!("{}{raw}{}", &text[..at], &text[end..]),
+                )
+            }
+            _ => {
+                let exists: bool = self.query(&["HEXISTS", &key, id]).unwrap_or(false);
+                if !exists {
+                    return false;
+                }
+                (id.to_owned(), raw.to_owned())
+            }
+        };
+        self.query::<i64>(&["HSET", &key, &field, &value])
+            .unwrap_or_else(|e| panic!("HSET {key} {field}: {e}"));
+        true
+    }
+}
+
 /// An order as `PREFIX:{sku}:orders` stores it, as JSON: stored JSON as is, a packed record
 /// (`status quantity created_at ttl amount user_id [idem]`, src/store/redis/record.rs) spelled
 /// out. Written apart from the node's decoder so that a test reading Redis checks that one.
@@ -399,7 +502,8 @@ pub fn held_units(raw: &str) -> i64 {
         .unwrap_or_else(|| panic!("a holding that is not `<units> <id>...`: {raw:?}"))
 }
 
-/// The order ids one shopper's entry in `PREFIX:{sku}:held` lists, oldest first.
+/// The orders one shopper's entry in `PREFIX:{sku}:held` lists, oldest first: the ULIDs of
+/// their ids (an id without `.sku`).
 pub fn held_list(raw: &str) -> Vec<String> {
     raw.split_whitespace().skip(1).map(str::to_owned).collect()
 }

@@ -45,6 +45,9 @@ impl RedisStore {
             .retrying(&to_home, || to_home.smembers(home.as_str()))
             .await?;
         let buckets = sale.stock_buckets.max(1);
+        // Names this request, so that a run of the script repeated after an unclear outcome is
+        // known for what it is (scripts::UPSERT).
+        let put_id = format!("{:016x}", rand::random::<u64>());
         let mut total = StockLevel {
             remaining: 0,
             seq: 0,
@@ -54,7 +57,7 @@ impl RedisStore {
             let share = sale.stock / u64::from(buckets)
                 + u64::from(u64::from(bucket) < sale.stock % u64::from(buckets));
             let mut args = sale_args(&sale);
-            args.extend([buckets.to_string(), share.to_string()]);
+            args.extend([buckets.to_string(), share.to_string(), put_id.clone()]);
             args.extend(blocked.iter().cloned());
             let moves = keys::move_keys(prefix, &part).to_vec();
             // Acknowledged like a purchase: a sale only the master had would vanish in a
@@ -120,14 +123,24 @@ impl RedisStore {
     async fn get_order(&self, id: &OrderId, requester: &Requester) -> Reply {
         let keys = self.keys(&self.order_part(id).await?);
         let client = &self.route(keys.orders())?;
+        // The order's page, and a field of its own (where builds before pages stored it), in
+        // one read.
         let field = id.to_string();
-        let raw: Option<String> = self
+        let (page, rest) = super::record::page_of(&field).ok_or(SaleError::UnknownOrder)?;
+        let (text, own): (Option<String>, Option<String>) = self
             .retrying(client, || {
-                client.hget::<Option<String>, _, _>(keys.orders(), field.as_str())
+                client.hmget::<(Option<String>, Option<String>), _, _>(
+                    keys.orders(),
+                    vec![page, field.as_str()],
+                )
             })
             .await?;
+        let raw = text
+            .as_deref()
+            .and_then(|text| super::record::page_entry(text, rest))
+            .or(own.as_deref());
         let order = raw
-            .map(|raw| super::record::decode(id, &raw))
+            .map(|raw| super::record::decode(id, raw))
             .transpose()?
             .filter(|order| requester.may_see(&order.user_id))
             .ok_or(SaleError::UnknownOrder)?;

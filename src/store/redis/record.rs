@@ -19,6 +19,26 @@
 //! Scripts read both forms through `order_load` and answer the node with JSON (`order_json`);
 //! the node reads both as well ([`decode`]), for `GET /v1/orders/{id}`, which reads the hash
 //! without a script.
+//!
+//! **Pages.** A field per order cost about 130 bytes of Redis per order, two thirds of it the
+//! hash table's own entry and the id. So `K.orders` holds pages instead: one field per
+//! millisecond of the ids (an id's first ten characters; a node mints the ids of one purchase
+//! call in the same millisecond, nearly always), whose value is the SKU's id suffix (`.sku`)
+//! and then a line per order,
+//!
+//! ```text
+//! .moutai\n<rest of the ULID, 16 characters> <record>\n<rest> <record>...
+//! ```
+//!
+//! About 67 bytes per order at 16 orders a page. No record holds a line break (the fields
+//! above cannot, and JSON escapes it), which the scripts check on every write. A page is read
+//! and written whole, so a change to one order copies its page: a few hundred bytes to a few
+//! kilobytes, as many orders as one SKU's Redis makes in a millisecond. The index of the admin's
+//! listing (`scripts/index.rs`), the deadline index (`pending`) and the stream's `created`
+//! entries name pages, not every id. Orders a build before pages stored keep their own field
+//! (the id) and are read, changed and forgotten there; a sale such a build began keeps indexing
+//! ids. So an upgrade needs no migration, but a build before pages cannot read a page: do not
+//! roll back below it while a sale is open.
 
 use super::decode::decode_order;
 use crate::sale::ids::OrderId;
@@ -53,16 +73,84 @@ local function order_decode(id, raw)
   if idem ~= '' then o.idem = idem end
   return o
 end
+-- Pages (see record.rs): the field of order `id`'s page, and the id's part its entry starts with.
+local function page_of(id)
+  return string.sub(id, 1, 10), string.sub(id, 11, 26)
+end
+-- The bounds of the record of the entry `rest` in page `text` (first and last character), or nil.
+local function page_find(text, rest)
+  local at = text and string.find(text, '\n' .. rest .. ' ', 1, true)
+  if not at then return nil end
+  local stop = string.find(text, '\n', at + 18, true)
+  return at + 18, (stop or #text + 1) - 1
+end
+-- A new page of order `id`'s SKU: the id's suffix (`.sku`), to which entries are appended.
+local function page_new(id)
+  return string.sub(id, 27)
+end
+-- `text` (a page, or nil for none yet) with the entry of order `id` set to `record`.
+local function page_put(text, id, record)
+  if string.find(record, '\n', 1, true) then error('order ' .. id .. ' holds a line break') end
+  local _, rest = page_of(id)
+  local from, to = page_find(text, rest)
+  if not from then return (text or page_new(id)) .. '\n' .. rest .. ' ' .. record end
+  return string.sub(text, 1, from - 1) .. record .. string.sub(text, to + 1)
+end
+-- Order `id`'s record as stored (in its page, or in a field of its own as builds before pages
+-- stored it, then with `true`), or nil.
+local function order_raw(id)
+  local page, rest = page_of(id)
+  local text = redis.call('HGET', K.orders, page)
+  local from, to = page_find(text, rest)
+  if from then return string.sub(text, from, to) end
+  local own = redis.call('HGET', K.orders, id)
+  return own or nil, own and true
+end
 local function order_load(id)
-  local raw = redis.call('HGET', K.orders, id)
+  local raw = order_raw(id)
   return raw and order_decode(id, raw)
+end
+-- Every order of page `page` (its text `text`) as `{id, raw}`, in id order.
+local function page_orders(page, text)
+  local suffix = string.match(text, '^[^\n]*')
+  local out = {}
+  for rest, raw in string.gmatch(text, '\n(%S+) ([^\n]*)') do
+    out[#out + 1] = {page .. rest .. suffix, raw}
+  end
+  table.sort(out, function(a, b) return a[1] < b[1] end)
+  return out
 end
 -- Order `o` as `K.orders` stores it.
 local function order_encode(o)
   return order_packed(o) or cjson.encode(o)
 end
+-- Stores order `o`: in its page, unless it is stored in a field of its own already.
 local function order_store(o)
-  redis.call('HSET', K.orders, o.order_id, order_encode(o))
+  local id = o.order_id
+  local page, rest = page_of(id)
+  local text = redis.call('HGET', K.orders, page)
+  if not page_find(text, rest) and redis.call('HEXISTS', K.orders, id) == 1 then
+    redis.call('HSET', K.orders, id, order_encode(o))
+  else
+    redis.call('HSET', K.orders, page, page_put(text, id, order_encode(o)))
+  end
+end
+-- Forgets order `id`. Returns the page it emptied (which the index then forgets), or nil.
+local function order_forget(id)
+  local page, rest = page_of(id)
+  local text = redis.call('HGET', K.orders, page)
+  local from, to = page_find(text, rest)
+  if not from then
+    redis.call('HDEL', K.orders, id)
+    return nil
+  end
+  text = string.sub(text, 1, from - 19) .. string.sub(text, to + 1)
+  if not string.find(text, '\n', 1, true) then
+    redis.call('HDEL', K.orders, page)
+    return page
+  end
+  redis.call('HSET', K.orders, page, text)
+  return nil
 end
 -- Order `o` as JSON for the node (`crate::sale::Order` plus `idem`); numbers in full, where
 -- cjson would round past 14 digits.
@@ -79,6 +167,25 @@ end
 "#
     };
 }
+
+/// The field of order `id`'s page in `K.orders` (the id's first ten characters, its
+/// millisecond) and the part of the id its entry starts with (the rest of the ULID); `None` for
+/// text shorter than an id.
+pub fn page_of(id: &str) -> Option<(&str, &str)> {
+    Some((id.get(..PAGE_LEN)?, id.get(PAGE_LEN..ULID_LEN)?))
+}
+
+/// The record of the entry `rest` in page `text`, if it holds one.
+pub fn page_entry<'t>(text: &'t str, rest: &str) -> Option<&'t str> {
+    text.split('\n')
+        .skip(1)
+        .find_map(|entry| entry.strip_prefix(rest)?.strip_prefix(' '))
+}
+
+/// Characters of a page's field: an order id's millisecond.
+const PAGE_LEN: usize = 10;
+/// Characters of an order id's ULID.
+const ULID_LEN: usize = 26;
 
 /// Order `id` from `raw` as `K.orders` holds it, in either form.
 pub fn decode(id: &OrderId, raw: &str) -> Result<Order, SaleError> {
@@ -135,6 +242,20 @@ mod tests {
         assert_eq!(order.status, OrderStatus::Paid);
         assert_eq!(order.expires_at, 1_796_363_216_538);
         assert_eq!(order.amount, 3998);
+    }
+
+    #[test]
+    fn a_page_finds_each_entry_by_the_rest_of_its_id() {
+        let id = id().to_string();
+        let (page, rest) = page_of(&id).unwrap();
+        assert_eq!(format!("{page}{rest}.moutai"), id);
+        let text = format!(
+            ".moutai\n{}1 p 1 1 1 0 bob\n{rest} p 2 1 1 0 alice",
+            &rest[..15]
+        );
+        assert_eq!(page_entry(&text, rest), Some("p 2 1 1 0 alice"));
+        assert_eq!(page_entry(".moutai", rest), None);
+        assert_eq!(page_of("short"), None);
     }
 
     #[test]

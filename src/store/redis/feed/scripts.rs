@@ -113,7 +113,17 @@ for _, entry in ipairs(raw) do
   local kind = e.event or ''
   local json = e.sale or e.order or ''
   local skip = 0
-  if kind == 'created' and e.ids then
+  if kind == 'created' and e.pages then
+    -- `.sku`, then each page followed by the rest of its orders' ids (the purchase script).
+    local suffix, page
+    for token in string.gmatch(e.pages, '%S+') do
+      if not suffix then suffix = token
+      elseif #token == 10 then page = token
+      else created(id, page .. token .. suffix) end
+    end
+    kind = nil
+  elseif kind == 'created' and e.ids then
+    -- An older build's entry: the ids in full.
     for order_id in string.gmatch(e.ids, '%S+') do created(id, order_id) end
     kind = nil
   elseif kind ~= 'sale' and e.order_id then

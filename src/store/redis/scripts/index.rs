@@ -2,18 +2,20 @@
 //!
 //! A zset member per order cost about 140 bytes of Redis per order, as much as the order
 //! itself. `K.ids` is still a zset (every score 0, so `ZRANGEBYLEX` orders it), but each member
-//! is a chunk: up to 64 ids, sorted, joined by spaces. Chunks hold disjoint ranges, so they
-//! sort as their first ids do, and the chunk that holds an id (or would) is the last one whose
-//! first id is not above it. About 33 bytes per order. Every id of a SKU is one length (the ULID
-//! and the SKU), which the helpers rely on to find a chunk's last id without a scan.
+//! is a chunk: up to 64 pages (the milliseconds the orders' ids begin with, each a field of
+//! `K.orders`, see `record.rs`), sorted, joined by spaces. Chunks hold disjoint ranges, so they
+//! sort as their first pages do, and the chunk that holds a page (or would) is the last one whose
+//! first page is not above it. About one byte per order at 16 orders a page. A sale an older
+//! build began indexes ids instead, the same way; every entry of one index is one length, which
+//! the helpers rely on to find a chunk's last entry without a scan.
 //!
-//! 64 ids a chunk: enough that a chunk's own cost (a skiplist node and a dict entry, about 80
-//! bytes) is small per order, few enough that rewriting one (each purchase call rewrites the
-//! newest) costs little.
+//! 64 entries a chunk: enough that a chunk's own cost (a skiplist node and a dict entry, about
+//! 80 bytes) is small per entry, few enough that rewriting one (a purchase call that begins a
+//! page rewrites the newest) costs little.
 //!
-//! A purchase call adds its orders to the chunk they fall in (the newest, nearly always: ids
-//! start with the time), and forgetting a closed order past the retention removes it from its
-//! chunk.
+//! A purchase call adds the pages it begins to the chunk they fall in (the newest, nearly
+//! always: ids start with the time), and forgetting a closed order past the retention removes
+//! its page from its chunk once the page is empty.
 
 /// The Lua side, part of every script's prelude.
 macro_rules! order_index {

@@ -54,13 +54,15 @@ local function notify()
   if prefix then redis.call('PUBLISH', prefix .. ':changed', tag) end
 end
 -- A shopper's entry in K.held, one per shopper: the units their pending and paid orders hold,
--- then their last order ids, ' ' .. id each (all one length), oldest first. `raw` as stored (nil
--- for none); returns the units and the list. An entry of units alone is also what builds before
--- this one wrote; their lists are in K.byuser, read as well. Anything else fails the script.
+-- then their last orders, ' ' .. the ULID of the id each (the id without `.sku`, which every
+-- order of the SKU shares), oldest first. `raw` as stored (nil for none); returns the units and
+-- the list. Builds before this one listed whole ids, read here as ULIDs; builds before those
+-- wrote units alone, with their lists in K.byuser, read as well. Anything else fails the script.
 local function holding(raw)
   if not raw then return 0, '' end
   local units, list = string.match(raw, '^(%d+)(.*)$')
   if not units then error('a holding is stored corrupt') end
+  if string.find(list, '.', 1, true) then list = string.gsub(list, '%.%S*', '') end
   return tonumber(units), list
 end
 -- Writes `user`'s entry, or deletes it when it holds nothing and lists nothing.
@@ -77,7 +79,7 @@ end
 -- Drops order `id` from `user`'s list: in their entry, or in an older build's K.byuser.
 local function unlist(user, id)
   local units, list = holding(redis.call('HGET', K.held, user))
-  local rest = without(list, id)
+  local rest = without(list, string.sub(id, 1, 26))
   if rest then return hold(user, units, rest) end
   rest = without(redis.call('HGET', K.byuser, user), id)
   if not rest then return end
@@ -112,26 +114,39 @@ local function close(o, status, retention)
       if gone.idem and redis.call('HGET', K.idem, gone.idem) == old then
         redis.call('HDEL', K.idem, gone.idem)
       end
-      redis.call('HDEL', K.orders, old)
-      index_remove(old)
+      -- The index lists pages, or ids for a sale an older build began.
+      local emptied = order_forget(old)
+      if emptied then index_remove(emptied) else index_remove(old) end
       unlist(gone.user_id, old)
     end
   end
   return json
 end
 -- Expires the pending orders due at `now`, about `limit` of them (a member is never split); returns
--- how many orders it looked at. A member is the space-separated ids of the orders one purchase call made
--- (they share its deadline), or one id; each order is expired only if still pending (paid,
--- cancelled or forgotten ones are passed over), and the member goes once all are handled.
+-- how many orders it looked at. A member is the space-separated pages a purchase call wrote its
+-- orders to, scored by their deadline (a later call writing to the same pages only moves it
+-- later: ZADD GT), or ids (one, or an older build's purchase call). Each order is expired only
+-- if still pending and due (paid, cancelled or forgotten ones are passed over, and a page's
+-- orders due later have a member of their own), and the member goes once all are handled.
 local function expire_due(now, limit, retention)
   local due = redis.call('ZRANGEBYSCORE', K.pending, '-inf', now, 'LIMIT', 0, limit)
   local handled = 0
+  local function expire(o)
+    handled = handled + 1
+    if o.status == 'pending' and o.expires_at <= now then close(o, 'expired', retention) end
+  end
   for _, member in ipairs(due) do
     if handled >= limit then break end
-    for id in string.gmatch(member, '%S+') do
-      handled = handled + 1
-      local o = order_load(id)
-      if o and o.status == 'pending' then close(o, 'expired', retention) end
+    for token in string.gmatch(member, '%S+') do
+      if #token == 10 then
+        local text = redis.call('HGET', K.orders, token)
+        for _, entry in ipairs(text and page_orders(token, text) or {}) do
+          expire(order_decode(entry[1], entry[2]))
+        end
+      else
+        local o = order_load(token)
+        if o then expire(o) end
+      end
     end
     redis.call('ZREM', K.pending, member)
   end
@@ -321,9 +336,12 @@ return sale
 
 /// Creates or replaces a sale: `ARGV = [name, stock, starts_at, ends_at, per_user_limit,
 /// payment_timeout_ms, rate_limit_per_sec, price, currency, sale_json, stock_buckets, share,
-/// blocked_user*]`, where `sale_json` is the definition serialised, added to the SKU's stream as
-/// a `sale` entry for the order feed, and `share` the units of this bucket of the stock (all of
-/// it with one bucket; see [`super::buckets`]). `KEYS` may carry two more, the bucket's move
+/// put_id, blocked_user*]`, where `sale_json` is the definition serialised, added to the SKU's
+/// stream as a `sale` entry for the order feed, `share` the units of this bucket of the stock
+/// (all of it with one bucket; see [`super::buckets`]), and `put_id` names the operator's
+/// request: the node runs the script again when it could not tell whether a run took effect
+/// (Redis' `WAIT` timed out, a connection dropped), and that run must answer as the first did
+/// rather than refuse its own sale as started. `KEYS` may carry two more, the bucket's move
 /// records, cleared with the rest of a replaced sale. A sale that has started cannot be
 /// replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
 /// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
@@ -333,15 +351,19 @@ pub const UPSERT: &str = concat!(
     r#"
 if redis.call('EXISTS', K.regressed) == 1 then return {'err', 'store_regressed'} end
 local starts = redis.call('HGET', K.sale, 'starts_at')
-if starts and now_ms() >= tonumber(starts) then return {'err', 'sale_exists'} end
+if starts and now_ms() >= tonumber(starts) then
+  if redis.call('HGET', K.sale, 'put') ~= ARGV[13] then return {'err', 'sale_exists'} end
+  local remaining, seq = level()
+  return {'ok', remaining, seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
+end
 redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser, K.ids)
 if KEYS[16] then redis.call('DEL', KEYS[15], KEYS[16]) end
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
            'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7],
-           'price', ARGV[8], 'currency', ARGV[9], 'buckets', ARGV[11])
+           'price', ARGV[8], 'currency', ARGV[9], 'buckets', ARGV[11], 'put', ARGV[13])
 redis.call('SET', K.remaining, ARGV[12])
 local seq = redis.call('INCR', K.seq)
-for i = 13, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
+for i = 14, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
 sale_event(ARGV[10])
 notify()
 return {'ok', tonumber(ARGV[12]), seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
@@ -417,16 +439,19 @@ return {'ok', cjson.encode({regression = report, last_seen = seen, redis_before 
 "#
 );
 
-/// A user's orders of one SKU, newest first: `ARGV = [user_id]`. Reads the ids `PURCHASE` keeps
-/// in the user's entry of `held` (the last 32 of that user; an older build's `byuser` list
-/// first) and returns the JSON of each order still held.
+/// A user's orders of one SKU, newest first: `ARGV = [user_id]`. Reads the orders `PURCHASE`
+/// lists in the user's entry of `held` (the last 32 of that user, by ULID; an older build's
+/// `byuser` list first, by id) and returns the JSON of each order still held.
 pub const USER_ORDERS: &str = concat!(
     prelude!(),
     r#"
 local _, list = holding(redis.call('HGET', K.held, ARGV[1]))
 local ids = (redis.call('HGET', K.byuser, ARGV[1]) or '') .. list
+-- The SKU of these keys (a bucket's keys carry `sku~bucket`): the ULIDs' suffix.
+local suffix = '.' .. string.match(K.sale, '{([^{}~]*)')
 local out = {}
 for id in string.gmatch(ids, '%S+') do
+  if #id == 26 then id = id .. suffix end
   local o = order_load(id)
   if o then table.insert(out, 1, order_json(o)) end
 end
@@ -435,8 +460,8 @@ return out
 );
 
 /// A page of the SKU's orders in id order, for the admin: `ARGV = [after, status, limit,
-/// max_scanned]` (`after` and `status` empty for none). `K.ids` holds every retained order id in
-/// id order ([`index`]; ULIDs sort by time). At most `max_scanned` ids are looked at. Returns
+/// max_scanned]` (`after` and `status` empty for none). `K.ids` holds the pages of every retained
+/// order in order ([`index`]; ULIDs sort by time), or their ids for a sale an older build began. At most `max_scanned` ids are looked at. Returns
 /// `{'ok', next, {order_json*}}`, `next` the last id looked at when more follow, else empty; or
 /// `{'err', 'unknown_sale'}`.
 pub const SALE_ORDERS: &str = concat!(
@@ -448,13 +473,24 @@ local member
 if after ~= '' then member = index_chunk(after) end
 if not member then member = index_next(nil) end
 local out, last, scanned = {}, '', 0
+local after_page = string.sub(after, 1, 10)
 while member do
-  for id in string.gmatch(member, '%S+') do
-    if id > after then
-      if #out >= limit or scanned >= budget then return {'ok', last, out} end
-      scanned, last = scanned + 1, id
-      local o = order_load(id)
-      if o and (status == '' or o.status == status) then out[#out + 1] = order_json(o) end
+  for token in string.gmatch(member, '%S+') do
+    -- A page (its orders, in id order), or an id of a sale an older build began.
+    local orders = {{token}}
+    if #token == 10 then
+      local text = token >= after_page and redis.call('HGET', K.orders, token)
+      orders = text and page_orders(token, text) or {}
+    end
+    for _, entry in ipairs(orders) do
+      local id = entry[1]
+      if id > after then
+        if #out >= limit or scanned >= budget then return {'ok', last, out} end
+        scanned, last = scanned + 1, id
+        local o
+        if entry[2] then o = order_decode(id, entry[2]) else o = order_load(id) end
+        if o and (status == '' or o.status == status) then out[#out + 1] = order_json(o) end
+      end
     end
   end
   member = index_next(member)

@@ -23,13 +23,16 @@
 /// without its unit. (The only earlier write is the regression marker, which is right either way.)
 ///
 /// Cheap: each key is read or written with one variadic command per batch (HMGET, ZMSCORE,
-/// SMISMEMBER, HSET, ZADD, XADD; the id index is one chunk rewritten, see
-/// [`super::index`]), each user's one entry in `held` (units, then their last order ids)
-/// written whole in one HSET, and no order is echoed back. Every order a call makes shares
+/// SMISMEMBER, HSET, ZADD, XADD; the index is one chunk rewritten when the call begins a page,
+/// see [`super::index`]), each user's one entry in `held` (units, then their last orders by
+/// ULID) written whole in one HSET, and no order is echoed back. Orders go into pages, one per
+/// millisecond of their ids ([`crate::store::redis::record`]): a call's orders nearly always
+/// share one, read with one HMGET and written with one HSET. Every order a call makes shares
 /// Redis' clock and so its deadline: the call adds one member to `pending` (score the deadline,
-/// member the ids, space-separated; [`expire_due`](super) checks each order's own status) and one
-/// `created` entry to the stream (field `ids`; the order feed reads each order from `orders`,
-/// feed.rs).
+/// member the pages, space-separated, moved only later by another call on the same pages;
+/// [`expire_due`](super) checks each order's own status and deadline) and one `created` entry
+/// to the stream (field `pages`: `.sku`, then each page and the rest of its orders' ids; the
+/// order feed reads each order from `orders`, feed.rs).
 pub const PURCHASE: &str = concat!(
     prelude!(),
     claim!(),
@@ -66,7 +69,34 @@ for i = 1, n do
 end
 local user_list = {}
 for j = 1, #distinct do user_list[j] = distinct[j] end
-local stored = redis.call('HMGET', K.orders, unpack(ids))
+-- The orders of these ids, if any (a retry): in their pages, or, in a sale an older build began
+-- (its index lists ids), in fields of their own.
+local pages, page_text, own_field = {}, {}, {}
+for i = 1, n do
+  local page = string.sub(ids[i], 1, 10)
+  if page_text[page] == nil then
+    pages[#pages + 1] = page
+    page_text[page] = false
+  end
+end
+for j, text in ipairs(redis.call('HMGET', K.orders, unpack(pages))) do page_text[pages[j]] = text end
+local stored, missing = {}, {}
+for i = 1, n do
+  local text = page_text[string.sub(ids[i], 1, 10)]
+  local from, to = page_find(text or nil, string.sub(ids[i], 11, 26))
+  if from then stored[i] = string.sub(text, from, to) else missing[#missing + 1] = i end
+end
+local legacy = index_before[1] and #string.match(index_before[1], '^%S+') ~= 10
+if legacy and #missing > 0 then
+  local own = {}
+  for j, i in ipairs(missing) do own[j] = ids[i] end
+  for j, raw in ipairs(redis.call('HMGET', K.orders, unpack(own))) do
+    if raw then
+      stored[missing[j]] = raw
+      own_field[own[j]] = true
+    end
+  end
+end
 local gone = redis.call('ZMSCORE', K.abandoned, unpack(ids))
 local blocked_flags = redis.call('SMISMEMBER', K.blocked, unpack(user_list))
 local held_values = redis.call('HMGET', K.held, unpack(user_list))
@@ -86,10 +116,7 @@ if #idem_list > 0 then
       wanted[#wanted + 1] = named[j]
     end
   end
-  if #wanted > 0 then
-    local raws = redis.call('HMGET', K.orders, unpack(wanted))
-    for j, id in ipairs(wanted) do earlier_raw[id] = raws[j] end
-  end
+  for _, id in ipairs(wanted) do earlier_raw[id], own_field[id] = order_raw(id) end
 end
 -- Decisions, in purchase order; what this batch writes is gathered (as stored), not written yet.
 local written, written_ids = {}, {}
@@ -98,7 +125,7 @@ local function put(id, stored)
   written[id] = stored
 end
 -- `made[k]` is the k-th order made.
-local made, keyed = {}, {}
+local made, fresh, keyed = {}, {}, {}
 local ttl = tonumber(sale[4] or '0')
 local expires = now + ttl
 results[3], results[4], results[5] = now, expires, price
@@ -157,7 +184,7 @@ for i = 1, n do
     remaining = remaining - qty
     seq = seq + 1
     held[user] = held[user] + qty
-    local entry, had = ' ' .. id, gained[user]
+    local entry, had = ' ' .. string.sub(id, 1, 26), gained[user]
     if not had then gained[user] = entry
     elseif type(had) == 'string' then gained[user] = {had, entry}
     else had[#had + 1] = entry end
@@ -168,23 +195,60 @@ for i = 1, n do
       keyed[#keyed + 1] = id
     end
     made[#made + 1] = id
+    fresh[id] = true
     answer(i, 'ok')
   end
 end
 -- Writes: the stock first (see above).
 if #made > 0 then redis.call('MSET', K.remaining, remaining, K.seq, seq); notify() end
+-- Orders, in one HSET: an earlier order a replay claimed where it is stored, then each new one
+-- appended to its page (all of them to one, nearly always: ids begin with the millisecond).
+local new_pages, made_pages = {}, {}
 if #written_ids > 0 then
-  local fields = {}
+  local fields, touched = {}, {}
+  local function touch(page)
+    if not touched[page] then
+      touched[page] = true
+      fields[#fields + 1] = page
+      fields[#fields + 1] = false
+    end
+  end
   for _, id in ipairs(written_ids) do
-    fields[#fields + 1] = id
-    fields[#fields + 1] = written[id]
+    if not fresh[id] then
+      if own_field[id] then
+        fields[#fields + 1] = id
+        fields[#fields + 1] = written[id]
+      else
+        local page = string.sub(id, 1, 10)
+        if page_text[page] == nil then page_text[page] = redis.call('HGET', K.orders, page) end
+        page_text[page] = page_put(page_text[page] or nil, id, written[id])
+        touch(page)
+      end
+    end
+  end
+  local appended = {}
+  for _, id in ipairs(made) do
+    local page = string.sub(id, 1, 10)
+    local entries = appended[page]
+    if not entries then
+      if not page_text[page] then new_pages[#new_pages + 1] = page end
+      entries = {page_text[page] or page_new(id)}
+      appended[page] = entries
+      made_pages[#made_pages + 1] = page
+      touch(page)
+    end
+    entries[#entries + 1] = '\n' .. string.sub(id, 11, 26) .. ' ' .. written[id]
+  end
+  for page, entries in pairs(appended) do page_text[page] = table.concat(entries) end
+  for j = 1, #fields, 2 do
+    if fields[j + 1] == false then fields[j + 1] = page_text[fields[j]] end
   end
   redis.call('HSET', K.orders, unpack(fields))
 end
 if #made > 0 then
   local holdings = {}
-  -- The user's last 32 order ids, for GET /v1/orders: ids of one SKU are all one length.
-  local keep = -32 * (#made[1] + 1)
+  -- The user's last 32 orders, for GET /v1/orders: ' ' .. ULID each.
+  local keep = -32 * 27
   for _, user in ipairs(user_list) do
     if gained[user] then
       local entries = gained[user]
@@ -196,13 +260,24 @@ if #made > 0 then
   end
   redis.call('HSET', K.held, unpack(holdings))
   if #keyed > 0 then redis.call('HSET', K.idem, unpack(keyed)) end
-  local batch = table.concat(made, ' ')
-  redis.call('ZADD', K.pending, expires, batch)
+  -- The stream's entry names the orders by page: `.sku`, then each page and the rest of its
+  -- orders' ids, about half the length of the ids in full.
+  local listed, page = {page_new(made[1])}, nil
+  for _, id in ipairs(made) do
+    if string.sub(id, 1, 10) ~= page then
+      page = string.sub(id, 1, 10)
+      listed[#listed + 1] = page
+    end
+    listed[#listed + 1] = string.sub(id, 11, 26)
+  end
+  redis.call('ZADD', K.pending, 'GT', expires, table.concat(made_pages, ' '))
   -- `made` is not read again: the index may sort it in place.
-  index_add(made, index_before)
+  if legacy then index_add(made, index_before)
+  elseif #new_pages > 0 then index_add(new_pages, index_before) end
   -- One entry per call, not per order: one command instead of n, and the ids instead of n
   -- copies of the orders (the feed reads each from `orders`, and skips ghosts per order).
-  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'ids', batch)
+  redis.call('XADD', K.events, 'MAXLEN', '~', 100000, '*', 'event', 'created', 'pages',
+             table.concat(listed, ' '))
 end
 return results
 "#
