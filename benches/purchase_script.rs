@@ -73,7 +73,10 @@ fn run() -> Result<(), String> {
         sale.check_every_purchase_made_an_order(&mut conn)?;
         let after = used_memory(&mut conn)?;
         let mut per_key = Vec::new();
-        for (name, key) in KEY_NAMES.iter().zip(&sale.keys) {
+        for (name, key) in seckill::store::redis::keys::SKU_KEY_NAMES
+            .iter()
+            .zip(&sale.keys)
+        {
             let bytes: Option<u64> = ::redis::cmd("MEMORY")
                 .arg("USAGE")
                 .arg(key)
@@ -99,23 +102,6 @@ fn run() -> Result<(), String> {
 const MEMORY_ORDERS: usize = 100_000;
 /// Purchases per call for the memory figure: about what a node batches under `wrk -c64`.
 const MEMORY_BATCH: usize = 16;
-/// The names of [`Sale::keys`], in order, for the memory report.
-const KEY_NAMES: [&str; 14] = [
-    "sale",
-    "remaining",
-    "seq",
-    "held",
-    "idem",
-    "orders",
-    "pending",
-    "blocked",
-    "events",
-    "closed",
-    "abandoned",
-    "byuser",
-    "regressed",
-    "ids",
-];
 
 /// Who buys.
 #[derive(Clone, Copy)]

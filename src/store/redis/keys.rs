@@ -2,6 +2,25 @@
 //! of it on Redis Cluster; the two node-wide sets live outside any SKU's slot and are only used
 //! by plain commands.
 
+/// The last part of the name of each of a SKU's fourteen keys, in the order every script
+/// expects them.
+pub const SKU_KEY_NAMES: [&str; 14] = [
+    "sale",
+    "remaining",
+    "seq",
+    "held",
+    "idem",
+    "orders",
+    "pending",
+    "blocked",
+    "events",
+    "closed",
+    "abandoned",
+    "byuser",
+    "regressed",
+    "ids",
+];
+
 /// The fourteen keys of one SKU, in the order every script expects them.
 #[derive(Debug, Clone)]
 pub struct SkuKeys(pub Vec<String>);
@@ -9,24 +28,8 @@ pub struct SkuKeys(pub Vec<String>);
 impl SkuKeys {
     /// The keys of `sku` under `prefix`.
     pub fn new(prefix: &str, sku: &str) -> Self {
-        let names = [
-            "sale",
-            "remaining",
-            "seq",
-            "held",
-            "idem",
-            "orders",
-            "pending",
-            "blocked",
-            "events",
-            "closed",
-            "abandoned",
-            "byuser",
-            "regressed",
-            "ids",
-        ];
         Self(
-            names
+            SKU_KEY_NAMES
                 .iter()
                 .map(|name| format!("{prefix}:{{{sku}}}:{name}"))
                 .collect(),
