@@ -178,7 +178,10 @@ fn the_id_index_stays_sorted_in_chunks_whatever_order_ids_arrive_in() {
 fn a_sale_an_older_build_began_carries_on() {
     let sku = "before";
     let redis = RedisServer::start(&[]);
-    let node = Server::start(1, &["--redis", &redis.url()]);
+    let node = Server::start(
+        1,
+        &["--redis", &redis.url(), "--closed-orders-per-sale", "1"],
+    );
     node.open_sale(sku, 10, 1);
     let now = seckill::clock::now_ms();
     let old = OrderId::mint(sku, now - 5, &mut SmallRng::seed_from_u64(3)).to_string();
@@ -249,4 +252,16 @@ fn a_sale_an_older_build_began_carries_on() {
         "no copy of the old order in a page: {stored:?}"
     );
     assert_eq!(c.remaining(sku), 8);
+
+    // Retention (one closed order kept) forgets the new order, alone in its page, once a later
+    // one closes: its id leaves this sale's index of ids.
+    assert_status(&c.cancel(&new, &tok("newuser")), 200);
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let later = order_id(&c.buy(sku, &tok("lateuser"), 1));
+    assert_status(&c.cancel(&later, &tok("lateuser")), 200);
+    assert_eq!(
+        chunks(&redis, sku).concat(),
+        [old.clone(), later.clone()],
+        "a forgotten order leaves the index of ids"
+    );
 }

@@ -85,16 +85,16 @@ local function index_add(ids, tail)
     i = j
   end
 end
--- Removes `id`.
+-- Removes `id`, a whole entry of its chunk only: a page is also the start of the ids in it,
+-- and a sale an older build began indexes ids.
 local function index_remove(id)
   local member = index_chunk(id)
-  local at = member and string.find(member, id, 1, true)
+  if not member then return end
+  local padded = ' ' .. member .. ' '
+  local at = string.find(padded, ' ' .. id .. ' ', 1, true)
   if not at then return end
   redis.call('ZREM', K.ids, member)
-  local rest
-  if at == 1 then rest = string.sub(member, #id + 2) else
-    rest = string.sub(member, 1, at - 2) .. string.sub(member, at + #id)
-  end
+  local rest = string.sub(string.sub(padded, 1, at) .. string.sub(padded, at + #id + 2), 2, -2)
   if rest ~= '' then redis.call('ZADD', K.ids, 0, rest) end
 end
 "#

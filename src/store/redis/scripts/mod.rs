@@ -114,9 +114,11 @@ local function close(o, status, retention)
       if gone.idem and redis.call('HGET', K.idem, gone.idem) == old then
         redis.call('HDEL', K.idem, gone.idem)
       end
-      -- The index lists pages, or ids for a sale an older build began.
+      -- The index lists pages, or ids for a sale an older build began (whose newer orders are
+      -- in pages all the same).
       local emptied = order_forget(old)
-      if emptied then index_remove(emptied) else index_remove(old) end
+      if emptied then index_remove(emptied) end
+      index_remove(old)
       unlist(gone.user_id, old)
     end
   end
