@@ -125,6 +125,10 @@ pub struct ServeArgs {
     /// Address every shard listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "SECKILL_LISTEN")]
     pub listen: Option<String>,
+    /// Lets dev mode (no secrets set, so throwaway ones are generated and printed) listen on a
+    /// non-loopback address; without it dev mode refuses one.
+    #[arg(long)]
+    pub allow_dev_on_public: bool,
     /// Number of shards, one pinned executor each [default: online CPUs].
     #[arg(long, env = "SECKILL_SHARDS")]
     pub shards: Option<usize>,

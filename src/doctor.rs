@@ -4,15 +4,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 
 use crate::config::ServeConfig;
 use crate::shard::fds;
-use crate::store::journal::recovery;
 
+mod data_dir;
 mod replication;
 
 /// io_uring buffer memory each shard asks for (what `serve` registers unless memlock is short).
@@ -98,7 +97,7 @@ pub fn run(config: &ServeConfig) -> Vec<Check> {
             checks.extend(redis(url));
             checks.push(replication::check(url, config.redis_wait));
         }
-        None => checks.push(data_dir(&config.data_dir)),
+        None => checks.push(data_dir::check(&config.data_dir)),
     }
     checks.push(clock_source());
     checks
@@ -260,36 +259,6 @@ fn cpus(shards: usize) -> Check {
             format!("{shards} shard(s) but only {allowed} usable CPU(s): shards will share cores"),
             format!("--shards {allowed} or fewer (see tuning/TUNING.md)"),
         )
-    }
-}
-
-fn data_dir(dir: &Path) -> Check {
-    if let Err(error) = std::fs::create_dir_all(dir) {
-        return Check::fail(
-            "data_dir",
-            format!("{}: cannot create: {error}", dir.display()),
-            "create it, owned by the service user (StateDirectory= under systemd)",
-        );
-    }
-    let probe = dir.join(".seckill-doctor-probe");
-    let writable = std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe));
-    if let Err(error) = writable {
-        return Check::fail(
-            "data_dir",
-            format!("{}: not writable: {error}", dir.display()),
-            "give the service user write access",
-        );
-    }
-    match recovery::check_direct_io(dir) {
-        Ok(()) => Check::pass(
-            "data_dir",
-            format!("{}: writable, on a disk with O_DIRECT", dir.display()),
-        ),
-        Err(error) => Check::fail(
-            "data_dir",
-            format!("{}: {error}", dir.display()),
-            "put data_dir on a real disk (ext4 or xfs), not tmpfs",
-        ),
     }
 }
 

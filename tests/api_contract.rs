@@ -103,6 +103,51 @@ fn healthz_readyz_not_found_and_method_not_allowed() {
     }
 }
 
+/// The `Date` header of `r` as unix seconds.
+fn date_secs(r: &Response) -> u64 {
+    let date = r
+        .header("date")
+        .unwrap_or_else(|| panic!("no Date header: {r}"));
+    let at = httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("Date {date:?}: {e}"));
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+#[test]
+fn every_response_carries_the_servers_clock() {
+    // A sale page counts down on the server's clock, not the device's: `GET /v1/time` gives it
+    // to the millisecond, and every response's Date header to the second.
+    let s = server();
+    let mut c = s.client();
+    let r = c.get("/v1/time");
+    assert_status(&r, 200);
+    let now = r.json()["now_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no now_ms: {r}"));
+    // Both read the same clock, the header after the body (the same second or the next).
+    let date = date_secs(&r);
+    assert!(
+        (now / 1000..=now / 1000 + 5).contains(&date),
+        "now_ms {now} against Date {date}: {r}"
+    );
+    // It is the machine's clock (the test runs beside the server): not zero, not a constant.
+    let here = u64::try_from(now_ms()).unwrap_or(0);
+    assert!(
+        now.abs_diff(here) < 600_000,
+        "now_ms {now}, the test's clock {here}"
+    );
+    let r = c.request("POST", "/v1/time", &[], Some(""));
+    assert_error(&r, 405, "method_not_allowed");
+    // Errors too, down to a request that did not parse.
+    for r in [r, c.get("/nope")] {
+        date_secs(&r);
+    }
+    let mut raw = s.raw_connect();
+    raw.send_raw(b"GARBAGE\r\n\r\n");
+    let malformed = raw.expect_response("malformed");
+    date_secs(&malformed);
+}
+
 #[test]
 fn create_sale_returns_sale_object_with_defaults() {
     let s = server();

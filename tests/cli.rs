@@ -214,6 +214,35 @@ fn dev_mode_prints_working_credentials() {
 }
 
 #[test]
+fn dev_mode_stays_on_loopback_unless_allowed() {
+    // Dev mode prints its secrets: on a public address that hands the stock to whoever reads
+    // the log, so it is refused with the way out named.
+    let port = pick_port();
+    let public = format!("0.0.0.0:{port}");
+    let out = serve_refuses(&["--listen", &public], &[], 2);
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--allow-dev-on-public"),
+        "{stderr}"
+    );
+    // Asked for, it starts (0.0.0.0 includes loopback, where the test reaches it).
+    let data_dir = ScratchDir::new();
+    let mut cmd = seckill(&data_dir);
+    cmd.args(["serve", "--shards", "1", "--listen", &public])
+        .arg("--allow-dev-on-public");
+    let mut server = Spawned::spawn(&mut cmd);
+    server.wait_ready(port);
+    drop(server);
+    // With its own secrets, a node listens wherever it is told.
+    let mut cmd = seckill(&data_dir);
+    cmd.args(["serve", "--shards", "1", "--listen", &public])
+        .env("SECKILL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SECKILL_TOKEN_SECRET", SECRET);
+    let mut server = Spawned::spawn(&mut cmd);
+    server.wait_ready(port);
+}
+
+#[test]
 fn sigterm_and_sigint_drain_and_exit_zero() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let port = pick_port();

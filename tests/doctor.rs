@@ -73,6 +73,49 @@ fn doctor_fails_with_a_fix_for_a_data_dir_on_tmpfs() {
     assert!(fix.contains("fix:") && fix.contains("tmpfs"), "{text}");
 }
 
+/// Every file and directory under `root`, so a test can compare before and after.
+fn tree(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn doctor_changes_nothing_on_the_host() {
+    // A data dir that does not exist yet, as before the first start (the unit's
+    // StateDirectory= creates it): doctor says where `serve` will create it and that it can,
+    // without creating it. One that exists is probed without leaving a file in it.
+    let scratch = ScratchDir::new();
+    let existing = scratch.join("existing");
+    std::fs::create_dir(&existing).expect("create the existing data dir");
+    let before = tree(&scratch);
+    let missing = scratch.join("var/lib/seckill");
+    let (code, text) = doctor(&["--data-dir", &missing.to_string_lossy()]);
+    assert_eq!(code, 0, "{text}");
+    let line = text
+        .lines()
+        .find(|line| line.contains("data_dir"))
+        .unwrap_or_else(|| panic!("no data_dir check:\n{text}"));
+    assert!(
+        line.starts_with("pass") && line.contains("not there yet") && line.contains("O_DIRECT"),
+        "{text}"
+    );
+    let (code, text) = doctor(&["--data-dir", &existing.to_string_lossy()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("pass  data_dir"), "{text}");
+    assert_eq!(tree(&scratch), before, "doctor changed the host:\n{text}");
+}
+
 #[test]
 fn doctor_fails_with_a_fix_for_an_unreachable_redis() {
     let port = pick_port();

@@ -331,6 +331,40 @@ fn progress_lines_go_to_stderr_and_the_text_report_to_stdout() {
 }
 
 #[test]
+fn a_sku_without_a_sale_is_refused_before_any_load() {
+    // Without the check, the run would spend its duration on 404s and report them as the
+    // server's answer.
+    let server = Server::start(1, &[]);
+    let url = format!("http://{}", server.addr());
+    let output = run(seckill_load(&[
+        "--url",
+        &url,
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--connections",
+        "2",
+        "--sku",
+        "nobody-made-this",
+        "--token-secret",
+        SECRET,
+        "--json",
+    ]));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--sku nobody-made-this") && stderr.contains("404"),
+        "stderr: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "stdout: {}", text(&output.stdout));
+    assert!(
+        progress_lines(&stderr).is_empty(),
+        "a refused run printed progress: {stderr}"
+    );
+}
+
+#[test]
 fn an_unreachable_target_is_reported_not_fatal() {
     // Nothing listens on this port: every connection attempt fails, nothing is sent.
     let port = pick_port();

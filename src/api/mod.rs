@@ -108,6 +108,7 @@ impl<S: Store + 'static> Api<S> {
         };
         match endpoint {
             Endpoint::Health => only(method, Method::Get, GET, system::health),
+            Endpoint::Time => only(method, Method::Get, GET, system::time),
             Endpoint::Ready => only(method, Method::Get, GET, || system::ready(&self.shard)),
             Endpoint::Metrics => match method {
                 Method::Get => system::metrics(self).await,
@@ -248,6 +249,7 @@ enum Endpoint<'a> {
     Cancel(&'a str),
     Webhook,
     Blocklist(&'a str),
+    Time,
     Unknown,
 }
 
@@ -279,6 +281,7 @@ impl<'a> Endpoint<'a> {
             ["v1", "orders", id, "cancel"] => Endpoint::Cancel(id),
             ["v1", "payments", "webhook"] => Endpoint::Webhook,
             ["v1", "blocklist", user_id] => Endpoint::Blocklist(user_id),
+            ["v1", "time"] => Endpoint::Time,
             _ => Endpoint::Unknown,
         }
     }
@@ -302,6 +305,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Cancel(_) => Route::CancelOrder,
             Endpoint::Webhook => Route::PaymentWebhook,
             Endpoint::Blocklist(_) => Route::Blocklist,
+            Endpoint::Time => Route::Time,
             Endpoint::Unknown => Route::Unmatched,
         }
     }
@@ -319,7 +323,7 @@ impl<S> Api<S> {
                 route = route.label(),
                 status = error.status,
                 error = error.code,
-                message = %error.message,
+                detail = %error.message,
                 "request refused"
             );
             return;
@@ -340,7 +344,7 @@ impl<S> Api<S> {
             route = route.label(),
             status = error.status,
             error = error.code,
-            message = %error.message,
+            detail = %error.message,
             suppressed = self.warnings_suppressed.replace(0),
             "request failed"
         );

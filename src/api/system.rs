@@ -1,4 +1,4 @@
-//! Operational endpoints: liveness, readiness, metrics, and the blocklist.
+//! Operational endpoints: liveness, readiness, metrics, the server's clock, and the blocklist.
 
 use super::error::ApiError;
 use super::Api;
@@ -12,6 +12,15 @@ use crate::store::Store;
 /// `GET /healthz`: the process answers.
 pub(super) fn health() -> Result<Response, ApiError> {
     Ok(Response::json(200, &br#"{"status":"ok"}"#[..]))
+}
+
+/// `GET /v1/time`: the server's clock, for a page that counts down to a sale's start. Sale
+/// times are this clock's; a shopper's device may be off by minutes. A page measures its offset
+/// from this (and the round trip, halved) rather than trusting its own clock. Every response's
+/// `Date` header carries the same clock to the second.
+pub(super) fn time() -> Result<Response, ApiError> {
+    let body = format!(r#"{{"now_ms":{}}}"#, crate::clock::now_ms());
+    Ok(Response::json(200, body.into_bytes()))
 }
 
 /// `GET /readyz`: every shard serves and the node is not draining. With the order feed on, the

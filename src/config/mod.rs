@@ -304,6 +304,17 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
                     .into(),
             )),
         };
+    // Dev mode's secrets are printed to stderr, so anyone who reads the log (or guesses that
+    // nobody set them) could sell out the stock: such a node stays on loopback unless asked.
+    if secrets_source == SecretsSource::DevGenerated
+        && !listen.ip().is_loopback()
+        && !args.allow_dev_on_public
+    {
+        return Err(ConfigError(format!(
+            "dev mode (SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET not set) listens on loopback only, \
+             not {listen}: set both secrets, or pass --allow-dev-on-public"
+        )));
+    }
     let payment_token = secret("SECKILL_PAYMENT_TOKEN", file.payment_token.as_ref());
     let webhook_secret = secret("SECKILL_WEBHOOK_SECRET", file.webhook_secret.as_ref());
     let webhook_tolerance_secs = args

@@ -4,6 +4,7 @@
 
 pub mod body_pool;
 pub mod conn;
+pub mod date;
 pub mod listener;
 pub mod request;
 pub mod request_id;

@@ -80,6 +80,7 @@ impl Response {
             out.extend_from_slice(number.format(self.body.len()).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        super::date::write_date_header(out, crate::clock::now_ms());
         out.extend_from_slice(shard_header);
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(request_id.as_str().as_bytes());

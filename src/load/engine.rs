@@ -116,6 +116,7 @@ pub fn run_with_progress(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Report, LoadError> {
     let targets = options.validate()?;
+    super::preflight::sale_exists(&targets, &options.sku, options.timeout)?;
     let auth = Auth::new("", &options.token_secret);
     let expires = clock::now_ms() / 1000
         + options.duration.as_secs()

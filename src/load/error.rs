@@ -30,6 +30,16 @@ pub enum LoadError {
         /// The first non-loopback address it resolved to.
         addr: std::net::IpAddr,
     },
+    /// A target answered that the sale does not exist: every purchase would be a 404.
+    #[error(
+        "--sku {sku}: no such sale at {url} (GET /v1/sales/{sku} answered 404); create it first"
+    )]
+    UnknownSale {
+        /// The URL as given.
+        url: String,
+        /// The SKU asked for.
+        sku: String,
+    },
     /// The runtime failed: an executor could not start or stopped abnormally.
     #[error("load generator runtime: {0}")]
     Runtime(String),
@@ -40,7 +50,10 @@ impl LoadError {
     /// 1 for a failure while running.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Invalid { .. } | Self::Resolve { .. } | Self::Remote { .. } => 2,
+            Self::Invalid { .. }
+            | Self::Resolve { .. }
+            | Self::Remote { .. }
+            | Self::UnknownSale { .. } => 2,
             Self::Runtime(_) => 1,
         }
     }

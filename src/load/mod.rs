@@ -12,8 +12,8 @@
 //! - [`progress`]: the once-a-second [`Progress`] line.
 //! - [`error`]: why a run fails ([`LoadError`]).
 //!
-//! Internal: `schedule` (when each arrival is due), `http` (the bounded client connection),
-//! `stats` (per-executor recording).
+//! Internal: `preflight` (the sale must exist before any load), `schedule` (when each arrival is
+//! due), `http` (the bounded client connection), `stats` (per-executor recording).
 //!
 //! ```no_run
 //! use seckill::load::{run, LoadOptions};
@@ -35,6 +35,7 @@ pub mod engine;
 pub mod error;
 mod http;
 pub mod options;
+mod preflight;
 pub mod progress;
 pub mod report;
 mod schedule;

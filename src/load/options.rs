@@ -121,6 +121,8 @@ pub(crate) struct Target {
     /// The request up to and including `Authorization: Bearer `; the token, a blank line and
     /// the body follow.
     pub request_head: Box<[u8]>,
+    /// The whole `GET` of the sale, sent once before the run ([`super::preflight`]).
+    pub sale_request: Box<[u8]>,
 }
 
 impl LoadOptions {
@@ -249,6 +251,7 @@ impl LoadOptions {
             url: given.to_owned(),
             addrs,
             request_head: request_head(url, &self.sku, self.quantity),
+            sale_request: sale_request(url, &self.sku),
         })
     }
 
@@ -303,14 +306,28 @@ fn parse_url(given: &str) -> Result<Url, LoadError> {
     Ok(url)
 }
 
-/// The fixed start of every purchase request sent to `url`.
-fn request_head(url: &Url, sku: &str, quantity: u64) -> Box<[u8]> {
+/// The path before `/v1` and the `Host` header's value of requests to `url`.
+fn base_and_host(url: &Url) -> (&str, String) {
     let base = url.path().trim_end_matches('/');
     let host = url.host_str().unwrap_or_default();
     let host = match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
     };
+    (base, host)
+}
+
+/// The request that reads the sale at `url`.
+fn sale_request(url: &Url, sku: &str) -> Box<[u8]> {
+    let (base, host) = base_and_host(url);
+    format!("GET {base}/v1/sales/{sku} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+        .into_boxed_slice()
+}
+
+/// The fixed start of every purchase request sent to `url`.
+fn request_head(url: &Url, sku: &str, quantity: u64) -> Box<[u8]> {
+    let (base, host) = base_and_host(url);
     let body_len = purchase_body(quantity).len();
     format!(
         "POST {base}/v1/sales/{sku}/purchase HTTP/1.1\r\n\

@@ -49,6 +49,8 @@ pub enum Route {
     SaleOrders,
     /// `GET /v1/blocklist` (admin)
     ListBlocklist,
+    /// `GET /v1/time`
+    Time,
     /// A path no endpoint has.
     Unmatched,
     /// Bytes that did not parse as an acceptable HTTP request.
@@ -57,7 +59,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 18] = [
+    pub const ALL: [Route; 19] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -74,6 +76,7 @@ impl Route {
         Route::Blocklist,
         Route::SaleOrders,
         Route::ListBlocklist,
+        Route::Time,
         Route::Unmatched,
         Route::Malformed,
     ];
@@ -97,6 +100,7 @@ impl Route {
             Route::Blocklist => "blocklist",
             Route::SaleOrders => "sale_orders",
             Route::ListBlocklist => "list_blocklist",
+            Route::Time => "time",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
         }
