@@ -125,6 +125,14 @@ pub struct ServeArgs {
     /// Address every shard listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "SECKILL_LISTEN")]
     pub listen: Option<String>,
+    /// Origins a browser may call the API from (CORS), as `scheme://host[:port]`, or `*` for
+    /// any; repeat the flag, or separate them with commas in the env var. None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "SECKILL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Lets dev mode (no secrets set, so throwaway ones are generated and printed) listen on a
     /// non-loopback address; without it dev mode refuses one.
     #[arg(long)]

@@ -137,6 +137,7 @@ fn node_options(config: &ServeConfig, feed: Option<FeedHandle>) -> NodeOptions {
         io_memory: io_memory_within_memlock(config.shards),
         durability: config.durability,
         segment_bytes: config.segment_bytes,
+        cors: config.cors.clone(),
         auth: Auth::new(&config.admin_token, &config.token_secret)
             .with_max_token_ttl(config.max_token_ttl_secs)
             .with_payment_token(config.payment_token.as_deref())

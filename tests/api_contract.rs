@@ -149,6 +149,132 @@ fn every_response_carries_the_servers_clock() {
 }
 
 #[test]
+fn browsers_from_allowed_origins_get_cors_headers() {
+    let shop = "https://shop.example";
+    let s = Server::start(
+        1,
+        &[
+            "--cors-origin",
+            shop,
+            "--cors-origin",
+            "http://localhost:3000",
+        ],
+    );
+    let mut c = s.client();
+    // The preflight of a purchase from the shop's page.
+    let r = c.request(
+        "OPTIONS",
+        "/v1/sales/moutai/purchase",
+        &[
+            ("Origin", shop),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        None,
+    );
+    assert_status(&r, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some(shop), "{r}");
+    let methods = r.header("access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("POST") && methods.contains("PUT"), "{r}");
+    let headers = r.header("access-control-allow-headers").unwrap_or_default();
+    for name in ["authorization", "content-type", "idempotency-key"] {
+        assert!(headers.contains(name), "{name} not allowed: {r}");
+    }
+    assert!(r.header("access-control-max-age").is_some(), "{r}");
+    // The call itself, and a refusal of it, both readable by the page.
+    let r = c.request("GET", "/v1/time", &[("Origin", shop)], None);
+    assert_status(&r, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some(shop), "{r}");
+    assert_eq!(r.header("vary"), Some("origin"), "{r}");
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("date"),
+        "{r}"
+    );
+    let r = c.request(
+        "POST",
+        "/v1/sales/moutai/purchase",
+        &[("Origin", shop), ("Authorization", "Bearer nope")],
+        Some("{}"),
+    );
+    assert_error(&r, 401, "unauthorized");
+    assert_eq!(r.header("access-control-allow-origin"), Some(shop), "{r}");
+    // Another origin (even one that starts like the shop's) gets no grant, and its preflight a
+    // clear refusal.
+    for origin in ["https://evil.example", "https://shop.example.evil.example"] {
+        let r = c.request("GET", "/v1/time", &[("Origin", origin)], None);
+        assert_status(&r, 200);
+        assert_eq!(r.header("access-control-allow-origin"), None, "{r}");
+        let r = c.request(
+            "OPTIONS",
+            "/v1/sales/moutai/purchase",
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            None,
+        );
+        assert_error(&r, 403, "origin_not_allowed");
+        assert_eq!(r.header("access-control-allow-origin"), None, "{r}");
+    }
+    // OPTIONS without an Origin is plain HTTP: the methods there are; a path that does not
+    // exist is still a 404.
+    let r = c.request("OPTIONS", "/v1/time", &[], None);
+    assert_status(&r, 204);
+    assert!(
+        r.header("allow")
+            .is_some_and(|allow| allow.contains("OPTIONS")),
+        "{r}"
+    );
+    let r = c.request("OPTIONS", "/nope", &[("Origin", shop)], None);
+    assert_error(&r, 404, "not_found");
+    // Off by default: no grant for anyone.
+    let plain = server();
+    let mut c = plain.client();
+    let r = c.request("GET", "/v1/time", &[("Origin", shop)], None);
+    assert_eq!(r.header("access-control-allow-origin"), None, "{r}");
+    let r = c.request(
+        "OPTIONS",
+        "/v1/time",
+        &[("Origin", shop), ("Access-Control-Request-Method", "GET")],
+        None,
+    );
+    assert_error(&r, 403, "origin_not_allowed");
+    // `*` grants any origin, as `*`.
+    let any = Server::start(1, &["--cors-origin", "*"]);
+    let r = any.client().request(
+        "GET",
+        "/v1/time",
+        &[("Origin", "https://anyone.example")],
+        None,
+    );
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{r}");
+}
+
+#[test]
+fn a_cors_origin_that_is_not_an_origin_is_refused_at_startup() {
+    for bad in [
+        "shop.example",
+        "https://shop.example/",
+        "https://shop.example/page",
+    ] {
+        let out =
+            common::process::run_serve(common::process::seckill_cmd(), &["--cors-origin", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", out.stderr());
+        assert!(
+            out.stderr().contains("cors_origins"),
+            "{bad}: {}",
+            out.stderr()
+        );
+    }
+}
+
+#[test]
 fn create_sale_returns_sale_object_with_defaults() {
     let s = server();
     let mut c = s.client();

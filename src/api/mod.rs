@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::auth::{Auth, Principal};
 use crate::clock::elapsed_nanos;
+use crate::http::cors::{Cors, CorsHeaders};
 use crate::http::{Handler, Method, Request, RequestId, Response};
 use crate::metrics::Route;
 use crate::payment::SignatureError;
@@ -46,6 +47,8 @@ pub struct Api<S> {
     pages: limiter::Limiter,
     /// Bounds `GET /v1/orders`, which reads a user's orders of up to a thousand sales.
     order_lists: limiter::Limiter,
+    /// The origins a browser may call from.
+    cors: Cors,
 }
 
 /// Metrics scrapes one shard runs at once, and starts per second.
@@ -56,11 +59,12 @@ const PAGES: (u32, f64) = (4, 100.0);
 const ORDER_LISTS: (u32, f64) = (4, 50.0);
 
 impl<S: Store + 'static> Api<S> {
-    /// The API for `shard`, checking callers with `auth`.
-    pub fn new(shard: Rc<Shard<S>>, auth: Auth) -> Self {
+    /// The API for `shard`, checking callers with `auth`, open to browsers from `cors`' origins.
+    pub fn new(shard: Rc<Shard<S>>, auth: Auth, cors: Cors) -> Self {
         Self {
             shard,
             auth,
+            cors,
             last_warning: Cell::new(None),
             warnings_suppressed: Cell::new(0),
             scrapes: limiter::Limiter::new(
@@ -106,6 +110,9 @@ impl<S: Store + 'static> Api<S> {
             Method::Head => Method::Get,
             method => method,
         };
+        if method == Method::Options && !matches!(endpoint, Endpoint::Unknown) {
+            return self.preflight(request);
+        }
         match endpoint {
             Endpoint::Health => only(method, Method::Get, GET, system::health),
             Endpoint::Time => only(method, Method::Get, GET, system::time),
@@ -186,6 +193,28 @@ enum BodyAccess {
 }
 
 impl<S: Store + 'static> Api<S> {
+    /// `OPTIONS`: a browser asking whether a page from `Origin` may make a call. Without an
+    /// `Origin` it is plain HTTP's OPTIONS, answered with the methods the server knows.
+    fn preflight(&self, request: &Request<'_>) -> Result<Response, ApiError> {
+        let Some(origin) = request.origin else {
+            let mut response = Response::no_content();
+            response.allow = Some("GET, HEAD, PUT, POST, DELETE, OPTIONS");
+            return Ok(response);
+        };
+        match self.cors.allow(Some(origin)) {
+            Some(allowed) => {
+                let mut response = Response::no_content();
+                response.cors = Some(CorsHeaders::Preflight(allowed));
+                Ok(response)
+            }
+            None => Err(ApiError::new(
+                403,
+                "origin_not_allowed",
+                "this origin may not call the API from a browser (see cors_origins)",
+            )),
+        }
+    }
+
     /// Why the body of `request` must not be sent, if it must not: the same credential checks
     /// its handler makes first, done before the body is buffered.
     fn body_refusal(&self, endpoint: Endpoint<'_>, request: &Request<'_>) -> Option<ApiError> {
@@ -286,8 +315,12 @@ impl<'a> Endpoint<'a> {
         }
     }
 
-    /// The metrics label; a wrong method still counts under its path's route.
+    /// The metrics label; a wrong method still counts under its path's route, but a browser's
+    /// preflight is counted apart, not as a call of the endpoint it asks about.
     fn route(self, method: Method) -> Route {
+        if method == Method::Options && !matches!(self, Endpoint::Unknown) {
+            return Route::Preflight;
+        }
         match self {
             Endpoint::Health => Route::Healthz,
             Endpoint::Ready => Route::Readyz,
@@ -359,7 +392,7 @@ impl<S: Store + 'static> Handler for Api<S> {
         let started = Instant::now();
         let endpoint = Endpoint::of(request.path);
         let route = endpoint.route(request.method);
-        let (response, code) = match self.dispatch(endpoint, request).await {
+        let (mut response, code) = match self.dispatch(endpoint, request).await {
             Ok(response) => (response, None),
             Err(error) => {
                 let code = error.code;
@@ -367,6 +400,9 @@ impl<S: Store + 'static> Handler for Api<S> {
                 (error.into_response(), Some(code))
             }
         };
+        if response.cors.is_none() {
+            response.cors = self.cors.allow(request.origin).map(CorsHeaders::Allow);
+        }
         admin_log::record(self, endpoint, request, request_id, response.status, code);
         let metrics = &self.shard.metrics;
         if let (Route::Purchase, Some(code)) = (route, code) {
@@ -401,7 +437,10 @@ impl<S: Store + 'static> Handler for Api<S> {
             metrics.record_purchase(error.code);
         }
         metrics.record_status(route, error.status);
-        Err(error.into_response())
+        let mut response = error.into_response();
+        // A browser reads a refusal only if it carries the CORS headers too.
+        response.cors = self.cors.allow(request.origin).map(CorsHeaders::Allow);
+        Err(response)
     }
 
     fn rejected(&self, response: &Response, request_id: &RequestId<'_>) {

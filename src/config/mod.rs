@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub idle_timeout_ms: Option<u64>,
     /// See [`ServeArgs::max_token_ttl_secs`].
     pub max_token_ttl_secs: Option<u64>,
+    /// See [`ServeArgs::cors_origins`].
+    pub cors_origins: Option<Vec<String>>,
     /// See [`ServeArgs::max_connections_per_shard`].
     pub max_connections_per_shard: Option<usize>,
     /// See [`ServeArgs::backlog`].
@@ -149,6 +151,8 @@ pub struct ServeConfig {
     pub secrets_source: SecretsSource,
     /// Longest lifetime, from now, of a shopper token that is accepted.
     pub max_token_ttl_secs: u64,
+    /// The origins a browser may call the API from (checked, so they cannot fail later).
+    pub cors: crate::http::cors::Cors,
     /// Idle connections are closed after this.
     pub idle_timeout: Duration,
     /// Connection cap per shard.
@@ -361,6 +365,14 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         .or(file.max_token_ttl_secs)
         .unwrap_or(crate::auth::DEFAULT_MAX_TOKEN_TTL_SECS);
     let max_token_ttl_secs = in_range("max_token_ttl_secs", max_token_ttl_secs, 1, 366 * 86_400)?;
+    // Flags (or the env var) replace the file's list rather than adding to it, like every key.
+    let cors_origins = if args.cors_origins.is_empty() {
+        file.cors_origins.clone().unwrap_or_default()
+    } else {
+        args.cors_origins.clone()
+    };
+    let cors = crate::http::cors::Cors::new(&cors_origins)
+        .map_err(|error| ConfigError(error.to_string()))?;
     let max_connections = args
         .max_connections_per_shard
         .or(file.max_connections_per_shard)
@@ -505,6 +517,7 @@ pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
         webhook_tolerance_secs,
         secrets_source,
         max_token_ttl_secs,
+        cors,
         idle_timeout: Duration::from_millis(idle_timeout_ms),
         max_connections_per_shard: max_connections,
         backlog,

@@ -4,6 +4,7 @@
 
 pub mod body_pool;
 pub mod conn;
+pub mod cors;
 pub mod date;
 pub mod listener;
 pub mod request;

@@ -23,6 +23,8 @@ pub enum Method {
     Post,
     /// DELETE
     Delete,
+    /// OPTIONS: a browser's CORS preflight.
+    Options,
     /// Any other method.
     Other,
 }
@@ -48,6 +50,8 @@ pub struct Request<'buf> {
     pub request_id: Option<&'buf [u8]>,
     /// `Seckill-Signature` header value (the payment webhook's signature).
     pub signature: Option<&'buf [u8]>,
+    /// `Origin` header value: a browser's cross-origin call ([`super::cors`]).
+    pub origin: Option<&'buf [u8]>,
     /// Whether a `Content-Length` header was present.
     pub has_length: bool,
     /// Whether the client sent `Expect: 100-continue` and waits for `100 Continue` before
@@ -111,6 +115,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
         Some("PUT") => Method::Put,
         Some("POST") => Method::Post,
         Some("DELETE") => Method::Delete,
+        Some("OPTIONS") => Method::Options,
         _ => Method::Other,
     };
     let target = head.path.ok_or(ParseError::Malformed)?;
@@ -163,6 +168,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             request.request_id = Some(value);
         } else if name.eq_ignore_ascii_case("seckill-signature") {
             request.signature = Some(value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            request.origin = Some(value);
         }
     }
     if hosts > 1 || (http11 && hosts == 0) {

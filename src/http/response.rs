@@ -19,6 +19,8 @@ pub struct Response {
     pub close: bool,
     /// `Allow` header value, for 405.
     pub allow: Option<&'static str>,
+    /// CORS headers, for a browser's call from an allowed origin.
+    pub cors: Option<super::cors::CorsHeaders>,
 }
 
 impl Response {
@@ -40,6 +42,7 @@ impl Response {
             retry_after_secs: None,
             close: false,
             allow: None,
+            cors: None,
         }
     }
 
@@ -94,6 +97,9 @@ impl Response {
             out.extend_from_slice(b"allow: ");
             out.extend_from_slice(allow.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(cors) = &self.cors {
+            cors.write_to(out);
         }
         if self.close {
             out.extend_from_slice(b"connection: close\r\n");

@@ -51,6 +51,8 @@ pub enum Route {
     ListBlocklist,
     /// `GET /v1/time`
     Time,
+    /// `OPTIONS` on any endpoint: a browser's CORS preflight
+    Preflight,
     /// A path no endpoint has.
     Unmatched,
     /// Bytes that did not parse as an acceptable HTTP request.
@@ -59,7 +61,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 19] = [
+    pub const ALL: [Route; 20] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -77,6 +79,7 @@ impl Route {
         Route::SaleOrders,
         Route::ListBlocklist,
         Route::Time,
+        Route::Preflight,
         Route::Unmatched,
         Route::Malformed,
     ];
@@ -101,6 +104,7 @@ impl Route {
             Route::SaleOrders => "sale_orders",
             Route::ListBlocklist => "list_blocklist",
             Route::Time => "time",
+            Route::Preflight => "preflight",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
         }

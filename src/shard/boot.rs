@@ -60,6 +60,8 @@ pub struct NodeOptions {
     pub segment_bytes: u64,
     /// Admin and shopper credentials.
     pub auth: Auth,
+    /// The origins a browser may call the API from.
+    pub cors: crate::http::cors::Cors,
     /// How lookups of SKUs an edge does not know are bounded (shared store only).
     pub discovery: crate::shard::discovery::DiscoverySettings,
     /// The order feed's publisher, when `--events` is set.

@@ -235,7 +235,11 @@ async fn run_shard(
     let _ = events.send(NodeEvent::Ready);
 
     let context = AcceptContext {
-        api: Rc::new(Api::new(Rc::clone(&shard), options.auth.clone())),
+        api: Rc::new(Api::new(
+            Rc::clone(&shard),
+            options.auth.clone(),
+            options.cors.clone(),
+        )),
         shard_header: format!("x-seckill-shard: {}\r\n", shard.id)
             .into_bytes()
             .into(),
