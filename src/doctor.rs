@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 
-use crate::config::ServeConfig;
+use crate::config::{SecretsSource, ServeConfig};
 use crate::shard::fds;
 
 mod data_dir;
@@ -87,7 +87,7 @@ impl std::fmt::Display for Check {
 
 /// Runs every check against `config`.
 pub fn run(config: &ServeConfig) -> Vec<Check> {
-    let mut checks = vec![kernel(), io_uring()];
+    let mut checks = vec![kernel(), io_uring(), secrets(config)];
     checks.push(memlock(config.shards));
     checks.push(nofile(config));
     checks.push(somaxconn(config.backlog));
@@ -236,6 +236,25 @@ fn somaxconn(backlog: u32) -> Check {
             "somaxconn",
             "cannot read /proc/sys/net/core/somaxconn",
             "check the sysctl by hand",
+        ),
+    }
+}
+
+fn secrets(config: &ServeConfig) -> Check {
+    match config.secrets_source {
+        SecretsSource::Configured => Check::pass("secrets", "admin token and token secret set"),
+        SecretsSource::DevGenerated if config.listen.ip().is_loopback() => Check::warn(
+            "secrets",
+            "not set here: serve would run in dev mode with throwaway secrets",
+            "set SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET (systemd: the unit's EnvironmentFile)",
+        ),
+        SecretsSource::DevGenerated => Check::warn(
+            "secrets",
+            format!(
+                "not set here: serve would refuse {} in dev mode (loopback only)",
+                config.listen
+            ),
+            "set SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET (systemd: the unit's EnvironmentFile)",
         ),
     }
 }

@@ -116,7 +116,11 @@ fn run_load(args: LoadArgs) -> ExitCode {
 }
 
 fn doctor(args: &DoctorArgs) -> ExitCode {
-    let config = match config::resolve(&args.serve) {
+    // Doctor usually runs by hand, without the unit's EnvironmentFile: missing secrets are its
+    // `secrets` warning, not a refusal to check the rest.
+    let mut serve = args.serve.clone();
+    serve.allow_dev_on_public = true;
+    let config = match config::resolve(&serve) {
         Ok(config) => config,
         Err(error) => {
             println!("FAIL  config         {error}\n      fix: correct the configuration");

@@ -257,7 +257,7 @@ fn units_match_the_example_config() {
         };
         assert_eq!(
             value("ExecStart"),
-            format!("/usr/local/bin/seckill serve --config {config_path}")
+            format!("seckill serve --config {config_path}")
         );
         assert_eq!(value("EnvironmentFile"), env_path);
         assert_eq!(value("StateDirectory"), state);
@@ -391,11 +391,8 @@ fn units_with_built_binary() -> ScratchDir {
     let dir = ScratchDir::new();
     for unit in ["seckill.service", "seckill@.service"] {
         let text = read(&format!("systemd/{unit}"));
-        assert!(text.contains("ExecStart=/usr/local/bin/seckill "));
-        let text = text.replace(
-            "ExecStart=/usr/local/bin/seckill ",
-            &format!("ExecStart={BIN} "),
-        );
+        assert!(text.contains("ExecStart=seckill "));
+        let text = text.replace("ExecStart=seckill ", &format!("ExecStart={BIN} "));
         std::fs::write(dir.join(unit), text).expect("write unit");
     }
     dir

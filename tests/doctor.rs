@@ -17,7 +17,9 @@ fn doctor(args: &[&str]) -> (i32, String) {
         .args(args)
         .env_remove("SECKILL_REDIS")
         .env_remove("SECKILL_DATA_DIR")
-        .env_remove("SECKILL_CONFIG"));
+        .env_remove("SECKILL_CONFIG")
+        .env_remove("SECKILL_ADMIN_TOKEN")
+        .env_remove("SECKILL_TOKEN_SECRET"));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     (out.status.code().unwrap_or(-1), text)
 }
@@ -114,6 +116,23 @@ fn doctor_changes_nothing_on_the_host() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("pass  data_dir"), "{text}");
     assert_eq!(tree(&scratch), before, "doctor changed the host:\n{text}");
+    // The example config as an operator checks it before the first start: by hand, without
+    // the unit's EnvironmentFile (so without secrets), and before /var/lib/seckill exists.
+    let state = std::path::Path::new("/var/lib/seckill");
+    if !state.exists() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/seckill.toml");
+        let (code, text) = doctor(&["--config", example]);
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            !state.exists(),
+            "doctor created {}:\n{text}",
+            state.display()
+        );
+        assert!(
+            text.lines().any(|line| line.starts_with("WARN  secrets")),
+            "{text}"
+        );
+    }
 }
 
 #[test]
