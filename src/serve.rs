@@ -193,12 +193,15 @@ fn print_dev_credentials(config: &ServeConfig) {
     let expires = crate::clock::now_ms() / 1000 + 3600;
     let shopper = auth.mint("alice", expires);
     let base = format!("http://{}", config.listen);
+    // A SKU of its own per run: the data dir outlives the run, and a sale that has started
+    // cannot be replaced, so a fixed SKU's PUT would answer 409 sale_exists from the second run.
+    let sku = format!("try-{:x}", crate::clock::now_ms());
     eprintln!(
         "\nseckill dev mode: SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET are not set, so these were generated for this run only.\n\
          \n  SECKILL_ADMIN_TOKEN={admin}\n  SECKILL_TOKEN_SECRET={secret}\n\
          \nTry it:\n\
-         \n  curl -X PUT {base}/v1/sales/moutai -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\":\"Moutai 53%\",\"stock\":1000,\"starts_at\":0,\"ends_at\":4102444800000}}'\
-         \n  curl -X POST {base}/v1/sales/moutai/purchase -H 'Authorization: Bearer {shopper}'\n",
+         \n  curl -X PUT {base}/v1/sales/{sku} -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\":\"Moutai 53%\",\"stock\":1000,\"starts_at\":0,\"ends_at\":4102444800000}}'\
+         \n  curl -X POST {base}/v1/sales/{sku}/purchase -H 'Authorization: Bearer {shopper}'\n",
         admin = config.admin_token,
         secret = config.token_secret,
     );

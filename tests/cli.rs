@@ -211,6 +211,36 @@ fn dev_mode_prints_working_credentials() {
         None,
     );
     assert_eq!(bought.status, 201, "{bought}");
+
+    // "Try it", pasted as printed, creates a sale and buys from it; and again after a restart
+    // on the same data dir (a fixed SKU would answer 409 sale_exists the second time).
+    try_it(&stderr);
+    drop(server);
+    let mut server = spawn_two_shards(port, &data_dir, &[]);
+    server.wait_ready(port);
+    try_it(&server.stderr());
+}
+
+/// Runs the "Try it" commands dev mode printed in `stderr`, as a shell would.
+#[track_caller]
+fn try_it(stderr: &str) {
+    let commands = stderr
+        .split_once("Try it:")
+        .map(|(_, rest)| rest.trim())
+        .unwrap_or_else(|| panic!("no Try it in:\n{stderr}"));
+    let commands: String = commands
+        .lines()
+        .take_while(|line| line.trim_start().starts_with("curl ") || line.starts_with("    -d"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(commands.matches("curl ").count(), 2, "{commands}");
+    let ran = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("set -e\n{commands}")));
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "{commands}\n{out}{}", ran.stderr());
+    assert!(out.contains(r#""state":"open""#), "the sale: {out}");
+    assert!(out.contains(r#""order_id""#), "the order: {out}");
 }
 
 #[test]
