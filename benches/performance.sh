@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's "Performance" table: in the same run, wrk against nginx `return 200` (the machine's
-# HTTP ceiling, from ../shared/bench/nginx-baseline.sh), then seckill's sold-out rejection path and
+# HTTP ceiling, from benches/nginx-baseline.sh), then seckill's sold-out rejection path and
 # its open-sale purchase path with --durability sync and none; each as a ratio to nginx.
 # seckill runs with --shards 1 and with --shards 2 (SHARD_COUNTS="1 2"): wrk itself needs a core.
 # Each at 64, 1,000 and 10,000 connections (CONNECTIONS="64 1000 10000"): flash sales are
@@ -14,7 +14,8 @@ SHARD_COUNTS=${SHARD_COUNTS:-1 2}
 DURATION=${2:-8s}
 CONNECTIONS=${CONNECTIONS:-64 1000 10000}
 PORT=18061
-BASELINE=../shared/bench/nginx-baseline.sh
+# The nginx baseline beside this script (NGINX_BASELINE overrides it).
+BASELINE=${NGINX_BASELINE:-$(dirname "$0")/nginx-baseline.sh}
 # wrk, nginx and seckill each hold one descriptor per connection (each process its own limit);
 # nginx inherits this one.
 most=$(printf '%s\n' $CONNECTIONS | sort -n | tail -1)
