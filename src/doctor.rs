@@ -241,22 +241,22 @@ fn somaxconn(backlog: u32) -> Check {
 }
 
 fn secrets(config: &ServeConfig) -> Check {
-    match config.secrets_source {
-        SecretsSource::Configured => Check::pass("secrets", "admin token and token secret set"),
-        SecretsSource::DevGenerated if config.listen.ip().is_loopback() => Check::warn(
-            "secrets",
-            "not set here: serve would run in dev mode with throwaway secrets",
-            "set SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET (systemd: the unit's EnvironmentFile)",
-        ),
-        SecretsSource::DevGenerated => Check::warn(
-            "secrets",
-            format!(
-                "not set here: serve would refuse {} in dev mode (loopback only)",
-                config.listen
-            ),
-            "set SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET (systemd: the unit's EnvironmentFile)",
-        ),
+    if config.secrets_source == SecretsSource::Configured {
+        return Check::pass("secrets", "admin token and token secret set");
     }
+    let detail = if config.listen.ip().is_loopback() {
+        "not set here: serve would run in dev mode with throwaway secrets".to_owned()
+    } else {
+        format!(
+            "not set here: serve would refuse {} in dev mode (loopback only)",
+            config.listen
+        )
+    };
+    Check::warn(
+        "secrets",
+        detail,
+        "set SECKILL_ADMIN_TOKEN and SECKILL_TOKEN_SECRET (systemd: the unit's EnvironmentFile)",
+    )
 }
 
 fn cpus(shards: usize) -> Check {

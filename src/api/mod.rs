@@ -110,7 +110,7 @@ impl<S: Store + 'static> Api<S> {
             Method::Head => Method::Get,
             method => method,
         };
-        if method == Method::Options && !matches!(endpoint, Endpoint::Unknown) {
+        if endpoint.is_preflight(method) {
             return self.preflight(request);
         }
         match endpoint {
@@ -215,6 +215,11 @@ impl<S: Store + 'static> Api<S> {
         }
     }
 
+    /// The CORS headers of an answer to `request`, if it came from an allowed origin.
+    fn cors_allow(&self, request: &Request<'_>) -> Option<CorsHeaders> {
+        self.cors.allow(request.origin).map(CorsHeaders::Allow)
+    }
+
     /// Why the body of `request` must not be sent, if it must not: the same credential checks
     /// its handler makes first, done before the body is buffered.
     fn body_refusal(&self, endpoint: Endpoint<'_>, request: &Request<'_>) -> Option<ApiError> {
@@ -315,10 +320,15 @@ impl<'a> Endpoint<'a> {
         }
     }
 
+    /// Whether `method` on this path is a browser's preflight (on a path that exists).
+    fn is_preflight(self, method: Method) -> bool {
+        method == Method::Options && !matches!(self, Endpoint::Unknown)
+    }
+
     /// The metrics label; a wrong method still counts under its path's route, but a browser's
     /// preflight is counted apart, not as a call of the endpoint it asks about.
     fn route(self, method: Method) -> Route {
-        if method == Method::Options && !matches!(self, Endpoint::Unknown) {
+        if self.is_preflight(method) {
             return Route::Preflight;
         }
         match self {
@@ -401,7 +411,7 @@ impl<S: Store + 'static> Handler for Api<S> {
             }
         };
         if response.cors.is_none() {
-            response.cors = self.cors.allow(request.origin).map(CorsHeaders::Allow);
+            response.cors = self.cors_allow(request);
         }
         admin_log::record(self, endpoint, request, request_id, response.status, code);
         let metrics = &self.shard.metrics;
@@ -439,7 +449,7 @@ impl<S: Store + 'static> Handler for Api<S> {
         metrics.record_status(route, error.status);
         let mut response = error.into_response();
         // A browser reads a refusal only if it carries the CORS headers too.
-        response.cors = self.cors.allow(request.origin).map(CorsHeaders::Allow);
+        response.cors = self.cors_allow(request);
         Err(response)
     }
 

@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::Check;
+use crate::store::journal::recovery;
 
 /// The check's name in doctor's output.
 const NAME: &str = "data_dir";
@@ -48,7 +49,8 @@ pub fn check(dir: &Path) -> Check {
             "point data_dir at a directory",
         );
     }
-    if is_tmpfs(probed) {
+    // A statfs failure says nothing: the probe below decides.
+    if recovery::on_tmpfs(probed).unwrap_or(false) {
         return Check::fail(
             NAME,
             format!("{}: on tmpfs, which has no O_DIRECT", dir.display()),
@@ -94,12 +96,6 @@ pub fn check(dir: &Path) -> Check {
             "run `seckill serve` once: it refuses to start on a data dir without O_DIRECT",
         ),
     }
-}
-
-/// Whether `dir` is on tmpfs (a statfs failure says nothing, so the probe decides).
-fn is_tmpfs(dir: &Path) -> bool {
-    nix::sys::statfs::statfs(dir)
-        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 /// Opens, then closes, a file without a name in `dir`, writable with O_DIRECT.

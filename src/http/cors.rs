@@ -21,12 +21,19 @@ const EXPOSE_HEADERS: &str = "x-request-id, x-seckill-shard, retry-after, date";
 const MAX_AGE_SECS: u32 = 600;
 
 /// The configured origins, checked per request.
-#[derive(Debug, Clone, Default)]
-pub struct Cors {
-    /// `None`: any origin (`*`). `Some(list)`: those origins only; an empty list turns CORS off.
-    origins: Option<Box<[Arc<str>]>>,
-    /// `*`, shared by every response that allows any origin.
-    any: Option<Arc<str>>,
+#[derive(Debug, Clone)]
+pub enum Cors {
+    /// Any origin, answered with this `*` (shared by every response).
+    Any(Arc<str>),
+    /// These origins only; none turns CORS off.
+    Listed(Box<[Arc<str>]>),
+}
+
+impl Default for Cors {
+    /// Off.
+    fn default() -> Self {
+        Self::Listed(Box::default())
+    }
 }
 
 /// What a response tells a browser about cross-origin use.
@@ -53,38 +60,26 @@ impl Cors {
             )));
         }
         if origins.iter().any(|origin| origin == "*") {
-            return Ok(Self {
-                origins: None,
-                any: Some(Arc::from("*")),
-            });
+            return Ok(Self::Any(Arc::from("*")));
         }
         let checked = origins
             .iter()
             .map(|origin| check_origin(origin).map(Arc::from))
             .collect::<Result<Vec<Arc<str>>, _>>()?;
-        Ok(Self {
-            origins: Some(checked.into_boxed_slice()),
-            any: None,
-        })
-    }
-
-    /// Whether any origin is allowed at all.
-    pub fn enabled(&self) -> bool {
-        self.any.is_some() || self.origins.as_ref().is_some_and(|list| !list.is_empty())
+        Ok(Self::Listed(checked.into_boxed_slice()))
     }
 
     /// The origin to allow for a request that sent `origin`, or `None` (no `Origin`, or one not
     /// allowed).
     pub fn allow(&self, origin: Option<&[u8]>) -> Option<Arc<str>> {
         let origin = origin?;
-        if let Some(any) = &self.any {
-            return Some(Arc::clone(any));
+        match self {
+            Self::Any(any) => Some(Arc::clone(any)),
+            Self::Listed(allowed) => allowed
+                .iter()
+                .find(|allowed| allowed.as_bytes() == origin)
+                .map(Arc::clone),
         }
-        self.origins
-            .as_ref()?
-            .iter()
-            .find(|allowed| allowed.as_bytes() == origin)
-            .map(Arc::clone)
     }
 }
 
@@ -155,7 +150,6 @@ mod tests {
             "http://localhost:3000".into(),
         ])
         .expect("valid origins");
-        assert!(cors.enabled());
         assert_eq!(
             cors.allow(Some(b"https://shop.example")).as_deref(),
             Some("https://shop.example")
@@ -165,7 +159,8 @@ mod tests {
         assert_eq!(cors.allow(None), None);
         let any = Cors::new(&["*".into()]).expect("any");
         assert_eq!(any.allow(Some(b"https://x.example")).as_deref(), Some("*"));
-        assert!(!Cors::new(&[]).expect("none").enabled());
+        let none = Cors::new(&[]).expect("none");
+        assert_eq!(none.allow(Some(b"https://shop.example")), None);
         for bad in [
             "shop.example",
             "https://shop.example/",

@@ -96,15 +96,21 @@ pub fn lock(data_dir: &Path) -> Result<DirLock, RecoveryError> {
     }
 }
 
+/// Whether `dir` is on tmpfs, where a journal would not survive a restart (and recent kernels
+/// accept O_DIRECT, so opening a file cannot tell).
+pub fn on_tmpfs(dir: &Path) -> nix::Result<bool> {
+    nix::sys::statfs::statfs(dir).map(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
 /// Checks that `data_dir` is on a disk (not tmpfs) and that its files can be opened with
 /// O_DIRECT, as glommio's DMA files are. Recent kernels accept O_DIRECT on tmpfs, so the
 /// filesystem type is checked as well.
 pub fn check_direct_io(data_dir: &Path) -> Result<(), RecoveryError> {
-    let fs = nix::sys::statfs::statfs(data_dir).map_err(|errno| RecoveryError::Io {
+    let in_memory = on_tmpfs(data_dir).map_err(|errno| RecoveryError::Io {
         path: data_dir.into(),
         source: errno.into(),
     })?;
-    if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+    if in_memory {
         return Err(RecoveryError::InMemory(data_dir.into()));
     }
     let probe = data_dir.join(".direct-io-probe");
