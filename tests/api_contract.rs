@@ -222,15 +222,21 @@ fn browsers_from_allowed_origins_get_cors_headers() {
         assert_error(&r, 403, "origin_not_allowed");
         assert_eq!(r.header("access-control-allow-origin"), None, "{r}");
     }
-    // OPTIONS without an Origin is plain HTTP: the methods there are; a path that does not
-    // exist is still a 404.
-    let r = c.request("OPTIONS", "/v1/time", &[], None);
-    assert_status(&r, 204);
-    assert!(
-        r.header("allow")
-            .is_some_and(|allow| allow.contains("OPTIONS")),
-        "{r}"
-    );
+    // OPTIONS without an Origin is plain HTTP: the methods the path takes, as a 405 lists
+    // them; a path that does not exist is still a 404.
+    for (path, methods) in [
+        ("/v1/time", "GET, HEAD, OPTIONS"),
+        ("/v1/sales/x", "GET, HEAD, PUT, OPTIONS"),
+        ("/v1/sales/x/purchase", "POST, OPTIONS"),
+        ("/v1/blocklist/x", "PUT, DELETE, OPTIONS"),
+    ] {
+        let r = c.request("OPTIONS", path, &[], None);
+        assert_status(&r, 204);
+        assert_eq!(r.header("allow"), Some(methods), "{path}: {r}");
+        let r = c.request("PATCH", path, &[], None);
+        assert_error(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow"), Some(methods), "{path}: {r}");
+    }
     let r = c.request("OPTIONS", "/nope", &[("Origin", shop)], None);
     assert_error(&r, 404, "not_found");
     // Off by default: no grant for anyone.

@@ -426,7 +426,7 @@ fn head_answers_every_get_without_the_body() {
     }
     let r = c.request("POST", "/healthz", &[], Some(""));
     assert_error(&r, 405, "method_not_allowed");
-    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
 }
 
 #[test]

@@ -155,7 +155,11 @@ fn bad_queries_and_callers_are_refused() {
     for method in ["POST", "PUT", "DELETE"] {
         let r = c.authed(method, "/v1/orders", &alice, Some(""));
         assert_error(&r, 405, "method_not_allowed");
-        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method}: {r}");
+        assert_eq!(
+            r.header("allow"),
+            Some("GET, HEAD, OPTIONS"),
+            "{method}: {r}"
+        );
     }
 
     // HEAD is GET without the body.

@@ -4,6 +4,7 @@
 mod admin_log;
 mod blocklist;
 pub mod body;
+mod contract;
 pub mod error;
 mod limiter;
 mod listing;
@@ -110,74 +111,73 @@ impl<S: Store + 'static> Api<S> {
             Method::Head => Method::Get,
             method => method,
         };
+        let allow = endpoint.allow();
         if endpoint.is_preflight(method) {
-            return self.preflight(request);
+            return self.preflight(request, allow);
         }
         match endpoint {
-            Endpoint::Health => only(method, Method::Get, GET, system::health),
-            Endpoint::Time => only(method, Method::Get, GET, system::time),
-            Endpoint::Ready => only(method, Method::Get, GET, || system::ready(&self.shard)),
+            Endpoint::Health => only(method, Method::Get, allow, system::health),
+            Endpoint::Time => only(method, Method::Get, allow, system::time),
+            Endpoint::OpenApi => only(method, Method::Get, allow, contract::openapi),
+            Endpoint::Ready => only(method, Method::Get, allow, || system::ready(&self.shard)),
             Endpoint::Metrics => match method {
                 Method::Get => system::metrics(self).await,
-                _ => Err(not_allowed(GET)),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Sales => match method {
                 Method::Get => listing::list(self, request).await,
-                _ => Err(not_allowed(GET)),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Sale(sku) => match method {
                 Method::Get => sales::get(self, sku).await,
                 Method::Put => sales::upsert(self, request, sku).await,
-                _ => Err(not_allowed("GET, HEAD, PUT")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Purchase(sku) => match method {
                 Method::Post => sales::purchase(self, request, sku).await,
-                _ => Err(not_allowed("POST")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Orders => match method {
                 Method::Get => my_orders::list(self, request).await,
-                _ => Err(not_allowed(GET)),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::SaleOrders(sku) => match method {
                 Method::Get => sale_orders::list(self, request, sku).await,
-                _ => Err(not_allowed(GET)),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::BlocklistAll => match method {
                 Method::Get => blocklist::list(self, request),
-                _ => Err(not_allowed(GET)),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Resume(sku) => match method {
                 Method::Post => resume::resume(self, request, sku).await,
-                _ => Err(not_allowed("POST")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Order(id) => match method {
                 Method::Get => orders::get(self, request, id).await,
-                _ => Err(not_allowed(GET)),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Pay(id) => match method {
                 Method::Post => payments::pay(self, request, id).await,
-                _ => Err(not_allowed("POST")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Cancel(id) => match method {
                 Method::Post => orders::cancel(self, request, id).await,
-                _ => Err(not_allowed("POST")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Webhook => match method {
                 Method::Post => payments::webhook(self, request).await,
-                _ => Err(not_allowed("POST")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Blocklist(user_id) => match method {
                 Method::Put => system::set_blocked(self, request, user_id, true).await,
                 Method::Delete => system::set_blocked(self, request, user_id, false).await,
-                _ => Err(not_allowed("PUT, DELETE")),
+                _ => Err(not_allowed(allow)),
             },
             Endpoint::Unknown => Err(no_such_path()),
         }
     }
 }
-
-/// The `Allow` value of read-only paths.
-const GET: &str = "GET, HEAD";
 
 /// Who may send a request body to an endpoint; the body of any other request is never read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,10 +195,10 @@ enum BodyAccess {
 impl<S: Store + 'static> Api<S> {
     /// `OPTIONS`: a browser asking whether a page from `Origin` may make a call. Without an
     /// `Origin` it is plain HTTP's OPTIONS, answered with the methods the server knows.
-    fn preflight(&self, request: &Request<'_>) -> Result<Response, ApiError> {
+    fn preflight(&self, request: &Request<'_>, allow: &'static str) -> Result<Response, ApiError> {
         let Some(origin) = request.origin else {
             let mut response = Response::no_content();
-            response.allow = Some("GET, HEAD, PUT, POST, DELETE, OPTIONS");
+            response.allow = Some(allow);
             return Ok(response);
         };
         match self.cors.allow(Some(origin)) {
@@ -284,6 +284,7 @@ enum Endpoint<'a> {
     Webhook,
     Blocklist(&'a str),
     Time,
+    OpenApi,
     Unknown,
 }
 
@@ -316,7 +317,33 @@ impl<'a> Endpoint<'a> {
             ["v1", "payments", "webhook"] => Endpoint::Webhook,
             ["v1", "blocklist", user_id] => Endpoint::Blocklist(user_id),
             ["v1", "time"] => Endpoint::Time,
+            ["openapi.json"] => Endpoint::OpenApi,
             _ => Endpoint::Unknown,
+        }
+    }
+
+    /// The methods this path takes, as `Allow` lists them for a `405` and for `OPTIONS`. HEAD
+    /// goes wherever GET does, and OPTIONS is taken on every path that exists.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::Metrics
+            | Endpoint::Time
+            | Endpoint::OpenApi
+            | Endpoint::Sales
+            | Endpoint::Orders
+            | Endpoint::SaleOrders(_)
+            | Endpoint::BlocklistAll
+            | Endpoint::Order(_) => "GET, HEAD, OPTIONS",
+            Endpoint::Sale(_) => "GET, HEAD, PUT, OPTIONS",
+            Endpoint::Purchase(_)
+            | Endpoint::Resume(_)
+            | Endpoint::Pay(_)
+            | Endpoint::Cancel(_)
+            | Endpoint::Webhook => "POST, OPTIONS",
+            Endpoint::Blocklist(_) => "PUT, DELETE, OPTIONS",
+            Endpoint::Unknown => "",
         }
     }
 
@@ -349,6 +376,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Webhook => Route::PaymentWebhook,
             Endpoint::Blocklist(_) => Route::Blocklist,
             Endpoint::Time => Route::Time,
+            Endpoint::OpenApi => Route::OpenApi,
             Endpoint::Unknown => Route::Unmatched,
         }
     }

@@ -83,32 +83,27 @@ impl Cors {
     }
 }
 
-/// `origin` if it is a serialised origin: `http` or `https`, a host, maybe a port, no path.
+/// `origin` if it is an origin exactly as a browser serialises it in its `Origin` header:
+/// `http` or `https`, a lower-case host, a port only when not the scheme's default, no path.
+/// Matching is byte for byte, so a value a browser never sends (`HTTPS://Shop.example`,
+/// `https://shop.example:443`, a trailing slash) would match nobody; it is refused at startup
+/// instead, with the spelling that would match.
 fn check_origin(origin: &str) -> Result<&str, CorsConfigError> {
-    let refuse = || {
+    let refuse = |hint: String| {
         CorsConfigError(format!(
-            "{origin:?} is not an origin: use scheme://host[:port] (no path or trailing slash), or *"
+            "{origin:?} is not an origin as browsers send it: use scheme://host[:port] (no path \
+             or trailing slash, the default port left out), or *{hint}"
         ))
     };
-    let rest = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .ok_or_else(refuse)?;
-    let host = match rest.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
-            port.parse::<u16>().map_err(|_| refuse())?;
-            host
-        }
-        _ => rest,
-    };
-    let valid = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    if valid {
+    let url = url::Url::parse(origin).map_err(|e| refuse(format!(" ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse(String::new()));
+    }
+    let serialised = url.origin().ascii_serialization();
+    if serialised == origin {
         Ok(origin)
     } else {
-        Err(refuse())
+        Err(refuse(format!("; did you mean {serialised:?}?")))
     }
 }
 
@@ -167,8 +162,20 @@ mod tests {
             "ftp://x",
             "https://",
             "https://a:99999",
+            // Spellings a browser never sends, so they would match nobody.
+            "HTTPS://Shop.example",
+            "https://shop.example:443",
+            "http://shop.example:80",
         ] {
             assert!(Cors::new(&[bad.into()]).is_err(), "{bad}");
+        }
+        for good in [
+            "http://[::1]",
+            "http://[::1]:8080",
+            "http://127.0.0.1:3000",
+            "https://xn--bcher-kva.example",
+        ] {
+            assert!(Cors::new(&[good.into()]).is_ok(), "{good}");
         }
     }
 }

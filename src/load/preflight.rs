@@ -36,19 +36,22 @@ pub(crate) fn sale_exists(
 /// `timeout` (the whole exchange, so a server that drips its answer cannot stall the start).
 fn status(target: &Target, timeout: Duration) -> Option<u16> {
     let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+    };
+    // Each address gets what is left of the one deadline, not a whole timeout of its own.
     let mut stream = target
         .addrs
         .iter()
-        .find_map(|addr| TcpStream::connect_timeout(addr, timeout).ok())?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
+        .find_map(|addr| TcpStream::connect_timeout(addr, left()?).ok())?;
+    stream.set_write_timeout(Some(left()?)).ok()?;
     stream.write_all(&target.sale_request).ok()?;
     let mut buf = vec![0u8; MAX_RESPONSE];
     let mut filled = 0;
     while filled < buf.len() {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .ok()?;
+        stream.set_read_timeout(Some(left()?)).ok()?;
         let read = stream.read(&mut buf[filled..]).ok()?;
         if read == 0 {
             break;

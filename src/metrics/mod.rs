@@ -51,6 +51,8 @@ pub enum Route {
     ListBlocklist,
     /// `GET /v1/time`
     Time,
+    /// `GET /openapi.json`
+    OpenApi,
     /// `OPTIONS` on any endpoint: a browser's CORS preflight
     Preflight,
     /// A path no endpoint has.
@@ -61,7 +63,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 20] = [
+    pub const ALL: [Route; 21] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -79,6 +81,7 @@ impl Route {
         Route::SaleOrders,
         Route::ListBlocklist,
         Route::Time,
+        Route::OpenApi,
         Route::Preflight,
         Route::Unmatched,
         Route::Malformed,
@@ -104,6 +107,7 @@ impl Route {
             Route::SaleOrders => "sale_orders",
             Route::ListBlocklist => "list_blocklist",
             Route::Time => "time",
+            Route::OpenApi => "openapi",
             Route::Preflight => "preflight",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
