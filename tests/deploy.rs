@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::process::{run, seckill_cmd, Spawned};
-use common::{pick_port, skip_unless_required, ScratchDir, BIN};
+use common::{pick_port, skip, ScratchDir, BIN};
 use nix::sys::signal::Signal;
 use seckill::cli::ServeArgs;
 use seckill::config::{self, FileConfig};
@@ -369,20 +369,12 @@ fn env_template_placeholders_are_refused() {
 
 /// `systemd-analyze`, or `None` (with a note) when it is not installed and not required.
 fn systemd_analyze() -> Option<&'static str> {
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return Some("systemd-analyze");
-    }
-    skip_unless_required(
+    skip::tool_present(
+        "systemd-analyze",
         "SECKILL_REQUIRE_SYSTEMD_ANALYZE",
-        "systemd-analyze is not installed (apt-get install systemd)",
-    );
-    None
+        "apt-get install systemd",
+    )
+    .then_some("systemd-analyze")
 }
 
 /// Copies both units into a scratch dir with ExecStart pointing at the built binary, which

@@ -121,21 +121,12 @@ fn the_contract_is_served_and_names_every_operation() {
 /// Where schemathesis is, or a skip (a failure where CI requires it).
 fn schemathesis() -> Option<String> {
     let program = std::env::var("SECKILL_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
-    let found = Command::new(&program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        Some(program)
-    } else {
-        skip_unless_required(
-            "SECKILL_REQUIRE_SCHEMATHESIS",
-            &format!("{program} not found (pip install schemathesis)"),
-        );
-        None
-    }
+    skip::tool_present(
+        &program,
+        "SECKILL_REQUIRE_SCHEMATHESIS",
+        "pip install schemathesis",
+    )
+    .then_some(program)
 }
 
 /// Gives schemathesis something real to find: the examples' sale, open, and a few orders of the

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 /// Where skips are recorded: `skipped.txt` in the target's temp dir, shared by every test binary
 /// of the workspace. `.ci/skipped-summary --reset` empties it before a run.
@@ -50,4 +51,24 @@ pub fn skip(why: &str) {
             skipped_file().display()
         );
     }
+}
+
+/// Whether `program --version` runs here. When it does not, records a skip naming `install`
+/// (or fails, when `required_by` is set: see [`skip_unless_required`]) and returns false; the
+/// caller returns right after.
+#[track_caller]
+pub fn tool_present(program: &str, required_by: &str, install: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        skip_unless_required(
+            required_by,
+            &format!("{program} is not installed ({install})"),
+        );
+    }
+    found
 }
