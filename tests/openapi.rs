@@ -55,8 +55,7 @@ fn contract(server: &Server) -> Value {
     response.json()
 }
 
-/// `METHOD /path` for every operation of the document. A path-level parameter is renamed to
-/// `{param}` style as written; only the shape is compared.
+/// `METHOD /path` for every operation of the document, the path as the document writes it.
 fn documented_operations(document: &Value) -> BTreeSet<String> {
     let paths = document["paths"]
         .as_object()
@@ -84,8 +83,8 @@ fn the_contract_is_served_and_names_every_operation() {
         "the contract's version is not the package's"
     );
 
-    // OPTIONS is a CORS preflight wherever a path exists; it is documented where CORS is,
-    // not as an operation of each path.
+    // OPTIONS is documented on every path, and the router takes it wherever a path exists;
+    // the router's own list is of the other methods.
     let documented: BTreeSet<String> = documented_operations(&document)
         .into_iter()
         .filter(|op| !op.starts_with("OPTIONS "))
@@ -233,12 +232,21 @@ fn fuzz_the_contract() {
         "{}",
         summary.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
-    // A run that tested nothing would also succeed: every operation must have been called.
+    // A run that tested nothing would also succeed: every operation must have been called,
+    // except the document's own URL, which schemathesis leaves out.
     let report = std::fs::read_to_string(&junit).expect("read the junit report");
-    let tested = report.matches("<testcase ").count();
+    let tested: BTreeSet<String> = report
+        .split("<testcase ")
+        .skip(1)
+        .filter_map(|case| case.split_once("name=\"")?.1.split_once('"'))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let mut expected = documented_operations(&contract(&server));
+    expected.remove("GET /openapi.json");
+    let untested: Vec<_> = expected.difference(&tested).collect();
     assert!(
-        tested >= OPERATIONS.len() - 2,
-        "schemathesis tested only {tested} operations:\n{stdout}"
+        untested.is_empty(),
+        "schemathesis did not test {untested:?}:\n{stdout}"
     );
     server.assert_healthy();
 }

@@ -196,7 +196,7 @@ enum BodyAccess {
 
 impl<S: Store + 'static> Api<S> {
     /// `OPTIONS`: a browser asking whether a page from `Origin` may make a call. Without an
-    /// `Origin` it is plain HTTP's OPTIONS, answered with the methods the server knows.
+    /// `Origin` it is plain HTTP's OPTIONS, answered with `allow`, the methods the path takes.
     fn preflight(&self, request: &Request<'_>, allow: &'static str) -> Result<Response, ApiError> {
         let Some(origin) = request.origin else {
             let mut response = Response::no_content();

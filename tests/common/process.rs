@@ -55,17 +55,24 @@ fn is_inherited_setting(key: &str) -> bool {
     key.starts_with("SECKILL_") || key == "RUST_LOG" || key == "NOTIFY_SOCKET"
 }
 
+/// Removes from `cmd`'s environment every variable [`is_inherited_setting`] names: for a command
+/// that runs `seckill` itself (a shell script, say) and must not inherit the test's settings.
+pub fn without_inherited_settings(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if is_inherited_setting(&key.to_string_lossy()) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// The one `seckill` command builder of the tests: the built binary with nothing inherited
 /// that changes its behaviour (see above), stdin null, and the harness's environment: its
 /// admin token and token secret, and `RUST_LOG=warn`. A test that needs dev mode or a config
 /// file's log level removes those with `env_remove`.
 pub fn seckill_cmd() -> Command {
     let mut cmd = Command::new(super::BIN);
-    for (key, _) in std::env::vars_os() {
-        if is_inherited_setting(&key.to_string_lossy()) {
-            cmd.env_remove(&key);
-        }
-    }
+    without_inherited_settings(&mut cmd);
     cmd.env("SECKILL_ADMIN_TOKEN", super::ADMIN_TOKEN)
         .env("SECKILL_TOKEN_SECRET", super::SECRET)
         .env("SECKILL_PAYMENT_TOKEN", super::PAYMENT_TOKEN)
