@@ -80,6 +80,7 @@ fn book_of_orders(shoppers: u64) -> Book {
         price: 149_900,
         currency: "CNY".into(),
         stock_buckets: 1,
+        pow_bits: 0,
     };
     let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
     assert!(made.is_ok(), "the sale: {made:?}");

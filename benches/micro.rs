@@ -25,6 +25,10 @@
 //!   per event are counted first and printed.
 //! - `auth/verify_shopper_token`: checking the HMAC-signed bearer token every purchase carries,
 //!   before anything else is looked at.
+//! - `pow/*`: proof-of-work (`seckill::sale::pow`). `verify_16_bits` is what the edge does
+//!   with a purchase's `X-Seckill-Pow` (one HMAC for the challenge, one SHA-256 of it and the
+//!   nonce); `hash` is one attempt of a solver, so `2^bits` times it is a native client's
+//!   expected cost to solve at `bits`.
 //! - `http/*`: parsing a realistic purchase request (`POST /v1/sales/moutai-2026/purchase` with
 //!   Host, User-Agent, Accept, a real signed bearer token, Content-Type, Idempotency-Key,
 //!   Content-Length and a small JSON body), alone and as a pipelined batch of 16 walked the way
@@ -75,6 +79,7 @@ use seckill::sale::admission::{fair_share, TokenBucket};
 use seckill::sale::book::{Book, BookLimits};
 use seckill::sale::command::{Command, Event, PurchaseRequest};
 use seckill::sale::ids::OrderId;
+use seckill::sale::pow;
 use seckill::sale::{Order, OrderStatus, Sale, SaleError};
 use seckill::shard::placement::owner_of;
 use seckill::shard::reply::{self, Slots};
@@ -237,6 +242,35 @@ fn auth(c: &mut Criterion) {
     group.finish();
 }
 
+fn pow(c: &mut Criterion) {
+    let (auth, _) = shopper_token();
+    let (sku, user) = ("moutai-2026", "u-20250917-84213");
+    let window = pow::window_of(NOW_MS);
+    let challenge = auth.pow().challenge(sku, user, window);
+    let bits = 16;
+    let proof = Some(pow::Proof {
+        window,
+        nonce: pow::solve(&challenge, bits),
+    });
+    assert!(
+        auth.pow().verify(sku, user, proof, bits, NOW_MS),
+        "the solution must verify"
+    );
+    let mut group = c.benchmark_group("pow");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("verify_16_bits", |b| {
+        b.iter(|| black_box(auth.pow().verify(sku, user, black_box(proof), bits, NOW_MS)))
+    });
+    let mut nonce = 0u64;
+    group.bench_function("hash", |b| {
+        b.iter(|| {
+            nonce = nonce.wrapping_add(1);
+            black_box(pow::meets(&challenge, black_box(nonce), bits))
+        })
+    });
+    group.finish();
+}
+
 /// A purchase request as a shopper app sends it.
 fn purchase_request(idempotency_key: &str) -> Vec<u8> {
     let (_, token) = shopper_token();
@@ -390,6 +424,7 @@ fn sale(stock: u64, per_user_limit: u32) -> Sale {
         price: 149_900,
         currency: "CNY".into(),
         stock_buckets: 1,
+        pow_bits: 0,
     }
 }
 
@@ -903,6 +938,6 @@ fn feed(c: &mut Criterion) {
 criterion_group! {
     name = micro;
     config = config();
-    targets = admission, routing, replies, feed, auth, http, json, owner, journal
+    targets = admission, routing, replies, feed, auth, pow, http, json, owner, journal
 }
 criterion_main!(micro);

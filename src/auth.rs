@@ -8,6 +8,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+
+use crate::sale::pow::PowKey;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -40,6 +42,9 @@ pub struct Auth {
     max_token_ttl_secs: u64,
     payment_token: Option<Box<[u8]>>,
     webhook: Option<Webhook>,
+    /// Proof-of-work challenges, keyed from the same secret so every node that accepts a
+    /// shopper's token also issues and checks the same challenges.
+    pow: PowKey,
 }
 
 impl std::fmt::Debug for Auth {
@@ -64,6 +69,7 @@ impl Auth {
         Self {
             admin_token: admin_token.as_bytes().into(),
             keyed: keyed(token_secret.as_bytes()),
+            pow: PowKey::new(token_secret.as_bytes()),
             max_token_ttl_secs: DEFAULT_MAX_TOKEN_TTL_SECS,
             payment_token: None,
             webhook: None,
@@ -120,6 +126,11 @@ impl Auth {
             }
         }
         self.verify_shopper(token, now_secs).map(Principal::Shopper)
+    }
+
+    /// The proof-of-work challenges derived from the shopper-token secret.
+    pub fn pow(&self) -> &PowKey {
+        &self.pow
     }
 
     /// Mints a shopper token for `user_id` valid until `expires_secs`.

@@ -34,6 +34,24 @@ pub enum Command {
     /// Watch the order feed in NATS JetStream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Proof-of-work, as a shopper's client does it.
+    #[command(subcommand)]
+    Pow(PowCommand),
+}
+
+/// `seckill pow ...`
+#[derive(Debug, Subcommand)]
+pub enum PowCommand {
+    /// Solve a challenge from `GET /v1/sales/{sku}/pow`: prints the nonce on stdout, and the
+    /// hashes and time it took on stderr.
+    Solve {
+        /// The challenge's `challenge` field: 64 hex digits.
+        #[arg(long)]
+        challenge: String,
+        /// The challenge's `bits` field.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=i64::from(crate::sale::pow::MAX_POW_BITS)))]
+        bits: u8,
+    },
 }
 
 /// `seckill events ...`

@@ -7,7 +7,7 @@ use clap::Parser;
 use seckill::auth::Auth;
 use seckill::cli::{
     Cli, Command, DoctorArgs, EventsCommand, ExportArgs, JournalCommand, LoadArgs, OrdersCommand,
-    TailArgs, TokenArgs,
+    PowCommand, TailArgs, TokenArgs,
 };
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::read;
@@ -40,7 +40,27 @@ fn main() -> ExitCode {
         Command::Load(args) => run_load(args),
         Command::Orders(OrdersCommand::Export(args)) => export_orders(args),
         Command::Events(EventsCommand::Tail(args)) => tail_events(args),
+        Command::Pow(PowCommand::Solve { challenge, bits }) => solve_pow(&challenge, bits),
     }
+}
+
+/// `seckill pow solve`: the nonce on stdout; exit 2 if the challenge is not 64 hex digits.
+fn solve_pow(challenge: &str, bits: u8) -> ExitCode {
+    let mut bytes = [0u8; 32];
+    if hex::decode_to_slice(challenge.trim(), &mut bytes).is_err() {
+        eprintln!("seckill pow solve: --challenge must be 64 hex digits");
+        return ExitCode::from(2);
+    }
+    let started = std::time::Instant::now();
+    let nonce = seckill::sale::pow::solve(&bytes, bits);
+    let took = started.elapsed();
+    println!("{nonce}");
+    eprintln!(
+        "{} hashes in {:.1} ms",
+        nonce.saturating_add(1),
+        took.as_secs_f64() * 1e3
+    );
+    ExitCode::SUCCESS
 }
 
 /// `seckill events tail`: messages on stdout; exit 1 if the broker or stream cannot be read.

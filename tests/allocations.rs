@@ -60,6 +60,7 @@ fn sold_out_edge_sale() -> Sale {
         price: 149_900,
         currency: "CNY".into(),
         stock_buckets: 1,
+        pow_bits: 0,
     }
 }
 
@@ -86,7 +87,7 @@ fn refuse(auth: &Auth, edge: &mut Edge, bytes: &[u8]) {
     else {
         panic!("the token must verify");
     };
-    let refused = edge.admit_purchase(SKU, user_id, false, NOW_MS, Instant::now());
+    let refused = edge.admit_purchase(SKU, user_id, false, NOW_MS, Instant::now(), |_| true);
     assert_eq!(refused, Err(Refusal::Sale(SaleError::SoldOut)));
 }
 

@@ -180,7 +180,12 @@ fn browsers_from_allowed_origins_get_cors_headers() {
     let methods = r.header("access-control-allow-methods").unwrap_or_default();
     assert!(methods.contains("POST") && methods.contains("PUT"), "{r}");
     let headers = r.header("access-control-allow-headers").unwrap_or_default();
-    for name in ["authorization", "content-type", "idempotency-key"] {
+    for name in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "x-seckill-pow",
+    ] {
         assert!(headers.contains(name), "{name} not allowed: {r}");
     }
     assert!(r.header("access-control-max-age").is_some(), "{r}");

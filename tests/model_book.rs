@@ -503,6 +503,7 @@ impl Harness {
                     price: 0,
                     currency: "CNY".into(),
                     stock_buckets: 1,
+                    pow_bits: 0,
                 };
                 let reply = self.run(Command::UpsertSale(sale.clone()));
                 assert_eq!(reply, self.model.upsert(sale), "{op:?}");
@@ -691,6 +692,7 @@ fn sale_at(starts_at: u64, stock: u64, payment_timeout_ms: u64) -> Sale {
         price: 0,
         currency: "CNY".into(),
         stock_buckets: 1,
+        pow_bits: 0,
     }
 }
 

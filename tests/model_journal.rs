@@ -112,6 +112,8 @@ fn sale(sku: &str, stock: u64, starts_at: u64) -> Sale {
         price: 0,
         currency: "CNY".into(),
         stock_buckets: 1,
+        // Not 0, so a recovery that loses it differs from the model.
+        pow_bits: 5,
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 /// Every operation the server answers, as `METHOD /path/{param}` (HEAD too, wherever GET is,
 /// as the document says once): the router's list, kept here by hand so that an endpoint added without its contract (or a contract for an endpoint that
 /// does not exist) fails [`the_contract_is_served_and_names_every_operation`].
-const OPERATIONS: [&str; 19] = [
+const OPERATIONS: [&str; 20] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -27,6 +27,7 @@ const OPERATIONS: [&str; 19] = [
     "GET /v1/sales/{sku}",
     "PUT /v1/sales/{sku}",
     "POST /v1/sales/{sku}/purchase",
+    "GET /v1/sales/{sku}/pow",
     "POST /v1/sales/{sku}/resume",
     "GET /v1/sales/{sku}/orders",
     "GET /v1/orders",

@@ -15,10 +15,11 @@ use common::process::{run, without_inherited_settings};
 use common::*;
 
 /// The sections whose ```sh blocks run, in the README's order, as one shell session.
-const RUN: [&str; 6] = [
+const RUN: [&str; 7] = [
     "Authentication",
     "Sales",
     "Purchase",
+    "Proof-of-work",
     "Orders",
     "Blocklist and health",
     "Benchmarks and load generation",
@@ -153,6 +154,14 @@ fn every_readme_command_runs_as_pasted_or_says_why_not() {
     let expect = [
         (r#""state":"upcoming""#, "the sale was not created upcoming"),
         (r#""status":"pending""#, "the purchase made no order"),
+        (
+            r#".moutai-pow","sku":"moutai-pow""#,
+            "the purchase with proof-of-work made no order",
+        ),
+        (
+            r#""error":"pow_invalid""#,
+            "the purchase without proof-of-work was not refused",
+        ),
         (r#""status":"paid""#, "the payment service did not pay it"),
         (
             r#""error":"order_paid""#,

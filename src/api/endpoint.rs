@@ -12,6 +12,7 @@ pub(super) enum Endpoint<'a> {
     Sales,
     Sale(&'a str),
     Purchase(&'a str),
+    Pow(&'a str),
     Orders,
     Resume(&'a str),
     SaleOrders(&'a str),
@@ -45,6 +46,7 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales"] => Endpoint::Sales,
             ["v1", "sales", sku] => Endpoint::Sale(sku),
             ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
+            ["v1", "sales", sku, "pow"] => Endpoint::Pow(sku),
             ["v1", "orders"] => Endpoint::Orders,
             ["v1", "sales", sku, "resume"] => Endpoint::Resume(sku),
             ["v1", "sales", sku, "orders"] => Endpoint::SaleOrders(sku),
@@ -72,6 +74,7 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Sales
             | Endpoint::Orders
             | Endpoint::SaleOrders(_)
+            | Endpoint::Pow(_)
             | Endpoint::BlocklistAll
             | Endpoint::Order(_) => "GET, HEAD, OPTIONS",
             Endpoint::Sale(_) => "GET, HEAD, PUT, OPTIONS",
@@ -104,6 +107,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Sale(_) if method == Method::Put => Route::PutSale,
             Endpoint::Sale(_) => Route::GetSale,
             Endpoint::Purchase(_) => Route::Purchase,
+            Endpoint::Pow(_) => Route::Pow,
             Endpoint::Orders => Route::ListOrders,
             Endpoint::Resume(_) => Route::ResumeSale,
             Endpoint::SaleOrders(_) => Route::SaleOrders,

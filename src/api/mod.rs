@@ -12,6 +12,7 @@ mod listing;
 mod my_orders;
 mod orders;
 mod payments;
+mod pow;
 mod query;
 mod resume;
 mod sale_orders;
@@ -137,6 +138,10 @@ impl<S: Store + 'static> Api<S> {
             },
             Endpoint::Purchase(sku) => match method {
                 Method::Post => sales::purchase(self, request, sku).await,
+                _ => Err(not_allowed(allow)),
+            },
+            Endpoint::Pow(sku) => match method {
+                Method::Get => pow::challenge(self, request, sku).await,
                 _ => Err(not_allowed(allow)),
             },
             Endpoint::Orders => match method {

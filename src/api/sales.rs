@@ -10,6 +10,7 @@ use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::sale::command::{Command, Outcome, PurchaseRequest};
 use crate::sale::model::{is_valid_currency, is_valid_id, DEFAULT_CURRENCY, MAX_STOCK_BUCKETS};
+use crate::sale::pow::{Proof, MAX_POW_BITS};
 use crate::sale::{Sale, SaleError};
 use crate::shard::edge::Refusal;
 use crate::store::Store;
@@ -95,6 +96,9 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let stock_buckets = fields
         .u64("stock_buckets", 1..=u64::from(MAX_STOCK_BUCKETS))?
         .unwrap_or(1);
+    let pow_bits = fields
+        .u64("pow_bits", 0..=u64::from(MAX_POW_BITS))?
+        .unwrap_or(0);
     fields.finish()?;
     if !is_valid_currency(&currency) {
         return Err(ApiError::bad_request(
@@ -120,6 +124,8 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
         currency: currency.into(),
         // Bounded by the range checked above.
         stock_buckets: u32::try_from(stock_buckets).unwrap_or(1),
+        // Bounded by the range checked above.
+        pow_bits: u8::try_from(pow_bits).unwrap_or(MAX_POW_BITS),
     })
 }
 
@@ -139,12 +145,17 @@ pub(super) async fn purchase<S: Store + 'static>(
     // The edge checks come before the body is even parsed: refusing is the common answer in a
     // flash sale, and it should cost as little as possible.
     let admit = || {
+        let now_ms = now_ms();
+        // A malformed header is no solution: one refusal, `pow_invalid`, for every wrong proof.
+        let proof = request.pow.and_then(Proof::parse);
+        let proves = |bits| api.auth.pow().verify(sku, user_id, proof, bits, now_ms);
         api.shard.edge.borrow_mut().admit_purchase(
             sku,
             user_id,
             idempotency_key.is_some(),
-            now_ms(),
+            now_ms,
             Instant::now(),
+            proves,
         )
     };
     let mut admitted = admit();
@@ -157,6 +168,10 @@ pub(super) async fn purchase<S: Store + 'static>(
     }
     match admitted {
         Ok(()) => {}
+        Err(Refusal::Sale(SaleError::PowInvalid)) => {
+            api.shard.metrics.record_pow_failure();
+            return Err(SaleError::PowInvalid.into());
+        }
         Err(Refusal::Sale(refusal)) => return Err(refusal.into()),
         Err(Refusal::RateLimited(wait)) => {
             let mut error = ApiError::new(

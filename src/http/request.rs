@@ -46,6 +46,8 @@ pub struct Request<'buf> {
     pub content_type: Option<&'buf [u8]>,
     /// `Idempotency-Key` header value.
     pub idempotency_key: Option<&'buf [u8]>,
+    /// `X-Seckill-Pow` header value: a proof-of-work solution ([`crate::sale::pow`]).
+    pub pow: Option<&'buf [u8]>,
     /// `X-Request-Id` header value.
     pub request_id: Option<&'buf [u8]>,
     /// `Seckill-Signature` header value (the payment webhook's signature).
@@ -164,6 +166,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             request.content_type = Some(value);
         } else if name.eq_ignore_ascii_case("idempotency-key") {
             request.idempotency_key = Some(value);
+        } else if name.eq_ignore_ascii_case("x-seckill-pow") {
+            request.pow = Some(value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
             request.request_id = Some(value);
         } else if name.eq_ignore_ascii_case("seckill-signature") {

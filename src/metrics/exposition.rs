@@ -253,6 +253,14 @@ fn render_runtime(out: &mut Text, shards: &[ShardSnapshot]) {
     out.sample("seckill_connections_refused_total", &[], refused);
 
     out.family(
+        "seckill_pow_failures_total",
+        "counter",
+        "Requests refused `pow_invalid`: the sale asks for proof-of-work and theirs was missing, wrong or stale.",
+    );
+    let failures = shards.iter().map(|shard| shard.requests.pow_failures).sum();
+    out.sample("seckill_pow_failures_total", &[], failures);
+
+    out.family(
         "seckill_sale_lookups_total",
         "counter",
         "Store reads for SKUs a node's edge did not know (cluster mode), by outcome: `found`, `unknown`, `failed`, or `refused` (over the lookup budget, answered 404 without asking).",

@@ -53,6 +53,8 @@ pub enum Route {
     Time,
     /// `GET /openapi.json`
     OpenApi,
+    /// `GET /v1/sales/{sku}/pow`: a proof-of-work challenge
+    Pow,
     /// `OPTIONS` on any endpoint: a browser's CORS preflight
     Preflight,
     /// A path no endpoint has.
@@ -63,7 +65,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 21] = [
+    pub const ALL: [Route; 22] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -82,6 +84,7 @@ impl Route {
         Route::ListBlocklist,
         Route::Time,
         Route::OpenApi,
+        Route::Pow,
         Route::Preflight,
         Route::Unmatched,
         Route::Malformed,
@@ -108,6 +111,7 @@ impl Route {
             Route::ListBlocklist => "list_blocklist",
             Route::Time => "time",
             Route::OpenApi => "openapi",
+            Route::Pow => "pow",
             Route::Preflight => "preflight",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",

@@ -52,6 +52,8 @@ pub struct ShardMetrics {
     owner_in_flight: Cell<u64>,
     /// Connections turned away at accept because the shard was at its connection cap.
     connections_refused: Cell<u64>,
+    /// Requests refused for missing, wrong or stale proof-of-work (`pow_invalid`).
+    pow_failures: Cell<u64>,
     /// Lookups of SKUs an edge did not know, by outcome (a fixed set of constants).
     lookups: RefCell<Vec<(&'static str, u64)>>,
 }
@@ -71,6 +73,7 @@ impl ShardMetrics {
             messages_sent: Default::default(),
             owner_in_flight: Cell::new(0),
             connections_refused: Cell::new(0),
+            pow_failures: Cell::new(0),
             lookups: RefCell::new(Vec::new()),
         }
     }
@@ -97,6 +100,11 @@ impl ShardMetrics {
     pub fn record_refused_connection(&self) {
         self.connections_refused
             .set(self.connections_refused.get() + 1);
+    }
+
+    /// Counts a request refused `pow_invalid`.
+    pub fn record_pow_failure(&self) {
+        self.pow_failures.set(self.pow_failures.get() + 1);
     }
 
     /// Records a purchase's outcome: `created`, `replayed` or the error code.
@@ -145,6 +153,7 @@ impl ShardMetrics {
             messages_sent: MessageKind::ALL.map(|kind| self.messages_sent[kind as usize].get()),
             owner_in_flight: self.owner_in_flight.get(),
             connections_refused: self.connections_refused.get(),
+            pow_failures: self.pow_failures.get(),
             lookups: self.lookups.borrow().clone(),
         }
     }
@@ -188,6 +197,8 @@ pub struct RequestSnapshot {
     pub owner_in_flight: u64,
     /// Connections refused at the connection cap.
     pub connections_refused: u64,
+    /// See [`ShardMetrics::record_pow_failure`].
+    pub pow_failures: u64,
     /// Lookups of unknown SKUs, by outcome.
     pub lookups: Vec<(&'static str, u64)>,
 }

@@ -648,6 +648,7 @@ mod tests {
             price: 0,
             currency: "CNY".into(),
             stock_buckets: 1,
+            pow_bits: 0,
         }
     }
 

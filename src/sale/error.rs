@@ -56,6 +56,8 @@ refusals! {
     Ended => 410, "ended", "the sale has ended";
     /// The shopper is on the blocklist.
     Blocked => 403, "blocked", "this user may not buy";
+    /// The sale asks for proof-of-work and the request's is missing, wrong or stale.
+    PowInvalid => 403, "pow_invalid", "missing, wrong or stale proof-of-work: fetch a challenge from /v1/sales/{sku}/pow and solve it";
     /// The shopper would exceed the per-user limit (pending and paid orders count).
     LimitExceeded => 403, "limit_exceeded", "this purchase would exceed the per-user limit";
     /// No stock is left.

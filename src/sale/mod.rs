@@ -14,6 +14,7 @@ pub mod holder;
 pub mod ids;
 pub mod model;
 pub mod order_table;
+pub mod pow;
 pub mod sale_orders;
 pub mod segmented;
 pub mod sku_slots;

@@ -48,6 +48,10 @@ pub struct Sale {
     /// over several masters; the embedded store keeps one book and only shows the field.
     #[serde(default = "one_bucket")]
     pub stock_buckets: u32,
+    /// Leading zero bits of the proof-of-work a purchase must carry ([`super::pow`]); 0 asks
+    /// for none.
+    #[serde(default)]
+    pub pow_bits: u8,
 }
 
 /// Most buckets a sale's stock may be split into: an order id names its bucket in 6 bits
@@ -145,6 +149,8 @@ pub struct SaleView {
     pub currency: Box<str>,
     /// See [`Sale::stock_buckets`].
     pub stock_buckets: u32,
+    /// See [`Sale::pow_bits`].
+    pub pow_bits: u8,
     /// Derived from the window and `remaining` at the time of the view.
     pub state: SaleState,
     /// The sale's stock-change counter at the time of the view (internal, not serialised).
@@ -177,6 +183,7 @@ impl SaleView {
             price: sale.price,
             currency: sale.currency.clone(),
             stock_buckets: sale.stock_buckets,
+            pow_bits: sale.pow_bits,
             state,
             stock_seq,
         }

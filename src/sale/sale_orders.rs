@@ -102,6 +102,7 @@ mod tests {
             price: 0,
             currency: "CNY".into(),
             stock_buckets: 1,
+            pow_bits: 0,
         }
     }
 

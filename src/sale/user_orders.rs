@@ -98,6 +98,7 @@ mod tests {
             price: 0,
             currency: "CNY".into(),
             stock_buckets: 1,
+            pow_bits: 0,
         };
         book.execute(Command::UpsertSale(sale), T0 - 20)
             .0

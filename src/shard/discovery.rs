@@ -271,5 +271,6 @@ fn sale_of(view: &SaleView) -> Sale {
         price: view.price,
         currency: view.currency.clone(),
         stock_buckets: view.stock_buckets,
+        pow_bits: view.pow_bits,
     }
 }

@@ -30,6 +30,8 @@ struct EdgeSale {
     starts_at: u64,
     ends_at: u64,
     rate_limit_per_sec: u32,
+    /// See [`crate::sale::Sale::pow_bits`].
+    pow_bits: u8,
     /// This shard's fraction of the node-wide rate, as the SKU's owner last split it.
     fraction: f64,
     /// This shard's share of the node-wide rate; `None` when unlimited. With a cluster-wide
@@ -168,6 +170,7 @@ impl Edge {
                         entry.starts_at = sale.starts_at;
                         entry.ends_at = sale.ends_at;
                         entry.rate_limit_per_sec = sale.rate_limit_per_sec;
+                        entry.pow_bits = sale.pow_bits;
                         entry.sold_out = false;
                         entry.version = *version;
                         let share = rate * entry.fraction;
@@ -190,6 +193,7 @@ impl Edge {
                             starts_at: sale.starts_at,
                             ends_at: sale.ends_at,
                             rate_limit_per_sec: sale.rate_limit_per_sec,
+                            pow_bits: sale.pow_bits,
                             fraction: even,
                             bucket: (sale.rate_limit_per_sec > 0)
                                 .then(|| TokenBucket::new(rate * even, now)),
@@ -288,6 +292,11 @@ impl Edge {
             .collect()
     }
 
+    /// The proof-of-work bits of `sku`, if this edge knows the sale.
+    pub fn pow_bits(&self, sku: &str) -> Option<u8> {
+        self.sales.get(sku).map(|sale| sale.pow_bits)
+    }
+
     /// Whether this replica knows `sku`; one it does not may still exist in a shared store
     /// (created through another node since the last sync), see [`super::discovery`].
     pub fn knows(&self, sku: &str) -> bool {
@@ -320,9 +329,12 @@ impl Edge {
         self.blocked.iter().map(|user| &**user)
     }
 
-    /// The edge checks for a purchase, in contract order: the store has not regressed, sale exists, window, blocklist, rate,
-    /// then the sold-out flag. A request carrying an idempotency key skips the sold-out flag,
-    /// because it may be the retry of a purchase that succeeded and must get its order back.
+    /// The edge checks for a purchase, in contract order: the store has not regressed, sale
+    /// exists, window, blocklist, proof-of-work, rate, then the sold-out flag. `proves` checks
+    /// the request's proof-of-work at the sale's bits; it runs only for a sale that asks for
+    /// work, and before the rate limit, so that requests without valid work spend no tokens.
+    /// A request carrying an idempotency key skips the sold-out flag, because it may be the
+    /// retry of a purchase that succeeded and must get its order back.
     pub fn admit_purchase(
         &mut self,
         sku: &str,
@@ -330,6 +342,7 @@ impl Edge {
         may_be_replay: bool,
         now_ms: u64,
         now: Instant,
+        proves: impl FnOnce(u8) -> bool,
     ) -> Result<(), Refusal> {
         if self.regressed.contains(sku) {
             return Err(Refusal::Sale(SaleError::StoreRegressed));
@@ -346,6 +359,9 @@ impl Edge {
         }
         if self.blocked.contains(user_id) {
             return Err(Refusal::Sale(SaleError::Blocked));
+        }
+        if sale.pow_bits > 0 && !proves(sale.pow_bits) {
+            return Err(Refusal::Sale(SaleError::PowInvalid));
         }
         if let Some(bucket) = &mut sale.bucket {
             sale.demand.record();
@@ -433,9 +449,45 @@ mod tests {
                 price: 0,
                 currency: "CNY".into(),
                 stock_buckets: 1,
+                pow_bits: 0,
             },
             version: 1,
         }
+    }
+
+    #[test]
+    fn proof_of_work_is_checked_after_the_blocklist_and_before_the_rate() {
+        let now = Instant::now();
+        let mut edge = Edge::new(0, 1);
+        let Notice::SaleUpserted { mut sale, version } = sale(1) else {
+            unreachable!()
+        };
+        sale.pow_bits = 9;
+        edge.apply(&Notice::SaleUpserted { sale, version }, now);
+        let block = Notice::Blocked {
+            user_id: "u".into(),
+            blocked: true,
+        };
+        edge.apply(&block, now);
+        let fails = |bits| {
+            assert_eq!(bits, 9);
+            false
+        };
+        assert_eq!(
+            edge.admit_purchase("s", "u", false, 150, now, |_| unreachable!()),
+            Err(Refusal::Sale(SaleError::Blocked))
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                edge.admit_purchase("s", "v", false, 150, now, fails),
+                Err(Refusal::Sale(SaleError::PowInvalid))
+            );
+        }
+        // The refusals took no token: the one the rate allows is still there.
+        assert_eq!(
+            edge.admit_purchase("s", "v", false, 150, now, |_| true),
+            Ok(())
+        );
     }
 
     #[test]
@@ -444,16 +496,16 @@ mod tests {
         let mut edge = Edge::new(0, 1);
         let refused = |r: Result<(), Refusal>| r.err();
         assert_eq!(
-            refused(edge.admit_purchase("s", "u", false, 150, now)),
+            refused(edge.admit_purchase("s", "u", false, 150, now, |_| true)),
             Some(Refusal::Sale(SaleError::UnknownSale))
         );
         edge.apply(&sale(1), now);
         assert_eq!(
-            refused(edge.admit_purchase("s", "u", false, 99, now)),
+            refused(edge.admit_purchase("s", "u", false, 99, now, |_| true)),
             Some(Refusal::Sale(SaleError::NotStarted))
         );
         assert_eq!(
-            refused(edge.admit_purchase("s", "u", false, 200, now)),
+            refused(edge.admit_purchase("s", "u", false, 200, now, |_| true)),
             Some(Refusal::Sale(SaleError::Ended))
         );
         let block = Notice::Blocked {
@@ -462,12 +514,15 @@ mod tests {
         };
         edge.apply(&block, now);
         assert_eq!(
-            refused(edge.admit_purchase("s", "u", false, 150, now)),
+            refused(edge.admit_purchase("s", "u", false, 150, now, |_| true)),
             Some(Refusal::Sale(SaleError::Blocked))
         );
-        assert_eq!(edge.admit_purchase("s", "v", false, 150, now), Ok(()));
+        assert_eq!(
+            edge.admit_purchase("s", "v", false, 150, now, |_| true),
+            Ok(())
+        );
         assert!(matches!(
-            edge.admit_purchase("s", "v", false, 150, now),
+            edge.admit_purchase("s", "v", false, 150, now, |_| true),
             Err(Refusal::RateLimited(_))
         ));
         let flag = |sold_out, version| Notice::StockFlag {
@@ -479,12 +534,15 @@ mod tests {
         edge.apply(&flag(false, 2), now);
         let later = now + Duration::from_secs(2);
         assert_eq!(
-            refused(edge.admit_purchase("s", "v", false, 150, later)),
+            refused(edge.admit_purchase("s", "v", false, 150, later, |_| true)),
             Some(Refusal::Sale(SaleError::SoldOut)),
             "a stale flag must not undo a newer one"
         );
         let even_later = later + Duration::from_secs(2);
-        assert_eq!(edge.admit_purchase("s", "v", true, 150, even_later), Ok(()));
+        assert_eq!(
+            edge.admit_purchase("s", "v", true, 150, even_later, |_| true),
+            Ok(())
+        );
     }
 
     #[test]
@@ -501,15 +559,20 @@ mod tests {
         edge.apply(&regressed("gone", true), now);
         for sku in ["s", "gone"] {
             assert_eq!(
-                edge.admit_purchase(sku, "u", true, 150, now),
+                edge.admit_purchase(sku, "u", true, 150, now, |_| true),
                 Err(Refusal::Sale(SaleError::StoreRegressed))
             );
         }
         // A re-announced definition (a sync) does not lift it; only the owner's resume does.
         edge.apply(&sale(0), now);
-        assert!(edge.admit_purchase("s", "u", false, 150, now).is_err());
+        assert!(edge
+            .admit_purchase("s", "u", false, 150, now, |_| true)
+            .is_err());
         edge.apply(&regressed("s", false), now);
-        assert_eq!(edge.admit_purchase("s", "u", false, 150, now), Ok(()));
+        assert_eq!(
+            edge.admit_purchase("s", "u", false, 150, now, |_| true),
+            Ok(())
+        );
     }
 
     /// Two shards' edges driven tick by tick like the runtime does (shard 1 ticks half a tick
@@ -546,7 +609,7 @@ mod tests {
                     let now = start + Duration::from_millis(u64::from(tick) * 50);
                     tick += 1;
                     for _ in 0..arrivals {
-                        let _ = edges[shard].admit_purchase("s", "u", false, 150, now);
+                        let _ = edges[shard].admit_purchase("s", "u", false, 150, now, |_| true);
                     }
                     let report = edges[shard].close_tick(Duration::from_millis(100), now);
                     let demand = Notice::Demand {

@@ -22,12 +22,12 @@ pub const SEGMENT_MAGIC: &[u8; 4] = b"SKLG";
 /// Magic bytes of a snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"SKSN";
 /// Version of this format, written into every header. Version 3 added prices and payment
-/// references (the [`Entry::Event`] variant); version 2 files are still read, and their
-/// [`Entry::EventV1`] records upgraded. Version 4 added the order feed's outbox records
-/// ([`Event::FeedPublished`], [`Event::FeedUnpublished`]) at the end of [`Event`], so version 3
-/// records read unchanged. An older build refuses a newer file by its header instead of
-/// misreading it.
-pub const FORMAT_VERSION: u32 = 4;
+/// references; version 4 the order feed's outbox records ([`Event::FeedPublished`],
+/// [`Event::FeedUnpublished`]) at the end of [`Event`]; version 5 a sale's proof-of-work bits.
+/// Files of versions 2 to 4 are still read: their records decode as
+/// [`super::legacy::EntryV4`] and are upgraded. An older build refuses a newer file by its
+/// header instead of misreading it.
+pub const FORMAT_VERSION: u32 = 5;
 /// Oldest version this build still reads.
 const OLDEST_READABLE_VERSION: u32 = 2;
 /// Bytes in a file header.
@@ -49,8 +49,6 @@ const SCAN_BUDGET_BASE: usize = 1 << 20;
 /// What a record holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
-    /// A state change as written before prices; reading upgrades it to [`Entry::Event`].
-    EventV1(super::legacy::EventV1),
     /// Last record of a complete snapshot: how many events precede it, and the last journal LSN
     /// the snapshot covers (the next segment continues at `covers_lsn + 1`).
     SnapshotEnd {
@@ -63,14 +61,12 @@ pub enum Entry {
     Event(Event),
 }
 
-impl Entry {
-    /// The entry in the current shape: old events are upgraded.
-    pub(crate) fn upgraded(self) -> Self {
-        match self {
-            Entry::EventV1(old) => Entry::Event(old.into()),
-            entry => entry,
-        }
+/// Decodes a record's payload as a file of `version` wrote it, upgraded to the current shape.
+fn decode_entry(version: u32, payload: &[u8]) -> Result<Entry, postcard::Error> {
+    if version < FORMAT_VERSION {
+        return postcard::from_bytes::<super::legacy::EntryV4>(payload).map(Entry::from);
     }
+    postcard::from_bytes(payload)
 }
 
 /// Why a file could not be read.
@@ -119,7 +115,7 @@ pub fn encode_header(out: &mut Vec<u8>, magic: &[u8; 4], seq: u64) {
 }
 
 /// Appends record number `lsn` to `out`.
-pub fn encode_record(out: &mut Vec<u8>, lsn: u64, entry: &Entry) {
+pub fn encode_record(out: &mut Vec<u8>, lsn: u64, entry: &impl Serialize) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&lsn.to_le_bytes());
@@ -224,10 +220,10 @@ pub fn parse(
                     ))
                 }
                 _ => {
-                    let entry: Entry = postcard::from_bytes(payload).map_err(|error| {
+                    let entry = decode_entry(version, payload).map_err(|error| {
                         corrupt(path, offset, format!("undecodable record: {error}"))
                     })?;
-                    entries.push(entry.upgraded());
+                    entries.push(entry);
                     last_lsn = lsn;
                     offset = next;
                     None

@@ -190,7 +190,6 @@ pub fn read_shard(
     for entry in file.entries {
         match entry {
             Entry::Event(event) => events.push(event),
-            Entry::EventV1(old) => events.push(old.into()),
             Entry::SnapshotEnd {
                 events: count,
                 covers_lsn,
@@ -238,7 +237,6 @@ pub fn read_shard(
         files.segments.push((*seq, (*path).clone(), file.valid_len));
         events.extend(file.entries.into_iter().filter_map(|entry| match entry {
             Entry::Event(event) => Some(event),
-            Entry::EventV1(old) => Some(old.into()),
             Entry::SnapshotEnd { .. } => None,
         }));
     }

@@ -43,12 +43,37 @@ pub(super) fn decode_sale(
             .and_then(|k| u32::try_from(k).ok())
             .filter(|k| (1..=crate::sale::model::MAX_STOCK_BUCKETS).contains(k))
             .unwrap_or(1),
+        pow_bits: extras_at(&fields, 19)?.pow_bits,
     };
     let level = StockLevel {
         remaining: int(7)?,
         seq: int(8)?,
     };
     Ok(Some((sale, level)))
+}
+
+/// Sale fields newer than the positional ones, read from the definition JSON the sale's hash
+/// keeps (`def`): a field added later needs no new position in every script that reads a sale,
+/// and a sale written before it was kept (or before the field existed) gets the defaults.
+#[derive(Debug, Default, serde::Deserialize)]
+struct SaleExtras {
+    /// See [`Sale::pow_bits`].
+    #[serde(default)]
+    pow_bits: u8,
+}
+
+/// The extras at `index`: defaults when the sale predates them, an error when they are there but
+/// damaged (a sale must not quietly lose its proof-of-work).
+fn extras_at(fields: &[Value], index: usize) -> Result<SaleExtras, RedisError> {
+    let json = str_at(fields, index).unwrap_or_default();
+    if json.is_empty() {
+        return Ok(SaleExtras::default());
+    }
+    let extras = crate::json::parse::<SaleExtras>(json.as_bytes())
+        .map_err(|error| RedisError::Reply(format!("sale definition: {error}")))?;
+    Ok(SaleExtras {
+        pow_bits: extras.pow_bits.min(crate::sale::pow::MAX_POW_BITS),
+    })
 }
 
 pub(super) fn decode_order(json: &str) -> Result<Order, SaleError> {

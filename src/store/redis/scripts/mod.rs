@@ -275,11 +275,12 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 /// missed when a node dies. Returns `{}` for an unknown SKU, `{'', marker}` for a gone one with
 /// the regression marker, else `{name, stock, starts_at, ends_at, per_user_limit,
 /// payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch, marker_or_empty,
-/// price, currency, holder, fence, pending, next_due_in, stock_buckets}` (price 0 and currency empty for a sale
+/// price, currency, holder, fence, pending, next_due_in, stock_buckets, definition}` (price 0 and currency empty for a sale
 /// made before prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing
 /// number, `pending` the members of `pending` not yet swept (one per purchase call, holding
 /// the orders it made; each order's own status says whether it still awaits payment), `next_due_in` milliseconds until the
-/// first of them is due, -1 for none). A node whose view is newer than the marker's `last_seen`
+/// first of them is due, -1 for none; `definition` the sale as JSON, empty for one made before
+/// it was kept, see [`super::decode::decode_sale`]). A node whose view is newer than the marker's `last_seen`
 /// (same epoch) widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(
     prelude!(),
@@ -332,6 +333,7 @@ local first = redis.call('ZRANGE', K.pending, 0, 0, 'WITHSCORES')
 sale[18] = -1
 if first[2] then sale[18] = math.max(0, tonumber(first[2]) - now_ms()) end
 sale[19] = tonumber(redis.call('HGET', K.sale, 'buckets') or '1')
+sale[20] = redis.call('HGET', K.sale, 'def') or ''
 return sale
 "#
 );
@@ -362,7 +364,7 @@ redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.by
 if KEYS[16] then redis.call('DEL', KEYS[15], KEYS[16]) end
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
            'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7],
-           'price', ARGV[8], 'currency', ARGV[9], 'buckets', ARGV[11], 'put', ARGV[13])
+           'price', ARGV[8], 'currency', ARGV[9], 'buckets', ARGV[11], 'put', ARGV[13], 'def', ARGV[10])
 redis.call('SET', K.remaining, ARGV[12])
 local seq = redis.call('INCR', K.seq)
 for i = 14, #ARGV do redis.call('SADD', K.blocked, ARGV[i]) end
@@ -407,7 +409,8 @@ else
   stock = tonumber(ARGV[8])
   redis.call('HSET', K.sale, 'name', ARGV[7], 'stock', ARGV[8], 'starts_at', ARGV[9], 'ends_at', ARGV[10],
              'per_user_limit', ARGV[11], 'payment_timeout_ms', ARGV[12], 'rate_limit_per_sec', ARGV[13],
-             'price', ARGV[14] or '0', 'currency', ARGV[15] or 'CNY', 'buckets', ARGV[17] or '1')
+             'price', ARGV[14] or '0', 'currency', ARGV[15] or 'CNY', 'buckets', ARGV[17] or '1',
+             'def', ARGV[16] or '')
   if ARGV[16] and ARGV[16] ~= '' then sale_event(ARGV[16]) end
 end
 local lost
