@@ -81,6 +81,9 @@ fn book_of_orders(shoppers: u64) -> Book {
         currency: "CNY".into(),
         stock_buckets: 1,
         pow_bits: 0,
+        admission: Default::default(),
+        queue_opens_at: 0,
+        admission_rate: 0,
     };
     let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
     assert!(made.is_ok(), "the sale: {made:?}");

@@ -425,6 +425,9 @@ fn sale(stock: u64, per_user_limit: u32) -> Sale {
         currency: "CNY".into(),
         stock_buckets: 1,
         pow_bits: 0,
+        admission: Default::default(),
+        queue_opens_at: 0,
+        admission_rate: 0,
     }
 }
 

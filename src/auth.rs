@@ -9,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 
+use crate::sale::pass::PassKey;
 use crate::sale::pow::PowKey;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -45,6 +46,8 @@ pub struct Auth {
     /// Proof-of-work challenges, keyed from the same secret so every node that accepts a
     /// shopper's token also issues and checks the same challenges.
     pow: PowKey,
+    /// Waiting-room scores and passes, keyed from the same secret for the same reason.
+    passes: PassKey,
 }
 
 impl std::fmt::Debug for Auth {
@@ -70,6 +73,7 @@ impl Auth {
             admin_token: admin_token.as_bytes().into(),
             keyed: keyed(token_secret.as_bytes()),
             pow: PowKey::new(token_secret.as_bytes()),
+            passes: PassKey::new(token_secret.as_bytes()),
             max_token_ttl_secs: DEFAULT_MAX_TOKEN_TTL_SECS,
             payment_token: None,
             webhook: None,
@@ -131,6 +135,11 @@ impl Auth {
     /// The proof-of-work challenges derived from the shopper-token secret.
     pub fn pow(&self) -> &PowKey {
         &self.pow
+    }
+
+    /// The waiting-room scores and passes derived from the shopper-token secret.
+    pub fn passes(&self) -> &PassKey {
+        &self.passes
     }
 
     /// Mints a shopper token for `user_id` valid until `expires_secs`.

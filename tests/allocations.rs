@@ -61,6 +61,9 @@ fn sold_out_edge_sale() -> Sale {
         currency: "CNY".into(),
         stock_buckets: 1,
         pow_bits: 0,
+        admission: Default::default(),
+        queue_opens_at: 0,
+        admission_rate: 0,
     }
 }
 

@@ -504,6 +504,9 @@ impl Harness {
                     currency: "CNY".into(),
                     stock_buckets: 1,
                     pow_bits: 0,
+                    admission: Default::default(),
+                    queue_opens_at: 0,
+                    admission_rate: 0,
                 };
                 let reply = self.run(Command::UpsertSale(sale.clone()));
                 assert_eq!(reply, self.model.upsert(sale), "{op:?}");
@@ -693,6 +696,9 @@ fn sale_at(starts_at: u64, stock: u64, payment_timeout_ms: u64) -> Sale {
         currency: "CNY".into(),
         stock_buckets: 1,
         pow_bits: 0,
+        admission: Default::default(),
+        queue_opens_at: 0,
+        admission_rate: 0,
     }
 }
 

@@ -114,6 +114,9 @@ fn sale(sku: &str, stock: u64, starts_at: u64) -> Sale {
         stock_buckets: 1,
         // Not 0, so a recovery that loses it differs from the model.
         pow_bits: 5,
+        admission: Default::default(),
+        queue_opens_at: 0,
+        admission_rate: 0,
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 /// Every operation the server answers, as `METHOD /path/{param}` (HEAD too, wherever GET is,
 /// as the document says once): the router's list, kept here by hand so that an endpoint added without its contract (or a contract for an endpoint that
 /// does not exist) fails [`the_contract_is_served_and_names_every_operation`].
-const OPERATIONS: [&str; 20] = [
+const OPERATIONS: [&str; 22] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -28,6 +28,8 @@ const OPERATIONS: [&str; 20] = [
     "PUT /v1/sales/{sku}",
     "POST /v1/sales/{sku}/purchase",
     "GET /v1/sales/{sku}/pow",
+    "POST /v1/sales/{sku}/queue",
+    "GET /v1/sales/{sku}/queue/{ticket}",
     "POST /v1/sales/{sku}/resume",
     "GET /v1/sales/{sku}/orders",
     "GET /v1/orders",
@@ -44,6 +46,9 @@ const OPERATIONS: [&str; 20] = [
 const FUZZ_USER: &str = "schemathesis";
 /// The sale the document's examples name, so the examples phase reaches a real sale.
 const EXAMPLE_SKU: &str = "moutai";
+/// A waiting-room sale, open, in which the fuzzing shopper holds ticket 1: the queue's
+/// operations reach their handlers' logic, not only `409 no_waiting_room`.
+const ROOM_SKU: &str = "moutai-room";
 
 fn contract(server: &Server) -> Value {
     let response = server.client().get("/openapi.json");
@@ -107,7 +112,8 @@ fn the_contract_is_served_and_names_every_operation() {
         let path = template
             .replace("{sku}", "no-such-sku")
             .replace("{order_id}", "01M85B2H5P2RCP85643XZTH01X.no-such-sku")
-            .replace("{user_id}", "nobody");
+            .replace("{user_id}", "nobody")
+            .replace("{ticket}", "1");
         let body = matches!(method, "PUT" | "POST").then_some("{}");
         let response = c.request(method, &path, &[], body);
         assert!(
@@ -141,6 +147,20 @@ fn seed(server: &Server) -> Vec<String> {
             "starts_at": now - 1_000, "ends_at": now + 3_600_000,
         }),
     );
+    c.create_sale(
+        ROOM_SKU,
+        &json!({
+            "name": "Moutai, queued", "stock": 1_000_000, "starts_at": now + 1_000,
+            "ends_at": now + 3_600_000, "admission": "waiting_room", "queue_opens_at": now,
+        }),
+    );
+    let joined = c.authed(
+        "POST",
+        &format!("/v1/sales/{ROOM_SKU}/queue"),
+        &tok(FUZZ_USER),
+        None,
+    );
+    assert_eq!(joined.status, 201, "{joined}");
     (0..4)
         .map(|_| order_id(&c.buy(EXAMPLE_SKU, &tok(FUZZ_USER), 1)))
         .collect()
@@ -163,11 +183,13 @@ fn config(orders: &[String]) -> String {
          [auth.openapi.paymentService]\nbearer = \"{PAYMENT_TOKEN}\"\n\
          [dictionaries.skus]\nvalues = [{skus}]\n\
          [dictionaries.orders]\nvalues = [{orders}]\n\
+         [dictionaries.tickets]\nvalues = [\"1\"]\n\
          [parameters]\n\
          \"path.sku\" = {{ dictionary = \"skus\", probability = 0.5 }}\n\
-         \"path.order_id\" = {{ dictionary = \"orders\", probability = 0.5 }}\n",
+         \"path.order_id\" = {{ dictionary = \"orders\", probability = 0.5 }}\n\
+         \"path.ticket\" = {{ dictionary = \"tickets\", probability = 0.5 }}\n",
         shopper = tok(FUZZ_USER),
-        skus = quoted(&[EXAMPLE_SKU.to_owned()]),
+        skus = quoted(&[EXAMPLE_SKU.to_owned(), ROOM_SKU.to_owned()]),
         orders = quoted(orders),
     )
 }

@@ -15,11 +15,12 @@ use common::process::{run, without_inherited_settings};
 use common::*;
 
 /// The sections whose ```sh blocks run, in the README's order, as one shell session.
-const RUN: [&str; 7] = [
+const RUN: [&str; 8] = [
     "Authentication",
     "Sales",
     "Purchase",
     "Proof-of-work",
+    "Waiting room: a fair sale",
     "Orders",
     "Blocklist and health",
     "Benchmarks and load generation",
@@ -161,6 +162,18 @@ fn every_readme_command_runs_as_pasted_or_says_why_not() {
         (
             r#""error":"pow_invalid""#,
             "the purchase without proof-of-work was not refused",
+        ),
+        (
+            r#""state":"admitted""#,
+            "the waiting-room ticket was not admitted",
+        ),
+        (
+            r#".moutai-fair","sku":"moutai-fair""#,
+            "the purchase with a pass made no order",
+        ),
+        (
+            r#""error":"not_admitted""#,
+            "the purchase without a pass was not refused",
         ),
         (r#""status":"paid""#, "the payment service did not pay it"),
         (

@@ -13,6 +13,8 @@ pub(super) enum Endpoint<'a> {
     Sale(&'a str),
     Purchase(&'a str),
     Pow(&'a str),
+    Queue(&'a str),
+    Ticket(&'a str, &'a str),
     Orders,
     Resume(&'a str),
     SaleOrders(&'a str),
@@ -47,6 +49,8 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales", sku] => Endpoint::Sale(sku),
             ["v1", "sales", sku, "purchase"] => Endpoint::Purchase(sku),
             ["v1", "sales", sku, "pow"] => Endpoint::Pow(sku),
+            ["v1", "sales", sku, "queue"] => Endpoint::Queue(sku),
+            ["v1", "sales", sku, "queue", ticket] => Endpoint::Ticket(sku, ticket),
             ["v1", "orders"] => Endpoint::Orders,
             ["v1", "sales", sku, "resume"] => Endpoint::Resume(sku),
             ["v1", "sales", sku, "orders"] => Endpoint::SaleOrders(sku),
@@ -75,10 +79,12 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Orders
             | Endpoint::SaleOrders(_)
             | Endpoint::Pow(_)
+            | Endpoint::Ticket(..)
             | Endpoint::BlocklistAll
             | Endpoint::Order(_) => "GET, HEAD, OPTIONS",
             Endpoint::Sale(_) => "GET, HEAD, PUT, OPTIONS",
             Endpoint::Purchase(_)
+            | Endpoint::Queue(_)
             | Endpoint::Resume(_)
             | Endpoint::Pay(_)
             | Endpoint::Cancel(_)
@@ -108,6 +114,8 @@ impl<'a> Endpoint<'a> {
             Endpoint::Sale(_) => Route::GetSale,
             Endpoint::Purchase(_) => Route::Purchase,
             Endpoint::Pow(_) => Route::Pow,
+            Endpoint::Queue(_) => Route::JoinQueue,
+            Endpoint::Ticket(..) => Route::GetTicket,
             Endpoint::Orders => Route::ListOrders,
             Endpoint::Resume(_) => Route::ResumeSale,
             Endpoint::SaleOrders(_) => Route::SaleOrders,

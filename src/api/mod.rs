@@ -14,6 +14,7 @@ mod orders;
 mod payments;
 mod pow;
 mod query;
+mod queue;
 mod resume;
 mod sale_orders;
 mod sales;
@@ -144,6 +145,14 @@ impl<S: Store + 'static> Api<S> {
                 Method::Get => pow::challenge(self, request, sku).await,
                 _ => Err(not_allowed(allow)),
             },
+            Endpoint::Queue(sku) => match method {
+                Method::Post => queue::join(self, request, sku).await,
+                _ => Err(not_allowed(allow)),
+            },
+            Endpoint::Ticket(sku, number) => match method {
+                Method::Get => queue::ticket(self, request, sku, number).await,
+                _ => Err(not_allowed(allow)),
+            },
             Endpoint::Orders => match method {
                 Method::Get => my_orders::list(self, request).await,
                 _ => Err(not_allowed(allow)),
@@ -235,6 +244,7 @@ impl<S: Store + 'static> Api<S> {
             (Endpoint::Resume(_), Method::Post) => BodyAccess::Admin,
             (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
             (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
+            (Endpoint::Queue(_), Method::Post) => BodyAccess::Shopper,
             (Endpoint::Pay(_), Method::Post) => BodyAccess::Payment,
             (Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
             // The signature is checked once the body is in; only whether it can be is checked

@@ -42,7 +42,12 @@ pub(super) async fn challenge<S: Store + 'static>(
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }
-    let mut bits = api.shard.edge.borrow().pow_bits(sku);
+    let mut bits = api
+        .shard
+        .edge
+        .borrow()
+        .admission_rules(sku)
+        .map(|rules| rules.pow_bits);
     // A sale created through another node may not have reached this edge yet.
     if bits.is_none() && api.shard.looks_up() {
         bits = api.shard.discover(sku).await?.map(|view| view.pow_bits);

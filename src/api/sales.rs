@@ -8,11 +8,17 @@ use super::{json, Api};
 use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
+use crate::metrics::WaitingRoomEvent;
 use crate::sale::command::{Command, Outcome, PurchaseRequest};
-use crate::sale::model::{is_valid_currency, is_valid_id, DEFAULT_CURRENCY, MAX_STOCK_BUCKETS};
+use crate::sale::model::{
+    is_valid_currency, is_valid_id, Admission, DEFAULT_CURRENCY, MAX_STOCK_BUCKETS,
+};
 use crate::sale::pow::{Proof, MAX_POW_BITS};
+use crate::sale::waiting_room::{
+    DEFAULT_ADMISSION_RATE, DEFAULT_QUEUE_LEAD_MS, MAX_ADMISSION_RATE,
+};
 use crate::sale::{Sale, SaleError};
-use crate::shard::edge::Refusal;
+use crate::shard::edge::{Gate, Refusal};
 use crate::store::Store;
 use simd_json::prelude::*;
 
@@ -99,6 +105,9 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let pow_bits = fields
         .u64("pow_bits", 0..=u64::from(MAX_POW_BITS))?
         .unwrap_or(0);
+    let admission = fields.str("admission", 1..=32)?;
+    let queue_opens_at = fields.u64("queue_opens_at", 0..=MAX_TIME_MS)?;
+    let admission_rate = fields.u64("admission_rate", 1..=u64::from(MAX_ADMISSION_RATE))?;
     fields.finish()?;
     if !is_valid_currency(&currency) {
         return Err(ApiError::bad_request(
@@ -108,6 +117,18 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     if ends_at <= starts_at {
         return Err(ApiError::bad_request(
             "field `ends_at` must be after `starts_at`",
+        ));
+    }
+    let (admission, queue_opens_at, admission_rate) = parse_admission(
+        admission.as_deref(),
+        queue_opens_at,
+        admission_rate,
+        starts_at,
+    )?;
+    if admission == Admission::WaitingRoom && stock_buckets > 1 {
+        // The queue's sold-out check and ticket states read one bucket's stock.
+        return Err(ApiError::bad_request(
+            "a sale with `\"admission\": \"waiting_room\"` keeps its stock in one bucket: `stock_buckets` must be 1",
         ));
     }
     Ok(Sale {
@@ -126,7 +147,46 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
         stock_buckets: u32::try_from(stock_buckets).unwrap_or(1),
         // Bounded by the range checked above.
         pow_bits: u8::try_from(pow_bits).unwrap_or(MAX_POW_BITS),
+        admission,
+        queue_opens_at,
+        admission_rate,
     })
+}
+
+/// The admission mode and its settings, defaulted and checked against each other.
+fn parse_admission(
+    admission: Option<&str>,
+    queue_opens_at: Option<u64>,
+    admission_rate: Option<u64>,
+    starts_at: u64,
+) -> Result<(Admission, u64, u32), ApiError> {
+    match admission {
+        None | Some("fcfs") => {
+            if queue_opens_at.is_some() || admission_rate.is_some() {
+                return Err(ApiError::bad_request(
+                    "fields `queue_opens_at` and `admission_rate` need `\"admission\": \"waiting_room\"`",
+                ));
+            }
+            Ok((Admission::Fcfs, 0, 0))
+        }
+        Some("waiting_room") => {
+            let opens =
+                queue_opens_at.unwrap_or_else(|| starts_at.saturating_sub(DEFAULT_QUEUE_LEAD_MS));
+            if opens > starts_at {
+                return Err(ApiError::bad_request(
+                    "field `queue_opens_at` must not be after `starts_at`",
+                ));
+            }
+            // Bounded by the range checked when it was read.
+            let rate = admission_rate.map_or(DEFAULT_ADMISSION_RATE, |rate| {
+                u32::try_from(rate).unwrap_or(MAX_ADMISSION_RATE)
+            });
+            Ok((Admission::WaitingRoom, opens, rate))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "field `admission` must be `fcfs` or `waiting_room`",
+        )),
+    }
 }
 
 /// `POST /v1/sales/{sku}/purchase` (shopper)
@@ -144,11 +204,19 @@ pub(super) async fn purchase<S: Store + 'static>(
     let idempotency_key = parse_idempotency_key(request.idempotency_key)?;
     // The edge checks come before the body is even parsed: refusing is the common answer in a
     // flash sale, and it should cost as little as possible.
+    // Whether the purchase came through the waiting room, for the passes-used count.
+    let passed = std::cell::Cell::new(false);
     let admit = || {
         let now_ms = now_ms();
         // A malformed header is no solution: one refusal, `pow_invalid`, for every wrong proof.
         let proof = request.pow.and_then(Proof::parse);
-        let proves = |bits| api.auth.pow().verify(sku, user_id, proof, bits, now_ms);
+        let proves = |gate| match gate {
+            Gate::Work(bits) => api.auth.pow().verify(sku, user_id, proof, bits, now_ms),
+            Gate::Pass => {
+                passed.set(true);
+                api.auth.passes().verify(sku, user_id, request.pass, now_ms)
+            }
+        };
         api.shard.edge.borrow_mut().admit_purchase(
             sku,
             user_id,
@@ -194,6 +262,11 @@ pub(super) async fn purchase<S: Store + 'static>(
         } => {
             let outcome = if replayed { "replayed" } else { "created" };
             api.shard.metrics.record_purchase(outcome);
+            if passed.get() && !replayed {
+                api.shard
+                    .metrics
+                    .record_waiting_room(WaitingRoomEvent::PassUsed);
+            }
             json(201, &order)
         }
         _ => Err(SaleError::Unavailable.into()),

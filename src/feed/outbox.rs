@@ -39,9 +39,10 @@ impl Outbox {
             Event::OrderClosed { order_id, .. } => book
                 .order(order_id)
                 .map(|order| FeedEvent::order(&order, at)),
-            Event::UserBlocked(..) | Event::FeedPublished { .. } | Event::FeedUnpublished(_) => {
-                None
-            }
+            Event::UserBlocked(..)
+            | Event::FeedPublished { .. }
+            | Event::FeedUnpublished(_)
+            | Event::TicketIssued { .. } => None,
         }
     }
 

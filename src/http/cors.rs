@@ -15,7 +15,7 @@ pub const MAX_ORIGINS: usize = 64;
 const ALLOW_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
 /// Request headers a preflight may ask for: what the API reads.
 const ALLOW_HEADERS: &str =
-    "authorization, content-type, idempotency-key, x-request-id, x-seckill-pow";
+    "authorization, content-type, idempotency-key, x-request-id, x-seckill-pow, x-seckill-pass";
 /// Response headers a page may read besides the CORS-safelisted ones.
 const EXPOSE_HEADERS: &str = "x-request-id, x-seckill-shard, retry-after, date";
 /// How long a browser may cache a preflight's answer, in seconds.

@@ -48,6 +48,8 @@ pub struct Request<'buf> {
     pub idempotency_key: Option<&'buf [u8]>,
     /// `X-Seckill-Pow` header value: a proof-of-work solution ([`crate::sale::pow`]).
     pub pow: Option<&'buf [u8]>,
+    /// `X-Seckill-Pass` header value: a waiting-room pass ([`crate::sale::pass`]).
+    pub pass: Option<&'buf [u8]>,
     /// `X-Request-Id` header value.
     pub request_id: Option<&'buf [u8]>,
     /// `Seckill-Signature` header value (the payment webhook's signature).
@@ -168,6 +170,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed<'_>, ParseError> {
             request.idempotency_key = Some(value);
         } else if name.eq_ignore_ascii_case("x-seckill-pow") {
             request.pow = Some(value);
+        } else if name.eq_ignore_ascii_case("x-seckill-pass") {
+            request.pass = Some(value);
         } else if name.eq_ignore_ascii_case("x-request-id") {
             request.request_id = Some(value);
         } else if name.eq_ignore_ascii_case("seckill-signature") {

@@ -10,7 +10,7 @@
 use std::fmt::Write;
 
 use super::distribution::DistributionSnapshot;
-use super::recorder::MessageKind;
+use super::recorder::{MessageKind, WaitingRoomEvent};
 use super::{add_count, Route, ShardSnapshot};
 use crate::feed::PublisherStats;
 use crate::sale::{OrderCounts, OrderStatus};
@@ -259,6 +259,15 @@ fn render_runtime(out: &mut Text, shards: &[ShardSnapshot]) {
     );
     let failures = shards.iter().map(|shard| shard.requests.pow_failures).sum();
     out.sample("seckill_pow_failures_total", &[], failures);
+
+    for event in WaitingRoomEvent::ALL {
+        out.family(event.metric(), "counter", event.help());
+        let count = shards
+            .iter()
+            .map(|shard| shard.requests.waiting_room[event as usize])
+            .sum();
+        out.sample(event.metric(), &[], count);
+    }
 
     out.family(
         "seckill_sale_lookups_total",

@@ -8,7 +8,7 @@ pub mod exposition;
 pub mod recorder;
 
 pub use distribution::{Distribution, DistributionSnapshot};
-pub use recorder::{MessageKind, RequestSnapshot, ShardMetrics};
+pub use recorder::{MessageKind, RequestSnapshot, ShardMetrics, WaitingRoomEvent};
 
 use crate::store::StoreStats;
 
@@ -55,6 +55,10 @@ pub enum Route {
     OpenApi,
     /// `GET /v1/sales/{sku}/pow`: a proof-of-work challenge
     Pow,
+    /// `POST /v1/sales/{sku}/queue`: join a waiting room
+    JoinQueue,
+    /// `GET /v1/sales/{sku}/queue/{ticket}`: where a ticket stands
+    GetTicket,
     /// `OPTIONS` on any endpoint: a browser's CORS preflight
     Preflight,
     /// A path no endpoint has.
@@ -65,7 +69,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 22] = [
+    pub const ALL: [Route; 24] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -85,6 +89,8 @@ impl Route {
         Route::Time,
         Route::OpenApi,
         Route::Pow,
+        Route::JoinQueue,
+        Route::GetTicket,
         Route::Preflight,
         Route::Unmatched,
         Route::Malformed,
@@ -112,6 +118,8 @@ impl Route {
             Route::Time => "time",
             Route::OpenApi => "openapi",
             Route::Pow => "pow",
+            Route::JoinQueue => "join_queue",
+            Route::GetTicket => "get_ticket",
             Route::Preflight => "preflight",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",

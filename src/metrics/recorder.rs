@@ -31,6 +31,44 @@ impl MessageKind {
     }
 }
 
+/// What a waiting room counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitingRoomEvent {
+    /// A ticket was issued (not a repeated join).
+    TicketIssued,
+    /// A ticket's status answer carried a pass: the ticket was admitted.
+    PassIssued,
+    /// An order was created with a valid pass.
+    PassUsed,
+}
+
+impl WaitingRoomEvent {
+    /// Every event, in counter order.
+    pub const ALL: [WaitingRoomEvent; 3] = [
+        WaitingRoomEvent::TicketIssued,
+        WaitingRoomEvent::PassIssued,
+        WaitingRoomEvent::PassUsed,
+    ];
+
+    /// The metric this event counts in.
+    pub fn metric(self) -> &'static str {
+        match self {
+            WaitingRoomEvent::TicketIssued => "seckill_queue_tickets_issued_total",
+            WaitingRoomEvent::PassIssued => "seckill_queue_passes_issued_total",
+            WaitingRoomEvent::PassUsed => "seckill_queue_passes_used_total",
+        }
+    }
+
+    /// The metric's help text.
+    pub fn help(self) -> &'static str {
+        match self {
+            WaitingRoomEvent::TicketIssued => "Waiting-room tickets issued (repeated joins answered with the ticket held are not counted).",
+            WaitingRoomEvent::PassIssued => "Ticket status answers that carried a pass: the ticket had been admitted (a ticket asked about twice counts twice).",
+            WaitingRoomEvent::PassUsed => "Orders created with a waiting-room pass.",
+        }
+    }
+}
+
 /// Requests seen on one route.
 #[derive(Debug, Default)]
 struct RouteStats {
@@ -54,6 +92,8 @@ pub struct ShardMetrics {
     connections_refused: Cell<u64>,
     /// Requests refused for missing, wrong or stale proof-of-work (`pow_invalid`).
     pow_failures: Cell<u64>,
+    /// Waiting-room events, by [`WaitingRoomEvent::ALL`] order.
+    waiting_room: [Cell<u64>; WaitingRoomEvent::ALL.len()],
     /// Lookups of SKUs an edge did not know, by outcome (a fixed set of constants).
     lookups: RefCell<Vec<(&'static str, u64)>>,
 }
@@ -74,6 +114,7 @@ impl ShardMetrics {
             owner_in_flight: Cell::new(0),
             connections_refused: Cell::new(0),
             pow_failures: Cell::new(0),
+            waiting_room: Default::default(),
             lookups: RefCell::new(Vec::new()),
         }
     }
@@ -105,6 +146,12 @@ impl ShardMetrics {
     /// Counts a request refused `pow_invalid`.
     pub fn record_pow_failure(&self) {
         self.pow_failures.set(self.pow_failures.get() + 1);
+    }
+
+    /// Counts one waiting-room event.
+    pub fn record_waiting_room(&self, event: WaitingRoomEvent) {
+        let counter = &self.waiting_room[event as usize];
+        counter.set(counter.get() + 1);
     }
 
     /// Records a purchase's outcome: `created`, `replayed` or the error code.
@@ -154,6 +201,8 @@ impl ShardMetrics {
             owner_in_flight: self.owner_in_flight.get(),
             connections_refused: self.connections_refused.get(),
             pow_failures: self.pow_failures.get(),
+            waiting_room: WaitingRoomEvent::ALL
+                .map(|event| self.waiting_room[event as usize].get()),
             lookups: self.lookups.borrow().clone(),
         }
     }
@@ -199,6 +248,8 @@ pub struct RequestSnapshot {
     pub connections_refused: u64,
     /// See [`ShardMetrics::record_pow_failure`].
     pub pow_failures: u64,
+    /// See [`ShardMetrics::record_waiting_room`], in [`WaitingRoomEvent::ALL`] order.
+    pub waiting_room: [u64; WaitingRoomEvent::ALL.len()],
     /// Lookups of unknown SKUs, by outcome.
     pub lookups: Vec<(&'static str, u64)>,
 }

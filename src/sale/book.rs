@@ -19,6 +19,7 @@ use super::model::{Order, OrderCounts, OrderStatus, Sale, SaleView};
 use super::order_table::{fits, OrderRef, OrderTable, MAX_PAYMENT_WINDOW_MS};
 use super::sale_orders::SaleOrderIds;
 use super::segmented::SegmentedMap;
+use super::waiting_room::WaitingRoom;
 use super::SaleError;
 
 /// How much closed history the book keeps; everything else it holds is bounded by live stock.
@@ -51,6 +52,8 @@ pub(super) struct SaleLedger {
     pub(super) closed: VecDeque<u128>,
     /// Retained orders in id order, for the admin's listing.
     pub(super) ids: SaleOrderIds,
+    /// The waiting room's tickets; empty for a first-come-first-served sale.
+    pub(super) room: WaitingRoom,
 }
 
 impl SaleLedger {
@@ -80,6 +83,7 @@ impl SaleLedger {
             holders: SegmentedMap::new(),
             closed: VecDeque::new(),
             ids: SaleOrderIds::default(),
+            room: WaitingRoom::default(),
         }
     }
 }
@@ -178,6 +182,12 @@ impl Book {
             Command::ListSaleOrders(query) => (self.sale_orders(&query), None),
             // One machine's journal cannot lose acknowledged writes behind its back.
             Command::Resume(..) => (Err(SaleError::NotRegressed), None),
+            Command::JoinQueue(join) => self.join_queue(join, now_ms),
+            Command::GetTicket {
+                sku,
+                user_id,
+                number,
+            } => (self.ticket(&sku, &user_id, number, now_ms), None),
         }
     }
 
@@ -292,6 +302,17 @@ impl Book {
             }
             // The order feed's outbox records; its state is not the book's.
             Event::FeedPublished { .. } | Event::FeedUnpublished(_) => {}
+            Event::TicketIssued {
+                sku,
+                user_id,
+                issued_at,
+                score,
+            } => {
+                if let Some(ledger) = self.sales.get_mut(&**sku) {
+                    let user_id: Arc<str> = Arc::from(&**user_id);
+                    ledger.room.issue(&ledger.sale, user_id, *issued_at, *score);
+                }
+            }
         }
     }
 
@@ -649,6 +670,9 @@ mod tests {
             currency: "CNY".into(),
             stock_buckets: 1,
             pow_bits: 0,
+            admission: Default::default(),
+            queue_opens_at: 0,
+            admission_rate: 0,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use super::ids::OrderId;
 use super::model::{Order, OrderStatus, Sale, SaleView, MAX_ID_LEN};
+use super::waiting_room::TicketView;
 use super::SaleError;
 
 /// Who is asking, as far as order visibility is concerned.
@@ -99,6 +100,30 @@ pub enum Command {
     Resume(Box<str>, Option<u64>),
     /// A page of a SKU's orders for the admin, in id order (see [`super::sale_orders`]).
     ListSaleOrders(SaleOrdersQuery),
+    /// Give a shopper a ticket in a sale's waiting room, or the one they hold.
+    JoinQueue(QueueJoin),
+    /// Read a shopper's ticket.
+    GetTicket {
+        /// The sale.
+        sku: Box<str>,
+        /// Who asks: only the holder may read a ticket.
+        user_id: Box<str>,
+        /// The ticket's number.
+        number: u64,
+    },
+}
+
+/// A shopper joining a sale's waiting room, as the edge admitted it (auth, blocklist,
+/// proof-of-work).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueJoin {
+    /// The sale.
+    pub sku: Box<str>,
+    /// The shopper.
+    pub user_id: Box<str>,
+    /// The ticket's score, which orders the early tickets
+    /// ([`super::pass::PassKey::score`]).
+    pub score: u64,
 }
 
 /// What `GET /v1/sales/{sku}/orders` asks the SKU's owner for.
@@ -125,6 +150,8 @@ impl Command {
                 Some(&id.sku)
             }
             Self::ListSaleOrders(query) => Some(&query.sku),
+            Self::JoinQueue(join) => Some(&join.sku),
+            Self::GetTicket { sku, .. } => Some(sku),
             Self::SetBlocked(..) => None,
         }
     }
@@ -159,6 +186,13 @@ pub enum Outcome {
     Done,
     /// A regressed SKU was resumed: the report of what was lost, as JSON.
     Resumed(Box<str>),
+    /// A waiting-room ticket as it stands.
+    Ticket {
+        /// The ticket.
+        ticket: TicketView,
+        /// Whether this call issued it (a repeated join answers with the ticket already held).
+        issued: bool,
+    },
 }
 
 /// A SKU's stock at one point in its history.
@@ -208,4 +242,15 @@ pub enum Event {
     },
     /// An order feed event not yet published when the snapshot holding it was taken.
     FeedUnpublished(crate::feed::FeedEvent),
+    /// A shopper got the next ticket of a sale's waiting room.
+    TicketIssued {
+        /// The sale.
+        sku: Box<str>,
+        /// The shopper.
+        user_id: Box<str>,
+        /// When: before the sale's start makes it an early ticket.
+        issued_at: u64,
+        /// See [`QueueJoin::score`].
+        score: u64,
+    },
 }

@@ -58,6 +58,16 @@ refusals! {
     Blocked => 403, "blocked", "this user may not buy";
     /// The sale asks for proof-of-work and the request's is missing, wrong or stale.
     PowInvalid => 403, "pow_invalid", "missing, wrong or stale proof-of-work: fetch a challenge from /v1/sales/{sku}/pow and solve it";
+    /// The sale uses a waiting room and the purchase carries no valid, unexpired pass.
+    NotAdmitted => 403, "not_admitted", "this sale admits buyers through its waiting room: join the queue and buy with the pass your admitted ticket carries";
+    /// Queue calls for a sale that does not use a waiting room.
+    NoWaitingRoom => 409, "no_waiting_room", "this sale has no waiting room";
+    /// The queue has not opened yet.
+    QueueNotOpen => 425, "queue_not_open", "the sale's queue has not opened yet";
+    /// The queue holds as many tickets as a sale may have.
+    QueueFull => 503, "queue_full", "the sale's queue is full";
+    /// No such ticket, or not the caller's.
+    UnknownTicket => 404, "unknown_ticket", "no such ticket";
     /// The shopper would exceed the per-user limit (pending and paid orders count).
     LimitExceeded => 403, "limit_exceeded", "this purchase would exceed the per-user limit";
     /// No stock is left.

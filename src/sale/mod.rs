@@ -14,12 +14,15 @@ pub mod holder;
 pub mod ids;
 pub mod model;
 pub mod order_table;
+pub mod pass;
 pub mod pow;
+mod queue;
 pub mod sale_orders;
 pub mod segmented;
 pub mod sku_slots;
 pub mod snapshot;
 pub mod user_orders;
+pub mod waiting_room;
 
 pub use error::SaleError;
 pub use model::{Order, OrderCounts, OrderStatus, Sale, SaleState, SaleView};

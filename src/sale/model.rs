@@ -52,6 +52,40 @@ pub struct Sale {
     /// for none.
     #[serde(default)]
     pub pow_bits: u8,
+    /// How shoppers get to buy: first come first served, or through a waiting room.
+    #[serde(default)]
+    pub admission: Admission,
+    /// With a waiting room: the first millisecond shoppers may join its queue (at or before
+    /// `starts_at`); unused otherwise.
+    #[serde(default)]
+    pub queue_opens_at: u64,
+    /// With a waiting room: tickets admitted per second from `starts_at`; unused otherwise.
+    #[serde(default)]
+    pub admission_rate: u32,
+}
+
+/// How a sale's shoppers get to buy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admission {
+    /// First come, first served: whoever's purchase reaches the owner first buys.
+    #[default]
+    Fcfs,
+    /// Shoppers join a queue before the start; at the start the early tickets are put in a
+    /// random order, and tickets are admitted in that order at the sale's `admission_rate`.
+    /// A purchase needs the pass an admitted ticket carries
+    /// ([`crate::sale::waiting_room`]).
+    WaitingRoom,
+}
+
+impl Admission {
+    /// The name used in the API.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Fcfs => "fcfs",
+            Self::WaitingRoom => "waiting_room",
+        }
+    }
 }
 
 /// Most buckets a sale's stock may be split into: an order id names its bucket in 6 bits
@@ -151,6 +185,12 @@ pub struct SaleView {
     pub stock_buckets: u32,
     /// See [`Sale::pow_bits`].
     pub pow_bits: u8,
+    /// See [`Sale::admission`].
+    pub admission: Admission,
+    /// See [`Sale::queue_opens_at`].
+    pub queue_opens_at: u64,
+    /// See [`Sale::admission_rate`].
+    pub admission_rate: u32,
     /// Derived from the window and `remaining` at the time of the view.
     pub state: SaleState,
     /// The sale's stock-change counter at the time of the view (internal, not serialised).
@@ -184,6 +224,9 @@ impl SaleView {
             currency: sale.currency.clone(),
             stock_buckets: sale.stock_buckets,
             pow_bits: sale.pow_bits,
+            admission: sale.admission,
+            queue_opens_at: sale.queue_opens_at,
+            admission_rate: sale.admission_rate,
             state,
             stock_seq,
         }

@@ -17,6 +17,18 @@ impl Book {
             .values()
             .map(|ledger| Event::SaleUpserted(ledger.sale.clone()))
             .collect();
+        // Each sale's tickets in issue order, after every sale: replaying them repeats the
+        // draw and the late tickets' slots exactly.
+        for ledger in self.sales.values() {
+            events.extend(ledger.room.issued().map(|(user_id, issued_at, score)| {
+                Event::TicketIssued {
+                    sku: ledger.sale.sku.clone(),
+                    user_id: Box::from(&**user_id),
+                    issued_at,
+                    score,
+                }
+            }));
+        }
         events.extend(
             self.blocked
                 .iter()

@@ -99,6 +99,9 @@ mod tests {
             currency: "CNY".into(),
             stock_buckets: 1,
             pow_bits: 0,
+            admission: Default::default(),
+            queue_opens_at: 0,
+            admission_rate: 0,
         };
         book.execute(Command::UpsertSale(sale), T0 - 20)
             .0

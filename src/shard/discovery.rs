@@ -272,5 +272,8 @@ fn sale_of(view: &SaleView) -> Sale {
         currency: view.currency.clone(),
         stock_buckets: view.stock_buckets,
         pow_bits: view.pow_bits,
+        admission: view.admission,
+        queue_opens_at: view.queue_opens_at,
+        admission_rate: view.admission_rate,
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::message::Notice;
 use super::placement::owner_of;
 use crate::sale::admission::{fair_split, DemandMeter, Grant, Lease, TokenBucket};
+use crate::sale::model::Admission;
 use crate::sale::SaleError;
 
 /// The smallest change of a shard's fraction worth telling the others about: sales whose demand
@@ -24,6 +25,26 @@ pub enum Refusal {
     RateLimited(Duration),
 }
 
+/// What a purchase must prove at the edge besides its shopper token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// A proof-of-work solution with this many leading zero bits ([`crate::sale::pow`]).
+    Work(u8),
+    /// A waiting-room pass ([`crate::sale::pass`]).
+    Pass,
+}
+
+/// What the edge knows of a sale's admission, for the calls that come before a purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionRules {
+    /// See [`crate::sale::Sale::admission`].
+    pub admission: Admission,
+    /// See [`crate::sale::Sale::pow_bits`].
+    pub pow_bits: u8,
+    /// See [`crate::sale::Sale::starts_at`]: part of a ticket's score.
+    pub starts_at: u64,
+}
+
 /// What the edge knows about one sale.
 #[derive(Debug)]
 struct EdgeSale {
@@ -32,6 +53,8 @@ struct EdgeSale {
     rate_limit_per_sec: u32,
     /// See [`crate::sale::Sale::pow_bits`].
     pow_bits: u8,
+    /// See [`crate::sale::Sale::admission`].
+    admission: Admission,
     /// This shard's fraction of the node-wide rate, as the SKU's owner last split it.
     fraction: f64,
     /// This shard's share of the node-wide rate; `None` when unlimited. With a cluster-wide
@@ -171,6 +194,7 @@ impl Edge {
                         entry.ends_at = sale.ends_at;
                         entry.rate_limit_per_sec = sale.rate_limit_per_sec;
                         entry.pow_bits = sale.pow_bits;
+                        entry.admission = sale.admission;
                         entry.sold_out = false;
                         entry.version = *version;
                         let share = rate * entry.fraction;
@@ -194,6 +218,7 @@ impl Edge {
                             ends_at: sale.ends_at,
                             rate_limit_per_sec: sale.rate_limit_per_sec,
                             pow_bits: sale.pow_bits,
+                            admission: sale.admission,
                             fraction: even,
                             bucket: (sale.rate_limit_per_sec > 0)
                                 .then(|| TokenBucket::new(rate * even, now)),
@@ -292,9 +317,13 @@ impl Edge {
             .collect()
     }
 
-    /// The proof-of-work bits of `sku`, if this edge knows the sale.
-    pub fn pow_bits(&self, sku: &str) -> Option<u8> {
-        self.sales.get(sku).map(|sale| sale.pow_bits)
+    /// The admission rules of `sku`, if this edge knows the sale.
+    pub fn admission_rules(&self, sku: &str) -> Option<AdmissionRules> {
+        self.sales.get(sku).map(|sale| AdmissionRules {
+            admission: sale.admission,
+            pow_bits: sale.pow_bits,
+            starts_at: sale.starts_at,
+        })
     }
 
     /// Whether this replica knows `sku`; one it does not may still exist in a shared store
@@ -330,9 +359,10 @@ impl Edge {
     }
 
     /// The edge checks for a purchase, in contract order: the store has not regressed, sale
-    /// exists, window, blocklist, proof-of-work, rate, then the sold-out flag. `proves` checks
-    /// the request's proof-of-work at the sale's bits; it runs only for a sale that asks for
-    /// work, and before the rate limit, so that requests without valid work spend no tokens.
+    /// exists, window, blocklist, gate, rate, then the sold-out flag. `proves` checks the
+    /// request against the sale's [`Gate`]: a waiting-room pass, or proof-of-work in a
+    /// first-come-first-served sale that asks for it. It runs only for a sale with a gate, and
+    /// before the rate limit, so that requests that fail it spend no tokens.
     /// A request carrying an idempotency key skips the sold-out flag, because it may be the
     /// retry of a purchase that succeeded and must get its order back.
     pub fn admit_purchase(
@@ -342,7 +372,7 @@ impl Edge {
         may_be_replay: bool,
         now_ms: u64,
         now: Instant,
-        proves: impl FnOnce(u8) -> bool,
+        proves: impl FnOnce(Gate) -> bool,
     ) -> Result<(), Refusal> {
         if self.regressed.contains(sku) {
             return Err(Refusal::Sale(SaleError::StoreRegressed));
@@ -360,8 +390,18 @@ impl Edge {
         if self.blocked.contains(user_id) {
             return Err(Refusal::Sale(SaleError::Blocked));
         }
-        if sale.pow_bits > 0 && !proves(sale.pow_bits) {
-            return Err(Refusal::Sale(SaleError::PowInvalid));
+        let gate = match sale.admission {
+            Admission::WaitingRoom => Some(Gate::Pass),
+            Admission::Fcfs if sale.pow_bits > 0 => Some(Gate::Work(sale.pow_bits)),
+            Admission::Fcfs => None,
+        };
+        if let Some(gate) = gate {
+            if !proves(gate) {
+                return Err(Refusal::Sale(match gate {
+                    Gate::Work(_) => SaleError::PowInvalid,
+                    Gate::Pass => SaleError::NotAdmitted,
+                }));
+            }
         }
         if let Some(bucket) = &mut sale.bucket {
             sale.demand.record();
@@ -450,6 +490,9 @@ mod tests {
                 currency: "CNY".into(),
                 stock_buckets: 1,
                 pow_bits: 0,
+                admission: Default::default(),
+                queue_opens_at: 0,
+                admission_rate: 0,
             },
             version: 1,
         }
@@ -469,8 +512,8 @@ mod tests {
             blocked: true,
         };
         edge.apply(&block, now);
-        let fails = |bits| {
-            assert_eq!(bits, 9);
+        let fails = |gate| {
+            assert_eq!(gate, Gate::Work(9));
             false
         };
         assert_eq!(

@@ -92,6 +92,9 @@ impl From<EventV1> for Event {
                 currency: default_currency(),
                 stock_buckets: 1,
                 pow_bits: 0,
+                admission: Default::default(),
+                queue_opens_at: 0,
+                admission_rate: 0,
             }),
             EventV1::OrderCreated {
                 order: o,
@@ -162,6 +165,9 @@ impl From<SaleV4> for Sale {
             currency: s.currency,
             stock_buckets: s.stock_buckets,
             pow_bits: 0,
+            admission: Default::default(),
+            queue_opens_at: 0,
+            admission_rate: 0,
         }
     }
 }

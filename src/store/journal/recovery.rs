@@ -171,6 +171,7 @@ fn owner_of_event(event: &Event, shards: usize) -> usize {
         Event::UserBlocked(user_id, _) => owner_of(user_id, shards),
         Event::FeedPublished { sku, .. } => owner_of(sku, shards),
         Event::FeedUnpublished(event) => owner_of(&event.sku, shards),
+        Event::TicketIssued { sku, .. } => owner_of(sku, shards),
     }
 }
 

@@ -274,7 +274,7 @@ impl RedisStore {
     }
 
     /// [`RedisStore::acknowledged_script`] with `extra` keys (of the same slot) after the
-    /// fourteen of `sku`.
+    /// sixteen of `sku`.
     pub(super) async fn acknowledged_script_with(
         &self,
         script: &Script,

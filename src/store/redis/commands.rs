@@ -326,6 +326,12 @@ impl RedisStore {
             Command::ListOrders(sku, user) => self.list_orders(&sku, &user).await,
             Command::ListSaleOrders(query) => self.sale_orders(query).await,
             Command::Resume(sku, remaining) => self.resume_sale(&sku, remaining).await,
+            Command::JoinQueue(join) => self.join_queue(join).await,
+            Command::GetTicket {
+                sku,
+                user_id,
+                number,
+            } => self.get_ticket(&sku, &user_id, number).await,
         }
     }
 }

@@ -7,7 +7,7 @@ use fred::types::Value;
 
 use super::RedisError;
 use crate::sale::command::StockLevel;
-use crate::sale::model::{default_currency, is_valid_currency};
+use crate::sale::model::{default_currency, is_valid_currency, Admission};
 use crate::sale::{Order, Sale, SaleError};
 
 /// The sale and level from a `SYNC` reply; `None` for an unknown SKU.
@@ -22,6 +22,7 @@ pub(super) fn decode_sale(
     let name = str_at(&fields, 0).map_err(|_| RedisError::Reply("sale name".into()))?;
     let int =
         |index| int_at(&fields, index).map_err(|_| RedisError::Reply(format!("field {index}")));
+    let extras = extras_at(&fields, 19)?;
     let sale = Sale {
         sku: sku.into(),
         name: name.into(),
@@ -43,7 +44,10 @@ pub(super) fn decode_sale(
             .and_then(|k| u32::try_from(k).ok())
             .filter(|k| (1..=crate::sale::model::MAX_STOCK_BUCKETS).contains(k))
             .unwrap_or(1),
-        pow_bits: extras_at(&fields, 19)?.pow_bits,
+        pow_bits: extras.pow_bits,
+        admission: extras.admission,
+        queue_opens_at: extras.queue_opens_at,
+        admission_rate: extras.admission_rate,
     };
     let level = StockLevel {
         remaining: int(7)?,
@@ -60,6 +64,15 @@ struct SaleExtras {
     /// See [`Sale::pow_bits`].
     #[serde(default)]
     pow_bits: u8,
+    /// See [`Sale::admission`].
+    #[serde(default)]
+    admission: Admission,
+    /// See [`Sale::queue_opens_at`].
+    #[serde(default)]
+    queue_opens_at: u64,
+    /// See [`Sale::admission_rate`].
+    #[serde(default)]
+    admission_rate: u32,
 }
 
 /// The extras at `index`: defaults when the sale predates them, an error when they are there but
@@ -73,6 +86,7 @@ fn extras_at(fields: &[Value], index: usize) -> Result<SaleExtras, RedisError> {
         .map_err(|error| RedisError::Reply(format!("sale definition: {error}")))?;
     Ok(SaleExtras {
         pow_bits: extras.pow_bits.min(crate::sale::pow::MAX_POW_BITS),
+        ..extras
     })
 }
 

@@ -2,9 +2,9 @@
 //! of it on Redis Cluster; the two node-wide sets live outside any SKU's slot and are only used
 //! by plain commands.
 
-/// The last part of the name of each of a SKU's fourteen keys, in the order every script
+/// The last part of the name of each of a SKU's sixteen keys, in the order every script
 /// expects them.
-pub const SKU_KEY_NAMES: [&str; 14] = [
+pub const SKU_KEY_NAMES: [&str; 16] = [
     "sale",
     "remaining",
     "seq",
@@ -19,9 +19,11 @@ pub const SKU_KEY_NAMES: [&str; 14] = [
     "byuser",
     "regressed",
     "ids",
+    "tickets",
+    "early",
 ];
 
-/// The fourteen keys of one SKU, in the order every script expects them.
+/// The sixteen keys of one SKU, in the order every script expects them.
 #[derive(Debug, Clone)]
 pub struct SkuKeys(pub Vec<String>);
 
@@ -125,7 +127,7 @@ mod tests {
     #[test]
     fn every_sku_key_carries_the_hash_tag() {
         let keys = SkuKeys::new("seckill", "moutai");
-        assert_eq!(keys.0.len(), 14);
+        assert_eq!(keys.0.len(), 16);
         assert!(keys.0.iter().all(|key| key.contains("{moutai}")));
         assert_eq!(keys.orders(), "seckill:{moutai}:orders");
     }

@@ -40,6 +40,7 @@ pub mod keys;
 pub mod notify;
 mod parts;
 mod poll;
+mod queue;
 pub mod rate;
 pub mod reclaim;
 pub mod regression;
@@ -201,6 +202,8 @@ struct Scripts {
     renew: Script,
     take: Script,
     give: Script,
+    join: Script,
+    ticket: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -286,6 +289,8 @@ impl RedisStore {
                 renew: Script::from_lua(schedule::RENEW),
                 take: Script::from_lua(buckets::TAKE),
                 give: Script::from_lua(buckets::GIVE),
+                join: Script::from_lua(scripts::JOIN),
+                ticket: Script::from_lua(scripts::TICKET),
             },
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(rng),

@@ -47,7 +47,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// The lease's two keys of `sku`, after the fourteen of every script: the lease and its fencing
+/// The lease's two keys of `sku`, after the sixteen of every script: the lease and its fencing
 /// counter, both in the SKU's hash slot.
 pub fn lease_keys(prefix: &str, sku: &str) -> [String; 2] {
     [

@@ -24,7 +24,7 @@ use crate::store::Synced;
 /// Default of `--redis-retention-secs`: a week.
 pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
-/// Gives every key of a settled SKU a TTL: `KEYS` = every key of the SKU (its fourteen first),
+/// Gives every key of a settled SKU a TTL: `KEYS` = every key of the SKU (its sixteen first),
 /// `ARGV = [ttl_ms]`. Refuses (returns -1) when an order is pending or the store regressed, and
 /// does nothing (0) for a SKU without a sale; `NX` keeps a TTL set before, so settling again
 /// does not push the expiry back. Returns 1 when done.
@@ -36,7 +36,7 @@ return 1
 "#;
 
 impl RedisStore {
-    /// Every key `sku` (or one bucket's part of it) can have: the fourteen of every script, the
+    /// Every key `sku` (or one bucket's part of it) can have: the sixteen of every script, the
     /// lease's two, the order feed's three, the rate bucket and the replication fence.
     fn all_keys(&self, sku: &str) -> Vec<String> {
         let prefix = &self.0.prefix;

@@ -1,6 +1,6 @@
 //! The Lua scripts that make Redis the cluster's source of truth.
 //!
-//! Every script takes the same fourteen keys, all of one SKU and all carrying the `{sku}` hash tag, so
+//! Every script takes the same sixteen keys, all of one SKU and all carrying the `{sku}` hash tag, so
 //! each runs atomically on one Redis Cluster shard unchanged ([`super::keys::SkuKeys`]). Time is
 //! Redis `TIME`, so nodes with drifting clocks still agree on windows and deadlines. Scripts are
 //! run with `EVALSHA` and loaded again on `NOSCRIPT` ([`super::RedisStore`]).
@@ -20,7 +20,8 @@ macro_rules! prelude {
         concat!(r#"
 local K = {sale = KEYS[1], remaining = KEYS[2], seq = KEYS[3], held = KEYS[4], idem = KEYS[5],
            orders = KEYS[6], pending = KEYS[7], blocked = KEYS[8], events = KEYS[9], closed = KEYS[10],
-           abandoned = KEYS[11], byuser = KEYS[12], regressed = KEYS[13], ids = KEYS[14]}
+           abandoned = KEYS[11], byuser = KEYS[12], regressed = KEYS[13], ids = KEYS[14],
+           tickets = KEYS[15], early = KEYS[16]}
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -221,6 +222,10 @@ end
 mod purchase;
 pub use purchase::PURCHASE;
 
+// The waiting room's two scripts.
+mod queue;
+pub use queue::{JOIN, TICKET};
+
 /// Pay or cancel: `ARGV = [retention, order_id, requester, target, amount?, payment_ref?]`,
 /// where requester is a user id or `*` for an admin (and the payment side) and target is `paid`
 /// (with the amount and reference the payment side named) or `cancelled`. A payment of another
@@ -262,7 +267,7 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 );
 
 /// Reads the sale and, for the holder of the SKU's reclaimer lease only, reclaims due orders:
-/// `KEYS` are the fourteen of every script plus the lease and its fencing counter
+/// `KEYS` are the sixteen of every script plus the lease and its fencing counter
 /// ([`super::reclaim`]); `ARGV = [retention, limit, epoch, seq, remaining, starts_at, node,
 /// token, ttl_ms]`. The five after `limit` are the node's last view of the SKU (empty when it
 /// has none), against which the script detects a regression and writes the marker
@@ -306,13 +311,13 @@ end
 -- here, in the same atomic step as the sweep it guards.
 local holder, token = 0, ARGV[8] or ''
 if token ~= '' then
-  local current = redis.call('GET', KEYS[15])
+  local current = redis.call('GET', KEYS[17])
   if not current then
-    redis.call('INCR', KEYS[16])
-    redis.call('SET', KEYS[15], token, 'NX', 'PX', ARGV[9])
+    redis.call('INCR', KEYS[18])
+    redis.call('SET', KEYS[17], token, 'NX', 'PX', ARGV[9])
     holder = 1
   elseif current == token then
-    redis.call('PEXPIRE', KEYS[15], ARGV[9])
+    redis.call('PEXPIRE', KEYS[17], ARGV[9])
     holder = 1
   end
 end
@@ -327,7 +332,7 @@ for i = 2, 7 do sale[i] = tonumber(sale[i]) end
 sale[8], sale[9], sale[10], sale[11], sale[12] = remaining, seq, expired, epoch, marker or ''
 local priced = redis.call('HMGET', K.sale, 'price', 'currency')
 sale[13], sale[14] = tonumber(priced[1] or '0'), priced[2] or ''
-sale[15], sale[16] = holder, tonumber((KEYS[16] and redis.call('GET', KEYS[16])) or '0')
+sale[15], sale[16] = holder, tonumber((KEYS[18] and redis.call('GET', KEYS[18])) or '0')
 sale[17] = redis.call('ZCARD', K.pending)
 local first = redis.call('ZRANGE', K.pending, 0, 0, 'WITHSCORES')
 sale[18] = -1
@@ -360,8 +365,9 @@ if starts and now_ms() >= tonumber(starts) then
   local remaining, seq = level()
   return {'ok', remaining, seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
 end
-redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser, K.ids)
-if KEYS[16] then redis.call('DEL', KEYS[15], KEYS[16]) end
+redis.call('DEL', K.held, K.idem, K.orders, K.pending, K.blocked, K.closed, K.byuser, K.ids,
+           K.tickets, K.early)
+if KEYS[18] then redis.call('DEL', KEYS[17], KEYS[18]) end
 redis.call('HSET', K.sale, 'name', ARGV[1], 'stock', ARGV[2], 'starts_at', ARGV[3], 'ends_at', ARGV[4],
            'per_user_limit', ARGV[5], 'payment_timeout_ms', ARGV[6], 'rate_limit_per_sec', ARGV[7],
            'price', ARGV[8], 'currency', ARGV[9], 'buckets', ARGV[11], 'put', ARGV[13], 'def', ARGV[10])
