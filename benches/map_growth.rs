@@ -84,6 +84,8 @@ fn book_of_orders(shoppers: u64) -> Book {
         admission: Default::default(),
         queue_opens_at: 0,
         admission_rate: 0,
+        register_from: 0,
+        overbooking_percent: 0,
     };
     let (made, _) = book.execute(Command::UpsertSale(sale), NOW_MS - 120_000);
     assert!(made.is_ok(), "the sale: {made:?}");

@@ -428,6 +428,8 @@ fn sale(stock: u64, per_user_limit: u32) -> Sale {
         admission: Default::default(),
         queue_opens_at: 0,
         admission_rate: 0,
+        register_from: 0,
+        overbooking_percent: 0,
     }
 }
 

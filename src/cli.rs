@@ -37,6 +37,25 @@ pub enum Command {
     /// Proof-of-work, as a shopper's client does it.
     #[command(subcommand)]
     Pow(PowCommand),
+    /// Check a lottery's draw.
+    #[command(subcommand)]
+    Lottery(LotteryCommand),
+}
+
+/// `seckill lottery ...`
+#[derive(Debug, Subcommand)]
+pub enum LotteryCommand {
+    /// Recompute a drawn lottery from the seed and registrant list a node publishes, and check
+    /// both against the commitment: exit 0 and the winners if it holds, 1 if it does not or
+    /// cannot be read. Needs no credentials: anyone can run it.
+    Verify {
+        /// The node to read, host:port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// The lottery sale's SKU.
+        #[arg(long)]
+        sku: String,
+    },
 }
 
 /// `seckill pow ...`

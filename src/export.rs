@@ -83,7 +83,7 @@ pub fn export(options: &ExportOptions, out: &mut impl Write) -> Result<u64, Expo
         if let Some(after) = &after {
             path.push_str(&format!("&after={after}"));
         }
-        let mut body = get(&options.addr, &path, &options.admin_token)?;
+        let mut body = get(&options.addr, &path, Some(&options.admin_token))?;
         let page = simd_json::to_owned_value(&mut body)
             .map_err(|e| ExportError::Server(format!("the page is not JSON: {e}")))?;
         let orders = page
@@ -131,14 +131,17 @@ pub fn csv_field(text: &str) -> String {
     }
 }
 
-/// The body of a `200` answer to `GET path`, one request on its own connection.
-fn get(addr: &str, path: &str, token: &str) -> Result<Vec<u8>, ExportError> {
+/// The body of a `200` answer to `GET path`, one request on its own connection, with `token` as
+/// its bearer credential if given (the lottery's verifier reads public endpoints).
+pub(crate) fn get(addr: &str, path: &str, token: Option<&str>) -> Result<Vec<u8>, ExportError> {
     let mut stream = connect(addr)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.take(MAX_RESPONSE_BYTES + 1).read_to_end(&mut raw)?;

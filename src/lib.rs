@@ -28,6 +28,7 @@ pub mod http;
 pub mod json;
 pub mod load;
 pub mod logging;
+pub mod lottery_verify;
 pub mod metrics;
 pub mod payment;
 pub mod sale;

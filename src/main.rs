@@ -6,8 +6,8 @@ use clap::Parser;
 
 use seckill::auth::Auth;
 use seckill::cli::{
-    Cli, Command, DoctorArgs, EventsCommand, ExportArgs, JournalCommand, LoadArgs, OrdersCommand,
-    PowCommand, TailArgs, TokenArgs,
+    Cli, Command, DoctorArgs, EventsCommand, ExportArgs, JournalCommand, LoadArgs, LotteryCommand,
+    OrdersCommand, PowCommand, TailArgs, TokenArgs,
 };
 use seckill::sale::model::is_valid_id;
 use seckill::store::journal::read;
@@ -41,6 +41,32 @@ fn main() -> ExitCode {
         Command::Orders(OrdersCommand::Export(args)) => export_orders(args),
         Command::Events(EventsCommand::Tail(args)) => tail_events(args),
         Command::Pow(PowCommand::Solve { challenge, bits }) => solve_pow(&challenge, bits),
+        Command::Lottery(LotteryCommand::Verify { addr, sku }) => verify_lottery(&addr, &sku),
+    }
+}
+
+/// `seckill lottery verify`: the result on stdout, exit 1 if the draw does not verify.
+fn verify_lottery(addr: &str, sku: &str) -> ExitCode {
+    if !is_valid_id(sku) {
+        eprintln!("seckill lottery verify: --sku must be 1 to 64 characters from [A-Za-z0-9_-]");
+        return ExitCode::from(2);
+    }
+    match seckill::lottery_verify::verify(addr, sku) {
+        Ok(verified) => {
+            println!(
+                "verified: {} registrants, {} winners; the seed matches the commitment and \
+                 draws the published order",
+                verified.registrants, verified.winners
+            );
+            for winner in verified.winner_ids {
+                println!("winner {winner}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("seckill lottery verify: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

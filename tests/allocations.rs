@@ -64,6 +64,8 @@ fn sold_out_edge_sale() -> Sale {
         admission: Default::default(),
         queue_opens_at: 0,
         admission_rate: 0,
+        register_from: 0,
+        overbooking_percent: 0,
     }
 }
 

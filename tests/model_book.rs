@@ -507,6 +507,8 @@ impl Harness {
                     admission: Default::default(),
                     queue_opens_at: 0,
                     admission_rate: 0,
+                    register_from: 0,
+                    overbooking_percent: 0,
                 };
                 let reply = self.run(Command::UpsertSale(sale.clone()));
                 assert_eq!(reply, self.model.upsert(sale), "{op:?}");
@@ -699,6 +701,8 @@ fn sale_at(starts_at: u64, stock: u64, payment_timeout_ms: u64) -> Sale {
         admission: Default::default(),
         queue_opens_at: 0,
         admission_rate: 0,
+        register_from: 0,
+        overbooking_percent: 0,
     }
 }
 

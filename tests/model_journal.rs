@@ -117,6 +117,8 @@ fn sale(sku: &str, stock: u64, starts_at: u64) -> Sale {
         admission: Default::default(),
         queue_opens_at: 0,
         admission_rate: 0,
+        register_from: 0,
+        overbooking_percent: 0,
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 /// Every operation the server answers, as `METHOD /path/{param}` (HEAD too, wherever GET is,
 /// as the document says once): the router's list, kept here by hand so that an endpoint added without its contract (or a contract for an endpoint that
 /// does not exist) fails [`the_contract_is_served_and_names_every_operation`].
-const OPERATIONS: [&str; 22] = [
+const OPERATIONS: [&str; 26] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -30,6 +30,10 @@ const OPERATIONS: [&str; 22] = [
     "GET /v1/sales/{sku}/pow",
     "POST /v1/sales/{sku}/queue",
     "GET /v1/sales/{sku}/queue/{ticket}",
+    "POST /v1/sales/{sku}/register",
+    "GET /v1/sales/{sku}/register",
+    "GET /v1/sales/{sku}/lottery",
+    "GET /v1/sales/{sku}/lottery/registrants",
     "POST /v1/sales/{sku}/resume",
     "GET /v1/sales/{sku}/orders",
     "GET /v1/orders",
@@ -49,6 +53,8 @@ const EXAMPLE_SKU: &str = "moutai";
 /// A waiting-room sale, open, in which the fuzzing shopper holds ticket 1: the queue's
 /// operations reach their handlers' logic, not only `409 no_waiting_room`.
 const ROOM_SKU: &str = "moutai-room";
+/// A lottery, drawn, in which the fuzzing shopper registered (and, alone, won).
+const LOTTERY_SKU: &str = "moutai-lottery";
 
 fn contract(server: &Server) -> Value {
     let response = server.client().get("/openapi.json");
@@ -189,7 +195,7 @@ fn config(orders: &[String]) -> String {
          \"path.order_id\" = {{ dictionary = \"orders\", probability = 0.5 }}\n\
          \"path.ticket\" = {{ dictionary = \"tickets\", probability = 0.5 }}\n",
         shopper = tok(FUZZ_USER),
-        skus = quoted(&[EXAMPLE_SKU.to_owned(), ROOM_SKU.to_owned()]),
+        skus = quoted(&[EXAMPLE_SKU, ROOM_SKU, LOTTERY_SKU].map(str::to_owned)),
         orders = quoted(orders),
     )
 }

@@ -15,12 +15,13 @@ use common::process::{run, without_inherited_settings};
 use common::*;
 
 /// The sections whose ```sh blocks run, in the README's order, as one shell session.
-const RUN: [&str; 8] = [
+const RUN: [&str; 9] = [
     "Authentication",
     "Sales",
     "Purchase",
     "Proof-of-work",
     "Waiting room: a fair sale",
+    "Lottery: a verifiable draw",
     "Orders",
     "Blocklist and health",
     "Benchmarks and load generation",
@@ -175,6 +176,15 @@ fn every_readme_command_runs_as_pasted_or_says_why_not() {
             r#""error":"not_admitted""#,
             "the purchase without a pass was not refused",
         ),
+        (
+            r#""state":"won""#,
+            "the lottery's only registrant did not win",
+        ),
+        (
+            r#".moutai-draw","sku":"moutai-draw""#,
+            "the winner's purchase made no order",
+        ),
+        ("verified: 1 registrants", "the lottery did not verify"),
         (r#""status":"paid""#, "the payment service did not pay it"),
         (
             r#""error":"order_paid""#,

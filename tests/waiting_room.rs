@@ -6,6 +6,7 @@ pub mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::fair::{buy_with_pass, scrape, sleep_until};
 use common::*;
 use serde_json::{json, Value};
 
@@ -44,28 +45,6 @@ pub fn ticket(c: &mut Client, sku: &str, user: &str, number: u64) -> Response {
         &tok(user),
         None,
     )
-}
-
-pub fn buy_with_pass(c: &mut Client, sku: &str, user: &str, pass: Option<&str>) -> Response {
-    let auth = format!("Bearer {}", tok(user));
-    let mut headers = vec![("Authorization", auth.as_str())];
-    if let Some(pass) = pass {
-        headers.push(("X-Seckill-Pass", pass));
-    }
-    c.request(
-        "POST",
-        &format!("/v1/sales/{sku}/purchase"),
-        &headers,
-        Some(""),
-    )
-}
-
-/// Sleeps until `at` (ms since the epoch) has passed.
-pub fn sleep_until(at: i64) {
-    let wait = at - now_ms();
-    if wait > 0 {
-        std::thread::sleep(Duration::from_millis(wait as u64 + 20));
-    }
 }
 
 /// Polls ticket `number` of `user` until it reaches a state other than `waiting`.
@@ -198,20 +177,8 @@ fn early_tickets_are_admitted_in_a_random_order_then_late_ones_in_arrival_order(
         count("seckill_queue_tickets_issued_total"),
         EARLY as u64 + 1
     );
-    assert_eq!(count("seckill_queue_passes_used_total"), 5);
-    assert!(count("seckill_queue_passes_issued_total") >= 5);
-}
-
-/// One scrape; scrapes are rate-limited per shard, so a refused one is asked again.
-pub fn scrape(server: &Server) -> prometheus::Exposition {
-    poll(Duration::from_secs(30), || {
-        let r = server.client().get("/metrics");
-        (r.status == 200).then(|| {
-            let text = r.text();
-            prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
-        })
-    })
-    .expect("a scrape answered")
+    assert_eq!(count("seckill_passes_used_total"), 5);
+    assert!(count("seckill_passes_issued_total") >= 5);
 }
 
 #[test]

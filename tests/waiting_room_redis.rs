@@ -7,6 +7,7 @@ mod room;
 
 use std::collections::BTreeSet;
 
+use room::common::fair::{buy_with_pass, sleep_until};
 use room::common::*;
 use serde_json::json;
 
@@ -35,7 +36,7 @@ fn two_nodes_on_one_redis_share_one_queue() {
     assert_status(&again, 200);
     assert_eq!(again.json()["ticket"], json!(tickets[0]));
 
-    room::sleep_until(starts_at);
+    sleep_until(starts_at);
     // Both nodes read the same line.
     let first = (0..10)
         .find(|i| {
@@ -49,9 +50,6 @@ fn two_nodes_on_one_redis_share_one_queue() {
     let status = room::settled(&mut on_a, "shared", &user, tickets[first]);
     let pass = status["pass"].as_str().expect("the first is admitted");
     // Signed by A, spent at B.
-    assert_status(
-        &room::buy_with_pass(&mut on_b, "shared", &user, Some(pass)),
-        201,
-    );
+    assert_status(&buy_with_pass(&mut on_b, "shared", &user, Some(pass)), 201);
     assert_eq!(on_a.remaining("shared"), 0);
 }

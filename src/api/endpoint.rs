@@ -15,6 +15,9 @@ pub(super) enum Endpoint<'a> {
     Pow(&'a str),
     Queue(&'a str),
     Ticket(&'a str, &'a str),
+    Register(&'a str),
+    Lottery(&'a str),
+    Registrants(&'a str),
     Orders,
     Resume(&'a str),
     SaleOrders(&'a str),
@@ -51,6 +54,9 @@ impl<'a> Endpoint<'a> {
             ["v1", "sales", sku, "pow"] => Endpoint::Pow(sku),
             ["v1", "sales", sku, "queue"] => Endpoint::Queue(sku),
             ["v1", "sales", sku, "queue", ticket] => Endpoint::Ticket(sku, ticket),
+            ["v1", "sales", sku, "register"] => Endpoint::Register(sku),
+            ["v1", "sales", sku, "lottery"] => Endpoint::Lottery(sku),
+            ["v1", "sales", sku, "lottery", "registrants"] => Endpoint::Registrants(sku),
             ["v1", "orders"] => Endpoint::Orders,
             ["v1", "sales", sku, "resume"] => Endpoint::Resume(sku),
             ["v1", "sales", sku, "orders"] => Endpoint::SaleOrders(sku),
@@ -80,6 +86,8 @@ impl<'a> Endpoint<'a> {
             | Endpoint::SaleOrders(_)
             | Endpoint::Pow(_)
             | Endpoint::Ticket(..)
+            | Endpoint::Lottery(_)
+            | Endpoint::Registrants(_)
             | Endpoint::BlocklistAll
             | Endpoint::Order(_) => "GET, HEAD, OPTIONS",
             Endpoint::Sale(_) => "GET, HEAD, PUT, OPTIONS",
@@ -90,6 +98,7 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Cancel(_)
             | Endpoint::Webhook => "POST, OPTIONS",
             Endpoint::Blocklist(_) => "PUT, DELETE, OPTIONS",
+            Endpoint::Register(_) => "GET, HEAD, POST, OPTIONS",
             Endpoint::Unknown => "",
         }
     }
@@ -116,6 +125,10 @@ impl<'a> Endpoint<'a> {
             Endpoint::Pow(_) => Route::Pow,
             Endpoint::Queue(_) => Route::JoinQueue,
             Endpoint::Ticket(..) => Route::GetTicket,
+            Endpoint::Register(_) if method == Method::Post => Route::Register,
+            Endpoint::Register(_) => Route::GetRegistration,
+            Endpoint::Lottery(_) => Route::Lottery,
+            Endpoint::Registrants(_) => Route::Registrants,
             Endpoint::Orders => Route::ListOrders,
             Endpoint::Resume(_) => Route::ResumeSale,
             Endpoint::SaleOrders(_) => Route::SaleOrders,

@@ -9,6 +9,7 @@ mod endpoint;
 pub mod error;
 mod limiter;
 mod listing;
+mod lottery;
 mod my_orders;
 mod orders;
 mod payments;
@@ -16,6 +17,7 @@ mod pow;
 mod query;
 mod queue;
 mod resume;
+mod sale_admission;
 mod sale_orders;
 mod sales;
 mod system;
@@ -32,6 +34,7 @@ use crate::http::cors::{Cors, CorsHeaders};
 use crate::http::{Handler, Method, Request, RequestId, Response};
 use crate::metrics::Route;
 use crate::payment::SignatureError;
+use crate::sale::model::Admission;
 use crate::shard::Shard;
 use crate::store::Store;
 use endpoint::Endpoint;
@@ -146,11 +149,24 @@ impl<S: Store + 'static> Api<S> {
                 _ => Err(not_allowed(allow)),
             },
             Endpoint::Queue(sku) => match method {
-                Method::Post => queue::join(self, request, sku).await,
+                Method::Post => queue::join(self, request, sku, Admission::WaitingRoom).await,
                 _ => Err(not_allowed(allow)),
             },
             Endpoint::Ticket(sku, number) => match method {
-                Method::Get => queue::ticket(self, request, sku, number).await,
+                Method::Get => queue::ticket(self, request, sku, Some(number)).await,
+                _ => Err(not_allowed(allow)),
+            },
+            Endpoint::Register(sku) => match method {
+                Method::Post => queue::join(self, request, sku, Admission::Lottery).await,
+                Method::Get => queue::ticket(self, request, sku, None).await,
+                _ => Err(not_allowed(allow)),
+            },
+            Endpoint::Lottery(sku) => match method {
+                Method::Get => lottery::record(self, sku).await,
+                _ => Err(not_allowed(allow)),
+            },
+            Endpoint::Registrants(sku) => match method {
+                Method::Get => lottery::list(self, request, sku).await,
                 _ => Err(not_allowed(allow)),
             },
             Endpoint::Orders => match method {
@@ -244,7 +260,7 @@ impl<S: Store + 'static> Api<S> {
             (Endpoint::Resume(_), Method::Post) => BodyAccess::Admin,
             (Endpoint::Blocklist(_), Method::Put | Method::Delete) => BodyAccess::Admin,
             (Endpoint::Purchase(_), Method::Post) => BodyAccess::Shopper,
-            (Endpoint::Queue(_), Method::Post) => BodyAccess::Shopper,
+            (Endpoint::Queue(_) | Endpoint::Register(_), Method::Post) => BodyAccess::Shopper,
             (Endpoint::Pay(_), Method::Post) => BodyAccess::Payment,
             (Endpoint::Cancel(_), Method::Post) => BodyAccess::Caller,
             // The signature is checked once the body is in; only whether it can be is checked

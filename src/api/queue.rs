@@ -1,7 +1,9 @@
-//! The waiting room's endpoints: `POST /v1/sales/{sku}/queue` (join) and
-//! `GET /v1/sales/{sku}/queue/{ticket}` (where a ticket stands, with its pass once admitted).
-//! The rules are in [`crate::sale::waiting_room`]; this module checks what the edge can
-//! (auth, blocklist, proof-of-work) and signs passes.
+//! The endpoints of the fair modes' tickets: `POST /v1/sales/{sku}/queue` (join) and
+//! `GET /v1/sales/{sku}/queue/{ticket}` (where a ticket stands, with its pass once admitted);
+//! `POST /v1/sales/{sku}/register` and `GET /v1/sales/{sku}/register` (a lottery registration,
+//! with its pass once won). The rules are in [`crate::sale::waiting_room`] and
+//! [`crate::sale::lottery`]; this module checks what the edge can (auth, blocklist,
+//! proof-of-work), computes the ticket's score, and signs passes.
 
 use serde::Serialize;
 
@@ -12,6 +14,7 @@ use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::metrics::WaitingRoomEvent;
 use crate::sale::command::{Command, Outcome, QueueJoin};
+use crate::sale::lottery;
 use crate::sale::model::{is_valid_id, Admission};
 use crate::sale::pow::Proof;
 use crate::sale::waiting_room::{TicketState, TicketView};
@@ -41,18 +44,24 @@ struct TicketBody<'a> {
     pass: Option<String>,
 }
 
-/// `POST /v1/sales/{sku}/queue` (shopper)
+/// `POST /v1/sales/{sku}/queue` (shopper), and `POST /v1/sales/{sku}/register` with `mode`
+/// [`Admission::Lottery`].
 pub(super) async fn join<S: Store + 'static>(
     api: &Api<S>,
     request: &Request<'_>,
     sku: &str,
+    mode: Admission,
 ) -> Result<Response, ApiError> {
     let Some(Principal::Shopper(user_id)) = api.principal(request) else {
         return Err(ApiError::unauthorized());
     };
     let rules = rules_of(api, sku).await?;
-    if rules.admission != Admission::WaitingRoom {
-        return Err(SaleError::NoWaitingRoom.into());
+    if rules.admission != mode {
+        return Err(match mode {
+            Admission::Lottery => SaleError::NoLottery,
+            _ => SaleError::NoWaitingRoom,
+        }
+        .into());
     }
     if api.shard.edge.borrow().is_blocked(user_id) {
         return Err(SaleError::Blocked.into());
@@ -69,14 +78,22 @@ pub(super) async fn join<S: Store + 'static>(
     let join = QueueJoin {
         sku: sku.into(),
         user_id: user_id.into(),
-        score: api.auth.passes().score(sku, user_id, rules.starts_at),
+        score: match mode {
+            Admission::Lottery => {
+                let passes = api.auth.passes();
+                let seed = passes.lottery_seed(sku, rules.register_from, rules.starts_at);
+                lottery::draw_score(&seed, user_id)
+            }
+            _ => api.auth.passes().score(sku, user_id, rules.starts_at),
+        },
     };
     match api.shard.call(Command::JoinQueue(join)).await? {
         Outcome::Ticket { ticket, issued } => {
             if issued {
-                api.shard
-                    .metrics
-                    .record_waiting_room(WaitingRoomEvent::TicketIssued);
+                api.shard.metrics.record_waiting_room(match mode {
+                    Admission::Lottery => WaitingRoomEvent::Registered,
+                    _ => WaitingRoomEvent::TicketIssued,
+                });
             }
             answer(api, if issued { 201 } else { 200 }, sku, user_id, ticket)
         }
@@ -84,12 +101,13 @@ pub(super) async fn join<S: Store + 'static>(
     }
 }
 
-/// `GET /v1/sales/{sku}/queue/{ticket}` (shopper)
+/// `GET /v1/sales/{sku}/queue/{ticket}` (shopper), and with no number
+/// `GET /v1/sales/{sku}/register` (the shopper's own registration).
 pub(super) async fn ticket<S: Store + 'static>(
     api: &Api<S>,
     request: &Request<'_>,
     sku: &str,
-    number: &str,
+    number: Option<&str>,
 ) -> Result<Response, ApiError> {
     let Some(Principal::Shopper(user_id)) = api.principal(request) else {
         return Err(ApiError::unauthorized());
@@ -97,7 +115,10 @@ pub(super) async fn ticket<S: Store + 'static>(
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }
-    let number = parse_number(number).ok_or(SaleError::UnknownTicket)?;
+    let number = match number {
+        Some(text) => Some(parse_number(text).ok_or(SaleError::UnknownTicket)?),
+        None => None,
+    };
     let command = Command::GetTicket {
         sku: sku.into(),
         user_id: user_id.into(),
@@ -124,6 +145,7 @@ async fn rules_of<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<Admissi
                 admission: view.admission,
                 pow_bits: view.pow_bits,
                 starts_at: view.starts_at,
+                register_from: view.register_from,
             });
         }
     }
@@ -147,7 +169,7 @@ fn answer<S: Store + 'static>(
     ticket: TicketView,
 ) -> Result<Response, ApiError> {
     let pass = match (ticket.state, ticket.pass_expires_at) {
-        (TicketState::Admitted, Some(expires_at)) => {
+        (TicketState::Admitted | TicketState::Won, Some(expires_at)) => {
             api.shard
                 .metrics
                 .record_waiting_room(WaitingRoomEvent::PassIssued);

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::body::{for_each_field, json_fields, out_of_range};
 use super::error::ApiError;
+use super::sale_admission::AdmissionFields;
 use super::{json, Api};
 use crate::auth::Principal;
 use crate::clock::now_ms;
@@ -14,9 +15,6 @@ use crate::sale::model::{
     is_valid_currency, is_valid_id, Admission, DEFAULT_CURRENCY, MAX_STOCK_BUCKETS,
 };
 use crate::sale::pow::{Proof, MAX_POW_BITS};
-use crate::sale::waiting_room::{
-    DEFAULT_ADMISSION_RATE, DEFAULT_QUEUE_LEAD_MS, MAX_ADMISSION_RATE,
-};
 use crate::sale::{Sale, SaleError};
 use crate::shard::edge::{Gate, Refusal};
 use crate::store::Store;
@@ -32,7 +30,7 @@ const MAX_STOCK: u64 = 1_000_000_000;
 const MAX_PRICE: u64 = 10_000_000_000;
 /// Latest time a sale may start or end: the last millisecond of the year 9999. Well inside the
 /// 2^53 that Redis' Lua numbers hold exactly.
-const MAX_TIME_MS: u64 = 253_402_300_799_999;
+pub(super) const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// `GET /v1/sales/{sku}`
 pub(super) async fn get<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<Response, ApiError> {
@@ -105,9 +103,7 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
     let pow_bits = fields
         .u64("pow_bits", 0..=u64::from(MAX_POW_BITS))?
         .unwrap_or(0);
-    let admission = fields.str("admission", 1..=32)?;
-    let queue_opens_at = fields.u64("queue_opens_at", 0..=MAX_TIME_MS)?;
-    let admission_rate = fields.u64("admission_rate", 1..=u64::from(MAX_ADMISSION_RATE))?;
+    let admission = AdmissionFields::read(&mut fields)?;
     fields.finish()?;
     if !is_valid_currency(&currency) {
         return Err(ApiError::bad_request(
@@ -119,16 +115,11 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
             "field `ends_at` must be after `starts_at`",
         ));
     }
-    let (admission, queue_opens_at, admission_rate) = parse_admission(
-        admission.as_deref(),
-        queue_opens_at,
-        admission_rate,
-        starts_at,
-    )?;
-    if admission == Admission::WaitingRoom && stock_buckets > 1 {
+    let admission = admission.settle(starts_at)?;
+    if admission.admission != Admission::Fcfs && stock_buckets > 1 {
         // The queue's sold-out check and ticket states read one bucket's stock.
         return Err(ApiError::bad_request(
-            "a sale with `\"admission\": \"waiting_room\"` keeps its stock in one bucket: `stock_buckets` must be 1",
+            "a waiting-room or lottery sale keeps its stock in one bucket: `stock_buckets` must be 1",
         ));
     }
     Ok(Sale {
@@ -147,46 +138,12 @@ pub fn parse_sale(request: &Request<'_>, sku: &str) -> Result<Sale, ApiError> {
         stock_buckets: u32::try_from(stock_buckets).unwrap_or(1),
         // Bounded by the range checked above.
         pow_bits: u8::try_from(pow_bits).unwrap_or(MAX_POW_BITS),
-        admission,
-        queue_opens_at,
-        admission_rate,
+        admission: admission.admission,
+        queue_opens_at: admission.queue_opens_at,
+        admission_rate: admission.admission_rate,
+        register_from: admission.register_from,
+        overbooking_percent: admission.overbooking_percent,
     })
-}
-
-/// The admission mode and its settings, defaulted and checked against each other.
-fn parse_admission(
-    admission: Option<&str>,
-    queue_opens_at: Option<u64>,
-    admission_rate: Option<u64>,
-    starts_at: u64,
-) -> Result<(Admission, u64, u32), ApiError> {
-    match admission {
-        None | Some("fcfs") => {
-            if queue_opens_at.is_some() || admission_rate.is_some() {
-                return Err(ApiError::bad_request(
-                    "fields `queue_opens_at` and `admission_rate` need `\"admission\": \"waiting_room\"`",
-                ));
-            }
-            Ok((Admission::Fcfs, 0, 0))
-        }
-        Some("waiting_room") => {
-            let opens =
-                queue_opens_at.unwrap_or_else(|| starts_at.saturating_sub(DEFAULT_QUEUE_LEAD_MS));
-            if opens > starts_at {
-                return Err(ApiError::bad_request(
-                    "field `queue_opens_at` must not be after `starts_at`",
-                ));
-            }
-            // Bounded by the range checked when it was read.
-            let rate = admission_rate.map_or(DEFAULT_ADMISSION_RATE, |rate| {
-                u32::try_from(rate).unwrap_or(MAX_ADMISSION_RATE)
-            });
-            Ok((Admission::WaitingRoom, opens, rate))
-        }
-        Some(_) => Err(ApiError::bad_request(
-            "field `admission` must be `fcfs` or `waiting_room`",
-        )),
-    }
 }
 
 /// `POST /v1/sales/{sku}/purchase` (shopper)

@@ -59,6 +59,14 @@ pub enum Route {
     JoinQueue,
     /// `GET /v1/sales/{sku}/queue/{ticket}`: where a ticket stands
     GetTicket,
+    /// `POST /v1/sales/{sku}/register`: register for a lottery
+    Register,
+    /// `GET /v1/sales/{sku}/register`: a lottery registration and its result
+    GetRegistration,
+    /// `GET /v1/sales/{sku}/lottery`: a lottery's commitment, seed and counts
+    Lottery,
+    /// `GET /v1/sales/{sku}/lottery/registrants`: the drawn order
+    Registrants,
     /// `OPTIONS` on any endpoint: a browser's CORS preflight
     Preflight,
     /// A path no endpoint has.
@@ -69,7 +77,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 24] = [
+    pub const ALL: [Route; 28] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -91,6 +99,10 @@ impl Route {
         Route::Pow,
         Route::JoinQueue,
         Route::GetTicket,
+        Route::Register,
+        Route::GetRegistration,
+        Route::Lottery,
+        Route::Registrants,
         Route::Preflight,
         Route::Unmatched,
         Route::Malformed,
@@ -120,6 +132,10 @@ impl Route {
             Route::Pow => "pow",
             Route::JoinQueue => "join_queue",
             Route::GetTicket => "get_ticket",
+            Route::Register => "register",
+            Route::GetRegistration => "get_registration",
+            Route::Lottery => "lottery",
+            Route::Registrants => "lottery_registrants",
             Route::Preflight => "preflight",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",

@@ -31,11 +31,13 @@ impl MessageKind {
     }
 }
 
-/// What a waiting room counts.
+/// What the fair modes (waiting room and lottery) count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitingRoomEvent {
     /// A ticket was issued (not a repeated join).
     TicketIssued,
+    /// A lottery registration was made (not a repeated one).
+    Registered,
     /// A ticket's status answer carried a pass: the ticket was admitted.
     PassIssued,
     /// An order was created with a valid pass.
@@ -44,8 +46,9 @@ pub enum WaitingRoomEvent {
 
 impl WaitingRoomEvent {
     /// Every event, in counter order.
-    pub const ALL: [WaitingRoomEvent; 3] = [
+    pub const ALL: [WaitingRoomEvent; 4] = [
         WaitingRoomEvent::TicketIssued,
+        WaitingRoomEvent::Registered,
         WaitingRoomEvent::PassIssued,
         WaitingRoomEvent::PassUsed,
     ];
@@ -54,8 +57,9 @@ impl WaitingRoomEvent {
     pub fn metric(self) -> &'static str {
         match self {
             WaitingRoomEvent::TicketIssued => "seckill_queue_tickets_issued_total",
-            WaitingRoomEvent::PassIssued => "seckill_queue_passes_issued_total",
-            WaitingRoomEvent::PassUsed => "seckill_queue_passes_used_total",
+            WaitingRoomEvent::Registered => "seckill_lottery_registrations_total",
+            WaitingRoomEvent::PassIssued => "seckill_passes_issued_total",
+            WaitingRoomEvent::PassUsed => "seckill_passes_used_total",
         }
     }
 
@@ -63,8 +67,9 @@ impl WaitingRoomEvent {
     pub fn help(self) -> &'static str {
         match self {
             WaitingRoomEvent::TicketIssued => "Waiting-room tickets issued (repeated joins answered with the ticket held are not counted).",
-            WaitingRoomEvent::PassIssued => "Ticket status answers that carried a pass: the ticket had been admitted (a ticket asked about twice counts twice).",
-            WaitingRoomEvent::PassUsed => "Orders created with a waiting-room pass.",
+            WaitingRoomEvent::Registered => "Lottery registrations made (repeated ones answered with the registration held are not counted).",
+            WaitingRoomEvent::PassIssued => "Answers that carried a pass: an admitted waiting-room ticket or a lottery winner's registration (asked twice, counted twice).",
+            WaitingRoomEvent::PassUsed => "Orders created with a pass (waiting room or lottery).",
         }
     }
 }

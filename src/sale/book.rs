@@ -40,7 +40,7 @@ impl Default for BookLimits {
 
 /// One sale and its live state.
 #[derive(Debug, Clone)]
-pub(super) struct SaleLedger {
+pub(crate) struct SaleLedger {
     pub(super) sale: Sale,
     /// The SKU once, shared by every order of the sale (and its id) instead of copied into each.
     pub(super) sku: Arc<str>,
@@ -188,6 +188,9 @@ impl Book {
                 user_id,
                 number,
             } => (self.ticket(&sku, &user_id, number, now_ms), None),
+            Command::Registrants { sku, offset, limit } => {
+                (self.registrants(&sku, offset, limit, now_ms), None)
+            }
         }
     }
 
@@ -673,6 +676,8 @@ mod tests {
             admission: Default::default(),
             queue_opens_at: 0,
             admission_rate: 0,
+            register_from: 0,
+            overbooking_percent: 0,
         }
     }
 

@@ -102,14 +102,24 @@ pub enum Command {
     ListSaleOrders(SaleOrdersQuery),
     /// Give a shopper a ticket in a sale's waiting room, or the one they hold.
     JoinQueue(QueueJoin),
-    /// Read a shopper's ticket.
+    /// Read a shopper's ticket (a lottery registration is a ticket too).
     GetTicket {
         /// The sale.
         sku: Box<str>,
         /// Who asks: only the holder may read a ticket.
         user_id: Box<str>,
-        /// The ticket's number.
-        number: u64,
+        /// The ticket's number; `None` for the one `user_id` holds.
+        number: Option<u64>,
+    },
+    /// A page of a lottery's registrants in drawn order (none before the draw), and how many
+    /// registered.
+    Registrants {
+        /// The sale.
+        sku: Box<str>,
+        /// Registrants to skip.
+        offset: u64,
+        /// Most registrants on the page.
+        limit: u64,
     },
 }
 
@@ -151,7 +161,7 @@ impl Command {
             }
             Self::ListSaleOrders(query) => Some(&query.sku),
             Self::JoinQueue(join) => Some(&join.sku),
-            Self::GetTicket { sku, .. } => Some(sku),
+            Self::GetTicket { sku, .. } | Self::Registrants { sku, .. } => Some(sku),
             Self::SetBlocked(..) => None,
         }
     }
@@ -186,6 +196,15 @@ pub enum Outcome {
     Done,
     /// A regressed SKU was resumed: the report of what was lost, as JSON.
     Resumed(Box<str>),
+    /// A lottery's registrants: how many, and a page of them in drawn order.
+    Registrants {
+        /// Registrations made.
+        total: u64,
+        /// Whether the draw has been made (the page is empty before).
+        drawn: bool,
+        /// The page.
+        users: Vec<Box<str>>,
+    },
     /// A waiting-room ticket as it stands.
     Ticket {
         /// The ticket.

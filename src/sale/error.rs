@@ -62,6 +62,12 @@ refusals! {
     NotAdmitted => 403, "not_admitted", "this sale admits buyers through its waiting room: join the queue and buy with the pass your admitted ticket carries";
     /// Queue calls for a sale that does not use a waiting room.
     NoWaitingRoom => 409, "no_waiting_room", "this sale has no waiting room";
+    /// Lottery calls for a sale that is not a lottery.
+    NoLottery => 409, "no_lottery", "this sale is not a lottery";
+    /// Lottery registration after the draw.
+    RegistrationClosed => 409, "registration_closed", "registration closed at the start, when the winners were drawn";
+    /// Registrants asked for before the draw.
+    NotDrawn => 425, "not_drawn", "the lottery has not been drawn yet";
     /// The queue has not opened yet.
     QueueNotOpen => 425, "queue_not_open", "the sale's queue has not opened yet";
     /// The queue holds as many tickets as a sale may have.

@@ -62,6 +62,15 @@ pub struct Sale {
     /// With a waiting room: tickets admitted per second from `starts_at`; unused otherwise.
     #[serde(default)]
     pub admission_rate: u32,
+    /// With a lottery: the first millisecond shoppers may register (at or before `starts_at`,
+    /// when registration closes and the draw is made); unused otherwise.
+    #[serde(default)]
+    pub register_from: u64,
+    /// With a lottery: winners drawn, as a percentage of the registrations the stock covers at
+    /// the per-user limit (100 = exactly enough, 150 = half as many again for winners who do not
+    /// buy); unused otherwise.
+    #[serde(default)]
+    pub overbooking_percent: u32,
 }
 
 /// How a sale's shoppers get to buy.
@@ -76,6 +85,10 @@ pub enum Admission {
     /// A purchase needs the pass an admitted ticket carries
     /// ([`crate::sale::waiting_room`]).
     WaitingRoom,
+    /// Shoppers register before the start; at the start winners are drawn among them from a
+    /// seed committed to in advance and revealed then, and only winners' passes buy
+    /// ([`crate::sale::lottery`]).
+    Lottery,
 }
 
 impl Admission {
@@ -84,6 +97,7 @@ impl Admission {
         match self {
             Self::Fcfs => "fcfs",
             Self::WaitingRoom => "waiting_room",
+            Self::Lottery => "lottery",
         }
     }
 }
@@ -191,6 +205,10 @@ pub struct SaleView {
     pub queue_opens_at: u64,
     /// See [`Sale::admission_rate`].
     pub admission_rate: u32,
+    /// See [`Sale::register_from`].
+    pub register_from: u64,
+    /// See [`Sale::overbooking_percent`].
+    pub overbooking_percent: u32,
     /// Derived from the window and `remaining` at the time of the view.
     pub state: SaleState,
     /// The sale's stock-change counter at the time of the view (internal, not serialised).
@@ -227,6 +245,8 @@ impl SaleView {
             admission: sale.admission,
             queue_opens_at: sale.queue_opens_at,
             admission_rate: sale.admission_rate,
+            register_from: sale.register_from,
+            overbooking_percent: sale.overbooking_percent,
             state,
             stock_seq,
         }

@@ -1,6 +1,7 @@
-//! The secrets of the waiting room, both derived from the shopper-token secret so that every
-//! node of a cluster computes the same: a ticket's **score** (its place among the early tickets,
-//! [`super::waiting_room`]) and the **pass** an admitted ticket carries to the purchase.
+//! The secrets of the fair modes, all derived from the shopper-token secret so that every node
+//! of a cluster computes the same: a waiting-room ticket's **score** (its place among the early
+//! tickets, [`super::waiting_room`]), a lottery's **seed** ([`super::lottery`]) and the **pass**
+//! an admitted ticket or a winner carries to the purchase.
 //!
 //! A pass is `<expires_at>.<hex HMAC-SHA256(K, sku ‖ 0 ‖ user ‖ 0 ‖ expires_at)>`, sent as
 //! `X-Seckill-Pass`: the edge checks it without a hop or a store read, like a shopper token.
@@ -15,6 +16,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// signature made with the same secret.
 const SCORE_LABEL: &[u8] = b"seckill queue score v1";
 const PASS_LABEL: &[u8] = b"seckill admission pass v1";
+const SEED_LABEL: &[u8] = b"seckill lottery seed v1";
 
 /// Scores tickets and signs and checks passes.
 #[derive(Clone)]
@@ -23,6 +25,8 @@ pub struct PassKey {
     score: HmacSha256,
     /// HMAC keyed for passes, cloned per use.
     pass: HmacSha256,
+    /// HMAC keyed for lottery seeds, cloned per use.
+    seed: HmacSha256,
 }
 
 impl std::fmt::Debug for PassKey {
@@ -41,12 +45,14 @@ impl PassKey {
         Self {
             score: derive(SCORE_LABEL),
             pass: derive(PASS_LABEL),
+            seed: derive(SEED_LABEL),
         }
     }
 
     /// The score of `user_id`'s ticket for the sale of `sku` starting at `starts_at`: early
     /// tickets are admitted in ascending score. Unpredictable without the secret, and fixed
-    /// for the sale, so joining early, often or fast changes nothing.
+    /// for the sale, so joining early, often or fast changes nothing. 52 bits, which a Redis
+    /// zset score (a double) holds exactly.
     pub fn score(&self, sku: &str, user_id: &str, starts_at: u64) -> u64 {
         let mut mac = self.score.clone();
         mac.update(sku.as_bytes());
@@ -57,7 +63,19 @@ impl PassKey {
         let digest = mac.finalize().into_bytes();
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
-        u64::from_be_bytes(first)
+        u64::from_be_bytes(first) >> 12
+    }
+
+    /// The lottery seed of the sale of `sku` that opens registration at `register_from` and
+    /// draws at `starts_at`: fixed by the sale's definition, so every node has it without
+    /// storing it, and unknown outside the server until the draw reveals it.
+    pub fn lottery_seed(&self, sku: &str, register_from: u64, starts_at: u64) -> [u8; 32] {
+        let mut mac = self.seed.clone();
+        mac.update(sku.as_bytes());
+        mac.update(&[0]);
+        mac.update(&register_from.to_be_bytes());
+        mac.update(&starts_at.to_be_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// The pass of `user_id` for `sku`, valid until `expires_at`.

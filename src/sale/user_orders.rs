@@ -102,6 +102,8 @@ mod tests {
             admission: Default::default(),
             queue_opens_at: 0,
             admission_rate: 0,
+            register_from: 0,
+            overbooking_percent: 0,
         };
         book.execute(Command::UpsertSale(sale), T0 - 20)
             .0

@@ -47,6 +47,12 @@ pub enum TicketState {
     Expired,
     /// The stock is gone.
     SoldOut,
+    /// Lottery: registered, not drawn yet.
+    Registered,
+    /// Lottery: drawn to buy; the registration's answer carries a pass.
+    Won,
+    /// Lottery: not drawn.
+    Lost,
 }
 
 /// Where a ticket sits in the queue: what both stores know of it.
@@ -193,8 +199,11 @@ pub struct WaitingRoom {
     tickets: Vec<Ticket>,
     /// Ticket numbers by shopper: one ticket each.
     by_user: HashMap<Arc<str>, u64>,
-    /// Early tickets by (score, number) until the draw orders them.
-    early: BTreeSet<(u64, u64)>,
+    /// Early tickets by (score, shopper) until the draw orders them: the order Redis' zset of
+    /// them has, so both stores draw alike.
+    early: BTreeSet<(u64, Arc<str>)>,
+    /// Early ticket numbers in drawn order, once drawn (a lottery publishes it).
+    order: Vec<u64>,
     /// Whether the early tickets have been put in order (at the first look after the start).
     drawn: bool,
     /// The next slot a late ticket may take.
@@ -225,10 +234,14 @@ impl WaitingRoom {
         }
         self.drawn = true;
         let early = std::mem::take(&mut self.early);
-        for (line, (_, number)) in early.iter().enumerate() {
-            if let Some(ticket) = self.ticket_mut(*number) {
+        for (line, (_, user_id)) in early.iter().enumerate() {
+            let Some(number) = self.by_user.get(user_id).copied() else {
+                continue;
+            };
+            if let Some(ticket) = self.ticket_mut(number) {
                 ticket.place = Some((line as u64, line as u64));
             }
+            self.order.push(number);
         }
         self.next_slot = early.len() as u64;
     }
@@ -240,7 +253,7 @@ impl WaitingRoom {
         // A ticket issued after the draw is late even if the clock stepped back before the
         // start: the early order is settled.
         let place = if issued_at < sale.starts_at && !self.drawn {
-            self.early.insert((score, number));
+            self.early.insert((score, Arc::clone(&user_id)));
             None
         } else {
             let slot = self
@@ -268,6 +281,29 @@ impl WaitingRoom {
             issued_at: ticket.issued_at,
             place: ticket.place,
         })
+    }
+
+    /// The shoppers of the early tickets in drawn order from `offset`, at most `limit`: empty
+    /// before the draw.
+    pub fn drawn(&self, offset: usize, limit: usize) -> Vec<Box<str>> {
+        self.order
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|number| {
+                let index = usize::try_from(number.checked_sub(1)?).ok()?;
+                self.tickets.get(index).map(|t| Box::from(&*t.user_id))
+            })
+            .collect()
+    }
+
+    /// Tickets issued before the start: all of them until the draw.
+    pub fn early_count(&self) -> u64 {
+        if self.drawn {
+            self.order.len() as u64
+        } else {
+            self.early.len() as u64
+        }
     }
 
     /// Every ticket in issue order as (user, issued_at, score): what a snapshot must keep.
@@ -305,6 +341,8 @@ mod tests {
             admission: Admission::WaitingRoom,
             queue_opens_at: 0,
             admission_rate: rate,
+            register_from: 0,
+            overbooking_percent: 0,
         }
     }
 

@@ -275,5 +275,7 @@ fn sale_of(view: &SaleView) -> Sale {
         admission: view.admission,
         queue_opens_at: view.queue_opens_at,
         admission_rate: view.admission_rate,
+        register_from: view.register_from,
+        overbooking_percent: view.overbooking_percent,
     }
 }

@@ -41,8 +41,10 @@ pub struct AdmissionRules {
     pub admission: Admission,
     /// See [`crate::sale::Sale::pow_bits`].
     pub pow_bits: u8,
-    /// See [`crate::sale::Sale::starts_at`]: part of a ticket's score.
+    /// See [`crate::sale::Sale::starts_at`]: part of a ticket's score and a lottery's seed.
     pub starts_at: u64,
+    /// See [`crate::sale::Sale::register_from`]: part of a lottery's seed.
+    pub register_from: u64,
 }
 
 /// What the edge knows about one sale.
@@ -55,6 +57,8 @@ struct EdgeSale {
     pow_bits: u8,
     /// See [`crate::sale::Sale::admission`].
     admission: Admission,
+    /// See [`crate::sale::Sale::register_from`].
+    register_from: u64,
     /// This shard's fraction of the node-wide rate, as the SKU's owner last split it.
     fraction: f64,
     /// This shard's share of the node-wide rate; `None` when unlimited. With a cluster-wide
@@ -195,6 +199,7 @@ impl Edge {
                         entry.rate_limit_per_sec = sale.rate_limit_per_sec;
                         entry.pow_bits = sale.pow_bits;
                         entry.admission = sale.admission;
+                        entry.register_from = sale.register_from;
                         entry.sold_out = false;
                         entry.version = *version;
                         let share = rate * entry.fraction;
@@ -219,6 +224,7 @@ impl Edge {
                             rate_limit_per_sec: sale.rate_limit_per_sec,
                             pow_bits: sale.pow_bits,
                             admission: sale.admission,
+                            register_from: sale.register_from,
                             fraction: even,
                             bucket: (sale.rate_limit_per_sec > 0)
                                 .then(|| TokenBucket::new(rate * even, now)),
@@ -323,6 +329,7 @@ impl Edge {
             admission: sale.admission,
             pow_bits: sale.pow_bits,
             starts_at: sale.starts_at,
+            register_from: sale.register_from,
         })
     }
 
@@ -391,7 +398,7 @@ impl Edge {
             return Err(Refusal::Sale(SaleError::Blocked));
         }
         let gate = match sale.admission {
-            Admission::WaitingRoom => Some(Gate::Pass),
+            Admission::WaitingRoom | Admission::Lottery => Some(Gate::Pass),
             Admission::Fcfs if sale.pow_bits > 0 => Some(Gate::Work(sale.pow_bits)),
             Admission::Fcfs => None,
         };
@@ -493,6 +500,8 @@ mod tests {
                 admission: Default::default(),
                 queue_opens_at: 0,
                 admission_rate: 0,
+                register_from: 0,
+                overbooking_percent: 0,
             },
             version: 1,
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod edge;
+pub mod fair;
 pub mod nats;
 pub mod ports;
 pub mod process;

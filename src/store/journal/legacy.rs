@@ -95,6 +95,8 @@ impl From<EventV1> for Event {
                 admission: Default::default(),
                 queue_opens_at: 0,
                 admission_rate: 0,
+                register_from: 0,
+                overbooking_percent: 0,
             }),
             EventV1::OrderCreated {
                 order: o,
@@ -168,6 +170,8 @@ impl From<SaleV4> for Sale {
             admission: Default::default(),
             queue_opens_at: 0,
             admission_rate: 0,
+            register_from: 0,
+            overbooking_percent: 0,
         }
     }
 }

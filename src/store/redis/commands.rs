@@ -332,6 +332,9 @@ impl RedisStore {
                 user_id,
                 number,
             } => self.get_ticket(&sku, &user_id, number).await,
+            Command::Registrants { sku, offset, limit } => {
+                self.registrants(&sku, offset, limit).await
+            }
         }
     }
 }

@@ -48,6 +48,8 @@ pub(super) fn decode_sale(
         admission: extras.admission,
         queue_opens_at: extras.queue_opens_at,
         admission_rate: extras.admission_rate,
+        register_from: extras.register_from,
+        overbooking_percent: extras.overbooking_percent,
     };
     let level = StockLevel {
         remaining: int(7)?,
@@ -73,6 +75,12 @@ struct SaleExtras {
     /// See [`Sale::admission_rate`].
     #[serde(default)]
     admission_rate: u32,
+    /// See [`Sale::register_from`].
+    #[serde(default)]
+    register_from: u64,
+    /// See [`Sale::overbooking_percent`].
+    #[serde(default)]
+    overbooking_percent: u32,
 }
 
 /// The extras at `index`: defaults when the sale predates them, an error when they are there but

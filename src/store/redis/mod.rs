@@ -204,6 +204,7 @@ struct Scripts {
     give: Script,
     join: Script,
     ticket: Script,
+    registrants: Script,
 }
 
 /// State shared by the store and the batch flushers it spawns.
@@ -291,6 +292,7 @@ impl RedisStore {
                 give: Script::from_lua(buckets::GIVE),
                 join: Script::from_lua(scripts::JOIN),
                 ticket: Script::from_lua(scripts::TICKET),
+                registrants: Script::from_lua(scripts::REGISTRANTS),
             },
             batches: RefCell::new(HashMap::new()),
             rng: RefCell::new(rng),

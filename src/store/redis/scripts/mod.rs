@@ -222,9 +222,9 @@ end
 mod purchase;
 pub use purchase::PURCHASE;
 
-// The waiting room's two scripts.
+// The waiting room's and the lottery's scripts.
 mod queue;
-pub use queue::{JOIN, TICKET};
+pub use queue::{JOIN, REGISTRANTS, TICKET};
 
 /// Pay or cancel: `ARGV = [retention, order_id, requester, target, amount?, payment_ref?]`,
 /// where requester is a user id or `*` for an admin (and the payment side) and target is `paid`
