@@ -17,11 +17,13 @@ use serde_json::{json, Value};
 /// Every operation the server answers, as `METHOD /path/{param}` (HEAD too, wherever GET is,
 /// as the document says once): the router's list, kept here by hand so that an endpoint added without its contract (or a contract for an endpoint that
 /// does not exist) fails [`the_contract_is_served_and_names_every_operation`].
-const OPERATIONS: [&str; 26] = [
+const OPERATIONS: [&str; 28] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
     "GET /openapi.json",
+    "GET /shop/{sku}",
+    "GET /shop/assets/{asset}",
     "GET /v1/time",
     "GET /v1/sales",
     "GET /v1/sales/{sku}",
@@ -119,7 +121,8 @@ fn the_contract_is_served_and_names_every_operation() {
             .replace("{sku}", "no-such-sku")
             .replace("{order_id}", "01M85B2H5P2RCP85643XZTH01X.no-such-sku")
             .replace("{user_id}", "nobody")
-            .replace("{ticket}", "1");
+            .replace("{ticket}", "1")
+            .replace("{asset}", "shop.js");
         let body = matches!(method, "PUT" | "POST").then_some("{}");
         let response = c.request(method, &path, &[], body);
         assert!(

@@ -29,6 +29,8 @@ pub(super) enum Endpoint<'a> {
     Blocklist(&'a str),
     Time,
     OpenApi,
+    ShopPage(&'a str),
+    ShopAsset(&'a str),
     Unknown,
 }
 
@@ -68,6 +70,8 @@ impl<'a> Endpoint<'a> {
             ["v1", "blocklist", user_id] => Endpoint::Blocklist(user_id),
             ["v1", "time"] => Endpoint::Time,
             ["openapi.json"] => Endpoint::OpenApi,
+            ["shop", "assets", name] => Endpoint::ShopAsset(name),
+            ["shop", sku] => Endpoint::ShopPage(sku),
             _ => Endpoint::Unknown,
         }
     }
@@ -81,6 +85,8 @@ impl<'a> Endpoint<'a> {
             | Endpoint::Metrics
             | Endpoint::Time
             | Endpoint::OpenApi
+            | Endpoint::ShopPage(_)
+            | Endpoint::ShopAsset(_)
             | Endpoint::Sales
             | Endpoint::Orders
             | Endpoint::SaleOrders(_)
@@ -140,6 +146,8 @@ impl<'a> Endpoint<'a> {
             Endpoint::Blocklist(_) => Route::Blocklist,
             Endpoint::Time => Route::Time,
             Endpoint::OpenApi => Route::OpenApi,
+            Endpoint::ShopPage(_) => Route::ShopPage,
+            Endpoint::ShopAsset(_) => Route::ShopAsset,
             Endpoint::Unknown => Route::Unmatched,
         }
     }

@@ -20,6 +20,7 @@ mod resume;
 mod sale_admission;
 mod sale_orders;
 mod sales;
+mod shop;
 mod system;
 
 use std::cell::Cell;
@@ -126,6 +127,8 @@ impl<S: Store + 'static> Api<S> {
             Endpoint::Health => only(method, Method::Get, allow, system::health),
             Endpoint::Time => only(method, Method::Get, allow, system::time),
             Endpoint::OpenApi => only(method, Method::Get, allow, contract::openapi),
+            Endpoint::ShopPage(sku) => only(method, Method::Get, allow, || shop::page(sku)),
+            Endpoint::ShopAsset(name) => only(method, Method::Get, allow, || shop::asset(name)),
             Endpoint::Ready => only(method, Method::Get, allow, || system::ready(&self.shard)),
             Endpoint::Metrics => match method {
                 Method::Get => system::metrics(self).await,

@@ -21,6 +21,8 @@ pub struct Response {
     pub allow: Option<&'static str>,
     /// CORS headers, for a browser's call from an allowed origin.
     pub cors: Option<super::cors::CorsHeaders>,
+    /// More header lines, each ending in CRLF: the shopper page's security and caching policy.
+    pub extra_headers: &'static str,
 }
 
 impl Response {
@@ -43,6 +45,7 @@ impl Response {
             close: false,
             allow: None,
             cors: None,
+            extra_headers: "",
         }
     }
 
@@ -101,6 +104,7 @@ impl Response {
         if let Some(cors) = &self.cors {
             cors.write_to(out);
         }
+        out.extend_from_slice(self.extra_headers.as_bytes());
         if self.close {
             out.extend_from_slice(b"connection: close\r\n");
         }

@@ -67,6 +67,10 @@ pub enum Route {
     Lottery,
     /// `GET /v1/sales/{sku}/lottery/registrants`: the drawn order
     Registrants,
+    /// `GET /shop/{sku}`: the shopper page
+    ShopPage,
+    /// `GET /shop/assets/{name}`: the page's script, worker and style
+    ShopAsset,
     /// `OPTIONS` on any endpoint: a browser's CORS preflight
     Preflight,
     /// A path no endpoint has.
@@ -77,7 +81,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in index order.
-    pub const ALL: [Route; 28] = [
+    pub const ALL: [Route; 30] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -103,6 +107,8 @@ impl Route {
         Route::GetRegistration,
         Route::Lottery,
         Route::Registrants,
+        Route::ShopPage,
+        Route::ShopAsset,
         Route::Preflight,
         Route::Unmatched,
         Route::Malformed,
@@ -136,6 +142,8 @@ impl Route {
             Route::GetRegistration => "get_registration",
             Route::Lottery => "lottery",
             Route::Registrants => "lottery_registrants",
+            Route::ShopPage => "shop_page",
+            Route::ShopAsset => "shop_asset",
             Route::Preflight => "preflight",
             Route::Unmatched => "unmatched",
             Route::Malformed => "malformed",
