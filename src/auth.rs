@@ -17,7 +17,8 @@ use subtle::ConstantTimeEq;
 use crate::payment::Webhook;
 use crate::sale::model::is_valid_id;
 
-type HmacSha256 = Hmac<Sha256>;
+/// HMAC-SHA256, the MAC of every secret-keyed value the server hands out.
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Longest shopper-token lifetime accepted unless configured otherwise: one day.
 pub const DEFAULT_MAX_TOKEN_TTL_SECS: u64 = 86_400;
@@ -57,12 +58,25 @@ impl std::fmt::Debug for Auth {
 }
 
 /// HMAC-SHA256 keyed with `secret`.
-fn keyed(secret: &[u8]) -> HmacSha256 {
+pub(crate) fn keyed(secret: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length, so this constructor cannot fail.
     match HmacSha256::new_from_slice(secret) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC takes keys of any length"),
     }
+}
+
+/// `HMAC(sku ‖ 0 ‖ user_id ‖ 0 ‖ number as 8 big-endian bytes)` with the already keyed `mac`: the
+/// shape of every per-sale, per-shopper value derived from a secret (proof-of-work challenges,
+/// ticket scores, passes). The zero bytes keep `("ab", "c")` and `("a", "bc")` apart.
+pub(crate) fn sale_user_mac(mac: &HmacSha256, sku: &str, user_id: &str, number: u64) -> [u8; 32] {
+    let mut mac = mac.clone();
+    mac.update(sku.as_bytes());
+    mac.update(&[0]);
+    mac.update(user_id.as_bytes());
+    mac.update(&[0]);
+    mac.update(&number.to_be_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 impl Auth {

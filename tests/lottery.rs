@@ -6,7 +6,7 @@ pub mod common;
 
 use std::collections::BTreeSet;
 
-use common::fair::{buy_with_pass, scrape, sleep_until};
+use common::fair::{buy_with_pass, restartable_store, scrape, sleep_until};
 use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -278,12 +278,8 @@ fn lottery_calls_refuse_what_they_cannot_take() {
 #[test]
 fn registrations_and_the_draw_survive_a_restart() {
     let dir = ScratchDir::new();
-    let redis = redis_mode().then(|| redis::RedisServer::start(&[]));
-    let url = redis.as_ref().map(|redis| redis.url());
-    let args: Vec<&str> = url
-        .iter()
-        .flat_map(|url| ["--redis", url.as_str()])
-        .collect();
+    let (_redis, args) = restartable_store();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (starts_at, commitment) = {
         let server = Server::start_in(dir.path(), 2, &args);
         let mut c = server.client();

@@ -5,16 +5,13 @@
 #[path = "lottery.rs"]
 mod lottery;
 
-use lottery::common::fair::{buy_with_pass, sleep_until};
+use lottery::common::fair::{buy_with_pass, sleep_until, two_nodes_on_one_redis};
 use lottery::common::*;
 use serde_json::json;
 
 #[test]
 fn two_nodes_on_one_redis_share_one_draw() {
-    let redis = redis::RedisServer::start(&[]);
-    let url = redis.url();
-    let a = Server::start(2, &["--redis", &url]);
-    let b = Server::start(2, &["--redis", &url]);
+    let (_redis, a, b) = two_nodes_on_one_redis();
     let mut on_a = a.client();
     let mut on_b = b.client();
     let sale = lottery::lottery_sale(&mut on_a, "shared", 1, 4_000, 100);

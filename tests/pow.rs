@@ -7,6 +7,7 @@
 //! README and `GET /v1/sales/{sku}/pow` document, not with the server's library.
 pub mod common;
 
+use common::fair::restartable_store;
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -209,12 +210,8 @@ fn pow_bits_must_be_0_to_30() {
 #[test]
 fn the_bits_survive_a_restart() {
     let dir = ScratchDir::new();
-    let redis = redis_mode().then(|| redis::RedisServer::start(&[]));
-    let url = redis.as_ref().map(|redis| redis.url());
-    let args: Vec<&str> = url
-        .iter()
-        .flat_map(|url| ["--redis", url.as_str()])
-        .collect();
+    let (_redis, args) = restartable_store();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     {
         let server = Server::start_in(dir.path(), 2, &args);
         pow_sale(&mut server.client(), "pow", BITS);

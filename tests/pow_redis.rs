@@ -5,15 +5,13 @@
 #[path = "pow.rs"]
 mod pow;
 
+use pow::common::fair::two_nodes_on_one_redis;
 use pow::common::*;
 use serde_json::json;
 
 #[test]
 fn two_nodes_on_one_redis_share_the_bits_and_the_challenges() {
-    let redis = redis::RedisServer::start(&[]);
-    let url = redis.url();
-    let a = Server::start(2, &["--redis", &url]);
-    let b = Server::start(2, &["--redis", &url]);
+    let (_redis, a, b) = two_nodes_on_one_redis();
     let mut on_a = a.client();
     let mut on_b = b.client();
     let mut spec = sale_spec(10, 1);

@@ -6,7 +6,7 @@ pub mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::fair::{buy_with_pass, scrape, sleep_until};
+use common::fair::{buy_with_pass, restartable_store, scrape, sleep_until};
 use common::*;
 use serde_json::{json, Value};
 
@@ -300,12 +300,8 @@ fn joining_a_sale_that_asks_for_work_needs_a_solution() {
 #[test]
 fn tickets_survive_a_restart() {
     let dir = ScratchDir::new();
-    let redis = redis_mode().then(|| redis::RedisServer::start(&[]));
-    let url = redis.as_ref().map(|redis| redis.url());
-    let args: Vec<&str> = url
-        .iter()
-        .flat_map(|url| ["--redis", url.as_str()])
-        .collect();
+    let (_redis, args) = restartable_store();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (starts_at, before) = {
         let server = Server::start_in(dir.path(), 2, &args);
         let mut c = server.client();

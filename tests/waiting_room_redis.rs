@@ -7,16 +7,13 @@ mod room;
 
 use std::collections::BTreeSet;
 
-use room::common::fair::{buy_with_pass, sleep_until};
+use room::common::fair::{buy_with_pass, sleep_until, two_nodes_on_one_redis};
 use room::common::*;
 use serde_json::json;
 
 #[test]
 fn two_nodes_on_one_redis_share_one_queue() {
-    let redis = redis::RedisServer::start(&[]);
-    let url = redis.url();
-    let a = Server::start(2, &["--redis", &url]);
-    let b = Server::start(2, &["--redis", &url]);
+    let (_redis, a, b) = two_nodes_on_one_redis();
     let mut on_a = a.client();
     let mut on_b = b.client();
     let sale = room::room_sale(&mut on_a, "shared", 1, 5_000, 100);

@@ -8,9 +8,7 @@ use super::{json, Api};
 use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
-use crate::sale::model::is_valid_id;
 use crate::sale::pow::{window_of, WINDOW_MS};
-use crate::sale::SaleError;
 use crate::store::Store;
 
 /// The challenge as the shopper's client reads it.
@@ -39,20 +37,7 @@ pub(super) async fn challenge<S: Store + 'static>(
     let Some(Principal::Shopper(user_id)) = api.principal(request) else {
         return Err(ApiError::unauthorized());
     };
-    if !is_valid_id(sku) {
-        return Err(SaleError::UnknownSale.into());
-    }
-    let mut bits = api
-        .shard
-        .edge
-        .borrow()
-        .admission_rules(sku)
-        .map(|rules| rules.pow_bits);
-    // A sale created through another node may not have reached this edge yet.
-    if bits.is_none() && api.shard.looks_up() {
-        bits = api.shard.discover(sku).await?.map(|view| view.pow_bits);
-    }
-    let bits = bits.ok_or(SaleError::UnknownSale)?;
+    let bits = super::queue::rules_of(api, sku).await?.pow_bits;
     let window = window_of(now_ms());
     let challenge = api.auth.pow().challenge(sku, user_id, window);
     json(

@@ -131,8 +131,11 @@ pub(super) async fn ticket<S: Store + 'static>(
 }
 
 /// The sale's admission rules from the edge, or from the store for a sale this node has not
-/// heard of yet.
-async fn rules_of<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<AdmissionRules, ApiError> {
+/// heard of yet (created through another node since the last sync).
+pub(super) async fn rules_of<S: Store + 'static>(
+    api: &Api<S>,
+    sku: &str,
+) -> Result<AdmissionRules, ApiError> {
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }

@@ -6,11 +6,10 @@
 //! A pass is `<expires_at>.<hex HMAC-SHA256(K, sku ‖ 0 ‖ user ‖ 0 ‖ expires_at)>`, sent as
 //! `X-Seckill-Pass`: the edge checks it without a hop or a store read, like a shopper token.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use subtle::ConstantTimeEq;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::auth::{keyed, sale_user_mac, HmacSha256};
 
 /// Labels mixed into the derived keys, so neither can double as the other or as a token
 /// signature made with the same secret.
@@ -54,13 +53,7 @@ impl PassKey {
     /// for the sale, so joining early, often or fast changes nothing. 52 bits, which a Redis
     /// zset score (a double) holds exactly.
     pub fn score(&self, sku: &str, user_id: &str, starts_at: u64) -> u64 {
-        let mut mac = self.score.clone();
-        mac.update(sku.as_bytes());
-        mac.update(&[0]);
-        mac.update(user_id.as_bytes());
-        mac.update(&[0]);
-        mac.update(&starts_at.to_be_bytes());
-        let digest = mac.finalize().into_bytes();
+        let digest = sale_user_mac(&self.score, sku, user_id, starts_at);
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
         u64::from_be_bytes(first) >> 12
@@ -105,22 +98,7 @@ impl PassKey {
     }
 
     fn mac(&self, sku: &str, user_id: &str, expires_at: u64) -> [u8; 32] {
-        let mut mac = self.pass.clone();
-        mac.update(sku.as_bytes());
-        mac.update(&[0]);
-        mac.update(user_id.as_bytes());
-        mac.update(&[0]);
-        mac.update(&expires_at.to_be_bytes());
-        mac.finalize().into_bytes().into()
-    }
-}
-
-/// HMAC-SHA256 keyed with `key`.
-fn keyed(key: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length, so this constructor cannot fail.
-    match HmacSha256::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
+        sale_user_mac(&self.pass, sku, user_id, expires_at)
     }
 }
 

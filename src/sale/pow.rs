@@ -15,10 +15,10 @@
 //! work buys one identity two minutes of asking, and the per-user limit and the rate limit
 //! bound what those minutes can take.
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::auth::{keyed, sale_user_mac, HmacSha256};
 
 /// Length of a challenge window.
 pub const WINDOW_MS: u64 = 60_000;
@@ -118,13 +118,7 @@ impl PowKey {
 
     /// The challenge of `user_id` for `sku` in `window`.
     pub fn challenge(&self, sku: &str, user_id: &str, window: u64) -> [u8; 32] {
-        let mut mac = self.keyed.clone();
-        mac.update(sku.as_bytes());
-        mac.update(&[0]);
-        mac.update(user_id.as_bytes());
-        mac.update(&[0]);
-        mac.update(&window.to_be_bytes());
-        mac.finalize().into_bytes().into()
+        sale_user_mac(&self.keyed, sku, user_id, window)
     }
 
     /// Whether `proof` solves the challenge of `user_id` for `sku` at `bits`, for the window of
@@ -152,15 +146,6 @@ impl PowKey {
             proof.nonce,
             bits,
         )
-    }
-}
-
-/// HMAC-SHA256 keyed with `key`.
-fn keyed(key: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length, so this constructor cannot fail.
-    match HmacSha256::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
     }
 }
 
