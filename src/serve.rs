@@ -201,7 +201,9 @@ fn print_dev_credentials(config: &ServeConfig) {
          \n  SECKILL_ADMIN_TOKEN={admin}\n  SECKILL_TOKEN_SECRET={secret}\n\
          \nTry it:\n\
          \n  curl -X PUT {base}/v1/sales/{sku} -H 'Authorization: Bearer {admin}' -H 'Content-Type: application/json' \\\n    -d '{{\"name\":\"Moutai 53%\",\"stock\":1000,\"starts_at\":0,\"ends_at\":4102444800000}}'\
-         \n  curl -X POST {base}/v1/sales/{sku}/purchase -H 'Authorization: Bearer {shopper}'\n",
+         \n  curl -X POST {base}/v1/sales/{sku}/purchase -H 'Authorization: Bearer {shopper}'\n\
+         \nOr buy from the shopper page, signed in as alice (the token travels in the fragment):\n\
+         \n  {base}/shop/{sku}#token={shopper}\n",
         admin = config.admin_token,
         secret = config.token_secret,
     );

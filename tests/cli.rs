@@ -241,6 +241,12 @@ fn try_it(stderr: &str) {
     assert!(ran.status.success(), "{commands}\n{out}{}", ran.stderr());
     assert!(out.contains(r#""state":"open""#), "the sale: {out}");
     assert!(out.contains(r#""order_id""#), "the order: {out}");
+    let page = stderr
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("http://") && line.contains("/shop/try-"))
+        .unwrap_or_else(|| panic!("no shopper page link in:\n{stderr}"));
+    assert!(page.contains("#token=alice."), "{page}");
 }
 
 #[test]

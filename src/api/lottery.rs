@@ -99,6 +99,9 @@ pub(super) async fn list<S: Store + 'static>(
             .flatten()
             .ok_or_else(|| ApiError::invalid_query("`offset` must be a non-negative integer"))?,
     };
+    // A page is up to 10,000 names built by the sale's owner, for anyone: bounded like the
+    // sale listing's pages, with the same budget.
+    let _page = api.pages.start()?;
     let sale = lottery_sale(api, sku).await?;
     let (total, drawn, users) = registrants(api, sku, offset, limit).await?;
     if !drawn {
