@@ -32,6 +32,7 @@ pub(super) struct AdmissionSettings {
 }
 
 impl AdmissionFields {
+    /// Reads the admission fields from a sale body, each checked against its own range.
     pub(super) fn read(fields: &mut super::body::Fields) -> Result<Self, ApiError> {
         Ok(Self {
             admission: fields.str("admission", 1..=32)?,
@@ -45,6 +46,8 @@ impl AdmissionFields {
         })
     }
 
+    /// The settings of the chosen mode, defaulted, after refusing the fields of another mode and
+    /// an opening after `starts_at`.
     pub(super) fn settle(self, starts_at: u64) -> Result<AdmissionSettings, ApiError> {
         let admission = match self.admission.as_deref() {
             None | Some("fcfs") => Admission::Fcfs,
