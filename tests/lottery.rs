@@ -213,6 +213,16 @@ fn registrants_are_drawn_from_the_committed_seed_and_anyone_can_check_it() {
         15
     );
     assert_eq!(metrics.count("seckill_passes_used_total", &[]), 4);
+    // The gauges are as of the owner's last look at the sale (in cluster mode, its last sync).
+    let gauges = poll(std::time::Duration::from_secs(30), || {
+        let metrics = scrape(&server);
+        let gauges = (
+            metrics.count("seckill_queue_tickets", &[("sku", "draw")]),
+            metrics.count("seckill_lottery_winners", &[("sku", "draw")]),
+        );
+        (gauges == (15, 6)).then_some(gauges)
+    });
+    assert_eq!(gauges, Some((15, 6)), "registrations and winners");
 }
 
 #[test]

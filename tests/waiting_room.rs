@@ -179,6 +179,12 @@ fn early_tickets_are_admitted_in_a_random_order_then_late_ones_in_arrival_order(
     );
     assert_eq!(count("seckill_passes_used_total"), 5);
     assert!(count("seckill_passes_issued_total") >= 5);
+    // The gauge is as of the owner's last look at the sale (in cluster mode, its last sync).
+    let tickets = poll(Duration::from_secs(30), || {
+        let tickets = scrape(&server).count("seckill_queue_tickets", &[("sku", "room")]);
+        (tickets == EARLY as u64 + 1).then_some(tickets)
+    });
+    assert_eq!(tickets, Some(EARLY as u64 + 1), "the queue-length gauge");
 }
 
 #[test]

@@ -215,6 +215,36 @@ fn render_sales(out: &mut Text, shards: &[ShardSnapshot]) {
     }
 
     out.family(
+        "seckill_queue_tickets",
+        "gauge",
+        "Tickets a waiting room has issued, or registrations a lottery has taken, by SKU (fair-mode sales only).",
+    );
+    let mut queues: Vec<&crate::store::QueueGauge> = shards
+        .iter()
+        .flat_map(|shard| shard.store.queues.iter())
+        .collect();
+    queues.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+    for queue in &queues {
+        out.sample(
+            "seckill_queue_tickets",
+            &[("sku", &queue.sku)],
+            queue.tickets,
+        );
+    }
+    out.family(
+        "seckill_lottery_winners",
+        "gauge",
+        "A drawn lottery's winners (at most its registrants), by SKU; 0 before the draw and for waiting rooms.",
+    );
+    for queue in &queues {
+        out.sample(
+            "seckill_lottery_winners",
+            &[("sku", &queue.sku)],
+            queue.winners,
+        );
+    }
+
+    out.family(
         "seckill_orders",
         "gauge",
         "Orders held, by status (expired and cancelled ones only up to the retention limit).",

@@ -319,6 +319,13 @@ impl Book {
         }
     }
 
+    /// The queue of every fair-mode sale, for the metrics.
+    pub fn queues(&self, now_ms: u64) -> impl Iterator<Item = crate::store::QueueGauge> + '_ {
+        self.sales.values().filter_map(move |ledger| {
+            crate::store::QueueGauge::of(&ledger.sale, ledger.room.len(), now_ms)
+        })
+    }
+
     /// Pending orders and their deadlines, for rebuilding the expiry queue after recovery.
     pub fn pending_deadlines(&self) -> impl Iterator<Item = (OrderId, u64)> + '_ {
         self.orders

@@ -163,6 +163,7 @@ impl Store for EmbeddedStore {
                 .map(|(sku, remaining)| (sku.into(), remaining))
                 .collect(),
             orders: book.order_counts(),
+            queues: book.queues(crate::clock::now_ms()).collect(),
             journal: Some(self.journal.stats()),
             redis: None,
             ..StoreStats::default()

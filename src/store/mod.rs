@@ -14,6 +14,7 @@ pub mod redis;
 use crate::feed::FeedLane;
 use crate::sale::command::{Command, Reply, StockLevel};
 use crate::sale::ids::OrderId;
+use crate::sale::model::Admission;
 use crate::sale::{OrderCounts, Sale};
 
 pub use embedded::EmbeddedStore;
@@ -36,6 +37,43 @@ pub struct StoreStats {
     pub regressions: u64,
     /// SKUs of this shard refused now because their store regressed.
     pub regressed_skus: u64,
+    /// The waiting rooms and lotteries of the sales this shard owns.
+    pub queues: Vec<QueueGauge>,
+}
+
+/// One fair-mode sale's queue, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueGauge {
+    /// The sale.
+    pub sku: Box<str>,
+    /// Tickets issued (waiting room) or registrations made (lottery).
+    pub tickets: u64,
+    /// A drawn lottery's winners (at most its registrants); 0 otherwise.
+    pub winners: u64,
+}
+
+impl QueueGauge {
+    /// The gauge of `sale` with `tickets` in its queue at `now_ms`; `None` for a
+    /// first-come-first-served sale.
+    pub fn of(sale: &Sale, tickets: u64, now_ms: u64) -> Option<Self> {
+        let winners = match sale.admission {
+            Admission::Fcfs => return None,
+            Admission::WaitingRoom => 0,
+            Admission::Lottery if sale.has_started(now_ms) => {
+                tickets.min(crate::sale::lottery::winners(
+                    sale.stock,
+                    sale.per_user_limit,
+                    sale.overbooking_percent,
+                ))
+            }
+            Admission::Lottery => 0,
+        };
+        Some(Self {
+            sku: sale.sku.clone(),
+            tickets,
+            winners,
+        })
+    }
 }
 
 /// What one sync learned about one SKU of a shared store. A SKU that could not be read is left
@@ -50,6 +88,8 @@ pub struct Synced {
     /// The regression report (JSON) while the SKU is stopped because its state in the store went
     /// backwards; `None` when it may sell.
     pub regressed: Option<Box<str>>,
+    /// Tickets (or lottery registrations) the sale's queue holds.
+    pub tickets: u64,
 }
 
 /// What a shard must republish when it starts on existing state.

@@ -226,6 +226,8 @@ struct Inner {
     abandon: RefCell<abandon::Abandon>,
     /// Remaining stock of each owned sale at the last sync, for `/metrics`.
     last_stock: RefCell<HashMap<Box<str>, u64>>,
+    /// The queues of the fair-mode sales this shard owns, as of the last sync, for the metrics.
+    last_queues: RefCell<Vec<crate::store::QueueGauge>>,
     /// Owned sales that are over for good: ended, and past the last payment deadline any of
     /// their orders can have. Nothing can change them any more (a started sale cannot be
     /// replaced), so the sync skips them instead of touching every sale ever made each tick.
@@ -299,6 +301,7 @@ impl RedisStore {
             metrics: RefCell::new(RedisMetrics::default()),
             abandon: RefCell::new(abandon::Abandon::default()),
             last_stock: RefCell::new(HashMap::new()),
+            last_queues: RefCell::new(Vec::new()),
             settled: RefCell::new(std::collections::HashSet::new()),
             regression: RefCell::new(regression::Regression::default()),
             node,
@@ -387,6 +390,7 @@ impl Store for RedisStore {
                 .iter()
                 .map(|(sku, remaining)| (sku.clone(), *remaining))
                 .collect(),
+            queues: self.0.last_queues.borrow().clone(),
             ..StoreStats::default()
         }
     }

@@ -196,6 +196,7 @@ impl RedisStore {
             sku: sku.into(),
             sale,
             regressed: marker,
+            tickets: int_at(&fields, 20).unwrap_or(0),
         })
     }
 

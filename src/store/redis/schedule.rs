@@ -277,6 +277,14 @@ impl RedisStore {
             .filter_map(|synced| synced.sale.as_ref())
             .map(|(sale, level, _)| (sale.sku.clone(), level.remaining))
             .collect();
+        let now = crate::clock::now_ms();
+        *self.0.last_queues.borrow_mut() = owned
+            .iter()
+            .filter_map(|synced| {
+                let (sale, _, _) = synced.sale.as_ref()?;
+                crate::store::QueueGauge::of(sale, synced.tickets, now)
+            })
+            .collect();
         owned
     }
 

@@ -280,12 +280,13 @@ return {'err', codes[o.status] or 'unavailable', remaining, seq}
 /// missed when a node dies. Returns `{}` for an unknown SKU, `{'', marker}` for a gone one with
 /// the regression marker, else `{name, stock, starts_at, ends_at, per_user_limit,
 /// payment_timeout_ms, rate_limit_per_sec, remaining, seq, expired, epoch, marker_or_empty,
-/// price, currency, holder, fence, pending, next_due_in, stock_buckets, definition}` (price 0 and currency empty for a sale
+/// price, currency, holder, fence, pending, next_due_in, stock_buckets, definition, tickets}` (price 0 and currency empty for a sale
 /// made before prices; `holder` 1 when `token` holds the lease, `fence` the lease's fencing
 /// number, `pending` the members of `pending` not yet swept (one per purchase call, holding
 /// the orders it made; each order's own status says whether it still awaits payment), `next_due_in` milliseconds until the
 /// first of them is due, -1 for none; `definition` the sale as JSON, empty for one made before
-/// it was kept, see [`super::decode::decode_sale`]). A node whose view is newer than the marker's `last_seen`
+/// it was kept, see [`super::decode::decode_sale`]; `tickets` those of its waiting room or
+/// lottery). A node whose view is newer than the marker's `last_seen`
 /// (same epoch) widens it, so the resume starts from the newest view any node had.
 pub const SYNC: &str = concat!(
     prelude!(),
@@ -339,6 +340,7 @@ sale[18] = -1
 if first[2] then sale[18] = math.max(0, tonumber(first[2]) - now_ms()) end
 sale[19] = tonumber(redis.call('HGET', K.sale, 'buckets') or '1')
 sale[20] = redis.call('HGET', K.sale, 'def') or ''
+sale[21] = tonumber(redis.call('HGET', K.tickets, '#n') or '0')
 return sale
 "#
 );
