@@ -264,6 +264,15 @@ fn lottery_calls_refuse_what_they_cannot_take() {
     });
     c.create_sale("later", &later);
     assert_error(&register(&mut c, "later", "alice"), 425, "queue_not_open");
+    // Replaced before anyone registered: a new seed is harmless. After a registration it
+    // would be a new draw: refused.
+    assert_status(&c.put_sale("later", &later), 201);
+    let mut open = later.clone();
+    open["register_from"] = json!(now - 1_000);
+    assert_status(&c.put_sale("later", &open), 201);
+    assert_status(&register(&mut c, "later", "alice"), 201);
+    open["starts_at"] = json!(now + 700_000);
+    assert_error(&c.put_sale("later", &open), 409, "sale_exists");
     for bad in [
         json!({"admission": "lottery", "overbooking_percent": 99}),
         json!({"admission": "lottery", "overbooking_percent": 1_001}),

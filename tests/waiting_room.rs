@@ -209,9 +209,22 @@ fn the_queue_refuses_what_it_cannot_take() {
     c.create_sale("later", &later);
     assert_error(&join(&mut c, "later", "alice"), 425, "queue_not_open");
 
-    room_sale(&mut c, "room", 5, 600_000, 10);
+    // A sale without tickets may still be replaced; one with a ticket is held to it.
+    assert_status(&c.put_sale("later", &later), 201);
+    let sale = room_sale(&mut c, "room", 5, 600_000, 10);
     let mine = join(&mut c, "room", "alice").json();
     let number = mine["ticket"].as_u64().expect("ticket");
+    let mut replacement = sale.clone();
+    for derived in ["sku", "remaining", "state", "currency", "stock_buckets"] {
+        replacement.as_object_mut().expect("object").remove(derived);
+    }
+    for other_mode in ["register_from", "overbooking_percent", "pow_bits", "price"] {
+        replacement
+            .as_object_mut()
+            .expect("object")
+            .remove(other_mode);
+    }
+    assert_error(&c.put_sale("room", &replacement), 409, "sale_exists");
     assert_error(
         &ticket(&mut c, "room", "bob", number),
         404,

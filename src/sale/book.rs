@@ -393,8 +393,13 @@ impl Book {
         if let Some(existing) = self.sales.get(&sale.sku) {
             // A sale that has taken orders has started, whatever the clock says now: a wall
             // clock stepped back before its start must not let a replacement reset its stock
-            // under orders that still hold some.
-            if existing.sale.has_started(now_ms) || existing.has_orders() {
+            // under orders that still hold some. One that has issued tickets is held to what
+            // its shoppers joined: a replacement would drop every ticket and, for a lottery,
+            // draw from another seed than the one committed to.
+            if existing.sale.has_started(now_ms)
+                || existing.has_orders()
+                || !existing.room.is_empty()
+            {
                 return (Err(SaleError::SaleExists), None);
             }
         }

@@ -353,8 +353,8 @@ return sale
 /// request: the node runs the script again when it could not tell whether a run took effect
 /// (Redis' `WAIT` timed out, a connection dropped), and that run must answer as the first did
 /// rather than refuse its own sale as started. `KEYS` may carry two more, the bucket's move
-/// records, cleared with the rest of a replaced sale. A sale that has started cannot be
-/// replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
+/// records, cleared with the rest of a replaced sale. A sale that has started, or whose waiting
+/// room or lottery has issued a ticket, cannot be replaced (`{'err', 'sale_exists'}`), nor one whose store regressed (`store_regressed`); a replaced one starts afresh, with the blocklist copied in
 /// so the purchase script can check it within the SKU's hash slot. Returns `{'ok', remaining,
 /// seq, epoch}` (a replaced sale keeps its epoch).
 pub const UPSERT: &str = concat!(
@@ -362,7 +362,10 @@ pub const UPSERT: &str = concat!(
     r#"
 if redis.call('EXISTS', K.regressed) == 1 then return {'err', 'store_regressed'} end
 local starts = redis.call('HGET', K.sale, 'starts_at')
-if starts and now_ms() >= tonumber(starts) then
+-- A sale whose waiting room or lottery has issued tickets is held to what its shoppers joined,
+-- as one that has started is.
+local ticketed = tonumber(redis.call('HGET', K.tickets, '#n') or '0') > 0
+if ticketed or (starts and now_ms() >= tonumber(starts)) then
   if redis.call('HGET', K.sale, 'put') ~= ARGV[13] then return {'err', 'sale_exists'} end
   local remaining, seq = level()
   return {'ok', remaining, seq, tonumber(redis.call('HGET', K.sale, 'epoch') or '0')}
