@@ -9,7 +9,7 @@ use super::{json, query, Api};
 use crate::http::{Request, Response};
 use crate::sale::command::{Command, Outcome};
 use crate::sale::lottery::{commitment, winners};
-use crate::sale::model::{is_valid_id, Admission};
+use crate::sale::model::Admission;
 use crate::sale::queue::MAX_REGISTRANTS_PAGE;
 use crate::sale::{SaleError, SaleView};
 use crate::store::Store;
@@ -90,15 +90,7 @@ pub(super) async fn list<S: Store + 'static>(
         "`GET /v1/sales/{sku}/lottery/registrants` takes `offset` and `limit`",
     )?;
     let limit = query::limit(limit, MAX_REGISTRANTS_PAGE as usize, DEFAULT_PAGE)? as u64;
-    let offset = match offset {
-        None => 0,
-        Some(text) => text
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| text.parse::<u64>().ok())
-            .flatten()
-            .ok_or_else(|| ApiError::invalid_query("`offset` must be a non-negative integer"))?,
-    };
+    let offset = query::offset(offset)?;
     // A page is up to 10,000 names built by the sale's owner, for anyone: bounded like the
     // sale listing's pages, with the same budget.
     let _page = api.pages.start()?;
@@ -127,18 +119,7 @@ fn winners_of(sale: &SaleView) -> u64 {
 
 /// The sale, if it is a lottery.
 async fn lottery_sale<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<SaleView, ApiError> {
-    if !is_valid_id(sku) {
-        return Err(SaleError::UnknownSale.into());
-    }
-    let view = if api.shard.looks_up() && !api.shard.edge.borrow().knows(sku) {
-        api.shard.discover(sku).await?
-    } else {
-        match api.shard.call(Command::GetSale(sku.into())).await? {
-            Outcome::Sale(view) => Some(view),
-            _ => None,
-        }
-    };
-    let view = view.ok_or(SaleError::UnknownSale)?;
+    let view = super::sales::view_of(api, sku).await?;
     if view.admission != Admission::Lottery {
         return Err(SaleError::NoLottery.into());
     }

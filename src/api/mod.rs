@@ -109,6 +109,14 @@ impl<S: Store + 'static> Api<S> {
         }
     }
 
+    /// The shopper a shopper-only call is made by; `401` for anyone else, the admin included.
+    fn shopper<'r>(&self, request: &Request<'r>) -> Result<&'r str, ApiError> {
+        match self.principal(request) {
+            Some(Principal::Shopper(user_id)) => Ok(user_id),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+
     async fn dispatch(
         &self,
         endpoint: Endpoint<'_>,

@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::{json, Api};
-use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::sale::pow::{window_of, WINDOW_MS};
@@ -34,9 +33,7 @@ pub(super) async fn challenge<S: Store + 'static>(
     request: &Request<'_>,
     sku: &str,
 ) -> Result<Response, ApiError> {
-    let Some(Principal::Shopper(user_id)) = api.principal(request) else {
-        return Err(ApiError::unauthorized());
-    };
+    let user_id = api.shopper(request)?;
     let bits = super::queue::rules_of(api, sku).await?.pow_bits;
     let window = window_of(now_ms());
     let challenge = api.auth.pow().challenge(sku, user_id, window);

@@ -39,15 +39,28 @@ pub fn limit(value: Option<&str>, max: usize, default: usize) -> Result<usize, A
     let Some(value) = value else {
         return Ok(default);
     };
-    value
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| value.parse::<usize>().ok())
-        .flatten()
+    digits::<usize>(value)
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
             ApiError::invalid_query(format!("`limit` must be an integer from 1 to {max}"))
         })
+}
+
+/// A page's start: digits only, from 0; 0 when the query gave none.
+pub fn offset(value: Option<&str>) -> Result<u64, ApiError> {
+    let Some(value) = value else {
+        return Ok(0);
+    };
+    digits(value).ok_or_else(|| ApiError::invalid_query("`offset` must be a non-negative integer"))
+}
+
+/// `value` as a number if it is decimal digits only (no sign, no space) that fit `T`.
+fn digits<T: std::str::FromStr>(value: &str) -> Option<T> {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| value.parse().ok())
+        .flatten()
 }
 
 /// An id parameter (a SKU or a user id: 1 to 64 characters from `[A-Za-z0-9_-]`); `what` names

@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::{json, Api};
-use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::metrics::WaitingRoomEvent;
@@ -52,9 +51,7 @@ pub(super) async fn join<S: Store + 'static>(
     sku: &str,
     mode: Admission,
 ) -> Result<Response, ApiError> {
-    let Some(Principal::Shopper(user_id)) = api.principal(request) else {
-        return Err(ApiError::unauthorized());
-    };
+    let user_id = api.shopper(request)?;
     let rules = rules_of(api, sku).await?;
     if rules.admission != mode {
         return Err(match mode {
@@ -109,9 +106,7 @@ pub(super) async fn ticket<S: Store + 'static>(
     sku: &str,
     number: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let Some(Principal::Shopper(user_id)) = api.principal(request) else {
-        return Err(ApiError::unauthorized());
-    };
+    let user_id = api.shopper(request)?;
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }

@@ -6,7 +6,6 @@ use super::body::{for_each_field, json_fields, out_of_range};
 use super::error::ApiError;
 use super::sale_admission::AdmissionFields;
 use super::{json, Api};
-use crate::auth::Principal;
 use crate::clock::now_ms;
 use crate::http::{Request, Response};
 use crate::metrics::WaitingRoomEvent;
@@ -15,7 +14,7 @@ use crate::sale::model::{
     is_valid_currency, is_valid_id, Admission, DEFAULT_CURRENCY, MAX_STOCK_BUCKETS,
 };
 use crate::sale::pow::{Proof, MAX_POW_BITS};
-use crate::sale::{Sale, SaleError};
+use crate::sale::{Sale, SaleError, SaleView};
 use crate::shard::edge::{Gate, Refusal};
 use crate::store::Store;
 use simd_json::prelude::*;
@@ -34,19 +33,29 @@ pub(super) const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// `GET /v1/sales/{sku}`
 pub(super) async fn get<S: Store + 'static>(api: &Api<S>, sku: &str) -> Result<Response, ApiError> {
+    json(200, &view_of(api, sku).await?)
+}
+
+/// The sale of `sku` with its live stock, read from its owner; `404 unknown_sale` when there
+/// is none (or `sku` is not a valid id).
+pub(super) async fn view_of<S: Store + 'static>(
+    api: &Api<S>,
+    sku: &str,
+) -> Result<SaleView, ApiError> {
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }
     // A sale this node has not heard of may have just been created through another node; the
     // lookup reads it (and teaches every edge) or answers 404 within its bounds.
     if api.shard.looks_up() && !api.shard.edge.borrow().knows(sku) {
-        return match api.shard.discover(sku).await? {
-            Some(view) => json(200, &view),
-            None => Err(SaleError::UnknownSale.into()),
-        };
+        return api
+            .shard
+            .discover(sku)
+            .await?
+            .ok_or_else(|| SaleError::UnknownSale.into());
     }
     match api.shard.call(Command::GetSale(sku.into())).await? {
-        Outcome::Sale(view) => json(200, &view),
+        Outcome::Sale(view) => Ok(view),
         _ => Err(SaleError::Unavailable.into()),
     }
 }
@@ -152,9 +161,7 @@ pub(super) async fn purchase<S: Store + 'static>(
     request: &Request<'_>,
     sku: &str,
 ) -> Result<Response, ApiError> {
-    let Some(Principal::Shopper(user_id)) = api.principal(request) else {
-        return Err(ApiError::unauthorized());
-    };
+    let user_id = api.shopper(request)?;
     if !is_valid_id(sku) {
         return Err(SaleError::UnknownSale.into());
     }
@@ -165,10 +172,13 @@ pub(super) async fn purchase<S: Store + 'static>(
     let passed = std::cell::Cell::new(false);
     let admit = || {
         let now_ms = now_ms();
-        // A malformed header is no solution: one refusal, `pow_invalid`, for every wrong proof.
-        let proof = request.pow.and_then(Proof::parse);
+        // Only a sale that asks for work reads the header. A malformed one is no solution: one
+        // refusal, `pow_invalid`, for every wrong proof.
         let proves = |gate| match gate {
-            Gate::Work(bits) => api.auth.pow().verify(sku, user_id, proof, bits, now_ms),
+            Gate::Work(bits) => {
+                let proof = request.pow.and_then(Proof::parse);
+                api.auth.pow().verify(sku, user_id, proof, bits, now_ms)
+            }
             Gate::Pass => {
                 passed.set(true);
                 api.auth.passes().verify(sku, user_id, request.pass, now_ms)

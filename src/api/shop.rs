@@ -35,11 +35,10 @@ pub(super) fn page(sku: &str) -> Result<Response, ApiError> {
 
 /// `GET /shop/assets/{name}`
 pub(super) fn asset(name: &str) -> Result<Response, ApiError> {
+    const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
     let (content_type, body) = match name {
-        "shop.js" | "pow-worker.js" => (
-            "text/javascript; charset=utf-8",
-            if name == "shop.js" { SCRIPT } else { WORKER },
-        ),
+        "shop.js" => (JAVASCRIPT, SCRIPT),
+        "pow-worker.js" => (JAVASCRIPT, WORKER),
         "shop.css" => ("text/css; charset=utf-8", STYLE),
         _ => return Err(ApiError::new(404, "not_found", "no such asset")),
     };

@@ -7,32 +7,53 @@
 use super::book::{Book, SaleLedger};
 use super::command::{Event, Outcome, QueueJoin, Reply};
 use super::lottery::{self, Draw};
-use super::model::Admission;
+use super::model::{Admission, Sale};
 use super::waiting_room::{self, Placement, Schedule, TicketView, MAX_TICKETS_PER_SALE};
 use super::SaleError;
 
 /// Most registrants one page lists.
 pub const MAX_REGISTRANTS_PAGE: u64 = 10_000;
 
+/// What a ticket's state depends on of its sale, by the sale's mode: both stores read it from
+/// the definition and answer through [`Terms::view`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terms {
+    /// A waiting room's admission schedule.
+    Queue(Schedule),
+    /// A lottery's draw.
+    Lottery(Draw),
+}
+
+impl Terms {
+    /// The terms of `sale` (a first-come-first-served sale has none: it reads as a queue).
+    pub fn of(sale: &Sale) -> Self {
+        match sale.admission {
+            Admission::Lottery => Terms::Lottery(Draw {
+                starts_at: sale.starts_at,
+                ends_at: sale.ends_at,
+                winners: lottery::winners(
+                    sale.stock,
+                    sale.per_user_limit,
+                    sale.overbooking_percent,
+                ),
+            }),
+            _ => Terms::Queue(Schedule::of(sale)),
+        }
+    }
+
+    /// Where `placement` stands at `now_ms` with `remaining` units left.
+    pub fn view(&self, placement: Placement, remaining: u64, now_ms: u64) -> TicketView {
+        match self {
+            Terms::Queue(schedule) => waiting_room::view(placement, schedule, remaining, now_ms),
+            Terms::Lottery(draw) => lottery::view(placement, draw, remaining, now_ms),
+        }
+    }
+}
+
 impl SaleLedger {
     /// The view of `placement` in this sale's mode.
     fn ticket_view(&self, placement: Placement, now_ms: u64) -> TicketView {
-        let sale = &self.sale;
-        match sale.admission {
-            Admission::Lottery => {
-                let draw = Draw {
-                    starts_at: sale.starts_at,
-                    ends_at: sale.ends_at,
-                    winners: lottery::winners(
-                        sale.stock,
-                        sale.per_user_limit,
-                        sale.overbooking_percent,
-                    ),
-                };
-                lottery::view(placement, &draw, self.remaining, now_ms)
-            }
-            _ => waiting_room::view(placement, &Schedule::of(sale), self.remaining, now_ms),
-        }
+        Terms::of(&self.sale).view(placement, self.remaining, now_ms)
     }
 
     /// The ticket `user_id` holds, as it stands at `now_ms`.

@@ -274,8 +274,7 @@ impl WaitingRoom {
 
     /// Ticket `number` if `user_id` holds it.
     pub fn placement(&self, number: u64, user_id: &str) -> Option<Placement> {
-        let index = usize::try_from(number.checked_sub(1)?).ok()?;
-        let ticket = self.tickets.get(index)?;
+        let ticket = self.tickets.get(index_of(number)?)?;
         (*ticket.user_id == *user_id).then_some(Placement {
             number,
             issued_at: ticket.issued_at,
@@ -290,10 +289,8 @@ impl WaitingRoom {
             .iter()
             .skip(offset)
             .take(limit)
-            .filter_map(|number| {
-                let index = usize::try_from(number.checked_sub(1)?).ok()?;
-                self.tickets.get(index).map(|t| Box::from(&*t.user_id))
-            })
+            .filter_map(|number| self.tickets.get(index_of(*number)?))
+            .map(|ticket| Box::from(&*ticket.user_id))
             .collect()
     }
 
@@ -314,9 +311,13 @@ impl WaitingRoom {
     }
 
     fn ticket_mut(&mut self, number: u64) -> Option<&mut Ticket> {
-        let index = usize::try_from(number.checked_sub(1)?).ok()?;
-        self.tickets.get_mut(index)
+        self.tickets.get_mut(index_of(number)?)
     }
+}
+
+/// Where ticket `number` sits in [`WaitingRoom::tickets`]: numbers start at 1.
+fn index_of(number: u64) -> Option<usize> {
+    usize::try_from(number.checked_sub(1)?).ok()
 }
 
 #[cfg(test)]

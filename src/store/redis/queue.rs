@@ -12,8 +12,8 @@ use super::decode::{int_at, refusal_at, str_at};
 use super::RedisStore;
 use crate::sale::command::{Outcome, QueueJoin, Reply};
 use crate::sale::lottery::{self, Draw, MAX_OVERBOOKING_PERCENT};
-use crate::sale::queue::MAX_REGISTRANTS_PAGE;
-use crate::sale::waiting_room::{self, Placement, Schedule, MAX_TICKETS_PER_SALE};
+use crate::sale::queue::{Terms, MAX_REGISTRANTS_PAGE};
+use crate::sale::waiting_room::{Placement, Schedule, MAX_TICKETS_PER_SALE};
 
 impl RedisStore {
     /// Issues a ticket (a registration, in a lottery), or answers with the one the shopper
@@ -79,8 +79,8 @@ fn placement(reply: Value) -> Reply {
         place: line.zip(slot),
     };
     let (remaining, now, starts_at, ends_at) = (int(6)?, int(7)?, int(8)?, int(9)?);
-    let ticket = if str_at(&fields, 11).ok().as_deref() == Some("lottery") {
-        let draw = Draw {
+    let terms = if str_at(&fields, 11).ok().as_deref() == Some("lottery") {
+        Terms::Lottery(Draw {
             starts_at,
             ends_at,
             winners: lottery::winners(
@@ -88,18 +88,16 @@ fn placement(reply: Value) -> Reply {
                 u32::try_from(int(13)?).unwrap_or(u32::MAX),
                 u32::try_from(int(14)?).unwrap_or(MAX_OVERBOOKING_PERCENT),
             ),
-        };
-        lottery::view(placement, &draw, remaining, now)
+        })
     } else {
-        let schedule = Schedule {
+        Terms::Queue(Schedule {
             starts_at,
             ends_at,
             admission_rate: u32::try_from(int(10)?).unwrap_or(u32::MAX),
-        };
-        waiting_room::view(placement, &schedule, remaining, now)
+        })
     };
     Ok(Outcome::Ticket {
-        ticket,
+        ticket: terms.view(placement, remaining, now),
         issued: int(1)? == 1,
     })
 }
